@@ -1,0 +1,35 @@
+# Two commands for a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP_RUN := $(VENV)/.installed-run
+STAMP_TEST := $(VENV)/.installed-test
+CONFIG ?= configs/tiny_cpu.yaml
+
+.PHONY: run test test-slow install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP_RUN): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(STAMP_TEST): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@ $(STAMP_RUN)
+
+install: $(STAMP_RUN)
+
+run: $(STAMP_RUN)
+	$(BIN)/ppp demo $(CONFIG)
+
+test: $(STAMP_TEST)
+	$(BIN)/python -m pytest -q -n 2 --timeout=900
+
+test-slow: $(STAMP_TEST)
+	$(BIN)/python -m pytest -q -m slow --timeout=3600
+
+clean:
+	rm -rf $(VENV) build *.egg-info

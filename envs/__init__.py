@@ -1,0 +1,1 @@
+"""UserVille: preferences, user simulators, effort grading, vaguenization, scoring, task domains."""

@@ -1,0 +1,1 @@
+"""Task domains: SWE-Func-Loc, BrowseComp-Plus and the embedded standard-library domain."""
