@@ -26,6 +26,9 @@ class Question:
         (LLM tag or rule) saw it; None where the preference has no per-question judge.
       turn: index of the agent turn that asked it.
       answered: False when the user's question cap was reached and the question went unanswered.
+      level: the simulator's raw cost level on the released code's scale (SWE 1-5, search 1-3),
+        when the simulator produced one (envs.simulator.SimulatorReply.level); used by the
+        `released` reward variant. None when unknown or the reply was malformed/capped.
     """
 
     text: str
@@ -34,6 +37,7 @@ class Question:
     followed: bool | None = None
     turn: int = 0
     answered: bool = True
+    level: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

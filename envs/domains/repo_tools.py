@@ -1,0 +1,527 @@
+"""Read-only repository tools, confined to one directory tree, written in Python (no shell).
+
+`RepoTools(root)` serves the tools a function-localization agent uses on a checked-out
+repository: `view_file`, `list_dir`, `find_files`, `grep`, plus an OpenHands-style compatibility
+layer (`str_replace_editor` with only `view`; `execute_bash` with a whitelist of read-only
+commands that are parsed into argv lists and executed by Python code here, never by a shell or
+a subprocess).
+
+Safety rules, all enforced in `resolve()` and `_read_bytes()`:
+  * Every path is relative to the tree root. Absolute paths are accepted only under the virtual
+    roots (`/testbed`, `/workspace`, `/repo`) or the root's own real path; anything else
+    (`/etc`, `/proc`, `~`) is refused.
+  * `..` may not climb out; the fully resolved real path (symbolic links followed) must stay
+    inside the root's real path, so symlinks pointing outside are refused.
+  * Only regular files are opened (stat first, then `O_NONBLOCK | O_NOFOLLOW` and fstat again):
+    FIFOs, sockets and device files are refused, so nothing can block on open.
+  * Reads are capped (`Limits.max_read_bytes`); a bigger file is shown truncated with a note.
+    Files with a NUL byte in their first 8 KiB are reported as binary and not shown.
+  * Regexes run in the `regex` module with a timeout (the module measures it in CPU time, so on
+    a loaded machine the wall time can be a few times longer, but it is always bounded) and
+    with the GIL released, after a parse-time check that refuses counted repetitions whose
+    expansion could exhaust memory when compiled.
+  * Directory walks do not follow symlinks, skip `.git`, and stop after a number of entries and
+    a time limit. Every output is capped.
+Every failure becomes a plain-text observation (`RepoTools.call` never raises).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fnmatch
+import os
+import re._parser as sre_parse
+import stat
+import time
+from typing import Any, Iterator, Mapping
+
+import regex
+
+from ppp_jax.envs.domains.base import function_tool
+
+
+class ToolError(Exception):
+    """A refused or failed tool call; its message is the observation shown to the agent."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Caps on what one tool call may read, scan or print."""
+
+    max_read_bytes: int = 4 * 1024 * 1024  # bytes read from one file for viewing
+    max_view_lines: int = 10_000  # lines shown by one view (reference: >10,000-line files are cut)
+    max_path_chars: int = 1024
+    max_pattern_chars: int = 1000
+    max_repeat_expansion: int = 1000  # product of nested counted repetitions in a regex
+    grep_timeout_s: float = 5.0  # wall clock for one grep over all files
+    grep_max_matches: int = 200
+    grep_max_file_bytes: int = 2 * 1024 * 1024  # larger files are skipped by grep
+    grep_max_line_chars: int = 300
+    walk_max_entries: int = 50_000  # directory entries visited by one find/grep/list
+    walk_timeout_s: float = 5.0
+    find_max_results: int = 500
+    list_max_entries: int = 1000
+    max_command_chars: int = 1000
+    max_output_chars: int = 100_000
+
+
+VIRTUAL_ROOTS = ("/testbed", "/workspace", "/repo")
+SKIP_DIRS = frozenset({".git", "__pycache__"})
+
+BASH_COMMANDS = ("ls", "cat", "head", "tail", "wc", "grep", "find", "pwd", "cd", "echo", "sed",
+                 "sort", "uniq", "tree")
+
+
+def _regex_expansion(pattern: str) -> int:
+    """Worst-case product of nested counted repetitions (`(a{100}){100}` -> 10,000).
+
+    Unbounded repeats count as their lower bound: they are not expanded at compile time.
+    Raises ValueError for patterns the stdlib parser rejects.
+    """
+    possessive = getattr(sre_parse, "POSSESSIVE_REPEAT", None)
+
+    def walk(items) -> int:
+        worst = 1
+        for op, av in items:
+            if op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT, possessive):
+                lo, hi, sub = av
+                n = lo if hi == sre_parse.MAXREPEAT else hi
+                worst = max(worst, max(n, 1) * walk(sub))
+            elif op == sre_parse.SUBPATTERN:
+                worst = max(worst, walk(av[-1]))
+            elif op == sre_parse.BRANCH:
+                worst = max([worst] + [walk(s) for s in av[1]])
+            elif op in (sre_parse.ASSERT, sre_parse.ASSERT_NOT):
+                worst = max(worst, walk(av[1]))
+            elif op == sre_parse.GROUPREF_EXISTS:
+                worst = max(worst, walk(av[1]), walk(av[2]) if av[2] else 1)
+        return worst
+
+    return walk(sre_parse.parse(pattern))
+
+
+class RepoTools:
+    """Read-only tools over one directory tree (see the module docstring).
+
+    Args:
+      root: the tree the agent may read (e.g. an instance checkout, or the stdlib directory).
+      limits: output, time and size caps.
+      virtual_roots: absolute prefixes that map to `root` (OpenHands agents say `/testbed/...`).
+    """
+
+    def __init__(self, root: str | os.PathLike, limits: Limits = Limits(),
+                 virtual_roots: tuple[str, ...] = VIRTUAL_ROOTS):
+        self.root = os.path.realpath(os.fspath(root))
+        if not os.path.isdir(self.root):
+            raise ValueError(f"repository root {root!r} is not a directory")
+        self.limits = limits
+        self.virtual_roots = virtual_roots
+
+    # --- paths ----------------------------------------------------------------------------------
+
+    def resolve(self, path: Any, cwd: str = "") -> tuple[str, str]:
+        """Maps an agent-supplied path to (real absolute path, display path relative to root).
+
+        Raises ToolError when the path is not a string, is absolute outside the virtual roots,
+        climbs out with `..`, or resolves through a symlink to outside the root.
+        """
+        if not isinstance(path, str):
+            raise ToolError(f"Path must be a string, got {type(path).__name__}.")
+        if "\x00" in path:
+            raise ToolError("Path contains a NUL byte.")
+        if len(path) > self.limits.max_path_chars:
+            raise ToolError(f"Path is longer than {self.limits.max_path_chars} characters.")
+        p = path.strip() or "."
+        if p.startswith("~"):
+            raise ToolError(f"Access denied: {path!r} is outside the repository.")
+        if p.startswith("/"):
+            rel = None
+            for prefix in (*self.virtual_roots, self.root):
+                if p == prefix or p.startswith(prefix.rstrip("/") + "/"):
+                    rel = p[len(prefix):].lstrip("/")
+                    break
+            if rel is None:
+                raise ToolError(
+                    f"Access denied: {path!r} is outside the repository. Use paths relative to the "
+                    f"repository root (or under {self.virtual_roots[0]}/).")
+        else:
+            rel = os.path.join(cwd, p)
+        norm = os.path.normpath(rel or ".")
+        if norm == ".." or norm.startswith("../") or os.path.isabs(norm):
+            raise ToolError(f"Access denied: {path!r} points outside the repository.")
+        real = os.path.realpath(os.path.join(self.root, norm))
+        if real != self.root and not real.startswith(self.root + os.sep):
+            raise ToolError(
+                f"Access denied: {path!r} resolves (through a symbolic link) outside the repository.")
+        display = os.path.relpath(real, self.root)
+        return real, display
+
+    def _read_bytes(self, real: str, display: str, limit: int) -> tuple[bytes, int]:
+        """Reads at most `limit` bytes of a regular file; returns (data, file size)."""
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
+            raise ToolError(f"The path {display} does not exist.") from None
+        except OSError as e:
+            raise ToolError(f"Cannot access {display}: {e.strerror}.") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise ToolError(f"{display} is a directory, not a file.")
+        if not stat.S_ISREG(st.st_mode):
+            raise ToolError(f"{display} is not a regular file (device, pipe or socket); refused.")
+        try:
+            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise ToolError(f"{display} is a symbolic link loop; refused.") from None
+            raise ToolError(f"Cannot open {display}: {e.strerror}.") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ToolError(f"{display} is not a regular file; refused.")
+            chunks, left = [], limit
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            return b"".join(chunks), st.st_size
+        finally:
+            os.close(fd)
+
+    def read_text(self, real: str, display: str, limit: int | None = None) -> tuple[str, int]:
+        """Reads a text file (capped); refuses binary files. Returns (text, file size)."""
+        data, size = self._read_bytes(real, display, limit or self.limits.max_read_bytes)
+        if b"\x00" in data[:8192]:
+            raise ToolError(f"{display} is a binary file ({size} bytes); not shown.")
+        return data.decode("utf-8", errors="replace"), size
+
+    def _walk(self, real_dir: str, deadline: float) -> Iterator[tuple[str, os.DirEntry]]:
+        """Yields (relative dir, entry) breadth-first without following symlinks; bounded."""
+        visited = 0
+        queue = [real_dir]
+        while queue:
+            current = queue.pop(0)
+            try:
+                with os.scandir(current) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                visited += 1
+                if visited > self.limits.walk_max_entries or time.monotonic() > deadline:
+                    raise _WalkLimit()
+                yield current, entry
+                if entry.is_dir(follow_symlinks=False) and entry.name not in SKIP_DIRS:
+                    queue.append(entry.path)
+
+    # --- native tools ---------------------------------------------------------------------------
+
+    def view_file(self, path: str, start_line: int | None = None, end_line: int | None = None,
+                  cwd: str = "") -> str:
+        """Shows a file with 6-wide line numbers, optionally lines [start_line, end_line] (1-based,
+        inclusive; end -1 = to the end). A directory is listed two levels deep instead."""
+        real, display = self.resolve(path, cwd)
+        if os.path.isdir(real):
+            return self.list_dir(path, 2, cwd)
+        text, size = self.read_text(real, display)
+        lines = text.split("\n")
+        if text.endswith("\n"):
+            lines.pop()
+        notes = []
+        if size > self.limits.max_read_bytes:
+            notes.append(f"[file is {size} bytes; only the first {self.limits.max_read_bytes} "
+                         "bytes can be viewed]")
+        n = len(lines)
+        for name, v in (("start_line", start_line), ("end_line", end_line)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ToolError(f"{name} must be an integer, got {v!r}.")
+        start = 1 if start_line is None else start_line
+        end = n if end_line is None or end_line == -1 else end_line
+        if start < 1 or (n and start > n) or end < start:
+            raise ToolError(f"Invalid line range [{start_line}, {end_line}]: the file has {n} lines "
+                            "(lines are numbered from 1; use -1 as end for the last line).")
+        end = min(end, n)
+        if end - start + 1 > self.limits.max_view_lines:
+            notes.append(f"[showing {self.limits.max_view_lines} of {end - start + 1} lines; "
+                         "pass a line range to see the rest]")
+            end = start + self.limits.max_view_lines - 1
+        body = "\n".join(f"{i:6}\t{lines[i - 1]}" for i in range(start, end + 1))
+        head = f"Here's the result of running `cat -n` on {display}:"
+        return "\n".join([head, body, *notes])
+
+    def list_dir(self, path: str = ".", depth: int = 2, cwd: str = "") -> str:
+        """Lists files and directories under `path`, `depth` levels deep (1..3), hidden ones and
+        `.git` left out; directories end with `/`, symlinks show as `name@`."""
+        if isinstance(depth, bool) or not isinstance(depth, int):
+            raise ToolError(f"depth must be an integer, got {depth!r}.")
+        depth = max(1, min(depth, 3))
+        real, display = self.resolve(path, cwd)
+        if not os.path.isdir(real):
+            if os.path.exists(real):
+                raise ToolError(f"{display} is not a directory.")
+            raise ToolError(f"The path {display} does not exist.")
+        out: list[str] = []
+        deadline = time.monotonic() + self.limits.walk_timeout_s
+        base_depth = real.rstrip(os.sep).count(os.sep)
+        stopped = False
+        try:
+            for parent, entry in self._walk(real, deadline):
+                level = parent.rstrip(os.sep).count(os.sep) - base_depth + 1
+                if level > depth or entry.name.startswith(".") or any(
+                        part.startswith(".") for part in os.path.relpath(parent, real).split(os.sep)
+                        if part != "."):
+                    continue
+                rel = os.path.relpath(entry.path, self.root)
+                if entry.is_symlink():
+                    rel += "@"
+                elif entry.is_dir(follow_symlinks=False):
+                    rel += "/"
+                out.append(rel)
+                if len(out) >= self.limits.list_max_entries:
+                    stopped = True
+                    break
+        except _WalkLimit:
+            stopped = True
+        head = f"Files and directories in {display} (up to {depth} levels deep, hidden items excluded):"
+        tail = ["[listing truncated]"] if stopped else []
+        return "\n".join([head, *sorted(out), *tail])
+
+    def find_files(self, pattern: str, path: str = ".", cwd: str = "") -> str:
+        """Finds files whose relative path (pattern with `/`) or name (otherwise) matches a glob."""
+        if not isinstance(pattern, str) or not pattern:
+            raise ToolError("pattern must be a non-empty glob string.")
+        if len(pattern) > self.limits.max_pattern_chars:
+            raise ToolError(f"Pattern is longer than {self.limits.max_pattern_chars} characters.")
+        real, display = self.resolve(path, cwd)
+        if not os.path.isdir(real):
+            raise ToolError(f"{display} is not a directory.")
+        pat = pattern[2:] if pattern.startswith("./") else pattern
+        use_path = "/" in pat
+        results: list[str] = []
+        note = ""
+        deadline = time.monotonic() + self.limits.walk_timeout_s
+        try:
+            for _, entry in self._walk(real, deadline):
+                rel = os.path.relpath(entry.path, self.root)
+                subject = os.path.relpath(entry.path, real) if use_path else entry.name
+                if fnmatch.fnmatchcase(subject, pat) or (
+                        use_path and pat.startswith("**/") and fnmatch.fnmatchcase(subject, pat[3:])):
+                    results.append(rel + ("/" if entry.is_dir(follow_symlinks=False) else ""))
+                    if len(results) >= self.limits.find_max_results:
+                        note = f"[stopped after {len(results)} results]"
+                        break
+        except _WalkLimit:
+            note = "[search stopped: too many entries or time limit reached]"
+        if not results:
+            return f"No files matching {pattern!r} under {display}." + (f"\n{note}" if note else "")
+        return "\n".join(results + ([note] if note else []))
+
+    def compile_regex(self, pattern: Any, ignore_case: bool = False, fixed: bool = False,
+                      word: bool = False):
+        """Compiles an agent regex safely (length and repetition-expansion caps)."""
+        if not isinstance(pattern, str) or not pattern:
+            raise ToolError("pattern must be a non-empty string.")
+        if len(pattern) > self.limits.max_pattern_chars:
+            raise ToolError(f"Pattern is longer than {self.limits.max_pattern_chars} characters.")
+        if fixed:
+            pattern = regex.escape(pattern)
+        if word:
+            pattern = rf"\b(?:{pattern})\b"
+        try:
+            expansion = _regex_expansion(pattern)
+        except (Exception, RecursionError) as e:  # sre rejects some syntax `regex` accepts
+            raise ToolError(f"Invalid regular expression {pattern!r}: {e}.") from None
+        if expansion > self.limits.max_repeat_expansion:
+            raise ToolError(f"Regular expression {pattern!r} has nested repetition counts that "
+                            f"expand to {expansion} copies (limit {self.limits.max_repeat_expansion}).")
+        try:
+            return regex.compile(pattern, regex.IGNORECASE if ignore_case else 0)
+        except (regex.error, OverflowError, RecursionError, ValueError) as e:
+            raise ToolError(f"Invalid regular expression {pattern!r}: {e}.") from None
+
+    def grep(self, pattern: str, path: str = ".", include: str | None = None,
+             ignore_case: bool = False, cwd: str = "", *, fixed: bool = False, word: bool = False,
+             files_only: bool = False, count_only: bool = False,
+             max_matches: int | None = None) -> str:
+        """Searches files under `path` (or one file) for a regex, line by line.
+
+        Output lines are `path:lineno:text`; binary files and files over
+        `Limits.grep_max_file_bytes` are skipped; the whole search stops at the time and match caps.
+        """
+        compiled = self.compile_regex(pattern, ignore_case, fixed, word)
+        real, display = self.resolve(path, cwd)
+        if include is not None and not isinstance(include, str):
+            raise ToolError("include must be a glob string like '*.py'.")
+        limit = min(max_matches or self.limits.grep_max_matches, self.limits.grep_max_matches)
+        deadline = time.monotonic() + self.limits.grep_timeout_s
+        out: list[str] = []
+        counts: dict[str, int] = {}
+        notes: list[str] = []
+        skipped = 0
+
+        def files() -> Iterator[tuple[str, str]]:
+            if os.path.isdir(real):
+                for _, entry in self._walk(real, deadline):
+                    if entry.is_file(follow_symlinks=False) and (
+                            include is None or fnmatch.fnmatchcase(entry.name, include)):
+                        yield entry.path, os.path.relpath(entry.path, self.root)
+            else:
+                yield real, display
+
+        try:
+            for fpath, rel in files():
+                try:
+                    data, size = self._read_bytes(fpath, rel, self.limits.grep_max_file_bytes + 1)
+                except ToolError as e:
+                    if not os.path.isdir(real):
+                        raise
+                    skipped += 1
+                    continue
+                if size > self.limits.grep_max_file_bytes or b"\x00" in data[:8192]:
+                    skipped += 1
+                    if not os.path.isdir(real):
+                        raise ToolError(f"{rel} is binary or larger than "
+                                        f"{self.limits.grep_max_file_bytes} bytes; not searched.")
+                    continue
+                for lineno, line in enumerate(data.decode("utf-8", "replace").split("\n"), 1):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    if compiled.search(line, timeout=left, concurrent=True):
+                        counts[rel] = counts.get(rel, 0) + 1
+                        if not files_only and not count_only:
+                            text = line if len(line) <= self.limits.grep_max_line_chars else (
+                                line[:self.limits.grep_max_line_chars] + " ...")
+                            out.append(f"{rel}:{lineno}:{text}")
+                        if len(out) >= limit:
+                            raise _MatchLimit()
+        except TimeoutError:
+            notes.append(f"[grep stopped after the {self.limits.grep_timeout_s:g}s time limit; "
+                         "results are partial]")
+        except _WalkLimit:
+            notes.append("[grep stopped: too many files or time limit reached; results are partial]")
+        except _MatchLimit:
+            notes.append(f"[stopped after {limit} matches; narrow the pattern or path]")
+        if files_only:
+            out = sorted(counts)
+        elif count_only:
+            out = [f"{k}:{v}" for k, v in sorted(counts.items())]
+        if skipped and os.path.isdir(real):
+            notes.append(f"[{skipped} binary, special or oversized files skipped]")
+        if not out:
+            return "\n".join([f"No matches for {pattern!r} in {display}."] + notes)
+        return "\n".join(out + notes)
+
+    # --- OpenHands compatibility ----------------------------------------------------------------
+
+    def str_replace_editor(self, command: str, path: str, view_range: Any = None,
+                           **_unused: Any) -> str:
+        """OpenHands' editor tool; only `view` is allowed (the environment is read-only)."""
+        if command != "view":
+            raise ToolError(f"Command '{command}' is not allowed: the repository is read-only; "
+                            "only 'view' is available.")
+        if view_range is None:
+            return self.view_file(path)
+        if (not isinstance(view_range, list) or len(view_range) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in view_range)):
+            raise ToolError(f"view_range must be a list of two integers, got {view_range!r}.")
+        return self.view_file(path, view_range[0], view_range[1])
+
+    def execute_bash(self, command: str, state: dict[str, Any] | None = None) -> str:
+        """Runs a whitelisted read-only command line without a shell (see `_Bash`)."""
+        from ppp_jax.envs.domains.repo_bash import Bash  # noqa: PLC0415 (cycle: Bash uses RepoTools)
+
+        return Bash(self, state if state is not None else {}).run(command)
+
+    # --- dispatch -------------------------------------------------------------------------------
+
+    def schemas(self, style: str = "native") -> list[dict[str, Any]]:
+        """Tool schemas: "native" (view_file, list_dir, find_files, grep), "openhands"
+        (execute_bash, str_replace_editor) or "both"."""
+        native = [
+            function_tool("view_file", "Show a file of the repository with line numbers. Paths are "
+                          "relative to the repository root. Optionally a 1-based inclusive line "
+                          "range; end_line -1 means the last line.",
+                          {"path": {"type": "string"}, "start_line": {"type": "integer"},
+                           "end_line": {"type": "integer"}}, ["path"]),
+            function_tool("list_dir", "List files and directories (hidden ones excluded).",
+                          {"path": {"type": "string"}, "depth": {"type": "integer",
+                                                                 "description": "1 to 3"}}, []),
+            function_tool("find_files", "Find files by glob, e.g. '*.py' (file name) or "
+                          "'pkg/**/test_*.py' (relative path).",
+                          {"pattern": {"type": "string"}, "path": {"type": "string"}}, ["pattern"]),
+            function_tool("grep", "Search file contents with a regular expression (line by line). "
+                          "Returns path:line:text.",
+                          {"pattern": {"type": "string"}, "path": {"type": "string"},
+                           "include": {"type": "string", "description": "file-name glob"},
+                           "ignore_case": {"type": "boolean"}}, ["pattern"]),
+        ]
+        openhands = [
+            function_tool("execute_bash", "Run a read-only command in the repository (no shell): "
+                          f"{', '.join(BASH_COMMANDS)}; `|` pipes into head/tail/wc/grep/sort/uniq; "
+                          "`&&` chains. The repository is at /testbed.",
+                          {"command": {"type": "string"}}, ["command"]),
+            function_tool("str_replace_editor", "View a file or directory (read-only: only the "
+                          "'view' command is allowed).",
+                          {"command": {"type": "string", "enum": ["view"]},
+                           "path": {"type": "string"},
+                           "view_range": {"type": "array", "items": {"type": "integer"}}},
+                          ["command", "path"]),
+        ]
+        if style == "native":
+            return native
+        if style == "openhands":
+            return openhands
+        if style == "both":
+            return native + openhands
+        raise ValueError(f"unknown tool style {style!r}")
+
+    TOOL_NAMES = ("view_file", "list_dir", "find_files", "grep", "execute_bash",
+                  "str_replace_editor")
+
+    def call(self, name: str, args: Mapping[str, Any], state: dict[str, Any] | None = None) -> str:
+        """Runs one tool call to an observation string; never raises."""
+        state = state if state is not None else {}
+        cwd = state.get("cwd", "")
+        try:
+            if not isinstance(args, Mapping):
+                raise ToolError("Tool arguments must be a mapping.")
+            a = dict(args)
+            if name == "view_file":
+                out = self.view_file(_req(a, "path"), a.get("start_line"), a.get("end_line"), cwd)
+            elif name == "list_dir":
+                out = self.list_dir(a.get("path", "."), a.get("depth", 2), cwd)
+            elif name == "find_files":
+                out = self.find_files(_req(a, "pattern"), a.get("path", "."), cwd)
+            elif name == "grep":
+                out = self.grep(_req(a, "pattern"), a.get("path", "."), a.get("include"),
+                                bool(a.get("ignore_case", False)), cwd)
+            elif name == "str_replace_editor":
+                out = self.str_replace_editor(_req(a, "command"), _req(a, "path"),
+                                              a.get("view_range"))
+            elif name == "execute_bash":
+                out = self.execute_bash(_req(a, "command"), state)
+            else:
+                raise ToolError(f"Unknown tool '{name}'.")
+        except ToolError as e:
+            return f"ERROR: {e}"
+        except Exception as e:  # a bug here must not kill the episode
+            return f"ERROR: the tool failed: {type(e).__name__}: {e}"
+        if len(out) > self.limits.max_output_chars:
+            out = out[:self.limits.max_output_chars] + "\n[output truncated]"
+        return out
+
+
+def _req(args: dict[str, Any], key: str) -> Any:
+    if key not in args:
+        raise ToolError(f"Missing required argument '{key}'.")
+    return args[key]
+
+
+class _WalkLimit(Exception):
+    """A directory walk hit its entry or time cap."""
+
+
+class _MatchLimit(Exception):
+    pass

@@ -1,0 +1,214 @@
+"""An async client for any OpenAI-compatible chat-completions endpoint, with retries and limits.
+
+`LLMClient` wraps `openai.AsyncOpenAI` (its own retries switched off) and adds:
+
+* the API key read from a *named* environment variable (`api_key_env`), never stored in the
+  config, never logged, and masked in `repr`;
+* a per-request timeout, and retries with exponential backoff (base * 2**attempt, capped, with
+  deterministic jitter off by default) on HTTP 429, 5xx, timeouts, connection errors and
+  malformed response bodies; other 4xx errors are not retried;
+* an `asyncio.Semaphore` limiting requests in flight;
+* counters (`stats`): requests, successes, retries, failures, and per-cause retry counts.
+
+Used by the LLM user simulator, the LLM vaguenizer, the OpenAI-backed policy and the answer judge.
+Failures after the last retry raise `LLMRequestError` (the message never contains the key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import openai
+
+log = logging.getLogger(__name__)
+
+# Used when the key variable is unset and a key is not required (local vLLM-style servers).
+PLACEHOLDER_KEY = "EMPTY"
+
+
+class LLMRequestError(RuntimeError):
+    """A chat request failed for good (non-retriable error, or retries exhausted)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMClientConfig:
+    """Where and how to call the chat endpoint. Holds the *name* of the key variable only."""
+
+    model: str = "gpt-5-nano"
+    base_url: str | None = None  # None = the openai library's default (api.openai.com)
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key
+    require_api_key: bool = False  # raise if the variable is unset (else send a placeholder)
+    timeout_s: float = 120.0  # per request
+    max_retries: int = 3  # retries after the first attempt
+    backoff_base_s: float = 1.0  # sleep base * 2**attempt before retry `attempt` (0-based)
+    backoff_max_s: float = 30.0
+    max_concurrency: int = 32  # requests in flight per client
+    temperature: float | None = None  # None = the endpoint's default
+    max_tokens: int | None = None
+
+    def __post_init__(self):
+        if self.max_retries < 0 or self.max_concurrency < 1 or self.timeout_s <= 0:
+            raise ValueError(
+                "LLMClientConfig needs max_retries >= 0, max_concurrency >= 1, timeout_s > 0"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatResult:
+    """One successful completion: the first choice's text, tool calls, and the raw response."""
+
+    text: str
+    tool_calls: tuple[dict[str, Any], ...]
+    finish_reason: str | None
+    response: Any  # the openai ChatCompletion object
+
+
+def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
+    """Seconds to sleep before retry number `attempt` (0-based): min(base * 2**attempt, max)."""
+    return min(base_s * (2**attempt), max_s)
+
+
+class LLMClient:
+    """Async chat client with retries, backoff, timeouts and a concurrency limit."""
+
+    def __init__(self, config: LLMClientConfig):
+        self.config = config
+        key = os.environ.get(config.api_key_env)
+        if not key:
+            if config.require_api_key:
+                raise LLMRequestError(
+                    f"environment variable {config.api_key_env} is not set and a key is required"
+                )
+            key = PLACEHOLDER_KEY
+        self._client = openai.AsyncOpenAI(
+            api_key=key, base_url=config.base_url, timeout=config.timeout_s, max_retries=0
+        )
+        self._semaphore = asyncio.Semaphore(config.max_concurrency)
+        self.stats: dict[str, int] = {
+            "requests": 0,
+            "successes": 0,
+            "retries": 0,
+            "failures": 0,
+            "retry_rate_limit": 0,
+            "retry_server_error": 0,
+            "retry_timeout": 0,
+            "retry_connection": 0,
+            "retry_malformed": 0,
+        }
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"LLMClient(model={c.model!r}, base_url={c.base_url!r}, api_key=<from ${c.api_key_env}>)"
+
+    async def close(self) -> None:
+        """Closes the HTTP connections (call inside the event loop that used the client)."""
+        await self._client.close()
+
+    async def __aenter__(self) -> "LLMClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        **params: Any,
+    ) -> ChatResult:
+        """Sends one chat-completions request (with retries) and returns the first choice.
+
+        Extra keyword args (e.g. `tool_choice`, `stop`, `seed`) are passed to the endpoint.
+        Raises LLMRequestError when the request fails for good.
+        """
+        c = self.config
+        kwargs: dict[str, Any] = {"model": c.model, "messages": messages, **params}
+        if tools is not None:
+            kwargs["tools"] = tools
+        if c.temperature is not None:
+            kwargs.setdefault("temperature", c.temperature)
+        if c.max_tokens is not None:
+            kwargs.setdefault("max_tokens", c.max_tokens)
+        async with self._semaphore:
+            for attempt in range(c.max_retries + 1):
+                self.stats["requests"] += 1
+                try:
+                    response = await self._client.chat.completions.create(**kwargs)
+                    result = _parse_response(response)
+                    self.stats["successes"] += 1
+                    return result
+                except Exception as e:  # noqa: BLE001 -- classified just below
+                    cause = _retry_cause(e)
+                    if cause is None or attempt == c.max_retries:
+                        self.stats["failures"] += 1
+                        kind = "non-retriable" if cause is None else f"gave up after {attempt + 1} tries"
+                        raise LLMRequestError(
+                            f"chat request to model {c.model!r} failed ({kind}): "
+                            f"{type(e).__name__}: {_safe_message(e, c.api_key_env)}"
+                        ) from None
+                    self.stats["retries"] += 1
+                    self.stats[f"retry_{cause}"] += 1
+                    delay = backoff_delay(attempt, c.backoff_base_s, c.backoff_max_s)
+                    log.warning(
+                        "chat request retry %d/%d in %.2fs (%s: %s)",
+                        attempt + 1, c.max_retries, delay, cause, type(e).__name__,
+                    )
+                    await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+class MalformedResponseError(ValueError):
+    """The endpoint answered 200 but the body is not a usable chat completion."""
+
+
+def _parse_response(response: Any) -> ChatResult:
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise MalformedResponseError("response has no choices")
+    msg = getattr(choices[0], "message", None)
+    if msg is None:
+        raise MalformedResponseError("first choice has no message")
+    tool_calls = []
+    for tc in getattr(msg, "tool_calls", None) or ():
+        fn = getattr(tc, "function", None)
+        tool_calls.append(
+            {
+                "id": getattr(tc, "id", None),
+                "name": getattr(fn, "name", None),
+                "arguments": getattr(fn, "arguments", None),
+            }
+        )
+    text = msg.content if isinstance(msg.content, str) else ""
+    if not text and not tool_calls:
+        raise MalformedResponseError("first choice has neither content nor tool calls")
+    return ChatResult(text, tuple(tool_calls), getattr(choices[0], "finish_reason", None), response)
+
+
+def _retry_cause(e: Exception) -> str | None:
+    """Why `e` is worth retrying ("rate_limit", "server_error", ...), or None if it is not."""
+    if isinstance(e, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(e, openai.APIConnectionError):
+        return "connection"
+    if isinstance(e, openai.RateLimitError):
+        return "rate_limit"
+    if isinstance(e, openai.APIStatusError):
+        return "server_error" if e.status_code >= 500 else None
+    if isinstance(e, (MalformedResponseError, openai.APIResponseValidationError, json.JSONDecodeError)):
+        return "malformed"
+    return None
+
+
+def _safe_message(e: Exception, key_env: str) -> str:
+    """A short error message with the API key scrubbed (defence in depth)."""
+    text = str(e)[:300]
+    key = os.environ.get(key_env)
+    if key:
+        text = text.replace(key, "<redacted>")
+    return text

@@ -1,0 +1,342 @@
+"""Agent policies for the episode runner: the protocol and three implementations.
+
+The runner keeps the conversation as OpenAI-style message dicts (see `envs.episode`) and, once
+per agent turn, calls `session.step(messages, tools, max_new_tokens)`. A policy session returns
+a `PolicyTurn`: the raw assistant text, plus the tool calls when the backend parsed them itself
+(OpenAI tool calling), else None and the runner parses Seed-OSS calls out of the text.
+
+  * `EnginePolicy`: the JAX sampling engine (`ppp_jax.sampling`), token in, token out. It renders
+    the Seed-OSS chat format itself, keeps one engine session per episode (each turn sends only
+    the new tokens: the tool/user turns since its last turn plus the generation prompt), and
+    records the exact sampled ids with loss mask 1 and their sampler log-probs; every rendered
+    token (system, user, tool, template) has mask 0. The sampled text is decoded from those ids
+    for parsing only; the ids are never re-tokenized.
+  * `OpenAIPolicy`: any OpenAI-compatible chat endpoint with tool calling, through
+    `envs.llm_client.LLMClient` (retries, backoff, timeouts, concurrency limit). No token view.
+  * `ScriptedPolicy`: replays fixed assistant texts (tests, demos).
+
+`ScriptedEngine` is a stand-in for the engine with the same `generate(Request)` /
+`end_session(id)` surface: it tokenizes scripted replies with a real tokenizer, so the token
+bookkeeping of `EnginePolicy` can be tested without a model.
+
+Contract with the runner: after each `step`, the runner appends exactly one assistant message
+for that turn before the next `step`; every other message is new input for the policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from typing import Any, Mapping, Protocol, Sequence
+
+from ppp_jax.envs import toolcall
+from ppp_jax.envs.chat import ChatTokenizer, generation_prompt, render_turn
+from ppp_jax.envs.records import TokenView
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyTurn:
+    """One assistant turn.
+
+    Attributes:
+      text: the raw assistant text (Seed-OSS format with think/tool-call tags for the engine; the
+        message content for API policies), without the final `<seed:eos>`.
+      tool_calls: calls parsed by the backend (API tool calling), or None to parse `text`.
+      finish_reason: "stop", "length" (the turn was cut by max_new_tokens) or "error".
+      context_tokens: tokens in the conversation after this turn (0 if unknown).
+      new_tokens: tokens generated in this turn (0 if unknown).
+    """
+
+    text: str
+    tool_calls: tuple[toolcall.ParsedCall, ...] | None = None
+    finish_reason: str = "stop"
+    context_tokens: int = 0
+    new_tokens: int = 0
+
+
+class PolicySession(Protocol):
+    """One episode's conversation with a policy."""
+
+    async def step(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]],
+                   max_new_tokens: int) -> PolicyTurn: ...
+
+    def token_view(self) -> TokenView | None: ...
+
+    async def close(self) -> None: ...
+
+
+class Policy(Protocol):
+    """A factory of per-episode sessions."""
+
+    def start(self, episode_id: str) -> PolicySession: ...
+
+
+# --- engine-backed --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSampling:
+    """Sampling settings of the engine policy (the released code: T = 1, top-p = 1)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None  # per-episode seeds are derived from it when set
+
+
+class EnginePolicy:
+    """Policy over the JAX sampling engine (see the module docstring).
+
+    Args:
+      engine: anything with `async generate(Request) -> GenerationResult` and
+        `end_session(session_id)` (`ppp_jax.sampling.engine.Engine`, or `ScriptedEngine`).
+      tokenizer: a `tokenizers.Tokenizer` or transformers tokenizer with the Seed-OSS special tokens.
+      sampling: temperature / top-p / top-k / seed.
+    """
+
+    def __init__(self, engine: Any, tokenizer: Any, sampling: EngineSampling = EngineSampling()):
+        self.engine = engine
+        self.chat = tokenizer if isinstance(tokenizer, ChatTokenizer) else ChatTokenizer(tokenizer)
+        self.sampling = sampling
+        self._counter = itertools.count()
+
+    def start(self, episode_id: str) -> EngineSession:
+        n = next(self._counter)
+        seed = None if self.sampling.seed is None else (self.sampling.seed + n) % 2**32
+        return EngineSession(self, f"{episode_id}#{n}", seed)
+
+
+class EngineSession:
+    """One episode on the engine: a KV-cache session plus the token record."""
+
+    def __init__(self, policy: EnginePolicy, session_id: str, seed: int | None):
+        self.policy = policy
+        self.session_id = session_id
+        self.seed = seed
+        self.ids: list[int] = []
+        self.mask: list[int] = []
+        self.logprobs: list[float] = []
+        self.turn_starts: list[int] = []
+        self._seen = 0  # messages already in the session
+        self._open_turn = False  # last turn was cut without <seed:eos>
+        self.stats = {"prompt_len_mismatch": 0}
+
+    def _render_new(self, messages: Sequence[Mapping[str, Any]],
+                    tools: Sequence[Mapping[str, Any]]) -> str:
+        chat = self.policy.chat
+        parts = []
+        start = self._seen
+        if start == 0:
+            if not messages or messages[0]["role"] != "system":
+                raise ValueError("an engine episode must start with a system message")
+            parts.append(chat.render_system(messages[0]["content"], tools))
+            start = 1
+        for msg in messages[start:]:
+            if msg["role"] == "assistant":
+                raise ValueError("EngineSession cannot render assistant messages it did not sample")
+            parts.append(render_turn(msg["role"], msg["content"]))
+        parts.append(generation_prompt())
+        return "".join(parts)
+
+    def _append(self, ids: Sequence[int], mask: int, logprobs: Sequence[float] | None = None):
+        self.ids.extend(int(t) for t in ids)
+        self.mask.extend([mask] * len(ids))
+        if logprobs is None:
+            self.logprobs.extend([0.0] * len(ids))
+        else:
+            self.logprobs.extend(float(x) for x in logprobs)
+
+    async def step(self, messages, tools, max_new_tokens: int) -> PolicyTurn:
+        from ppp_jax.sampling.params import Request, SamplingParams
+
+        chat = self.policy.chat
+        prompt: list[int] = [chat.eos_id] if self._open_turn else []
+        prompt += chat.encode(self._render_new(messages, tools))
+        self._append(prompt, 0)
+        s = self.policy.sampling
+        params = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                                max_new_tokens=max(1, max_new_tokens),
+                                stop_token_ids=(chat.eos_id,), seed=self.seed)
+        result = await self.policy.engine.generate(
+            Request(prompt_ids=prompt, params=params, session_id=self.session_id))
+        if result.prompt_len != len(self.ids):
+            self.stats["prompt_len_mismatch"] += 1
+        self.turn_starts.append(len(self.ids))
+        self._append(result.token_ids, 1, result.logprobs)
+        ids = list(result.token_ids)
+        ended = bool(ids) and ids[-1] == chat.eos_id
+        self._open_turn = not ended
+        self._seen = len(messages) + 1  # + the assistant message the runner appends for this turn
+        text = chat.decode(ids[:-1] if ended else ids)
+        return PolicyTurn(text, None, "stop" if ended else "length", len(self.ids), len(ids))
+
+    def token_view(self) -> TokenView:
+        return TokenView(tuple(self.ids), tuple(self.mask), tuple(self.logprobs),
+                         tuple(self.turn_starts))
+
+    async def close(self) -> None:
+        end = getattr(self.policy.engine, "end_session", None)
+        if end is not None:
+            try:
+                end(self.session_id)
+            except Exception:  # noqa: BLE001 -- a session that never started has nothing to free
+                pass
+
+
+class ScriptedEngine:
+    """An engine stand-in: each `generate` returns the next scripted reply for its session,
+    tokenized by a real tokenizer, with `<seed:eos>` appended and fake log-probs (-0.5 each).
+
+    `replies`: session-independent list of raw assistant texts, consumed per session in order.
+    A reply ending in `"<cut>"` is returned without `<seed:eos>` (finish reason "length").
+    """
+
+    def __init__(self, tokenizer: Any, replies: Sequence[str]):
+        self.chat = tokenizer if isinstance(tokenizer, ChatTokenizer) else ChatTokenizer(tokenizer)
+        self.replies = list(replies)
+        self.sessions: dict[str, int] = {}  # session -> tokens so far
+        self.cursor: dict[str, int] = {}
+        self.requests: list[Any] = []
+
+    async def generate(self, request):
+        from ppp_jax.sampling.params import GenerationResult
+
+        self.requests.append(request)
+        sid = request.session_id
+        k = self.cursor.get(sid, 0)
+        self.cursor[sid] = k + 1
+        text = self.replies[k] if k < len(self.replies) else "I give up."
+        cut = text.endswith("<cut>")
+        ids = self.chat.encode(text[:-5] if cut else text)
+        if not cut:
+            ids.append(self.chat.eos_id)
+        ids = ids[:request.params.max_new_tokens]
+        prompt_len = self.sessions.get(sid, 0) + len(request.prompt_ids)
+        self.sessions[sid] = prompt_len + len(ids)
+        reason = "stop" if ids and ids[-1] == self.chat.eos_id else "length"
+        return GenerationResult(request.request_id, ids, [-0.5] * len(ids), reason, prompt_len, sid)
+
+    def end_session(self, session_id: str) -> None:
+        self.sessions.pop(session_id, None)
+
+
+# --- OpenAI-compatible ----------------------------------------------------------------------------
+
+
+def to_openai_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Canonical episode messages -> chat-completions messages.
+
+    Assistant tool calls get JSON-string arguments (the raw string the API returned when known).
+    A tool message whose id answers no call of the previous assistant message (an error about
+    unparseable output, a nudge) is sent as a user message, since the API requires ids to match.
+    """
+    out: list[dict[str, Any]] = []
+    open_ids: set[str] = set()
+    for m in messages:
+        role = m["role"]
+        if role == "assistant":
+            msg: dict[str, Any] = {"role": "assistant", "content": m.get("content") or None}
+            calls = []
+            for c in m.get("tool_calls") or ():
+                fn = c["function"]
+                args = fn.get("raw_arguments")
+                if args is None:
+                    args = json.dumps(fn.get("arguments", {}), ensure_ascii=False)
+                calls.append({"id": c["id"], "type": "function",
+                              "function": {"name": fn["name"], "arguments": args}})
+            if calls:
+                msg["tool_calls"] = calls
+            elif msg["content"] is None:
+                msg["content"] = ""
+            open_ids = {c["id"] for c in calls}
+            out.append(msg)
+        elif role == "tool":
+            cid = m.get("tool_call_id")
+            if cid in open_ids:
+                out.append({"role": "tool", "tool_call_id": cid, "content": m["content"]})
+            else:
+                out.append({"role": "user", "content": m["content"]})
+        else:
+            out.append({"role": role, "content": m["content"]})
+    return out
+
+
+def _api_call(call: Mapping[str, Any], tools: Sequence[Mapping[str, Any]]) -> toolcall.ParsedCall:
+    """An API tool call -> ParsedCall, with JSON decoding and the same schema checks as text."""
+    name = call.get("name") or ""
+    raw = call.get("arguments") or "{}"
+    try:
+        args = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        if not isinstance(args, dict):
+            raise ValueError("arguments are not a JSON object")
+    except (ValueError, TypeError) as e:
+        return toolcall.ParsedCall(name, {}, {}, str(raw), toolcall.ToolCallError(
+            toolcall.BAD_ARGUMENT, f"The arguments of '{name}' are not valid JSON: {e}.", name))
+    raw_args = {k: v if isinstance(v, str) else json.dumps(v) for k, v in args.items()}
+    return toolcall.validate_call(name, raw_args, str(raw), toolcall.schema_index(tools))
+
+
+class OpenAIPolicy:
+    """Policy over an OpenAI-compatible chat endpoint with tool calling.
+
+    Args:
+      client: an `envs.llm_client.LLMClient` (model name, base URL, retries are its business).
+      params: extra request parameters (e.g. `{"temperature": 1.0}`).
+    """
+
+    def __init__(self, client: Any, params: Mapping[str, Any] | None = None):
+        self.client = client
+        self.params = dict(params or {})
+
+    def start(self, episode_id: str) -> OpenAISession:
+        return OpenAISession(self)
+
+
+class OpenAISession:
+    def __init__(self, policy: OpenAIPolicy):
+        self.policy = policy
+
+    async def step(self, messages, tools, max_new_tokens: int) -> PolicyTurn:
+        result = await self.policy.client.chat(to_openai_messages(messages), tools=list(tools),
+                                               **self.policy.params)
+        calls = tuple(_api_call(c, tools) for c in result.tool_calls)
+        usage = getattr(result.response, "usage", None)
+        total = getattr(usage, "total_tokens", 0) or 0
+        completion = getattr(usage, "completion_tokens", 0) or 0
+        reason = "length" if result.finish_reason == "length" else "stop"
+        return PolicyTurn(result.text or "", calls, reason, int(total), int(completion))
+
+    def token_view(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+# --- scripted -------------------------------------------------------------------------------------
+
+
+class ScriptedPolicy:
+    """Replays raw assistant texts (Seed-OSS format), the same script for every episode."""
+
+    def __init__(self, replies: Sequence[str]):
+        self.replies = list(replies)
+
+    def start(self, episode_id: str) -> ScriptedSession:
+        return ScriptedSession(self.replies)
+
+
+class ScriptedSession:
+    def __init__(self, replies: Sequence[str]):
+        self.replies = iter(replies)
+
+    async def step(self, messages, tools, max_new_tokens: int) -> PolicyTurn:
+        text = next(self.replies, "I have nothing more to do.")
+        return PolicyTurn(text)
+
+    def token_view(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,177 @@
+"""The PPP reward R = R_prod + w_proact * R_proact + w_pers * R_pers, as a pure function.
+
+Two variants (`RewardConfig.variant`):
+
+`paper` (default; paper section 5.1):
+  R_prod   = task score s.
+  R_proact = +0.05 if the episode asked >= 1 question and every question was low effort,
+             -0.1 per medium-effort question, -0.5 per high-effort question. A question past the
+             user's cap counts as medium (the user refused it).
+  R_pers   = the preference's Table-5 penalty (envs.preferences.penalty), +0.05 if the preference
+             was followed and >= 1 question was asked; 0 for preferences with no judge.
+  The ">= 1 question" condition on both bonuses is our reading (the paper says "all queries" and
+  "fully complies"; the released code requires a question for both).
+
+`released` (the released code's `UserReward`, reference section 7.2). With q questions, L_k
+answers at raw level k (`Question.level`; if missing, the effort's default level: SWE low 1 /
+medium 3 / high 4, search 1 / 2 / 3), Lsum = sum k * L_k:
+  SWE vague:     -0.1 * (Lsum - q), +0.05 if L_1 > 0 and Lsum == q
+  SWE precise:   -0.2 * Lsum
+  search vague:  -(0.05 * L_2 + 0.9 * L_3), +0.05 if L_1 > 0 (any, not all)
+  search precise: -(0.05 * L_2 + 0.9 * L_3) - 0.1 * Lsum
+  both, vague:   -0.1 if q == 0 and s < 1
+  R_pers = penalty + 0.05 if vague and q >= 1 and penalty == 0; only if the preference has a judge.
+  Questions past the cap carry no level (as in the released code), so they count in q but not in
+  Lsum: in SWE-vague each adds +0.1 (the released code's loophole, reproduced on purpose).
+
+Total = s + w_proact * R_proact + w_pers * R_pers, clipped to [0, 1] when `clip` (the GRPO
+advantage uses the clipped value). Weights of 0 give the paper's "w/o Proact." / "w/o Pers."
+ablations. The domain decides SWE vs search: a domain whose name contains one of
+`search_domain_markers` uses the search constants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from ppp_jax.envs.preferences import get_preference
+from ppp_jax.envs.records import EpisodeRecord
+from ppp_jax.envs.scoring import _task_score, compliance
+from ppp_jax.envs.simulator import DEFAULT_LEVEL, TaskFamily
+
+# Paper constants.
+PAPER_LOW_BONUS = 0.05
+PAPER_MEDIUM_COST = 0.1
+PAPER_HIGH_COST = 0.5
+PREFERENCE_BONUS = 0.05
+# Released-code constants.
+RELEASED_SWE_VAGUE_PER_LEVEL = 0.1
+RELEASED_SWE_PRECISE_PER_LEVEL = 0.2
+RELEASED_SEARCH_L2_COST = 0.05
+RELEASED_SEARCH_L3_COST = 0.9
+RELEASED_SEARCH_PRECISE_PER_LEVEL = 0.1
+RELEASED_LOW_BONUS = 0.05
+RELEASED_NO_ASK_WRONG = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """How the PPP reward is computed."""
+
+    variant: Literal["paper", "released"] = "paper"
+    proactivity_weight: float = 1.0  # 0 = "w/o Proact." ablation
+    personalization_weight: float = 1.0  # 0 = "w/o Pers." ablation
+    clip: bool = True  # clip the total to [0, 1] (the paper's advantage input)
+    # A domain whose name contains any of these uses the search constants (released variant).
+    search_domain_markers: tuple[str, ...] = ("search", "browsecomp")
+    correct_threshold: float = 1.0  # task score below this = wrong answer (released: s < 1)
+
+    def __post_init__(self):
+        if self.variant not in ("paper", "released"):
+            raise ValueError(f"variant must be 'paper' or 'released', got {self.variant!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardBreakdown:
+    """The three (unweighted) components, the weighted sum, and the final (clipped) reward."""
+
+    productivity: float
+    proactivity: float
+    personalization: float
+    unclipped: float
+    total: float
+
+
+def task_family(domain: str, markers: tuple[str, ...] = ("search", "browsecomp")) -> TaskFamily:
+    """"search" if the domain name contains a marker, else "swe"."""
+    d = domain.lower()
+    return "search" if any(m in d for m in markers) else "swe"
+
+
+def _paper_proactivity(record: EpisodeRecord) -> float:
+    qs = record.questions
+    n_med = sum(1 for q in qs if q.effort == "medium")
+    n_high = sum(1 for q in qs if q.effort == "high")
+    bonus = PAPER_LOW_BONUS if qs and all(q.effort == "low" for q in qs) else 0.0
+    return bonus - PAPER_MEDIUM_COST * n_med - PAPER_HIGH_COST * n_high
+
+
+def _paper_personalization(record: EpisodeRecord) -> float:
+    comp = compliance(record)
+    if comp.penalty is None:
+        return 0.0
+    bonus = PREFERENCE_BONUS if (comp.followed and record.questions) else 0.0
+    return comp.penalty + bonus
+
+
+def released_levels(record: EpisodeRecord, family: TaskFamily) -> list[int | None]:
+    """Each question's raw level as the released code would have counted it (None = untagged)."""
+    out: list[int | None] = []
+    for q in record.questions:
+        if not q.answered:
+            out.append(None)
+        elif q.level is not None:
+            out.append(q.level)
+        else:
+            out.append(DEFAULT_LEVEL[family][q.effort])
+    return out
+
+
+def _released_proactivity(record: EpisodeRecord, family: TaskFamily, s: float, thr: float) -> float:
+    levels = released_levels(record, family)
+    q = len(levels)
+    counts = {k: sum(1 for lv in levels if lv == k) for k in range(1, 6)}
+    lsum = sum(lv for lv in levels if lv is not None)
+    vague = record.prompt_kind == "vague"
+    if family == "swe":
+        if vague:
+            r = -RELEASED_SWE_VAGUE_PER_LEVEL * (lsum - q)
+            if counts[1] > 0 and lsum - q == 0:
+                r += RELEASED_LOW_BONUS
+        else:
+            r = -RELEASED_SWE_PRECISE_PER_LEVEL * lsum
+    else:
+        r = -(RELEASED_SEARCH_L2_COST * counts[2] + RELEASED_SEARCH_L3_COST * counts[3])
+        if vague:
+            if counts[1] > 0:
+                r += RELEASED_LOW_BONUS
+        else:
+            r -= RELEASED_SEARCH_PRECISE_PER_LEVEL * lsum
+    if vague and q == 0 and s < thr:
+        r -= RELEASED_NO_ASK_WRONG
+    return r
+
+
+def _released_personalization(record: EpisodeRecord) -> float:
+    comp = compliance(record)
+    if comp.penalty is None:
+        return 0.0
+    vague = record.prompt_kind == "vague"
+    bonus = PREFERENCE_BONUS if (vague and record.questions and comp.penalty == 0.0) else 0.0
+    return comp.penalty + bonus
+
+
+def reward_breakdown(record: EpisodeRecord, cfg: RewardConfig = RewardConfig()) -> RewardBreakdown:
+    """The PPP reward of one scored episode and its three components (see module docstring).
+
+    Raises ValueError if the record has no task score, UnknownPreferenceError for an unknown
+    preference id.
+    """
+    get_preference(record.preference_id)
+    s = _task_score(record)
+    if cfg.variant == "paper":
+        proact = _paper_proactivity(record)
+        pers = _paper_personalization(record)
+    else:
+        family = task_family(record.domain, cfg.search_domain_markers)
+        proact = _released_proactivity(record, family, s, cfg.correct_threshold)
+        pers = _released_personalization(record)
+    total = s + cfg.proactivity_weight * proact + cfg.personalization_weight * pers
+    final = min(max(total, 0.0), 1.0) if cfg.clip else total
+    return RewardBreakdown(s, proact, pers, total, final)
+
+
+def ppp_reward(record: EpisodeRecord, cfg: RewardConfig = RewardConfig()) -> float:
+    """The scalar PPP reward of one episode (clipped to [0, 1] unless `cfg.clip` is False)."""
+    return reward_breakdown(record, cfg).total

@@ -1,0 +1,203 @@
+"""The user-simulator protocol and the types and helpers both backends share.
+
+A user simulator answers one agent question at a time. It is given a `SimulatorContext` (the
+precise prompt the user knows, hidden task facts revealed only on request, the user's preference,
+how many questions it already answered, and the earlier question/answer pairs) and returns a
+`SimulatorReply`: the text shown to the agent, the effort the question cost the user, the
+per-question compliance verdict, and whether it was answered at all.
+
+Effort levels (paper section 4.3):
+  low     answerable from the precise prompt alone;
+  medium  the user cannot or will not answer ("I don't know"), i.e. an unnecessary question;
+  high    needs information beyond the precise prompt (the hidden facts: gold file/function for
+          SWE, gold document text for search).
+
+Question cap: a user answers at most `max_questions` questions per episode (default 4, as in the
+released code). A question beyond the cap gets `CAP_REPLY`, `answered=False`, `followed=None`,
+no raw level, and effort **medium**: the user refuses to answer, which is the paper's definition of
+a medium-effort question. (The released code gives it no cost tag at all; the `released` reward
+variant reproduces that, see envs.reward.)
+
+Raw levels: the LLM simulator tags answers on the released code's scales, kept in
+`SimulatorReply.level`: SWE `[Cost 1..5]` (1 prompt only -> low, 2 hint -> high, 3 refusal ->
+medium, 4 file path -> high, 5 function name -> high) and search `[Level 1..3]`-style
+`[Cost 1..3]` (1 low, 2 medium, 3 high).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Protocol, runtime_checkable
+
+from ppp_jax.envs.records import Effort
+
+TaskFamily = Literal["swe", "search"]
+
+CAP_REPLY = "I've already answered all the questions I'm going to. Please carry on by yourself."
+IDK_REPLY = "I don't know."
+DEFAULT_MAX_QUESTIONS = 4
+
+# Raw level -> effort, per task family (the released code's scales).
+LEVEL_EFFORT: dict[TaskFamily, dict[int, Effort]] = {
+    "swe": {1: "low", 2: "high", 3: "medium", 4: "high", 5: "high"},
+    "search": {1: "low", 2: "medium", 3: "high"},
+}
+# Effort -> the raw level to assume when only the effort is known (used by the `released`
+# reward variant for records without a level): high maps to the file-path level for SWE.
+DEFAULT_LEVEL: dict[TaskFamily, dict[str, int]] = {
+    "swe": {"low": 1, "medium": 3, "high": 4},
+    "search": {"low": 1, "medium": 2, "high": 3},
+}
+EFFORT_RANK: dict[str, int] = {"low": 0, "medium": 1, "high": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatorContext:
+    """What the simulated user knows when answering one question.
+
+    Attributes:
+      precise_prompt: the full task description (the agent may only have seen a vague version).
+      hidden_info: facts the user reveals only when asked for them, one per line (e.g. gold
+        `path.py:func` lines for SWE, gold document snippets for search). May be empty.
+      preference_id: the user's preference (see envs.preferences).
+      questions_answered: how many questions this user already answered in the episode.
+      history: earlier (question, reply) pairs of this episode, oldest first. Pass each
+        `SimulatorReply.raw` as the reply so an LLM simulator sees its own tagged format (the
+        embedded simulator ignores history).
+      task_family: which effort scale to use ("swe" 5 levels, "search" 3 levels).
+      hint: optional extra hint (SWE "Hint Information"; a high-effort item).
+    """
+
+    precise_prompt: str
+    hidden_info: str
+    preference_id: str
+    questions_answered: int = 0
+    history: tuple[tuple[str, str], ...] = ()
+    task_family: TaskFamily = "swe"
+    hint: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatorReply:
+    """One answer of the simulated user.
+
+    Attributes:
+      text: the reply shown to the agent (judge tags stripped unless configured otherwise).
+      effort: low / medium / high (see the module docstring).
+      followed: per-question compliance verdict; None if the preference has no per-question judge,
+        the question was not answered, or the judge's verdict could not be read.
+      answered: False when the question cap was reached.
+      raw: the backend's raw output (the LLM's full reply with tags; the embedded reply text).
+      level: the raw released-code level, if the backend produced one.
+      malformed: True if the LLM's reply could not be parsed even after retries; effort is then
+        the configured fallback and `followed` is None. Counted by the simulator, never silent.
+      rule_followed: the rule judge's verdict when a backend runs both judges (for agreement).
+    """
+
+    text: str
+    effort: Effort
+    followed: bool | None
+    answered: bool
+    raw: str
+    level: int | None = None
+    malformed: bool = False
+    rule_followed: bool | None = None
+
+
+@runtime_checkable
+class UserSimulator(Protocol):
+    """Anything that can answer an agent's question in an episode."""
+
+    async def answer(self, ctx: SimulatorContext, question: str) -> SimulatorReply:
+        """Answers `question` given `ctx`. Never raises for model-side failures."""
+        ...
+
+
+def cap_reply(ctx: SimulatorContext) -> SimulatorReply:
+    """The canned reply for a question beyond the cap (effort medium, not answered)."""
+    return SimulatorReply(
+        text=CAP_REPLY, effort="medium", followed=None, answered=False, raw=CAP_REPLY
+    )
+
+
+def check_question(question: object) -> str:
+    """Validates the agent's question: must be a string (may be empty; empty gets IDK)."""
+    if not isinstance(question, str):
+        raise TypeError(f"question must be str, got {type(question).__name__}")
+    return question
+
+
+def max_effort(efforts) -> Effort | None:
+    """The highest effort in `efforts` (low < medium < high), None if empty."""
+    best = None
+    for e in efforts:
+        if e not in EFFORT_RANK:
+            raise ValueError(f"unknown effort level {e!r}; expected low, medium or high")
+        if best is None or EFFORT_RANK[e] > EFFORT_RANK[best]:
+            best = e
+    return best
+
+
+def to_question(question: str, reply: SimulatorReply, turn: int = 0):
+    """The `records.Question` an episode runner stores for one ask call and its reply."""
+    from ppp_jax.envs.records import Question
+
+    return Question(
+        text=question,
+        answer=reply.text,
+        effort=reply.effort,
+        followed=reply.followed,
+        turn=turn,
+        answered=reply.answered,
+        level=reply.level,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatorConfig:
+    """Which simulator backend a run uses, flat so a run's YAML stays short.
+
+    `make_simulator` turns it into the backend's own config (EmbeddedSimulatorConfig /
+    LLMSimulatorConfig); build those directly for the less common knobs.
+    """
+
+    backend: Literal["embedded", "llm"] = "embedded"
+    max_questions: int = DEFAULT_MAX_QUESTIONS
+    # LLM backend only:
+    model: str = "gpt-5-nano"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 120.0
+    max_retries: int = 3
+    max_concurrency: int = 32
+    show_tags_to_agent: bool = False
+    compliance_judge: Literal["llm", "rule", "both"] = "llm"
+
+
+def make_simulator(cfg: SimulatorConfig) -> UserSimulator:
+    """Builds the configured simulator (embedded, or LLM over an OpenAI-compatible endpoint)."""
+    if cfg.backend == "embedded":
+        from ppp_jax.envs.simulator_embedded import EmbeddedSimulatorConfig, EmbeddedUserSimulator
+
+        return EmbeddedUserSimulator(EmbeddedSimulatorConfig(max_questions=cfg.max_questions))
+    if cfg.backend == "llm":
+        from ppp_jax.envs.llm_client import LLMClientConfig
+        from ppp_jax.envs.simulator_llm import LLMSimulatorConfig, LLMUserSimulator
+
+        client = LLMClientConfig(
+            model=cfg.model,
+            base_url=cfg.base_url,
+            api_key_env=cfg.api_key_env,
+            timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+            max_concurrency=cfg.max_concurrency,
+        )
+        return LLMUserSimulator(
+            LLMSimulatorConfig(
+                client=client,
+                max_questions=cfg.max_questions,
+                show_tags_to_agent=cfg.show_tags_to_agent,
+                compliance_judge=cfg.compliance_judge,
+            )
+        )
+    raise ValueError(f"unknown simulator backend {cfg.backend!r}; expected 'embedded' or 'llm'")

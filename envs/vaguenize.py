@@ -1,0 +1,224 @@
+"""Turning precise task prompts into vague ones (paper section 4.1).
+
+Both vaguenizers follow the paper's two principles: keep the intent of the precise prompt, and
+keep only partial information with the specifics generalised away.
+
+* `RuleVaguenizer` (offline, deterministic): drops fenced and indented code blocks, tracebacks,
+  interactive-session lines, inline code, URLs, file paths, code identifiers (snake_case,
+  CamelCase, dotted names, calls, dunder names), version strings and numbers, then keeps the first
+  statement of intent (the first remaining sentence with at least `min_words` words).
+* `LLMVaguenizer`: asks an OpenAI-compatible model (through envs.llm_client) to rewrite the
+  prompt, with an append-only JSONL cache on disk keyed by a content hash of (prompt version,
+  model, precise text). Each finished rewrite is appended as one line and fsync'ed, so a crashed
+  run resumes where it stopped; a torn last line from a crash is skipped (and counted) on load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from ppp_jax.envs.llm_client import LLMClient
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------
+# Rule vaguenizer.
+
+_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
+_FENCED = re.compile(r"```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)", re.DOTALL)
+_TRACEBACK = re.compile(
+    r"^[ \t]*Traceback \(most recent call last\):.*?(?:^[ \t]*[\w.]*(?:Error|Exception|Warning|"
+    r"Exit|Interrupt)\b[^\n]*$|\Z)",
+    re.DOTALL | re.MULTILINE,
+)
+_SESSION_LINE = re.compile(r"^[ \t]*(?:>>>|\.\.\.|\$|In \[\d+\]:|Out\[\d+\]:)[^\n]*$", re.MULTILINE)
+_INDENTED_LINE = re.compile(r"^(?: {4}|\t)[^\n]*$", re.MULTILINE)
+_CALL = re.compile(r"\b[A-Za-z_][\w.]*\([^()\n]*\)")  # foo(a, b=1), x.y(z)
+_ASSIGNMENT = re.compile(r"\b\w+\s*=\s*(?:\"[^\"\n]*\"|'[^'\n]*'|\S+)")  # key="value"
+_INLINE_CODE = re.compile(r"`[^`\n]*`")
+_URL = re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+")
+_PATH = re.compile(
+    r"(?:[A-Za-z]:)?(?:[\w.~-]*[/\\])+[\w.-]+|\b[\w-]+\.(?:py|pyx|pxd|pyi|js|ts|tsx|jsx|c|cc|cpp|h|"
+    r"hpp|rs|go|java|kt|rb|php|cs|sh|rst|md|txt|toml|yaml|yml|json|cfg|ini|xml|html|css|lock|log)\b"
+)
+_VERSION = re.compile(r"\bv?\d+(?:\.\d+)+(?:[-.]?(?:dev|rc|a|b|post)\d*)?\b|\bv\d+\b", re.IGNORECASE)
+_IDENTIFIER = re.compile(
+    r"\b[\w]+(?:\.[\w]+)+(?:\(\))?"  # dotted names: np.array, a.b.c(), obj.attr
+    r"|\b\w+\(\)"  # calls: foo()
+    r"|\b_*[A-Za-z0-9]+(?:_+[A-Za-z0-9]+)+_*\b"  # snake_case / CONSTANT_CASE / __dunder__
+    r"|\b_\w+\b"  # _private
+    r"|\b[a-z]+[A-Z][A-Za-z0-9]*\b"  # camelCase
+    r"|\b[A-Z][a-z0-9]+[A-Z][A-Za-z0-9]*\b"  # CamelCase
+    r"|\b[A-Z]{2,}[a-z]+[A-Za-z0-9]*\b"  # HTTPServer
+    r"|\b[A-Za-z]+\d+[A-Za-z0-9]*\b"  # utf8, int64
+    r"|(?<![\w-])--?[A-Za-z][\w-]*"  # command-line flags
+    r"|\b\d+(?:\.\d+)?[A-Za-z]+\b"  # numbers with units: 20MB, 3s
+)
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,_]*(?:\.\d+)?(?:e[-+]?\d+)?%?(?![\w.])", re.IGNORECASE)
+_LEFTOVER = re.compile(r"\(\s*[,;:]*\s*\)|\[\s*\]|\{\s*\}|\"\s*\"|'\s*'")
+
+
+def _sentences(text: str) -> list[str]:
+    from ppp_jax.envs.judges import split_sentences
+
+    out = []
+    for block in re.split(r"\n\s*\n|\n(?=[#*\-]\s)", text):
+        block = " ".join(block.split())
+        if block:
+            out.extend(split_sentences(block))
+    return out
+
+
+def strip_specifics(text: str) -> str:
+    """`text` with code blocks, tracebacks, paths, identifiers, numbers and versions removed."""
+    t = text.replace("\r\n", "\n")
+    t = _HTML_COMMENT.sub(" ", t)
+    t = _FENCED.sub("\n\n", t)
+    t = _TRACEBACK.sub("\n\n", t)
+    t = _SESSION_LINE.sub("", t)
+    t = _INDENTED_LINE.sub("", t)
+    t = _INLINE_CODE.sub(" ", t)
+    t = _CALL.sub(" ", t)
+    t = _ASSIGNMENT.sub(" ", t)
+    t = _URL.sub(" ", t)
+    t = _PATH.sub(" ", t)
+    t = _VERSION.sub(" ", t)
+    t = _IDENTIFIER.sub(" ", t)
+    t = _NUMBER.sub(" ", t)
+    for _ in range(2):
+        t = _LEFTOVER.sub(" ", t)
+    t = re.sub(r"[ \t]+([,.;:!?])", r"\1", t)
+    t = re.sub(r"([,;:])(?:\s*[,;:])+", r"\1", t)
+    t = re.sub(r"[ \t]{2,}", " ", t)
+    return t
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleVaguenizer:
+    """Deterministic offline vaguenizer (see the module docstring)."""
+
+    min_words: int = 3  # a statement of intent has at least this many words
+    max_sentences: int = 1  # sentences of intent kept
+
+    def vaguenize(self, precise: str) -> str:
+        """The vague version of `precise`; never empty (falls back to a generic request)."""
+        if not isinstance(precise, str):
+            raise TypeError(f"precise prompt must be str, got {type(precise).__name__}")
+        kept = []
+        for s in _sentences(strip_specifics(precise)):
+            s = s.strip(" \t-*#:;,>")
+            if len(re.findall(r"[^\W\d_]{2,}", s)) >= self.min_words:
+                kept.append(s)
+            if len(kept) >= self.max_sentences:
+                break
+        if not kept:
+            return "Something is not working as expected; please look into it."
+        out = " ".join(kept)
+        return out[0].upper() + out[1:]
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM vaguenizer with a crash-safe cache.
+
+PROMPT_VERSION = "v1"
+_SYSTEM = (
+    "You rewrite task descriptions into vague versions, the way a hurried user would first state "
+    "the task. Two rules: (1) keep exactly the same goal as the original; (2) keep only part of "
+    "the information, and make specifics general: leave out file names, paths, function and "
+    "class names, code, stack traces, exact error text, versions and numbers. Write one or two "
+    "plain sentences. Output only the rewritten text."
+)
+
+
+def cache_key(precise: str, model: str, prompt_version: str = PROMPT_VERSION) -> str:
+    """sha256 hex of (prompt version, model, precise text): the cache's content hash."""
+    h = hashlib.sha256()
+    for part in (prompt_version, model, precise):
+        h.update(part.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+class VagueCache:
+    """Append-only JSONL cache `{"key": ..., "vague": ...}` per line; crash-safe."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.entries: dict[str, str] = {}
+        self.corrupt_lines = 0
+        if self.path.exists():
+            with self.path.open("r", encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                        self.entries[row["key"]] = row["vague"]
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        self.corrupt_lines += 1
+            if self.corrupt_lines:
+                log.warning("%s: skipped %d unreadable line(s)", self.path, self.corrupt_lines)
+
+    def get(self, key: str) -> str | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, vague: str) -> None:
+        """Appends one entry as a single line and fsyncs it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"key": key, "vague": vague}, ensure_ascii=False) + "\n"
+        needs_newline = False
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with self.path.open("rb") as f:
+                f.seek(-1, os.SEEK_END)
+                needs_newline = f.read(1) != b"\n"  # a torn line from a crash: start fresh
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(("\n" if needs_newline else "") + line)
+            f.flush()
+            os.fsync(f.fileno())
+        self.entries[key] = vague
+
+
+class LLMVaguenizer:
+    """Rewrites precise prompts with an LLM; results cached on disk (see the module docstring)."""
+
+    def __init__(self, client: LLMClient, cache_path: str | Path, prompt_version: str = PROMPT_VERSION):
+        self.client = client
+        self.cache = VagueCache(cache_path)
+        self.prompt_version = prompt_version
+        self.stats = {"hits": 0, "misses": 0, "rejected": 0}
+
+    def _key(self, precise: str) -> str:
+        return cache_key(precise, self.client.config.model, self.prompt_version)
+
+    async def vaguenize(self, precise: str) -> str:
+        """The vague version of `precise`, from the cache or the model (then cached)."""
+        if not isinstance(precise, str) or not precise.strip():
+            raise ValueError("precise prompt must be a non-empty string")
+        key = self._key(precise)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.stats["hits"] += 1
+            return hit
+        self.stats["misses"] += 1
+        result = await self.client.chat(
+            [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": precise}]
+        )
+        vague = result.text.strip()
+        if not vague or vague == precise.strip():
+            self.stats["rejected"] += 1
+            raise ValueError(f"vaguenizer model returned an unusable rewrite: {vague[:80]!r}")
+        self.cache.put(key, vague)
+        return vague
+
+    async def vaguenize_many(self, texts: Sequence[str]) -> list[str]:
+        """Rewrites all `texts` concurrently (bounded by the client's limit), in input order.
+
+        Each finished rewrite is cached at once, so a crash loses only the unfinished ones.
+        """
+        return list(await asyncio.gather(*(self.vaguenize(t) for t in texts)))

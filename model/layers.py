@@ -1,0 +1,189 @@
+"""Building blocks of the Seed-OSS decoder: parameters with logical axes, Linear, Embed, RMSNorm,
+RoPE and the SwiGLU MLP.
+
+Numerics follow the Hugging Face eager implementation cast for cast (seed_oss.md §2.3-2.5), with
+`dtype` the compute (activation) dtype:
+
+- Linear: matmul with float32 accumulation, bias added in float32, one cast to `dtype`
+  (what torch's `F.linear` with bias does in bf16).
+- RMSNorm: statistics in float32, normalized value cast to `dtype` first, then multiplied by the
+  weight in `dtype`.
+- RoPE: inverse frequencies and angles in float32 (`1 / theta ** (arange(0, H, 2) / H)` in jnp
+  float32, bitwise equal to torch's), cos/sin in float32 then cast to `dtype`; the rotation itself
+  runs in `dtype`. Half-split ("rotate_half") layout.
+- SiLU in float32, then cast.
+
+Stacking: every module takes `stack: int | None`. With `stack=L` each parameter gets a leading
+`[L, ...]` axis named "layers"; the decoder scans over it, merging one slice at a time back into
+the same module class, so the per-layer code never sees the L axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ppp_jax.model import axes as ax
+
+F32 = jnp.float32
+_INIT_STD = 0.02  # HF initializer_range; weights are normally loaded, not trained from scratch
+
+
+def dtype_of(name: str) -> jnp.dtype:
+    """`"bfloat16"` -> `jnp.bfloat16` etc."""
+    return jnp.dtype(name)
+
+
+def make_param(
+    rngs: nnx.Rngs | None,
+    shape: Sequence[int],
+    names: Sequence[str],
+    dtype: jnp.dtype,
+    *,
+    init: str,
+    stack: int | None = None,
+) -> nnx.Param:
+    """An `nnx.Param` of `shape` (plus a leading `stack` axis) carrying logical axis names.
+
+    init: "normal" (std 0.02), "zeros" or "ones". The names live in the metadata key
+    `out_sharding` (`axes.SHARDING_METADATA_KEY`), with eager sharding off so no mesh is needed.
+    """
+    shape = tuple(shape)
+    names = tuple(names)
+    if len(shape) != len(names):
+        raise ValueError(f"param shape {shape} and axis names {names} differ in rank")
+    if stack is not None:
+        shape = (stack, *shape)
+        names = (ax.LAYERS, *names)
+    if init == "normal":
+        value = _INIT_STD * jax.random.normal(rngs.params(), shape, F32)
+        value = value.astype(dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    elif init == "ones":
+        value = jnp.ones(shape, dtype)
+    else:
+        raise ValueError(f"unknown init {init!r}")
+    return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+
+class Linear(nnx.Module):
+    """y[..., *out] = sum over in of x[..., *in] * kernel[*in, *out] (+ bias[*out]).
+
+    kernel: [*in_shape, *out_shape] (logical names `in_names + out_names`), bias: [*out_shape].
+    x is cast to `dtype`; the product accumulates in float32; the bias is added in float32; the
+    result is cast to `dtype` once.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_shape: Sequence[int],
+        in_names: Sequence[str],
+        out_names: Sequence[str],
+        *,
+        use_bias: bool,
+        dtype: jnp.dtype,
+        param_dtype: jnp.dtype,
+        stack: int | None = None,
+        rngs: nnx.Rngs,
+    ):
+        self.n_in = len(in_shape)
+        self.dtype = dtype
+        self.kernel = make_param(rngs, (*in_shape, *out_shape), (*in_names, *out_names),
+                                 param_dtype, init="normal", stack=stack)
+        self.bias = (make_param(rngs, out_shape, out_names, param_dtype, init="zeros", stack=stack)
+                     if use_bias else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel[...].astype(self.dtype)
+        n_in = self.n_in
+        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel, (contract, ((), ())),
+                                preferred_element_type=F32)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(F32)
+        return y.astype(self.dtype)
+
+
+class Embed(nnx.Module):
+    """Token embedding `embedding [V, D]` ("vocab", "embed"). Plain lookup, no scaling."""
+
+    def __init__(self, vocab_size: int, dim: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype,
+                 rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.embedding = make_param(rngs, (vocab_size, dim), (ax.VOCAB, ax.EMBED), param_dtype,
+                                    init="normal")
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        """tokens int [B, T] -> [B, T, D] in `dtype`."""
+        return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Tied logits: x [B, T, D] -> x @ embedding^T [B, T, V], float32 accumulation, `dtype`."""
+        table = self.embedding[...].astype(self.dtype)
+        y = jnp.einsum("btd,vd->btv", x.astype(self.dtype), table, preferred_element_type=F32)
+        return y.astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """HF/Llama RMSNorm: `scale * cast(x32 * rsqrt(mean(x32^2) + eps))`, `scale [D]` ("embed")."""
+
+    def __init__(self, dim: int, *, eps: float, dtype: jnp.dtype, param_dtype: jnp.dtype,
+                 stack: int | None = None, rngs: nnx.Rngs | None = None):
+        self.eps = eps
+        self.dtype = dtype
+        self.scale = make_param(rngs, (dim,), (ax.EMBED,), param_dtype, init="ones", stack=stack)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [..., D] (any float dtype) -> [..., D] in `dtype`."""
+        x32 = x.astype(F32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(self.dtype) * y.astype(self.dtype)
+
+
+# ---- RoPE ------------------------------------------------------------------------------------
+
+
+def rope_inv_freq(head_dim: int, theta: float) -> jax.Array:
+    """float32 [H/2]: 1 / theta^(2j/H). Written exactly like this it equals torch's bitwise."""
+    return 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=F32) / head_dim))
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float,
+                dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
+    """positions int [B, T] -> (cos, sin), each [B, T, H] in `dtype` (computed in float32)."""
+    inv_freq = rope_inv_freq(head_dim, theta)
+    ang = positions.astype(F32)[..., None] * inv_freq  # [B, T, H/2]
+    emb = jnp.concatenate([ang, ang], axis=-1)  # [B, T, H]
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Half-split rotation. x [B, T, n, H], cos/sin [B, T, H] -> [B, T, n, H] (x's dtype)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)  # rotate_half
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+# ---- MLP -------------------------------------------------------------------------------------
+
+
+class MLP(nnx.Module):
+    """SwiGLU: `down(silu(gate(x)) * up(x))`; gate/up [D, F], down [F, D]; SiLU in float32."""
+
+    def __init__(self, dim: int, hidden: int, *, use_bias: bool, dtype: jnp.dtype,
+                 param_dtype: jnp.dtype, stack: int | None = None, rngs: nnx.Rngs):
+        kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+        self.dtype = dtype
+        self.gate_proj = Linear((dim,), (hidden,), (ax.EMBED,), (ax.MLP,), **kw)
+        self.up_proj = Linear((dim,), (hidden,), (ax.EMBED,), (ax.MLP,), **kw)
+        self.down_proj = Linear((hidden,), (dim,), (ax.MLP,), (ax.EMBED,), **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [B, T, D] -> [B, T, D] in `dtype`."""
+        gate = jax.nn.silu(self.gate_proj(x).astype(F32)).astype(self.dtype)
+        return self.down_proj(gate * self.up_proj(x))

@@ -1,0 +1,173 @@
+"""Test helpers shared across the project: tiny random Hugging Face Seed-OSS checkpoints written by
+transformers itself, the torch reference model, and a direct torch -> NNX weight copy.
+
+These import torch and transformers lazily (they are test dependencies). Production loading from
+safetensors lives in `ppp_jax.model.hf_io`; `copy_torch_weights` here is a small, independent
+mapping used by the parity tests so that they do not depend on the loader they help to check.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ppp_jax.model.config import ModelConfig, tiny
+
+_TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def write_tiny_hf_checkpoint(path: str | Path, seed: int = 0, dtype: str = "float32",
+                             **config_overrides: Any) -> Path:
+    """Writes a random `SeedOssForCausalLM` with `save_pretrained` into `path`; returns `path`.
+
+    The architecture is `config.tiny(**config_overrides)` (ModelConfig field names, e.g.
+    `num_kv_heads=2`, `mlp_bias=True`). Weights are random with larger-than-default scales, and
+    norm weights and biases are random too (not ones/zeros), so that a wrong cast, transpose,
+    missing bias or mask shows up in the logits. `dtype` is the stored dtype ("float32" or
+    "bfloat16").
+    """
+    import torch
+    from transformers import SeedOssConfig, SeedOssForCausalLM
+
+    cfg = tiny(**{"param_dtype": dtype, **config_overrides})
+    hf_cfg = SeedOssConfig(**_hf_kwargs(cfg))
+    torch.manual_seed(seed)
+    model = SeedOssForCausalLM(hf_cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.3 * torch.randn_like(p))
+            elif "embed_tokens" in name:
+                p.copy_(torch.randn_like(p))
+            else:  # [out, in] kernels: std ~ 1/sqrt(in) keeps activations O(1)
+                p.copy_(torch.randn_like(p) / np.sqrt(p.shape[1]))
+    model = model.to(getattr(torch, _TORCH_DTYPES[dtype]))
+    path = Path(path)
+    model.save_pretrained(path)
+    return path
+
+
+def _hf_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    d = cfg.to_hf_dict()
+    d.pop("architectures")
+    d.pop("model_type")
+    return d
+
+
+def load_hf_reference(path: str | Path, dtype: str = "float32"):
+    """The torch `SeedOssForCausalLM` at `path`, eager attention, in eval mode.
+
+    Loaded with `from_pretrained(dtype=...)`, never cast afterwards (`.to(bf16)` would round the
+    RoPE inv_freq buffer and change the reference; seed_oss.md §2.8).
+    """
+    import torch
+    from transformers import SeedOssForCausalLM
+
+    model = SeedOssForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, _TORCH_DTYPES[dtype]), attn_implementation="eager")
+    return model.eval()
+
+
+def torch_to_numpy(t) -> np.ndarray:
+    """A torch tensor as numpy; bf16 goes through float32 (exact) and back to ml_dtypes bf16."""
+    import torch
+
+    if t.dtype == torch.bfloat16:
+        return t.detach().to(torch.float32).cpu().numpy().astype(jnp.bfloat16)
+    return t.detach().cpu().numpy()
+
+
+def copy_torch_weights(model, torch_model) -> None:
+    """Copies an HF `SeedOssForCausalLM`'s weights into our `SeedOssForCausalLM` in place.
+
+    Casts to the NNX model's param dtype. Raises KeyError/ValueError naming the tensor if a
+    weight is missing or mis-shaped.
+    """
+    c: ModelConfig = model.config
+    sd = {k: torch_to_numpy(v) for k, v in torch_model.state_dict().items()}
+    d, n, k, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+    per_layer = {
+        ("input_norm", "scale"): ("input_layernorm.weight", lambda w: w),
+        ("post_attn_norm", "scale"): ("post_attention_layernorm.weight", lambda w: w),
+        ("attn", "q_proj", "kernel"): ("self_attn.q_proj.weight", lambda w: w.T.reshape(d, n, h)),
+        ("attn", "k_proj", "kernel"): ("self_attn.k_proj.weight", lambda w: w.T.reshape(d, k, h)),
+        ("attn", "v_proj", "kernel"): ("self_attn.v_proj.weight", lambda w: w.T.reshape(d, k, h)),
+        ("attn", "o_proj", "kernel"): ("self_attn.o_proj.weight", lambda w: w.T.reshape(n, h, d)),
+        ("mlp", "gate_proj", "kernel"): ("mlp.gate_proj.weight", lambda w: w.T),
+        ("mlp", "up_proj", "kernel"): ("mlp.up_proj.weight", lambda w: w.T),
+        ("mlp", "down_proj", "kernel"): ("mlp.down_proj.weight", lambda w: w.T),
+    }
+    if c.attention_bias:
+        per_layer[("attn", "q_proj", "bias")] = ("self_attn.q_proj.bias", lambda b: b.reshape(n, h))
+        per_layer[("attn", "k_proj", "bias")] = ("self_attn.k_proj.bias", lambda b: b.reshape(k, h))
+        per_layer[("attn", "v_proj", "bias")] = ("self_attn.v_proj.bias", lambda b: b.reshape(k, h))
+    if c.attention_out_bias:
+        per_layer[("attn", "o_proj", "bias")] = ("self_attn.o_proj.bias", lambda b: b)
+    if c.mlp_bias:
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            per_layer[("mlp", proj, "bias")] = (f"mlp.{proj}.bias", lambda b: b)
+
+    def take(name: str) -> np.ndarray:
+        if name not in sd:
+            raise KeyError(f"torch checkpoint lacks tensor {name!r}")
+        return sd[name]
+
+    def assign(var: nnx.Variable, value: np.ndarray, name: str) -> None:
+        if tuple(var.shape) != tuple(value.shape):
+            raise ValueError(f"{name}: torch gives shape {value.shape}, model expects {var.shape}")
+        var[...] = jnp.asarray(value, dtype=var.dtype)
+
+    assign(model.embed.embedding, take("model.embed_tokens.weight"), "model.embed_tokens.weight")
+    assign(model.final_norm.scale, take("model.norm.weight"), "model.norm.weight")
+    if model.lm_head is not None:
+        assign(model.lm_head.kernel, take("lm_head.weight").T, "lm_head.weight")
+    for path, (hf_name, fn) in per_layer.items():
+        stacked = np.stack([fn(take(f"model.layers.{i}.{hf_name}")) for i in range(c.num_layers)])
+        var = model.layers
+        for part in path:
+            var = getattr(var, part)
+        assign(var, stacked, f"model.layers.*.{hf_name}")
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _jit_logits(graphdef, state, tokens, positions, segment_ids):
+    return nnx.merge(graphdef, state)(tokens, positions, segment_ids)
+
+
+def jit_logits(model, tokens, positions, segment_ids=None) -> np.ndarray:
+    """`model(tokens, positions, segment_ids)` under jit (weights as arguments), as float32 numpy.
+
+    Much faster than eager calls in tests; compiles once per shape and model structure.
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    segment_ids = jnp.ones_like(tokens) if segment_ids is None else jnp.asarray(segment_ids)
+    graphdef, state = nnx.split(model)
+    out = _jit_logits(graphdef, state, tokens, jnp.asarray(positions, jnp.int32), segment_ids)
+    return np.asarray(out, np.float32)
+
+
+def make_model(config: ModelConfig, seed: int = 0):
+    """`SeedOssForCausalLM(config)` initialized inside one jit (eager init compiles one small
+    program per parameter shape, which is slow on a busy CPU)."""
+    from ppp_jax.model.transformer import SeedOssForCausalLM
+
+    return nnx.jit(lambda: SeedOssForCausalLM(config, rngs=nnx.Rngs(seed)))()
+
+
+def randomize_norms_and_biases(model, seed: int = 0, scale: float = 0.3) -> None:
+    """In place: norm scales ~ 1 + scale*N(0,1), biases ~ scale*N(0,1) (init gives ones/zeros,
+    which would hide a missing or misplaced weight)."""
+    rng = np.random.RandomState(seed)
+    for path, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.Param) and path[-1] in ("scale", "bias"):
+            noise = scale * rng.standard_normal(var.shape)
+            value = 1.0 + noise if path[-1] == "scale" else noise
+            var[...] = jnp.asarray(value, var.dtype)

@@ -1,0 +1,168 @@
+"""`SeedOssForCausalLM`: the Seed-OSS decoder in Flax NNX, layers stacked and run with `lax.scan`.
+
+Parameter tree (`nnx.state(model, nnx.Param)`), letters as in `config.py`:
+
+    embed.embedding                [V, D]        ("vocab", "embed")
+    layers.input_norm.scale        [L, D]        ("layers", "embed")
+    layers.attn.q_proj.kernel      [L, D, N, H]  ("layers", "embed", "heads", "head_dim")
+    layers.attn.q_proj.bias        [L, N, H]     iff attention_bias
+    layers.attn.k_proj.kernel      [L, D, K, H]  ("layers", "embed", "kv_heads", "head_dim")
+    layers.attn.k_proj.bias        [L, K, H]     iff attention_bias
+    layers.attn.v_proj.kernel      [L, D, K, H]
+    layers.attn.v_proj.bias        [L, K, H]     iff attention_bias
+    layers.attn.o_proj.kernel      [L, N, H, D]  ("layers", "heads", "head_dim", "embed")
+    layers.attn.o_proj.bias        [L, D]        iff attention_out_bias
+    layers.post_attn_norm.scale    [L, D]
+    layers.mlp.gate_proj.kernel    [L, D, F]     ("layers", "embed", "mlp"); bias [L, F] iff mlp_bias
+    layers.mlp.up_proj.kernel      [L, D, F]     bias [L, F] iff mlp_bias
+    layers.mlp.down_proj.kernel    [L, F, D]     ("layers", "mlp", "embed"); bias [L, D] iff mlp_bias
+    final_norm.scale               [D]
+    lm_head.kernel                 [D, V]        ("embed", "vocab"); absent iff tie_word_embeddings
+
+The logical names sit in each Param's metadata under `out_sharding` (see `axes.py`).
+
+Compile time does not grow with depth: the L stacked layers run as one `lax.scan` whose body is
+one decoder layer (optionally under `jax.checkpoint`, per `ModelConfig.remat`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ppp_jax.model import axes as ax
+from ppp_jax.model.attention import Attention
+from ppp_jax.model.config import ModelConfig
+from ppp_jax.model.layers import MLP, Embed, Linear, RMSNorm, dtype_of, rope_tables
+
+if TYPE_CHECKING:
+    from ppp_jax.model.kv_cache import KVCache
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole layer in the backward pass
+    # save the weight matmuls (projections, MLP); recompute attention scores and elementwise ops
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm block: x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x)). Residual adds in `dtype`.
+
+    Built with `stack=L`, each param carries a leading L axis; called on one slice at a time.
+    """
+
+    def __init__(self, config: ModelConfig, *, stack: int | None = None, rngs: nnx.Rngs):
+        c = config
+        dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
+        kw = dict(dtype=dtype, param_dtype=pdtype, stack=stack)
+        self.input_norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, **kw)
+        self.attn = Attention(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
+                              qkv_bias=c.attention_bias, out_bias=c.attention_out_bias,
+                              impl=c.attention_impl, dropout_rate=c.attention_dropout, rngs=rngs,
+                              **kw)
+        self.post_attn_norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, **kw)
+        self.mlp = MLP(c.hidden_size, c.intermediate_size, use_bias=c.mlp_bias, rngs=rngs, **kw)
+        self.resid_dropout = nnx.Dropout(c.residual_dropout)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, positions: jax.Array,
+                 segment_ids: jax.Array, *, cache: KVCache | None = None, layer_state: Any = None,
+                 dropout_key: jax.Array | None = None) -> tuple[jax.Array, Any]:
+        """x [B, T, D] -> (x [B, T, D], new layer cache state or None)."""
+        keys = jax.random.split(dropout_key, 3) if dropout_key is not None else (None,) * 3
+        h, new_state = self.attn(self.input_norm(x), cos, sin, positions, segment_ids,
+                                 cache=cache, layer_state=layer_state, dropout_key=keys[0])
+        x = x + self._resid_dropout(h, keys[1])
+        x = x + self._resid_dropout(self.mlp(self.post_attn_norm(x)), keys[2])
+        return x, new_state
+
+    def _resid_dropout(self, h: jax.Array, key: jax.Array | None) -> jax.Array:
+        if key is None or self.resid_dropout.rate == 0.0:
+            return h
+        return self.resid_dropout(h, deterministic=False, rngs=key)
+
+
+class SeedOssForCausalLM(nnx.Module):
+    """Seed-OSS causal LM (see the module docstring for the parameter tree).
+
+    Inputs everywhere: tokens int32 [B, T]; positions int32 [B, T] (RoPE positions; with left
+    padding, real tokens start at 0); segment_ids int32 [B, T] (0 = padding, >0 = sequence id;
+    default all ones). A token attends to earlier-or-equal tokens of its row with the same
+    nonzero segment id, so padded and packed batches are exact.
+
+    Dropout is live only when `dropout_key` is given (and the config's rates are nonzero).
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.config = c
+        dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
+        self.embed = Embed(c.vocab_size, c.hidden_size, dtype=dtype, param_dtype=pdtype, rngs=rngs)
+        self.layers = DecoderLayer(c, stack=c.num_layers, rngs=rngs)
+        self.final_norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, dtype=dtype,
+                                  param_dtype=pdtype)
+        if c.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = Linear((c.hidden_size,), (c.vocab_size,), (ax.EMBED,), (ax.VOCAB,),
+                                  use_bias=False, dtype=dtype, param_dtype=pdtype, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array,
+                 segment_ids: jax.Array | None = None, *,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
+        """-> logits [B, T, V] in the compute dtype. Materializes all logits; for log-probs of
+        long sequences use `hidden` + `logprobs.token_logprobs` instead."""
+        hidden, _ = self.hidden(tokens, positions, segment_ids, dropout_key=dropout_key)
+        return self.logits(hidden)
+
+    def hidden(self, tokens: jax.Array, positions: jax.Array,
+               segment_ids: jax.Array | None = None, *, cache: KVCache | None = None,
+               collect_layers: bool = False, dropout_key: jax.Array | None = None):
+        """Runs embedding, the L layers and the final norm.
+
+        Returns `(hidden [B, T, D], cache)`: hidden after the final norm, in the compute dtype;
+        cache is the updated cache (the T tokens appended) or None. With `collect_layers=True`
+        returns `(hidden, cache, per_layer)`, per_layer [L, B, T, D] the residual stream after
+        each layer (before the final norm), for per-layer parity checks.
+        """
+        c = self.config
+        if tokens.ndim != 2 or positions.shape != tokens.shape:
+            raise ValueError(f"tokens and positions must both be [B, T]; got {tokens.shape} and "
+                             f"{positions.shape}")
+        if segment_ids is None:
+            segment_ids = jnp.ones(tokens.shape, jnp.int32)
+        elif segment_ids.shape != tokens.shape:
+            raise ValueError(f"segment_ids {segment_ids.shape} must match tokens {tokens.shape}")
+        positions = positions.astype(jnp.int32)
+        segment_ids = segment_ids.astype(jnp.int32)
+        x = self.embed(tokens)  # [B, T, D]
+        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta, dtype_of(c.dtype))
+        graphdef, params = nnx.split(self.layers)
+        states = cache.layer_states() if cache is not None else None
+        keys = jax.random.split(dropout_key, c.num_layers) if dropout_key is not None else None
+
+        def body(x, xs):
+            layer_params, layer_state, key = xs
+            layer = nnx.merge(graphdef, layer_params)
+            x, new_state = layer(x, cos, sin, positions, segment_ids, cache=cache,
+                                 layer_state=layer_state, dropout_key=key)
+            return x, (new_state, x if collect_layers else None)
+
+        if c.remat != "none":
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
+        x, (new_states, per_layer) = jax.lax.scan(body, x, (params, states, keys))
+        if cache is not None:
+            cache = cache.replace_layer_states(new_states).advance(segment_ids)
+        hidden = self.final_norm(x)
+        if collect_layers:
+            return hidden, cache, per_layer
+        return hidden, cache
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """hidden [B, T, D] -> logits [B, T, V] in the compute dtype (float32 accumulation)."""
+        if self.lm_head is None:
+            return self.embed.attend(hidden)
+        return self.lm_head(hidden)

@@ -1,0 +1,548 @@
+"""Ahead-of-time compilation for named TPU topologies, from any machine (shapes only, no weights).
+
+With `libtpu` importable, `jax.experimental.topologies.get_topology_desc("v5p:4x4x4")` returns
+the devices of a TPU slice that does not exist here; `jit(f).lower(*abstract).compile()` then
+runs the real TPU compiler for them, and the executable reports per-chip memory
+(`memory_analysis()`) and per-chip FLOPs (`cost_analysis()`). Nothing is allocated: the model
+is built with `nnx.eval_shape`, every argument is a `jax.ShapeDtypeStruct` carrying its
+`NamedSharding`. (MaxText's `train_compile.py` does the same for its trainer.)
+
+What is compiled (`CompileSpec.steps`):
+
+- "train":   one optimizer update of the PPP policy (forward, chunked log-probs, clipped
+             policy-gradient loss, backward, AdamW) on a [B, T] token batch. Uses
+             `ppp_jax.train_step` when it exists; until then `_standin_train_step` below.
+- "prefill": the engine's prefill of B_e prompts of T_p tokens into a KV cache of S tokens.
+- "decode":  one decode step of B_e sequences against that cache.
+
+Units: sizes in bytes, printed in GiB (2**30). Chip HBM and peak FLOP/s are the published
+per-chip figures in `CHIPS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ppp_jax import splash
+from ppp_jax.model import axes as ax
+from ppp_jax.model import sharding as shd
+from ppp_jax.model.config import ModelConfig, seed_oss_36b, tiny
+
+GiB = 2**30
+
+
+class AotError(RuntimeError):
+    """AOT compilation cannot run (no libtpu, unknown topology, bad mesh) — the message says why."""
+
+
+class DoesNotFit(AotError):
+    """The compiled step needs more memory per chip than the chip has."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Chips
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipSpec:
+    """Published per-chip figures of one TPU generation."""
+
+    name: str  # our short name, as in topology strings ("v5p")
+    hbm_gib: float  # HBM capacity per chip
+    peak_bf16_flops: float  # peak dense bf16 FLOP/s per chip
+    source: str
+
+
+# Sources (Cloud TPU system-architecture pages, read 2026-11):
+#   v4  https://cloud.google.com/tpu/docs/v4   "32 GiB HBM2", "275 teraflops (bf16)"
+#   v5e https://cloud.google.com/tpu/docs/v5e  "HBM2 capacity 16 GB", "197 TFLOPs (bf16)"
+#   v5p https://cloud.google.com/tpu/docs/v5p  "HBM2e capacity 95 GB", "459 TFLOPs (bf16)"
+#   v6e https://cloud.google.com/tpu/docs/v6e  "HBM capacity per chip 32 GB", "918 TFLOPs (bf16)"
+# The pages write "GB"; the TPU runtime's per-device `bytes_limit` is of the same size in GiB
+# (e.g. 95.0 GiB on v5p), so the table is in GiB. The runtime keeps a little for itself, hence
+# `TIGHT_FRACTION` below.
+CHIPS: dict[str, ChipSpec] = {
+    "v4": ChipSpec("v4", 32.0, 275e12, "https://cloud.google.com/tpu/docs/v4"),
+    "v5e": ChipSpec("v5e", 16.0, 197e12, "https://cloud.google.com/tpu/docs/v5e"),
+    "v5p": ChipSpec("v5p", 95.0, 459e12, "https://cloud.google.com/tpu/docs/v5p"),
+    "v6e": ChipSpec("v6e", 32.0, 918e12, "https://cloud.google.com/tpu/docs/v6e"),
+}
+# A step using more than this fraction of HBM is reported as fitting but "tight".
+TIGHT_FRACTION = 0.95
+
+
+def chip_of(topology: str) -> ChipSpec:
+    """"v5p:4x4x4" -> CHIPS["v5p"]."""
+    gen = topology.split(":", 1)[0].strip().lower()
+    if gen not in CHIPS:
+        raise AotError(f"unknown TPU generation {gen!r} in topology {topology!r}; known: "
+                       f"{sorted(CHIPS)} (e.g. 'v5p:4x4x4', 'v6e:16x16')")
+    return CHIPS[gen]
+
+
+def topology_chips(topology: str) -> int:
+    """Number of chips of a topology string: "v5p:4x4x8" -> 128."""
+    try:
+        dims = topology.split(":", 1)[1]
+        return math.prod(int(d) for d in dims.lower().split("x"))
+    except (IndexError, ValueError):
+        raise AotError(f"topology {topology!r} must look like 'v5p:4x4x4' or 'v6e:16x16'") from None
+
+
+def libtpu_available() -> tuple[bool, str]:
+    """(True, "") if libtpu can be imported, else (False, why) — for skips and error messages."""
+    try:
+        import libtpu  # noqa: F401
+    except ImportError as e:
+        return False, f"libtpu is not installed ({e}); `pip install 'ppp-jax[test]'` or " \
+                      f"`pip install libtpu==0.0.42.1` (the version jax[tpu]==0.10.2 pins)"
+    return True, ""
+
+
+def quiet_libtpu_env() -> None:
+    """Environment for loading libtpu on a machine that is not a TPU VM. Effective only before
+    libtpu is first loaded in this process (the `ppp compile` command calls it before importing
+    jax).
+
+    - ALLOW_MULTIPLE_LIBTPU_LOAD=1: libtpu otherwise takes an exclusive lock on
+      /tmp/libtpu_lockfile, and any other JAX process on the machine that probed the TPU backend
+      (every process, once libtpu is installed, unless JAX_PLATFORMS=cpu) makes AOT fail with
+      "Internal error when accessing libtpu multi-process lockfile". Compiling never touches a
+      chip, so sharing is safe.
+    - TPU_SKIP_MDS_QUERY=1: skip the GCE metadata-server probe.
+    """
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+
+
+def tpu_devices(topology: str) -> list[jax.Device]:
+    """The devices of a named TPU slice, usable as compile targets on this (CPU) machine.
+
+    One device per chip on v5p/v5e/v6e (megacore on v5p); the list is in the order
+    `jax.make_mesh` expects.
+    """
+    ok, why = libtpu_available()
+    if not ok:
+        raise AotError(f"AOT compilation for TPU needs libtpu: {why}")
+    chip_of(topology)
+    topology_chips(topology)
+    quiet_libtpu_env()
+    from jax.experimental import topologies
+
+    try:
+        desc = topologies.get_topology_desc(platform="tpu", topology_name=topology)
+    except Exception as e:  # XlaRuntimeError, ValueError, ... depending on the failure
+        raise AotError(f"cannot describe TPU topology {topology!r}: {e}") from e
+    return list(desc.devices)
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+
+ModelPreset = Literal["seed_oss_36b", "tiny"]
+StepName = Literal["train", "prefill", "decode"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Which model to compile: a named preset plus the numerics knobs that change the program."""
+
+    preset: ModelPreset = "seed_oss_36b"
+    param_dtype: str = "float32"  # master weights (AdamW updates them in this dtype)
+    dtype: str = "bfloat16"  # compute dtype
+    remat: Literal["none", "full", "save_dots"] = "full"
+    attention_impl: Literal["xla", "cudnn", "splash"] = "splash"  # splash: Pallas, TPU
+    sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # e.g. {num_layers: 4}
+
+    def build(self) -> ModelConfig:
+        make = {"seed_oss_36b": seed_oss_36b, "tiny": tiny}[self.preset]
+        return make(param_dtype=self.param_dtype, dtype=self.dtype, remat=self.remat,
+                    attention_impl=self.attention_impl, **self.sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+    """The rollout engine's shapes and mesh on the same chips (weights in `dtype`, no FSDP)."""
+
+    batch: int = 64  # B_e, sequences decoded together
+    prefill_len: int = 8192  # T_p, prompt tokens prefilled per call
+    cache_len: int = 40960  # S, KV-cache slots per sequence
+    dtype: str = "bfloat16"  # engine weights and cache
+    mesh: shd.MeshConfig = shd.MeshConfig(shape=(-1, 1, 8))  # data x fsdp x tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileSpec:
+    """The shapes of the compiled steps and the target slice."""
+
+    topology: str = "v5p:4x4x4"
+    steps: tuple[StepName, ...] = ("train",)
+    batch: int = 64  # B, sequences per optimizer update (one micro-batch)
+    seq_len: int = 40960  # T, tokens per sequence (prompt 8192 + response 32768 for Func-Loc)
+    logprob_chunk: int = 1024  # tokens per chunk of the vocab projection in the log-prob loss
+    learning_rate: float = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileConfig:
+    """What `ppp compile` reads from a run config: the sections `model`, `sharding`, `compile`
+    and `engine`. Other top-level sections of the same YAML (the trainer's) are ignored."""
+
+    model: ModelSpec = ModelSpec()
+    sharding: shd.ShardingConfig = shd.ShardingConfig()
+    compile: CompileSpec = CompileSpec()
+    engine: EngineSpec = EngineSpec()
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(CompileConfig))
+
+
+def load_compile_config(path: str, overrides: Sequence[str] = ()) -> CompileConfig:
+    """Reads the `model`/`sharding`/`compile`/`engine` sections of a YAML run config."""
+    from ppp_jax import config as cfg
+
+    data = cfg._read_yaml(Path(path))
+    cfg.apply_overrides(data, list(overrides))
+    picked = {k: v for k, v in data.items() if k in SECTIONS}
+    try:
+        return cfg.from_dict(CompileConfig, picked)
+    except cfg.ConfigError as e:
+        raise cfg.ConfigError(f"{path}: {e}") from None
+
+
+def parse_mesh(text: str) -> shd.MeshConfig:
+    """"data=1,fsdp=64,tensor=1" -> MeshConfig (axes in the order given; missing required ones
+    get size 1). A size may be -1 (all remaining devices)."""
+    sizes: dict[str, int] = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if not name.strip() or not value.strip():
+            raise AotError(f"--mesh {text!r}: each part must look like axis=size")
+        try:
+            sizes[name.strip()] = int(value)
+        except ValueError:
+            raise AotError(f"--mesh {text!r}: size of {name.strip()!r} is not an int") from None
+    axes = tuple(sizes) + tuple(a for a in shd.REQUIRED_MESH_AXES if a not in sizes)
+    return shd.MeshConfig(axes=axes, shape=tuple(sizes.get(a, 1) for a in axes))
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StepReport:
+    """What the compiler says about one step, per device (= per chip here)."""
+
+    step: str
+    topology: str
+    mesh: dict[str, int]
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    peak_bytes: int  # argument + output - alias + temp (what MaxText's train_compile prints)
+    compiler_peak_bytes: int  # memory_analysis().peak_memory_in_bytes (0 if not reported)
+    generated_code_bytes: int
+    flops: float  # cost_analysis()["flops"] of the per-device program
+    model_flops: float  # analytic 6·N·tokens (+ attention) per device, for MFU estimates
+    tokens: int  # tokens processed by the whole slice in this step
+    lower_s: float
+    compile_s: float
+    hbm_bytes: float  # per device
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.hbm_bytes
+
+    @property
+    def tight(self) -> bool:
+        return self.fits and self.peak_bytes > TIGHT_FRACTION * self.hbm_bytes
+
+    def step_seconds(self, peak_flops: float, mfu: float) -> float:
+        """Estimated step time at `mfu` of `peak_flops` per device, from the analytic FLOPs."""
+        return self.model_flops / (mfu * peak_flops)
+
+    def summary(self) -> str:
+        g = lambda b: f"{b / GiB:8.2f} GiB"  # noqa: E731
+        verdict = "FITS" if self.fits else "DOES NOT FIT"
+        if self.tight:
+            verdict += f" (tight: > {TIGHT_FRACTION:.0%} of HBM)"
+        lines = [
+            f"[{self.step}] {self.topology} mesh {self.mesh}",
+            f"  arguments    {g(self.argument_bytes)}   (params, optimizer state, batch; sharded)",
+            f"  outputs      {g(self.output_bytes)}   (of which aliased to donated args "
+            f"{self.alias_bytes / GiB:.2f} GiB)",
+            f"  temporaries  {g(self.temp_bytes)}",
+            f"  total        {g(self.peak_bytes)}   of {self.hbm_bytes / GiB:.2f} GiB HBM per chip "
+            f"({self.peak_bytes / self.hbm_bytes:.0%})  -> {verdict}",
+            f"  (compiler's peak_memory_in_bytes: {self.compiler_peak_bytes / GiB:.2f} GiB)",
+            f"  FLOPs/chip   {self.flops:.3e} (compiler)   {self.model_flops:.3e} (analytic model)",
+            f"  tokens/step  {self.tokens}",
+            f"  compile      {self.lower_s:.1f} s lower + {self.compile_s:.1f} s compile",
+        ]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(fits=self.fits, tight=self.tight)
+        return d
+
+
+def report_of(compiled, *, step: str, topology: str, mesh: jax.sharding.Mesh, model_flops: float,
+              tokens: int, lower_s: float, compile_s: float) -> StepReport:
+    """Reads memory_analysis / cost_analysis of a compiled executable into a StepReport."""
+    mem = compiled.memory_analysis()
+    if mem is None:
+        raise AotError("the compiler returned no memory analysis for this executable")
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax returned one dict per program
+        cost = cost[0] if cost else {}
+    arg, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
+    alias, temp = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
+    # The sum is the conservative figure: the compiler's own peak has come out below the temp
+    # size alone (e.g. with Pallas kernels), so it is reported but not used for the verdict.
+    peak = arg + out - alias + temp
+    compiler_peak = int(getattr(mem, "peak_memory_in_bytes", 0) or 0)
+    chip = chip_of(topology)
+    devices = mesh.devices.size
+    hbm = chip.hbm_gib * GiB * topology_chips(topology) / max(devices, 1) if devices else 0
+    return StepReport(
+        step=step, topology=topology, mesh={str(k): int(v) for k, v in mesh.shape.items()},
+        argument_bytes=arg, output_bytes=out, alias_bytes=alias, temp_bytes=temp, peak_bytes=peak,
+        compiler_peak_bytes=compiler_peak,
+        generated_code_bytes=int(mem.generated_code_size_in_bytes),
+        flops=float((cost or {}).get("flops", float("nan"))), model_flops=model_flops,
+        tokens=tokens, lower_s=lower_s, compile_s=compile_s, hbm_bytes=hbm)
+
+
+def train_model_flops(cfg: ModelConfig, batch: int, seq_len: int, devices: int, *,
+                      remat: str | None = None) -> float:
+    """Analytic FLOPs per device of one train update (MaxText's convention, no remat recompute):
+    6·N_matmul·tokens for the weight matmuls (forward 2, backward 4), plus causal attention
+    6·2·L·N·H·T²/2 per sequence (QKᵀ and PV, half the square under the causal mask)."""
+    del remat
+    d, f, n, k, h, v, L = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
+                           cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size, cfg.num_layers)
+    matmul_params = L * (d * n * h + 2 * d * k * h + n * h * d + 3 * d * f) + d * v  # lm_head
+    tokens = batch * seq_len
+    dense = 6.0 * matmul_params * tokens
+    attn = 6.0 * 2 * L * n * h * seq_len * seq_len / 2 * batch
+    return (dense + attn) / devices
+
+
+def forward_model_flops(cfg: ModelConfig, batch: int, new_tokens: int, context: int,
+                        devices: int) -> float:
+    """Analytic forward FLOPs per device for `new_tokens` per sequence attending to `context`
+    cached positions on average (prefill: context ≈ T/2; decode: context = cache fill)."""
+    d, f, n, k, h, v, L = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
+                           cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size, cfg.num_layers)
+    matmul_params = L * (d * n * h + 2 * d * k * h + n * h * d + 3 * d * f) + d * v
+    tokens = batch * new_tokens
+    return (2.0 * matmul_params * tokens + 2 * 2 * L * n * h * context * tokens) / devices
+
+
+# ----------------------------------------------------------------------------------------------
+# Abstract state
+# ----------------------------------------------------------------------------------------------
+
+
+def abstract_model_state(cfg: ModelConfig):
+    """(graphdef, abstract param State) of `SeedOssForCausalLM(cfg)`: ShapeDtypeStructs only."""
+    from ppp_jax.model.transformer import SeedOssForCausalLM
+
+    abstract = shd.abstract_model(lambda: SeedOssForCausalLM(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    return graphdef, state
+
+
+def with_shardings(tree, shardings):
+    """ShapeDtypeStructs of `tree` carrying the matching leaf of `shardings`."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        tree, shardings)
+
+
+def _path_key(path) -> tuple[str, ...]:
+    return tuple(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
+
+
+def mirror_shardings(tree, params_abstract, param_shardings, mesh):
+    """Shardings for an optimizer-state tree: a leaf whose path ends with a parameter's path
+    (and has its shape) gets that parameter's sharding; anything else (step counts) is
+    replicated."""
+    by_path = {}
+    for (p, x), (_, s) in zip(jax.tree_util.tree_flatten_with_path(params_abstract)[0],
+                              jax.tree_util.tree_flatten_with_path(param_shardings)[0]):
+        by_path[_path_key(p)] = (tuple(x.shape), s)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def pick(path, leaf):
+        key = _path_key(path)
+        for start in range(len(key)):
+            hit = by_path.get(key[start:])
+            if hit is not None and hit[0] == tuple(leaf.shape):
+                return hit[1]
+        if leaf.ndim and math.prod(leaf.shape) > 1:
+            raise AotError(f"optimizer state leaf {'.'.join(key)} {leaf.shape} matches no "
+                           f"parameter; cannot choose its sharding")
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps
+# ----------------------------------------------------------------------------------------------
+
+
+def chunked_token_logprobs(model, hidden: jax.Array, targets: jax.Array, chunk: int) -> jax.Array:
+    """log softmax(logits)[target] per token, float32 [B, T], computing logits [B, c, V] for one
+    chunk of c tokens at a time (rematerialized in the backward pass), never [B, T, V] whole.
+
+    Stand-in until `ppp_jax.model.logprobs.token_logprobs` exists.
+    """
+    b, t, d = hidden.shape
+    c = min(chunk, t)
+    if t % c:
+        raise AotError(f"seq_len {t} is not a multiple of logprob_chunk {c}")
+    hs = hidden.reshape(b, t // c, c, d).swapaxes(0, 1)  # [n, B, c, D]
+    ts = targets.reshape(b, t // c, c).swapaxes(0, 1)  # [n, B, c]
+
+    @jax.checkpoint
+    def one(h, tgt):
+        logits = model.logits(h).astype(jnp.float32)  # [B, c, V]
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        picked = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
+        return picked - lse
+
+    lp = jax.lax.map(lambda xs: one(*xs), (hs, ts))  # [n, B, c]
+    return lp.swapaxes(0, 1).reshape(b, t)
+
+
+def _standin_train_step(graphdef, tx, *, chunk: int, clip_low: float = 0.2,
+                        clip_high: float = 0.28) -> Callable:
+    """A PPP/GRPO update with the shapes and work of the real one: forward, chunked log-probs,
+    token-mean clipped surrogate (ε_low, ε_high), backward, optax update."""
+    import optax
+
+    def step(params, opt_state, batch):
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params)
+            hidden, _ = model.hidden(batch["tokens"], batch["positions"], batch["segment_ids"])
+            lp = chunked_token_logprobs(model, hidden, batch["targets"], chunk)
+            ratio = jnp.exp(jnp.clip(lp - batch["old_logprobs"], -20.0, 20.0))
+            adv = batch["advantages"][:, None]
+            surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip_low, 1 + clip_high) * adv)
+            mask = batch["loss_mask"].astype(jnp.float32)
+            return -(surrogate * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, loss
+
+    return step
+
+
+def abstract_train_batch(batch: int, seq_len: int, mesh, rules) -> dict[str, jax.ShapeDtypeStruct]:
+    """The token batch of one update, as sharded ShapeDtypeStructs ([B, T] int32/float32, [B])."""
+    bt = shd.activation_sharding((ax.ACT_BATCH, ax.ACT_LENGTH), (batch, seq_len), mesh,
+                                 rules, name="batch[B, T]")
+    b = shd.activation_sharding((ax.ACT_BATCH,), (batch,), mesh, rules, name="batch[B]")
+    i32, f32 = jnp.int32, jnp.float32
+    return {
+        "tokens": jax.ShapeDtypeStruct((batch, seq_len), i32, sharding=bt),
+        "positions": jax.ShapeDtypeStruct((batch, seq_len), i32, sharding=bt),
+        "segment_ids": jax.ShapeDtypeStruct((batch, seq_len), i32, sharding=bt),
+        "targets": jax.ShapeDtypeStruct((batch, seq_len), i32, sharding=bt),
+        "loss_mask": jax.ShapeDtypeStruct((batch, seq_len), f32, sharding=bt),
+        "old_logprobs": jax.ShapeDtypeStruct((batch, seq_len), f32, sharding=bt),
+        "advantages": jax.ShapeDtypeStruct((batch,), f32, sharding=b),
+    }
+
+
+
+def make_mesh_for(devices: Sequence[jax.Device], mesh_cfg: shd.MeshConfig) -> jax.sharding.Mesh:
+    """`model.sharding.make_mesh` over the given (TPU-topology) devices, errors as AotError."""
+    try:
+        return shd.make_mesh(mesh_cfg, devices=devices)
+    except shd.ShardingError as e:
+        raise AotError(f"mesh {dict(zip(mesh_cfg.axes, mesh_cfg.shape))} does not fit "
+                       f"{len(devices)} devices: {e}") from None
+
+
+def compile_train(cc: CompileConfig, devices: Sequence[jax.Device]) -> StepReport:
+    """AOT-compiles one train update for `devices`; returns the compiler's figures."""
+    import optax
+
+    spec = cc.compile
+    mcfg = cc.model.build()
+    mesh = make_mesh_for(devices, cc.sharding.mesh)
+    rules = cc.sharding.rules
+    nbatch = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+    if spec.batch % nbatch:
+        raise AotError(f"compile.batch={spec.batch} must be a multiple of data x fsdp = {nbatch} "
+                       f"(mesh {dict(mesh.shape)})")
+    graphdef, abs_state = abstract_model_state(mcfg)
+    try:
+        param_sh = shd.state_shardings(abs_state, mesh, rules)
+    except shd.ShardingError as e:
+        raise AotError(f"sharding rules do not fit the model on mesh {dict(mesh.shape)}: {e}") from None
+    params = with_shardings(abs_state, param_sh)
+    tx = optax.adamw(spec.learning_rate, weight_decay=0.01)
+    opt_abs = jax.eval_shape(tx.init, abs_state)
+    opt_sh = mirror_shardings(opt_abs, abs_state, param_sh, mesh)
+    opt_state = with_shardings(opt_abs, opt_sh)
+    batch = abstract_train_batch(spec.batch, spec.seq_len, mesh, rules)
+    step = _standin_train_step(graphdef, tx, chunk=spec.logprob_chunk)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    jitted = jax.jit(step, out_shardings=(param_sh, opt_sh, replicated), donate_argnums=(0, 1))
+    with shd.using_mesh(mesh, rules), splash.patched_model_splash():
+        t0 = time.perf_counter()
+        lowered = jitted.lower(params, opt_state, batch)
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+        t2 = time.perf_counter()
+    return report_of(compiled, step="train", topology=spec.topology, mesh=mesh,
+                     model_flops=train_model_flops(mcfg, spec.batch, spec.seq_len, len(devices)),
+                     tokens=spec.batch * spec.seq_len, lower_s=t1 - t0, compile_s=t2 - t1)
+
+
+def compile_steps(cc: CompileConfig, devices: Sequence[jax.Device] | None = None) -> list[StepReport]:
+    """Compiles every step named in `cc.compile.steps` for the configured topology."""
+    devices = tpu_devices(cc.compile.topology) if devices is None else devices
+    reports = []
+    for name in cc.compile.steps:
+        if name == "train":
+            reports.append(compile_train(cc, devices))
+        else:
+            from ppp_jax import aot_engine
+
+            reports.append(aot_engine.compile_engine_step(cc, devices, name))
+    return reports
+
+
+def check_fits(reports: Sequence[StepReport]) -> None:
+    """Raises DoesNotFit naming every step that needs more HBM per chip than the chip has."""
+    bad = [r for r in reports if not r.fits]
+    if bad:
+        chip = chip_of(bad[0].topology)
+        parts = [f"{r.step} needs {r.peak_bytes / GiB:.2f} GiB per chip" for r in bad]
+        raise DoesNotFit(f"does not fit: {'; '.join(parts)}, {chip.name} has "
+                         f"{chip.hbm_gib:g} GiB HBM per chip ({bad[0].topology}, mesh "
+                         f"{bad[0].mesh}); try more chips, a larger fsdp/tensor axis, remat=full, "
+                         f"or a smaller batch / seq_len")

@@ -1,0 +1,188 @@
+"""The outer training loop: data -> step -> metrics -> checkpoint, resuming automatically.
+
+`run_loop` knows nothing about rollouts or losses. The trainer passes a `step_fn(state, batch)
+-> (state, metrics)` that does one whole PPP step (rollouts, scoring, advantages, update, weight
+sync); the loop feeds it batches from the data pipeline, writes its metrics, checkpoints the
+state together with the data-iterator position, and on start continues from the latest
+checkpoint if there is one. A run killed at any moment and restarted with the same arguments
+produces the same metrics rows, step for step, as one that was never interrupted, provided
+`step_fn` is a deterministic function of (state, batch): all randomness drawn from `state.rng`.
+
+Order within step s (after s-1 updates):
+
+    batch = next(data)   ->   state, m = step_fn(state, batch)   ->   write row s
+      ->   if s % save_every == 0 or s == num_steps: save checkpoint s (async)
+
+Rows written after the last finished checkpoint by a killed run are removed on resume
+(`MetricsWriter.start`), then written again by the resumed run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import jax
+
+from ppp_jax.checkpointing import CheckpointManager, abstract_like
+from ppp_jax.metrics import MetricsWriter, StepTimer, flatten
+from ppp_jax.progress import ProgressBar
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """What the loop carries from step to step and checkpoints.
+
+    Attributes:
+      step: optimizer updates applied so far (a Python int; never traced).
+      params: the policy params pytree (e.g. an `nnx.State`).
+      opt_state: the optax state pytree.
+      rng: the trainer's PRNG key; `step_fn` splits it and returns the carried half.
+    """
+
+    step: int
+    params: Any
+    opt_state: Any
+    rng: Any
+
+    def replace(self, **changes: Any) -> TrainState:
+        return dataclasses.replace(self, **changes)
+
+
+class DataIterator(Protocol):
+    """The data side the loop needs (`ppp_jax.data.BatchIterator` is one)."""
+
+    def __next__(self) -> Any: ...
+
+    def get_state(self) -> dict[str, Any]: ...
+
+    def set_state(self, state: dict[str, Any]) -> None: ...
+
+
+StepFn = Callable[[TrainState, Any], "tuple[TrainState, Mapping[str, Any]]"]
+
+
+def restore_or_init(
+    init: TrainState | Callable[[], TrainState],
+    data_iter: DataIterator,
+    ckpt: CheckpointManager | None,
+    *,
+    abstract_state: TrainState | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> TrainState:
+    """The latest checkpoint's state (with `data_iter` moved to its position), or a fresh one.
+
+    Args:
+      init: the fresh state, or a function making it (called only when needed: when there is no
+        checkpoint, or when no `abstract_state` was given to restore onto).
+      abstract_state: restore targets (shapes, dtypes, shardings) for params and opt_state;
+        defaults to those of `init`.
+      metadata: this run's metadata; a checkpoint saved with different metadata is still
+        restored, with a warning naming the differing keys.
+    """
+    latest = ckpt.latest_step() if ckpt is not None else None
+    if latest is None:
+        return init() if callable(init) else init
+    if abstract_state is None:
+        abstract_state = init() if callable(init) else init
+    restored = ckpt.restore(
+        latest,
+        abstract_params=abstract_like(abstract_state.params),
+        abstract_opt_state=abstract_like(abstract_state.opt_state),
+    )
+    if restored.data_state is None:
+        raise ValueError(f"checkpoint step {latest} has no data-iterator state; cannot resume exactly")
+    data_iter.set_state(restored.data_state)
+    if metadata is not None and restored.metadata != dict(metadata):
+        keys = sorted(
+            k for k in set(restored.metadata) | set(metadata)
+            if restored.metadata.get(k) != metadata.get(k)
+        )
+        log.warning("resuming from step %d saved with different metadata: keys %s", latest, keys)
+    log.info("resumed from checkpoint step %d", latest)
+    return TrainState(restored.step, restored.params, restored.opt_state, restored.rng)
+
+
+def run_loop(
+    init: TrainState | Callable[[], TrainState],
+    data_iter: DataIterator,
+    step_fn: StepFn,
+    *,
+    num_steps: int,
+    ckpt: CheckpointManager | None = None,
+    writer: MetricsWriter | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    abstract_state: TrainState | None = None,
+    progress: bool = False,
+    hooks: Sequence[Callable[[TrainState, Mapping[str, float]], None]] = (),
+) -> TrainState:
+    """Trains until `num_steps` updates have been applied, resuming from `ckpt` if it has any.
+
+    Args:
+      init: the initial state (or a function making it); see `restore_or_init`.
+      data_iter: the batch iterator; its position is checkpointed with the state.
+      step_fn: `(state, batch) -> (new_state, metrics)`; metrics is a (nested) mapping of
+        scalars. The loop sets `new_state.step` itself.
+      num_steps: total updates of the run (not of this invocation).
+      ckpt: saves every `ckpt.save_every` steps and at the end; None: no checkpoints.
+      writer: receives `start(resumed_step)` once, then one row per step; closed at the end.
+      metadata: JSON-able run metadata (config) stored in every checkpoint.
+      abstract_state: restore targets; see `restore_or_init`.
+      progress: show a tqdm bar.
+      hooks: called after each step with (state, metrics), e.g. evaluation or weight sync.
+
+    Returns:
+      The final state. Pending async checkpoint writes are finished before returning.
+    """
+    state = restore_or_init(init, data_iter, ckpt, abstract_state=abstract_state, metadata=metadata)
+    start = state.step
+    if writer is not None:
+        writer.start(start)
+    timer = StepTimer()
+    bar = ProgressBar(num_steps, initial=start, enabled=progress)
+    last_saved = start
+
+    def save() -> None:
+        ckpt.save(
+            state.step,
+            params=state.params,
+            opt_state=state.opt_state,
+            rng=state.rng,
+            data_state=data_iter.get_state(),
+            metadata=dict(metadata or {}),
+        )
+
+    try:
+        for step in range(start + 1, num_steps + 1):
+            with timer("data"):
+                try:
+                    batch = next(data_iter)
+                except StopIteration:
+                    log.warning("data exhausted after %d steps (of %d)", step - 1, num_steps)
+                    break
+            with timer("step_fn"):
+                state, raw = step_fn(state, batch)
+                jax.block_until_ready((state.params, state.opt_state))
+            state = state.replace(step=step)
+            metrics = flatten(raw)
+            metrics.update(timer.pop())
+            if writer is not None:
+                writer.write(step, metrics)
+            if ckpt is not None and (ckpt.should_save(step) or step == num_steps):
+                save()
+                last_saved = step
+            for hook in hooks:
+                hook(state, metrics)
+            bar.update(1, metrics)
+        if ckpt is not None and state.step != last_saved:
+            save()  # stopped early (data exhausted) between save points: keep the progress
+    finally:
+        bar.close()
+        if ckpt is not None:
+            ckpt.wait()
+        if writer is not None:
+            writer.close()
+    return state

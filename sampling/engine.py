@@ -1,0 +1,275 @@
+"""`Engine`: the public face of the sampling engine (threads, asyncio, weights, sharding).
+
+One background thread owns the `EngineCore` (scheduler, KV pool, compiled programs) and runs
+`step()` while there is work. Every other thread talks to it through a mailbox of callables, so
+`submit` / `cancel` / `end_session` / `update_params` are safe from anywhere, and hundreds of
+asyncio coroutines can `await engine.generate(request)` at once: they all feed the same
+continuous batch.
+
+    engine = Engine.from_pretrained("path/to/hf_checkpoint", EngineConfig(num_slots=8))
+    result = engine.generate_batch([Request([0, 5, 7], SamplingParams(temperature=0))])[0]
+    result = await engine.generate(Request(ids, SamplingParams(temperature=1.0, seed=3)))
+    engine.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ppp_jax.sampling.paged_cache import PagedKVCache
+from ppp_jax.sampling.params import GenerationResult, Request
+from ppp_jax.sampling.runner import ModelRunner
+from ppp_jax.sampling.scheduler import EngineConfig, EngineCore
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamChunk:
+    """One streamed piece of a request: new tokens and log-probs; `result` set on the last one."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    result: GenerationResult | None = None
+
+
+def kv_pool_sharding(mesh: Mesh | None, num_kv_heads: int) -> NamedSharding | None:
+    """KV heads over the mesh's "tensor" axis when it divides them, else replicated."""
+    if mesh is None:
+        return None
+    tensor = mesh.shape.get("tensor", 1)
+    heads = "tensor" if tensor > 1 and num_kv_heads % tensor == 0 else None
+    return NamedSharding(mesh, PartitionSpec(None, None, None, heads, None))
+
+
+class Engine:
+    """Continuous-batching, paged-KV sampling engine for a `SeedOssForCausalLM`.
+
+    Args:
+      model: the NNX model (its weights may already be sharded on `mesh`). It is split once into
+        graphdef and state; the state is a jit argument from then on.
+      config: static engine sizes.
+      mesh: optional device mesh; the KV pool's kv-head axis goes over "tensor".
+    """
+
+    def __init__(self, model: nnx.Module, config: EngineConfig = EngineConfig(), *,
+                 mesh: Mesh | None = None):
+        self.config = config
+        self.model_config = model.config
+        self.mesh = mesh
+        graphdef, state = nnx.split(model)
+        mc = model.config
+        kv_dtype = jnp.dtype(config.kv_dtype or mc.dtype)
+        k_pool, v_pool = PagedKVCache.init_pool(
+            mc.num_layers, config.num_pages, config.page_size, mc.num_kv_heads, mc.head_dim,
+            kv_dtype, kv_pool_sharding(mesh, mc.num_kv_heads))
+        self.runner = ModelRunner(graphdef, block_pages=config.block_pages,
+                                  decode_steps=config.decode_steps, max_seq_len=config.max_seq_len)
+        self._core = EngineCore(self.runner, state, k_pool, v_pool, config)
+        self._mailbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="ppp-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, config: EngineConfig = EngineConfig(), *,
+                        mesh: Mesh | None = None, dtype: str | None = None, **overrides) -> Engine:
+        """Loads a checkpoint directory (Hugging Face or ppp_jax orbax) with
+        `ppp_jax.model.api.load_pretrained` and starts an engine on it.
+
+        dtype: compute dtype (default: the checkpoint's). overrides: ModelConfig fields.
+        """
+        from ppp_jax.model.api import load_pretrained
+
+        model = load_pretrained(path, mesh=mesh, dtype=dtype, **overrides)
+        return cls(model, config, mesh=mesh)
+
+    # ---- the engine thread ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        core = self._core
+        while not self._closed:
+            try:
+                block = not core.has_work()
+                while True:
+                    try:
+                        fn = self._mailbox.get(block=block, timeout=0.5 if block else None)
+                    except queue.Empty:
+                        break
+                    fn()
+                    block = False
+                if core.has_work():
+                    core.step()
+            except BaseException as e:  # keep serving; fail everything in flight
+                log.exception("engine step failed")
+                self._error = e
+                self._fail_all(e)
+
+    def _fail_all(self, error: BaseException) -> None:
+        core = self._core
+        for seq in list(core.waiting) + [s for s in core.slots if s is not None]:
+            try:
+                seq.on_done(None, error)
+            except Exception:  # noqa: BLE001 - a broken callback must not stop the loop
+                log.exception("callback failed")
+        core.waiting.clear()
+        for i, seq in enumerate(core.slots):
+            if seq is not None:
+                core._free(seq.pages)
+                seq.pages = []
+                core.slots[i] = None
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """Runs fn() on the engine thread and returns its result (blocking)."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run():
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # noqa: BLE001
+                fut.set_exception(e)
+
+        self._mailbox.put(run)
+        return fut.result()
+
+    # ---- requests ------------------------------------------------------------------------
+
+    def submit(self, request: Request,
+               on_tokens: Callable[[list[int], list[float]], None] | None = None,
+               ) -> concurrent.futures.Future[GenerationResult]:
+        """Queues `request`; the future resolves to its `GenerationResult` (or a RequestError).
+
+        on_tokens(new_ids, new_logprobs) is called on the engine thread after each decode block.
+        """
+        if self._closed:
+            raise RuntimeError("engine is closed")
+        fut: concurrent.futures.Future[GenerationResult] = concurrent.futures.Future()
+
+        def done(result, error):
+            if fut.done():
+                return
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)
+
+        self._mailbox.put(lambda: self._core.add_request(request, done, on_tokens))
+        return fut
+
+    def generate_batch(self, requests: list[Request]) -> list[GenerationResult]:
+        """Runs all requests through the continuous batch; results in request order."""
+        futures = [self.submit(r) for r in requests]
+        return [f.result() for f in futures]
+
+    async def generate(self, request: Request) -> GenerationResult:
+        """Awaitable generation. Cancelling the awaiting task cancels the request."""
+        fut = self.submit(request)
+        try:
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            self.cancel(request.request_id)
+            raise
+
+    async def stream(self, request: Request) -> AsyncIterator[StreamChunk]:
+        """Yields a StreamChunk per decode block, the last one carrying the final result."""
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue = asyncio.Queue()
+
+        def on_tokens(ids, logps):
+            loop.call_soon_threadsafe(chunks.put_nowait, StreamChunk(list(ids), list(logps)))
+
+        fut = self.submit(request, on_tokens)
+        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(chunks.put_nowait, f))
+        try:
+            while True:
+                item = await chunks.get()
+                if isinstance(item, StreamChunk):
+                    yield item
+                    continue
+                yield StreamChunk([], [], item.result())  # raises the request's error, if any
+                return
+        finally:
+            if not fut.done():
+                self.cancel(request.request_id)
+
+    def cancel(self, request_id: str) -> None:
+        """Cancels a request (its result gets finish_reason "cancelled" at the next step)."""
+        self._mailbox.put(lambda: self._core.cancel(request_id))
+
+    def end_session(self, session_id: str) -> None:
+        """Frees a session's KV pages."""
+        self._call(lambda: self._core.end_session(session_id))
+
+    # ---- weights ---------------------------------------------------------------------------
+
+    def update_params(self, new_state: nnx.State | nnx.Module) -> None:
+        """Swaps in new weights between engine steps, without recompiling.
+
+        `new_state` (an nnx.State from `nnx.state(model)`, or a model) must have the same tree,
+        shapes and dtypes as the current one; leaves are moved to the current shardings.
+        Requests in flight continue with the new weights from the next decode block on.
+        The old weights are dropped as soon as the swap happens.
+        """
+        if isinstance(new_state, nnx.Module):
+            new_state = nnx.state(new_state)
+
+        def swap():
+            old = self._core.state
+            if jax.tree.structure(old) != jax.tree.structure(new_state):
+                raise ValueError("update_params: the new state's tree differs from the model's")
+            for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new_state)):
+                if a.shape != b.shape or a.dtype != b.dtype:
+                    raise ValueError(f"update_params: leaf {b.shape} {b.dtype} does not match "
+                                     f"{a.shape} {a.dtype}")
+            self._core.state = jax.tree.map(
+                lambda n, o: jax.device_put(n, o.sharding) if isinstance(o, jax.Array) else n,
+                new_state, old)
+
+        self._call(swap)
+
+    # ---- introspection --------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """KV pages used/free/total, active slots, waiting requests, sessions, counters."""
+        return self._call(self._core.stats)
+
+    @property
+    def compilations(self) -> dict[str, int]:
+        """How many times each program was traced (prefill counts one per shape bucket)."""
+        return dict(self.runner.traces)
+
+    def close(self) -> None:
+        """Stops the engine thread; requests still in flight are cancelled."""
+        if self._closed:
+            return
+
+        def stop():
+            for seq in list(self._core.waiting) + [s for s in self._core.slots if s is not None]:
+                seq.cancelled = True
+            self._core._reap_cancelled()
+            self._closed = True
+
+        self._mailbox.put(stop)
+        self._thread.join(timeout=60)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,148 @@
+"""The engine's compiled device programs: chunked prefill, a multi-step decode block, page copies.
+
+The weights are a jit *argument* (`graphdef, state = nnx.split(model)` once; `nnx.merge` inside
+the traced function), so `update_params` swaps them with no recompilation. The KV pools are
+donated to every program and come back updated, so they are never copied.
+
+Compilations (counted in `ModelRunner.traces`):
+  prefill  once per (rows bucket, chunk bucket), e.g. (1, 256)
+  decode   once (fixed number of slots B, fixed page-table width W, fixed steps per block)
+  copy     once per number-of-pages bucket (copy-on-write of shared prefixes)
+
+Shapes: B slots, W page-table width, k decode steps per block, MS max stop ids per request.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ppp_jax.sampling.paged_cache import PagedKVCache
+from ppp_jax.sampling.strategies import request_keys, sample_tokens
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["page_table", "cache_lens", "last_token", "active", "num_generated",
+                                "max_new_tokens", "stop_ids", "temperature", "top_k", "top_p",
+                                "seeds"],
+                   meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class SlotBatch:
+    """Host-built inputs of one decode block, one row per slot.
+
+    page_table int32 [B, W]; cache_lens int32 [B] (tokens cached, = position of last_token);
+    last_token int32 [B] (sampled, not yet cached); active bool [B];
+    num_generated int32 [B] (index of the next sampled token, keys the RNG);
+    max_new_tokens int32 [B]; stop_ids int32 [B, MS] (-1 = unused);
+    temperature f32 [B]; top_k int32 [B]; top_p f32 [B]; seeds uint32 [B].
+    """
+
+    page_table: jax.Array
+    cache_lens: jax.Array
+    last_token: jax.Array
+    active: jax.Array
+    num_generated: jax.Array
+    max_new_tokens: jax.Array
+    stop_ids: jax.Array
+    temperature: jax.Array
+    top_k: jax.Array
+    top_p: jax.Array
+    seeds: jax.Array
+
+
+class ModelRunner:
+    """Owns the jitted prefill/decode/copy programs for one model graph."""
+
+    def __init__(self, graphdef: nnx.GraphDef, *, block_pages: int, decode_steps: int,
+                 max_seq_len: int):
+        self.graphdef = graphdef
+        self.block_pages = block_pages
+        self.decode_steps = decode_steps
+        self.max_seq_len = max_seq_len
+        self.traces: collections.Counter[str] = collections.Counter()
+        self._prefill = jax.jit(self._prefill_impl, donate_argnums=(1, 2))
+        self._decode = jax.jit(self._decode_impl, donate_argnums=(1, 2))
+        self._copy = jax.jit(self._copy_impl, donate_argnums=(0, 1))
+
+    # ---- prefill ---------------------------------------------------------------------------
+
+    def prefill(self, state, k_pool, v_pool, tokens, positions, segment_ids, page_table,
+                cache_lens):
+        """Writes the K/V of `tokens` [Bp, C] into the pool. Returns (k_pool, v_pool).
+
+        positions/segment_ids int32 [Bp, C] (segment 0 = padding); page_table int32 [Bp, W];
+        cache_lens int32 [Bp]. No logits are computed: the last prompt token is fed by the first
+        decode step, which samples the first new token.
+        """
+        return self._prefill(state, k_pool, v_pool, tokens, positions, segment_ids, page_table,
+                             cache_lens)
+
+    def _prefill_impl(self, state, k_pool, v_pool, tokens, positions, segment_ids, page_table,
+                      cache_lens):
+        self.traces["prefill"] += 1
+        model = nnx.merge(self.graphdef, state)
+        cache = PagedKVCache(k_pool, v_pool, page_table, cache_lens, self.block_pages)
+        _, cache = model.hidden(tokens, positions, segment_ids, cache=cache)
+        return cache.k_pages, cache.v_pages
+
+    # ---- decode ----------------------------------------------------------------------------
+
+    def decode(self, state, k_pool, v_pool, batch: SlotBatch):
+        """Runs up to `decode_steps` steps for all slots (stops early when no row is active).
+
+        Returns (k_pool, v_pool, tokens int32 [B, k], logprobs f32 [B, k], num_valid int32 [B]):
+        row b's sampled tokens are tokens[b, :num_valid[b]].
+        """
+        return self._decode(state, k_pool, v_pool, batch)
+
+    def _decode_impl(self, state, k_pool, v_pool, batch: SlotBatch):
+        self.traces["decode"] += 1
+        model = nnx.merge(self.graphdef, state)
+        num_slots = batch.last_token.shape[0]
+        steps = self.decode_steps
+        out_tokens = jnp.zeros((num_slots, steps), jnp.int32)
+        out_logp = jnp.zeros((num_slots, steps), jnp.float32)
+        num_valid = jnp.zeros((num_slots,), jnp.int32)
+
+        def cond(carry):
+            i, active = carry[0], carry[3]
+            return (i < steps) & jnp.any(active)
+
+        def body(carry):
+            i, k_pool, v_pool, active, lens, last, gen, out_tokens, out_logp, num_valid = carry
+            cache = PagedKVCache(k_pool, v_pool, batch.page_table, lens, self.block_pages)
+            seg = active.astype(jnp.int32)[:, None]
+            hidden, cache = model.hidden(last[:, None], lens[:, None], seg, cache=cache)
+            logits = model.logits(hidden)[:, 0].astype(jnp.float32)  # [B, V]
+            keys = request_keys(batch.seeds, gen)
+            tok, logp = sample_tokens(logits, batch.temperature, batch.top_k, batch.top_p, keys)
+            out_tokens = out_tokens.at[:, i].set(tok)
+            out_logp = out_logp.at[:, i].set(logp)
+            step = active.astype(jnp.int32)
+            num_valid, lens, gen = num_valid + step, lens + step, gen + step
+            stop = (jnp.any(tok[:, None] == batch.stop_ids, axis=1)
+                    | (gen >= batch.max_new_tokens) | (lens + 1 >= self.max_seq_len))
+            last = jnp.where(active, tok, last)
+            active = active & ~stop
+            return (i + 1, cache.k_pages, cache.v_pages, active, lens, last, gen, out_tokens,
+                    out_logp, num_valid)
+
+        carry = (jnp.int32(0), k_pool, v_pool, batch.active, batch.cache_lens, batch.last_token,
+                 batch.num_generated, out_tokens, out_logp, num_valid)
+        carry = jax.lax.while_loop(cond, body, carry)
+        return carry[1], carry[2], carry[7], carry[8], carry[9]
+
+    # ---- copy-on-write -------------------------------------------------------------------------
+
+    def copy_pages(self, k_pool, v_pool, src, dst):
+        """Copies pages src[i] -> dst[i] in every layer (int32 [n]; pad with 0 -> 0)."""
+        return self._copy(k_pool, v_pool, src, dst)
+
+    def _copy_impl(self, k_pool, v_pool, src, dst):
+        self.traces["copy"] += 1
+        return k_pool.at[:, dst].set(k_pool[:, src]), v_pool.at[:, dst].set(v_pool[:, src])

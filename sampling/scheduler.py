@@ -1,0 +1,519 @@
+"""The host side of the engine: sequences, slots, sessions, shared prefixes, memory pressure.
+
+`EngineCore.step()` does one round of work, always in this order:
+  1. drop cancelled sequences;
+  2. admit waiting sequences into free slots (FCFS): give each the KV pages of everything it has
+     not cached yet, share a prompt prefix that another sequence is prefilling or has prefilled
+     (GRPO groups), then prefill what is still uncached in chunks, all but the last token;
+  3. run one decode block (`decode_steps` steps) over all slots; the first step of a new
+     sequence feeds its last prompt token and samples its first new token.
+
+Invariant of a sequence in a slot: `cached == len(tokens) - 1`; tokens[-1] is the next token to
+feed. A sequence's K/V live in its `pages` (page j holds positions [j*S, (j+1)*S)).
+
+Memory pressure (not enough free pages) is resolved by freeing, in this order: cached prefixes,
+idle sessions (least recently used first), pages held by waiting sequences, and finally (only to
+let running sequences grow) the most recently admitted running sequences, which are preempted
+and go back to the front of the queue with everything they generated; they are re-prefilled
+later and continue exactly where they were (the RNG is keyed by (seed, token index)). Nothing
+crashes for lack of memory as long as one sequence of `max_seq_len` tokens fits in the pool,
+which `EngineConfig` checks.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ppp_jax.sampling.page_allocator import OutOfPages, PageAllocator
+from ppp_jax.sampling.params import GenerationResult, Request, RequestError
+from ppp_jax.sampling.runner import ModelRunner, SlotBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """Sizes of the engine. All are static: they fix the compiled shapes.
+
+    Attributes:
+      num_slots: B, sequences decoded together (continuous batching fills freed slots).
+      page_size: S, tokens per KV page.
+      num_pages: P, pages in the pool (page 0 is reserved); memory = 2 * L * P * S * K * H * bytes.
+      max_seq_len: longest sequence (context + generation) one slot can hold.
+      decode_steps: decode steps per host round-trip (one compiled while-loop).
+      prefill_chunks: chunk-length buckets for prefill, ascending; a prompt is prefilled in chunks
+        of the largest bucket, its remainder padded to the smallest bucket that fits.
+      prefill_rows: row-count buckets for batched prefill, ascending.
+      block_pages: pages read per step of the paged-attention loop.
+      max_stop_tokens: most stop ids per request.
+      kv_dtype: dtype of the KV pool (None: the model's compute dtype).
+    """
+
+    num_slots: int = 8
+    page_size: int = 16
+    num_pages: int = 1024
+    max_seq_len: int = 4096
+    decode_steps: int = 8
+    prefill_chunks: tuple[int, ...] = (32, 128, 512)
+    prefill_rows: tuple[int, ...] = (1, 4)
+    block_pages: int = 8
+    max_stop_tokens: int = 8
+    kv_dtype: str | None = None
+
+    def __post_init__(self):
+        for name in ("num_slots", "page_size", "max_seq_len", "decode_steps", "block_pages",
+                     "max_stop_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("prefill_chunks", "prefill_rows"):
+            v = getattr(self, name)
+            if not v or list(v) != sorted(set(v)) or v[0] < 1:
+                raise ValueError(f"EngineConfig.{name} must be ascending positive ints, got {v}")
+        if self.num_pages - 1 < self.pages_per_seq:
+            raise ValueError(
+                f"EngineConfig: the pool ({self.num_pages} pages, one reserved) must hold one "
+                f"sequence of max_seq_len={self.max_seq_len} tokens = {self.pages_per_seq} pages "
+                f"of {self.page_size}")
+
+    @property
+    def pages_per_seq(self) -> int:
+        return -(-self.max_seq_len // self.page_size)
+
+    @property
+    def table_width(self) -> int:
+        """W: page-table columns, pages_per_seq rounded up to a multiple of block_pages."""
+        return -(-self.pages_per_seq // self.block_pages) * self.block_pages
+
+
+def _bucket(n: int, buckets: tuple[int, ...]) -> int:
+    for b in buckets:
+        if b >= n:
+            return b
+    return buckets[-1]
+
+
+def _prefix_key(tokens: list[int]) -> bytes:
+    return hashlib.blake2b(np.asarray(tokens, np.int64).tobytes(), digest_size=16).digest()
+
+
+@dataclasses.dataclass(eq=False)
+class Sequence:
+    """One request in flight (host state)."""
+
+    request: Request
+    tokens: list[int]  # whole context: session history + prompt + generated so far
+    prompt_len: int  # context length before the first sampled token
+    seed: int
+    on_tokens: Callable[[list[int], list[float]], None] | None
+    on_done: Callable[[GenerationResult | None, BaseException | None], None]
+    pages: list[int] = dataclasses.field(default_factory=list)
+    cached: int = 0
+    out_tokens: list[int] = dataclasses.field(default_factory=list)
+    out_logprobs: list[float] = dataclasses.field(default_factory=list)
+    slot: int | None = None
+    admitted_at: int = -1
+    cancelled: bool = False
+    _key: bytes | None = None
+
+    @property
+    def params(self):
+        return self.request.params
+
+    def prefix_key(self) -> bytes | None:
+        """Key of tokens[:-1] if this sequence could share a cached prefix (nothing cached)."""
+        if self.pages or self.cached or len(self.tokens) < 2:
+            return None
+        if self._key is None:
+            self._key = _prefix_key(self.tokens[:-1])
+        return self._key
+
+
+@dataclasses.dataclass(eq=False)
+class Session:
+    """An episode's conversation and the KV pages holding it between turns."""
+
+    session_id: str
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    pages: list[int] = dataclasses.field(default_factory=list)
+    cached: int = 0
+    busy: bool = False
+    last_used: int = 0
+
+
+@dataclasses.dataclass(eq=False)
+class PrefixEntry:
+    """KV pages of a prompt prefix (tokens[:-1] of some sequence) kept for sharing."""
+
+    pages: list[int]
+    length: int
+    last_used: int
+
+
+class EngineCore:
+    """Single-threaded scheduler over a `ModelRunner`. Not thread-safe: `engine.Engine` drives it
+    from one background thread."""
+
+    def __init__(self, runner: ModelRunner, state: Any, k_pool, v_pool, config: EngineConfig):
+        self.runner = runner
+        self.state = state
+        self.k_pool, self.v_pool = k_pool, v_pool
+        self.config = config
+        self.allocator = PageAllocator(config.num_pages)
+        self.slots: list[Sequence | None] = [None] * config.num_slots
+        self.waiting: collections.deque[Sequence] = collections.deque()
+        self.sessions: dict[str, Session] = {}
+        self.prefixes: dict[bytes, PrefixEntry] = {}
+        self._tick = 0
+        self._seed_rng = random.Random(0x5EED)
+        self.counters = collections.Counter()
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def add_request(self, request: Request, on_done, on_tokens=None) -> None:
+        """Queues a request. Errors (too long, busy session, ...) go to on_done(None, error)."""
+        try:
+            seq = self._make_sequence(request, on_done, on_tokens)
+        except RequestError as e:
+            on_done(None, e)
+            return
+        self.waiting.append(seq)
+
+    def _make_sequence(self, request: Request, on_done, on_tokens) -> Sequence:
+        c = self.config
+        p = request.params
+        if not request.prompt_ids:
+            raise RequestError("prompt_ids must not be empty")
+        if len(p.stop_token_ids) > c.max_stop_tokens:
+            raise RequestError(f"at most {c.max_stop_tokens} stop token ids, got {len(p.stop_token_ids)}")
+        history: list[int] = []
+        pages: list[int] = []
+        cached = 0
+        if request.session_id is not None:
+            session = self.sessions.setdefault(request.session_id, Session(request.session_id))
+            if session.busy:
+                raise RequestError(f"session {request.session_id!r} already has a request in flight")
+            history, pages, cached = session.tokens, session.pages, session.cached
+        tokens = history + request.prompt_ids
+        if len(tokens) >= c.max_seq_len:
+            where = f" (session {request.session_id!r} holds {len(history)})" if history else ""
+            raise RequestError(
+                f"context of {len(tokens)} tokens{where} leaves no room to generate: "
+                f"max_seq_len is {c.max_seq_len}")
+        if request.session_id is not None:
+            session.busy, session.pages, session.cached = True, [], 0  # pages move to the sequence
+        seed = p.seed if p.seed is not None else self._seed_rng.getrandbits(32)
+        return Sequence(request=request, tokens=tokens, prompt_len=len(tokens), seed=seed,
+                        on_tokens=on_tokens, on_done=on_done, pages=pages, cached=cached)
+
+    def cancel(self, request_id: str) -> None:
+        for seq in list(self.waiting) + [s for s in self.slots if s is not None]:
+            if seq.request.request_id == request_id:
+                seq.cancelled = True
+
+    def end_session(self, session_id: str) -> None:
+        """Frees a session's pages and forgets it (a request in flight keeps running)."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        if session.busy:  # the in-flight sequence owns the pages; forget when it finishes
+            session.session_id = ""
+        else:
+            self._free(session.pages)
+        del self.sessions[session_id]
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or any(s is not None for s in self.slots)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: KV pages (used/free/total), slots, queue, sessions, cached tokens."""
+        live = [s for s in self.slots if s is not None]
+        return {
+            "pages_used": self.allocator.num_used,
+            "pages_free": self.allocator.num_free,
+            "pages_total": self.allocator.capacity,
+            "page_size": self.config.page_size,
+            "active": len(live),
+            "waiting": len(self.waiting),
+            "sessions": len(self.sessions),
+            "cached_tokens": sum(s.cached for s in live) + sum(s.cached for s in self.waiting)
+            + sum(s.cached for s in self.sessions.values()),
+            "prefix_entries": len(self.prefixes),
+            **{k: v for k, v in self.counters.items()},
+        }
+
+    # ---- one round -------------------------------------------------------------------------
+
+    def step(self) -> None:
+        self._tick += 1
+        self._reap_cancelled()
+        self._admit()
+        if any(s is not None for s in self.slots):
+            self._decode_block()
+
+    def _reap_cancelled(self) -> None:
+        for seq in [s for s in self.waiting if s.cancelled]:
+            self.waiting.remove(seq)
+            self._finish(seq, "cancelled")
+        for seq in self.slots:
+            if seq is not None and seq.cancelled:
+                self._finish(seq, "cancelled")
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        if seq.slot is not None:
+            self.slots[seq.slot] = None
+            seq.slot = None
+        sid = seq.request.session_id
+        session = self.sessions.get(sid) if sid is not None else None
+        if session is not None and session.busy:
+            session.tokens, session.pages, session.cached = seq.tokens, seq.pages, seq.cached
+            session.busy, session.last_used = False, self._tick
+        else:
+            self._free(seq.pages)
+        seq.pages, seq.cached = [], 0
+        result = GenerationResult(request_id=seq.request.request_id, token_ids=list(seq.out_tokens),
+                                  logprobs=list(seq.out_logprobs), finish_reason=reason,
+                                  prompt_len=seq.prompt_len, session_id=sid)
+        self.counters[f"finished_{reason}"] += 1
+        seq.on_done(result, None)
+
+    def _free(self, pages: list[int]) -> None:
+        if pages:
+            self.allocator.free(pages)
+
+    # ---- memory ---------------------------------------------------------------------------
+
+    def _reclaim(self, need: int, *, protect: Sequence | None = None,
+                 protect_key: bytes | None = None) -> bool:
+        """Frees cached prefixes, idle sessions and waiting sequences' pages until `need` pages
+        are free (never those of `protect` or the prefix `protect_key`). Returns whether they are."""
+        a = self.allocator
+        for key in sorted(self.prefixes, key=lambda k: self.prefixes[k].last_used):
+            if a.num_free >= need:
+                return True
+            if key == protect_key:
+                continue
+            self._free(self.prefixes.pop(key).pages)
+        idle = sorted((s for s in self.sessions.values() if s.pages), key=lambda s: s.last_used)
+        for session in idle:
+            if a.num_free >= need:
+                return True
+            self._free(session.pages)
+            session.pages, session.cached = [], 0
+            self.counters["session_evictions"] += 1
+        for seq in reversed(self.waiting):
+            if a.num_free >= need:
+                return True
+            if seq is protect or not seq.pages:
+                continue
+            self._free(seq.pages)
+            seq.pages, seq.cached, seq._key = [], 0, None
+            self.counters["waiting_evictions"] += 1
+        return a.num_free >= need
+
+    def _pages_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.config.page_size)
+
+    # ---- admission and prefill ------------------------------------------------------------
+
+    def _admit(self) -> None:
+        free_slots = [i for i, s in enumerate(self.slots) if s is None]
+        if not free_slots or not self.waiting:
+            return
+        waiting_keys = collections.Counter(k for s in self.waiting if (k := s.prefix_key()))
+        to_prefill: list[Sequence] = []
+        leaders: dict[bytes, Sequence] = {}  # prefix being prefilled this round -> its sequence
+        followers: list[tuple[Sequence, bytes]] = []
+        shares: list[tuple[Sequence, PrefixEntry]] = []
+        while free_slots and self.waiting:
+            seq = self.waiting[0]
+            key = seq.prefix_key()
+            entry = self.prefixes.get(key) if key else None
+            n = len(seq.tokens) - 1
+            target = self._pages_for(n)
+            if entry is not None or (key is not None and key in leaders):
+                need = target - n // self.config.page_size  # a private copy of the partial page
+            else:
+                need = target - len(seq.pages)
+            if self.allocator.num_free < need and not self._reclaim(need, protect=seq,
+                                                                    protect_key=key):
+                break
+            self.waiting.popleft()
+            if key:
+                waiting_keys[key] -= 1
+            seq.slot = free_slots.pop(0)
+            seq.admitted_at = self._tick * 1_000_000 + seq.slot
+            self.slots[seq.slot] = seq
+            if entry is not None:
+                shares.append((seq, entry))
+            elif key is not None and key in leaders:
+                followers.append((seq, key))
+            else:
+                seq.pages = seq.pages + self.allocator.alloc(max(0, target - len(seq.pages)))
+                to_prefill.append(seq)
+                if key is not None and waiting_keys[key] > 0:
+                    leaders[key] = seq
+        if not any(s is not None for s in self.slots) and self.waiting:
+            seq = self.waiting.popleft()  # cannot happen when EngineConfig validated the pool
+            seq.on_done(None, RequestError(
+                f"KV pool exhausted with nothing running ({self.allocator.num_free} pages free)"))
+        self._prefill(to_prefill)
+        for key, seq in leaders.items():
+            n = len(seq.tokens) - 1
+            pages = seq.pages[: self._pages_for(n)]
+            self.allocator.share(pages)
+            self.prefixes[key] = PrefixEntry(pages, n, self._tick)
+        copies: list[tuple[int, int]] = []
+        for seq, entry in shares + [(s, self.prefixes[k]) for s, k in followers]:
+            copies += self._share_prefix(seq, entry)
+        self._copy_pages(copies)
+        live = collections.Counter(k for s in self.waiting if (k := s.prefix_key()))
+        for key in [k for k in self.prefixes if live[k] == 0]:
+            self._free(self.prefixes.pop(key).pages)
+
+    def _share_prefix(self, seq: Sequence, entry: PrefixEntry) -> list[tuple[int, int]]:
+        """Gives `seq` the entry's full pages (shared) and a private copy of its partial page."""
+        full = entry.length // self.config.page_size
+        self.allocator.share(entry.pages[:full])
+        seq.pages = list(entry.pages[:full])
+        copies = []
+        if entry.length % self.config.page_size:
+            (new,) = self.allocator.alloc(1)
+            seq.pages.append(new)
+            copies.append((entry.pages[full], new))
+        seq.cached = entry.length
+        entry.last_used = self._tick
+        self.counters["prefix_hits"] += 1
+        self.counters["prefix_tokens_shared"] += entry.length
+        return copies
+
+    def _copy_pages(self, copies: list[tuple[int, int]]) -> None:
+        if not copies:
+            return
+        n = _bucket(len(copies), tuple(2**i for i in range(20)))
+        src = np.zeros(n, np.int32)
+        dst = np.zeros(n, np.int32)
+        src[: len(copies)], dst[: len(copies)] = zip(*copies)
+        self.k_pool, self.v_pool = self.runner.copy_pages(self.k_pool, self.v_pool, src, dst)
+
+    def _table(self, pages: list[int]) -> np.ndarray:
+        row = np.zeros(self.config.table_width, np.int32)
+        row[: len(pages)] = pages
+        return row
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        """Caches tokens[cached : len-1] of each sequence (pages already allocated)."""
+        c = self.config
+        work = [s for s in seqs if s.cached < len(s.tokens) - 1]
+        max_rows = c.prefill_rows[-1]
+        for g in range(0, len(work), max_rows):
+            group = work[g:g + max_rows]
+            while True:
+                rows = [s for s in group if s.cached < len(s.tokens) - 1]
+                if not rows:
+                    break
+                lens = [min(c.prefill_chunks[-1], len(s.tokens) - 1 - s.cached) for s in rows]
+                chunk = _bucket(max(lens), c.prefill_chunks)
+                nrows = _bucket(len(rows), c.prefill_rows)
+                tokens = np.zeros((nrows, chunk), np.int32)
+                positions = np.zeros((nrows, chunk), np.int32)
+                segs = np.zeros((nrows, chunk), np.int32)
+                table = np.zeros((nrows, c.table_width), np.int32)
+                cache_lens = np.zeros(nrows, np.int32)
+                for r, (s, n) in enumerate(zip(rows, lens)):
+                    tokens[r, :n] = s.tokens[s.cached:s.cached + n]
+                    positions[r, :n] = np.arange(s.cached, s.cached + n)
+                    segs[r, :n] = 1
+                    table[r] = self._table(s.pages)
+                    cache_lens[r] = s.cached
+                self.k_pool, self.v_pool = self.runner.prefill(
+                    self.state, self.k_pool, self.v_pool, tokens, positions, segs, table, cache_lens)
+                for s, n in zip(rows, lens):
+                    s.cached += n
+                self.counters["prefill_tokens"] += sum(lens)
+
+    # ---- decode -----------------------------------------------------------------------------
+
+    def _decode_block(self) -> None:
+        c = self.config
+        steps = c.decode_steps
+        # Pages for the positions this block may write: cached .. cached + steps - 1.
+        for seq in sorted((s for s in self.slots if s is not None), key=lambda s: s.admitted_at):
+            if seq.slot is None:  # preempted below while serving an older sequence
+                continue
+            need = self._pages_for(min(seq.cached + steps, c.max_seq_len)) - len(seq.pages)
+            while need > 0 and self.allocator.num_free < need and not self._reclaim(need):
+                victim = max((s for s in self.slots if s is not None), key=lambda s: s.admitted_at)
+                self._preempt(victim)
+                if victim is seq:
+                    break
+            if seq.slot is not None and need > 0:
+                seq.pages = seq.pages + self.allocator.alloc(need)
+        live = [s for s in self.slots if s is not None]
+        if not live:
+            return
+        b = c.num_slots
+        ms = c.max_stop_tokens
+        table = np.zeros((b, c.table_width), np.int32)
+        arrays = {k: np.zeros(b, dt) for k, dt in (
+            ("cache_lens", np.int32), ("last_token", np.int32), ("active", bool),
+            ("num_generated", np.int32), ("max_new_tokens", np.int32), ("temperature", np.float32),
+            ("top_k", np.int32), ("top_p", np.float32), ("seeds", np.uint32))}
+        stop_ids = np.full((b, ms), -1, np.int32)
+        arrays["top_p"][:] = 1.0
+        for seq in live:
+            i, p = seq.slot, seq.params
+            table[i] = self._table(seq.pages)
+            arrays["cache_lens"][i] = seq.cached
+            arrays["last_token"][i] = seq.tokens[-1]
+            arrays["active"][i] = True
+            arrays["num_generated"][i] = len(seq.out_tokens)
+            arrays["max_new_tokens"][i] = p.max_new_tokens
+            arrays["temperature"][i] = p.temperature
+            arrays["top_k"][i] = p.top_k
+            arrays["top_p"][i] = p.top_p
+            arrays["seeds"][i] = seq.seed
+            stop_ids[i, : len(p.stop_token_ids)] = p.stop_token_ids
+        batch = SlotBatch(page_table=table, stop_ids=stop_ids, **arrays)
+        self.k_pool, self.v_pool, toks, logps, nvalid = self.runner.decode(
+            self.state, self.k_pool, self.v_pool, batch)
+        toks, logps, nvalid = np.asarray(toks), np.asarray(logps), np.asarray(nvalid)
+        self.counters["decode_blocks"] += 1
+        for seq in live:
+            i = seq.slot
+            new_t, new_l, reason = [], [], None
+            for j in range(int(nvalid[i])):
+                tok = int(toks[i, j])
+                new_t.append(tok)
+                new_l.append(float(logps[i, j]))
+                seq.tokens.append(tok)
+                seq.cached += 1
+                seq.out_tokens.append(tok)
+                seq.out_logprobs.append(new_l[-1])
+                if tok in seq.params.stop_token_ids:
+                    reason = "stop"
+                elif len(seq.out_tokens) >= seq.params.max_new_tokens or len(seq.tokens) >= c.max_seq_len:
+                    reason = "length"
+                if reason:
+                    break
+            self.counters["decode_tokens"] += len(new_t)
+            if seq.on_tokens is not None and new_t:
+                seq.on_tokens(new_t, new_l)
+            if reason:
+                self._finish(seq, reason)
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Frees a running sequence's pages and puts it back at the front of the queue."""
+        self.slots[seq.slot] = None
+        seq.slot = None
+        self._free(seq.pages)
+        seq.pages, seq.cached, seq._key = [], 0, None
+        self.waiting.appendleft(seq)
+        self.counters["preemptions"] += 1

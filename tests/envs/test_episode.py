@@ -1,0 +1,208 @@
+"""The episode runner end to end, offline: scripted policies on embedded stdlib tasks."""
+
+import asyncio
+import time
+
+import pytest
+
+from ppp_jax.envs import chat
+from ppp_jax.envs.domains import stdlib_loc
+from ppp_jax.envs.domains.base import Task
+from ppp_jax.envs.episode import EpisodeConfig, EpisodeSpec, masked_spans, run_episode, run_episodes
+from ppp_jax.envs.policy import EnginePolicy, ScriptedEngine, ScriptedPolicy
+from ppp_jax.envs.reward import RewardConfig, ppp_reward
+from ppp_jax.envs.simulator import SimulatorReply
+from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
+from ppp_jax.envs.testing import tiny_seed_tokenizer
+from ppp_jax.envs.toolcall import render_tool_call
+
+
+@pytest.fixture(scope="module")
+def task():
+    tasks = stdlib_loc.build_tasks(stdlib_loc.StdlibLocConfig(num_tasks=12, seed=3))
+    return next(t for t in tasks if "." in t.metadata["qualname"])  # a method
+
+
+@pytest.fixture(scope="module")
+def domain():
+    return stdlib_loc.make_domain()
+
+
+def call(name, **args):
+    return render_tool_call(name, args)
+
+
+def solve_script(task, ask: bool):
+    path, qual = task.gold[0].split(":")
+    name = qual.split(".")[-1]
+    script = []
+    if ask:
+        script.append("<seed:think>The report is vague.</seed:think>"
+                      + call("ask_user", question="Which file and function is it in?"))
+    script.append(f"<seed:think>Look for it.</seed:think>Searching.\n"
+                  + call("grep", pattern=rf"def {name}\(", path=path))
+    script.append(call("view_file", path=path, start_line=task.metadata["lineno"],
+                       end_line=task.metadata["lineno"] + 3))
+    script.append(call("finish", answer=f"{path}:{qual}"))
+    return script
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_scripted_policy_solves_without_asking(task, domain):
+    rec = run(run_episode(domain, task, ScriptedPolicy(solve_script(task, ask=False)),
+                          EmbeddedUserSimulator(), preference_id="no_ask", prompt_kind="precise"))
+    assert rec.finish_reason == "finish" and rec.answer == task.gold[0]
+    assert rec.task_score == 1.0 and rec.num_turns == 3
+    assert rec.questions == () and rec.trajectory_followed is True
+    grep_obs = rec.tool_calls[0].observation
+    assert f"{task.metadata['path']}:{task.metadata['lineno']}:" in grep_obs
+    assert f"{task.metadata['lineno']:6}\t" in rec.tool_calls[1].observation
+    assert rec.messages[1]["content"] == task.precise_prompt
+    assert [m["role"] for m in rec.messages[:3]] == ["system", "user", "assistant"]
+    assert rec.messages[2]["reasoning_content"] == "Look for it."
+    assert rec.messages[3]["role"] == "tool"
+    r = ppp_reward(rec, RewardConfig())
+    assert r == pytest.approx(1.0)  # s = 1, no questions, no_ask followed (penalty 0, no bonus)
+    assert rec.stats["malformed_calls"] == rec.stats["tool_errors"] == 0
+
+
+def test_scripted_policy_solves_with_ask_user(task, domain):
+    rec = run(run_episode(domain, task, ScriptedPolicy(solve_script(task, ask=True)),
+                          EmbeddedUserSimulator(), preference_id="no_ask", prompt_kind="vague"))
+    assert rec.messages[1]["content"] == task.vague_prompt
+    assert rec.task_score == 1.0 and len(rec.questions) == 1
+    q = rec.questions[0]
+    assert q.text == "Which file and function is it in?" and q.answered and q.turn == 0
+    # The embedded user reveals the hidden gold location: a high-effort question.
+    assert q.effort == "high" and q.answer in task.hidden_info.splitlines()
+    assert rec.trajectory_followed is False  # no_ask, and the agent asked
+    # Paper reward: 1 - 0.5 (high effort) - 1 (no_ask penalty) -> clipped at 0.
+    assert ppp_reward(rec, RewardConfig()) == 0.0
+    assert ppp_reward(rec, RewardConfig(proactivity_weight=0, personalization_weight=0)) == 1.0
+    tool_msgs = [m for m in rec.messages if m["role"] == "tool"]
+    assert tool_msgs[0]["content"] == q.answer and tool_msgs[0]["name"] == "ask_user"
+
+
+def test_errors_become_counted_observations_and_the_agent_recovers(task, domain):
+    script = [
+        "I think I should look around.",  # no call -> nudge
+        "<seed:tool_call>\n<function=grep>\n<parameter=pattern>x",  # unterminated block
+        call("rm", path="/"),  # unknown tool
+        call("view_file", path="a.py", start_line="ten"),  # bad argument
+        call("view_file", path="../../etc/passwd"),  # refused by the tool: an error observation
+        call("finish", answer="") ,  # empty answer: refused, episode continues
+        call("finish", answer=task.gold[0]) + call("grep", pattern="x"),  # call after finish dropped
+    ]
+    rec = run(run_episode(domain, task, ScriptedPolicy(script), EmbeddedUserSimulator(),
+                          preference_id="concise_question", prompt_kind="precise"))
+    s = rec.stats
+    assert rec.finish_reason == "finish" and rec.task_score == 1.0 and rec.num_turns == 7
+    assert s["no_call_turns"] == 1 and s["malformed_calls"] == 1 and s["unknown_tool"] == 1
+    assert s["bad_argument"] == 1 and s["tool_errors"] == 1 and s["empty_finish"] == 1
+    assert s["dropped_after_finish"] == 1
+    errors = [c.error for c in rec.tool_calls]
+    assert errors == ["unknown_tool", "bad_argument", None, "empty_answer", None]
+    assert "outside the repository" in rec.tool_calls[2].observation
+    nudges = [m for m in rec.messages if m["role"] == "tool" and "No tool call" in m["content"]]
+    assert len(nudges) == 1
+
+
+def test_turn_limit_and_unfinished_episode_scores_zero(task, domain):
+    rec = run(run_episode(domain, task, ScriptedPolicy([call("list_dir", path=".")] * 10),
+                          EmbeddedUserSimulator(), preference_id="no_preference",
+                          config=EpisodeConfig(max_turns=3)))
+    assert rec.finish_reason == "turn_limit" and rec.num_turns == 3
+    assert rec.answer is None and rec.task_score == 0.0
+
+
+def test_token_record_masks_exactly_the_policy_tokens(task, domain):
+    script = solve_script(task, ask=True)
+    script.insert(1, "<seed:think>Let me think for a long time" + " hmm" * 5 + "<cut>")  # cut turn
+    tok = tiny_seed_tokenizer(extra_text=[task.precise_prompt, task.vague_prompt])
+    engine = ScriptedEngine(tok, script)
+    policy = EnginePolicy(engine, tok)
+    rec = run(run_episode(domain, task, policy, EmbeddedUserSimulator(), preference_id="concise_question"))
+    assert rec.finish_reason == "finish" and rec.task_score == 1.0
+    view = rec.tokens
+    ct = chat.ChatTokenizer(tok)
+    policy_spans = [(a, b) for a, b, m in masked_spans(rec) if m == 1]
+    other_spans = [(a, b) for a, b, m in masked_spans(rec) if m == 0]
+    assert len(policy_spans) == len(script) == rec.num_turns
+    assert [a for a, _ in policy_spans] == list(view.turn_starts)
+    # Masked spans decode to exactly what the policy produced (+ <seed:eos> unless cut).
+    for (a, b), text in zip(policy_spans, script):
+        expect = text[:-5] if text.endswith("<cut>") else text + "<seed:eos>"
+        assert ct.decode(view.token_ids[a:b]) == expect
+        assert all(lp == -0.5 for lp in view.sampler_logprobs[a:b])
+    # Unmasked spans are the rendered system/user/tool turns and the generation prompts.
+    first = ct.decode(view.token_ids[slice(*other_spans[0])])
+    assert first.startswith("<seed:bos>system\n" + domain.system_prompt(task))
+    assert first.endswith(f"<seed:bos>user\n{task.vague_prompt}<seed:eos><seed:bos>assistant\n")
+    assert "def grep(pattern: str,path: str" in first  # tool documentation
+    second = ct.decode(view.token_ids[slice(*other_spans[1])])
+    assert second == f"<seed:bos>tool\n{rec.questions[0].answer}<seed:eos><seed:bos>assistant\n"
+    third = ct.decode(view.token_ids[slice(*other_spans[2])])
+    assert third.startswith("<seed:eos><seed:bos>tool\n")  # the cut turn is closed, mask 0
+    assert all(lp == 0.0 for a, b in other_spans for lp in view.sampler_logprobs[a:b])
+    # Each engine request sent only the new tokens of its turn, in one session.
+    assert len({r.session_id for r in engine.requests}) == 1
+    assert sum(len(r.prompt_ids) for r in engine.requests) == sum(b - a for a, b in other_spans)
+    assert policy.engine.sessions == {}  # the session was ended
+
+
+class SlowDomain:
+    """Wraps a domain; every tool call sleeps in a worker thread first."""
+
+    def __init__(self, inner, delay):
+        self.inner, self.delay = inner, delay
+        self.name, self.task_family = inner.name, inner.task_family
+
+    def __getattr__(self, item):
+        return getattr(self.inner, item)
+
+    async def run_tool(self, task, name, args, state):
+        await asyncio.to_thread(time.sleep, self.delay)
+        return await self.inner.run_tool(task, name, args, state)
+
+
+class SlowUser:
+    async def answer(self, ctx, question):
+        await asyncio.sleep(0.4)
+        return SimulatorReply("It's in the standard library.", "low", None, True, "", 1)
+
+
+def test_many_episodes_run_concurrently(task, domain):
+    n, delay = 8, 0.4
+    script = solve_script(task, ask=True)  # 1 ask (0.4 s) + 2 tools (0.4 s each)
+    specs = [EpisodeSpec(task, "no_preference", "vague", f"ep{i}") for i in range(n)]
+    t0 = time.monotonic()
+    recs = run(run_episodes(SlowDomain(domain, delay), specs, ScriptedPolicy(script), SlowUser(),
+                            concurrency=n))
+    elapsed = time.monotonic() - t0
+    assert [r.task_score for r in recs] == [1.0] * n
+    assert elapsed < n * 3 * delay / 2, elapsed  # serial would take n * 1.2 s = 9.6 s
+
+
+def test_timeouts_and_crashing_tools_are_observations(task, domain):
+    class Broken(SlowDomain):
+        async def run_tool(self, task, name, args, state):
+            if name == "grep":
+                raise RuntimeError("boom")
+            await asyncio.sleep(5)
+
+    script = [call("grep", pattern="x"), call("list_dir"), call("finish", answer="x.py:f")]
+    rec = run(run_episode(Broken(domain, 0), task, ScriptedPolicy(script), EmbeddedUserSimulator(),
+                          preference_id="no_preference", config=EpisodeConfig(tool_timeout_s=0.2)))
+    assert rec.stats["tool_errors"] == 1 and rec.stats["tool_timeouts"] == 1
+    assert "boom" in rec.tool_calls[0].observation and "timed out" in rec.tool_calls[1].observation
+    assert rec.finish_reason == "finish" and rec.task_score == 0.0
+
+
+def test_task_prompt_kind_validation():
+    t = Task("t", "d", "precise", "vague", "", ("a.py:f",))
+    assert t.prompt("vague") == "vague"
+    with pytest.raises(ValueError):
+        t.prompt("other")

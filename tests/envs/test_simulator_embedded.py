@@ -1,0 +1,124 @@
+"""The embedded (offline) user simulator: effort grading, preference manners, cap, determinism."""
+
+import asyncio
+
+import pytest
+
+from ppp_jax.envs.preferences import UnknownPreferenceError
+from ppp_jax.envs.simulator import CAP_REPLY, IDK_REPLY, SimulatorContext, UserSimulator
+from ppp_jax.envs.simulator_embedded import (
+    EmbeddedSimulatorConfig,
+    EmbeddedUserSimulator,
+    bm25_scores,
+)
+
+PRECISE = """Exporting a report to CSV writes timestamps in local time instead of UTC.
+The import step reads them back as UTC, so every imported record is shifted by the local offset.
+This started after the timezone handling was reworked last month.
+Expected: exported timestamps should be written in UTC with a trailing Z.
+It happens on every export, for every user."""
+HIDDEN = "reports/export.py:write_csv_row\nreports/timeutil.py:to_local"
+
+
+def ctx(pref="no_preference", answered=0, **kw):
+    return SimulatorContext(PRECISE, HIDDEN, pref, answered, **kw)
+
+
+def ask(sim, c, q):
+    return asyncio.run(sim.answer(c, q))
+
+
+SIM = EmbeddedUserSimulator()
+
+
+def test_it_is_a_user_simulator():
+    assert isinstance(SIM, UserSimulator)
+
+
+def test_low_effort_answer_comes_from_the_precise_prompt():
+    r = ask(SIM, ctx(), "Should exported timestamps be in UTC or local time?")
+    assert r.effort == "low" and r.answered and r.level == 1
+    assert "UTC" in r.text
+    assert "Expected: exported timestamps should be written in UTC with a trailing Z." in r.text
+    assert "reports/" not in r.text  # hidden facts are not revealed for a prompt question
+    r = ask(SIM, ctx(), "Does it happen on every export?")
+    assert r.effort == "low" and "every export" in r.text
+
+
+def test_high_effort_when_asking_for_hidden_location():
+    r = ask(SIM, ctx(), "Which file and function write the CSV rows?")
+    assert r.effort == "high"
+    assert r.text == "reports/export.py:write_csv_row"
+    assert r.level == 5  # a function name, on the released SWE scale
+    r = ask(SIM, ctx(task_family="search"), "Where is the local time conversion done?")
+    assert r.effort == "high" and r.level == 3 and "to_local" in r.text
+
+
+def test_medium_effort_when_user_cannot_answer():
+    r = ask(SIM, ctx(), "What database engine does your company use for billing?")
+    assert (r.effort, r.text, r.level) == ("medium", IDK_REPLY, 3)
+    # No hidden info: a location question gets "I don't know", not an invented answer.
+    r = ask(SIM, SimulatorContext(PRECISE, "", "no_preference"), "Which file should I change?")
+    assert r.effort == "medium" and r.text == IDK_REPLY
+
+
+def test_cap_refuses_with_medium_effort():
+    sim = EmbeddedUserSimulator(EmbeddedSimulatorConfig(max_questions=2))
+    assert ask(sim, ctx(answered=1), "Does it happen on every export?").answered
+    r = ask(sim, ctx(answered=2), "Does it happen on every export?")
+    assert (r.answered, r.effort, r.followed, r.text) == (False, "medium", None, CAP_REPLY)
+
+
+def test_compliance_from_rule_judge():
+    assert ask(SIM, ctx("concise_question"), "Should exports use UTC?").followed is True
+    long_q = "Hello. I have read the report. Should exports use UTC?"
+    assert ask(SIM, ctx("concise_question"), long_q).followed is False
+    assert ask(SIM, ctx("json"), '{"q": "Should exports use UTC?"}').followed is True
+    # Trajectory-judged and unjudged preferences: no per-question verdict.
+    assert ask(SIM, ctx("answer_more"), "Should exports use UTC?").followed is None
+    assert ask(SIM, ctx("professional"), "Should exports use UTC?").followed is None
+
+
+def test_do_selection_answers_with_a_letter_or_not_at_all():
+    r = ask(SIM, ctx("do_selection"), "How should timestamps be exported? A) local time B) UTC with a trailing Z")
+    assert (r.text, r.effort, r.followed) == ("B", "low", True)
+    r = ask(SIM, ctx("do_selection"), "How should timestamps be exported?")
+    assert (r.text, r.effort, r.followed) == (IDK_REPLY, "medium", False)
+
+
+def test_amateur_never_reveals_the_location_and_refuses_technical_questions():
+    r = ask(SIM, ctx("amateur"), "Which function writes the CSV rows?")
+    assert (r.effort, r.text, r.followed) == ("medium", IDK_REPLY, False)
+    r = ask(SIM, ctx("amateur"), "Where should I look for the problem?")
+    assert r.effort == "medium" and "reports" not in r.text  # hidden facts withheld
+    r = ask(SIM, ctx("amateur"), "Should the exported times be in UTC?")
+    assert r.effort == "low" and r.followed is True
+
+
+def test_replies_in_the_manner_of_the_preference():
+    r = ask(SIM, ctx("capital"), "SHOULD EXPORTED TIMESTAMPS BE IN UTC?")
+    assert r.text == r.text.upper() and r.followed is True
+    r = ask(SIM, ctx("commas"), "Does it happen on every export for every user?")
+    assert "," not in r.text
+
+
+def test_deterministic():
+    qs = ["Should exported timestamps be in UTC?", "Which file?", "What is your favourite colour?"]
+    a = [ask(EmbeddedUserSimulator(), ctx("length"), q) for q in qs]
+    b = [ask(EmbeddedUserSimulator(), ctx("length"), q) for q in qs]
+    assert a == b
+    assert [r.effort for r in a] == ["low", "high", "medium"]
+
+
+def test_bad_input():
+    with pytest.raises(UnknownPreferenceError):
+        ask(SIM, ctx("nope"), "Which file?")
+    with pytest.raises(TypeError):
+        ask(SIM, ctx(), None)
+    with pytest.raises(ValueError):
+        EmbeddedSimulatorConfig(min_overlap=0)
+
+
+def test_bm25_prefers_matching_document():
+    s = bm25_scores(["utc", "export"], [["utc", "export", "time"], ["import", "records"], []])
+    assert s[0] > 0 and s[1] == 0 and s[2] == 0

@@ -1,0 +1,125 @@
+"""A small deterministic training run for the kill-and-resume tests (run as a subprocess).
+
+    python tests/ppp_jax/_resume_run.py RUN_DIR --steps N --save-every K
+        [--kill-at-step S] [--step-sleep SECONDS]
+
+It drives the real pieces: the grain data pipeline (ppp_jax.data), the loop (ppp_jax.loop), the
+orbax checkpoint manager and the jsonl + TensorBoard metrics writers, with a toy optax problem in
+place of the PPP step: linear regression whose inputs are derived from each prompt's uid, with
+noise drawn from the state's rng, plus fake episode records aggregated by `episode_metrics`.
+`--kill-at-step S` SIGKILLs the process in the middle of step S (after its update, before its
+metrics row and checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ppp_jax import data, metrics
+from ppp_jax.checkpointing import CheckpointManager
+from ppp_jax.envs.records import EpisodeRecord, Question, TokenView
+from ppp_jax.loop import TrainState, run_loop
+
+DIM = 6
+W_TRUE = np.linspace(-1.0, 1.0, DIM).astype(np.float32)
+EFFORTS = ("low", "medium", "high")
+
+
+def rows(n: int = 5):
+    return [
+        {"task_id": f"t{i}", "domain": "toy", "precise_prompt": f"do {i} exactly",
+         "vague_prompt": f"do {i}", "hidden_info": "h", "gold": [i]}
+        for i in range(n)
+    ]
+
+
+def features(item: data.PromptItem) -> np.ndarray:
+    return np.random.default_rng(zlib.crc32(item.uid.encode())).normal(size=DIM).astype(np.float32)
+
+
+def fake_episodes(batch, draws) -> list[EpisodeRecord]:
+    """Episode records whose contents depend on the batch and the rng draws, for the metrics path."""
+    out = []
+    for item, (nq, effort, length) in zip(batch, draws):
+        qs = tuple(Question(f"q{j}", "a", EFFORTS[(effort + j) % 3], followed=bool(j % 2)) for j in range(nq))
+        n = 4 + int(length)
+        out.append(EpisodeRecord(
+            task_id=item.task.task_id, domain="toy", preference_id=item.preference_id,
+            prompt_kind=item.prompt_kind, questions=qs, task_score=float(length) / 2,
+            num_turns=1 + int(nq),
+            tokens=TokenView(tuple(range(n)), (0,) * 2 + (1,) * (n - 2), (0.0,) * n),
+        ))
+    return out
+
+
+def make_step_fn(opt, kill_at: int | None):
+    @jax.jit
+    def update(params, opt_state, rng, x):
+        rng, noise_key, episode_key = jax.random.split(rng, 3)
+        y = x @ jnp.asarray(W_TRUE) + 0.1 * jax.random.normal(noise_key, (x.shape[0],))
+
+        def loss_fn(p):
+            return jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        draws = jax.random.randint(episode_key, (x.shape[0], 3), 0, 3)
+        return params, opt_state, rng, draws, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    def step_fn(state: TrainState, batch):
+        x = jnp.asarray(np.stack([features(i) for i in batch]))
+        params, opt_state, rng, draws, train = update(state.params, state.opt_state, state.rng, x)
+        if kill_at is not None and state.step + 1 == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        uid_digest = zlib.crc32("".join(i.uid for i in batch).encode()) % 1_000_003
+        out = {"train": {**train, "batch_digest": uid_digest}}
+        out.update(metrics.episode_metrics(fake_episodes(batch, np.asarray(draws))))
+        return state.replace(params=params, opt_state=opt_state, rng=rng), out
+
+    return step_fn
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("run_dir")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--save-every", type=int, required=True)
+    p.add_argument("--kill-at-step", type=int, default=None)
+    p.add_argument("--step-sleep", type=float, default=0.0)
+    args = p.parse_args(argv)
+
+    cfg = data.DataConfig(batch_size=6, seed=11, vague_preferences=("a", "b", "c"))
+    ds = data.make_dataset(cfg, rows(), shard=data.ShardInfo(0, 1))  # 20 prompts: epochs cut batches
+    opt = optax.adamw(0.05, weight_decay=0.01)
+    params = {"w": jnp.zeros((DIM,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+    init = TrainState(step=0, params=params, opt_state=opt.init(params), rng=jax.random.key(3))
+    step_fn = make_step_fn(opt, args.kill_at_step)
+    if args.step_sleep:
+        inner = step_fn
+
+        def step_fn(state, batch):
+            time.sleep(args.step_sleep)
+            return inner(state, batch)
+
+    ckpt = CheckpointManager(os.path.join(args.run_dir, "ckpt"), save_every=args.save_every, keep=2)
+    writer = metrics.make_writer(args.run_dir)
+    state = run_loop(init, ds.iterator(), step_fn, num_steps=args.steps, ckpt=ckpt, writer=writer,
+                     metadata={"config": {"seed": 11}})
+    ckpt.close()
+    print(f"DONE step={state.step}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

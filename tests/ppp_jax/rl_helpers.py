@@ -1,0 +1,63 @@
+"""Shared helpers of the RL tests: a tiny policy, synthetic multi-turn token views, and a
+subprocess runner for 8-fake-device checks.
+
+jax is imported lazily inside functions that need it only where the 8-device subprocess must set
+XLA_FLAGS first; importing this module in the pytest process is fine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Tiny config whose sizes divide meshes up to 8 devices (D=32 over fsdp, N=4/K=2/F=48/V=96 over tensor=2).
+TINY_SHARDABLE = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=12)
+
+
+def tiny_model(seed: int = 0, **overrides):
+    from flax import nnx
+
+    from ppp_jax.model.config import tiny
+    from ppp_jax.model.transformer import SeedOssForCausalLM
+
+    return SeedOssForCausalLM(tiny(**{**TINY_SHARDABLE, **overrides}), rngs=nnx.Rngs(seed))
+
+
+def random_views(n: int, seed: int = 0, vocab: int = 96, max_len: int = 30):
+    """n multi-turn episodes: prompt (mask 0), agent turn (mask 1), tool output (mask 0), agent turn."""
+    from ppp_jax.envs.records import TokenView
+
+    rng = np.random.default_rng(seed)
+    views = []
+    for _ in range(n):
+        parts = [(rng.integers(2, 6), 0), (rng.integers(1, 8), 1), (rng.integers(0, 5), 0), (rng.integers(1, 8), 1)]
+        ids, mask, turn_starts = [], [], []
+        for length, m in parts:
+            if m:
+                turn_starts.append(len(ids))
+            ids += rng.integers(3, vocab, size=length).tolist()
+            mask += [m] * length
+        ids, mask = ids[:max_len], mask[:max_len]
+        lp = [float(-rng.uniform(0.5, 4.0)) if m else 0.0 for m in mask]
+        views.append(TokenView(tuple(ids), tuple(mask), tuple(lp), tuple(turn_starts)))
+    return views
+
+
+def run_multidevice(module: str, *args: str, devices: int = 8, timeout: int = 300) -> dict:
+    """Runs `python -m module args` with `devices` fake CPU devices; returns its last stdout line
+    parsed as JSON."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

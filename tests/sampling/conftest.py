@@ -1,0 +1,38 @@
+"""Shared fixtures for the engine tests: one tiny HF checkpoint per session, loaded once."""
+
+from __future__ import annotations
+
+import pytest
+
+from ppp_jax.model import api
+from ppp_jax.model import testing as mt
+from ppp_jax.sampling.engine import Engine
+from ppp_jax.sampling.scheduler import EngineConfig
+
+# Distinct sizes, GQA with 2 kv heads, vocab large enough that greedy ties are unlikely.
+TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+            num_kv_heads=2, head_dim=8, max_position_embeddings=65536)
+
+# Small pages and chunks so that every test crosses page, block and chunk boundaries.
+SMALL_ENGINE = EngineConfig(num_slots=4, page_size=4, num_pages=160, max_seq_len=192,
+                            decode_steps=8, prefill_chunks=(8, 32), prefill_rows=(1, 4),
+                            block_pages=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """Path of a random tiny Seed-OSS checkpoint (float32, written by transformers)."""
+    return mt.write_tiny_hf_checkpoint(tmp_path_factory.mktemp("engine_ckpt"), seed=1, **TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_ckpt):
+    return api.load_pretrained(tiny_ckpt)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    """A small engine shared by a test module (compiles once per module)."""
+    eng = Engine(tiny_model, SMALL_ENGINE)
+    yield eng
+    eng.close()
