@@ -232,7 +232,7 @@ def _is_json(q: str) -> bool:
         value = json.loads(q.strip())
     except (json.JSONDecodeError, ValueError):
         return False
-    return isinstance(value, (dict, list))
+    return isinstance(value, (dict, list)) and len(value) > 0
 
 
 _HUMOUR_RE = re.compile(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Protocol, runtime_checkable
 
-from ppp_jax.envs.records import Effort
+from ppp_jax.envs.records import Effort, Question
 
 TaskFamily = Literal["swe", "search"]
 
@@ -138,10 +138,8 @@ def max_effort(efforts) -> Effort | None:
     return best
 
 
-def to_question(question: str, reply: SimulatorReply, turn: int = 0):
+def to_question(question: str, reply: SimulatorReply, turn: int = 0) -> Question:
     """The `records.Question` an episode runner stores for one ask call and its reply."""
-    from ppp_jax.envs.records import Question
-
     return Question(
         text=question,
         answer=reply.text,

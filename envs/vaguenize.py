@@ -219,6 +219,11 @@ class LLMVaguenizer:
     async def vaguenize_many(self, texts: Sequence[str]) -> list[str]:
         """Rewrites all `texts` concurrently (bounded by the client's limit), in input order.
 
-        Each finished rewrite is cached at once, so a crash loses only the unfinished ones.
+        Each finished rewrite is cached at once, so a crash loses only the unfinished ones. If
+        some fail, all others still finish (and are cached) before the first error is raised.
         """
-        return list(await asyncio.gather(*(self.vaguenize(t) for t in texts)))
+        results = await asyncio.gather(*(self.vaguenize(t) for t in texts), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return list(results)

@@ -154,20 +154,29 @@ def jit_logits(model, tokens, positions, segment_ids=None) -> np.ndarray:
     return np.asarray(out, np.float32)
 
 
-def make_model(config: ModelConfig, seed: int = 0):
-    """`SeedOssForCausalLM(config)` initialized inside one jit (eager init compiles one small
-    program per parameter shape, which is slow on a busy CPU)."""
+def make_model(config: ModelConfig, seed: int = 0, kernel_std: float = 0.2):
+    """A `SeedOssForCausalLM(config)` with numpy-drawn random weights, fast to build.
+
+    The model is built abstractly (`nnx.eval_shape`) and filled from a numpy RNG: kernels and
+    the embedding ~ N(0, kernel_std^2) (embedding N(0, 1)), norm scales 1 + 0.3 N(0, 1), biases
+    0.3 N(0, 1). (The constructor's own init draws each tensor with jax.random, which compiles a
+    separate program per shape and takes tens of seconds on a busy 2-core CPU.)
+    """
     from ppp_jax.model.transformer import SeedOssForCausalLM
 
-    return nnx.jit(lambda: SeedOssForCausalLM(config, rngs=nnx.Rngs(seed)))()
-
-
-def randomize_norms_and_biases(model, seed: int = 0, scale: float = 0.3) -> None:
-    """In place: norm scales ~ 1 + scale*N(0,1), biases ~ scale*N(0,1) (init gives ones/zeros,
-    which would hide a missing or misplaced weight)."""
+    model = nnx.eval_shape(lambda: SeedOssForCausalLM(config, rngs=nnx.Rngs(0)))
     rng = np.random.RandomState(seed)
     for path, var in nnx.iter_graph(model):
-        if isinstance(var, nnx.Param) and path[-1] in ("scale", "bias"):
-            noise = scale * rng.standard_normal(var.shape)
-            value = 1.0 + noise if path[-1] == "scale" else noise
-            var[...] = jnp.asarray(value, var.dtype)
+        if not isinstance(var, nnx.Param):
+            continue
+        noise = rng.standard_normal(var.shape)
+        if path[-1] == "scale":
+            value = 1.0 + 0.3 * noise
+        elif path[-1] == "bias":
+            value = 0.3 * noise
+        elif path[-1] == "embedding":
+            value = noise
+        else:
+            value = kernel_std * noise
+        var.set_value(jnp.asarray(value, var.dtype))
+    return model

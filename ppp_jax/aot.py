@@ -9,9 +9,8 @@ is built with `nnx.eval_shape`, every argument is a `jax.ShapeDtypeStruct` carry
 
 What is compiled (`CompileSpec.steps`):
 
-- "train":   one optimizer update of the PPP policy (forward, chunked log-probs, clipped
-             policy-gradient loss, backward, AdamW) on a [B, T] token batch. Uses
-             `ppp_jax.train_step` when it exists; until then `_standin_train_step` below.
+- "train":   one optimizer update of `ppp_jax.train_step` (micro-batch scan, forward, chunked
+             log-probs, clipped policy-gradient objective, backward, AdamW) on a [B, T] batch.
 - "prefill": the engine's prefill of B_e prompts of T_p tokens into a KV cache of S tokens.
 - "decode":  one decode step of B_e sequences against that cache.
 
@@ -38,6 +37,7 @@ from ppp_jax import splash
 from ppp_jax.model import axes as ax
 from ppp_jax.model import sharding as shd
 from ppp_jax.model.config import ModelConfig, seed_oss_36b, tiny
+from ppp_jax.rl_config import RLConfig
 
 GiB = 2**30
 
@@ -177,9 +177,10 @@ class ModelSpec:
 class EngineSpec:
     """The rollout engine's shapes and mesh on the same chips (weights in `dtype`, no FSDP)."""
 
-    batch: int = 64  # B_e, sequences decoded together
-    prefill_len: int = 8192  # T_p, prompt tokens prefilled per call
-    cache_len: int = 40960  # S, KV-cache slots per sequence
+    batch: int = 128  # B_e, sequences decoded together (one token each per decode step)
+    prefill_batch: int = 8  # sequences prefilled together
+    prefill_len: int = 2048  # T_p, prompt tokens per prefill call (long prompts go in chunks)
+    cache_len: int = 40960  # S, KV-cache slots per sequence (prompt 8192 + response 32768)
     dtype: str = "bfloat16"  # engine weights and cache
     mesh: shd.MeshConfig = shd.MeshConfig(shape=(-1, 1, 8))  # data x fsdp x tensor
 
@@ -190,21 +191,20 @@ class CompileSpec:
 
     topology: str = "v5p:4x4x4"
     steps: tuple[StepName, ...] = ("train",)
-    batch: int = 64  # B, sequences per optimizer update (one micro-batch)
+    batch: int = 64  # B, sequences per optimizer update (split into rl.num_micro_batches)
     seq_len: int = 40960  # T, tokens per sequence (prompt 8192 + response 32768 for Func-Loc)
-    logprob_chunk: int = 1024  # tokens per chunk of the vocab projection in the log-prob loss
-    learning_rate: float = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
 class CompileConfig:
-    """What `ppp compile` reads from a run config: the sections `model`, `sharding`, `compile`
-    and `engine`. Other top-level sections of the same YAML (the trainer's) are ignored."""
+    """What `ppp compile` reads from a run config: the sections `model`, `sharding`, `compile`,
+    `engine` and `rl`. Other top-level sections of the same YAML are ignored."""
 
     model: ModelSpec = ModelSpec()
     sharding: shd.ShardingConfig = shd.ShardingConfig()
     compile: CompileSpec = CompileSpec()
     engine: EngineSpec = EngineSpec()
+    rl: RLConfig = RLConfig()  # the trainer's section: micro-batches, log-prob chunk, optimizer
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(CompileConfig))
@@ -361,119 +361,15 @@ def forward_model_flops(cfg: ModelConfig, batch: int, new_tokens: int, context: 
 # ----------------------------------------------------------------------------------------------
 
 
-def abstract_model_state(cfg: ModelConfig):
-    """(graphdef, abstract param State) of `SeedOssForCausalLM(cfg)`: ShapeDtypeStructs only."""
-    from ppp_jax.model.transformer import SeedOssForCausalLM
-
-    abstract = shd.abstract_model(lambda: SeedOssForCausalLM(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    return graphdef, state
-
-
 def with_shardings(tree, shardings):
     """ShapeDtypeStructs of `tree` carrying the matching leaf of `shardings`."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         tree, shardings)
 
 
-def _path_key(path) -> tuple[str, ...]:
-    return tuple(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
-
-
-def mirror_shardings(tree, params_abstract, param_shardings, mesh):
-    """Shardings for an optimizer-state tree: a leaf whose path ends with a parameter's path
-    (and has its shape) gets that parameter's sharding; anything else (step counts) is
-    replicated."""
-    by_path = {}
-    for (p, x), (_, s) in zip(jax.tree_util.tree_flatten_with_path(params_abstract)[0],
-                              jax.tree_util.tree_flatten_with_path(param_shardings)[0]):
-        by_path[_path_key(p)] = (tuple(x.shape), s)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-    def pick(path, leaf):
-        key = _path_key(path)
-        for start in range(len(key)):
-            hit = by_path.get(key[start:])
-            if hit is not None and hit[0] == tuple(leaf.shape):
-                return hit[1]
-        if leaf.ndim and math.prod(leaf.shape) > 1:
-            raise AotError(f"optimizer state leaf {'.'.join(key)} {leaf.shape} matches no "
-                           f"parameter; cannot choose its sharding")
-        return replicated
-
-    return jax.tree_util.tree_map_with_path(pick, tree)
-
-
 # ----------------------------------------------------------------------------------------------
 # Steps
 # ----------------------------------------------------------------------------------------------
-
-
-def chunked_token_logprobs(model, hidden: jax.Array, targets: jax.Array, chunk: int) -> jax.Array:
-    """log softmax(logits)[target] per token, float32 [B, T], computing logits [B, c, V] for one
-    chunk of c tokens at a time (rematerialized in the backward pass), never [B, T, V] whole.
-
-    Stand-in until `ppp_jax.model.logprobs.token_logprobs` exists.
-    """
-    b, t, d = hidden.shape
-    c = min(chunk, t)
-    if t % c:
-        raise AotError(f"seq_len {t} is not a multiple of logprob_chunk {c}")
-    hs = hidden.reshape(b, t // c, c, d).swapaxes(0, 1)  # [n, B, c, D]
-    ts = targets.reshape(b, t // c, c).swapaxes(0, 1)  # [n, B, c]
-
-    @jax.checkpoint
-    def one(h, tgt):
-        logits = model.logits(h).astype(jnp.float32)  # [B, c, V]
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        picked = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
-        return picked - lse
-
-    lp = jax.lax.map(lambda xs: one(*xs), (hs, ts))  # [n, B, c]
-    return lp.swapaxes(0, 1).reshape(b, t)
-
-
-def _standin_train_step(graphdef, tx, *, chunk: int, clip_low: float = 0.2,
-                        clip_high: float = 0.28) -> Callable:
-    """A PPP/GRPO update with the shapes and work of the real one: forward, chunked log-probs,
-    token-mean clipped surrogate (ε_low, ε_high), backward, optax update."""
-    import optax
-
-    def step(params, opt_state, batch):
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params)
-            hidden, _ = model.hidden(batch["tokens"], batch["positions"], batch["segment_ids"])
-            lp = chunked_token_logprobs(model, hidden, batch["targets"], chunk)
-            ratio = jnp.exp(jnp.clip(lp - batch["old_logprobs"], -20.0, 20.0))
-            adv = batch["advantages"][:, None]
-            surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip_low, 1 + clip_high) * adv)
-            mask = batch["loss_mask"].astype(jnp.float32)
-            return -(surrogate * mask).sum() / jnp.maximum(mask.sum(), 1.0)
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, loss
-
-    return step
-
-
-def abstract_train_batch(batch: int, seq_len: int, mesh, rules) -> dict[str, jax.ShapeDtypeStruct]:
-    """The token batch of one update, as sharded ShapeDtypeStructs ([B, T] int32/float32, [B])."""
-    bt = shd.activation_sharding((ax.ACT_BATCH, ax.ACT_LENGTH), (batch, seq_len), mesh,
-                                 rules, name="batch[B, T]")
-    b = shd.activation_sharding((ax.ACT_BATCH,), (batch,), mesh, rules, name="batch[B]")
-    i32, f32 = jnp.int32, jnp.float32
-    return {
-        "tokens": jax.ShapeDtypeStruct((batch, seq_len), i32, sharding=bt),
-        "positions": jax.ShapeDtypeStruct((batch, seq_len), i32, sharding=bt),
-        "segment_ids": jax.ShapeDtypeStruct((batch, seq_len), i32, sharding=bt),
-        "targets": jax.ShapeDtypeStruct((batch, seq_len), i32, sharding=bt),
-        "loss_mask": jax.ShapeDtypeStruct((batch, seq_len), f32, sharding=bt),
-        "old_logprobs": jax.ShapeDtypeStruct((batch, seq_len), f32, sharding=bt),
-        "advantages": jax.ShapeDtypeStruct((batch,), f32, sharding=b),
-    }
-
 
 
 def make_mesh_for(devices: Sequence[jax.Device], mesh_cfg: shd.MeshConfig) -> jax.sharding.Mesh:
@@ -485,41 +381,67 @@ def make_mesh_for(devices: Sequence[jax.Device], mesh_cfg: shd.MeshConfig) -> ja
                        f"{len(devices)} devices: {e}") from None
 
 
-def compile_train(cc: CompileConfig, devices: Sequence[jax.Device]) -> StepReport:
-    """AOT-compiles one train update for `devices`; returns the compiler's figures."""
-    import optax
+def abstract_token_batch(batch: int, seq_len: int, mesh) -> Any:
+    """The `TokenBatch` of one update as ShapeDtypeStructs, rows over (data, fsdp)."""
+    from ppp_jax.batch import TokenBatch
+    from ppp_jax.train_step import batch_sharding
 
-    spec = cc.compile
+    sh = batch_sharding(mesh)
+    i32 = lambda: jax.ShapeDtypeStruct((batch, seq_len), jnp.int32, sharding=sh)  # noqa: E731
+    f32 = lambda: jax.ShapeDtypeStruct((batch, seq_len), jnp.float32, sharding=sh)  # noqa: E731
+    return TokenBatch(tokens=i32(), positions=i32(), segment_ids=i32(), targets=i32(),
+                      loss_mask=f32(), advantages=f32(), sampler_logprobs=f32(),
+                      old_logprobs=f32())
+
+
+def compile_train(cc: CompileConfig, devices: Sequence[jax.Device]) -> StepReport:
+    """AOT-compiles one optimizer update of `ppp_jax.train_step` (the real PPP step: micro-batch
+    scan, chunked log-probs, clipped objective, AdamW) for `devices`."""
+    from ppp_jax import train_step as ts
+    from ppp_jax.optim import make_optimizer
+
+    spec, rl = cc.compile, cc.rl
     mcfg = cc.model.build()
     mesh = make_mesh_for(devices, cc.sharding.mesh)
     rules = cc.sharding.rules
-    nbatch = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
-    if spec.batch % nbatch:
-        raise AotError(f"compile.batch={spec.batch} must be a multiple of data x fsdp = {nbatch} "
-                       f"(mesh {dict(mesh.shape)})")
-    graphdef, abs_state = abstract_model_state(mcfg)
+    rows = math.prod(mesh.shape[a] for a in ts.BATCH_AXES) * rl.num_micro_batches
+    if spec.batch % rows:
+        raise AotError(f"compile.batch={spec.batch} must be a multiple of data x fsdp x "
+                       f"rl.num_micro_batches = {rows} (mesh {dict(mesh.shape)})")
+    abstract = shd.abstract_model(lambda: _model(mcfg))
+    graphdef, params_abs, rest = nnx.split(abstract, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise AotError("the model holds non-Param state; the train step updates only nnx.Param")
     try:
-        param_sh = shd.state_shardings(abs_state, mesh, rules)
+        param_sh = shd.state_shardings(params_abs, mesh, rules)
     except shd.ShardingError as e:
         raise AotError(f"sharding rules do not fit the model on mesh {dict(mesh.shape)}: {e}") from None
-    params = with_shardings(abs_state, param_sh)
-    tx = optax.adamw(spec.learning_rate, weight_decay=0.01)
-    opt_abs = jax.eval_shape(tx.init, abs_state)
-    opt_sh = mirror_shardings(opt_abs, abs_state, param_sh, mesh)
-    opt_state = with_shardings(opt_abs, opt_sh)
-    batch = abstract_train_batch(spec.batch, spec.seq_len, mesh, rules)
-    step = _standin_train_step(graphdef, tx, chunk=spec.logprob_chunk)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    jitted = jax.jit(step, out_shardings=(param_sh, opt_sh, replicated), donate_argnums=(0, 1))
+    optimizer = make_optimizer(rl.optim)
+    state_abs = jax.eval_shape(lambda p: ts.init_train_state(p, optimizer), params_abs)
+    state_sh = ts.train_state_shardings(state_abs, param_sh, optimizer, mesh)
+    state = with_shardings(state_abs, state_sh)
+    batch = abstract_token_batch(spec.batch, spec.seq_len, mesh)
+    jitted = ts.make_train_step(graphdef, rl, optimizer, mesh=mesh)
+    # Re-jit the step's Python function with the state's shardings pinned on the way out too, so
+    # the compiler cannot pick another layout for the new params (and aliasing is exact).
+    fn = getattr(jitted, "__wrapped__", None)
+    if fn is not None:
+        jitted = jax.jit(fn, out_shardings=(state_sh, None), donate_argnums=(0,))
     with shd.using_mesh(mesh, rules), splash.patched_model_splash():
         t0 = time.perf_counter()
-        lowered = jitted.lower(params, opt_state, batch)
+        lowered = jitted.lower(state, batch)
         t1 = time.perf_counter()
         compiled = lowered.compile()
         t2 = time.perf_counter()
     return report_of(compiled, step="train", topology=spec.topology, mesh=mesh,
                      model_flops=train_model_flops(mcfg, spec.batch, spec.seq_len, len(devices)),
                      tokens=spec.batch * spec.seq_len, lower_s=t1 - t0, compile_s=t2 - t1)
+
+
+def _model(cfg: ModelConfig):
+    from ppp_jax.model.transformer import SeedOssForCausalLM
+
+    return SeedOssForCausalLM(cfg, rngs=nnx.Rngs(0))
 
 
 def compile_steps(cc: CompileConfig, devices: Sequence[jax.Device] | None = None) -> list[StepReport]:

@@ -36,6 +36,7 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 ITEMS = ("params", "opt_state", "rng", "data", "meta")
+_EMPTY = {"empty": np.zeros((), np.int8)}  # stands in for a tree without leaves
 _FORMAT_VERSION = 1
 
 
@@ -190,17 +191,22 @@ class CheckpointManager:
         if step in self._mgr.all_steps():
             raise CheckpointError(f"checkpoint step {step} already exists in {self.directory}")
         key_data, impl = _key_parts(rng)
+        # Orbax refuses trees without leaves (e.g. the state of plain SGD, `(EmptyState(),)`);
+        # such a tree is stored as a placeholder and given back as the restore target.
+        empty = [name for name, tree in (("params", params), ("opt_state", opt_state))
+                 if not jax.tree.leaves(tree)]
         meta = {
             "format_version": _FORMAT_VERSION,
             "step": int(step),
+            "empty_items": empty,
             "rng_impl": impl,
             "has_data_state": data_state is not None,
             "saved_at": time.time(),
             "metadata": metadata or {},
         }
         args = ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            opt_state=ocp.args.StandardSave(opt_state),
+            params=ocp.args.StandardSave(_EMPTY if "params" in empty else params),
+            opt_state=ocp.args.StandardSave(_EMPTY if "opt_state" in empty else opt_state),
             rng=ocp.args.StandardSave({"key_data": key_data}),
             data=ocp.args.JsonSave(data_state if data_state is not None else {}),
             meta=ocp.args.JsonSave(meta),
@@ -261,13 +267,14 @@ class CheckpointManager:
         if not isinstance(meta, dict) or meta.get("format_version") != _FORMAT_VERSION:
             raise CheckpointError(f"checkpoint step {step} at {step_dir}: unknown meta {meta!r}")
 
-        def target(tree):
-            return ocp.args.StandardRestore(abstract_like(tree) if tree is not None else None)
+        def restore_tree(name, tree):
+            if name in meta["empty_items"]:
+                return tree  # a tree without leaves: the target is the value
+            arg = ocp.args.StandardRestore(abstract_like(tree) if tree is not None else None)
+            return self._restore_item(step, name, arg)
 
-        params = self._restore_item(step, "params", target(abstract_params))
-        opt_state = None
-        if restore_opt_state:
-            opt_state = self._restore_item(step, "opt_state", target(abstract_opt_state))
+        params = restore_tree("params", abstract_params)
+        opt_state = restore_tree("opt_state", abstract_opt_state) if restore_opt_state else None
         key_data = self._restore_item(step, "rng", ocp.args.StandardRestore())["key_data"]
         rng = jnp.asarray(key_data)
         if meta["rng_impl"] is not None:

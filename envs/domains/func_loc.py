@@ -14,7 +14,7 @@ import functools
 from typing import Any, Callable, Literal, Mapping
 
 from ppp_jax.envs.domains.base import FINISH, PromptKind, Task, function_tool, location_f1
-from ppp_jax.envs.domains.repo_tools import Limits, RepoTools
+from ppp_jax.envs.domains.repo_tools import Limits, RepoTools, repo_tool_schemas
 
 ToolStyle = Literal["native", "openhands", "both"]
 
@@ -71,7 +71,7 @@ class FuncLocDomain:
         return task.prompt(kind)
 
     def tool_schemas(self, task: Task) -> list[dict[str, Any]]:
-        schemas = self.tools_for(task).schemas(self.tool_style)
+        schemas = repo_tool_schemas(self.tool_style)
         if self.tool_style != "native":
             schemas.append(function_tool("think", "Write down a thought; it has no effect.",
                                          {"content": {"type": "string"}}, ["content"]))
@@ -81,14 +81,18 @@ class FuncLocDomain:
 
     async def run_tool(self, task: Task, name: str, args: Mapping[str, Any],
                        state: dict[str, Any]) -> str:
-        """Runs a repository tool in a worker thread (file reads and regexes block)."""
+        """Runs a repository tool in a worker thread (materializing the tree, file reads and
+        regexes all block)."""
         if name == "think":
             return "Your thought has been recorded. Please continue your work."
+        return await asyncio.to_thread(self._call, task, name, args, state)
+
+    def _call(self, task: Task, name: str, args: Mapping[str, Any], state: dict[str, Any]) -> str:
         try:
             tools = self.tools_for(task)
-        except Exception as e:  # a missing checkout must not kill the episode
-            return f"ERROR: the repository for this task is unavailable: {e}"
-        return await asyncio.to_thread(tools.call, name, args, state)
+        except Exception as e:  # noqa: BLE001 -- a missing checkout must not kill the episode
+            return f"ERROR: the repository for this task is unavailable: {type(e).__name__}: {e}"
+        return tools.call(name, args, state)
 
     async def score(self, task: Task, answer: str | None) -> float:
         return location_f1(answer, task.gold)

@@ -437,45 +437,8 @@ class RepoTools:
     # --- dispatch -------------------------------------------------------------------------------
 
     def schemas(self, style: str = "native") -> list[dict[str, Any]]:
-        """Tool schemas: "native" (view_file, list_dir, find_files, grep), "openhands"
-        (execute_bash, str_replace_editor) or "both"."""
-        native = [
-            function_tool("view_file", "Show a file of the repository with line numbers. Paths are "
-                          "relative to the repository root. Optionally a 1-based inclusive line "
-                          "range; end_line -1 means the last line.",
-                          {"path": {"type": "string"}, "start_line": {"type": "integer"},
-                           "end_line": {"type": "integer"}}, ["path"]),
-            function_tool("list_dir", "List files and directories (hidden ones excluded).",
-                          {"path": {"type": "string"}, "depth": {"type": "integer",
-                                                                 "description": "1 to 3"}}, []),
-            function_tool("find_files", "Find files by glob, e.g. '*.py' (file name) or "
-                          "'pkg/**/test_*.py' (relative path).",
-                          {"pattern": {"type": "string"}, "path": {"type": "string"}}, ["pattern"]),
-            function_tool("grep", "Search file contents with a regular expression (line by line). "
-                          "Returns path:line:text.",
-                          {"pattern": {"type": "string"}, "path": {"type": "string"},
-                           "include": {"type": "string", "description": "file-name glob"},
-                           "ignore_case": {"type": "boolean"}}, ["pattern"]),
-        ]
-        openhands = [
-            function_tool("execute_bash", "Run a read-only command in the repository (no shell): "
-                          f"{', '.join(BASH_COMMANDS)}; `|` pipes into head/tail/wc/grep/sort/uniq; "
-                          "`&&` chains. The repository is at /testbed.",
-                          {"command": {"type": "string"}}, ["command"]),
-            function_tool("str_replace_editor", "View a file or directory (read-only: only the "
-                          "'view' command is allowed).",
-                          {"command": {"type": "string", "enum": ["view"]},
-                           "path": {"type": "string"},
-                           "view_range": {"type": "array", "items": {"type": "integer"}}},
-                          ["command", "path"]),
-        ]
-        if style == "native":
-            return native
-        if style == "openhands":
-            return openhands
-        if style == "both":
-            return native + openhands
-        raise ValueError(f"unknown tool style {style!r}")
+        """Tool schemas (see `repo_tool_schemas`)."""
+        return repo_tool_schemas(style)
 
     TOOL_NAMES = ("view_file", "list_dir", "find_files", "grep", "execute_bash",
                   "str_replace_editor")
@@ -511,6 +474,48 @@ class RepoTools:
         if len(out) > self.limits.max_output_chars:
             out = out[:self.limits.max_output_chars] + "\n[output truncated]"
         return out
+
+
+def repo_tool_schemas(style: str = "native") -> list[dict[str, Any]]:
+    """Tool schemas: "native" (view_file, list_dir, find_files, grep), "openhands"
+    (execute_bash, str_replace_editor) or "both"."""
+    native = [
+        function_tool("view_file", "Show a file of the repository with line numbers. Paths are "
+                      "relative to the repository root. Optionally a 1-based inclusive line "
+                      "range; end_line -1 means the last line.",
+                      {"path": {"type": "string"}, "start_line": {"type": "integer"},
+                       "end_line": {"type": "integer"}}, ["path"]),
+        function_tool("list_dir", "List files and directories (hidden ones excluded).",
+                      {"path": {"type": "string"}, "depth": {"type": "integer",
+                                                             "description": "1 to 3"}}, []),
+        function_tool("find_files", "Find files by glob, e.g. '*.py' (file name) or "
+                      "'pkg/**/test_*.py' (relative path).",
+                      {"pattern": {"type": "string"}, "path": {"type": "string"}}, ["pattern"]),
+        function_tool("grep", "Search file contents with a regular expression (line by line). "
+                      "Returns path:line:text.",
+                      {"pattern": {"type": "string"}, "path": {"type": "string"},
+                       "include": {"type": "string", "description": "file-name glob"},
+                       "ignore_case": {"type": "boolean"}}, ["pattern"]),
+    ]
+    openhands = [
+        function_tool("execute_bash", "Run a read-only command in the repository (no shell): "
+                      f"{', '.join(BASH_COMMANDS)}; `|` pipes into head/tail/wc/grep/sort/uniq; "
+                      "`&&` chains. The repository is at /testbed.",
+                      {"command": {"type": "string"}}, ["command"]),
+        function_tool("str_replace_editor", "View a file or directory (read-only: only the "
+                      "'view' command is allowed).",
+                      {"command": {"type": "string", "enum": ["view"]},
+                       "path": {"type": "string"},
+                       "view_range": {"type": "array", "items": {"type": "integer"}}},
+                      ["command", "path"]),
+    ]
+    if style == "native":
+        return native
+    if style == "openhands":
+        return openhands
+    if style == "both":
+        return native + openhands
+    raise ValueError(f"unknown tool style {style!r}")
 
 
 def _req(args: dict[str, Any], key: str) -> Any:

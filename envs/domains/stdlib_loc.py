@@ -152,7 +152,8 @@ def _vague(doc: str, symptom: str, names: list[str]) -> str:
     from ppp_jax.envs.vaguenize import RuleVaguenizer
 
     text = RuleVaguenizer(max_sentences=2).vaguenize(f"{doc} {symptom}")
-    for n in sorted(set(names), key=len, reverse=True):
+    variants = set(names) | {n[:-1] for n in names if n.endswith("s")}  # "dataclasses" -> "dataclass"
+    for n in sorted(variants, key=len, reverse=True):
         if len(n) >= 3:
             text = re.sub(rf"(?i)\b{re.escape(n)}\b", "it", text)
     return f"Something in the Python standard library is misbehaving. {text}"

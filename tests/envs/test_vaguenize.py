@@ -219,3 +219,16 @@ async def test_unusable_rewrite_is_rejected_not_cached(fake, tmp_path):
         assert v.stats["rejected"] == 1 and v.cache.entries == {}
         with pytest.raises(ValueError):
             await v.vaguenize("  ")
+
+
+@asynctest
+async def test_vaguenize_many_caches_the_successes_before_raising(fake, tmp_path):
+    path = tmp_path / "many.jsonl"
+    fake.responder = lambda body: (
+        error(400, "no") if body["messages"][1]["content"] == "bad" else reply("vague " + body["messages"][1]["content"])
+    )
+    async with _client(fake) as client:
+        v = LLMVaguenizer(client, path)
+        with pytest.raises(LLMRequestError):
+            await v.vaguenize_many(["a", "bad", "c"])
+    assert sorted(VagueCache(path).entries.values()) == ["vague a", "vague c"]

@@ -2,6 +2,8 @@
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.model._sharded_check HF_DIR WORK_DIR
 
+    ... HF_DIR WORK_DIR init     # the sharded random-init check (slow to compile)
+
 Prints one JSON line of measurements; `test_sharding.py` asserts on it. jax is imported only in
 `main`, so the pytest process can import `TINY_SHARDABLE` without touching its device count.
 """
@@ -36,7 +38,8 @@ def _batch(rng, vocab: int):
     return tokens, positions, segments
 
 
-def main(hf_dir: str, work: str) -> None:
+def main(hf_dir: str, work: str, part: str = "parity") -> None:
+    """part: "parity" (meshes + orbax) or "init" (sharded random init, slow to compile)."""
     import jax
     import numpy as np
     from flax import nnx
@@ -57,6 +60,20 @@ def main(hf_dir: str, work: str) -> None:
         print(f"{what}: {time.perf_counter() - t0:.1f}s", file=sys.stderr)
 
     devices = jax.devices()
+    if part == "init":
+        # Sharded random init equals single-device init (same RNG, different shardings).
+        from ppp_jax.model.config import tiny
+
+        cfg = tiny(**TINY_SHARDABLE)
+        one = create_sharded(model_init_fn(cfg, seed=5), api.make_mesh((1, 1, 1), devices=devices[:1]))
+        many = create_sharded(model_init_fn(cfg, seed=5), api.make_mesh((2, 2, 2)))
+        a, b = params(one), params(many)
+        out = {"devices": len(devices),
+               "create_sharded_max_abs": max(float(np.abs(np.asarray(a[k]) - np.asarray(b[k])).max()) for k in a),
+               "create_sharded_spec": str(b["layers.attn.q_proj.kernel"].sharding.spec)}
+        lap("create_sharded")
+        print(json.dumps(out))
+        return
     tokens, positions, segments = _batch(np.random.RandomState(0), TINY_SHARDABLE["vocab_size"])
     valid = segments > 0
     ref = api.load_pretrained(hf_dir, mesh=api.make_mesh((1, 1, 1), devices=devices[:1]))
@@ -87,15 +104,8 @@ def main(hf_dir: str, work: str) -> None:
     out["orbax_restored_spec"] = str(b["layers.attn.q_proj.kernel"].sharding.spec)
     lap("orbax")
 
-    # Sharded random init equals single-device init (same RNG, different shardings).
-    cfg = src.config
-    one = create_sharded(model_init_fn(cfg, seed=5), api.make_mesh((1, 1, 1), devices=devices[:1]))
-    many = create_sharded(model_init_fn(cfg, seed=5), api.make_mesh((2, 2, 2)))
-    a, b = params(one), params(many)
-    out["create_sharded_max_abs"] = max(float(np.abs(np.asarray(a[k]) - np.asarray(b[k])).max()) for k in a)
-    lap("create_sharded")
     print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

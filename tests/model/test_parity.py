@@ -12,7 +12,6 @@ from flax import nnx
 
 from ppp_jax.model import testing as mt
 from ppp_jax.model.config import ModelConfig, tiny
-from ppp_jax.model.transformer import SeedOssForCausalLM
 
 # Tiny defaults (config.tiny): V=67, D=24, F=40, L=2, N=4, K=1, H=10 (H != D/N = 6).
 CONFIGS = {
@@ -76,7 +75,7 @@ def hf_forward(ref, tokens, positions, mask):
 def ours(path, dtype: str):
     cfg = ModelConfig.from_hf_json(path, param_dtype=dtype, dtype=dtype)
     ref = mt.load_hf_reference(path, dtype)
-    model = SeedOssForCausalLM(cfg, rngs=nnx.Rngs(0))
+    model = mt.make_model(cfg)
     mt.copy_torch_weights(model, ref)
     return model, ref
 
@@ -159,8 +158,7 @@ def test_packed_row_equals_separate_rows():
     """Two sequences packed in one row (segment ids 1, 2, then padding 0) give the same logits
     as each sequence run alone."""
     cfg = tiny(num_kv_heads=2, attention_out_bias=True)
-    model = SeedOssForCausalLM(cfg, rngs=nnx.Rngs(3))
-    _randomize_norms_and_biases(model, seed=4)
+    model = mt.make_model(cfg, seed=3)
     rng = np.random.RandomState(1)
     a = rng.randint(3, cfg.vocab_size, size=5)
     b = rng.randint(3, cfg.vocab_size, size=4)
@@ -176,15 +174,3 @@ def test_packed_row_equals_separate_rows():
     # and packing without segment ids would differ (the test can fail)
     unsegmented = mt.jit_logits(model, packed, pos)
     assert np.abs(unsegmented[0, 5:9] - out_b[0]).max() > 1e-3
-
-
-def _randomize_norms_and_biases(model, seed: int):
-    key = jax.random.key(seed)
-    for path, var in nnx.iter_graph(model):
-        if not isinstance(var, nnx.Param):
-            continue
-        key, sub = jax.random.split(key)
-        if path[-1] == "scale":
-            var[...] = 1.0 + 0.3 * jax.random.normal(sub, var.shape, var.dtype)
-        elif path[-1] == "bias":
-            var[...] = 0.3 * jax.random.normal(sub, var.shape, var.dtype)

@@ -113,9 +113,8 @@ def test_sharding_config_from_yaml(tmp_path):
         load_config(tmp_path / "s.yaml", ShardingConfig, ["mesh.sizes=[1,1,1]"])
 
 
-def test_sharded_equals_unsharded_on_8_fake_devices(tmp_path):
-    """Meshes (data, fsdp, tensor) = 8x1x1, 1x8x1, 1x4x2, 2x2x2: logits and next-token log-probs
-    equal the single-device ones (fp32, 1e-5); orbax save on one mesh restores onto another."""
+def _run_8_devices(tmp_path, part: str) -> dict:
+    """Writes the tiny checkpoint and runs `_sharded_check` on 8 fake CPU devices."""
     from ppp_jax.model.testing import write_tiny_hf_checkpoint
 
     from tests.model._sharded_check import TINY_SHARDABLE
@@ -124,12 +123,21 @@ def test_sharded_equals_unsharded_on_8_fake_devices(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.model._sharded_check", str(tmp_path / "hf"), str(tmp_path / "work")],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "tests.model._sharded_check", str(tmp_path / "hf"), str(tmp_path / "work"), part],
+        cwd=root, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["devices"] == 8
+    return result
+
+
+def test_sharded_equals_unsharded_on_8_fake_devices(tmp_path):
+    """Meshes (data, fsdp, tensor) = 8x1x1, 1x8x1, 1x4x2, 2x2x2, weights streamed from an HF
+    checkpoint straight onto each mesh: logits and next-token log-probs equal the single-device
+    ones (fp32, 1e-5; a padded and a packed row included); orbax save on 1x8x1 restores onto
+    2x2x2 bit-exactly."""
+    result = _run_8_devices(tmp_path, "parity")
     assert set(result["meshes"]) == {"8x1x1", "1x8x1", "1x4x2", "2x2x2"}
     for name, r in result["meshes"].items():
         assert r["max_abs_logits"] <= 1e-5, (name, r)
@@ -137,7 +145,16 @@ def test_sharded_equals_unsharded_on_8_fake_devices(tmp_path):
     # The weights really were split: on 1x4x2 a q kernel shard holds 1/8 of the tensor.
     assert result["meshes"]["1x4x2"]["q_kernel_spec"] == "P(None, 'fsdp', 'tensor')"
     assert result["meshes"]["1x4x2"]["q_kernel_shard_fraction"] == pytest.approx(1 / 8)
+    assert result["meshes"]["2x2x2"]["q_kernel_shard_fraction"] == pytest.approx(1 / 4)
     assert result["meshes"]["8x1x1"]["q_kernel_shard_fraction"] == 1.0
     assert result["orbax_restore_max_abs"] == 0.0
     assert result["orbax_restored_spec"] == "P(None, 'fsdp', 'tensor')"
+
+
+@pytest.mark.slow
+def test_create_sharded_equals_single_device_init(tmp_path):
+    """Random init jitted straight into 2x2x2 shardings equals the 1-device init (threefry is
+    partitionable). Slow: two random-init compiles."""
+    result = _run_8_devices(tmp_path, "init")
     assert result["create_sharded_max_abs"] == 0.0
+    assert result["create_sharded_spec"] == "P(None, 'fsdp', 'tensor')"

@@ -62,21 +62,26 @@ def fake_episodes(batch, draws) -> list[EpisodeRecord]:
     return out
 
 
-def make_step_fn(opt, kill_at: int | None):
-    @jax.jit
-    def update(params, opt_state, rng, x):
-        rng, noise_key, episode_key = jax.random.split(rng, 3)
-        y = x @ jnp.asarray(W_TRUE) + 0.1 * jax.random.normal(noise_key, (x.shape[0],))
+OPT = optax.adamw(0.05, weight_decay=0.01)
 
-        def loss_fn(p):
-            return jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        draws = jax.random.randint(episode_key, (x.shape[0], 3), 0, 3)
-        return params, opt_state, rng, draws, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+@jax.jit
+def update(params, opt_state, rng, x):
+    """One toy update; module level so repeated runs in one process compile it once."""
+    rng, noise_key, episode_key = jax.random.split(rng, 3)
+    y = x @ jnp.asarray(W_TRUE) + 0.1 * jax.random.normal(noise_key, (x.shape[0],))
 
+    def loss_fn(p):
+        return jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = OPT.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    draws = jax.random.randint(episode_key, (x.shape[0], 3), 0, 3)
+    return params, opt_state, rng, draws, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def make_step_fn(kill_at: int | None):
     def step_fn(state: TrainState, batch):
         x = jnp.asarray(np.stack([features(i) for i in batch]))
         params, opt_state, rng, draws, train = update(state.params, state.opt_state, state.rng, x)
@@ -101,10 +106,10 @@ def main(argv=None) -> int:
 
     cfg = data.DataConfig(batch_size=6, seed=11, vague_preferences=("a", "b", "c"))
     ds = data.make_dataset(cfg, rows(), shard=data.ShardInfo(0, 1))  # 20 prompts: epochs cut batches
-    opt = optax.adamw(0.05, weight_decay=0.01)
+    opt = OPT
     params = {"w": jnp.zeros((DIM,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
     init = TrainState(step=0, params=params, opt_state=opt.init(params), rng=jax.random.key(3))
-    step_fn = make_step_fn(opt, args.kill_at_step)
+    step_fn = make_step_fn(args.kill_at_step)
     if args.step_sleep:
         inner = step_fn
 

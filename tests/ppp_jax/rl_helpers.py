@@ -61,3 +61,57 @@ def run_multidevice(module: str, *args: str, devices: int = 8, timeout: int = 30
     if proc.returncode != 0:
         raise RuntimeError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def tiny_split(seed: int = 0, **overrides):
+    """(graphdef, params) of a tiny policy, params initialized under jit (much faster than eager)."""
+    import jax
+    from flax import nnx
+
+    from ppp_jax.model.config import tiny
+    from ppp_jax.model.transformer import SeedOssForCausalLM
+
+    cfg = tiny(**{**TINY_SHARDABLE, **overrides})
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: SeedOssForCausalLM(cfg, rngs=nnx.Rngs(seed))))
+    params = jax.jit(lambda: nnx.state(SeedOssForCausalLM(cfg, rngs=nnx.Rngs(seed)), nnx.Param))()
+    return graphdef, params
+
+
+def make_sampler(graphdef, prompt_len: int, response_len: int, temperature: float = 1.0):
+    """A minimal jitted sampler for the learning test (not an engine): each of the `response_len`
+    steps runs the full forward pass over the fixed-length buffer (causal, so later, not yet
+    written positions do not affect earlier ones) and samples from softmax(logits / τ).
+
+    sample(params, prompts int32 [N, P], key) -> (tokens int32 [N, P+L], logp float32 [N, L]).
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    total = prompt_len + response_len
+
+    @jax.jit
+    def sample(params, prompts, key):
+        n = prompts.shape[0]
+        model = nnx.merge(graphdef, params)
+        tokens = jnp.concatenate([prompts, jnp.zeros((n, response_len), jnp.int32)], axis=1)
+        positions = jnp.broadcast_to(jnp.arange(total, dtype=jnp.int32), (n, total))
+        segments = jnp.ones((n, total), jnp.int32)
+
+        def body(i, carry):
+            tokens, logps, key = carry
+            key, sub = jax.random.split(key)
+            logits = model(tokens, positions, segments)  # [N, P+L, V]
+            z = jax.lax.dynamic_index_in_dim(logits, prompt_len - 1 + i, axis=1, keepdims=False)
+            z = z.astype(jnp.float32) / temperature
+            tok = jax.random.categorical(sub, z).astype(jnp.int32)
+            lp = jnp.take_along_axis(jax.nn.log_softmax(z), tok[:, None], axis=1)[:, 0]
+            tokens = jax.lax.dynamic_update_index_in_dim(tokens, tok, prompt_len + i, axis=1)
+            logps = jax.lax.dynamic_update_index_in_dim(logps, lp, i, axis=1)
+            return tokens, logps, key
+
+        logps = jnp.zeros((n, response_len), jnp.float32)
+        tokens, logps, _ = jax.lax.fori_loop(0, response_len, body, (tokens, logps, key))
+        return tokens, logps
+
+    return sample

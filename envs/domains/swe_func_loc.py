@@ -1,0 +1,238 @@
+"""SWE-Func-Loc: localize the functions a GitHub issue's fix edits (SWE-bench Verified, SWE-Gym).
+
+Data: rows with the SWE-bench fields (`repo`, `instance_id`, `base_commit`, `patch`, `test_patch`,
+`problem_statement`, `hints_text`, `created_at`, `version`, `FAIL_TO_PASS`, `PASS_TO_PASS`,
+`environment_setup_commit`; the two test lists are JSON strings). `load_swe_rows` reads them from
+the Hugging Face hub when online (`princeton-nlp/SWE-bench_Verified` split `test`,
+`SWE-Gym/SWE-Gym` split `train`) and from local `.jsonl` / `.json` / `.parquet` files offline.
+
+Repositories: `RepoCache` materializes `repo@base_commit` once from a local clone with
+`git archive` (no checkout, no hooks, no shell) into `<cache>/<owner>__<name>@<commit>/`, made
+read-only and shared by every episode of that instance (and every instance at that commit).
+
+Gold: `gold_functions` at the base commit (see that module); instances with no gold Python
+function are dropped and counted. Prompts: the precise prompt is the issue text; the vague prompt
+is the row's `vague_prompt` when present, else the rule vaguenizer's rewrite. The simulator's
+hidden information is the gold file paths and `path.py:function` lines (the released simulator's
+"Edit File Path" and "Edit Function Name").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import stat
+import subprocess
+import tarfile
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from ppp_jax.envs.domains.base import Task
+from ppp_jax.envs.domains.func_loc import FuncLocDomain, ToolStyle
+from ppp_jax.envs.domains.gold_functions import PatchError, gold_functions
+
+DOMAIN = "swe_func_loc"
+HF_DATASETS = {"verified": ("princeton-nlp/SWE-bench_Verified", "test"),
+               "gym": ("SWE-Gym/SWE-Gym", "train")}
+SWE_FIELDS = ("repo", "instance_id", "base_commit", "patch", "test_patch", "problem_statement",
+              "hints_text", "created_at", "version", "FAIL_TO_PASS", "PASS_TO_PASS",
+              "environment_setup_commit")
+_REQUIRED = ("repo", "instance_id", "base_commit", "patch", "problem_statement")
+
+
+def load_swe_rows(source: str, split: str | None = None) -> list[dict[str, Any]]:
+    """Rows from a local `.jsonl`/`.json`/`.parquet` file, or a Hugging Face dataset name (or the
+    aliases "verified" / "gym"), the latter needing the `datasets` package and network."""
+    if os.path.exists(source):
+        p = Path(source)
+        if p.suffix == ".jsonl":
+            with open(p, encoding="utf-8") as f:
+                return [json.loads(line) for line in f if line.strip()]
+        if p.suffix == ".json":
+            data = json.loads(p.read_text(encoding="utf-8"))
+            return list(data if isinstance(data, list) else data.get("rows", []))
+        if p.suffix == ".parquet":
+            try:
+                import pyarrow.parquet as pq  # noqa: PLC0415 -- optional dependency
+            except ImportError as e:
+                raise RuntimeError("reading parquet files needs `pip install pyarrow`") from e
+            return pq.read_table(p).to_pylist()
+        raise ValueError(f"unsupported data file {source!r} (expected .jsonl, .json or .parquet)")
+    name, default_split = HF_DATASETS.get(source, (source, "test"))
+    try:
+        import datasets  # noqa: PLC0415 -- optional, online only
+    except ImportError as e:
+        raise RuntimeError(f"{source!r} is not a local file, and loading it from the Hugging Face "
+                           "hub needs `pip install datasets`") from e
+    return [dict(r) for r in datasets.load_dataset(name, split=split or default_split)]
+
+
+def parse_test_list(value: Any) -> list[str]:
+    """FAIL_TO_PASS / PASS_TO_PASS: a JSON string in SWE-bench (a list in some re-exports)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        parsed = json.loads(value)
+        if not isinstance(parsed, list):
+            raise ValueError(f"expected a JSON list of test ids, got {value[:80]!r}")
+        return [str(x) for x in parsed]
+    return [str(x) for x in value]
+
+
+def _git(repo: str | os.PathLike, *args: str, binary: bool = False, timeout: float = 300):
+    """Runs git with an argv list (no shell); returns stdout (bytes or text)."""
+    proc = subprocess.run(["git", "-C", os.fspath(repo), *args], capture_output=True,
+                          timeout=timeout, check=False,
+                          env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args[:2])} failed: {proc.stderr.decode()[:300]}")
+    return proc.stdout if binary else proc.stdout.decode("utf-8", errors="replace")
+
+
+class RepoCache:
+    """Materializes repositories at commits from local clones, once, read-only.
+
+    Args:
+      cache_dir: where snapshots go.
+      clones: repo name ("owner/name") -> path of a local clone; or use `clone_root`.
+      clone_root: directory holding clones named `owner__name` (or `name`).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, clones: Mapping[str, str] | None = None,
+                 clone_root: str | os.PathLike | None = None):
+        self.cache_dir = Path(cache_dir)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.clones = dict(clones or {})
+        self.clone_root = Path(clone_root) if clone_root else None
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def clone_of(self, repo: str) -> Path:
+        if repo in self.clones:
+            return Path(self.clones[repo])
+        if self.clone_root is not None:
+            for name in (repo.replace("/", "__"), repo.split("/")[-1]):
+                if (self.clone_root / name).exists():
+                    return self.clone_root / name
+        raise FileNotFoundError(f"no local clone of {repo!r} (give `clones` or `clone_root`)")
+
+    def read_file(self, repo: str, commit: str, path: str) -> str | None:
+        """A file's text at a commit, None if it does not exist there."""
+        try:
+            return _git(self.clone_of(repo), "show", f"{commit}:{path}")
+        except RuntimeError:
+            return None
+
+    def path_for(self, repo: str, commit: str) -> Path:
+        return self.cache_dir / f"{repo.replace('/', '__')}@{commit}"
+
+    def materialize(self, repo: str, commit: str) -> Path:
+        """The snapshot directory of `repo` at `commit`, created on first use (thread-safe)."""
+        target = self.path_for(repo, commit)
+        if target.is_dir():
+            return target
+        with self._guard:
+            lock = self._locks.setdefault(str(target), threading.Lock())
+        with lock:
+            if target.is_dir():
+                return target
+            data = _git(self.clone_of(repo), "archive", "--format=tar", commit, binary=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.cache_dir))
+            _safe_extract(data, tmp)
+            _make_read_only(tmp)
+            os.chmod(tmp, 0o555)
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another process won the race
+                if not target.is_dir():
+                    raise
+        return target
+
+
+def _safe_extract(tar_bytes: bytes, dest: Path) -> None:
+    """Extracts regular files, directories and in-tree symlinks; skips anything else."""
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tf:
+        tf.extractall(dest, filter="data")
+
+
+def _make_read_only(root: Path) -> None:
+    for d, dirs, files in os.walk(root, topdown=False):
+        for f in files:
+            p = os.path.join(d, f)
+            if not os.path.islink(p):
+                os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) & ~0o222)
+        for sub in dirs:
+            p = os.path.join(d, sub)
+            if not os.path.islink(p):
+                os.chmod(p, 0o555)
+
+
+@dataclasses.dataclass
+class BuildReport:
+    """Counts from building tasks (the paper's 500 -> 488 filter shows up here)."""
+
+    rows: int = 0
+    tasks: int = 0
+    dropped_no_function: list[str] = dataclasses.field(default_factory=list)
+    dropped_bad_row: list[str] = dataclasses.field(default_factory=list)
+    dropped_patch_error: list[str] = dataclasses.field(default_factory=list)
+    non_python_files: int = 0
+
+
+def build_swe_tasks(rows: Iterable[Mapping[str, Any]], repos: RepoCache, split: str = "test",
+                    vaguenizer: Any = None) -> tuple[list[Task], BuildReport]:
+    """Tasks from SWE rows: gold functions at the base commit, prompts, hidden information."""
+    if vaguenizer is None:
+        from ppp_jax.envs.vaguenize import RuleVaguenizer  # noqa: PLC0415
+
+        vaguenizer = RuleVaguenizer()
+    report = BuildReport()
+    tasks = []
+    for row in rows:
+        report.rows += 1
+        iid = str(row.get("instance_id", f"row{report.rows}"))
+        if any(not row.get(k) for k in _REQUIRED):
+            report.dropped_bad_row.append(iid)
+            continue
+        try:
+            gold = gold_functions(row["patch"], lambda p: repos.read_file(
+                row["repo"], row["base_commit"], p))
+        except (PatchError, FileNotFoundError, RuntimeError):
+            report.dropped_patch_error.append(iid)
+            continue
+        report.non_python_files += len(gold.dropped_files)
+        if not gold.functions:
+            report.dropped_no_function.append(iid)
+            continue
+        files = sorted({g.split(":")[0] for g in gold.functions})
+        precise = str(row["problem_statement"])
+        vague = str(row.get("vague_prompt") or vaguenizer.vaguenize(precise))
+        meta = {
+            "repo": row["repo"], "base_commit": row["base_commit"], "instance_id": iid,
+            "FAIL_TO_PASS": parse_test_list(row.get("FAIL_TO_PASS")),
+            "PASS_TO_PASS": parse_test_list(row.get("PASS_TO_PASS")),
+            "hints_text": row.get("hints_text") or "", "version": row.get("version"),
+            "module_level": list(gold.module_level), "added_functions": list(gold.added),
+        }
+        tasks.append(Task(iid, DOMAIN, precise, vague, "\n".join(files + list(gold.functions)),
+                          tuple(gold.functions), split, meta))
+    report.tasks = len(tasks)
+    return tasks, report
+
+
+def make_domain(repos: RepoCache, tool_style: ToolStyle = "openhands") -> FuncLocDomain:
+    """The SWE-Func-Loc domain: each task reads its repository snapshot at the base commit."""
+    return FuncLocDomain(DOMAIN, lambda t: str(repos.materialize(t.metadata["repo"],
+                                                                  t.metadata["base_commit"])),
+                         tool_style)
+
+
+def rows_to_jsonl(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Writes rows as JSON lines (e.g. to cache a hub download for offline use)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(dict(r), ensure_ascii=False) + "\n")

@@ -1,0 +1,69 @@
+"""The embedded stdlib function-localization domain."""
+
+import ast
+import asyncio
+import os
+import re
+
+import pytest
+
+from ppp_jax.envs.domains import stdlib_loc
+from ppp_jax.envs.domains.base import location_f1
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return stdlib_loc.build_tasks(stdlib_loc.StdlibLocConfig())
+
+
+def test_a_few_hundred_tasks_split_and_deterministic(tasks):
+    assert len(tasks) == 300
+    assert len({t.task_id for t in tasks}) == 300
+    test = stdlib_loc.split_tasks(tasks, "test")
+    assert 20 <= len(test) <= 80 and len(stdlib_loc.split_tasks(tasks, "train")) == 300 - len(test)
+    stdlib_loc.build_tasks.cache_clear()
+    again = stdlib_loc.build_tasks(stdlib_loc.StdlibLocConfig())
+    assert again == tasks  # same Python version + seed -> same tasks, prompts, splits
+    other = stdlib_loc.build_tasks(stdlib_loc.StdlibLocConfig(num_tasks=30, seed=1))
+    assert [t.task_id for t in other] != [t.task_id for t in tasks[:30]]
+
+
+def test_gold_is_a_real_function_at_the_stated_line(tasks):
+    root = stdlib_loc.stdlib_root()
+    for t in tasks[::10]:
+        path, qual = t.gold[0].split(":")
+        tree = ast.parse(open(os.path.join(root, path), "rb").read())
+        node = tree
+        for part in qual.split("."):
+            node = next(n for n in node.body if getattr(n, "name", None) == part)
+        assert isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        assert node.lineno == t.metadata["lineno"]
+
+
+def test_prompts_precise_vague_hidden(tasks):
+    for t in tasks:
+        path, qual = t.gold[0].split(":")
+        assert f"{t.metadata['module']}.{qual}" in t.precise_prompt and path in t.precise_prompt
+        assert path not in t.vague_prompt
+        assert not re.search(rf"\b{re.escape(qual)}\b", t.vague_prompt)
+        name = qual.split(".")[-1]
+        if len(name) >= 3:
+            assert not re.search(rf"\b{re.escape(name)}\b", t.vague_prompt), (name, t.vague_prompt)
+        assert t.hidden_info.splitlines() == [path, t.gold[0]]
+        assert 30 <= len(t.precise_prompt.split()) <= 300  # hundreds of tokens at most
+        assert len(t.vague_prompt.split()) < len(t.precise_prompt.split())
+        assert location_f1(t.gold[0], t.gold) == 1.0
+
+
+def test_tools_read_the_stdlib_tree(tasks):
+    t = tasks[0]
+    dom = stdlib_loc.make_domain()
+    path = t.metadata["path"]
+    obs = asyncio.run(dom.run_tool(t, "view_file", {"path": path, "start_line": t.metadata["lineno"],
+                                                    "end_line": t.metadata["lineno"]}, {}))
+    assert f"def {t.metadata['qualname'].split('.')[-1]}" in obs
+    refused = asyncio.run(dom.run_tool(t, "view_file", {"path": "../../../../etc/passwd"}, {}))
+    assert refused.startswith("ERROR")
+    names = {s["function"]["name"] for s in dom.tool_schemas(t)}
+    assert names == {"view_file", "list_dir", "find_files", "grep", "finish"}
+    assert asyncio.run(dom.score(t, f"/testbed/{t.gold[0]}\nother.py:f")) == pytest.approx(2 / 3)

@@ -1,0 +1,216 @@
+"""HF safetensors in and out: parity with transformers, bit-exact round trips, sharded indexes,
+clear errors for bad checkpoints, atomic writes."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from ppp_jax.model import api
+from ppp_jax.model._fsutil import atomic_directory
+from ppp_jax.model.config import ModelConfigError
+from ppp_jax.model.hf_io import load_hf, save_hf, tensor_maps
+from ppp_jax.model.safetensors_io import INDEX_FILE, CheckpointFiles, CheckpointFormatError, read_tensor
+from ppp_jax.model.testing import load_hf_reference, write_tiny_hf_checkpoint
+
+# GQA 2, H=10 != D/N=6, o_proj bias on: every mapping branch of the attention is exercised.
+CFG = dict(num_kv_heads=2, attention_out_bias=True)
+TOKENS = np.array([[5, 9, 2, 60, 33, 1, 7], [40, 3, 3, 8, 66, 12, 0]], np.int32)
+
+
+def _tensors(directory):
+    files = CheckpointFiles(directory)
+    return {name: read_tensor(files[name]) for name in files.names()}
+
+
+def _assert_bitwise_equal(a_dir, b_dir):
+    a, b = _tensors(a_dir), _tensors(b_dir)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
+        assert a[name].tobytes() == b[name].tobytes(), name
+
+
+def _torch_logits(directory, dtype="float32"):
+    with torch.no_grad():
+        model = load_hf_reference(directory, dtype)
+        return model(torch.tensor(TOKENS, dtype=torch.long)).logits.float().numpy()
+
+
+@pytest.fixture(scope="module")
+def fp32_ckpt(tmp_path_factory):
+    return write_tiny_hf_checkpoint(tmp_path_factory.mktemp("hf") / "fp32", seed=1, **CFG)
+
+
+def test_load_matches_transformers_and_export_round_trips_fp32(fp32_ckpt, tmp_path):
+    ref = _torch_logits(fp32_ckpt)
+    model = api.load_pretrained(fp32_ckpt)
+    assert model.config.param_dtype == "float32" and model.config.attention_out_bias
+    ours = np.asarray(api.logits(model, TOKENS))
+    assert np.abs(ours - ref).max() <= 1e-5
+
+    out = api.save_pretrained(model, tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    _assert_bitwise_equal(fp32_ckpt, out)
+    # transformers loads our export (our config.json, our safetensors writer) to the same logits.
+    assert np.abs(_torch_logits(out) - ref).max() <= 1e-5
+
+
+def test_bf16_round_trip_bit_exact(tmp_path):
+    src = write_tiny_hf_checkpoint(tmp_path / "bf16", seed=2, dtype="bfloat16", **CFG)
+    model, config = load_hf(src)
+    assert config.param_dtype == "bfloat16" and config.dtype == "bfloat16"
+    assert {v.get_value().dtype.name for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))} == {"bfloat16"}
+    out = save_hf(model, config, tmp_path / "export")
+    _assert_bitwise_equal(src, out)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_sharded_index_checkpoints_in_and_out(fp32_ckpt, tmp_path):
+    # transformers' own sharded layout
+    with torch.no_grad():
+        load_hf_reference(fp32_ckpt).save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / INDEX_FILE).exists()
+    assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 2
+    model = api.load_pretrained(tmp_path / "sharded")
+    np.testing.assert_array_equal(np.asarray(api.logits(model, TOKENS)),
+                                  np.asarray(api.logits(api.load_pretrained(fp32_ckpt), TOKENS)))
+    # ours, sharded the same way; transformers reads it
+    out = save_hf(model, model.config, tmp_path / "ours", max_shard_size="20KB")
+    index = json.loads((out / INDEX_FILE).read_text())
+    files = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert sorted(set(index["weight_map"].values())) == files and len(files) > 2
+    assert index["metadata"]["total_size"] == sum(t.nbytes for t in _tensors(out).values())
+    _assert_bitwise_equal(fp32_ckpt, out)
+    assert np.abs(_torch_logits(out) - _torch_logits(fp32_ckpt)).max() <= 1e-5
+
+
+def test_tied_embeddings_and_mlp_bias(tmp_path):
+    src = write_tiny_hf_checkpoint(tmp_path / "tied", seed=4, tie_word_embeddings=True, mlp_bias=True,
+                                   attention_bias=False, num_kv_heads=4)
+    assert "lm_head.weight" not in _tensors(src)
+    model = api.load_pretrained(src)
+    assert model.lm_head is None
+    assert np.abs(np.asarray(api.logits(model, TOKENS)) - _torch_logits(src)).max() <= 1e-5
+    out = api.save_pretrained(model, tmp_path / "export")
+    _assert_bitwise_equal(src, out)
+
+
+def test_our_reader_agrees_with_safetensors_library(fp32_ckpt):
+    from safetensors.numpy import load_file
+
+    ref = load_file(fp32_ckpt / "model.safetensors")
+    ours = _tensors(fp32_ckpt)
+    assert sorted(ours) == sorted(ref)
+    for name in ref:
+        np.testing.assert_array_equal(ours[name], ref[name], err_msg=name)
+
+
+# ---- bad checkpoints ---------------------------------------------------------------------------
+
+
+def _rewrite(directory, change):
+    """Loads model.safetensors, applies change(dict) in place, writes it back."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(directory / "model.safetensors")
+    change(tensors)
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+
+
+Q0 = "model.layers.0.self_attn.q_proj.weight"
+
+
+def _drop(t):
+    del t["model.layers.1.mlp.up_proj.weight"]
+
+
+def _extra(t):
+    t["model.layers.0.self_attn.rope_scale"] = np.zeros(3, np.float32)
+    t["model.layers.1.self_attn.rotary_emb.inv_freq"] = np.zeros(5, np.float32)  # ignored
+
+
+def _reshape(t):
+    t[Q0] = np.zeros((40, 25), np.float32)
+
+
+def _retype(t):
+    t[Q0] = np.zeros((40, 24), np.int64)
+
+
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        (_drop, r"1 missing tensor\(s\): model\.layers\.1\.mlp\.up_proj\.weight"),
+        (_extra, r"1 unexpected tensor\(s\): model\.layers\.0\.self_attn\.rope_scale$"),
+        (_reshape, r"tensor model\.layers\.0\.self_attn\.q_proj\.weight: checkpoint shape \[40, 25\] != expected \[40, 24\]"),
+        (_retype, r"tensor model\.layers\.0\.self_attn\.q_proj\.weight: dtype I64 \(shape \[40, 24\]\) is not a float"),
+    ],
+    ids=["missing", "unexpected", "shape", "dtype"],
+)
+def test_bad_tensors_are_named(fp32_ckpt, tmp_path, change, pattern):
+    bad = tmp_path / "bad"
+    shutil.copytree(fp32_ckpt, bad)
+    _rewrite(bad, change)
+    with pytest.raises(CheckpointFormatError, match=pattern):
+        load_hf(bad)
+
+
+def test_wrong_architecture_is_refused_by_name(fp32_ckpt, tmp_path):
+    bad = tmp_path / "llama"
+    shutil.copytree(fp32_ckpt, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"])
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelConfigError, match="'llama'"):
+        api.load_pretrained(bad)
+
+
+def test_malformed_index_and_missing_files(fp32_ckpt, tmp_path):
+    d = tmp_path / "idx"
+    d.mkdir()
+    shutil.copy(fp32_ckpt / "config.json", d)
+    with pytest.raises(CheckpointFormatError, match="no model.safetensors and no model.safetensors.index.json"):
+        load_hf(d)
+    (d / INDEX_FILE).write_text('{"weight_map": {"model.norm.weight": ')
+    with pytest.raises(CheckpointFormatError, match=r"model\.safetensors\.index\.json: not valid JSON"):
+        load_hf(d)
+    (d / INDEX_FILE).write_text('{"metadata": {}}')
+    with pytest.raises(CheckpointFormatError, match="expected an object with a 'weight_map'"):
+        load_hf(d)
+    (d / INDEX_FILE).write_text(json.dumps({"weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors"}}))
+    with pytest.raises(CheckpointFormatError, match="names file 'model-00001-of-00002.safetensors', which is not in"):
+        load_hf(d)
+    (d / "model-00001-of-00002.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    with pytest.raises(CheckpointFormatError, match="header is not valid JSON"):
+        load_hf(d)
+
+
+def test_name_map_covers_every_parameter_of_36b():
+    """The map yields 771 tensors for Seed-OSS-36B (64 x 12 + 3), as the real index has."""
+    from ppp_jax.model.config import seed_oss_36b
+
+    maps = tensor_maps(seed_oss_36b())
+    assert len(maps) == 771
+    assert sum(int(np.prod(m.hf_shape)) for m in maps) == seed_oss_36b().param_count() == 36_151_104_512
+
+
+def test_atomic_directory(tmp_path):
+    dst = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(dst) as tmp:
+            (tmp / "half.safetensors").write_bytes(b"x")
+            raise RuntimeError("crash mid-write")
+    assert not dst.exists() and list(tmp_path.iterdir()) == []
+    with atomic_directory(dst) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        with atomic_directory(dst):
+            pass
+    with atomic_directory(dst, overwrite=True) as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in dst.iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

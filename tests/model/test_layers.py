@@ -1,0 +1,231 @@
+"""Layers and model mechanics: param tree and logical axes, RoPE/RMSNorm numerics against torch,
+scan (compile size independent of depth), remat policies, dropout, dtype policy, attention impls."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from ppp_jax.model import axes as ax
+from ppp_jax.model import testing as mt
+from ppp_jax.model.config import tiny
+from ppp_jax.model.layers import RMSNorm, rope_inv_freq, rope_tables
+from ppp_jax.model.transformer import SeedOssForCausalLM
+
+L_, D_, F_, N_, K_, H_, V_ = 3, 24, 40, 4, 2, 10, 67
+
+
+def _flat_params(model):
+    return {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def test_param_tree_shapes_and_logical_axes():
+    cfg = tiny(num_layers=L_, num_kv_heads=K_, attention_out_bias=True, mlp_bias=True)
+    params = _flat_params(nnx.eval_shape(lambda: SeedOssForCausalLM(cfg, rngs=nnx.Rngs(0))))
+    lay, emb, hd = ax.LAYERS, ax.EMBED, ax.HEAD_DIM
+    expected = {
+        "embed.embedding": ((V_, D_), (ax.VOCAB, emb)),
+        "layers.input_norm.scale": ((L_, D_), (lay, emb)),
+        "layers.attn.q_proj.kernel": ((L_, D_, N_, H_), (lay, emb, ax.HEADS, hd)),
+        "layers.attn.q_proj.bias": ((L_, N_, H_), (lay, ax.HEADS, hd)),
+        "layers.attn.k_proj.kernel": ((L_, D_, K_, H_), (lay, emb, ax.KV_HEADS, hd)),
+        "layers.attn.k_proj.bias": ((L_, K_, H_), (lay, ax.KV_HEADS, hd)),
+        "layers.attn.v_proj.kernel": ((L_, D_, K_, H_), (lay, emb, ax.KV_HEADS, hd)),
+        "layers.attn.v_proj.bias": ((L_, K_, H_), (lay, ax.KV_HEADS, hd)),
+        "layers.attn.o_proj.kernel": ((L_, N_, H_, D_), (lay, ax.HEADS, hd, emb)),
+        "layers.attn.o_proj.bias": ((L_, D_), (lay, emb)),
+        "layers.post_attn_norm.scale": ((L_, D_), (lay, emb)),
+        "layers.mlp.gate_proj.kernel": ((L_, D_, F_), (lay, emb, ax.MLP)),
+        "layers.mlp.gate_proj.bias": ((L_, F_), (lay, ax.MLP)),
+        "layers.mlp.up_proj.kernel": ((L_, D_, F_), (lay, emb, ax.MLP)),
+        "layers.mlp.up_proj.bias": ((L_, F_), (lay, ax.MLP)),
+        "layers.mlp.down_proj.kernel": ((L_, F_, D_), (lay, ax.MLP, emb)),
+        "layers.mlp.down_proj.bias": ((L_, D_), (lay, emb)),
+        "final_norm.scale": ((D_,), (emb,)),
+        "lm_head.kernel": ((D_, V_), (emb, ax.VOCAB)),
+    }
+    assert set(params) == set(expected)
+    for name, (shape, names) in expected.items():
+        var = params[name]
+        assert tuple(var.shape) == shape, name
+        assert var.get_metadata()[ax.SHARDING_METADATA_KEY] == names, name
+        # nnx's own reader of sharding metadata sees the names too
+        assert tuple(nnx.spmd.get_var_pspec(var)) == names, name
+
+
+def test_optional_params_are_absent_when_off():
+    cfg = tiny(attention_bias=False, tie_word_embeddings=True)
+    params = _flat_params(nnx.eval_shape(lambda: SeedOssForCausalLM(cfg, rngs=nnx.Rngs(0))))
+    assert not [n for n in params if n.endswith("bias")]
+    assert "lm_head.kernel" not in params
+
+
+def test_rope_inv_freq_and_tables_match_torch():
+    def torch_inv_freq(h, theta):  # HF's default RoPE init
+        return 1.0 / (theta ** (torch.arange(0, h, 2, dtype=torch.int64).float() / h))
+
+    for theta, h in ((1e4, 10), (1e7, 128)):
+        np.testing.assert_array_equal(np.asarray(rope_inv_freq(h, theta)),
+                                      torch_inv_freq(h, theta).numpy())
+    torch_inv = torch_inv_freq(128, 1e7)
+    pos = np.array([[0, 1, 7, 4095, 65535, 524287]], np.int32)
+    cos, sin = rope_tables(jnp.asarray(pos), 128, 1e7, jnp.float32)
+    ang = torch.tensor(pos).float()[..., None] * torch_inv
+    emb = torch.cat([ang, ang], dim=-1)
+    np.testing.assert_allclose(np.asarray(cos), emb.cos().numpy(), atol=2e-6)
+    np.testing.assert_allclose(np.asarray(sin), emb.sin().numpy(), atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_rmsnorm_matches_hf_cast_order(dtype):
+    from transformers.models.seed_oss.modeling_seed_oss import SeedOssRMSNorm
+
+    rng = np.random.RandomState(0)
+    x = rng.standard_normal((3, 5, D_)).astype(np.float32) * 3
+    w = 1.0 + 0.3 * rng.standard_normal(D_).astype(np.float32)
+    tdt = getattr(torch, dtype)
+    ref = SeedOssRMSNorm(D_, eps=1e-6)
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor(w))
+    ref = ref.to(tdt)
+    with torch.no_grad():
+        expected = ref(torch.tensor(x).to(tdt)).float().numpy()
+    jdt = jnp.dtype(dtype)
+    norm = RMSNorm(D_, eps=1e-6, dtype=jdt, param_dtype=jdt)
+    norm.scale[...] = jnp.asarray(w, jdt)
+    got = np.asarray(norm(jnp.asarray(x, jdt)), np.float32)
+    if dtype == "float32":
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    else:  # the cast-then-multiply order of HF: at most 1 bf16 ulp apart on a few elements
+        ulp = np.abs(expected) * 2.0 ** -7
+        assert (np.abs(got - expected) <= ulp + 1e-6).all()
+        assert (got == expected).mean() > 0.97
+
+
+def _jaxpr_size(num_layers: int) -> int:
+    model = nnx.eval_shape(lambda: SeedOssForCausalLM(tiny(num_layers=num_layers),
+                                                      rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    tokens = jnp.zeros((2, 7), jnp.int32)
+
+    def f(state):
+        return nnx.merge(graphdef, state)(tokens, tokens)
+
+    return len(str(jax.make_jaxpr(f)(state)))
+
+
+def test_program_size_does_not_grow_with_depth():
+    """The layers run as one scan: the traced program for 2 and 9 layers has the same size
+    (up to the digits of the shapes)."""
+    small, big = _jaxpr_size(2), _jaxpr_size(9)
+    assert abs(big - small) < 0.01 * small, (small, big)
+
+
+def _loss_and_grads(model, tokens, positions, segs, dropout_key=None):
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def loss_fn(state):
+        logits = nnx.merge(graphdef, state)(tokens, positions, segs, dropout_key=dropout_key)
+        return jnp.mean(jax.nn.log_softmax(logits.astype(jnp.float32))[..., 3])
+
+    return jax.value_and_grad(loss_fn)(state)
+
+
+def _batch(vocab=V_, b=2, t=9, seed=0):
+    rng = np.random.RandomState(seed)
+    tokens = jnp.asarray(rng.randint(0, vocab, (b, t)), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    segs = jnp.ones((b, t), jnp.int32).at[1, :3].set(0)
+    return tokens, positions, segs
+
+
+def test_remat_policies_give_equal_outputs_and_grads():
+    tokens, positions, segs = _batch()
+    results = {}
+    for remat in ("none", "full", "save_dots"):
+        model = mt.make_model(tiny(num_kv_heads=2, remat=remat), seed=1)
+        results[remat] = _loss_and_grads(model, tokens, positions, segs)
+    loss0, g0 = results["none"]
+    for remat in ("full", "save_dots"):
+        loss, g = results[remat]
+        np.testing.assert_allclose(loss, loss0, rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    # the gradient reaches every parameter (nothing silently detached by the scan)
+    assert all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(g0))
+
+
+def test_remat_changes_the_backward_program():
+    """`full` recomputes the layer: its grad jaxpr has a remat region, `none` has none."""
+    tokens, positions, segs = _batch()
+
+    def grad_jaxpr(remat):
+        model = nnx.eval_shape(lambda: SeedOssForCausalLM(tiny(remat=remat), rngs=nnx.Rngs(0)))
+        graphdef, state = nnx.split(model)
+        f = lambda s: nnx.merge(graphdef, s)(tokens, positions, segs).sum()
+        return str(jax.make_jaxpr(jax.grad(f))(state))
+
+    assert "remat" not in grad_jaxpr("none")
+    assert "remat" in grad_jaxpr("full") or "checkpoint" in grad_jaxpr("full")
+
+
+def test_dropout_is_live_only_with_a_key():
+    tokens, positions, segs = _batch()
+    plain = mt.make_model(tiny(), seed=2)
+    drop = mt.make_model(tiny(attention_dropout=0.3, residual_dropout=0.3), seed=2)
+    fwd = lambda m, key=None: np.asarray(m(tokens, positions, segs, dropout_key=key))
+    base = fwd(plain)
+    np.testing.assert_array_equal(fwd(drop), base)  # no key: deterministic, rates ignored
+    np.testing.assert_array_equal(fwd(plain, jax.random.key(0)), base)  # rate 0: no-op
+    a, b = fwd(drop, jax.random.key(0)), fwd(drop, jax.random.key(0))
+    c = fwd(drop, jax.random.key(1))
+    np.testing.assert_array_equal(a, b)  # reproducible per key
+    assert np.abs(a - base).max() > 1e-2 and np.abs(a - c).max() > 1e-2
+    # and it trains: grads are finite with dropout on
+    loss, g = _loss_and_grads(drop, tokens, positions, segs, dropout_key=jax.random.key(3))
+    assert np.isfinite(loss) and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(g))
+
+
+def test_cudnn_impl_path_matches_xla_on_cpu():
+    """On CPU the 'cudnn' impl runs jax.nn.dot_product_attention with the XLA backend."""
+    tokens, positions, segs = _batch()
+    xla = mt.make_model(tiny(num_kv_heads=2), seed=5)
+    cud = mt.make_model(tiny(num_kv_heads=2, attention_impl="cudnn"), seed=5)
+    a = mt.jit_logits(xla, tokens, positions, segs)
+    b = mt.jit_logits(cud, tokens, positions, segs)
+    real = np.asarray(segs).astype(bool)
+    np.testing.assert_allclose(b[real], a[real], atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() == "tpu", reason="splash runs on TPU")
+def test_splash_impl_refuses_non_tpu_backend_clearly():
+    tokens, positions, segs = _batch(t=8)
+    model = mt.make_model(tiny(attention_impl="splash"))
+    with pytest.raises(NotImplementedError, match="needs a TPU"):
+        model(tokens, positions, segs)
+
+
+@pytest.mark.parametrize("param_dtype,dtype", [("bfloat16", "float32"), ("float32", "bfloat16"),
+                                               ("bfloat16", "bfloat16")])
+def test_param_and_compute_dtypes_are_separate(param_dtype, dtype):
+    tokens, positions, segs = _batch()
+    cfg32 = tiny(num_kv_heads=2)
+    ref = mt.make_model(cfg32, seed=6)
+    model = mt.make_model(cfg32.replace(param_dtype=param_dtype, dtype=dtype), seed=6)
+    assert {v.dtype for v in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(param_dtype)}
+    graphdef, state = nnx.split(model)
+    logits = jax.jit(lambda s: nnx.merge(graphdef, s)(tokens, positions, segs))(state)
+    hidden = jax.jit(lambda s: nnx.merge(graphdef, s).hidden(tokens, positions, segs)[0])(state)
+    assert logits.dtype == jnp.dtype(dtype) and hidden.dtype == jnp.dtype(dtype)
+    got = np.asarray(logits, np.float32)
+    assert np.isfinite(got).all()  # padding rows included
+    want = mt.jit_logits(ref, tokens, positions, segs)
+    real = np.asarray(segs).astype(bool)
+    # bf16 somewhere in the chain: close to fp32 but not equal (logits here are O(5))
+    err = np.abs(got[real] - want[real]).max()
+    assert 0 < err < 0.25, err
