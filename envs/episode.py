@@ -194,6 +194,7 @@ async def run_episode(domain: TaskDomain, task: Task, policy: Policy, simulator:
         stats["trajectory_error"] = f"{type(e).__name__}: {e}"[:500]
         verdict = None
     stats["context_tokens"] = context_tokens
+    stats.update({f"policy_{k}": v for k, v in session.stats.items()})
     return EpisodeRecord(
         task_id=task.task_id, domain=domain.name, preference_id=preference_id,
         prompt_kind=prompt_kind, messages=tuple(messages), questions=tuple(questions),

@@ -56,7 +56,10 @@ class PolicyTurn:
 
 
 class PolicySession(Protocol):
-    """One episode's conversation with a policy."""
+    """One episode's conversation with a policy. `stats` holds backend counters (copied into the
+    record's stats with a `policy_` prefix)."""
+
+    stats: dict[str, int]
 
     async def step(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]],
                    max_new_tokens: int) -> PolicyTurn: ...
@@ -73,6 +76,13 @@ class Policy(Protocol):
 
 
 # --- engine-backed --------------------------------------------------------------------------------
+
+# The current Seed-OSS template's pre-fill for thinking_budget=0 (seed_oss.md 4.2). The template
+# also adds a system turn telling the model to answer without thinking; put that instruction in
+# the domain's system prompt when using this prefix.
+THINKING_BUDGET_0_PREFIX = ("<seed:think>\n<seed:cot_budget_reflect>The current thinking budget is 0, "
+                            "so I will directly start answering the question."
+                            "</seed:cot_budget_reflect>\n</seed:think>")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,12 +103,16 @@ class EnginePolicy:
         `end_session(session_id)` (`ppp_jax.sampling.engine.Engine`, or `ScriptedEngine`).
       tokenizer: a `tokenizers.Tokenizer` or transformers tokenizer with the Seed-OSS special tokens.
       sampling: temperature / top-p / top-k / seed.
+      generation_prefix: text forced after the generation prompt each turn (mask 0), e.g.
+        `THINKING_BUDGET_0_PREFIX`; it is part of the turn's text for parsing.
     """
 
-    def __init__(self, engine: Any, tokenizer: Any, sampling: EngineSampling = EngineSampling()):
+    def __init__(self, engine: Any, tokenizer: Any, sampling: EngineSampling = EngineSampling(),
+                 generation_prefix: str = ""):
         self.engine = engine
         self.chat = tokenizer if isinstance(tokenizer, ChatTokenizer) else ChatTokenizer(tokenizer)
         self.sampling = sampling
+        self.generation_prefix = generation_prefix
         self._counter = itertools.count()
 
     def start(self, episode_id: str) -> EngineSession:
@@ -136,7 +150,7 @@ class EngineSession:
             if msg["role"] == "assistant":
                 raise ValueError("EngineSession cannot render assistant messages it did not sample")
             parts.append(render_turn(msg["role"], msg["content"]))
-        parts.append(generation_prompt())
+        parts.append(generation_prompt() + self.policy.generation_prefix)
         return "".join(parts)
 
     def _append(self, ids: Sequence[int], mask: int, logprobs: Sequence[float] | None = None):
@@ -168,7 +182,7 @@ class EngineSession:
         ended = bool(ids) and ids[-1] == chat.eos_id
         self._open_turn = not ended
         self._seen = len(messages) + 1  # + the assistant message the runner appends for this turn
-        text = chat.decode(ids[:-1] if ended else ids)
+        text = self.policy.generation_prefix + chat.decode(ids[:-1] if ended else ids)
         return PolicyTurn(text, None, "stop" if ended else "length", len(self.ids), len(ids))
 
     def token_view(self) -> TokenView:
@@ -296,6 +310,7 @@ class OpenAIPolicy:
 class OpenAISession:
     def __init__(self, policy: OpenAIPolicy):
         self.policy = policy
+        self.stats: dict[str, int] = {}
 
     async def step(self, messages, tools, max_new_tokens: int) -> PolicyTurn:
         result = await self.policy.client.chat(to_openai_messages(messages), tools=list(tools),
@@ -330,6 +345,7 @@ class ScriptedPolicy:
 class ScriptedSession:
     def __init__(self, replies: Sequence[str]):
         self.replies = iter(replies)
+        self.stats: dict[str, int] = {}
 
     async def step(self, messages, tools, max_new_tokens: int) -> PolicyTurn:
         text = next(self.replies, "I have nothing more to do.")

@@ -45,9 +45,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import jax
@@ -252,14 +251,16 @@ def load_hf_params(
     config: ModelConfig,
     shardings: dict[str, NamedSharding],
     *,
+    files: CheckpointFiles | None = None,
     progress: bool = False,
 ) -> dict[str, jax.Array]:
     """Loads the HF checkpoint in `directory` into {our param path: sharded jax.Array}.
 
     config:    the model config (its `param_dtype` is the dtype of the returned arrays).
     shardings: our param path -> target NamedSharding (e.g. from `sharding.state_shardings`).
+    files:     the already-opened checkpoint, if the caller has it.
     """
-    files = CheckpointFiles(directory)
+    files = files or CheckpointFiles(directory)
     maps = check_checkpoint(files, config)
     dtype = np.dtype(config.param_dtype)
     shapes = param_shapes(config)
@@ -329,7 +330,7 @@ def load_hf(
     graphdef, abs_params, abs_rest = split_abstract(init_fn)
     shardings = {path_name(p): v.get_value() for p, v in nnx.to_flat_state(state_shardings(abs_params, mesh, rules))}
     _check_against_model(abs_params, config)
-    params = load_hf_params(directory, config, shardings, progress=progress)
+    params = load_hf_params(directory, config, shardings, files=files, progress=progress)
     param_state = _fill_state(abs_params, params)
     rest = materialize_rest(init_fn, abs_rest, mesh)
     return nnx.merge(graphdef, param_state, rest), config
@@ -379,12 +380,24 @@ def _take_layer(x: jax.Array, i: jax.Array) -> jax.Array:
     return jax.lax.dynamic_index_in_dim(x, i, 0, keepdims=False)
 
 
-def params_of(model_or_state) -> dict[str, jax.Array]:
-    """{our param path: array} from a model, an nnx.State of params, or such a dict."""
-    if isinstance(model_or_state, dict) and not isinstance(model_or_state, nnx.State):
-        return dict(model_or_state)
-    state = nnx.state(model_or_state, nnx.Param) if isinstance(model_or_state, nnx.Module) else model_or_state
-    return {path_name(p): v.get_value() for p, v in nnx.to_flat_state(state)}
+def params_of(model_or_params) -> dict[str, jax.Array]:
+    """{our dotted param path: array} from a model, an nnx.State of params (Variables or plain
+    arrays), a nested mapping like `nnx.to_pure_dict(state)`, or an already flat mapping."""
+    x = model_or_params
+    if isinstance(x, nnx.Module):
+        x = nnx.state(x, nnx.Param)
+    if isinstance(x, nnx.State):
+        return {path_name(p): (v.get_value() if isinstance(v, nnx.Variable) else v)
+                for p, v in nnx.to_flat_state(x)}
+    if not isinstance(x, Mapping):
+        raise TypeError(f"expected a model, an nnx.State or a mapping of params, got {type(x).__name__}")
+    out: dict[str, jax.Array] = {}
+    for key, value in x.items():
+        if isinstance(value, (Mapping, nnx.State)):
+            out.update({f"{key}.{k}": v for k, v in params_of(value).items()})
+        else:
+            out[str(key)] = value.get_value() if isinstance(value, nnx.Variable) else value
+    return out
 
 
 def save_hf(

@@ -23,12 +23,11 @@ F32 = jnp.float32
 
 def _stats(logits: jax.Array, targets: jax.Array, temperature: float):
     """logits [..., V] (any dtype), targets int [...] -> (logp f32 [...], entropy f32 [...])."""
-    z = logits.astype(F32) / F32(temperature)
-    lse = jax.nn.logsumexp(z, axis=-1)
-    picked = jnp.take_along_axis(z, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    p = jnp.exp(z - lse[..., None])
-    entropy = lse - jnp.sum(p * z, axis=-1)
-    return picked - lse, entropy
+    logp = jax.nn.log_softmax(logits.astype(F32) / F32(temperature), axis=-1)
+    picked = jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    # -sum p log p on the normalized log-probs: no cancellation between logsumexp and E[z]
+    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    return picked, entropy
 
 
 def token_logprobs(model, hidden: jax.Array, targets: jax.Array, *, temperature: float = 1.0,

@@ -3,7 +3,7 @@
 A checkpoint at step `s` is the directory `<root>/<s>/` with one orbax item per part:
 
     params/     the policy params pytree (e.g. an `nnx.State`), StandardSave (OCDBT, sharded)
-    opt_state/  the optax state pytree, StandardSave
+    opt_state/  the optax state, or the whole trainer state minus its params, StandardSave
     rng/        the trainer's PRNG key as raw key data (uint32), StandardSave
     data/       the data-iterator state (`BatchIterator.get_state()`), JSON
     meta/       {"step", "rng_impl", "saved_at", "metadata": <run config / user JSON>}, JSON
@@ -183,7 +183,9 @@ class CheckpointManager:
 
         Args:
           step: the number of updates applied to `params`.
-          params, opt_state: pytrees of arrays.
+          params: the params pytree.
+          opt_state: the optimizer state, or any pytree with the rest of the trainer's state
+            (`ppp_jax.loop` passes the train state with `params=None`).
           rng: the trainer's PRNG key (typed or raw).
           data_state: `BatchIterator.get_state()` at this point (JSON-able).
           metadata: JSON-able run metadata (config, versions); stored verbatim.

@@ -33,23 +33,42 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainState:
+class LoopState:
     """What the loop carries from step to step and checkpoints.
 
     Attributes:
-      step: optimizer updates applied so far (a Python int; never traced).
-      params: the policy params pytree (e.g. an `nnx.State`).
-      opt_state: the optax state pytree.
+      step: optimizer steps taken so far (a Python int; never traced).
+      train: the trainer's state pytree; it holds the params under `params` (an attribute, as in
+        `ppp_jax.train_step.TrainState`, or a mapping key) and everything else the update needs
+        (optimizer state, counters). Checkpoints store the params and the rest as two items, so
+        params can be restored alone for evaluation or export.
       rng: the trainer's PRNG key; `step_fn` splits it and returns the carried half.
     """
 
     step: int
-    params: Any
-    opt_state: Any
+    train: Any
     rng: Any
 
-    def replace(self, **changes: Any) -> TrainState:
+    def replace(self, **changes: Any) -> LoopState:
         return dataclasses.replace(self, **changes)
+
+
+def split_train(train: Any) -> tuple[Any, Any]:
+    """(params, rest): the trainer state without its params, for the two checkpoint items."""
+    if isinstance(train, Mapping):
+        return train["params"], {k: v for k, v in train.items() if k != "params"}
+    if dataclasses.is_dataclass(train) and hasattr(train, "params"):
+        return train.params, dataclasses.replace(train, params=None)
+    raise TypeError(
+        f"the train state must be a mapping or dataclass with `params`, got {type(train).__name__}"
+    )
+
+
+def merge_train(params: Any, rest: Any) -> Any:
+    """The inverse of `split_train`."""
+    if isinstance(rest, Mapping):
+        return {"params": params, **rest}
+    return dataclasses.replace(rest, params=params)
 
 
 class DataIterator(Protocol):
@@ -62,24 +81,24 @@ class DataIterator(Protocol):
     def set_state(self, state: dict[str, Any]) -> None: ...
 
 
-StepFn = Callable[[TrainState, Any], "tuple[TrainState, Mapping[str, Any]]"]
+StepFn = Callable[[LoopState, Any], "tuple[LoopState, Mapping[str, Any]]"]
 
 
 def restore_or_init(
-    init: TrainState | Callable[[], TrainState],
+    init: LoopState | Callable[[], LoopState],
     data_iter: DataIterator,
     ckpt: CheckpointManager | None,
     *,
-    abstract_state: TrainState | None = None,
+    abstract_state: LoopState | None = None,
     metadata: Mapping[str, Any] | None = None,
-) -> TrainState:
+) -> LoopState:
     """The latest checkpoint's state (with `data_iter` moved to its position), or a fresh one.
 
     Args:
       init: the fresh state, or a function making it (called only when needed: when there is no
         checkpoint, or when no `abstract_state` was given to restore onto).
-      abstract_state: restore targets (shapes, dtypes, shardings) for params and opt_state;
-        defaults to those of `init`.
+      abstract_state: restore targets (shapes, dtypes, shardings) for the train state; defaults
+        to those of `init`.
       metadata: this run's metadata; a checkpoint saved with different metadata is still
         restored, with a warning naming the differing keys.
     """
@@ -88,10 +107,11 @@ def restore_or_init(
         return init() if callable(init) else init
     if abstract_state is None:
         abstract_state = init() if callable(init) else init
+    abstract_params, abstract_rest = split_train(abstract_state.train)
     restored = ckpt.restore(
         latest,
-        abstract_params=abstract_like(abstract_state.params),
-        abstract_opt_state=abstract_like(abstract_state.opt_state),
+        abstract_params=abstract_like(abstract_params),
+        abstract_opt_state=abstract_like(abstract_rest),
     )
     if restored.data_state is None:
         raise ValueError(f"checkpoint step {latest} has no data-iterator state; cannot resume exactly")
@@ -103,11 +123,11 @@ def restore_or_init(
         )
         log.warning("resuming from step %d saved with different metadata: keys %s", latest, keys)
     log.info("resumed from checkpoint step %d", latest)
-    return TrainState(restored.step, restored.params, restored.opt_state, restored.rng)
+    return LoopState(restored.step, merge_train(restored.params, restored.opt_state), restored.rng)
 
 
 def run_loop(
-    init: TrainState | Callable[[], TrainState],
+    init: LoopState | Callable[[], LoopState],
     data_iter: DataIterator,
     step_fn: StepFn,
     *,
@@ -115,10 +135,10 @@ def run_loop(
     ckpt: CheckpointManager | None = None,
     writer: MetricsWriter | None = None,
     metadata: Mapping[str, Any] | None = None,
-    abstract_state: TrainState | None = None,
+    abstract_state: LoopState | None = None,
     progress: bool = False,
-    hooks: Sequence[Callable[[TrainState, Mapping[str, float]], None]] = (),
-) -> TrainState:
+    hooks: Sequence[Callable[[LoopState, Mapping[str, float]], None]] = (),
+) -> LoopState:
     """Trains until `num_steps` updates have been applied, resuming from `ckpt` if it has any.
 
     Args:
@@ -146,10 +166,11 @@ def run_loop(
     last_saved = start
 
     def save() -> None:
+        params, rest = split_train(state.train)
         ckpt.save(
             state.step,
-            params=state.params,
-            opt_state=state.opt_state,
+            params=params,
+            opt_state=rest,
             rng=state.rng,
             data_state=data_iter.get_state(),
             metadata=dict(metadata or {}),
@@ -165,7 +186,7 @@ def run_loop(
                     break
             with timer("step_fn"):
                 state, raw = step_fn(state, batch)
-                jax.block_until_ready((state.params, state.opt_state))
+                jax.block_until_ready(state.train)
             state = state.replace(step=step)
             metrics = flatten(raw)
             metrics.update(timer.pop())

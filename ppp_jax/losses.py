@@ -238,6 +238,7 @@ def objective_sums(
     sampler_logp: jax.Array | None,
     ref_logp: jax.Array | None,
     cfg: LossConfig,
+    stat_shift: jax.Array | float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
     """Σ_t a_t·o_t of one micro-batch and its statistics (module docstring for the symbols).
 
@@ -247,6 +248,9 @@ def objective_sums(
     old_logp: float [b, T] or None (None: on-policy, ℓ_old = sg(ℓ)).
     sampler_logp: float [b, T] or None (needed for TIS; enables agreement statistics).
     ref_logp: float [b, T] or None; must be given iff cfg.kl_coef > 0.
+    stat_shift: a constant subtracted from both log-probs before their moments are summed for the
+      Pearson correlation (use the global mean sampler log-prob: it keeps the float32 moment sums
+      free of cancellation; the correlation itself does not depend on it).
 
     Returns (objective_sum, sums, maxes): objective_sum is the differentiable scalar Σ a_t·o_t
     (divide by the global D); `sums` are additive float32 scalars and `maxes` max-combined ones,
@@ -296,8 +300,8 @@ def objective_sums(
     sums["ppo_kl"] = sg(jnp.sum(m * -terms.log_ratio))
     sums["ratio"] = sg(jnp.sum(m * jnp.exp(terms.log_ratio)))
     if sampler_logp is not None:
-        x = sg(old.astype(f32))
-        y = sampler_logp.astype(f32)
+        x = sg(old.astype(f32)) - stat_shift
+        y = sampler_logp.astype(f32) - stat_shift
         diff = jnp.abs(x - y)
         sums["logp_abs_diff"] = jnp.sum(m * diff)
         maxes["logp_abs_diff_max"] = jnp.max(jnp.where(m > 0, diff, 0.0), initial=0.0)

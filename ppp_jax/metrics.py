@@ -33,16 +33,20 @@ from ppp_jax.envs.records import EpisodeRecord
 EFFORTS = ("low", "medium", "high")
 
 # Per-episode score keys the aggregator understands (values may be None where undefined, e.g.
-# personalization without any question). The scorer (`ppp_jax.envs.scoring`) or the reward
-# function provides them.
+# personalization without any question). `score_records` makes such rows from UserVille's
+# scorers (`ppp_jax.envs.scoring`, `ppp_jax.envs.reward`).
 SCORE_KEYS = (
     "reward",  # the PPP reward R (clipped or not, as the reward function returns it)
+    "reward_unclipped",  # R before clipping to [0, 1]
     "r_prod",  # R_Prod, the task-score term
     "r_proact",  # R_Proact, the effort term
     "r_pers",  # R_Pers, the preference term
     "productivity",  # task score in [0, 1]
     "proactivity",  # 1 if the session effort was low, else 0
     "personalization",  # 1 if the preference was followed; None where undefined
+    "session_effort_low",  # 1 if the session effort was low (likewise medium, high)
+    "session_effort_medium",
+    "session_effort_high",
 )
 
 
@@ -155,23 +159,34 @@ def episode_metrics(
     return out
 
 
-def score_records(records: Sequence[EpisodeRecord]) -> list[dict[str, float | None]] | None:
-    """Per-episode scores from `ppp_jax.envs.scoring`, or None if that module is not available.
+def score_records(
+    records: Sequence[EpisodeRecord], reward_config: Any = None
+) -> list[dict[str, float | None]]:
+    """Per-episode score rows for `episode_metrics`, from UserVille's scorers.
 
-    This is the hook between UserVille's scorers and `episode_metrics`; the trainer, which also
-    computes the reward, normally passes its own rows instead.
+    Productivity, proactivity and personalization come from `ppp_jax.envs.scoring.episode_scores`
+    (the paper's evaluation definitions); the reward and its three components from
+    `ppp_jax.envs.reward.reward_breakdown` with `reward_config` (default `RewardConfig()`).
+    Episodes without a task score get no reward row values (None) instead of an error.
     """
-    try:
-        from ppp_jax.envs import scoring  # UserVille's scorers; optional at import time
-    except ImportError:
-        return None
-    score_fn = getattr(scoring, "score_episode", None)
-    if score_fn is None:
-        return None
-    rows = []
+    from ppp_jax.envs import reward as reward_lib  # imported here: envs pulls in the judges
+    from ppp_jax.envs import scoring
+
+    cfg = reward_config if reward_config is not None else reward_lib.RewardConfig()
+    rows: list[dict[str, float | None]] = []
     for r in records:
-        s = score_fn(r)
-        rows.append(dict(s) if isinstance(s, Mapping) else {k: getattr(s, k, None) for k in SCORE_KEYS})
+        sc = scoring.episode_scores(r)
+        row: dict[str, float | None] = {
+            "productivity": sc.productivity,
+            "proactivity": sc.proactivity,
+            "personalization": sc.personalization,
+            **{f"session_effort_{e}": float(sc.session_effort == e) for e in EFFORTS},
+        }
+        if r.task_score is not None:
+            rb = reward_lib.reward_breakdown(r, cfg)
+            row.update(reward=rb.total, reward_unclipped=rb.unclipped, r_prod=rb.productivity,
+                       r_proact=rb.proactivity, r_pers=rb.personalization)
+        rows.append(row)
     return rows
 
 

@@ -118,6 +118,7 @@ def make_train_step(
     optimizer: optax.GradientTransformation | None = None,
     *,
     mesh: Mesh | None = None,
+    state_shardings: TrainState | None = None,
     donate: bool = True,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted step `step(state, batch, ref_params=None) -> (state, metrics)`.
@@ -127,6 +128,8 @@ def make_train_step(
     optimizer: defaults to `make_optimizer(cfg.optim)`; must be the one the state was built with.
     mesh: when given, micro-batches are constrained to rows split over ("data", "fsdp"); place
       the state and batch with `shard_train_state` / `shard_batch` before calling.
+    state_shardings: when given (with mesh; from `train_state_shardings`), the returned state is
+      pinned to these shardings, so it stays laid out as it came in, step after step.
     ref_params: the reference policy's params (same graphdef), required iff cfg.loss.kl_coef > 0
       and refused otherwise, so with β = 0 no reference model exists anywhere in the step.
 
@@ -151,6 +154,8 @@ def make_train_step(
             raise ValueError("kl_coef == 0: pass no ref_params (no reference model is run at β = 0)")
         denom = agg_denominator(batch.loss_mask, batch.segment_ids, lcfg.agg_mode, lcfg.loss_scale_factor)
         micro = _constrain_rows(split_micro_batches(batch, num_micro), mesh, row_axis=1)
+        m = batch.loss_mask.astype(jnp.float32)
+        shift = jnp.sum(m * batch.sampler_logprobs) / jnp.maximum(jnp.sum(m), 1.0)
 
         def micro_objective(params, mb: TokenBatch, ref_logp):
             logp, entropy = logprobs(params, mb)
@@ -164,6 +169,7 @@ def make_train_step(
                 sampler_logp=mb.sampler_logprobs,
                 ref_logp=ref_logp,
                 cfg=lcfg,
+                stat_shift=shift,
             )
 
         def body(carry, mb: TokenBatch):
@@ -219,7 +225,13 @@ def make_train_step(
         metrics["num_skipped"] = new_state.skipped.astype(jnp.float32)
         return new_state, metrics
 
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    donate_argnums = (0,) if donate else ()
+    if state_shardings is None:
+        return jax.jit(step, donate_argnums=donate_argnums)
+    if mesh is None:
+        raise ValueError("state_shardings needs the mesh")
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(step, donate_argnums=donate_argnums, out_shardings=(state_shardings, replicated))
 
 
 # ----------------------------------------------------------------------------------------------

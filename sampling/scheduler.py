@@ -273,7 +273,9 @@ class EngineCore:
         sid = seq.request.session_id
         session = self.sessions.get(sid) if sid is not None else None
         if session is not None and session.busy:
-            session.tokens, session.pages, session.cached = seq.tokens, seq.pages, seq.cached
+            keep = self._pages_for(seq.cached)  # drop the pages reserved for unused decode steps
+            self._free(seq.pages[keep:])
+            session.tokens, session.pages, session.cached = seq.tokens, seq.pages[:keep], seq.cached
             session.busy, session.last_used = False, self._tick
         else:
             self._free(seq.pages)

@@ -67,10 +67,11 @@ class Bash:
             elif tok == "|":
                 sequences[-1].append([])
             elif tok and set(tok) <= set("|&;<>()"):
-                what = {"&": "Background jobs", "||": "'||'"}.get(tok, "Redirection and subshells")
+                what = {"&": "Running in the background", "||": "The '||' operator"}.get(
+                    tok, "A subshell")
                 if "<" in tok or ">" in tok:
                     what = "Redirection"
-                raise ToolError(f"{what} ({tok!r}) are not allowed: read-only commands only, no shell.")
+                raise ToolError(f"{what} ({tok!r}) is not allowed: read-only commands only, no shell.")
             else:
                 sequences[-1][-1].append(tok)
         outputs: list[str] = []
@@ -376,7 +377,10 @@ class Bash:
             if os.path.isdir(real) and not flags & {"r", "R"}:
                 raise ToolError(f"grep: {p}: Is a directory (use -r)")
             res = self.tools.grep(pattern, p, include, cwd=self.cwd, **kw)
-            if res.startswith("No matches for"):
+            if res.startswith("No matches for"):  # keep only the notes (time limit, skipped files)
+                notes = [ln for ln in res.split("\n")[1:] if ln.startswith("[")]
+                if notes:
+                    outs.append("\n".join(notes))
                 continue
             if "n" not in flags and not kw["files_only"] and not kw["count_only"]:
                 res = "\n".join(re.sub(r"^([^:\n]*):\d+:", r"\1:", ln) for ln in res.split("\n"))

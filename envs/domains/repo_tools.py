@@ -27,6 +27,7 @@ Every failure becomes a plain-text observation (`RepoTools.call` never raises).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import fnmatch
@@ -189,19 +190,34 @@ class RepoTools:
         finally:
             os.close(fd)
 
-    def read_text(self, real: str, display: str, limit: int | None = None) -> tuple[str, int]:
-        """Reads a text file (capped); refuses binary files. Returns (text, file size)."""
-        data, size = self._read_bytes(real, display, limit or self.limits.max_read_bytes)
+    def read_text_parts(self, real: str, display: str,
+                        limit: int | None = None) -> tuple[str, int, str | None]:
+        """Reads a text file, capped: (text, file size, note or None). Refuses binary files (a
+        NUL in the first 8 KiB); stops at a later NUL; notes when the read was cut."""
+        limit = limit or self.limits.max_read_bytes
+        data, size = self._read_bytes(real, display, limit)
         if b"\x00" in data[:8192]:
             raise ToolError(f"{display} is a binary file ({size} bytes); not shown.")
-        return data.decode("utf-8", errors="replace"), size
+        nul = data.find(b"\x00")
+        text = data[:nul if nul >= 0 else len(data)].decode("utf-8", errors="replace")
+        note = None
+        if nul >= 0:
+            note = f"[binary content from byte {nul} on; not shown]"
+        elif size > limit:
+            note = f"[file is {size} bytes; only the first {limit} bytes can be read]"
+        return text, size, note
+
+    def read_text(self, real: str, display: str, limit: int | None = None) -> tuple[str, int]:
+        """Like `read_text_parts`, with the note (if any) appended as a last line."""
+        text, size, note = self.read_text_parts(real, display, limit)
+        return (text + "\n" + note if note else text), size
 
     def _walk(self, real_dir: str, deadline: float) -> Iterator[tuple[str, os.DirEntry]]:
         """Yields (relative dir, entry) breadth-first without following symlinks; bounded."""
         visited = 0
-        queue = [real_dir]
+        queue = collections.deque([real_dir])
         while queue:
-            current = queue.pop(0)
+            current = queue.popleft()
             try:
                 with os.scandir(current) as it:
                     entries = sorted(it, key=lambda e: e.name)
@@ -224,14 +240,11 @@ class RepoTools:
         real, display = self.resolve(path, cwd)
         if os.path.isdir(real):
             return self.list_dir(path, 2, cwd)
-        text, size = self.read_text(real, display)
+        text, size, note = self.read_text_parts(real, display)
         lines = text.split("\n")
         if text.endswith("\n"):
             lines.pop()
-        notes = []
-        if size > self.limits.max_read_bytes:
-            notes.append(f"[file is {size} bytes; only the first {self.limits.max_read_bytes} "
-                         "bytes can be viewed]")
+        notes = [note] if note else []
         n = len(lines)
         for name, v in (("start_line", start_line), ("end_line", end_line)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)):

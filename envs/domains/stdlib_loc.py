@@ -97,12 +97,13 @@ def _first_paragraph(doc: str) -> str:
     return " ".join(para.split())
 
 
-def _candidates(root: str, rel: str, cfg: StdlibLocConfig) -> list[_Candidate]:
+@functools.lru_cache(maxsize=4096)  # parsing is the slow part; it is a pure function of the file
+def _candidates(root: str, rel: str, cfg: StdlibLocConfig) -> tuple[_Candidate, ...]:
     try:
         with open(os.path.join(root, rel), "rb") as f:
             tree = ast.parse(f.read(), filename=rel)
     except (SyntaxError, ValueError, OSError):
-        return []
+        return ()
     found: list[tuple[str, str, ast.AST]] = []
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -134,7 +135,7 @@ def _candidates(root: str, rel: str, cfg: StdlibLocConfig) -> list[_Candidate]:
         except Exception:  # noqa: BLE001 -- unparse of exotic defaults
             continue
         out.append(_Candidate(rel, qualname, kind, sig, para, node.lineno))
-    return out
+    return tuple(out)
 
 
 def _module_name(rel: str) -> str:
@@ -194,7 +195,7 @@ def build_tasks(cfg: StdlibLocConfig = StdlibLocConfig(), root: str | None = Non
     rng.shuffle(files)
     tasks: list[Task] = []
     for rel in files:
-        cands = _candidates(root, rel, cfg)
+        cands = list(_candidates(root, rel, cfg))
         rng.shuffle(cands)
         for c in cands[: cfg.per_file]:
             tasks.append(_make_task(c, cfg, rng))

@@ -151,6 +151,22 @@ def test_token_record_masks_exactly_the_policy_tokens(task, domain):
     assert len({r.session_id for r in engine.requests}) == 1
     assert sum(len(r.prompt_ids) for r in engine.requests) == sum(b - a for a, b in other_spans)
     assert policy.engine.sessions == {}  # the session was ended
+    assert rec.stats["policy_prompt_len_mismatch"] == 0
+
+
+def test_engine_policy_generation_prefix_is_template_not_policy(task, domain):
+    from ppp_jax.envs.policy import THINKING_BUDGET_0_PREFIX
+
+    tok = tiny_seed_tokenizer()
+    script = [call("finish", answer=task.gold[0])]
+    policy = EnginePolicy(ScriptedEngine(tok, script), tok, generation_prefix=THINKING_BUDGET_0_PREFIX)
+    rec = run(run_episode(domain, task, policy, EmbeddedUserSimulator(), preference_id="no_preference"))
+    assert rec.task_score == 1.0 and rec.messages[2]["reasoning_content"].startswith("<seed:cot_budget")
+    (a, b, m0), (c, d, m1) = masked_spans(rec)
+    ct = chat.ChatTokenizer(tok)
+    assert m0 == 0 and ct.decode(rec.tokens.token_ids[a:b]).endswith(
+        "<seed:bos>assistant\n" + THINKING_BUDGET_0_PREFIX)
+    assert m1 == 1 and ct.decode(rec.tokens.token_ids[c:d]) == script[0] + "<seed:eos>"
 
 
 class SlowDomain:
@@ -206,3 +222,56 @@ def test_task_prompt_kind_validation():
     assert t.prompt("vague") == "vague"
     with pytest.raises(ValueError):
         t.prompt("other")
+
+
+class TinyDomain:
+    """A minimal domain with short prompts, for the real-engine test."""
+
+    name, task_family = "tiny", "swe"
+
+    def system_prompt(self, task):
+        return "Answer."
+
+    def first_message(self, task, kind):
+        return task.prompt(kind)
+
+    def tool_schemas(self, task):
+        from ppp_jax.envs.domains.base import function_tool
+        return [function_tool("finish", "Finish.", {"answer": {"type": "string"}}, ["answer"])]
+
+    async def run_tool(self, task, name, args, state):
+        return "ERROR: no tools"
+
+    async def score(self, task, answer):
+        return 0.0
+
+
+def test_engine_policy_with_the_real_jax_engine():
+    """EnginePolicy on the JAX engine with a random tiny model: the token record is the engine's
+    own output (sampled ids and log-probs), sessions line up, and template tokens are masked."""
+    from ppp_jax.model import testing as mt
+    from ppp_jax.model.config import tiny
+    from ppp_jax.sampling.engine import Engine
+    from ppp_jax.sampling.scheduler import EngineConfig
+
+    tok = tiny_seed_tokenizer()
+    model = mt.make_model(tiny(vocab_size=tok.get_vocab_size(), max_position_embeddings=4096))
+    cfg = EngineConfig(num_slots=2, page_size=16, num_pages=200, max_seq_len=1536,
+                       decode_steps=8, prefill_chunks=(64, 256), prefill_rows=(1,), block_pages=4)
+    task = Task("t0", "tiny", "Say hi.", "Say hi.", "", ("hi",))
+    with Engine(model, cfg) as engine:
+        policy = EnginePolicy(engine, tok)
+        rec = run(run_episode(TinyDomain(), task, policy, EmbeddedUserSimulator(),
+                              preference_id="no_preference",
+                              config=EpisodeConfig(max_turns=3, turn_max_new_tokens=12)))
+    view = rec.tokens
+    assert rec.num_turns >= 1 and len(view.token_ids) == rec.stats["context_tokens"]
+    assert rec.stats["policy_prompt_len_mismatch"] == 0  # the engine saw the same conversation
+    spans = masked_spans(rec)
+    policy_spans = [(a, b) for a, b, m in spans if m == 1]
+    assert len(policy_spans) == rec.num_turns and [a for a, _ in policy_spans] == list(view.turn_starts)
+    for a, b in policy_spans:
+        assert 1 <= b - a <= 12 and all(lp < 0 for lp in view.sampler_logprobs[a:b])
+    ct = chat.ChatTokenizer(tok)
+    first = ct.decode(view.token_ids[slice(*spans[0][:2])])
+    assert first.startswith("<seed:bos>system\nAnswer.") and first.endswith("<seed:bos>assistant\n")

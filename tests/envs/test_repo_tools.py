@@ -32,6 +32,9 @@ def repo(tmp_path):
     with open(root / "huge.txt", "wb") as f:  # 100 MB sparse file: reads are capped
         f.truncate(100 * 1024 * 1024)
     (root / "huge_text.txt").write_text("line of text\n" * 400_000)  # ~5 MB of real text
+    with open(root / "huge_sparse_text.txt", "wb") as f:  # 100 MB: text first, then a hole
+        f.write(b"text line\n" * 2000)
+        f.truncate(100 * 1024 * 1024)
     os.symlink(outside / "secret.txt", root / "link_out")
     os.symlink(outside, root / "dir_out")
     os.symlink("/etc/passwd", root / "passwd_link")
@@ -95,6 +98,10 @@ HOSTILE = [
     ("view_file", {"path": "loop_a"}),  # symlink loop
     ("view_file", {"path": "huge.txt"}),  # 100 MB (sparse zeros: binary)
     ("view_file", {"path": "blob.bin"}),  # binary file
+    ("view_file", {"path": "huge_sparse_text.txt"}),  # 100 MB that looks like text: capped read
+    ("grep", {"pattern": "text", "path": "huge_sparse_text.txt"}),  # too big to grep
+    ("execute_bash", {"command": "wc -l huge_sparse_text.txt"}),  # capped read
+    ("execute_bash", {"command": "tail -n 3 huge.txt"}),  # binary 100 MB
     ("view_file", {"path": "pkg/core.py\x00.txt"}),  # NUL byte
     ("view_file", {"path": "a/" * 3000}),  # overlong path
     ("view_file", {"path": "~/.ssh/id_rsa"}),  # home directory
@@ -187,3 +194,5 @@ def test_hostile_calls_get_clear_refusals(repo):
     # Big text file: shown truncated with a note, not read whole.
     out = repo.call("view_file", {"path": "huge_text.txt", "start_line": 1, "end_line": 3})
     assert "     3\tline of text" in out and "only the first" in out
+    out = repo.call("view_file", {"path": "huge_sparse_text.txt"})
+    assert out.endswith("\n[binary content from byte 20000 on; not shown]") and len(out) < 60_000

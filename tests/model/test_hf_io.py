@@ -64,7 +64,8 @@ def test_bf16_round_trip_bit_exact(tmp_path):
     model, config = load_hf(src)
     assert config.param_dtype == "bfloat16" and config.dtype == "bfloat16"
     assert {v.get_value().dtype.name for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))} == {"bfloat16"}
-    out = save_hf(model, config, tmp_path / "export")
+    # export from a nested pure dict of the params (what an orbax restore without a target gives)
+    out = save_hf(nnx.to_pure_dict(nnx.state(model, nnx.Param)), config, tmp_path / "export")
     _assert_bitwise_equal(src, out)
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
 
@@ -214,3 +215,21 @@ def test_atomic_directory(tmp_path):
         (tmp / "b").write_text("2")
     assert sorted(p.name for p in dst.iterdir()) == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_public_api_logits_and_next_token_logprobs(fp32_ckpt):
+    """The README snippet's calls: log-probs of each next token equal log_softmax(logits)."""
+    model = api.load_pretrained(fp32_ckpt, mesh={"data": 1, "fsdp": -1, "tensor": 1})
+    logits = np.asarray(api.logits(model, TOKENS), np.float64)
+    logp = np.asarray(api.next_token_logprobs(model, TOKENS, chunk_size=4))  # T-1 = 6: chunked + padded
+    assert logp.shape == (2, 6) and logp.dtype == np.float32
+    z = logits[:, :-1]
+    ref = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
+    naive = np.take_along_axis(ref, TOKENS[:, 1:, None], axis=-1)[..., 0]
+    np.testing.assert_allclose(logp, naive, atol=1e-5)
+    # explicit positions / segment ids (a right-padded row) are accepted and change nothing valid
+    seg = np.ones_like(TOKENS)
+    seg[1, 5:] = 0
+    pos = np.tile(np.arange(TOKENS.shape[1]), (2, 1))
+    padded = np.asarray(api.logits(model, TOKENS, pos, seg))
+    np.testing.assert_allclose(padded[seg > 0], logits[seg > 0], atol=1e-5)

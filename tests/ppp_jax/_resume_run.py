@@ -1,12 +1,13 @@
 """A small deterministic training run for the kill-and-resume tests (run as a subprocess).
 
     python tests/ppp_jax/_resume_run.py RUN_DIR --steps N --save-every K
-        [--kill-at-step S] [--step-sleep SECONDS]
+        [--kill-at-step S] [--step-sleep SECONDS] [--policy toy|tiny]
 
 It drives the real pieces: the grain data pipeline (ppp_jax.data), the loop (ppp_jax.loop), the
 orbax checkpoint manager and the jsonl + TensorBoard metrics writers, with a toy optax problem in
 place of the PPP step: linear regression whose inputs are derived from each prompt's uid, with
 noise drawn from the state's rng, plus fake episode records aggregated by `episode_metrics`.
+`--policy tiny` uses the real train step on the tiny Seed-OSS policy instead.
 `--kill-at-step S` SIGKILLs the process in the middle of step S (after its update, before its
 metrics row and checkpoint).
 """
@@ -24,11 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 
 from ppp_jax import data, metrics
 from ppp_jax.checkpointing import CheckpointManager
 from ppp_jax.envs.records import EpisodeRecord, Question, TokenView
-from ppp_jax.loop import TrainState, run_loop
+from ppp_jax.loop import LoopState, run_loop
 
 DIM = 6
 W_TRUE = np.linspace(-1.0, 1.0, DIM).astype(np.float32)
@@ -65,9 +67,20 @@ def fake_episodes(batch, draws) -> list[EpisodeRecord]:
 OPT = optax.adamw(0.05, weight_decay=0.01)
 
 
+@struct.dataclass
+class ToyTrainState:
+    """Shaped like `ppp_jax.train_step.TrainState`: params, optimizer state, array counters."""
+
+    params: dict
+    opt_state: object
+    step: jax.Array
+    skipped: jax.Array
+
+
 @jax.jit
-def update(params, opt_state, rng, x):
+def update(train: ToyTrainState, rng, x):
     """One toy update; module level so repeated runs in one process compile it once."""
+    params, opt_state = train.params, train.opt_state
     rng, noise_key, episode_key = jax.random.split(rng, 3)
     y = x @ jnp.asarray(W_TRUE) + 0.1 * jax.random.normal(noise_key, (x.shape[0],))
 
@@ -78,21 +91,53 @@ def update(params, opt_state, rng, x):
     updates, opt_state = OPT.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     draws = jax.random.randint(episode_key, (x.shape[0], 3), 0, 3)
-    return params, opt_state, rng, draws, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    train = ToyTrainState(params, opt_state, train.step + 1, train.skipped)
+    return train, rng, draws, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 def make_step_fn(kill_at: int | None):
-    def step_fn(state: TrainState, batch):
+    def step_fn(state: LoopState, batch):
         x = jnp.asarray(np.stack([features(i) for i in batch]))
-        params, opt_state, rng, draws, train = update(state.params, state.opt_state, state.rng, x)
+        new_train, rng, draws, train = update(state.train, state.rng, x)
         if kill_at is not None and state.step + 1 == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         uid_digest = zlib.crc32("".join(i.uid for i in batch).encode()) % 1_000_003
         out = {"train": {**train, "batch_digest": uid_digest}}
         out.update(metrics.episode_metrics(fake_episodes(batch, np.asarray(draws))))
-        return state.replace(params=params, opt_state=opt_state, rng=rng), out
+        out["train"]["updates"] = new_train.step
+        return state.replace(train=new_train, rng=rng), out
 
     return step_fn
+
+
+def make_real_policy(kill_at: int | None):
+    """The real train step (`ppp_jax.train_step`, donating its state) on the tiny Seed-OSS policy.
+
+    Token views are synthetic but a deterministic function of the batch; advantages are drawn
+    from the loop's rng. Returns (initial train state, step_fn).
+    """
+    from ppp_jax.batch import assemble_batch
+    from ppp_jax.rl_config import OptimConfig, RLConfig
+    from ppp_jax.train_step import init_train_state, make_train_step, split_model
+    from tests.ppp_jax.rl_helpers import random_views, tiny_model
+
+    graphdef, params = split_model(tiny_model())
+    cfg = RLConfig(optim=OptimConfig(learning_rate=3e-3, weight_decay=0.01), logprob_chunk_size=8)
+    opt = optax.adamw(3e-3, weight_decay=0.01)
+    train_step = make_train_step(graphdef, cfg, opt, donate=True)
+
+    def step_fn(state: LoopState, batch):
+        digest = zlib.crc32("".join(i.uid for i in batch).encode())
+        views = random_views(len(batch), seed=digest, max_len=30)
+        rng, sub = jax.random.split(state.rng)
+        adv = np.asarray(jax.random.normal(sub, (len(batch),)))
+        tokens = assemble_batch(views, adv, row_len=32)
+        new_train, m = train_step(state.train, tokens)
+        if kill_at is not None and state.step + 1 == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return state.replace(train=new_train, rng=rng), {"train": m, "train/batch_digest": digest % 1_000_003}
+
+    return init_train_state(params, opt), step_fn
 
 
 def main(argv=None) -> int:
@@ -102,14 +147,20 @@ def main(argv=None) -> int:
     p.add_argument("--save-every", type=int, required=True)
     p.add_argument("--kill-at-step", type=int, default=None)
     p.add_argument("--step-sleep", type=float, default=0.0)
+    p.add_argument("--policy", choices=("toy", "tiny"), default="toy")
     args = p.parse_args(argv)
 
     cfg = data.DataConfig(batch_size=6, seed=11, vague_preferences=("a", "b", "c"))
     ds = data.make_dataset(cfg, rows(), shard=data.ShardInfo(0, 1))  # 20 prompts: epochs cut batches
     opt = OPT
     params = {"w": jnp.zeros((DIM,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
-    init = TrainState(step=0, params=params, opt_state=opt.init(params), rng=jax.random.key(3))
-    step_fn = make_step_fn(args.kill_at_step)
+    zero = jnp.zeros((), jnp.int32)
+    if args.policy == "toy":
+        train = ToyTrainState(params, opt.init(params), zero, zero)
+        step_fn = make_step_fn(args.kill_at_step)
+    else:
+        train, step_fn = make_real_policy(args.kill_at_step)
+    init = LoopState(step=0, train=train, rng=jax.random.key(3))
     if args.step_sleep:
         inner = step_fn
 

@@ -7,6 +7,7 @@ XLA_FLAGS first; importing this module in the pytest process is fine.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -63,8 +64,11 @@ def run_multidevice(module: str, *args: str, devices: int = 8, timeout: int = 30
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@functools.lru_cache(maxsize=8)
 def tiny_split(seed: int = 0, **overrides):
-    """(graphdef, params) of a tiny policy, params initialized under jit (much faster than eager)."""
+    """(graphdef, params) of a tiny policy, params initialized under jit (much faster than eager).
+
+    Cached: callers must not donate these params (copy them first, or use donate=False)."""
     import jax
     from flax import nnx
 

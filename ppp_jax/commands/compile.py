@@ -1,0 +1,87 @@
+"""`ppp compile CONFIG --topology v5p:4x4x4`: ahead-of-time compile of the PPP train step and the
+engine's prefill/decode for a named TPU slice, from any machine (shapes only, no weights).
+
+Prints per-chip argument / output / temporary memory against the chip's HBM, FLOPs per step and
+compile times. Exit status: 0 every step fits; 1 some step does not fit (the message says how much
+it needs and what the chip has); 2 the config, mesh or topology is invalid or libtpu is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML run config (sections model, sharding, compile, engine, rl)")
+    parser.add_argument("--topology", help="TPU slice, e.g. v5p:4x4x4, v5p:4x4x8, v6e:16x16")
+    parser.add_argument("--mesh", help="train mesh, e.g. data=1,fsdp=64,tensor=1 (-1 = the rest)")
+    parser.add_argument("--engine-mesh", help="engine mesh, e.g. data=8,tensor=8")
+    parser.add_argument("--remat", choices=("none", "full", "save_dots"))
+    parser.add_argument("--attention", choices=("xla", "cudnn", "splash"))
+    parser.add_argument("--seq-len", type=int, help="tokens per training sequence (T)")
+    parser.add_argument("--batch", type=int, help="sequences per optimizer update (B)")
+    parser.add_argument("--steps", help="comma-separated subset of train,prefill,decode")
+    parser.add_argument("--json", metavar="PATH", help="also write the reports as JSON here")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. -o rl.num_micro_batches=2 (repeatable)")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = list(args.override)
+    flags = {"topology": "compile.topology", "remat": "model.remat",
+             "attention": "model.attention_impl", "seq_len": "compile.seq_len",
+             "batch": "compile.batch"}
+    for attr, key in flags.items():
+        value = getattr(args, attr)
+        if value is not None:
+            out.append(f"{key}={value}")
+    if args.steps:
+        out.append(f"compile.steps=[{args.steps}]")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    # Compiling for TPU needs only the host CPU backend plus libtpu's compiler; set this before
+    # any JAX backend starts (see ppp_jax.aot.quiet_libtpu_env for the libtpu lock).
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from ppp_jax import aot
+    from ppp_jax.config import ConfigError, replace
+    from ppp_jax.model.sharding import ShardingError
+
+    aot.quiet_libtpu_env()
+    try:
+        cc = aot.load_compile_config(args.config, _overrides(args))
+        if args.mesh:
+            cc = replace(cc, sharding=replace(cc.sharding, mesh=aot.parse_mesh(args.mesh)))
+        if args.engine_mesh:
+            cc = replace(cc, engine=replace(cc.engine, mesh=aot.parse_mesh(args.engine_mesh)))
+        chip = aot.chip_of(cc.compile.topology)
+        print(f"ppp compile: {cc.model.preset} ({cc.model.param_dtype} params, {cc.model.dtype} "
+              f"compute, remat={cc.model.remat}, attention={cc.model.attention_impl}) for "
+              f"{cc.compile.topology} ({aot.topology_chips(cc.compile.topology)} chips, "
+              f"{chip.hbm_gib:g} GiB HBM each); steps {list(cc.compile.steps)}; "
+              f"train batch {cc.compile.batch} x {cc.compile.seq_len} tokens", flush=True)
+        reports = aot.compile_steps(cc)
+    except (ConfigError, ShardingError, aot.AotError, ValueError) as e:
+        print(f"ppp compile: error: {e}", file=sys.stderr)
+        return 2
+    for r in reports:
+        print(r.summary())
+        if r.step == "train":
+            for mfu in (0.3, 0.4, 0.5):
+                print(f"  est. step    {r.step_seconds(chip.peak_bf16_flops, mfu):.1f} s at "
+                      f"{mfu:.0%} MFU ({chip.peak_bf16_flops / 1e12:g} TFLOP/s bf16 per chip)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": args.config, "reports": [r.to_dict() for r in reports]}, f,
+                      indent=1)
+    try:
+        aot.check_fits(reports)
+    except aot.DoesNotFit as e:
+        print(f"ppp compile: {e}", file=sys.stderr)
+        return 1
+    print("ppp compile: every step fits")
+    return 0

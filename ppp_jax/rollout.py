@@ -1,0 +1,396 @@
+"""The rollout orchestrator: prompts -> G episodes each -> scores, PPP rewards, advantages, tokens.
+
+One PPP step's host side (SPEC "The data flow of one PPP training step"):
+
+    items (PromptItem: task × preference × prompt kind)
+      -> G episodes per item, all concurrent (`envs.episode.run_episode`), so their agent turns
+         feed the engine's continuous batch; tools and the simulator run in threads
+      -> episodes hit by simulator/policy errors are re-run (fresh seed) up to
+         `max_episode_retries` times, then dropped; both counted
+      -> scores (`envs.scoring.episode_scores`) and the PPP reward (`envs.reward.reward_breakdown`)
+      -> DAPO overlong shaping (optional) -> GRPO / Dr.GRPO / RLOO advantages over each item's group
+      -> token batch (`ppp_jax.batch.assemble_batch`): only sampled tokens carry loss mask 1
+
+Determinism: each episode's sampling seed is a hash of (step seed, item uid, sample index,
+attempt), never a counter, so results do not depend on the order in which concurrent episodes
+happen to start. Records come back in item order, samples in index order.
+
+`PreferenceDomain` wraps a task domain for the agent's side: it can restrict the tools, replace
+the system prompt, and append the user's preference (its own description) to the first user
+message. The simulator still sees the task's untouched precise prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ppp_jax import dapo
+from ppp_jax.advantages import compute_advantages
+from ppp_jax.batch import TokenBatch, assemble_batch
+from ppp_jax.envs import scoring
+from ppp_jax.envs.domains.base import FINISH, PromptKind, Task, TaskDomain
+from ppp_jax.envs.episode import EpisodeConfig, run_episode
+from ppp_jax.envs.policy import EngineSampling, EnginePolicy, EngineSession
+from ppp_jax.envs.preferences import get_preference
+from ppp_jax.envs.records import EpisodeRecord
+from ppp_jax.envs.reward import RewardConfig, reward_breakdown
+from ppp_jax.envs.simulator import UserSimulator
+from ppp_jax.metrics import episode_metrics
+from ppp_jax.rl_config import RLConfig
+
+log = logging.getLogger(__name__)
+
+PREFERENCE_NOTE = ("About the user: this is how they describe what they want from you when you "
+                   "ask them something (\"you\" is the user): {instruction}")
+
+
+# ------------------------------------------------------------------------------------------------
+# What the agent sees
+# ------------------------------------------------------------------------------------------------
+
+
+class PreferenceDomain:
+    """A task domain as the agent sees it in PPP (see the module docstring).
+
+    Args:
+      domain: the underlying domain (tools, scoring).
+      tools: names of the domain tools to keep (finish always kept); empty = all.
+      system_prompt: replacement system prompt; "" = the domain's.
+      show_preference: append `PREFERENCE_NOTE` for the task's `metadata["preference_id"]`.
+    """
+
+    def __init__(self, domain: TaskDomain, *, tools: Sequence[str] = (), system_prompt: str = "",
+                 show_preference: bool = True):
+        self.inner = domain
+        self.name = domain.name
+        self.task_family = domain.task_family
+        self.tools = tuple(tools)
+        self._system_prompt = system_prompt
+        self.show_preference = show_preference
+
+    def system_prompt(self, task: Task) -> str:
+        return self._system_prompt or self.inner.system_prompt(task)
+
+    def first_message(self, task: Task, kind: PromptKind) -> str:
+        text = self.inner.first_message(task, kind)
+        pref = task.metadata.get("preference_id")
+        if self.show_preference and pref:
+            text += "\n\n" + PREFERENCE_NOTE.format(instruction=get_preference(pref).instruction)
+        return text
+
+    def tool_schemas(self, task: Task) -> list[dict[str, Any]]:
+        schemas = self.inner.tool_schemas(task)
+        if not self.tools:
+            return schemas
+        keep = set(self.tools) | {FINISH}
+        return [s for s in schemas if s["function"]["name"] in keep]
+
+    async def run_tool(self, task: Task, name: str, args: Mapping[str, Any],
+                       state: dict[str, Any]) -> str:
+        if self.tools and name not in set(self.tools) | {FINISH}:
+            return f"ERROR: unknown tool '{name}'."
+        return await self.inner.run_tool(task, name, args, state)
+
+    async def score(self, task: Task, answer: str | None) -> float:
+        return await self.inner.score(task, answer)
+
+
+def for_user(task: Task, preference_id: str) -> Task:
+    """The task with the user's preference id in its metadata (read by `PreferenceDomain`)."""
+    return dataclasses.replace(task, metadata={**dict(task.metadata), "preference_id": preference_id})
+
+
+# ------------------------------------------------------------------------------------------------
+# Seeds
+# ------------------------------------------------------------------------------------------------
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 31-bit seed from any printable parts (stable across processes and runs)."""
+    h = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+class SeededEnginePolicy(EnginePolicy):
+    """`EnginePolicy` whose per-episode sampling seed is `derive_seed(base, episode_id)`.
+
+    The base policy numbers sessions in the order they start; under concurrency and retries that
+    order is not a function of the data, so seeds are derived from the episode id instead.
+    """
+
+    def __init__(self, engine: Any, tokenizer: Any, sampling: EngineSampling = EngineSampling(),
+                 base_seed: int = 0):
+        super().__init__(engine, tokenizer, sampling)
+        self.base_seed = base_seed
+
+    def start(self, episode_id: str) -> EngineSession:
+        seed = derive_seed(self.base_seed, episode_id)
+        return EngineSession(self, f"{episode_id}@{seed}", seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# Episodes
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeRequest:
+    """One prompt to roll out `n` times: task, user preference, prompt kind, group key."""
+
+    task: Task
+    preference_id: str
+    prompt_kind: PromptKind
+    group: str
+    n: int = 1
+
+
+@dataclasses.dataclass
+class RolloutCounters:
+    """Episodes retried or dropped, and why; nothing is dropped without a count here."""
+
+    episodes_run: int = 0
+    retried: int = 0
+    dropped_errors: int = 0
+    dropped_too_long: int = 0
+    dropped_no_tokens: int = 0
+    groups_dropped_empty: int = 0
+
+    def metrics(self) -> dict[str, float]:
+        return {f"rollout/{k}": float(v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _affected(record: EpisodeRecord) -> bool:
+    """An episode whose outcome was changed by an infrastructure failure (not the agent's fault)."""
+    s = record.stats
+    return bool(s.get("simulator_errors", 0) or s.get("policy_errors", 0) or s.get("score_error"))
+
+
+async def run_requests(requests: Sequence[EpisodeRequest], domain: TaskDomain, policy: Any,
+                       simulator: UserSimulator, *, episode: EpisodeConfig, concurrency: int,
+                       max_retries: int, seed: int, counters: RolloutCounters | None = None,
+                       ) -> list[list[EpisodeRecord]]:
+    """Runs every request's n episodes concurrently; per request, the kept records in sample order.
+
+    An episode with simulator/policy/scoring errors is re-run with a new id (hence seed) up to
+    `max_retries` times; if it still fails it is dropped. `counters` receives the counts.
+    """
+    counters = counters if counters is not None else RolloutCounters()
+    sem = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(req: EpisodeRequest, k: int) -> EpisodeRecord | None:
+        task = for_user(req.task, req.preference_id)
+        for attempt in range(max_retries + 1):
+            eid = f"{seed}|{req.group}|{k}|{attempt}"
+            async with sem:
+                rec = await run_episode(domain, task, policy, simulator,
+                                        preference_id=req.preference_id,
+                                        prompt_kind=req.prompt_kind, config=episode,
+                                        episode_id=eid)
+            counters.episodes_run += 1
+            if not _affected(rec):
+                return rec
+            if attempt < max_retries:
+                counters.retried += 1
+                log.info("retrying episode %s after %s", eid,
+                         {k2: rec.stats.get(k2) for k2 in ("simulator_errors", "policy_errors")})
+        counters.dropped_errors += 1
+        return None
+
+    jobs = [[one(r, k) for k in range(r.n)] for r in requests]
+    flat = await asyncio.gather(*(j for js in jobs for j in js))
+    out, i = [], 0
+    for r in requests:
+        out.append([x for x in flat[i:i + r.n] if x is not None])
+        i += r.n
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Scoring, rewards, advantages
+# ------------------------------------------------------------------------------------------------
+
+
+def score_row(record: EpisodeRecord, reward_cfg: RewardConfig) -> dict[str, float | None]:
+    """Per-episode scores and the reward with its components (keys of `metrics.SCORE_KEYS`)."""
+    s = scoring.episode_scores(record, reward_cfg.correct_threshold)
+    r = reward_breakdown(record, reward_cfg)
+    return {"reward": r.total, "r_prod": r.productivity, "r_proact": r.proactivity,
+            "r_pers": r.personalization, "productivity": s.productivity,
+            "proactivity": s.proactivity, "personalization": s.personalization}
+
+
+def kind_metrics(records: Sequence[EpisodeRecord]) -> dict[str, float]:
+    """Ask ratio and low-effort share per prompt kind (the paper's Figure 6 / 7 quantities)."""
+    out: dict[str, float] = {}
+    for kind in ("vague", "precise"):
+        rs = [r for r in records if r.prompt_kind == kind]
+        if not rs:
+            continue
+        qs = [q for r in rs for q in r.questions]
+        out[f"rollout/ask_ratio_{kind}"] = float(np.mean([r.num_questions > 0 for r in rs]))
+        if qs:
+            out[f"rollout/low_effort_share_{kind}"] = float(np.mean([q.effort == "low" for q in qs]))
+    qs = [q for r in records for q in r.questions]
+    if qs:
+        out["rollout/low_effort_share"] = float(np.mean([q.effort == "low" for q in qs]))
+    return out
+
+
+@dataclasses.dataclass
+class RolloutBatch:
+    """What one step's rollouts produced.
+
+    records: kept episodes, grouped order (group 0's samples, group 1's, ...).
+    groups: group key of each record.
+    scores: per-record score rows (`score_row`).
+    rewards: the rewards the advantages saw (after overlong shaping), float64 [N].
+    advantages: float64 [N].
+    batch: the token batch (numpy fields), or None when no episode was kept.
+    metrics: rollout/score/pref metrics of the step.
+    """
+
+    records: list[EpisodeRecord]
+    groups: list[str]
+    scores: list[dict[str, float | None]]
+    rewards: np.ndarray
+    advantages: np.ndarray
+    batch: TokenBatch | None
+    metrics: dict[str, float]
+
+
+class RolloutOrchestrator:
+    """Runs a step's episodes and turns them into a token batch (see the module docstring).
+
+    Args:
+      domain: the agent-side domain (usually a `PreferenceDomain`).
+      policy: the policy (usually a `SeededEnginePolicy`; its `base_seed` is set per step).
+      simulator: the user simulator.
+      rl: the algorithm config (group size, advantage estimator, DAPO).
+      reward: the PPP reward config.
+      episode: per-episode limits.
+      concurrency / max_retries: see `RolloutConfig`.
+      row_len / pad_to_multiple / rows_multiple / pack / drop_too_long: token-batch layout.
+      pad_token_id: id used for padding.
+    """
+
+    def __init__(self, domain: TaskDomain, policy: Any, simulator: UserSimulator, *, rl: RLConfig,
+                 reward: RewardConfig, episode: EpisodeConfig, concurrency: int = 64,
+                 max_retries: int = 2, row_len: int | None = None, pad_to_multiple: int = 512,
+                 rows_multiple: int = 1, pack: bool = False, drop_too_long: bool = True,
+                 pad_token_id: int = 0):
+        self.domain = domain
+        self.policy = policy
+        self.simulator = simulator
+        self.rl = rl
+        self.reward = reward
+        self.episode = episode
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.row_len = row_len
+        self.pad_to_multiple = pad_to_multiple
+        self.rows_multiple = rows_multiple
+        self.pack = pack
+        self.drop_too_long = drop_too_long
+        self.pad_token_id = pad_token_id
+
+    def _requests(self, items: Sequence[Any], tasks: Mapping[str, Task]) -> list[EpisodeRequest]:
+        g = self.rl.advantage.group_size
+        reqs = []
+        for item in items:
+            task = tasks.get(item.task.task_id)
+            if task is None:
+                raise KeyError(f"prompt {item.uid!r} names task {item.task.task_id!r}, which the "
+                               "domain does not have")
+            reqs.append(EpisodeRequest(task, item.preference_id, item.prompt_kind, item.uid, g))
+        return reqs
+
+    async def generate(self, items: Sequence[Any], tasks: Mapping[str, Task], seed: int,
+                       counters: RolloutCounters) -> list[list[EpisodeRecord]]:
+        """The groups of episodes for `items` (`ppp_jax.data.PromptItem`s), one list per item."""
+        if hasattr(self.policy, "base_seed"):
+            self.policy.base_seed = seed
+        return await run_requests(self._requests(items, tasks), self.domain, self.policy,
+                                  self.simulator, episode=self.episode,
+                                  concurrency=self.concurrency, max_retries=self.max_retries,
+                                  seed=seed, counters=counters)
+
+    def collect(self, items: Sequence[Any], tasks: Mapping[str, Task], seed: int, *,
+                more_items: Any = None) -> RolloutBatch:
+        """Rolls out `items` and builds the step's batch (blocking; runs its own event loop).
+
+        more_items(round) -> further items, used by DAPO dynamic sampling to refill the batch
+        when groups with zero reward spread are dropped.
+        """
+        t0 = time.perf_counter()
+        counters = RolloutCounters()
+        dcfg = self.rl.dapo
+        clip = self.rl.advantage.clip_reward_01
+
+        def group_rewards(group: list[EpisodeRecord]) -> list[float]:
+            r = [score_row(x, self.reward)["reward"] for x in group]
+            r = dapo.shape_rewards(r, [dapo.policy_token_count(x.tokens.loss_mask) if x.tokens
+                                       else 0 for x in group], dcfg)
+            return list(np.clip(r, 0.0, 1.0) if clip else r)
+
+        def sample(round_index: int) -> list[tuple[Any, list[EpisodeRecord]]]:
+            batch_items = items if round_index == 0 else more_items(round_index)
+            groups = asyncio.run(self.generate(batch_items, tasks,
+                                               derive_seed(seed, "round", round_index), counters))
+            return [(it, g) for it, g in zip(batch_items, groups) if g]
+
+        if dcfg.dynamic_sampling:
+            if more_items is None:
+                raise ValueError("dapo.dynamic_sampling needs more_items to refill the batch")
+            result = dapo.dynamic_sample(sample, lambda ig: group_rewards(ig[1]), len(items),
+                                         max_gen_batches=dcfg.max_gen_batches)
+            pairs, extra = result.groups, result.metrics
+        else:
+            pairs, extra = sample(0), {}
+            counters.groups_dropped_empty = len(items) - len(pairs)
+        rollout_s = time.perf_counter() - t0
+
+        records, groups = [], []
+        for item, group in pairs:
+            for rec in group:
+                if rec.tokens is None or sum(rec.tokens.loss_mask) == 0:
+                    counters.dropped_no_tokens += 1
+                    continue
+                if (self.row_len is not None and len(rec.tokens.token_ids) - 1 > self.row_len
+                        and self.drop_too_long):
+                    counters.dropped_too_long += 1
+                    continue
+                records.append(rec)
+                groups.append(item.uid)
+        scores = [score_row(r, self.reward) for r in records]
+        raw = np.asarray([s["reward"] for s in scores], np.float64)
+        lengths = [dapo.policy_token_count(r.tokens.loss_mask) for r in records]
+        rewards = dapo.shape_rewards(raw, lengths, dcfg) if records else raw
+        adv = compute_advantages(rewards, groups, self.rl.advantage) if records else raw
+        batch = None
+        if records:
+            batch = assemble_batch([r.tokens for r in records], adv, row_len=self.row_len,
+                                   pad_to_multiple=self.pad_to_multiple,
+                                   rows_multiple=self.rows_multiple, pack=self.pack,
+                                   pad_token_id=self.pad_token_id)
+        m = episode_metrics(records, scores)
+        m.update(kind_metrics(records))
+        m.update(counters.metrics())
+        m.update(extra)
+        m["time/rollout"] = rollout_s
+        m["rollout/advantage_abs_mean"] = float(np.mean(np.abs(adv))) if len(adv) else 0.0
+        m["rollout/zero_spread_groups"] = float(_zero_spread(rewards, groups))
+        return RolloutBatch(records, groups, scores, rewards, adv, batch, m)
+
+
+def _zero_spread(rewards: np.ndarray, groups: Sequence[str]) -> int:
+    by: dict[str, list[float]] = {}
+    for r, g in zip(rewards, groups):
+        by.setdefault(g, []).append(float(r))
+    return sum(1 for v in by.values() if len(v) > 1 and max(v) - min(v) <= 0.0)

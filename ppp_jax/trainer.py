@@ -1,0 +1,316 @@
+"""The PPP trainer: wires data, engine, orchestrator, train step, checkpoints and metrics.
+
+    cfg = load_run_config("configs/tiny_cpu.yaml")
+    parts = build_parts(cfg)                 # tokenizer, model, tasks, domain, simulator
+    trainer = PPPTrainer(cfg, parts)
+    final = trainer.train()                  # resumes from <run>/checkpoints if present
+
+One step (`PPPTrainer.step_fn`), in order:
+  1. the rollout seed is drawn from the carried PRNG key (the only randomness of the step);
+  2. the engine gets the current params if it does not have them yet (after a restore);
+  3. the orchestrator rolls out G episodes per prompt, scores them, computes PPP rewards and
+     advantages and assembles the token batch (`ppp_jax.rollout`);
+  4. the jitted train step updates params and optimizer state (`ppp_jax.train_step`);
+  5. the new params go to the engine (`Engine.update_params`, no recompilation).
+The outer loop (`ppp_jax.loop.run_loop`) writes metrics.jsonl / TensorBoard and checkpoints
+params, optimizer state, RNG and the data-iterator position, so a killed run resumes on the
+same trajectory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ppp_jax import config as cfgmod
+from ppp_jax import loop
+from ppp_jax.checkpointing import CheckpointManager, abstract_like
+from ppp_jax.data import DataConfig, make_dataset
+from ppp_jax.envs.domains.base import Task
+from ppp_jax.envs.policy import EngineSampling
+from ppp_jax.envs.simulator import UserSimulator, make_simulator
+from ppp_jax.metrics import make_writer, throughput
+from ppp_jax.optim import make_optimizer
+from ppp_jax.rollout import PreferenceDomain, RolloutOrchestrator, SeededEnginePolicy
+from ppp_jax.run_config import RunConfig
+from ppp_jax.train_step import TrainState as StepState
+from ppp_jax.train_step import make_train_step, split_model
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# Building the parts
+# ------------------------------------------------------------------------------------------------
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """A `tokenizers.Tokenizer` from a `.json` file, else a transformers tokenizer directory."""
+    path = Path(path)
+    if path.suffix == ".json":
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(path))
+    if (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists():
+        if not (path / "tokenizer_config.json").exists():
+            from tokenizers import Tokenizer
+
+            return Tokenizer.from_file(str(path / "tokenizer.json"))
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path))
+    raise FileNotFoundError(f"no tokenizer at {path} (expected tokenizer.json or a tokenizer "
+                            "directory)")
+
+
+def vocab_size_of(tokenizer: Any) -> int:
+    """Number of ids the tokenizer can produce."""
+    if hasattr(tokenizer, "get_vocab_size"):
+        return int(tokenizer.get_vocab_size(with_added_tokens=True))
+    return int(len(tokenizer))
+
+
+def build_model(cfg: RunConfig, tokenizer: Any, path: str | Path | None = None) -> nnx.Module:
+    """The policy: loaded from `path` / `cfg.policy.path`, else randomly initialized from
+    `cfg.model` (vocab size from the tokenizer when `policy.vocab_from_tokenizer`)."""
+    from ppp_jax.model.api import load_pretrained
+    from ppp_jax.model.transformer import SeedOssForCausalLM
+
+    path = path or cfg.policy.path
+    if path:
+        m = cfg.model
+        return load_pretrained(path, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
+                               attention_impl=m.attention_impl)
+    mc = cfg.model.build()
+    if cfg.policy.vocab_from_tokenizer:
+        mc = mc.replace(vocab_size=-(-vocab_size_of(tokenizer) // 8) * 8)
+    return SeedOssForCausalLM(mc, rngs=nnx.Rngs(cfg.policy.init_seed))
+
+
+def build_tasks(cfg: RunConfig) -> tuple[list[Task], Any]:
+    """(tasks, underlying domain) of `cfg.domain`."""
+    d = cfg.domain
+    if d.name == "stdlib_loc":
+        from ppp_jax.envs.domains import stdlib_loc
+
+        return list(stdlib_loc.build_tasks(d.stdlib)), stdlib_loc.make_domain(tool_style=d.tool_style)
+    if d.name == "swe_func_loc":
+        from ppp_jax.envs.domains import swe_func_loc
+
+        if not (d.swe_rows and d.swe_clone_root and d.swe_cache_dir):
+            raise ValueError("domain swe_func_loc needs domain.swe_rows, domain.swe_clone_root and "
+                             "domain.swe_cache_dir (SWE-bench rows and local repository clones)")
+        repos = swe_func_loc.RepoCache(d.swe_cache_dir, clone_root=d.swe_clone_root)
+        rows = swe_func_loc.load_swe_rows(d.swe_rows)
+        tasks, report = swe_func_loc.build_swe_tasks(rows, repos, split="train")
+        log.info("swe_func_loc: %s", report)
+        return tasks, swe_func_loc.make_domain(repos, d.tool_style)
+    raise ValueError(f"unknown domain {d.name!r}")
+
+
+def agent_domain(cfg: RunConfig, inner: Any) -> PreferenceDomain:
+    """The domain as the agent sees it (tools, system prompt, the user's preference)."""
+    d = cfg.domain
+    return PreferenceDomain(inner, tools=d.tools, system_prompt=d.system_prompt,
+                            show_preference=d.show_preference)
+
+
+def task_rows(tasks: Sequence[Task]) -> list[dict[str, Any]]:
+    """Tasks as data-pipeline records (`ppp_jax.data.TaskRecord` rows)."""
+    return [{"task_id": t.task_id, "domain": t.domain, "precise_prompt": t.precise_prompt,
+             "vague_prompt": t.vague_prompt, "hidden_info": t.hidden_info, "gold": list(t.gold),
+             "split": t.split} for t in tasks]
+
+
+@dataclasses.dataclass
+class Parts:
+    """Everything a run is made of, built once (`build_parts`) or supplied by a caller."""
+
+    tokenizer: Any
+    model: nnx.Module
+    tasks: list[Task]
+    domain: PreferenceDomain
+    simulator: UserSimulator
+
+
+def build_parts(cfg: RunConfig, *, tokenizer: Any = None, model: nnx.Module | None = None,
+                simulator: UserSimulator | None = None) -> Parts:
+    """Builds the run's tokenizer, policy, tasks, agent-side domain and simulator."""
+    if tokenizer is None:
+        path = cfg.policy.tokenizer or cfg.policy.path
+        if not path:
+            raise ValueError("policy.tokenizer (or policy.path) must name a tokenizer")
+        tokenizer = load_tokenizer(path)
+    if model is None:
+        model = build_model(cfg, tokenizer)
+    tasks, inner = build_tasks(cfg)
+    return Parts(tokenizer, model, tasks, agent_domain(cfg, inner),
+                 simulator if simulator is not None else make_simulator(cfg.simulator))
+
+
+def make_engine(cfg: RunConfig, model: nnx.Module) -> Any:
+    from ppp_jax.sampling.engine import Engine
+
+    return Engine(model, cfg.sampler)
+
+
+def make_policy(cfg: RunConfig, engine: Any, tokenizer: Any, temperature: float | None = None
+                ) -> SeededEnginePolicy:
+    r = cfg.rollout
+    t = r.temperature if temperature is None else temperature
+    return SeededEnginePolicy(engine, tokenizer, EngineSampling(t, r.top_p, r.top_k), cfg.seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# The trainer
+# ------------------------------------------------------------------------------------------------
+
+
+class PPPTrainer:
+    """PPP RL on one run config (see the module docstring).
+
+    Args:
+      cfg: the run config.
+      parts: tokenizer, model (initial policy), tasks, agent-side domain, simulator.
+      engine: an engine over `parts.model` (built from `cfg.sampler` when None).
+      run_dir: where metrics and checkpoints go (default `cfg.output_dir`).
+    """
+
+    def __init__(self, cfg: RunConfig, parts: Parts, *, engine: Any = None,
+                 run_dir: str | Path | None = None):
+        self.cfg = cfg
+        self.parts = parts
+        self.run_dir = Path(run_dir) if run_dir is not None else cfg.output_dir
+        self.graphdef, self.init_params = split_model(parts.model)
+        self.engine = engine if engine is not None else make_engine(cfg, parts.model)
+        self.policy = make_policy(cfg, self.engine, parts.tokenizer)
+        self.optimizer = make_optimizer(cfg.rl.optim)
+        # Not donated: the engine may hold the very same buffers after `update_params`.
+        self.train_step = make_train_step(self.graphdef, cfg.rl, self.optimizer, donate=False)
+        train_tasks = [t for t in parts.tasks if t.split == "train"] or list(parts.tasks)
+        if cfg.demo.num_train_tasks:
+            train_tasks = train_tasks[: cfg.demo.num_train_tasks]
+        self.train_tasks = train_tasks
+        self.tasks = {t.task_id: t for t in parts.tasks}
+        rows_multiple = cfg.rl.num_micro_batches
+        if cfg.rollout.row_len is not None:  # a fixed [B, T]: one compiled step for the run
+            rows_multiple = max(rows_multiple, cfg.data.batch_size * cfg.rl.advantage.group_size)
+        self.orchestrator = RolloutOrchestrator(
+            parts.domain, self.policy, parts.simulator, rl=cfg.rl, reward=cfg.reward,
+            episode=cfg.rollout.episode, concurrency=cfg.rollout.concurrency,
+            max_retries=cfg.rollout.max_episode_retries, row_len=cfg.rollout.row_len,
+            pad_to_multiple=cfg.rollout.pad_to_multiple, rows_multiple=rows_multiple,
+            pack=cfg.rollout.pack, drop_too_long=cfg.rollout.truncate_long,
+            pad_token_id=cfg.model.build().pad_token_id)
+        self.data_iter = None
+        self._engine_step = 0  # the step whose params the engine holds
+        self.last_rollout = None
+
+    # -- state ------------------------------------------------------------------------------
+    def init_state(self) -> loop.TrainState:
+        opt = self.optimizer.init(self.init_params)
+        return loop.TrainState(step=0, params=self.init_params,
+                               opt_state={"opt": opt, "skipped": jnp.zeros((), jnp.int32)},
+                               rng=jax.random.key(self.cfg.seed))
+
+    def dataset(self):
+        data_cfg: DataConfig = self.cfg.data
+        return make_dataset(data_cfg, task_rows(self.train_tasks))
+
+    # -- one step ---------------------------------------------------------------------------
+    def step_fn(self, state: loop.TrainState, items: list[Any]) -> tuple[loop.TrainState, dict]:
+        """One PPP step on a batch of prompts (see the module docstring)."""
+        rng, sub = jax.random.split(state.rng)
+        seed = int(jax.random.randint(sub, (), 0, 2**31 - 1))
+        t0 = time.perf_counter()
+        if self._engine_step != state.step:
+            self.engine.update_params(state.params)
+            self._engine_step = state.step
+        sync_s = time.perf_counter() - t0
+
+        def more(_round: int):
+            return next(self.data_iter)
+
+        ro = self.orchestrator.collect(items, self.tasks, seed, more_items=more)
+        self.last_rollout = ro
+        metrics: dict[str, float] = dict(ro.metrics)
+        if ro.batch is None:
+            log.warning("step %d: no usable episode; the update is skipped", state.step + 1)
+            metrics["train/skipped_no_episodes"] = 1.0
+            return state.replace(rng=rng), metrics
+        t1 = time.perf_counter()
+        ts = StepState(params=state.params, opt_state=state.opt_state["opt"],
+                       step=jnp.asarray(state.step, jnp.int32), skipped=state.opt_state["skipped"])
+        new, tm = self.train_step(ts, jax.tree.map(jnp.asarray, ro.batch))
+        jax.block_until_ready(new.params)
+        train_s = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        self.engine.update_params(new.params)
+        self._engine_step = state.step + 1
+        sync_s += time.perf_counter() - t2
+        metrics.update({f"train/{k}": v for k, v in jax.device_get(tm).items()})
+        tokens = float(np.sum(ro.batch.segment_ids > 0))
+        metrics.update({"time/train": train_s, "time/sync": sync_s})
+        metrics.update({k.replace("perf/", "perf/train_"): v
+                        for k, v in throughput(tokens, train_s).items()})
+        gen = float(ro.metrics.get("rollout/response_tokens_sum", 0.0))
+        metrics.update({k.replace("perf/", "perf/sample_"): v
+                        for k, v in throughput(gen, ro.metrics["time/rollout"]).items()})
+        new_state = state.replace(params=new.params,
+                                  opt_state={"opt": new.opt_state, "skipped": new.skipped}, rng=rng)
+        return new_state, metrics
+
+    # -- the run ----------------------------------------------------------------------------
+    def train(self, *, num_steps: int | None = None, progress: bool | None = None,
+              hooks: Sequence[Callable[[loop.TrainState, Any], None]] = ()) -> loop.TrainState:
+        """Trains to `num_steps` (default `cfg.trainer.num_steps`), resuming if possible."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ds = self.dataset()
+        self.data_iter = ds.iterator()
+        ckcfg = dataclasses.replace(cfg.checkpoint, directory=str(self.run_dir / "checkpoints"))
+        ckpt = CheckpointManager.from_config(ckcfg)
+        writer = make_writer(self.run_dir, tensorboard=cfg.trainer.tensorboard)
+        meta = {"config": cfgmod.to_dict(cfg)}
+        try:
+            final = loop.run_loop(self.init_state, self.data_iter, self.step_fn,
+                                  num_steps=num_steps or cfg.trainer.num_steps, ckpt=ckpt,
+                                  writer=writer, metadata=meta,
+                                  abstract_state=self._abstract_state(),
+                                  progress=cfg.trainer.progress if progress is None else progress,
+                                  hooks=hooks)
+        finally:
+            ckpt.close()
+        if self._engine_step != final.step:
+            self.engine.update_params(final.params)
+            self._engine_step = final.step
+        return final
+
+    def _abstract_state(self) -> loop.TrainState:
+        opt = jax.eval_shape(self.optimizer.init, self.init_params)
+        return loop.TrainState(step=0, params=abstract_like(self.init_params),
+                               opt_state={"opt": opt, "skipped": jax.ShapeDtypeStruct((), jnp.int32)},
+                               rng=jax.random.key(0))
+
+    def save_policy(self, params: Any, path: str | Path) -> Path:
+        """Writes `params` as a ppp_jax orbax model checkpoint (`ppp convert orbax2hf` makes it
+        a Hugging Face directory)."""
+        from ppp_jax.model.checkpoint import save_checkpoint
+
+        return save_checkpoint(params, self.parts.model.config, path, overwrite=True)
+
+
+def restore_params(run_dir: str | Path, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+    """(params, step) of a training checkpoint under `<run_dir>/checkpoints` (latest by default)."""
+    with CheckpointManager(Path(run_dir) / "checkpoints") as mgr:
+        got = mgr.restore(step, abstract_params=abstract_like(abstract_params),
+                          restore_opt_state=False)
+    return got.params, got.step

@@ -1,0 +1,70 @@
+"""Text in and out of the engine: the checkpoint's tokenizer, chat rendering, streaming decode.
+
+Chats are rendered with the checkpoint's own chat template through transformers'
+`apply_chat_template` (never re-implemented: the Seed-OSS template's whitespace is
+idiosyncratic, see reference/seed_oss.md section 4.2), then encoded without adding special
+tokens again (the template already writes `<seed:bos>`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def load_tokenizer(path: str | Path):
+    """The transformers tokenizer saved in a checkpoint directory."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def render_chat(tokenizer, messages: list[dict[str, Any]], *, tools: list[dict] | None = None,
+                add_generation_prompt: bool = True, **template_kwargs: Any) -> list[int]:
+    """Token ids of `messages` rendered by the tokenizer's chat template.
+
+    template_kwargs go to the template (e.g. `thinking_budget=0` for Seed-OSS).
+    Raises ValueError when the template cannot render the messages.
+    """
+    try:
+        text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt,
+                                             **template_kwargs)
+    except Exception as e:  # jinja errors, missing template, wrong message shapes
+        raise ValueError(f"cannot render the chat with the checkpoint's template: {e}") from e
+    return encode(tokenizer, text)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of `text`, special-token strings recognized, no BOS added."""
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of token ids into text deltas for streaming.
+
+    Decodes the whole output each time (outputs are short next to the model's cost) and holds
+    back a trailing U+FFFD, which means a multi-byte character is still incomplete.
+    """
+
+    def __init__(self, tokenizer, skip_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.ids: list[int] = []
+        self.emitted = 0  # characters of text already returned
+        self.text = ""
+
+    def add(self, ids: list[int]) -> str:
+        """Appends ids; returns the newly completed text."""
+        self.ids.extend(ids)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=self.skip_special_tokens)
+        stable = len(self.text.rstrip("\ufffd"))
+        delta = self.text[self.emitted:stable]
+        self.emitted = max(self.emitted, stable)
+        return delta
+
+    def flush(self) -> str:
+        """Whatever is left (including an incomplete character) at the end of the stream."""
+        delta = self.text[self.emitted:]
+        self.emitted = len(self.text)
+        return delta

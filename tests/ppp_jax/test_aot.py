@@ -1,0 +1,143 @@
+"""`ppp compile` / `ppp_jax.aot`: AOT compiles for TPU topologies from this CPU machine.
+
+The compile tests run `ppp compile` in a subprocess (JAX_PLATFORMS=cpu, libtpu for the TPU
+compiler only), so that the libtpu state of this pytest process does not matter. They need
+libtpu (`pip install -e ".[test]"` installs it) and are skipped with the reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ppp_jax import aot
+from ppp_jax.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+HAVE_LIBTPU, WHY_NO_LIBTPU = aot.libtpu_available()
+needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason=WHY_NO_LIBTPU or "libtpu present")
+
+# Tiny Seed-OSS shapes the Pallas TPU kernels accept (head_dim 128; vocab divisible by tensor=2).
+TINY = {
+    "model": {"preset": "tiny", "attention_impl": "splash",
+              "sizes": {"head_dim": 128, "num_heads": 4, "num_kv_heads": 2, "vocab_size": 128}},
+    "sharding": {"mesh": {"axes": ["data", "fsdp", "tensor"], "shape": [1, -1, 1]}},
+    "compile": {"topology": "v5p:2x2x2", "steps": ["train", "prefill", "decode"], "batch": 8,
+                "seq_len": 512},
+    "engine": {"batch": 8, "prefill_batch": 4, "prefill_len": 128, "cache_len": 512,
+               "mesh": {"axes": ["data", "fsdp", "tensor"], "shape": [-1, 1, 2]}},
+    "rl": {"logprob_chunk_size": 128},
+}
+
+
+def _ppp_compile(tmp_path: Path, config: dict, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = tmp_path / "report.json"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "ppp_jax.cli", "compile", str(cfg), "--json",
+                           str(out), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    return proc, report
+
+
+@needs_libtpu
+def test_tiny_train_prefill_decode_compile_for_v5p(tmp_path):
+    proc, report = _ppp_compile(tmp_path, TINY)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "every step fits" in proc.stdout
+    steps = {r["step"]: r for r in report["reports"]}
+    assert set(steps) == {"train", "prefill", "decode"}
+    train = steps["train"]
+    assert train["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert steps["decode"]["mesh"] == {"data": 4, "fsdp": 1, "tensor": 2}
+    for r in steps.values():
+        assert r["argument_bytes"] > 0 and r["output_bytes"] > 0 and r["temp_bytes"] >= 0
+        assert r["peak_bytes"] == r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"] + r["temp_bytes"]
+        assert r["hbm_bytes"] == 95 * 2**30 and r["fits"]
+        assert r["flops"] > 0 and r["model_flops"] > 0 and r["compile_s"] > 0
+    # Donated params and optimizer state come back in place.
+    assert train["alias_bytes"] > 0
+    assert train["tokens"] == 8 * 512
+
+
+@needs_libtpu
+def test_too_big_exits_nonzero_with_the_reason(tmp_path):
+    # 4 layers of D=4096, F=65536: ~3.3e9 params; fp32 params + AdamW moments alone are
+    # ~37 GiB, ~9 GiB per chip over 4 v5e chips, plus gradients; v5e has 16 GiB per chip.
+    big = json.loads(json.dumps(TINY))
+    big["model"]["sizes"].update(hidden_size=4096, intermediate_size=65536, num_layers=4)
+    big["compile"].update(topology="v5e:2x2", steps=["train"], batch=4, seq_len=512)
+    proc, report = _ppp_compile(tmp_path, big, "--remat", "full")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "does not fit: train needs" in proc.stderr
+    assert "v5e has 16 GiB HBM per chip" in proc.stderr
+    (train,) = report["reports"]
+    assert not train["fits"] and train["peak_bytes"] > 16 * 2**30
+
+
+@needs_libtpu
+def test_bad_mesh_is_a_clear_error(tmp_path):
+    proc, _ = _ppp_compile(tmp_path, TINY, "--mesh", "data=3,fsdp=1,tensor=1", "--steps", "train")
+    assert proc.returncode == 2
+    assert "compile.batch=8 must be a multiple of data x fsdp" in proc.stderr or "mesh" in proc.stderr
+
+
+# ---- no libtpu needed below ------------------------------------------------------------------
+
+
+def test_chip_table_and_topology_parsing():
+    assert aot.chip_of("v5p:4x4x4").hbm_gib == 95
+    assert aot.chip_of("v6e:16x16").peak_bf16_flops == 918e12
+    assert aot.topology_chips("v5p:4x4x8") == 128
+    assert aot.topology_chips("v6e:16x16") == 256
+    with pytest.raises(aot.AotError, match="unknown TPU generation"):
+        aot.chip_of("v9x:2x2")
+    with pytest.raises(aot.AotError, match="must look like"):
+        aot.topology_chips("v5p")
+
+
+def test_parse_mesh():
+    m = aot.parse_mesh("fsdp=16,tensor=4")
+    assert dict(zip(m.axes, m.shape)) == {"fsdp": 16, "tensor": 4, "data": 1}
+    assert aot.parse_mesh("data=-1,fsdp=1,tensor=8").shape == (-1, 1, 8)
+    with pytest.raises(aot.AotError, match="axis=size"):
+        aot.parse_mesh("fsdp")
+
+
+def _report(peak_gib: float, topology="v5p:4x4x4") -> aot.StepReport:
+    b = int(peak_gib * 2**30)
+    return aot.StepReport(step="train", topology=topology, mesh={"data": 1, "fsdp": 64, "tensor": 1},
+                          argument_bytes=b, output_bytes=0, alias_bytes=0, temp_bytes=0,
+                          peak_bytes=b, compiler_peak_bytes=0, generated_code_bytes=0, flops=1.0,
+                          model_flops=4.59e14, tokens=1, lower_s=0.0, compile_s=0.0,
+                          hbm_bytes=95 * 2**30)
+
+
+def test_check_fits_message_and_estimates():
+    aot.check_fits([_report(60)])
+    assert _report(94).tight and not _report(60).tight
+    with pytest.raises(aot.DoesNotFit, match=r"does not fit: train needs 120.00 GiB per chip, "
+                                             r"v5p has 95 GiB HBM per chip"):
+        aot.check_fits([_report(120)])
+    # 4.59e14 FLOPs at 50% of 459 TFLOP/s: 2 s.
+    assert _report(1).step_seconds(459e12, 0.5) == pytest.approx(2.0)
+
+
+def test_funcloc_config_loads():
+    cc = aot.load_compile_config(ROOT / "configs" / "seed_oss_36b_funcloc.yaml")
+    assert cc.model.build().param_count() == 36_151_104_512
+    assert cc.compile.topology == "v5p:4x4x4" and cc.compile.seq_len == 40960
+    assert cc.sharding.mesh.shape == (1, -1, 1)
+    over = aot.load_compile_config(ROOT / "configs" / "seed_oss_36b_funcloc.yaml",
+                                   ["compile.batch=128", "model.remat=save_dots"])
+    assert over.compile.batch == 128 and over.model.remat == "save_dots"
+    with pytest.raises(ConfigError, match="unknown key"):
+        aot.load_compile_config(ROOT / "configs" / "seed_oss_36b_funcloc.yaml", ["compile.nope=1"])
