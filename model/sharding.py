@@ -19,11 +19,13 @@ sharding:
 
 How a rule table is resolved for one tensor (same idea as MaxText's `logical_axis_rules`): for
 dimension i with logical name n, the entries for n are tried in table order; the first one whose
-mesh axes are not already used by an earlier dimension of the same tensor wins. (So `[D, V]` and
-`[V, D]` both work with `vocab -> tensor, embed -> fsdp`, and two logical names that map to the same
-mesh axis never shard one tensor twice.) A logical name absent from the table is an error, so a typo
-cannot silently replicate a 36B model onto every chip. A mesh axis whose size does not divide the
-dimension is an error naming the tensor, the dimension and the axis.
+mesh axes are not already used by an earlier dimension of the same tensor, and whose mesh-axis
+size divides the dimension, wins. (So `[D, V]` and `[V, D]` both work with `vocab -> tensor,
+embed -> fsdp`; two logical names that map to the same mesh axis never shard one tensor twice; and
+`[kv_heads, tensor]` followed by `[kv_heads, null]` replicates the 8 kv heads when tensor = 16.)
+A logical name absent from the table is an error, so a typo cannot silently replicate a 36B model
+onto every chip. When no rule for a name divides the dimension, the error names the tensor, the
+dimension and the mesh axis.
 
 Meshes use `AxisType.Auto` (GSPMD propagation): the model code carries no sharding annotations on
 its einsums, the weights' and the inputs' shardings drive the partitioning.
@@ -257,26 +259,31 @@ def logical_to_spec(
                 f"mention; it mentions {sorted(known)}"
             )
         chosen: tuple[str, ...] = ()
+        failure = None
         for rname, target in rules:
             axes = _axes_of(target)
-            if rname == lname and not (set(axes) & used):
-                chosen = axes
-                break
-        if chosen:
-            for a in chosen:
+            if rname != lname or set(axes) & used:
+                continue
+            for a in axes:
                 if a not in mesh.shape:
                     raise ShardingError(
-                        f"{name}: rule {lname!r} -> {chosen} names mesh axis {a!r} absent from the "
-                        f"mesh {dict(mesh.shape)}"
+                        f"{name}: rule {lname!r} -> {target!r} names mesh axis {a!r} absent from "
+                        f"the mesh {dict(mesh.shape)}"
                     )
-            parts = math.prod(mesh.shape[a] for a in chosen)
-            if size % parts:
-                raise ShardingError(
+            parts = math.prod(mesh.shape[a] for a in axes)
+            if size % parts:  # try the next rule for this name, if any
+                failure = failure or (
                     f"{name}: dim {dim} ({lname!r}, size {size}) is not divisible by mesh axis "
-                    f"{chosen if len(chosen) > 1 else chosen[0]!r} of size {parts} (mesh "
-                    f"{dict(mesh.shape)}); change the mesh or the rule for {lname!r}"
+                    f"{axes if len(axes) > 1 else axes[0]!r} of size {parts} (mesh "
+                    f"{dict(mesh.shape)}); change the mesh, or the rule for {lname!r}, or add a "
+                    f"fallback rule after it (e.g. [{lname}, null])"
                 )
-            used.update(chosen)
+                continue
+            chosen, failure = axes, None
+            break
+        if failure:
+            raise ShardingError(failure)
+        used.update(chosen)
         spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else chosen)
     while spec and spec[-1] is None:
         spec.pop()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import time
 from pathlib import Path
 from collections.abc import Callable, Sequence
@@ -264,10 +265,11 @@ class StepReport:
     lower_s: float
     compile_s: float
     hbm_bytes: float  # per device
+    compiler_error: str = ""  # set when the TPU compiler itself refused (out of HBM)
 
     @property
     def fits(self) -> bool:
-        return self.peak_bytes <= self.hbm_bytes
+        return not self.compiler_error and self.peak_bytes <= self.hbm_bytes
 
     @property
     def tight(self) -> bool:
@@ -279,6 +281,9 @@ class StepReport:
 
     def summary(self) -> str:
         g = lambda b: f"{b / GiB:8.2f} GiB"  # noqa: E731
+        if self.compiler_error:
+            return (f"[{self.step}] {self.topology} mesh {self.mesh}\n  DOES NOT FIT: the TPU "
+                    f"compiler ran out of HBM after {self.compile_s:.1f} s: {self.compiler_error}")
         verdict = "FITS" if self.fits else "DOES NOT FIT"
         if self.tight:
             verdict += f" (tight: > {TIGHT_FRACTION:.0%} of HBM)"
@@ -318,9 +323,7 @@ def report_of(compiled, *, step: str, topology: str, mesh: jax.sharding.Mesh, mo
     # size alone (e.g. with Pallas kernels), so it is reported but not used for the verdict.
     peak = arg + out - alias + temp
     compiler_peak = int(getattr(mem, "peak_memory_in_bytes", 0) or 0)
-    chip = chip_of(topology)
-    devices = mesh.devices.size
-    hbm = chip.hbm_gib * GiB * topology_chips(topology) / max(devices, 1) if devices else 0
+    hbm = hbm_per_device(topology, mesh.devices.size)
     return StepReport(
         step=step, topology=topology, mesh={str(k): int(v) for k, v in mesh.shape.items()},
         argument_bytes=arg, output_bytes=out, alias_bytes=alias, temp_bytes=temp, peak_bytes=peak,
@@ -328,6 +331,34 @@ def report_of(compiled, *, step: str, topology: str, mesh: jax.sharding.Mesh, mo
         generated_code_bytes=int(mem.generated_code_size_in_bytes),
         flops=float((cost or {}).get("flops", float("nan"))), model_flops=model_flops,
         tokens=tokens, lower_s=lower_s, compile_s=compile_s, hbm_bytes=hbm)
+
+
+_OOM = re.compile(r"required for [^(]*\(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)")
+
+
+def compile_lowered(lowered):
+    """`lowered.compile()`, or — when the TPU compiler itself refuses because the program needs
+    more HBM than the chip has — a placeholder StepReport carrying the compiler's message and the
+    memory it asked for (the caller fills in step, topology and timings)."""
+    try:
+        return lowered.compile()
+    except Exception as e:  # JaxRuntimeError: RESOURCE_EXHAUSTED
+        msg = str(e)
+        if "RESOURCE_EXHAUSTED" not in msg and "Ran out of memory" not in msg:
+            raise
+        line = next((l for l in msg.splitlines() if "Ran out of memory" in l), msg.splitlines()[0])
+        m = _OOM.search(msg)
+        need = int(float(m.group(1)) * GiB) if m else 0
+        return StepReport(step="", topology="", mesh={}, argument_bytes=0, output_bytes=0,
+                          alias_bytes=0, temp_bytes=need, peak_bytes=need, compiler_peak_bytes=0,
+                          generated_code_bytes=0, flops=float("nan"), model_flops=float("nan"),
+                          tokens=0, lower_s=0.0, compile_s=0.0, hbm_bytes=0.0,
+                          compiler_error=line.strip())
+
+
+def hbm_per_device(topology: str, devices: int) -> float:
+    """HBM bytes per device of a slice (a device is a chip on v5e/v5p/v6e)."""
+    return chip_of(topology).hbm_gib * GiB * topology_chips(topology) / max(devices, 1)
 
 
 def train_model_flops(cfg: ModelConfig, batch: int, seq_len: int, devices: int, *,
@@ -373,12 +404,21 @@ def with_shardings(tree, shardings):
 
 
 def make_mesh_for(devices: Sequence[jax.Device], mesh_cfg: shd.MeshConfig) -> jax.sharding.Mesh:
-    """`model.sharding.make_mesh` over the given (TPU-topology) devices, errors as AotError."""
+    """`model.sharding.make_mesh` over every device of a TPU slice (a mesh must use the whole
+    slice: the device-mesh layout of a TPU topology is defined only for all of its chips)."""
+    sizes = dict(zip(mesh_cfg.axes, mesh_cfg.shape))
+    try:
+        shape = mesh_cfg.resolved_shape(len(devices))
+    except shd.ShardingError as e:
+        raise AotError(f"mesh {sizes} does not fit the {len(devices)} chips: {e}") from None
+    if math.prod(shape) != len(devices):
+        raise AotError(f"mesh {sizes} uses {math.prod(shape)} devices but the slice has "
+                       f"{len(devices)}; the axis sizes must multiply to {len(devices)} "
+                       f"(or give one axis -1)")
     try:
         return shd.make_mesh(mesh_cfg, devices=devices)
-    except shd.ShardingError as e:
-        raise AotError(f"mesh {dict(zip(mesh_cfg.axes, mesh_cfg.shape))} does not fit "
-                       f"{len(devices)} devices: {e}") from None
+    except Exception as e:  # mesh_utils raises AssertionError/ValueError for bad layouts
+        raise AotError(f"cannot lay mesh {sizes} out on the slice: {e}") from None
 
 
 def abstract_token_batch(batch: int, seq_len: int, mesh) -> Any:
@@ -431,8 +471,13 @@ def compile_train(cc: CompileConfig, devices: Sequence[jax.Device]) -> StepRepor
         t0 = time.perf_counter()
         lowered = jitted.lower(state, batch)
         t1 = time.perf_counter()
-        compiled = lowered.compile()
+        compiled = compile_lowered(lowered)
         t2 = time.perf_counter()
+    if isinstance(compiled, StepReport):
+        return dataclasses.replace(compiled, step="train", topology=spec.topology,
+                                   mesh={str(k): int(v) for k, v in mesh.shape.items()},
+                                   hbm_bytes=hbm_per_device(spec.topology, len(devices)),
+                                   lower_s=t1 - t0, compile_s=t2 - t1)
     return report_of(compiled, step="train", topology=spec.topology, mesh=mesh,
                      model_flops=train_model_flops(mcfg, spec.batch, spec.seq_len, len(devices)),
                      tokens=spec.batch * spec.seq_len, lower_s=t1 - t0, compile_s=t2 - t1)
@@ -463,7 +508,9 @@ def check_fits(reports: Sequence[StepReport]) -> None:
     bad = [r for r in reports if not r.fits]
     if bad:
         chip = chip_of(bad[0].topology)
-        parts = [f"{r.step} needs {r.peak_bytes / GiB:.2f} GiB per chip" for r in bad]
+        parts = [f"{r.step} needs {'at least ' if r.compiler_error else ''}"
+                 f"{r.peak_bytes / GiB:.2f} GiB per chip"
+                 + (" (the TPU compiler ran out of HBM)" if r.compiler_error else "") for r in bad]
         raise DoesNotFit(f"does not fit: {'; '.join(parts)}, {chip.name} has "
                          f"{chip.hbm_gib:g} GiB HBM per chip ({bad[0].topology}, mesh "
                          f"{bad[0].mesh}); try more chips, a larger fsdp/tensor axis, remat=full, "

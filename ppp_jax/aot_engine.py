@@ -14,6 +14,7 @@ own share of the batch. The cache is [L, B, S, K, H] with B over (data, fsdp) an
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -80,8 +81,13 @@ def compile_engine_step(cc: aot.CompileConfig, devices: Sequence[jax.Device],
         t0 = time.perf_counter()
         lowered = jitted.lower(params, cache, tok, tok, tok)
         t1 = time.perf_counter()
-        compiled = lowered.compile()
+        compiled = aot.compile_lowered(lowered)
         t2 = time.perf_counter()
+    if isinstance(compiled, aot.StepReport):
+        return dataclasses.replace(compiled, step=name, topology=cc.compile.topology,
+                                   mesh={str(k): int(v) for k, v in mesh.shape.items()},
+                                   hbm_bytes=aot.hbm_per_device(cc.compile.topology, len(devices)),
+                                   tokens=batch * t, lower_s=t1 - t0, compile_s=t2 - t1)
     context = t / 2 if name == "prefill" else eng.cache_len
     flops = aot.forward_model_flops(mcfg, batch, t, context, len(devices))
     return aot.report_of(compiled, step=name, topology=cc.compile.topology, mesh=mesh,

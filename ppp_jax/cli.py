@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ppp_jax.commands.demo", "run the main end-to-end job on a tiny config (what `make run` does)"),
     "convert": ("ppp_jax.commands.convert", "convert checkpoints: Hugging Face <-> orbax"),
     "compile": ("ppp_jax.commands.compile", "AOT-compile the train step and engine for a TPU topology; memory/FLOPs per chip"),
+    "serve": ("ppp_jax.commands.serve", "serve a checkpoint over an OpenAI-compatible HTTP API (chat + completions, streaming)"),
 }
 
 

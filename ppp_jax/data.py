@@ -450,10 +450,11 @@ class TaskDataset:
         ds = ds[self.shard.index :: self.shard.count]
         self.per_process_batch = config.batch_size // self.shard.count
         self.grain_dataset = ds.batch(self.per_process_batch, drop_remainder=True, batch_fn=list)
+        # The fingerprint leaves out the shard index on purpose: all processes advance in
+        # lockstep (same number of batches), so one saved state (orbax writes JSON items from
+        # the primary process only) is valid on every process.
         h = hashlib.sha256()
-        h.update(json.dumps(
-            [config.seed, config.batch_size, config.num_epochs, self.shard.index, self.shard.count]
-        ).encode())
+        h.update(json.dumps([config.seed, config.batch_size, config.num_epochs, self.shard.count]).encode())
         for item in self.items:
             h.update(item.uid.encode() + b"\0")
         self.fingerprint = h.hexdigest()[:16]

@@ -384,8 +384,18 @@ class MultiWriter:
             w.close()
 
 
-def make_writer(run_dir: str | Path, *, tensorboard: bool = True) -> MultiWriter:
-    """The standard writers: `<run_dir>/metrics.jsonl` and TensorBoard events in `<run_dir>/tb`."""
+def make_writer(run_dir: str | Path, *, tensorboard: bool = True, primary: bool | None = None) -> MultiWriter:
+    """The standard writers: `<run_dir>/metrics.jsonl` and TensorBoard events in `<run_dir>/tb`.
+
+    Only the primary process writes (`primary` defaults to `jax.process_index() == 0`); on the
+    others this returns a writer that does nothing, so every process can call the same code.
+    """
+    if primary is None:
+        import jax
+
+        primary = jax.process_index() == 0
+    if not primary:
+        return MultiWriter([])
     run_dir = Path(run_dir)
     writers: list[MetricsWriter] = [JsonlWriter(run_dir / "metrics.jsonl")]
     if tensorboard:

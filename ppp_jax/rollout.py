@@ -175,11 +175,12 @@ def _affected(record: EpisodeRecord) -> bool:
 async def run_requests(requests: Sequence[EpisodeRequest], domain: TaskDomain, policy: Any,
                        simulator: UserSimulator, *, episode: EpisodeConfig, concurrency: int,
                        max_retries: int, seed: int, counters: RolloutCounters | None = None,
-                       ) -> list[list[EpisodeRecord]]:
+                       on_episode: Any = None) -> list[list[EpisodeRecord]]:
     """Runs every request's n episodes concurrently; per request, the kept records in sample order.
 
     An episode with simulator/policy/scoring errors is re-run with a new id (hence seed) up to
-    `max_retries` times; if it still fails it is dropped. `counters` receives the counts.
+    `max_retries` times; if it still fails it is dropped. `counters` receives the counts;
+    `on_episode()` is called as each episode ends (progress bars).
     """
     counters = counters if counters is not None else RolloutCounters()
     sem = asyncio.Semaphore(max(1, concurrency))
@@ -194,6 +195,8 @@ async def run_requests(requests: Sequence[EpisodeRequest], domain: TaskDomain, p
                                         prompt_kind=req.prompt_kind, config=episode,
                                         episode_id=eid)
             counters.episodes_run += 1
+            if on_episode is not None:
+                on_episode()
             if not _affected(rec):
                 return rec
             if attempt < max_retries:

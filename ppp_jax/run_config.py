@@ -109,6 +109,8 @@ class RolloutConfig:
       A fixed value keeps one compiled train step for the whole run.
     pad_to_multiple: rounding of T when row_len is null.
     pack: first-fit packing of several episodes per row.
+    rows_multiple: the batch's row count is rounded up to a multiple of this (and of
+      `rl.num_micro_batches`), so a few shapes serve the whole run.
     truncate_long: an episode longer than row_len is dropped (counted) instead of failing the step.
     """
 
@@ -121,6 +123,7 @@ class RolloutConfig:
     row_len: int | None = None
     pad_to_multiple: int = 512
     pack: bool = False
+    rows_multiple: int = 1
     truncate_long: bool = True
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ppp_jax.envs.chat import ChatTokenizer, generation_prompt, render_turn
+from ppp_jax.envs.chat import BOS, EOS, ChatTokenizer, generation_prompt, render_tool_doc, render_turn
 from ppp_jax.envs.domains.base import ASK_USER, FINISH, Task, ask_user_schema
 from ppp_jax.envs.episode import EpisodeConfig
 from ppp_jax.envs.policy import PolicyTurn
@@ -40,6 +41,22 @@ from ppp_jax.rollout import EpisodeRequest, RolloutCounters, run_requests
 # ------------------------------------------------------------------------------------------------
 
 
+def render_pieces(messages: Sequence[Mapping[str, Any]], system_block: str) -> list[tuple[str, int]]:
+    """(text, mask) pieces of a recorded conversation, split where `EngineSession` splits its
+    encode calls: all non-assistant turns up to and including the generation prompt form one
+    prompt piece (mask 0); each assistant text is one piece (mask 1), `<seed:eos>` excluded."""
+    pieces: list[tuple[str, int]] = []
+    pending = system_block
+    for msg in messages[1:]:
+        if msg["role"] == "assistant":
+            pieces.append((pending + generation_prompt(), 0))
+            pieces.append((msg.get("raw", msg.get("content") or ""), 1))
+            pending = ""
+        else:
+            pending += render_turn(msg["role"], msg["content"])
+    return pieces
+
+
 def render_token_view(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]],
                       chat: ChatTokenizer) -> TokenView:
     """The token view an `EngineSession` would have recorded for this conversation, had it
@@ -50,20 +67,20 @@ def render_token_view(messages: Sequence[Mapping[str, Any]], tools: Sequence[Map
     ids: list[int] = []
     mask: list[int] = []
     starts: list[int] = []
-    pending = chat.render_system(messages[0]["content"], tools)
-    for msg in messages[1:]:
-        if msg["role"] == "assistant":
-            prompt = chat.encode(pending + generation_prompt())
-            ids += prompt
-            mask += [0] * len(prompt)
+    for text, m in render_pieces(messages, chat.render_system(messages[0]["content"], tools)):
+        piece = chat.encode(text) + ([chat.eos_id] if m else [])
+        if m:
             starts.append(len(ids))
-            out = chat.encode(msg.get("raw", msg.get("content") or "")) + [chat.eos_id]
-            ids += out
-            mask += [1] * len(out)
-            pending = ""
-        else:
-            pending += render_turn(msg["role"], msg["content"])
+        ids += piece
+        mask += [m] * len(piece)
     return TokenView(tuple(ids), tuple(mask), (0.0,) * len(ids), tuple(starts))
+
+
+def render_text(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]) -> str:
+    """The conversation as one string in the Seed-OSS chat format (a tokenizer-training corpus;
+    the system block in the tokenizer-free layout of `ChatTokenizer.render_system`)."""
+    system = f"{BOS}system\n{messages[0]['content']}{render_tool_doc(tools) if tools else ''}{EOS}"
+    return "".join(t + (EOS if m else "") for t, m in render_pieces(messages, system))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,11 +283,11 @@ def token_views(records: Sequence[EpisodeRecord], domain: Any, tasks: Mapping[st
             for r in records]
 
 
-def episode_texts(records: Sequence[EpisodeRecord]) -> Iterator[str]:
-    """Every message text of the records (a tokenizer-training corpus)."""
+def episode_texts(records: Sequence[EpisodeRecord], domain: Any,
+                  tasks: Mapping[str, Task]) -> Iterator[str]:
+    """Each record's whole conversation as chat-format text (a tokenizer-training corpus)."""
     for r in records:
-        for m in r.messages:
-            yield str(m.get("raw") or m.get("content") or "")
+        yield render_text(r.messages, episode_tools(domain, tasks[r.task_id]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,18 +333,18 @@ class SFTBatches:
         self.count = int(state["count"])
 
 
-def sft_batch(views: Sequence[TokenView], row_len: int, rows: int, pad_token_id: int = 0):
-    """Token batch with advantage 1 and sampler log-probs 0 (see the module docstring)."""
+def sft_batch(views: Sequence[TokenView], row_len: int, rows_multiple: int, pad_token_id: int = 0):
+    """Packed token batch with advantage 1 and sampler log-probs 0 (see the module docstring)."""
     from ppp_jax.batch import assemble_batch
 
-    return assemble_batch(views, np.ones(len(views)), row_len=row_len, rows_multiple=rows,
-                          pad_token_id=pad_token_id)
+    return assemble_batch(views, np.ones(len(views)), row_len=row_len, rows_multiple=rows_multiple,
+                          pack=True, pad_token_id=pad_token_id)
 
 
 def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, num_steps: int,
               batch_size: int, learning_rate: float, warmup_steps: int = 0,
               weight_decay: float = 0.0, row_len: int, seed: int = 0, save_every: int = 50,
-              progress: bool = True, num_micro_batches: int = 1) -> Any:
+              progress: bool = True, num_micro_batches: int = 1, rows_multiple: int = 8) -> Any:
     """SFT of `model` on `views` through `make_train_step`; resumable from `<run_dir>/checkpoints`.
 
     Returns the final params (an `nnx.State`); metrics go to `<run_dir>/metrics.jsonl`.
@@ -362,7 +379,8 @@ def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, nu
     def step_fn(state, batch_views):
         ts = TrainState(state.params, state.opt_state["opt"], jnp.asarray(state.step, jnp.int32),
                         state.opt_state["skipped"])
-        batch = jax.tree.map(jnp.asarray, sft_batch(batch_views, row_len, batch_size, pad))
+        rows = math.lcm(rows_multiple, num_micro_batches)
+        batch = jax.tree.map(jnp.asarray, sft_batch(batch_views, row_len, rows, pad))
         new, m = step(ts, batch)
         m = jax.device_get(m)
         out = {"train/nll": float(m["logp_abs_diff"]), "train/grad_norm": float(m["grad_norm"]),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -200,9 +201,7 @@ class PPPTrainer:
             train_tasks = train_tasks[: cfg.demo.num_train_tasks]
         self.train_tasks = train_tasks
         self.tasks = {t.task_id: t for t in parts.tasks}
-        rows_multiple = cfg.rl.num_micro_batches
-        if cfg.rollout.row_len is not None:  # a fixed [B, T]: one compiled step for the run
-            rows_multiple = max(rows_multiple, cfg.data.batch_size * cfg.rl.advantage.group_size)
+        rows_multiple = math.lcm(cfg.rl.num_micro_batches, cfg.rollout.rows_multiple)
         self.orchestrator = RolloutOrchestrator(
             parts.domain, self.policy, parts.simulator, rl=cfg.rl, reward=cfg.reward,
             episode=cfg.rollout.episode, concurrency=cfg.rollout.concurrency,

@@ -92,15 +92,17 @@ class ModelRunner:
 
     # ---- decode ----------------------------------------------------------------------------
 
-    def decode(self, state, k_pool, v_pool, batch: SlotBatch):
-        """Runs up to `decode_steps` steps for all slots (stops early when no row is active).
+    def decode(self, state, k_pool, v_pool, batch: SlotBatch, num_steps: int | None = None):
+        """Runs up to `num_steps` (<= decode_steps, default all) steps for all slots; stops early
+        when no row is active. `num_steps` is a traced value: any count reuses one compilation.
 
         Returns (k_pool, v_pool, tokens int32 [B, k], logprobs f32 [B, k], num_valid int32 [B]):
         row b's sampled tokens are tokens[b, :num_valid[b]].
         """
-        return self._decode(state, k_pool, v_pool, batch)
+        steps = self.decode_steps if num_steps is None else min(num_steps, self.decode_steps)
+        return self._decode(state, k_pool, v_pool, batch, jnp.int32(steps))
 
-    def _decode_impl(self, state, k_pool, v_pool, batch: SlotBatch):
+    def _decode_impl(self, state, k_pool, v_pool, batch: SlotBatch, num_steps):
         self.traces["decode"] += 1
         model = nnx.merge(self.graphdef, state)
         num_slots = batch.last_token.shape[0]
@@ -111,7 +113,7 @@ class ModelRunner:
 
         def cond(carry):
             i, active = carry[0], carry[3]
-            return (i < steps) & jnp.any(active)
+            return (i < num_steps) & jnp.any(active)
 
         def body(carry):
             i, k_pool, v_pool, active, lens, last, gen, out_tokens, out_logp, num_valid = carry

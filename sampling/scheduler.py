@@ -484,8 +484,11 @@ class EngineCore:
             arrays["seeds"][i] = seq.seed
             stop_ids[i, : len(p.stop_token_ids)] = p.stop_token_ids
         batch = SlotBatch(page_table=table, stop_ids=stop_ids, **arrays)
+        # A block right after admitting sequences runs one step, so their first tokens come
+        # back after prefill + one step (time to first token), not after a whole block.
+        fresh = any(not s.out_tokens for s in live)
         self.k_pool, self.v_pool, toks, logps, nvalid = self.runner.decode(
-            self.state, self.k_pool, self.v_pool, batch)
+            self.state, self.k_pool, self.v_pool, batch, 1 if fresh else steps)
         toks, logps, nvalid = np.asarray(toks), np.asarray(logps), np.asarray(nvalid)
         self.counters["decode_blocks"] += 1
         for seq in live:

@@ -24,7 +24,7 @@ punctuation and small numeric differences) over the OpenAI-compatible client.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import difflib
 import json
 import os
 import re
@@ -209,6 +209,15 @@ there is no confidence score available.
 [correct_answer]: {correct_answer}"""
 
 
+def relaxed_match(gold: str, pred: str, threshold: float = 0.9) -> bool:
+    """The released code's relaxed check before a second opinion: one normalized answer contains
+    the other, or their similarity ratio is at least `threshold`."""
+    g, p = " ".join(normalize_answer(gold)), " ".join(normalize_answer(pred))
+    if not g or not p:
+        return False
+    return g in p or p in g or difflib.SequenceMatcher(None, g, p).ratio() >= threshold
+
+
 async def llm_judge(client: Any, question: str, response: str, correct_answer: str,
                     tries: int = 3) -> bool | None:
     """The LLM grader's verdict (None if it never produced a parseable `correct:` line)."""
@@ -230,18 +239,22 @@ class BrowseCompDomain:
     Args:
       corpus / retriever: the documents and one retriever over them.
       judge_client: an `envs.llm_client.LLMClient` for the LLM judge, or None (exact match only).
+      rejudge_client: optional stronger judge (released: gpt-4.1 after gpt-4o-mini) asked once
+        more when the first judge says no but `relaxed_match` holds.
     """
 
     name = DOMAIN
     task_family = "search"
 
     def __init__(self, retriever: Retriever, judge_client: Any = None,
-                 system_prompt: str = SYSTEM_PROMPT):
+                 system_prompt: str = SYSTEM_PROMPT, rejudge_client: Any = None):
         self.retriever = retriever
         self.corpus = retriever.corpus
         self.judge_client = judge_client
+        self.rejudge_client = rejudge_client
         self._system_prompt = system_prompt
-        self.judge_stats = {"em": 0, "judge_calls": 0, "judge_yes": 0, "judge_unparsed": 0}
+        self.judge_stats = {"em": 0, "judge_calls": 0, "judge_yes": 0, "judge_unparsed": 0,
+                            "rejudge_calls": 0, "rejudge_yes": 0}
 
     def system_prompt(self, task: Task) -> str:
         return self._system_prompt
@@ -329,4 +342,10 @@ class BrowseCompDomain:
             self.judge_stats["judge_unparsed"] += 1
             return 0.0
         self.judge_stats["judge_yes"] += int(verdict)
+        if not verdict and self.rejudge_client is not None and any(
+                relaxed_match(g, answer) for g in task.gold):
+            self.judge_stats["rejudge_calls"] += 1
+            verdict = bool(await llm_judge(self.rejudge_client, task.precise_prompt, answer,
+                                           task.gold[0]))
+            self.judge_stats["rejudge_yes"] += int(verdict)
         return 1.0 if verdict else 0.0

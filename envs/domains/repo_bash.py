@@ -37,6 +37,7 @@ class Bash:
         self.tools = tools
         self.state = state
         self.deadline = time.monotonic() + tools.limits.grep_timeout_s * 2
+        self.bytes_left = tools.limits.max_read_bytes * 2  # file bytes one command line may read
 
     @property
     def cwd(self) -> str:
@@ -101,7 +102,12 @@ class Bash:
         real, display = self.tools.resolve(path, self.cwd)
         if os.path.isdir(real):
             raise ToolError(f"{path}: Is a directory")
-        return self.tools.read_text(real, display)[0]
+        if self.bytes_left <= 0:
+            raise ToolError("This command line reads too much; read fewer or smaller files.")
+        text, size = self.tools.read_text(real, display, min(self.tools.limits.max_read_bytes,
+                                                              self.bytes_left))
+        self.bytes_left -= min(size, self.tools.limits.max_read_bytes)
+        return text
 
     def _inputs(self, paths: list[str], stdin: str | None) -> list[tuple[str, str]]:
         if not paths or paths == ["-"]:

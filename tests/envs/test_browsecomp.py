@@ -141,8 +141,32 @@ def test_llm_judge_through_fake_server(corpus, bm25, rows):
 
         scores, stats = asyncio.run(go())
         assert scores == [1.0, 1.0, 0.0, 0.0]
-        assert stats == {"em": 1, "judge_calls": 3, "judge_yes": 1, "judge_unparsed": 1}
+        assert stats == {"em": 1, "judge_calls": 3, "judge_yes": 1, "judge_unparsed": 1,
+                         "rejudge_calls": 0, "rejudge_yes": 0}
         assert "Ottilie Brask" in server.requests[0]["body"]["messages"][0]["content"]
+
+        # A "no" on a near miss goes to the second judge once; a clear miss does not.
+        server.reset()
+        server.push(reply("correct: no"), reply("correct: yes"), reply("correct: no"))
+
+        async def again():
+            first = LLMClient(LLMClientConfig(model="mini", base_url=server.base_url, max_retries=0))
+            second = LLMClient(LLMClientConfig(model="big", base_url=server.base_url, max_retries=0))
+            dom = bc.BrowseCompDomain(bm25, judge_client=first, rejudge_client=second)
+            try:
+                return [await dom.score(task, a) for a in ("Ottilie Braskk", "Kareli")], dom.judge_stats
+            finally:
+                await first.close()
+                await second.close()
+
+        scores, stats = asyncio.run(again())
+        assert scores == [1.0, 0.0] and stats["rejudge_calls"] == 1 and stats["rejudge_yes"] == 1
+        assert [r["body"]["model"] for r in server.requests] == ["mini", "big", "mini"]
+
+
+def test_relaxed_match():
+    assert bc.relaxed_match("Ottilie Brask", "Ottilie Braskk") and bc.relaxed_match("Brask", "Ottilie Brask")
+    assert not bc.relaxed_match("Ottilie Brask", "Ismo Kareli")
 
 
 def test_search_episode_with_and_without_asking(corpus, bm25, rows):

@@ -149,6 +149,7 @@ HOSTILE = [
     ("execute_bash", {"command": "cat < /etc/passwd"}),  # input redirection
     ("execute_bash", {"command": "true || cat /etc/passwd"}),
     ("execute_bash", {"command": "cat /dev/zero"}),  # device
+    ("execute_bash", {"command": "cat " + " ".join(["huge_text.txt"] * 40)}),  # memory: read budget
     ("execute_bash", {"command": 42}),  # wrong type
     ("no_such_tool", {"path": "."}),  # unknown tool
     ("view_file", {}),  # missing argument
@@ -187,6 +188,7 @@ def test_hostile_calls_get_clear_refusals(repo):
     assert "not allowed" in err("execute_bash", {"command": "rm -rf /"})
     assert "Redirection" in err("execute_bash", {"command": "cat a > b"})
     assert "read-only" in err("str_replace_editor", {"command": "create", "path": "x", "file_text": ""})
+    assert "reads too much" in err("execute_bash", {"command": "cat " + " ".join(["huge_text.txt"] * 40)})
     # Catastrophic regex: bounded by the time cap with a partial-results note, not an error.
     t0 = time.monotonic()
     out = repo.call("grep", {"pattern": r"(a+)+$", "path": "long_line.txt"})

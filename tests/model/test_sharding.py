@@ -69,6 +69,10 @@ def test_rules_resolve_maxtext_style():
     # A name whose first rule's axis is taken falls through to its next rule (here: replicated).
     rules2 = (("heads", "tensor"), ("mlp", "tensor"), ("mlp", None))
     assert logical_to_spec(("heads", "mlp"), (8, 6), MESH_2x4x2, rules2) == P("tensor")  # trailing None trimmed
+    # ... and when its first rule's mesh axis does not divide the dimension (8 kv heads, tensor 16).
+    mesh16 = AbstractMesh((1, 4, 16), ("data", "fsdp", "tensor"))
+    rules3 = (("kv_heads", "tensor"), ("kv_heads", None), ("embed", "fsdp"))
+    assert logical_to_spec(("embed", "kv_heads"), (32, 8), mesh16, rules3) == P("fsdp")
     # Sampling rules drop FSDP from the weights.
     assert logical_to_spec(("embed", "mlp"), (32, 6), MESH_2x4x2, SAMPLING_RULES) == P(None, "tensor")
 

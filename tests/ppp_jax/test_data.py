@@ -91,6 +91,12 @@ def test_shards_partition_the_global_batch():
         shards = [[i.uid for i in next(it)] for it in parts]
         assert all(len(s) == 2 for s in shards)
         assert sorted(sum(shards, [])) == sorted(full)
+    # The processes advance in lockstep, so one saved state (orbax keeps the primary's) fits all.
+    states = [it.get_state() for it in parts]
+    assert all(st == states[0] for st in states)
+    other = data.make_dataset(cfg, rows, shard=data.ShardInfo(2, 3)).iterator()
+    other.set_state(states[0])
+    assert [i.uid for i in next(other)] == [i.uid for i in next(parts[2])]
     with pytest.raises(ValueError, match="not divisible"):
         data.make_dataset(_config(batch_size=5), rows, shard=data.ShardInfo(0, 2))
 

@@ -1,0 +1,165 @@
+"""Decode throughput and time to first token: our engine vs transformers `generate`, same weights.
+
+    .venv/bin/python bench/engine_decode.py                    # batch 1, 8, 32 (about 10 min on CPU)
+    .venv/bin/python bench/engine_decode.py --batches 1 8 --new 64
+
+A ~107M-parameter Seed-OSS-shaped model (V=32000, D=768, F=2304, L=8, N=8, K=2, H=128: GQA and
+head_dim != D/N like the 36B) with random weights is written once with transformers, then:
+  - ours: `Engine` (paged KV, continuous batching, multi-step jitted decode), float32;
+  - reference: transformers `SeedOssForCausalLM.generate` (torch, float32, SDPA attention, greedy).
+Both greedy, 128-token prompts, `--new` new tokens, every prompt forced to the full length (no
+stop tokens). Time to first token (TTFT) is measured from submission to the first token of
+each request (transformers: `generate(max_new_tokens=1)`). Decode tokens/s counts the tokens after
+the first one over the time after the first one.
+
+Memory bandwidth: bytes one decode step must read (all weights + the K/V of every live token, at
+the mean context length) divided by the measured step time, as a fraction of this machine's
+bandwidth measured with a numpy copy (2 x bytes moved / time) in the same run.
+
+Prints a Markdown table. Run it by hand; it is not a test. On a shared machine the numbers move
+with the other load; say so next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONFIG = dict(vocab_size=32000, hidden_size=768, intermediate_size=2304, num_layers=8,
+              num_heads=8, num_kv_heads=2, head_dim=128, max_position_embeddings=4096)
+
+
+def numpy_bandwidth(nbytes: int = 1 << 29, repeats: int = 5) -> float:
+    """Bytes/s of a large array copy (read + write counted), best of `repeats`."""
+    a = np.ones(nbytes // 8, np.float64)
+    b = np.empty_like(a)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t)
+    return 2 * nbytes / best
+
+
+def bench_ours(model, batch: int, prompts: list[list[int]], new: int) -> dict:
+    from ppp_jax.sampling.engine import Engine
+    from ppp_jax.sampling.params import Request, SamplingParams
+    from ppp_jax.sampling.scheduler import EngineConfig
+
+    page = 16
+    max_len = len(prompts[0]) + new + 16
+    cfg = EngineConfig(num_slots=batch, page_size=page, max_seq_len=max_len,
+                       num_pages=batch * -(-max_len // page) + 2, decode_steps=16,
+                       prefill_chunks=(128,), prefill_rows=tuple(sorted({1, batch})),
+                       block_pages=8)
+    with Engine(model, cfg) as eng:
+        warm = [Request(p, SamplingParams(temperature=0.0, max_new_tokens=20)) for p in prompts]
+        eng.generate_batch(warm)  # compile prefill and decode
+        firsts: dict[str, float] = {}
+        reqs = [Request(p, SamplingParams(temperature=0.0, max_new_tokens=new)) for p in prompts]
+        t0 = time.perf_counter()
+        futs = []
+        for r in reqs:
+            def on_tokens(ids, logps, rid=r.request_id):
+                firsts.setdefault(rid, time.perf_counter())
+            futs.append(eng.submit(r, on_tokens))
+        results = [f.result() for f in futs]
+        t_end = time.perf_counter()
+    assert all(len(r.token_ids) == new for r in results)
+    ttft = np.mean([firsts[r.request_id] - t0 for r in reqs])
+    last_first = max(firsts.values())
+    decode_tokens = batch * (new - 1)
+    return {"ttft_s": float(ttft), "decode_tok_s": decode_tokens / (t_end - last_first),
+            "step_s": (t_end - last_first) / (new - 1), "total_s": t_end - t0}
+
+
+def bench_hf(hf, batch: int, prompts: list[list[int]], new: int) -> dict:
+    import torch
+
+    ids = torch.tensor(prompts)
+    mask = torch.ones_like(ids)
+    kw = dict(do_sample=False, attention_mask=mask, pad_token_id=1)
+    with torch.no_grad():
+        hf.generate(ids, max_new_tokens=2, min_new_tokens=2, **kw)  # warm up
+        t = time.perf_counter()
+        hf.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
+        ttft = time.perf_counter() - t
+        t = time.perf_counter()
+        out = hf.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)
+        total = time.perf_counter() - t
+    assert out.shape[1] == len(prompts[0]) + new
+    decode = max(total - ttft, 1e-9)
+    return {"ttft_s": ttft, "decode_tok_s": batch * (new - 1) / decode,
+            "step_s": decode / (new - 1), "total_s": total}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new", type=int, default=256)
+    ap.add_argument("--dir", default=None, help="checkpoint dir (default: a temp dir)")
+    ap.add_argument("--skip-hf", action="store_true")
+    args = ap.parse_args(argv)
+
+    import jax
+    import torch
+    from transformers import SeedOssForCausalLM
+
+    from ppp_jax.model import api
+    from ppp_jax.model import testing as mt
+
+    workdir = Path(args.dir or tempfile.mkdtemp(prefix="bench_engine_"))
+    if not (workdir / "config.json").exists():
+        mt.write_tiny_hf_checkpoint(workdir, seed=0, **CONFIG)
+    model = api.load_pretrained(workdir)
+    cfg = model.config
+    n_params = cfg.param_count() if hasattr(cfg, "param_count") else None
+    weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
+        __import__("flax").nnx.state(model)))
+    kv_bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4
+    hf = None if args.skip_hf else SeedOssForCausalLM.from_pretrained(
+        workdir, dtype=torch.float32).eval()
+    bw = numpy_bandwidth()
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in args.batches:
+        prompts = rng.integers(3, cfg.vocab_size, size=(batch, args.prompt)).tolist()
+        ours = bench_ours(model, batch, prompts, args.new)
+        ref = bench_hf(hf, batch, prompts, args.new) if hf is not None else None
+        mean_ctx = args.prompt + args.new / 2
+        step_bytes = weight_bytes + batch * mean_ctx * kv_bytes_per_token
+        frac = step_bytes / ours["step_s"] / bw
+        rows.append({"batch": batch, "ours": ours, "hf": ref, "bw_fraction": frac})
+        print(json.dumps(rows[-1]), flush=True)
+
+    print()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
+          f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); numpy-copy bandwidth {bw / 1e9:.1f} GB/s")
+    print(f"model: {n_params / 1e6 if n_params else weight_bytes / 4e6:.0f}M params, float32; "
+          f"prompt {args.prompt}, new {args.new}")
+    print()
+    print("| batch | ours TTFT (s) | HF TTFT (s) | ours decode tok/s | HF decode tok/s | speed-up | "
+          "ours step (ms) | bandwidth used |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        o, h = r["ours"], r["hf"]
+        hs = (f"{h['ttft_s']:.3f} | " if h else "- | ")
+        hd = (f"{h['decode_tok_s']:.1f} | {o['decode_tok_s'] / h['decode_tok_s']:.2f}x | "
+              if h else "- | - | ")
+        print(f"| {r['batch']} | {o['ttft_s']:.3f} | {hs}{o['decode_tok_s']:.1f} | {hd}"
+              f"{o['step_s'] * 1e3:.1f} | {r['bw_fraction'] * 100:.0f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

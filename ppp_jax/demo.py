@@ -1,0 +1,237 @@
+"""The `make run` pipeline: PPP's effect in miniature, on CPU, offline, with the real system.
+
+Stages (each writes its result under `runs/<name>/`; a finished stage is skipped on a rerun and an
+interrupted one resumes from its checkpoint):
+
+  1. build   the embedded stdlib function-localization tasks (`envs.domains.stdlib_loc`), scripted
+             "untrained instruct model" episodes on the train tasks (real runner, real embedded
+             simulator), a byte-level BPE tokenizer with the Seed-OSS special tokens trained on
+             their text, and a tiny Seed-OSS-architecture policy (`model/`, random init);
+  2. sft     supervised warm start on the scripted episodes through the RL train step
+             (`ppp_jax.sft`), loss on assistant tokens only;
+  3. before  evaluation of the warm-started policy (`ppp_jax.evaluate`): held-out tasks, the 8
+             held-out preferences, vague and precise prompts, through the sampling engine;
+  4. ppp     PPP RL (`ppp_jax.trainer`): grain data, the engine, the orchestrator, the embedded
+             simulator and rule judges, GRPO, orbax checkpoints, metrics.jsonl / TensorBoard;
+  5. after   the same evaluation of the trained policy;
+  6. report  `report.md`, `summary.json` and PNG plots (`ppp_jax.report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ppp_jax.run_config import RunConfig
+
+log = logging.getLogger(__name__)
+
+# The Seed-OSS special tokens the tokenizer must keep atomic (ids 0, 1, 2 = bos, pad, eos).
+SPECIAL_TOKENS = ("<seed:bos>", "<seed:pad>", "<seed:eos>", "<seed:think>", "</seed:think>",
+                  "<seed:cot_budget_reflect>", "</seed:cot_budget_reflect>",
+                  "<seed:tool_call>", "</seed:tool_call>")
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE (`tokenizers`) with the Seed-OSS special tokens, trained on `texts`.
+
+    No pre-tokenizer split: merges may cross spaces, so the repeated chat and tool-documentation
+    boilerplate becomes a few tokens and the tiny policy's sequences stay short. Any text
+    round-trips (byte-level).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False, max_token_length=24)
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def _say(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+@dataclasses.dataclass
+class Built:
+    """What the build stage makes (see the module docstring)."""
+
+    tasks: list
+    domain: Any
+    simulator: Any
+    records: list
+    tokenizer: Any
+    views: list
+
+    @property
+    def by_id(self) -> dict[str, Any]:
+        return {t.task_id: t for t in self.tasks}
+
+
+def build_stage(cfg: RunConfig) -> Built:
+    """Tasks, agent-side domain, simulator, scripted warm-start episodes, tokenizer, token views.
+
+    The tokenizer is trained once into `<run>/tokenizer.json` (or read from `policy.tokenizer`
+    when that file exists) and reused on reruns.
+    """
+    from ppp_jax import sft
+    from ppp_jax.envs.chat import ChatTokenizer
+    from ppp_jax.envs.simulator import make_simulator
+    from ppp_jax.trainer import agent_domain, build_tasks, load_tokenizer
+
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    tasks, inner = build_tasks(cfg)
+    domain = agent_domain(cfg, inner)
+    simulator = make_simulator(cfg.simulator)
+    by_id = {t.task_id: t for t in tasks}
+    train_tasks = [t for t in tasks if t.split == "train"]
+    _say(f"{len(tasks)} stdlib tasks ({len(train_tasks)} train, {len(tasks) - len(train_tasks)} held out)")
+    s = cfg.sft
+    behaviour = sft.BehaviourConfig(s.ask_vague, s.ask_precise, s.follow_preference,
+                                    s.effort_mix, s.seed)
+    records = sft.generate_scripted_episodes(
+        train_tasks, domain, simulator, num_episodes=s.num_episodes, behaviour=behaviour,
+        include_heldout_styles=s.include_heldout_styles, episode=cfg.rollout.episode)
+    _say(f"{len(records)} scripted warm-start episodes")
+    tok_path = tokenizer_path(cfg)
+    if not tok_path.exists():
+        texts = list(sft.episode_texts(records, domain, by_id))
+        texts += [t.precise_prompt for t in tasks] + [t.vague_prompt for t in tasks]
+        tok = train_tokenizer(texts, cfg.demo.tokenizer_vocab)
+        tok_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tok_path.with_name(tok_path.name + ".tmp")
+        tok.save(str(tmp))
+        tmp.replace(tok_path)
+    tokenizer = load_tokenizer(tok_path)
+    views = sft.token_views(records, domain, by_id, ChatTokenizer(tokenizer))
+    _say(f"tokenizer {tok_path}: {tokenizer.get_vocab_size()} ids; warm-start sequences "
+         f"{sum(len(v.token_ids) for v in views) / max(len(views), 1):.0f} tokens on average")
+    return Built(tasks, domain, simulator, records, tokenizer, views)
+
+
+def tokenizer_path(cfg: RunConfig) -> Path:
+    """`policy.tokenizer` if set, else `<run>/tokenizer.json`."""
+    return Path(cfg.policy.tokenizer) if cfg.policy.tokenizer else cfg.output_dir / "tokenizer.json"
+
+
+def sft_stage(cfg: RunConfig, built: Built, model: Any, *, progress: bool = True) -> Any:
+    """Warm-starts `model` in place on the scripted episodes and writes `<run>/sft_policy`
+    (a model checkpoint); a finished warm start is loaded instead of redone."""
+    from flax import nnx
+
+    from ppp_jax import sft
+    from ppp_jax.model.checkpoint import save_checkpoint
+
+    s = cfg.sft
+    done = cfg.output_dir / "sft_policy"
+    if (done / "model_config.json").exists():
+        from ppp_jax.model.api import load_pretrained
+
+        nnx.update(model, nnx.state(load_pretrained(done), nnx.Param))
+        _say(f"warm start found at {done}; reusing it")
+        return model
+    row_len = cfg.rollout.row_len or 512
+    keep = [v for v in built.views if len(v.token_ids) - 1 <= row_len]
+    params = sft.train_sft(model, keep, run_dir=cfg.output_dir / "sft", num_steps=s.num_steps,
+                           batch_size=s.batch_size, learning_rate=s.learning_rate,
+                           warmup_steps=s.warmup_steps, weight_decay=s.weight_decay,
+                           row_len=row_len, seed=s.seed, progress=progress,
+                           rows_multiple=cfg.rollout.rows_multiple)
+    nnx.update(model, params)
+    save_checkpoint(params, model.config, done, overwrite=True)
+    rows = [json.loads(x) for x in (cfg.output_dir / "sft" / "metrics.jsonl").read_text().splitlines()]
+    if rows:
+        _say(f"warm start: {len(rows)} steps, NLL/token {rows[0]['train/nll']:.3f} -> "
+             f"{rows[-1]['train/nll']:.3f}")
+    return model
+
+
+def run_demo(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Runs the whole pipeline (see the module docstring); returns the summary dict."""
+    from ppp_jax import report
+    from ppp_jax.trainer import Parts, PPPTrainer, build_model, make_engine
+
+    t_start = time.perf_counter()
+    out = cfg.output_dir
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    built = build_stage(cfg)
+    timings["build_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    model = build_model(cfg, built.tokenizer)
+    c = model.config
+    _say(f"policy: Seed-OSS architecture, {c.param_count():,} parameters "
+         f"(D={c.hidden_size}, L={c.num_layers}, V={c.vocab_size})")
+    if cfg.sft.num_steps and not cfg.demo.skip_sft:
+        sft_stage(cfg, built, model, progress=progress)
+    timings["sft_s"] = time.perf_counter() - t0
+
+    engine = make_engine(cfg, model)
+    try:
+        parts = Parts(built.tokenizer, model, built.tasks, built.domain, built.simulator)
+        test = [t for t in built.tasks if t.split == "test"]
+        eval_tasks = test[: cfg.eval.num_tasks] if cfg.eval.num_tasks else test
+        t0 = time.perf_counter()
+        before = _cached_eval(out / "eval_before.json", cfg, engine, built, eval_tasks, progress,
+                              "before")
+        timings["eval_before_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        trainer = PPPTrainer(cfg, parts, engine=engine, run_dir=out / "ppp")
+        _say(f"PPP RL: {cfg.trainer.num_steps} steps x {cfg.data.batch_size} prompts x "
+             f"G={cfg.rl.advantage.group_size} episodes")
+        final = trainer.train(progress=progress)
+        timings["ppp_s"] = time.perf_counter() - t0
+        if final.step == 0:
+            raise RuntimeError("PPP training made no step")
+
+        t0 = time.perf_counter()
+        after = _cached_eval(out / "eval_after.json", cfg, engine, built, eval_tasks, progress,
+                             "after")
+        timings["eval_after_s"] = time.perf_counter() - t0
+    finally:
+        engine.close()
+
+    timings["total_s"] = time.perf_counter() - t_start
+    summary = report.write_report(out, cfg, before, after, out / "ppp" / "metrics.jsonl",
+                                  sft_metrics=out / "sft" / "metrics.jsonl", timings=timings,
+                                  model_info={"parameters": c.param_count(),
+                                              "hidden_size": c.hidden_size,
+                                              "num_layers": c.num_layers,
+                                              "vocab_size": c.vocab_size})
+    _say(f"report: {out / 'report.md'} ({timings['total_s']:.0f} s in this invocation)")
+    return summary
+
+
+def _cached_eval(path: Path, cfg: RunConfig, engine: Any, built: Built, tasks: list,
+                 progress: bool, label: str) -> dict[str, Any]:
+    """Runs the evaluation unless `path` holds its result already (resumed runs)."""
+    from ppp_jax import evaluate
+    from ppp_jax.trainer import make_policy
+
+    if path.exists():
+        _say(f"evaluation '{label}' found at {path}; reusing it")
+        return json.loads(path.read_text())
+    policy = make_policy(cfg, engine, built.tokenizer, temperature=cfg.eval.temperature)
+    result = evaluate.evaluate(policy, built.domain, built.simulator, tasks, cfg.eval,
+                               episode=cfg.rollout.episode, concurrency=cfg.rollout.concurrency,
+                               progress=progress, desc=f"eval {label}")
+    _write_json(path, result)
+    _say(f"evaluation '{label}': " + evaluate.one_line(result))
+    return result
