@@ -5,8 +5,8 @@ Shapes (letters as in `config.py`): q [B, T, N, H], k/v [B, S, K, H], mask bool 
 
 Masking rule (no cache): token t attends to token s iff s <= t (by index in the row) and both carry
 the same nonzero segment id. Segment id 0 marks padding, so left padding, right padding and packed
-rows are all exact; a padding query sees nothing and gets a uniform softmax over masked scores
-(finite, never NaN), whose output is ignored.
+rows are all exact; a padding query attends only to itself (finite, never NaN), and its output
+is ignored.
 
 Kernels, chosen by `ModelConfig.attention_impl`:
 - "xla": explicit einsums. Emulates HF eager numerics: scores rounded to `dtype`, scaled
@@ -38,13 +38,17 @@ def segment_causal_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array,
     """bool [B, T, S]: kv_index[s] <= q_index[t], same segment, segment nonzero.
 
     q_segment_ids int [B, T]; kv_segment_ids int [B, S]; q_index int [B, T] or [T];
-    kv_index int [B, S] or [S] (slot indices, not RoPE positions).
+    kv_index int [B, S] or [S] (slot indices, not RoPE positions). A padding query (segment 0)
+    attends only to its own slot, so no row is fully masked in any kernel (some fused kernels
+    return NaN for fully masked rows); real tokens never see padding.
     """
     q_index = jnp.broadcast_to(q_index, q_segment_ids.shape)
     kv_index = jnp.broadcast_to(kv_index, kv_segment_ids.shape)
     causal = kv_index[:, None, :] <= q_index[:, :, None]
     same = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
-    return causal & same & (kv_segment_ids[:, None, :] != 0)
+    real = causal & same & (kv_segment_ids[:, None, :] != 0)
+    pad_self = (q_segment_ids[:, :, None] == 0) & (kv_index[:, None, :] == q_index[:, :, None])
+    return real | pad_self
 
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
@@ -71,6 +75,9 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
 def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """`jax.nn.dot_product_attention`, cuDNN on GPU, XLA elsewhere. [B, T, N, H]."""
     impl = "cudnn" if jax.default_backend() == "gpu" else None
+    if impl == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"attention_impl='cudnn' needs bfloat16 or float16 compute on GPU, got "
+                         f"{q.dtype}; set dtype='bfloat16' or use attention_impl='xla'")
     return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, :, :],
                                         scale=q.shape[-1] ** -0.5, implementation=impl)
 

@@ -15,6 +15,9 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ppp_jax.commands.demo", "run the main end-to-end job on a tiny config (what `make run` does)"),
     "convert": ("ppp_jax.commands.convert", "convert checkpoints: Hugging Face <-> orbax"),
+    "train": ("ppp_jax.commands.train", "PPP reinforcement learning on a run config (resumable)"),
+    "eval": ("ppp_jax.commands.eval", "Table-2 evaluation of a policy (Markdown + JSON)"),
+    "sft": ("ppp_jax.commands.sft", "supervised warm start on scripted episodes"),
     "compile": ("ppp_jax.commands.compile", "AOT-compile the train step and engine for a TPU topology; memory/FLOPs per chip"),
     "serve": ("ppp_jax.commands.serve", "serve a checkpoint over an OpenAI-compatible HTTP API (chat + completions, streaming)"),
 }

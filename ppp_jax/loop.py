@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
+import threading
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import jax
@@ -138,6 +140,7 @@ def run_loop(
     abstract_state: LoopState | None = None,
     progress: bool = False,
     hooks: Sequence[Callable[[LoopState, Mapping[str, float]], None]] = (),
+    stop_signals: Sequence[int] = (signal.SIGTERM,),
 ) -> LoopState:
     """Trains until `num_steps` updates have been applied, resuming from `ckpt` if it has any.
 
@@ -153,9 +156,13 @@ def run_loop(
       abstract_state: restore targets; see `restore_or_init`.
       progress: show a tqdm bar.
       hooks: called after each step with (state, metrics), e.g. evaluation or weight sync.
+      stop_signals: signals (default SIGTERM, what schedulers send before preempting) that stop
+        the run gracefully: the current step finishes, a checkpoint is saved, the loop returns.
+        Handlers are installed only when called from the main thread.
 
     Returns:
-      The final state. Pending async checkpoint writes are finished before returning.
+      The final state (`state.step < num_steps` if stopped by a signal or the end of the data).
+      Pending async checkpoint writes are finished before returning.
     """
     state = restore_or_init(init, data_iter, ckpt, abstract_state=abstract_state, metadata=metadata)
     start = state.step
@@ -176,6 +183,11 @@ def run_loop(
             metadata=dict(metadata or {}),
         )
 
+    stop: list[int] = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in stop_signals:
+            previous[sig] = signal.signal(sig, lambda signum, frame: stop.append(signum))
     try:
         for step in range(start + 1, num_steps + 1):
             with timer("data"):
@@ -198,9 +210,14 @@ def run_loop(
             for hook in hooks:
                 hook(state, metrics)
             bar.update(1, metrics)
+            if stop:
+                log.warning("signal %s: stopping after step %d", stop[0], step)
+                break
         if ckpt is not None and state.step != last_saved:
-            save()  # stopped early (data exhausted) between save points: keep the progress
+            save()  # stopped early (signal, data exhausted) between save points: keep the progress
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         bar.close()
         if ckpt is not None:
             ckpt.wait()

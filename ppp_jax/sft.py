@@ -373,30 +373,27 @@ def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, nu
     pad = model.config.pad_token_id
 
     def init():
-        return loop.TrainState(0, params, {"opt": optimizer.init(params),
-                                           "skipped": jnp.zeros((), jnp.int32)}, jax.random.key(seed))
+        return loop.LoopState(0, TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32),
+                                            jnp.zeros((), jnp.int32)), jax.random.key(seed))
 
     def step_fn(state, batch_views):
-        ts = TrainState(state.params, state.opt_state["opt"], jnp.asarray(state.step, jnp.int32),
-                        state.opt_state["skipped"])
         rows = math.lcm(rows_multiple, num_micro_batches)
         batch = jax.tree.map(jnp.asarray, sft_batch(batch_views, row_len, rows, pad))
-        new, m = step(ts, batch)
+        new, m = step(state.train, batch)
         m = jax.device_get(m)
         out = {"train/nll": float(m["logp_abs_diff"]), "train/grad_norm": float(m["grad_norm"]),
                "train/learning_rate": float(m["learning_rate"]),
-               "train/loss_tokens": float(m["loss_tokens"])}
-        return state.replace(params=new.params,
-                             opt_state={"opt": new.opt_state, "skipped": new.skipped}), out
+               "train/loss_tokens": float(m["loss_tokens"]), "train/rows": float(batch.shape[0])}
+        return state.replace(train=new), out
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    abstract = loop.TrainState(0, abstract_like(params), {
-        "opt": jax.eval_shape(optimizer.init, params),
-        "skipped": jax.ShapeDtypeStruct((), jnp.int32)}, jax.random.key(0))
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    abstract = loop.LoopState(0, TrainState(abstract_like(params), jax.eval_shape(optimizer.init, params),
+                                            scalar, scalar), jax.random.key(0))
     with CheckpointManager(run_dir / "checkpoints", save_every=save_every, keep=1) as ckpt:
         final = loop.run_loop(init, SFTBatches(views, batch_size, seed), step_fn,
                               num_steps=num_steps, ckpt=ckpt,
                               writer=make_writer(run_dir, tensorboard=False),
                               abstract_state=abstract, progress=progress)
-    return final.params
+    return final.train.params

@@ -214,24 +214,23 @@ class PPPTrainer:
         self.last_rollout = None
 
     # -- state ------------------------------------------------------------------------------
-    def init_state(self) -> loop.TrainState:
-        opt = self.optimizer.init(self.init_params)
-        return loop.TrainState(step=0, params=self.init_params,
-                               opt_state={"opt": opt, "skipped": jnp.zeros((), jnp.int32)},
-                               rng=jax.random.key(self.cfg.seed))
+    def init_state(self) -> loop.LoopState:
+        train = StepState(params=self.init_params, opt_state=self.optimizer.init(self.init_params),
+                          step=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32))
+        return loop.LoopState(step=0, train=train, rng=jax.random.key(self.cfg.seed))
 
     def dataset(self):
         data_cfg: DataConfig = self.cfg.data
         return make_dataset(data_cfg, task_rows(self.train_tasks))
 
     # -- one step ---------------------------------------------------------------------------
-    def step_fn(self, state: loop.TrainState, items: list[Any]) -> tuple[loop.TrainState, dict]:
+    def step_fn(self, state: loop.LoopState, items: list[Any]) -> tuple[loop.LoopState, dict]:
         """One PPP step on a batch of prompts (see the module docstring)."""
         rng, sub = jax.random.split(state.rng)
         seed = int(jax.random.randint(sub, (), 0, 2**31 - 1))
         t0 = time.perf_counter()
         if self._engine_step != state.step:
-            self.engine.update_params(state.params)
+            self.engine.update_params(state.train.params)
             self._engine_step = state.step
         sync_s = time.perf_counter() - t0
 
@@ -246,9 +245,7 @@ class PPPTrainer:
             metrics["train/skipped_no_episodes"] = 1.0
             return state.replace(rng=rng), metrics
         t1 = time.perf_counter()
-        ts = StepState(params=state.params, opt_state=state.opt_state["opt"],
-                       step=jnp.asarray(state.step, jnp.int32), skipped=state.opt_state["skipped"])
-        new, tm = self.train_step(ts, jax.tree.map(jnp.asarray, ro.batch))
+        new, tm = self.train_step(state.train, jax.tree.map(jnp.asarray, ro.batch))
         jax.block_until_ready(new.params)
         train_s = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -263,13 +260,11 @@ class PPPTrainer:
         gen = float(ro.metrics.get("rollout/response_tokens_sum", 0.0))
         metrics.update({k.replace("perf/", "perf/sample_"): v
                         for k, v in throughput(gen, ro.metrics["time/rollout"]).items()})
-        new_state = state.replace(params=new.params,
-                                  opt_state={"opt": new.opt_state, "skipped": new.skipped}, rng=rng)
-        return new_state, metrics
+        return state.replace(train=new, rng=rng), metrics
 
     # -- the run ----------------------------------------------------------------------------
     def train(self, *, num_steps: int | None = None, progress: bool | None = None,
-              hooks: Sequence[Callable[[loop.TrainState, Any], None]] = ()) -> loop.TrainState:
+              hooks: Sequence[Callable[[loop.LoopState, Any], None]] = ()) -> loop.LoopState:
         """Trains to `num_steps` (default `cfg.trainer.num_steps`), resuming if possible."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -289,15 +284,16 @@ class PPPTrainer:
         finally:
             ckpt.close()
         if self._engine_step != final.step:
-            self.engine.update_params(final.params)
+            self.engine.update_params(final.train.params)
             self._engine_step = final.step
         return final
 
-    def _abstract_state(self) -> loop.TrainState:
-        opt = jax.eval_shape(self.optimizer.init, self.init_params)
-        return loop.TrainState(step=0, params=abstract_like(self.init_params),
-                               opt_state={"opt": opt, "skipped": jax.ShapeDtypeStruct((), jnp.int32)},
-                               rng=jax.random.key(0))
+    def _abstract_state(self) -> loop.LoopState:
+        scalar = jax.ShapeDtypeStruct((), jnp.int32)
+        train = StepState(params=abstract_like(self.init_params),
+                          opt_state=jax.eval_shape(self.optimizer.init, self.init_params),
+                          step=scalar, skipped=scalar)
+        return loop.LoopState(step=0, train=train, rng=jax.random.key(0))
 
     def save_policy(self, params: Any, path: str | Path) -> Path:
         """Writes `params` as a ppp_jax orbax model checkpoint (`ppp convert orbax2hf` makes it

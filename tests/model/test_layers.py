@@ -197,6 +197,25 @@ def test_dropout_is_live_only_with_a_key():
     assert np.abs(a - base).max() > 1e-2 and np.abs(a - c).max() > 1e-2
 
 
+def test_segment_causal_mask_literal():
+    """Row: [pad, a, a, b, pad]; causal within equal nonzero segments; padding sees only itself."""
+    from ppp_jax.model.attention import segment_causal_mask
+
+    seg = jnp.array([[0, 1, 1, 2, 0]])
+    idx = jnp.arange(5)
+    want = np.array([[1, 0, 0, 0, 0],
+                     [0, 1, 0, 0, 0],
+                     [0, 1, 1, 0, 0],
+                     [0, 0, 0, 1, 0],
+                     [0, 0, 0, 0, 1]], bool)
+    np.testing.assert_array_equal(np.asarray(segment_causal_mask(seg, seg, idx, idx))[0], want)
+    # cache view: 2 queries at slots 3, 4 over 6 slots (slot 5 empty)
+    kv_seg = jnp.array([[0, 1, 1, 1, 1, 0]])
+    got = segment_causal_mask(jnp.array([[1, 1]]), kv_seg, jnp.array([[3, 4]]), jnp.arange(6))
+    np.testing.assert_array_equal(np.asarray(got)[0], [[0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 0]])
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="on GPU cudnn needs bf16 compute")
 def test_cudnn_impl_path_matches_xla_on_cpu():
     """On CPU the 'cudnn' impl runs jax.nn.dot_product_attention with the XLA backend."""
     tokens, positions, segs = _batch()

@@ -49,7 +49,8 @@ def test_packed_logprobs_equal_padded_through_the_model():
     graphdef, params = tiny_split(0)
     views = random_views(6, seed=9)
     pad = assemble_batch(views, np.zeros(6), row_len=32)
-    packed = assemble_batch(views, np.zeros(6), row_len=32, pack=True)
+    packed = assemble_batch(views, np.zeros(6), row_len=32, pack=True, rows_multiple=6)
+    assert packed.shape == pad.shape and (packed.segment_ids.max(axis=1) > 1).any()  # one compile
     f = jax.jit(lambda p, b: policy_logprobs(graphdef, p, b, temperature=0.7, chunk_size=16)[0])
     lp_pad, lp_packed = np.asarray(f(params, pad)), np.asarray(f(params, packed))
     got_pad = lp_pad[pad.loss_mask > 0]

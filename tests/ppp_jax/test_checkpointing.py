@@ -187,3 +187,23 @@ def test_config_and_export_hook(tmp_path):
                        exporter=lambda p, c, d: calls.append((p, c, d)))
     assert out == tmp_path / "hf" and calls == [({"w": 1}, "cfg", tmp_path / "hf")]
     mgr.close()
+
+
+@pytest.mark.slow
+def test_export_tiny_policy_to_hf(tmp_path):
+    """Checkpoint -> restore onto the model's abstract state -> HF safetensors via model.hf_io."""
+    from ppp_jax.model import hf_io
+    from ppp_jax.model.config import tiny
+    from ppp_jax.model.transformer import SeedOssForCausalLM
+
+    cfg = tiny()
+    params = nnx.state(SeedOssForCausalLM(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    with ck.CheckpointManager(tmp_path / "ckpt") as mgr:
+        mgr.save(1, params=params, opt_state={}, rng=jax.random.key(0))
+    restored = ck.CheckpointManager(tmp_path / "ckpt").restore(abstract_params=params, restore_opt_state=False)
+    out = ck.export_hf(restored, tmp_path / "hf", model_config=cfg)
+    assert (out / "config.json").exists()
+    exported = dict(hf_io.iter_hf_tensors(out))
+    assert len(exported) == len(hf_io.tensor_maps(cfg))
+    emb = [v for k, v in exported.items() if "embed_tokens" in k][0]
+    np.testing.assert_array_equal(emb, np.asarray(hf_io.params_of(params)["embed.embedding"]))

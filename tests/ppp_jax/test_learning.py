@@ -2,7 +2,7 @@
 
 Episode: prompt [1, p] with p ∈ {4, ..., 11}; the policy samples 4 tokens (temperature 1);
 reward = fraction of those equal to p (so a uniform policy over V = 16 scores ~1/16). Each step:
-8 prompts × G = 8 episodes → advantages (GRPO, ε = 1e-6) → token batch → one jitted train step
+16 prompts × G = 8 episodes → advantages (GRPO, ε = 1e-6) → token batch → one jitted train step
 (token-mean, clip 0.2/0.28), repeated `epochs` times per batch with π_old fixed to the sampler's
 log-probs, so the ratio and the clipping are live. Everything is seeded.
 """
@@ -19,7 +19,7 @@ from ppp_jax.train_step import init_train_state, make_train_step
 from ppp_jax.optim import make_optimizer
 from tests.ppp_jax.rl_helpers import make_sampler, tiny_split
 
-PROMPT, RESPONSE, G, PROMPTS_PER_STEP = 2, 4, 8, 8
+PROMPT, RESPONSE, G, PROMPTS_PER_STEP = 2, 4, 8, 16
 
 
 def run_grpo(steps: int, seed: int = 0, lr: float = 1e-2, epochs: int = 1):
@@ -70,10 +70,10 @@ def _report(curve):
 
 
 def test_grpo_raises_reward_fast():
-    """12 steps × 4 updates: the reward climbs well above chance (~1/16)."""
-    start, end = _report(run_grpo(steps=12, epochs=4))
+    """20 steps × 4 updates: the reward climbs from chance (~1/16) to mostly right."""
+    start, end = _report(run_grpo(steps=20, epochs=4))
     assert start < 0.15
-    assert end > 0.35 and end > start + 0.25
+    assert end > 0.7 and end > start + 0.5
 
 
 @pytest.mark.slow
@@ -81,4 +81,4 @@ def test_grpo_solves_copy_task():
     """30 steps × 4 updates: the policy copies the prompt token almost always."""
     start, end = _report(run_grpo(steps=30, epochs=4))
     assert start < 0.15
-    assert end > 0.8
+    assert end > 0.9

@@ -202,3 +202,34 @@ def test_kill_and_resume_with_the_real_train_step(tmp_path, cache_dir):
         for k in a:
             rel = 2e-3 if k == "train/logp_pearson" else 1e-5
             assert a[k] == pytest.approx(b[k], rel=rel, abs=1e-6), (a["step"], k, a[k], b[k])
+
+
+def test_sigterm_stops_gracefully_with_a_checkpoint(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from ppp_jax import data, loop
+    from ppp_jax.checkpointing import CheckpointManager
+    from ppp_jax.metrics import JsonlWriter
+
+    cfg = data.DataConfig(batch_size=6, seed=1, vague_preferences=("a", "b", "c"))
+    ds = data.make_dataset(cfg, _resume_run.rows(), shard=data.ShardInfo(0, 1))
+    params = {"w": jnp.zeros((_resume_run.DIM,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+    zero = jnp.zeros((), jnp.int32)
+    init = loop.LoopState(0, _resume_run.ToyTrainState(params, _resume_run.OPT.init(params), zero, zero),
+                          jax.random.key(0))
+
+    def preempt(state, metrics):
+        if state.step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with CheckpointManager(tmp_path / "ckpt", save_every=100) as ckpt:
+        final = loop.run_loop(init, ds.iterator(), _resume_run.make_step_fn(None), num_steps=6, ckpt=ckpt,
+                              writer=JsonlWriter(tmp_path / "m.jsonl"), hooks=[preempt])
+        assert final.step == 4 and ckpt.all_steps() == [4]
+        assert signal.getsignal(signal.SIGTERM) == before  # handler restored
+        final = loop.run_loop(init, ds.iterator(), _resume_run.make_step_fn(None), num_steps=6, ckpt=ckpt,
+                              writer=JsonlWriter(tmp_path / "m.jsonl"))
+        assert final.step == 6 and ckpt.all_steps() == [4, 6]
+    assert [r["step"] for r in read_jsonl(tmp_path / "m.jsonl")] == [1, 2, 3, 4, 5, 6]

@@ -1,6 +1,8 @@
 """The jitted train step on a tiny policy: it lowers the loss, micro-batching is exact, the
 non-finite guard skips, β = 0 takes no reference model, and 8 devices equal 1."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import optax
@@ -23,32 +25,40 @@ def _cfg(**loss):
                     logprob_chunk_size=8)
 
 
+STEP_CFG = RLConfig(loss=LossConfig(agg_mode="seq-mean-token-mean"), logprob_chunk_size=8)
+
+
 @pytest.fixture(scope="module")
-def adam_step():
-    """One compiled step shared by the tests below: (graphdef, params, batch with π_old, opt, step)."""
+def sgd_step():
+    """One compiled step shared by the tests below: (params, batch with a fixed π_old, opt, step).
+
+    SGD (lr 1): the update is exactly −∇, which the micro-batch test compares."""
     graphdef, params = tiny_split(0)
     batch = _batch()
     old, _ = jax.jit(lambda p, b: policy_logprobs(graphdef, p, b, temperature=1.0, chunk_size=8))(params, batch)
     batch = batch.with_old_logprobs(old)  # fixed π_old: the surrogate's value moves with θ
-    opt = optax.adam(3e-3)
-    return graphdef, params, batch, opt, make_train_step(graphdef, _cfg(), opt, donate=False)
+    opt = optax.sgd(1.0)
+    return graphdef, params, batch, opt, make_train_step(graphdef, STEP_CFG, opt, donate=False)
 
 
-def test_step_lowers_loss_on_fixed_batch(adam_step):
-    _, params, batch, opt, step = adam_step
+def test_step_lowers_loss_on_fixed_batch(sgd_step):
+    _, params, batch, opt, step = sgd_step
     state = init_train_state(params, opt)
     losses = []
-    for _ in range(6):
+    for _ in range(5):
         state, m = step(state, batch)
         losses.append(float(m["loss"]))
     assert all(np.isfinite(losses))
-    assert losses[-1] < losses[0] - 0.05, losses
-    assert float(m["clipfrac_high"] + m["clipfrac_low"]) > 0  # the policy moved into clipping
-    assert int(state.step) == 6 and int(state.skipped) == 0
+    assert losses[-1] < losses[0] - 0.1, losses
+    assert all(b <= a + 1e-6 for a, b in zip(losses, losses[1:])), losses
+    # the policy moved until every token's ratio left the trust region: the clipped surrogate
+    # then has zero gradient (the PPO clip works end to end)
+    assert float(m["clipfrac_high"] + m["clipfrac_low"]) > 0.9
+    assert int(state.step) == 5 and int(state.skipped) == 0
 
 
-def test_non_finite_gradient_is_skipped_and_counted(adam_step):
-    _, params, batch, opt, step = adam_step
+def test_non_finite_gradient_is_skipped_and_counted(sgd_step):
+    _, params, batch, opt, step = sgd_step
     bad = batch.replace(advantages=np.where(batch.loss_mask > 0, np.nan, 0.0).astype(np.float32))
     state0 = init_train_state(params, opt)
     state1, m = step(state0, bad)
@@ -61,18 +71,11 @@ def test_non_finite_gradient_is_skipped_and_counted(adam_step):
                for a, b in zip(jax.tree.leaves(state1.params), jax.tree.leaves(state2.params)))
 
 
-def test_micro_batches_equal_one_big_batch():
-    """M = 1 and M = 4 give the same update (SGD, so the update is lr · gradient)."""
-    graphdef, params = tiny_split(0)
-    batch = _batch(n=8, seed=3)
-    out = []
-    for m in (1, 4):
-        cfg = RLConfig(loss=LossConfig(agg_mode="seq-mean-token-mean"), num_micro_batches=m,
-                       logprob_chunk_size=8)
-        opt = optax.sgd(1.0)
-        step = make_train_step(graphdef, cfg, opt, donate=False)
-        out.append(step(init_train_state(params, opt), batch))
-    (s1, m1), (s4, m4) = out
+def test_micro_batches_equal_one_big_batch(sgd_step):
+    """M = 1 and M = 4 micro-batches give the same update (SGD: the update is −∇ itself)."""
+    graphdef, params, batch, opt, step1 = sgd_step
+    step4 = make_train_step(graphdef, dataclasses.replace(STEP_CFG, num_micro_batches=4), opt, donate=False)
+    (s1, m1), (s4, m4) = (f(init_train_state(params, opt), batch) for f in (step1, step4))
     for a, b, p in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params), jax.tree.leaves(params)):
         np.testing.assert_allclose(np.asarray(a) - np.asarray(p), np.asarray(b) - np.asarray(p),
                                    rtol=1e-5, atol=1e-8)

@@ -1,0 +1,111 @@
+"""`ppp eval CONFIG [key=value ...] [--checkpoint PATH] [--name NAME]`: the Table-2 evaluation.
+
+Evaluates a policy with the paper's protocol (`ppp_jax.evaluate`): the config's `eval` section
+picks the tasks (held-out split), preferences (seen / held-out / all), prompt kinds and sampling.
+The policy is, with `eval.backend: engine`, our model through the sampling engine, its weights
+from (first that exists) `--checkpoint`, `eval.checkpoint`, `<run>/policy`, the latest training
+checkpoint in `<run>/checkpoints`, or `policy.path`; with `eval.backend: openai`, any
+OpenAI-compatible chat model (`eval.openai_model`, `eval.openai_base_url`).
+Writes `<run>/<name>.json` and `<run>/<name>.md` (name defaults to "eval").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ppp_jax.commands._common import add_config_arguments, load
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--checkpoint", default="",
+                        help="weights to evaluate: a model checkpoint (HF or orbax model dir) or a "
+                             "training run directory with checkpoints/")
+    parser.add_argument("--name", default="eval", help="output file stem under the run directory")
+
+
+def _weights(cfg, override: str) -> tuple[str, Path | None]:
+    """(description, path) of the weights to evaluate; path None = the model as built."""
+    out = cfg.output_dir
+    for cand in (override, cfg.eval.checkpoint):
+        if cand:
+            p = Path(cand)
+            if (p / "checkpoints").is_dir():
+                return "training checkpoint", p
+            return "model checkpoint", p
+    if (out / "policy" / "model_config.json").exists():
+        return "model checkpoint", out / "policy"
+    if (out / "checkpoints").is_dir():
+        return "training checkpoint", out
+    if cfg.policy.path:
+        return "model checkpoint", Path(cfg.policy.path)
+    return "random init", None
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load(args, "ppp eval")
+    if cfg is None:
+        return 2
+    from ppp_jax import evaluate
+    from ppp_jax.envs.simulator import make_simulator
+    from ppp_jax.trainer import (agent_domain, build_model, build_tasks, load_tokenizer,
+                                 make_engine, make_policy, restore_params)
+
+    tasks, inner = build_tasks(cfg)
+    tasks = [t for t in tasks if t.split == cfg.eval.split] or tasks
+    if cfg.eval.num_tasks:
+        tasks = tasks[: cfg.eval.num_tasks]
+    domain = agent_domain(cfg, inner)
+    simulator = make_simulator(cfg.simulator)
+    engine = None
+    if cfg.eval.backend == "openai":
+        from ppp_jax.envs.llm_client import LLMClient, LLMClientConfig
+        from ppp_jax.envs.policy import OpenAIPolicy
+
+        client = LLMClient(LLMClientConfig(model=cfg.eval.openai_model,
+                                           base_url=cfg.eval.openai_base_url,
+                                           api_key_env=cfg.eval.openai_api_key_env,
+                                           temperature=cfg.eval.temperature))
+        policy = OpenAIPolicy(client)
+        what = f"OpenAI-compatible model {cfg.eval.openai_model}"
+    else:
+        from ppp_jax.demo import tokenizer_path
+
+        tok = tokenizer_path(cfg) if tokenizer_path(cfg).exists() else Path(cfg.policy.tokenizer or cfg.policy.path)
+        try:
+            tokenizer = load_tokenizer(tok)
+        except FileNotFoundError as e:
+            print(f"ppp eval: {e}", file=sys.stderr)
+            return 1
+        kind, path = _weights(cfg, args.checkpoint)
+        if kind == "model checkpoint":
+            model = build_model(cfg, tokenizer, path=path)
+        else:
+            model = build_model(cfg, tokenizer)
+            if kind == "training checkpoint":
+                from flax import nnx
+
+                params, step = restore_params(path, nnx.state(model, nnx.Param))
+                nnx.update(model, params)
+                kind = f"training checkpoint step {step}"
+        what = f"{kind} {path or ''}".strip()
+        engine = make_engine(cfg, model)
+        policy = make_policy(cfg, engine, tokenizer, temperature=cfg.eval.temperature)
+    try:
+        result = evaluate.evaluate(policy, domain, simulator, tasks, cfg.eval,
+                                   episode=cfg.rollout.episode, concurrency=cfg.rollout.concurrency,
+                                   progress=not args.no_progress)
+    finally:
+        if engine is not None:
+            engine.close()
+    result["policy"] = what
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    (out / f"{args.name}.md").write_text(evaluate.to_markdown(result, f"Evaluation of {what}"))
+    print(evaluate.to_markdown(result, f"Evaluation of {what}"))
+    print(f"ppp eval: wrote {out / (args.name + '.json')} and {out / (args.name + '.md')}")
+    return 0

@@ -1,0 +1,31 @@
+"""`ppp sft CONFIG [key=value ...]`: the supervised warm start on scripted episodes.
+
+Builds the tasks, runs the scripted "untrained instruct model" through the real episode runner
+and simulator, trains the tokenizer if there is none, and fine-tunes the policy through the RL
+train step (loss on assistant tokens only). Writes `<run>/sft/` (metrics, checkpoints; resumable)
+and `<run>/sft_policy/` (the warm-started model checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ppp_jax.commands._common import add_config_arguments, load
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load(args, "ppp sft")
+    if cfg is None:
+        return 2
+    from ppp_jax.demo import build_stage, sft_stage
+    from ppp_jax.trainer import build_model
+
+    built = build_stage(cfg)
+    model = build_model(cfg, built.tokenizer)
+    sft_stage(cfg, built, model, progress=not args.no_progress)
+    print(f"ppp sft: warm-started policy -> {cfg.output_dir / 'sft_policy'}")
+    return 0
