@@ -61,13 +61,12 @@ def bench_ours(model, batch: int, prompts: list[list[int]], new: int) -> dict:
                        prefill_chunks=(128,), prefill_rows=tuple(sorted({1, batch})),
                        block_pages=8)
     with Engine(model, cfg) as eng:
-        warm = [Request(p, SamplingParams(temperature=0.0, max_new_tokens=20)) for p in prompts]
-        eng.generate_batch(warm)  # compile prefill and decode
+        eng.warmup()  # compile every prefill bucket and the decode block
         firsts: dict[str, float] = {}
         reqs = [Request(p, SamplingParams(temperature=0.0, max_new_tokens=new)) for p in prompts]
         t0 = time.perf_counter()
         futs = []
-        for r in reqs:
+        for r in reqs:  # submitted back to back, as concurrent clients would
             def on_tokens(ids, logps, rid=r.request_id):
                 firsts.setdefault(rid, time.perf_counter())
             futs.append(eng.submit(r, on_tokens))
@@ -108,7 +107,13 @@ def main(argv=None) -> int:
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--dir", default=None, help="checkpoint dir (default: a temp dir)")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--single-thread", action="store_true",
+                    help="one compute thread for both XLA and torch (fairer, and much faster, on "
+                         "an oversubscribed shared machine)")
     args = ap.parse_args(argv)
+    if args.single_thread:  # must happen before jax/torch start their thread pools
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                                   " intra_op_parallelism_threads=1").strip()
 
     import jax
     import torch
@@ -116,6 +121,9 @@ def main(argv=None) -> int:
 
     from ppp_jax.model import api
     from ppp_jax.model import testing as mt
+
+    if args.single_thread:
+        torch.set_num_threads(1)
 
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="bench_engine_"))
     if not (workdir / "config.json").exists():

@@ -42,15 +42,17 @@ def greedy_generate(model, prompt_ids: Sequence[int] | Sequence[Sequence[int]] |
     positions = np.maximum(np.cumsum(segs, axis=1) - 1, 0).astype(np.int32)
     graphdef, state = nnx.split(model)
     out, n_out = _generate(graphdef, state, jnp.asarray(tokens), jnp.asarray(positions),
-                           jnp.asarray(segs), max_new_tokens, -1 if eos_id is None else eos_id)
+                           jnp.asarray(segs), jnp.int32(-1 if eos_id is None else eos_id),
+                           max_new_tokens)
     out, n_out = np.asarray(out), np.asarray(n_out)
     result = [out[i, : n_out[i]].tolist() for i in range(len(rows))]
     return result[0] if single else result
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6))
-def _generate(graphdef, state, tokens, positions, segs, max_new: int, eos_id: int):
-    """tokens/positions/segs int32 [B, P] -> (generated int32 [B, max_new], counts int32 [B])."""
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _generate(graphdef, state, tokens, positions, segs, eos_id, max_new: int):
+    """tokens/positions/segs int32 [B, P], eos_id int32 scalar (-1: none) ->
+    (generated int32 [B, max_new], counts int32 [B])."""
     model = nnx.merge(graphdef, state)
     b, p = tokens.shape
     cache = DenseKVCache.create(model.config, b, p + max_new)

@@ -36,7 +36,7 @@ def write_tiny_hf_checkpoint(path: str | Path, seed: int = 0, dtype: str = "floa
     from transformers import SeedOssConfig, SeedOssForCausalLM
 
     cfg = tiny(**{"param_dtype": dtype, **config_overrides})
-    hf_cfg = SeedOssConfig(**_hf_kwargs(cfg))
+    hf_cfg = SeedOssConfig(**cfg.to_hf_dict())
     torch.manual_seed(seed)
     model = SeedOssForCausalLM(hf_cfg).eval()
     with torch.no_grad():
@@ -53,13 +53,6 @@ def write_tiny_hf_checkpoint(path: str | Path, seed: int = 0, dtype: str = "floa
     path = Path(path)
     model.save_pretrained(path)
     return path
-
-
-def _hf_kwargs(cfg: ModelConfig) -> dict[str, Any]:
-    d = cfg.to_hf_dict()
-    d.pop("architectures")
-    d.pop("model_type")
-    return d
 
 
 def load_hf_reference(path: str | Path, dtype: str = "float32"):

@@ -127,6 +127,9 @@ class SeedOssForCausalLM(nnx.Module):
         cache is the updated cache (the T tokens appended) or None. With `collect_layers=True`
         returns `(hidden, cache, per_layer)`, per_layer [L, B, T, D] the residual stream after
         each layer (before the final norm), for per-layer parity checks.
+
+        dropout_key: a PRNG key; only when given are the config's dropout rates applied
+        (attention probabilities, after o_proj, after down_proj). Sampling never passes one.
         """
         c = self.config
         if tokens.ndim != 2 or positions.shape != tokens.shape:

@@ -25,17 +25,15 @@ import math
 import os
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from ppp_jax import splash
-from ppp_jax.model import axes as ax
 from ppp_jax.model import sharding as shd
 from ppp_jax.model.config import ModelConfig, seed_oss_36b, tiny
 from ppp_jax.rl_config import RLConfig
@@ -71,9 +69,9 @@ class ChipSpec:
 #   v5e https://cloud.google.com/tpu/docs/v5e  "HBM2 capacity 16 GB", "197 TFLOPs (bf16)"
 #   v5p https://cloud.google.com/tpu/docs/v5p  "HBM2e capacity 95 GB", "459 TFLOPs (bf16)"
 #   v6e https://cloud.google.com/tpu/docs/v6e  "HBM capacity per chip 32 GB", "918 TFLOPs (bf16)"
-# The pages write "GB"; the TPU runtime's per-device `bytes_limit` is of the same size in GiB
-# (e.g. 95.0 GiB on v5p), so the table is in GiB. The runtime keeps a little for itself, hence
-# `TIGHT_FRACTION` below.
+# The pages write "GB"; the table reads them as GiB, as the TPU compiler's own figures are of that
+# size (it reports 15.75 GiB usable on a 16 GiB v5e). The runtime keeps a little for itself,
+# hence `TIGHT_FRACTION` below.
 CHIPS: dict[str, ChipSpec] = {
     "v4": ChipSpec("v4", 32.0, 275e12, "https://cloud.google.com/tpu/docs/v4"),
     "v5e": ChipSpec("v5e", 16.0, 197e12, "https://cloud.google.com/tpu/docs/v5e"),
@@ -179,11 +177,11 @@ class EngineSpec:
     """The rollout engine's shapes and mesh on the same chips (weights in `dtype`, no FSDP)."""
 
     batch: int = 128  # B_e, sequences decoded together (one token each per decode step)
-    prefill_batch: int = 8  # sequences prefilled together
+    prefill_batch: int = 16  # sequences prefilled together
     prefill_len: int = 2048  # T_p, prompt tokens per prefill call (long prompts go in chunks)
     cache_len: int = 40960  # S, KV-cache slots per sequence (prompt 8192 + response 32768)
     dtype: str = "bfloat16"  # engine weights and cache
-    mesh: shd.MeshConfig = shd.MeshConfig(shape=(-1, 1, 8))  # data x fsdp x tensor
+    mesh: shd.MeshConfig = shd.MeshConfig(shape=(-1, 1, 4))  # data x fsdp x tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +210,8 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(CompileConfig))
 
 
 def load_compile_config(path: str, overrides: Sequence[str] = ()) -> CompileConfig:
-    """Reads the `model`/`sharding`/`compile`/`engine` sections of a YAML run config."""
+    """Reads the `CompileConfig` sections of a YAML run config (with `base:` files and
+    `key.sub=value` overrides); unknown keys inside those sections are ConfigErrors."""
     from ppp_jax import config as cfg
 
     data = cfg._read_yaml(Path(path))
@@ -289,7 +288,7 @@ class StepReport:
             verdict += f" (tight: > {TIGHT_FRACTION:.0%} of HBM)"
         lines = [
             f"[{self.step}] {self.topology} mesh {self.mesh}",
-            f"  arguments    {g(self.argument_bytes)}   (params, optimizer state, batch; sharded)",
+            f"  arguments    {g(self.argument_bytes)}   (this chip's shards of params, optimizer state or KV cache, batch)",
             f"  outputs      {g(self.output_bytes)}   (of which aliased to donated args "
             f"{self.alias_bytes / GiB:.2f} GiB)",
             f"  temporaries  {g(self.temp_bytes)}",
@@ -361,12 +360,10 @@ def hbm_per_device(topology: str, devices: int) -> float:
     return chip_of(topology).hbm_gib * GiB * topology_chips(topology) / max(devices, 1)
 
 
-def train_model_flops(cfg: ModelConfig, batch: int, seq_len: int, devices: int, *,
-                      remat: str | None = None) -> float:
+def train_model_flops(cfg: ModelConfig, batch: int, seq_len: int, devices: int) -> float:
     """Analytic FLOPs per device of one train update (MaxText's convention, no remat recompute):
     6·N_matmul·tokens for the weight matmuls (forward 2, backward 4), plus causal attention
     6·2·L·N·H·T²/2 per sequence (QKᵀ and PV, half the square under the causal mask)."""
-    del remat
     d, f, n, k, h, v, L = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
                            cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size, cfg.num_layers)
     matmul_params = L * (d * n * h + 2 * d * k * h + n * h * d + 3 * d * f) + d * v  # lm_head

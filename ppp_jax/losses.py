@@ -37,10 +37,12 @@ that have at least one loss token (padding rows and fully masked episodes are no
   seq-mean-token-sum-norm   m_t            N_seq · L_norm    (1/N_seq) Σ_i (1/L_norm) Σ_t m·o (Dr.GRPO)
 
 L_norm is `LossConfig.loss_scale_factor` (default: the row length T of the batch). verl's legacy
-per-micro-batch versions divide each micro-batch by its own count and then by the number of
-micro-batches; ours are the global quantities those approximate, and agree with them when there is
-one micro-batch. A "sequence" is a segment: in a packed row (segment ids 1..k, 0 = padding) each
-segment is its own sequence.
+`agg_loss` normalizes each micro-batch by its own counts and then scales by 1/(number of
+micro-batches); the first three modes here are the global quantities that approximates, equal to it
+for a single micro-batch. For seq-mean-token-sum-norm verl's legacy form is Σ/L_norm per
+micro-batch (no 1/N_seq); ours is the Dr.GRPO paper's (1/(G·L_max)) Σ_i Σ_t, i.e. it differs from
+that by the constant factor N_seq. A "sequence" is a segment: in a packed row (segment ids 1..k,
+0 = padding) each segment is its own sequence.
 """
 
 from __future__ import annotations
@@ -262,7 +264,17 @@ def objective_sums(
             f"kl_coef={cfg.kl_coef}: reference log-probs must be given iff kl_coef > 0 "
             f"(got {'some' if ref_logp is not None else 'none'})"
         )
-    old = jax.lax.stop_gradient(logp) if old_logp is None else old_logp
+    # Masked positions (prompt, tool, padding) must not reach the loss or its gradient even if
+    # their inputs hold garbage (NaN or inf times a zero weight is still NaN): replace them.
+    valid = m > 0
+    sg = jax.lax.stop_gradient
+    logp_sg = sg(logp)
+    old = logp_sg if old_logp is None else jnp.where(valid, old_logp, logp_sg)
+    advantages = jnp.where(valid, advantages, 0.0)
+    if sampler_logp is not None:
+        sampler_logp = jnp.where(valid, sampler_logp, old)
+    if ref_logp is not None:
+        ref_logp = jnp.where(valid, ref_logp, logp_sg)
     terms = ppo_clip_loss(logp, old, advantages, cfg)
     a = agg_weights(m, segment_ids, cfg.agg_mode)
 
@@ -285,14 +297,13 @@ def objective_sums(
         objective = objective + cfg.kl_coef * a * kl
         sums["kl"] = jnp.sum(a * kl)
     if entropy is not None:
-        ent = entropy.astype(f32)
+        ent = jnp.where(valid, entropy.astype(f32), 0.0)
         if cfg.entropy_coef != 0.0:
             objective = objective - cfg.entropy_coef * a * ent
         sums["entropy"] = jax.lax.stop_gradient(jnp.sum(a * ent))
     elif cfg.entropy_coef != 0.0:
         raise ValueError("entropy_coef != 0 needs the per-token entropy")
 
-    sg = jax.lax.stop_gradient
     sums["tokens"] = jnp.sum(m)
     sums["clipfrac_low"] = jnp.sum(m * terms.clipped_low)
     sums["clipfrac_high"] = jnp.sum(m * terms.clipped_high)

@@ -158,6 +158,7 @@ class RolloutCounters:
     episodes_run: int = 0
     retried: int = 0
     dropped_errors: int = 0
+    crashed: int = 0
     dropped_too_long: int = 0
     dropped_no_tokens: int = 0
     groups_dropped_empty: int = 0
@@ -190,18 +191,23 @@ async def run_requests(requests: Sequence[EpisodeRequest], domain: TaskDomain, p
         for attempt in range(max_retries + 1):
             eid = f"{seed}|{req.group}|{k}|{attempt}"
             async with sem:
-                rec = await run_episode(domain, task, policy, simulator,
-                                        preference_id=req.preference_id,
-                                        prompt_kind=req.prompt_kind, config=episode,
-                                        episode_id=eid)
+                try:
+                    rec = await run_episode(domain, task, policy, simulator,
+                                            preference_id=req.preference_id,
+                                            prompt_kind=req.prompt_kind, config=episode,
+                                            episode_id=eid)
+                except Exception as e:  # noqa: BLE001 -- a crashed episode must not stop the step
+                    log.warning("episode %s crashed: %s: %s", eid, type(e).__name__, e)
+                    counters.crashed += 1
+                    rec = None
             counters.episodes_run += 1
             if on_episode is not None:
                 on_episode()
-            if not _affected(rec):
+            if rec is not None and not _affected(rec):
                 return rec
             if attempt < max_retries:
                 counters.retried += 1
-                log.info("retrying episode %s after %s", eid,
+                log.info("retrying episode %s after %s", eid, "a crash" if rec is None else
                          {k2: rec.stats.get(k2) for k2 in ("simulator_errors", "policy_errors")})
         counters.dropped_errors += 1
         return None

@@ -91,6 +91,30 @@ def policy_logprobs(
     return token_logprobs(model, hidden, batch.targets, temperature=temperature, chunk_size=chunk_size)
 
 
+def make_logprob_fn(
+    graphdef: nnx.GraphDef, cfg: RLConfig
+) -> Callable[[nnx.State, TokenBatch], jax.Array]:
+    """A jitted `(params, batch) -> logp float32 [B, T]` (no gradient), micro-batched like the
+    step (`cfg.num_micro_batches`, `lax.map`) so its memory matches the step's forward pass.
+
+    Use it for π_old before several updates on one batch (`batch.with_old_logprobs(...)`), or for
+    precomputed reference log-probs.
+    """
+    m = cfg.num_micro_batches
+
+    def fn(params, batch):
+        micro = split_micro_batches(batch, m)
+        logp = jax.lax.map(
+            lambda mb: policy_logprobs(
+                graphdef, params, mb, temperature=cfg.loss.temperature, chunk_size=cfg.logprob_chunk_size
+            )[0],
+            micro,
+        )  # [M, B/M, T]
+        return logp.swapaxes(0, 1).reshape(batch.tokens.shape)
+
+    return jax.jit(fn)
+
+
 def split_micro_batches(batch: TokenBatch, num_micro: int) -> TokenBatch:
     """[B, T] -> [M, B/M, T]; micro-batch m holds rows m, m+M, m+2M, ... (strided, so that a
     batch sharded in contiguous row blocks over devices keeps each device's rows local)."""

@@ -46,6 +46,20 @@ class StreamChunk:
     result: GenerationResult | None = None
 
 
+def _resolver(fut: concurrent.futures.Future):
+    """on_done callback that settles `fut` once (result or exception)."""
+
+    def done(result, error):
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
+    return done
+
+
 def kv_pool_sharding(mesh: Mesh | None, num_kv_heads: int) -> NamedSharding | None:
     """KV heads over the mesh's "tensor" axis when it divides them, else replicated."""
     if mesh is None:
@@ -160,22 +174,35 @@ class Engine:
         if self._closed:
             raise RuntimeError("engine is closed")
         fut: concurrent.futures.Future[GenerationResult] = concurrent.futures.Future()
-
-        def done(result, error):
-            if fut.done():
-                return
-            if error is not None:
-                fut.set_exception(error)
-            else:
-                fut.set_result(result)
-
+        done = _resolver(fut)
         self._mailbox.put(lambda: self._core.add_request(request, done, on_tokens))
         return fut
 
+    def submit_many(self, requests: list[Request]) -> list[concurrent.futures.Future[GenerationResult]]:
+        """Queues several requests at once (they are admitted together, as one batch)."""
+        if self._closed:
+            raise RuntimeError("engine is closed")
+        futures, adds = [], []
+        for request in requests:
+            fut: concurrent.futures.Future[GenerationResult] = concurrent.futures.Future()
+            futures.append(fut)
+            adds.append((request, _resolver(fut)))
+
+        def add_all():
+            for request, done in adds:
+                self._core.add_request(request, done)
+
+        self._mailbox.put(add_all)
+        return futures
+
     def generate_batch(self, requests: list[Request]) -> list[GenerationResult]:
         """Runs all requests through the continuous batch; results in request order."""
-        futures = [self.submit(r) for r in requests]
-        return [f.result() for f in futures]
+        return [f.result() for f in self.submit_many(requests)]
+
+    def warmup(self) -> None:
+        """Compiles every prefill bucket and the decode program now (a server calls this before
+        accepting traffic, so no request waits for a compilation)."""
+        self._call(self._core.warmup)
 
     async def generate(self, request: Request) -> GenerationResult:
         """Awaitable generation. Cancelling the awaiting task cancels the request."""
@@ -213,8 +240,9 @@ class Engine:
         self._mailbox.put(lambda: self._core.cancel(request_id))
 
     def end_session(self, session_id: str) -> None:
-        """Frees a session's KV pages."""
-        self._call(lambda: self._core.end_session(session_id))
+        """Frees a session's KV pages. Returns at once (safe inside a coroutine); the engine
+        applies it before its next step, in order with later calls."""
+        self._mailbox.put(lambda: self._core.end_session(session_id))
 
     # ---- weights ---------------------------------------------------------------------------
 

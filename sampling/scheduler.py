@@ -229,6 +229,29 @@ class EngineCore:
             self._free(session.pages)
         del self.sessions[session_id]
 
+    def warmup(self) -> None:
+        """Compiles every prefill bucket and the decode block now, on all-padding inputs (they
+        write only to the trash page), so no request waits for a compilation later."""
+        c = self.config
+        for rows in c.prefill_rows:
+            for chunk in c.prefill_chunks:
+                z = np.zeros((rows, chunk), np.int32)
+                self.k_pool, self.v_pool = self.runner.prefill(
+                    self.state, self.k_pool, self.v_pool, z, z, z,
+                    np.zeros((rows, c.table_width), np.int32), np.zeros(rows, np.int32))
+        b = c.num_slots
+        zeros = lambda dt: np.zeros(b, dt)  # noqa: E731
+        batch = SlotBatch(page_table=np.zeros((b, c.table_width), np.int32),
+                          cache_lens=zeros(np.int32), last_token=zeros(np.int32),
+                          active=zeros(bool), num_generated=zeros(np.int32),
+                          max_new_tokens=zeros(np.int32),
+                          stop_ids=np.full((b, c.max_stop_tokens), -1, np.int32),
+                          temperature=zeros(np.float32), top_k=zeros(np.int32),
+                          top_p=np.ones(b, np.float32), seeds=zeros(np.uint32))
+        self.k_pool, self.v_pool, *_ = self.runner.decode(self.state, self.k_pool, self.v_pool,
+                                                          batch, 1)
+        self._copy_pages([(0, 0)])
+
     def has_work(self) -> bool:
         return bool(self.waiting) or any(s is not None for s in self.slots)
 

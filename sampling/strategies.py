@@ -92,9 +92,14 @@ def sample_tokens(
         lambda: truncation_mask(logp, top_k, top_p),
         lambda: jnp.ones(logp.shape, bool),
     )
-    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (logp.shape[-1],), jnp.float32))(keys)
-    sampled = jnp.argmax(jnp.where(keep, logp + gumbel, _NEG), axis=-1)
     greedy = jnp.argmax(logp, axis=-1)
+
+    def draw():  # Gumbel-max: argmax(logp + Gumbel noise) ~ softmax over the kept tokens
+        gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (logp.shape[-1],), jnp.float32))(keys)
+        return jnp.argmax(jnp.where(keep, logp + gumbel, _NEG), axis=-1)
+
+    # An all-greedy batch skips the [B, V] random numbers.
+    sampled = jax.lax.cond(jnp.any(temperature > 0), draw, lambda: greedy)
     tokens = jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
     token_logp = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
     return tokens, token_logp

@@ -43,6 +43,13 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _write_json(args: argparse.Namespace, reports: list) -> None:
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": args.config, "reports": [r.to_dict() for r in reports]}, f,
+                      indent=1)
+
+
 def run(args: argparse.Namespace) -> int:
     # Compiling for TPU needs only the host CPU backend plus libtpu's compiler; set this before
     # any JAX backend starts (see ppp_jax.aot.quiet_libtpu_env for the libtpu lock).
@@ -64,20 +71,28 @@ def run(args: argparse.Namespace) -> int:
               f"{cc.compile.topology} ({aot.topology_chips(cc.compile.topology)} chips, "
               f"{chip.hbm_gib:g} GiB HBM each); steps {list(cc.compile.steps)}; "
               f"train batch {cc.compile.batch} x {cc.compile.seq_len} tokens", flush=True)
-        reports = aot.compile_steps(cc)
+        devices = aot.tpu_devices(cc.compile.topology)
     except (ConfigError, ShardingError, aot.AotError, ValueError) as e:
         print(f"ppp compile: error: {e}", file=sys.stderr)
         return 2
-    for r in reports:
-        print(r.summary())
-        if r.step == "train":
+    reports: list[aot.StepReport] = []
+    for name in cc.compile.steps:
+        # One step at a time, printed and saved as soon as it is compiled (a 36B step takes
+        # minutes; a later step's failure must not lose an earlier step's figures).
+        try:
+            report = aot.compile_steps(replace(cc, compile=replace(cc.compile, steps=(name,))),
+                                       devices)[0]
+        except (ConfigError, ShardingError, aot.AotError, ValueError) as e:
+            print(f"ppp compile: error in step {name!r}: {e}", file=sys.stderr)
+            _write_json(args, reports)
+            return 2
+        reports.append(report)
+        print(report.summary(), flush=True)
+        if report.step == "train" and report.fits:
             for mfu in (0.3, 0.4, 0.5):
-                print(f"  est. step    {r.step_seconds(chip.peak_bf16_flops, mfu):.1f} s at "
+                print(f"  est. step    {report.step_seconds(chip.peak_bf16_flops, mfu):.1f} s at "
                       f"{mfu:.0%} MFU ({chip.peak_bf16_flops / 1e12:g} TFLOP/s bf16 per chip)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"config": args.config, "reports": [r.to_dict() for r in reports]}, f,
-                      indent=1)
+        _write_json(args, reports)
     try:
         aot.check_fits(reports)
     except aot.DoesNotFit as e:

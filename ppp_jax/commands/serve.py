@@ -33,6 +33,7 @@ class ServeConfig:
       build_tiny_if_missing: write a random tiny model + tokenizer into `checkpoint` when it does
         not exist (for demos and smoke tests only).
       default_max_tokens: completion budget when a request gives none.
+      warmup: compile every prefill bucket and the decode program before listening.
       engine: engine sizes (slots, pages, context length, ...).
     """
 
@@ -44,6 +45,7 @@ class ServeConfig:
     mesh: dict[str, int] | None = None
     build_tiny_if_missing: bool = False
     default_max_tokens: int = 256
+    warmup: bool = True
     engine: EngineConfig = EngineConfig()
 
 
@@ -74,6 +76,8 @@ def build_server(cfg: ServeConfig):
 
         mesh, rules = make_mesh(dict(cfg.mesh)), {"rules": SAMPLING_RULES}
     engine = Engine.from_pretrained(path, cfg.engine, mesh=mesh, dtype=cfg.dtype, **rules)
+    if cfg.warmup:
+        engine.warmup()
     app = build_app(engine, load_tokenizer(path), cfg.model_name,
                     default_max_tokens=cfg.default_max_tokens)
     return engine, app

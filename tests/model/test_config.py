@@ -113,11 +113,10 @@ def test_to_hf_dict_round_trips_through_transformers(tmp_path):
 
     ours = tiny(num_kv_heads=2, attention_out_bias=True, mlp_bias=True, rope_theta=1e7,
                 attention_dropout=0.1)
-    d = ours.to_hf_dict()
-    d.pop("model_type")
-    SeedOssConfig(**d).save_pretrained(tmp_path)
+    SeedOssConfig(**ours.to_hf_dict()).save_pretrained(tmp_path)
     written = json.loads((tmp_path / "config.json").read_text())
     assert written["model_type"] == "seed_oss"
+    assert written["architectures"] == ["SeedOssForCausalLM"]
     assert ModelConfig.from_hf_json(tmp_path) == ours
     assert ModelConfig.from_hf_json(tmp_path / "config.json", dtype="bfloat16").dtype == "bfloat16"
 
@@ -150,9 +149,7 @@ def test_param_count_matches_tree_and_hf(overrides):
     cfg = tiny(**overrides)
     model = nnx.eval_shape(lambda: SeedOssForCausalLM(cfg, rngs=nnx.Rngs(0)))
     counted = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    d = cfg.to_hf_dict()
-    d.pop("model_type")
     with torch.device("meta"):
-        hf = HF(SeedOssConfig(**d))
+        hf = HF(SeedOssConfig(**cfg.to_hf_dict()))
     hf_count = sum(p.numel() for p in hf.parameters())  # tied weights are counted once
     assert counted == cfg.param_count() == hf_count

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -103,9 +102,8 @@ def test_greedy_generate_matches_argmax_of_full_forward():
         seq = np.array([prompt + gen])
         logits = mt.jit_logits(model, seq, np.arange(seq.shape[1])[None])
         assert logits[0, len(prompt) - 1:-1].argmax(-1).tolist() == gen
-    # single prompt form and eos stop (eos included, nothing after it)
-    single = greedy_generate(model, prompts[1], max_new_tokens=6)
-    assert single == out[1]
+    # single-prompt form, and the eos stop (eos included, nothing after it)
     eos = out[1][2]
     stopped = greedy_generate(model, prompts[1], max_new_tokens=6, eos_id=eos)
     assert stopped == out[1][: out[1].index(eos) + 1]
+    assert len(stopped) <= 3

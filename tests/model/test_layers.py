@@ -106,6 +106,33 @@ def test_rmsnorm_matches_hf_cast_order(dtype):
         assert (got == expected).mean() > 0.97
 
 
+def test_linear_and_silu_bf16_follow_torch_cast_points():
+    """bf16 Linear = fp32 accumulation + fp32 bias + one rounding (torch F.linear on CPU);
+    SiLU in fp32 then rounded. Compared elementwise with torch bf16."""
+    from ppp_jax.model.layers import Linear
+
+    rng = np.random.RandomState(1)
+    x = rng.standard_normal((4, 7, D_)).astype(np.float32)
+    w = (rng.standard_normal((F_, D_)) / np.sqrt(D_)).astype(np.float32)
+    bias = (0.3 * rng.standard_normal(F_)).astype(np.float32)
+    tb = lambda a: torch.tensor(a).to(torch.bfloat16)
+    with torch.no_grad():
+        want = torch.nn.functional.linear(tb(x), tb(w), tb(bias))
+        want_silu = torch.nn.functional.silu(want).float().numpy()
+        want = want.float().numpy()
+    lin = Linear((D_,), (F_,), ("embed",), ("mlp",), use_bias=True, dtype=jnp.bfloat16,
+                 param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    lin.kernel[...] = jnp.asarray(w.T, jnp.bfloat16)
+    lin.bias[...] = jnp.asarray(bias, jnp.bfloat16)
+    got = lin(jnp.asarray(x, jnp.bfloat16))
+    got_silu = np.asarray(jax.nn.silu(got.astype(jnp.float32)).astype(jnp.bfloat16), np.float32)
+    got = np.asarray(got, np.float32)
+    ulp = np.abs(want) * 2.0 ** -7 + 1e-6
+    assert (np.abs(got - want) <= ulp).all()  # never more than 1 ulp (accumulation order)
+    assert (got == want).mean() > 0.99, (got == want).mean()
+    assert (got_silu[got == want] == want_silu[got == want]).all()
+
+
 def _jaxpr_size(num_layers: int) -> int:
     model = nnx.eval_shape(lambda: SeedOssForCausalLM(tiny(num_layers=num_layers),
                                                       rngs=nnx.Rngs(0)))

@@ -74,3 +74,17 @@ def test_missing_required_and_bad_yaml(tmp_path):
         load_config(tmp_path / "bad.yaml", Run)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml", Run)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+    pair: tuple[str, int] = ("a", 1)
+
+
+def test_fixed_length_tuple(tmp_path):
+    (tmp_path / "p.yaml").write_text("pair: [b, 2]\n")
+    assert load_config(tmp_path / "p.yaml", Pairs).pair == ("b", 2)
+    with pytest.raises(ConfigError, match=r"pair\[1\]: expected int"):
+        load_config(tmp_path / "p.yaml", Pairs, ["pair=[b, c]"])
+    with pytest.raises(ConfigError, match="expected 2 items"):
+        load_config(tmp_path / "p.yaml", Pairs, ["pair=[b]"])

@@ -231,3 +231,25 @@ def test_reference_logprobs_required_iff_kl():
         objective_sums(x, None, ref_logp=x, cfg=LossConfig(kl_coef=0.0), **kw)
     with pytest.raises(ValueError, match="reference"):
         objective_sums(x, None, ref_logp=None, cfg=LossConfig(kl_coef=0.1), **kw)
+
+
+def test_garbage_at_masked_positions_does_not_leak():
+    """NaN/inf in old/sampler/ref log-probs or advantages where the mask is 0 change nothing."""
+    logp, old, adv, mask = random_batch(4, b=8, t=9)
+    samp, ref_lp = old - 0.1, logp + 0.2
+    cfg = LossConfig(kl_coef=0.1, tis_cap=2.0)
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
+
+    def run(old_, adv_, samp_, ref_):
+        def f(lp):
+            return objective_sums(lp, None, loss_mask=f32(mask), advantages=f32(adv_), segment_ids=None,
+                                  old_logp=f32(old_), sampler_logp=f32(samp_), ref_logp=f32(ref_), cfg=cfg)[0]
+        return jax.value_and_grad(f)(f32(logp))
+
+    clean = run(old, adv, samp, ref_lp)
+    off = mask == 0
+    dirty = run(np.where(off, np.nan, old), np.where(off, np.inf, adv), np.where(off, np.nan, samp),
+                np.where(off, -np.inf, ref_lp))
+    assert np.isfinite(float(dirty[0]))
+    assert float(dirty[0]) == pytest.approx(float(clean[0]), rel=1e-6)
+    np.testing.assert_allclose(np.asarray(dirty[1]), np.asarray(clean[1]), rtol=1e-6)

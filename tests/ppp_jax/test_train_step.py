@@ -117,3 +117,12 @@ def test_8_devices_equal_1_device():
     assert res["grad_norm_rel_diff"] < 1e-5, res
     assert res["max_metric_rel_diff"] < 1e-4, res
     assert res["max_param_diff"] < 0.01 * res["param_change"], res
+
+
+def test_logprob_fn_matches_unbatched(sgd_step):
+    """make_logprob_fn (micro-batched, strided rows) returns rows in the batch's own order."""
+    from ppp_jax.train_step import make_logprob_fn
+
+    graphdef, params, batch, _, _ = sgd_step
+    fn = make_logprob_fn(graphdef, dataclasses.replace(STEP_CFG, num_micro_batches=4))
+    np.testing.assert_allclose(np.asarray(fn(params, batch)), np.asarray(batch.old_logprobs), rtol=1e-5, atol=1e-6)

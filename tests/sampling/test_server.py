@@ -31,7 +31,7 @@ def server(tmp_path_factory):
 
     ckpt = write_tiny_serving_checkpoint(tmp_path_factory.mktemp("serve") / "tiny", seed=2)
     cfg = ServeConfig(checkpoint=str(ckpt), model_name="tiny", port=_free_port(),
-                      default_max_tokens=24,
+                      default_max_tokens=24, warmup=False,
                       engine=EngineConfig(num_slots=4, page_size=8, num_pages=96,
                                           max_seq_len=MAX_SEQ, decode_steps=8,
                                           prefill_chunks=(16, 64), prefill_rows=(1, 4),
