@@ -402,7 +402,8 @@ def with_shardings(tree, shardings):
 
 def make_mesh_for(devices: Sequence[jax.Device], mesh_cfg: shd.MeshConfig) -> jax.sharding.Mesh:
     """`model.sharding.make_mesh` over every device of a TPU slice (a mesh must use the whole
-    slice: the device-mesh layout of a TPU topology is defined only for all of its chips)."""
+    slice: the device-mesh layout of a TPU topology is defined only for all of its chips).
+    Falls back to splitting physical torus axes when a mesh axis is not a product of them."""
     sizes = dict(zip(mesh_cfg.axes, mesh_cfg.shape))
     try:
         shape = mesh_cfg.resolved_shape(len(devices))
@@ -414,8 +415,18 @@ def make_mesh_for(devices: Sequence[jax.Device], mesh_cfg: shd.MeshConfig) -> ja
                        f"(or give one axis -1)")
     try:
         return shd.make_mesh(mesh_cfg, devices=devices)
-    except Exception as e:  # mesh_utils raises AssertionError/ValueError for bad layouts
-        raise AotError(f"cannot lay mesh {sizes} out on the slice: {e}") from None
+    except Exception as first:  # mesh_utils raises AssertionError/ValueError for bad layouts
+        # An axis that is not a product of whole physical axes (8-way on a 4x4x4 torus, 4-way on
+        # 16x16) needs physical axes split, as MaxText's allow_split_physical_axes does.
+        try:
+            from jax.experimental import mesh_utils
+
+            grid = mesh_utils.create_device_mesh(shape, devices=list(devices),
+                                                 allow_split_physical_axes=True)
+        except Exception:
+            raise AotError(f"cannot lay mesh {sizes} out on the slice: {first}") from None
+        return jax.sharding.Mesh(grid, mesh_cfg.axes,
+                                 axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
 
 
 def abstract_token_batch(batch: int, seq_len: int, mesh) -> Any:

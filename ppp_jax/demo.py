@@ -55,6 +55,10 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return tok
 
 
+class Interrupted(RuntimeError):
+    """A stage was stopped by a signal before it finished; rerunning resumes it."""
+
+
 def _say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -144,14 +148,18 @@ def sft_stage(cfg: RunConfig, built: Built, model: Any, *, progress: bool = True
         nnx.update(model, nnx.state(load_pretrained(done), nnx.Param))
         _say(f"warm start found at {done}; reusing it")
         return model
-    row_len = cfg.rollout.row_len or 512
+    row_len = s.row_len
     keep = [v for v in built.views if len(v.token_ids) - 1 <= row_len]
-    params = sft.train_sft(model, keep, run_dir=cfg.output_dir / "sft", num_steps=s.num_steps,
+    if len(keep) < len(built.views):
+        _say(f"{len(built.views) - len(keep)} warm-start episodes longer than {row_len} tokens left out")
+    params, steps = sft.train_sft(model, keep, run_dir=cfg.output_dir / "sft", num_steps=s.num_steps,
                            batch_size=s.batch_size, learning_rate=s.learning_rate,
                            warmup_steps=s.warmup_steps, weight_decay=s.weight_decay,
                            row_len=row_len, seed=s.seed, progress=progress,
                            rows_multiple=cfg.rollout.rows_multiple)
     nnx.update(model, params)
+    if steps < s.num_steps:
+        raise Interrupted(f"warm start stopped at step {steps} of {s.num_steps}; run again to resume")
     save_checkpoint(params, model.config, done, overwrite=True)
     rows = [json.loads(x) for x in (cfg.output_dir / "sft" / "metrics.jsonl").read_text().splitlines()]
     if rows:
@@ -189,7 +197,7 @@ def run_demo(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         eval_tasks = test[: cfg.eval.num_tasks] if cfg.eval.num_tasks else test
         t0 = time.perf_counter()
         before = _cached_eval(out / "eval_before.json", cfg, engine, built, eval_tasks, progress,
-                              "before")
+                              "before", {"ppp_steps": 0})
         timings["eval_before_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -198,12 +206,13 @@ def run_demo(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
              f"G={cfg.rl.advantage.group_size} episodes")
         final = trainer.train(progress=progress)
         timings["ppp_s"] = time.perf_counter() - t0
-        if final.step == 0:
-            raise RuntimeError("PPP training made no step")
+        if final.step < cfg.trainer.num_steps:
+            raise Interrupted(f"PPP training stopped at step {final.step} of "
+                              f"{cfg.trainer.num_steps}; run again to resume")
 
         t0 = time.perf_counter()
         after = _cached_eval(out / "eval_after.json", cfg, engine, built, eval_tasks, progress,
-                             "after")
+                             "after", {"ppp_steps": final.step})
         timings["eval_after_s"] = time.perf_counter() - t0
     finally:
         engine.close()
@@ -220,18 +229,21 @@ def run_demo(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
 
 
 def _cached_eval(path: Path, cfg: RunConfig, engine: Any, built: Built, tasks: list,
-                 progress: bool, label: str) -> dict[str, Any]:
-    """Runs the evaluation unless `path` holds its result already (resumed runs)."""
+                 progress: bool, label: str, tag: dict[str, Any]) -> dict[str, Any]:
+    """Runs the evaluation unless `path` holds its result for the same `tag` (resumed runs)."""
     from ppp_jax import evaluate
     from ppp_jax.trainer import make_policy
 
     if path.exists():
-        _say(f"evaluation '{label}' found at {path}; reusing it")
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        if cached.get("tag") == tag:
+            _say(f"evaluation '{label}' found at {path}; reusing it")
+            return cached
     policy = make_policy(cfg, engine, built.tokenizer, temperature=cfg.eval.temperature)
     result = evaluate.evaluate(policy, built.domain, built.simulator, tasks, cfg.eval,
                                episode=cfg.rollout.episode, concurrency=cfg.rollout.concurrency,
                                progress=progress, desc=f"eval {label}")
+    result["tag"] = tag
     _write_json(path, result)
     _say(f"evaluation '{label}': " + evaluate.one_line(result))
     return result

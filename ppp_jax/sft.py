@@ -347,7 +347,8 @@ def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, nu
               progress: bool = True, num_micro_batches: int = 1, rows_multiple: int = 8) -> Any:
     """SFT of `model` on `views` through `make_train_step`; resumable from `<run_dir>/checkpoints`.
 
-    Returns the final params (an `nnx.State`); metrics go to `<run_dir>/metrics.jsonl`.
+    Returns (final params (an `nnx.State`), steps done); fewer steps than `num_steps` means the
+    run was stopped (SIGTERM) and can be resumed. Metrics go to `<run_dir>/metrics.jsonl`.
     """
     import jax
     import jax.numpy as jnp
@@ -396,4 +397,4 @@ def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, nu
                               num_steps=num_steps, ckpt=ckpt,
                               writer=make_writer(run_dir, tensorboard=False),
                               abstract_state=abstract, progress=progress)
-    return final.train.params
+    return final.train.params, final.step

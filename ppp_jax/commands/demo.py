@@ -9,6 +9,7 @@ checkpoint.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ppp_jax.commands._common import add_config_arguments, load
 
@@ -21,9 +22,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = load(args, "ppp demo")
     if cfg is None:
         return 2
-    from ppp_jax.demo import run_demo
+    from ppp_jax.demo import Interrupted, run_demo
 
-    summary = run_demo(cfg, progress=not args.no_progress)
+    try:
+        summary = run_demo(cfg, progress=not args.no_progress)
+    except Interrupted as e:
+        print(f"ppp demo: {e}", file=sys.stderr)
+        return 3
     b, a = summary["before"], summary["after"]
     for kind in ("vague", "precise"):
         if kind in b and kind in a:

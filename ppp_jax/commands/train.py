@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
     trainer = PPPTrainer(cfg, parts)
     try:
         final = trainer.train(progress=not args.no_progress)
+        if final.step < cfg.trainer.num_steps:
+            print(f"ppp train: stopped at step {final.step} of {cfg.trainer.num_steps}; run the "
+                  "same command again to resume", file=sys.stderr)
+            return 3
         out = trainer.save_policy(final.train.params, cfg.output_dir / "policy")
     finally:
         trainer.engine.close()

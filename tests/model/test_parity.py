@@ -174,3 +174,24 @@ def test_packed_row_equals_separate_rows():
     # and packing without segment ids would differ (the test can fail)
     unsegmented = mt.jit_logits(model, packed, pos)
     assert np.abs(unsegmented[0, 5:9] - out_b[0]).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_fp32_parity_medium_config_long_sequence(hf_checkpoint):
+    """A wider model (D=128, N=8, K=2, H=32, F=352, L=4, V=509) over 96 tokens, theta 1e7."""
+    overrides = dict(vocab_size=509, hidden_size=128, intermediate_size=352, num_layers=4,
+                     num_heads=8, num_kv_heads=2, head_dim=32, rope_theta=1e7)
+    path = hf_checkpoint("medium", **overrides)
+    model, ref = ours(path, "float32")
+    rng = np.random.RandomState(5)
+    tokens = rng.randint(3, 509, size=(2, 96)).astype(np.int32)
+    mask = np.ones_like(tokens)
+    mask[1, :17] = 0
+    tokens[mask == 0] = PAD
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
+    hf_logits, _ = hf_forward(ref, tokens, positions, mask)
+    our_logits, _ = jax_forward(model, tokens, positions, mask)
+    real = mask.astype(bool)
+    delta = float(np.abs(our_logits[real] - hf_logits[real]).max())
+    print(f"\n[parity] medium T=96: max|dlogits| = {delta:.3g}")
+    assert delta <= FP32_BOUND

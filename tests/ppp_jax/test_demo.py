@@ -1,0 +1,61 @@
+"""A shortened `make run`: the same pipeline (build, SFT, eval, PPP RL, eval, report) with a
+tiny policy and a few steps; checks the report's form, the plots and resuming."""
+
+import json
+
+import pytest
+
+from ppp_jax import config as cfgmod
+from ppp_jax.run_config import RunConfig
+
+SHORT = [
+    "model.sizes={hidden_size: 32, intermediate_size: 48, num_layers: 1, num_heads: 2, "
+    "num_kv_heads: 1, head_dim: 16, max_position_embeddings: 1024}",
+    "domain.stdlib.num_tasks=40",
+    "demo.tokenizer_vocab=400",
+    "sft.num_episodes=48", "sft.num_steps=3", "sft.batch_size=8",
+    "data.batch_size=2", "rl.advantage.group_size=2",
+    "trainer.num_steps=2", "trainer.save_every=1", "trainer.tensorboard=false",
+    "eval.num_tasks=1", "eval.preference_ids=[lang_ita, capital]",
+    "rollout.episode.turn_max_new_tokens=16", "rollout.episode.max_turns=2",
+    "rollout.concurrency=8",
+    "sampler.num_slots=8", "sampler.num_pages=400",
+]
+
+
+def short_config(run_dir) -> RunConfig:
+    return cfgmod.load_config("configs/tiny_cpu.yaml", RunConfig,
+                              SHORT + [f"run_dir={run_dir}", "name=short"])
+
+
+def test_shortened_demo_writes_a_well_formed_report_and_resumes(tmp_path, capsys):
+    from ppp_jax.demo import run_demo
+
+    cfg = short_config(tmp_path)
+    summary = run_demo(cfg, progress=False)
+    out = tmp_path / "short"
+    for name in ("report.md", "summary.json", "eval_before.json", "eval_after.json",
+                 "reward_components.png", "ask_ratio.png", "questions_by_effort.png",
+                 "tokenizer.json", "timings.json"):
+        assert (out / name).exists(), name
+    for name in ("reward_components.png", "ask_ratio.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((out / "summary.json").read_text())
+    assert data == json.loads(json.dumps(summary))
+    for when in ("before", "after"):
+        for kind in ("vague", "precise"):
+            assert set(data[when][kind]) == {"ask_ratio", "productivity", "proactivity",
+                                              "personalization", "low_effort_share"}
+            assert 0.0 <= data[when][kind]["ask_ratio"] <= 1.0
+    assert data["training"]["steps"] == 2 and data["sft"]["steps"] == 3
+    report = (out / "report.md").read_text()
+    assert "## Before vs after PPP" in report and "![Ask ratio](ask_ratio.png)" in report
+    assert "| vague | ask_ratio |" in report
+
+    # Rerunning reuses every finished stage and rewrites the same report.
+    capsys.readouterr()
+    again = run_demo(cfg, progress=False)
+    said = capsys.readouterr().out
+    assert "warm start found" in said and "evaluation 'before' found" in said
+    assert "evaluation 'after' found" in said
+    assert again == summary
