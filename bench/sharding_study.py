@@ -219,7 +219,8 @@ def write_doc() -> None:
     funcloc = load_result(BY_ID[FUNCLOC])
     funcloc_text = "not yet compiled."
     if funcloc is not None:
-        funcloc_text = (f"`{funcloc['command']}` exited with status {funcloc['exit_code']} on {funcloc['compiled_at_utc']} UTC, "
+        funcloc_text = (f"`{funcloc['command']}` exited with status {funcloc['exit_code']} on "
+                        f"{funcloc['compiled_at_utc']} UTC, "
                         f"wall {funcloc['wall_s']:.0f} s. Its output:\n\n```\n"
                         + funcloc["stdout"].strip() + "\n```")
     text = template.format(

@@ -288,7 +288,8 @@ class StepReport:
             verdict += f" (tight: > {TIGHT_FRACTION:.0%} of HBM)"
         lines = [
             f"[{self.step}] {self.topology} mesh {self.mesh}",
-            f"  arguments    {g(self.argument_bytes)}   (this chip's shards of params, optimizer state or KV cache, batch)",
+            f"  arguments    {g(self.argument_bytes)}   (this chip's shards: weights, optimizer "
+            f"state or KV cache, batch)",
             f"  outputs      {g(self.output_bytes)}   (of which aliased to donated args "
             f"{self.alias_bytes / GiB:.2f} GiB)",
             f"  temporaries  {g(self.temp_bytes)}",

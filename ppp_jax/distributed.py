@@ -120,6 +120,20 @@ def shutdown() -> None:
         jax.distributed.shutdown()
 
 
+def process_slice(n: int, index: int | None = None, count: int | None = None) -> slice:
+    """This process's contiguous share of `n` host-side work items (episodes to roll out, records
+    to score): process i of P gets items [i·n/P, (i+1)·n/P), sizes differing by at most one.
+    `index`/`count` default to `jax.process_index()` / `jax.process_count()`."""
+    if index is None or count is None:
+        import jax
+
+        index = jax.process_index() if index is None else index
+        count = jax.process_count() if count is None else count
+    if not 0 <= index < count:
+        raise ValueError(f"process index {index} is not in [0, {count})")
+    return slice(index * n // count, (index + 1) * n // count)
+
+
 def host_array(global_shape, sharding, host_value):
     """A global `jax.Array` of `global_shape` placed with `sharding`, built from a host numpy
     array that every process holds in full (each process uploads only its addressable shards).

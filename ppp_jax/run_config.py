@@ -58,19 +58,23 @@ class PolicySection:
     init_seed: seed of the random initialization.
     vocab_from_tokenizer: with random init, set the model's vocab size to the tokenizer's
       (rounded up to a multiple of 8), overriding `model.sizes.vocab_size`.
+    dropout: attention and residual dropout of the policy, overriding the checkpoint's config
+      (RL wants 0: the sampler runs without dropout and the PPO ratio must compare that policy).
     """
 
     path: str = ""
     tokenizer: str = ""
     init_seed: int = 0
     vocab_from_tokenizer: bool = True
+    dropout: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
 class DomainSection:
     """The task domain.
 
-    name: "stdlib_loc" (embedded, offline) or "swe_func_loc" (needs task rows and repo clones).
+    name: "stdlib_loc" (embedded, offline), "swe_func_loc" (needs task rows and repo clones) or
+      "browsecomp_plus" (deep research; its search tools and corpus are not in `envs/` yet).
     stdlib: how the stdlib tasks are built.
     swe_rows: SWE-bench rows (.jsonl/.json/.parquet) for swe_func_loc.
     swe_clone_root: directory of local clones named owner__name (swe_func_loc).
@@ -84,7 +88,7 @@ class DomainSection:
       unseen preferences (reference section 2).
     """
 
-    name: Literal["stdlib_loc", "swe_func_loc"] = "stdlib_loc"
+    name: Literal["stdlib_loc", "swe_func_loc", "browsecomp_plus"] = "stdlib_loc"
     stdlib: StdlibLocConfig = StdlibLocConfig()
     swe_rows: str = ""
     swe_clone_root: str = ""

@@ -86,11 +86,13 @@ def build_model(cfg: RunConfig, tokenizer: Any, path: str | Path | None = None) 
     from ppp_jax.model.transformer import SeedOssForCausalLM
 
     path = path or cfg.policy.path
+    drop = cfg.policy.dropout
     if path:
         m = cfg.model
         return load_pretrained(path, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                               attention_impl=m.attention_impl)
-    mc = cfg.model.build()
+                               attention_impl=m.attention_impl, attention_dropout=drop,
+                               residual_dropout=drop)
+    mc = cfg.model.build().replace(attention_dropout=drop, residual_dropout=drop)
     if cfg.policy.vocab_from_tokenizer:
         mc = mc.replace(vocab_size=-(-vocab_size_of(tokenizer) // 8) * 8)
     return SeedOssForCausalLM(mc, rngs=nnx.Rngs(cfg.policy.init_seed))
@@ -114,6 +116,10 @@ def build_tasks(cfg: RunConfig) -> tuple[list[Task], Any]:
         tasks, report = swe_func_loc.build_swe_tasks(rows, repos, split="train")
         log.info("swe_func_loc: %s", report)
         return tasks, swe_func_loc.make_domain(repos, d.tool_style)
+    if d.name == "browsecomp_plus":
+        raise NotImplementedError(
+            "domain browsecomp_plus: the BrowseComp-Plus tools (search / open_page over the corpus "
+            "with a dense retriever) are not in ppp_jax.envs.domains yet; only the config exists")
     raise ValueError(f"unknown domain {d.name!r}")
 
 

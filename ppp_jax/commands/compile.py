@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML run config (sections model, sharding, compile, engine, rl)")
     parser.add_argument("--topology", help="TPU slice, e.g. v5p:4x4x4, v5p:4x4x8, v6e:16x16")
     parser.add_argument("--mesh", help="train mesh, e.g. data=1,fsdp=64,tensor=1 (-1 = the rest)")
-    parser.add_argument("--engine-mesh", help="engine mesh, e.g. data=8,tensor=8")
+    parser.add_argument("--engine-mesh", help="engine mesh, e.g. data=16,tensor=4")
     parser.add_argument("--remat", choices=("none", "full", "save_dots"))
     parser.add_argument("--attention", choices=("xla", "cudnn", "splash"))
     parser.add_argument("--seq-len", type=int, help="tokens per training sequence (T)")

@@ -83,3 +83,13 @@ def test_config_validation(monkeypatch):
 def test_single_process_is_a_noop():
     cfg = distributed.resolve(distributed.DistributedConfig(num_processes=1))
     assert not cfg.multi_process
+
+
+def test_process_slice_covers_every_item_once():
+    for n in (0, 1, 7, 64):
+        parts = [range(n)[distributed.process_slice(n, i, 3)] for i in range(3)]
+        assert [x for p in parts for x in p] == list(range(n))
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert distributed.process_slice(5) == slice(0, 5)  # one process here
+    with pytest.raises(ValueError, match="not in"):
+        distributed.process_slice(4, 2, 2)

@@ -159,6 +159,9 @@ def test_update_params_swaps_weights_without_recompiling(engine, tiny_model):
     engine.update_params(state)
     restored = engine.generate_batch([req()])[0]
     assert engine.compilations == compiled
+    # One decode program; at most one prefill program per (rows, chunk) bucket.
+    assert compiled["decode"] == 1
+    assert compiled["prefill"] <= len(SMALL_ENGINE.prefill_rows) * len(SMALL_ENGINE.prefill_chunks)
     assert changed.logprobs != base.logprobs
     _same(restored, base, atol=0)
     with pytest.raises(ValueError):
