@@ -14,7 +14,8 @@ the first one over the time after the first one.
 
 Memory bandwidth: bytes one decode step must read (all weights + the K/V of every live token, at
 the mean context length) divided by the measured step time, as a fraction of this machine's
-bandwidth measured with a numpy copy (2 x bytes moved / time) in the same run.
+bandwidth measured with numpy in the same run (best of a copy and a read-only sum; with
+--single-thread, one thread, like the engine).
 
 Prints a Markdown table. Run it by hand; it is not a test. On a shared machine the numbers move
 with the other load; say so next to them.
@@ -38,15 +39,18 @@ CONFIG = dict(vocab_size=32000, hidden_size=768, intermediate_size=2304, num_lay
 
 
 def numpy_bandwidth(nbytes: int = 1 << 29, repeats: int = 5) -> float:
-    """Bytes/s of a large array copy (read + write counted), best of `repeats`."""
+    """This machine's memory bandwidth in bytes/s, seen from one numpy thread: the better of a
+    large array copy (read + write counted) and a large array sum (read only), best of `repeats`.
+    """
     a = np.ones(nbytes // 8, np.float64)
     b = np.empty_like(a)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        np.copyto(b, a)
-        best = min(best, time.perf_counter() - t)
-    return 2 * nbytes / best
+    best = 0.0
+    for fn, moved in ((lambda: np.copyto(b, a), 2 * nbytes), (a.sum, nbytes)):
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            best = max(best, moved / (time.perf_counter() - t))
+    return best
 
 
 def bench_ours(model, batch: int, prompts: list[list[int]], new: int) -> dict:
@@ -158,7 +162,7 @@ def main(argv=None) -> int:
     print()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
           f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); numpy-copy bandwidth {bw / 1e9:.1f} GB/s")
+          f"({torch.get_num_threads()} threads); numpy bandwidth {bw / 1e9:.1f} GB/s")
     print(f"model: {n_params / 1e6 if n_params else weight_bytes / 4e6:.0f}M params, float32; "
           f"prompt {args.prompt}, new {args.new}")
     print()

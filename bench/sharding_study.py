@@ -154,9 +154,9 @@ def _gib(b: float) -> str:
 def _train_table(rows: list[Row]) -> list[str]:
     chips, _ = _chips()
     out = ["| row | slice (chips) | strategy: mesh data×fsdp×tensor | remat | B × T | args GiB | "
-           "temp GiB | total GiB / HBM | fits | compiler FLOPs/chip | model FLOPs/chip | "
-           f"est. step at {MFU:.0%} MFU | compile s | compiled (UTC) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "temp GiB | total GiB / HBM | compiler peak GiB | fits | compiler FLOPs/chip | "
+           f"model FLOPs/chip | est. step at {MFU:.0%} MFU | compile s | compiled (UTC) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         res = load_result(row)
         mesh = "×".join(str(x) for x in row.mesh)
@@ -165,14 +165,22 @@ def _train_table(rows: list[Row]) -> list[str]:
         train = None if res is None else next((r for r in res["reports"] if r["step"] == "train"), None)
         if train is None:
             why = "not yet compiled" if res is None else f"failed: {res['stderr'] or res['exit_code']}"
-            out.append(head + f" — | — | — | {why} | — | — | — | — | — |")
+            out.append(head + f" — | — | — | — | {why} | — | — | — | — | — |")
             continue
         chip = chips[row.topology.split(":")[0]]
         est = train["model_flops"] / (MFU * chip.peak_bf16_flops)
         fits = ("yes (tight)" if train["tight"] else "yes") if train["fits"] else "**no**"
+        if train.get("compiler_error"):
+            out.append(head + f" — | ≥ {_gib(train['temp_bytes'])} | ≥ {_gib(train['peak_bytes'])} / "
+                       f"{_gib(train['hbm_bytes'])} | — | **no** (compiler out of HBM) | — | "
+                       f"{train['model_flops']:.2e} | — | {train['compile_s']:.0f} | "
+                       f"{res['compiled_at_utc']} |")
+            continue
+        est_text = f"{est:.0f} s" if train["fits"] else f"({est:.0f} s)"
         out.append(head + f" {_gib(train['argument_bytes'])} | {_gib(train['temp_bytes'])} | "
-                   f"{_gib(train['peak_bytes'])} / {_gib(train['hbm_bytes'])} | {fits} | "
-                   f"{train['flops']:.2e} | {train['model_flops']:.2e} | {est:.0f} s | "
+                   f"{_gib(train['peak_bytes'])} / {_gib(train['hbm_bytes'])} | "
+                   f"{_gib(train['compiler_peak_bytes'])} | {fits} | "
+                   f"{train['flops']:.2e} | {train['model_flops']:.2e} | {est_text} | "
                    f"{train['compile_s']:.0f} | {res['compiled_at_utc']} |")
     return out
 

@@ -194,7 +194,8 @@ class SFTSection:
 
     num_episodes: scripted episodes generated (real runner, real simulator).
     num_steps / batch_size: SFT updates and sequences per update.
-    row_len: T of the packed SFT batch (longer episodes are left out, counted).
+    row_len / rows_multiple: T of the packed SFT batch (longer episodes are left out, counted)
+      and the rounding of its row count (a few compiled shapes).
     learning_rate / warmup_steps / weight_decay: AdamW for the warm start.
     ask_vague / ask_precise: probability that the scripted agent asks on a vague / precise prompt.
     follow_preference: probability that a scripted question follows the user's preference.
@@ -208,6 +209,7 @@ class SFTSection:
     num_steps: int = 150
     batch_size: int = 16
     row_len: int = 512
+    rows_multiple: int = 8
     learning_rate: float = 2e-3
     warmup_steps: int = 10
     weight_decay: float = 0.0

@@ -152,6 +152,10 @@ def styled_question(intent: str, preference_id: str, follow: bool, vague_prompt:
     return q  # no_preference, professional and trajectory-judged preferences: plain
 
 
+# The scripted agent's answer when neither the prompt nor the user named the location: a fixed
+# "don't know" location (scores 0). A random wrong location would be unlearnable noise for SFT.
+GUESS = "unknown.py:unknown"
+
 _DEFINED_RE = re.compile(r"`([\w.]+)\([^`]*\)`, defined in `([\w./-]+\.py)`")
 _LOCATION_RE = re.compile(r"\b([\w./-]+\.py:[\w.]+)")
 
@@ -194,10 +198,10 @@ class InstructBehaviour:
     episode id, so the script is deterministic.
     """
 
-    def __init__(self, tasks: Mapping[str, Task], cfg: BehaviourConfig, wrong_answers: Sequence[str]):
+    def __init__(self, tasks: Mapping[str, Task], cfg: BehaviourConfig, guess: str = GUESS):
         self.tasks = tasks
         self.cfg = cfg
-        self.wrong = list(wrong_answers)
+        self.guess = guess
 
     def start(self, episode_id: str) -> _Script:
         _, task_id, pref, kind, *_ = episode_id.split("|")
@@ -221,7 +225,7 @@ class _Script:
             bucket = rng.choices((LOW_QUESTIONS, MEDIUM_QUESTIONS, HIGH_QUESTIONS), c.effort_mix)[0]
             intent = rng.choice(bucket)
             self.plan.append((ASK_USER, styled_question(intent, pref, self.follow, task.vague_prompt)))
-        self.guess = rng.choice(owner.wrong) if owner.wrong else "unknown.py:unknown"
+        self.guess = owner.guess
         self.seen = ""
         self.stats: dict[str, int] = {}
 
@@ -262,8 +266,7 @@ def generate_scripted_episodes(tasks: Sequence[Task], domain: Any, simulator: An
     import asyncio
 
     prefs = list(TRAIN_IDS) + (list(HELDOUT_IDS) if include_heldout_styles else [])
-    golds = sorted({g for t in tasks for g in t.gold})
-    policy = InstructBehaviour({t.task_id: t for t in tasks}, behaviour, golds)
+    policy = InstructBehaviour({t.task_id: t for t in tasks}, behaviour)
     reqs = scripted_requests(tasks, num_episodes, behaviour.seed, prefs)
     groups = asyncio.run(run_requests(reqs, domain, policy, simulator, episode=episode,
                                       concurrency=32, max_retries=0, seed=behaviour.seed,

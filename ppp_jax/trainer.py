@@ -216,7 +216,7 @@ class PPPTrainer:
             pack=cfg.rollout.pack, drop_too_long=cfg.rollout.truncate_long,
             pad_token_id=cfg.model.build().pad_token_id)
         self.data_iter = None
-        self._engine_step = 0  # the step whose params the engine holds
+        self._engine_step = -1  # the step whose params the engine holds (-1: unknown, sync first)
         self.last_rollout = None
 
     # -- state ------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ SHORT = [
     "model.sizes={hidden_size: 32, intermediate_size: 48, num_layers: 1, num_heads: 2, "
     "num_kv_heads: 1, head_dim: 16, max_position_embeddings: 1024}",
     "domain.stdlib.num_tasks=40",
-    "demo.tokenizer_vocab=400",
     "sft.num_episodes=48", "sft.num_steps=3", "sft.batch_size=8",
     "data.batch_size=2", "rl.advantage.group_size=2",
     "trainer.num_steps=2", "trainer.save_every=1", "trainer.tensorboard=false",

@@ -43,45 +43,54 @@ def tok():
     return tiny_seed_tokenizer()
 
 
-def make_trainer(cfg, tok, run_dir):
+@pytest.fixture(scope="module")
+def engine(tok, tmp_path_factory):
+    """One engine for every trainer here (each trainer syncs its params before its first step)."""
+    from ppp_jax.trainer import build_model, make_engine
+
+    cfg = tiny_config(tmp_path_factory.mktemp("engine"))
+    eng = make_engine(cfg, build_model(cfg, tok))
+    yield eng
+    eng.close()
+
+
+def make_trainer(cfg, tok, run_dir, engine):
     from ppp_jax.trainer import PPPTrainer, build_parts
 
-    return PPPTrainer(cfg, build_parts(cfg, tokenizer=tok), run_dir=run_dir)
+    return PPPTrainer(cfg, build_parts(cfg, tokenizer=tok), run_dir=run_dir, engine=engine)
 
 
-def test_two_ppp_steps_then_resume_matches_uninterrupted(tmp_path, tok):
+KEYS = ("score/reward", "rollout/episodes", "train/loss", "train/grad_norm")
+
+
+def test_two_ppp_steps_then_resume(tmp_path, tok, engine):
     cfg = tiny_config(tmp_path)
-    keys = ("score/reward", "rollout/episodes", "train/loss", "train/grad_norm")
+    a = make_trainer(cfg, tok, tmp_path / "a", engine)
+    final = a.train(num_steps=2)
+    assert final.step == 2
+    rows = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    for k in KEYS + ("rollout/ask_ratio", "time/rollout", "time/train", "perf/train_tokens_per_s"):
+        assert k in rows[0], k
+    assert rows[0]["rollout/episodes"] == 4  # 2 prompts x G=2
+    assert np.isfinite(rows[1]["train/grad_norm"])
+    assert a._engine_step == 2  # the engine runs the trained weights
+    # A new trainer on the same directory resumes from the step-2 checkpoint.
+    a2 = make_trainer(cfg, tok, tmp_path / "a", engine)
+    assert a2.train(num_steps=3).step == 3
+    assert [r["step"] for r in read_jsonl(tmp_path / "a" / "metrics.jsonl")] == [1, 2, 3]
 
-    a = make_trainer(cfg, tok, tmp_path / "a")
-    try:
-        final = a.train(num_steps=2)
-        assert final.step == 2
-        rows = read_jsonl(tmp_path / "a" / "metrics.jsonl")
-        assert [r["step"] for r in rows] == [1, 2]
-        for k in keys + ("rollout/ask_ratio", "time/rollout", "time/train", "perf/train_tokens_per_s"):
-            assert k in rows[0], k
-        assert rows[0]["rollout/episodes"] == 4  # 2 prompts x G=2
-        assert np.isfinite(rows[1]["train/grad_norm"])
-        # the engine runs the trained weights
-        assert a._engine_step == 2
-        # resume: a new trainer on the same directory continues at step 3
-        a.engine.close()
-        a2 = make_trainer(cfg, tok, tmp_path / "a")
-        final = a2.train(num_steps=3)
-        a2.engine.close()
-        assert final.step == 3
-        resumed = read_jsonl(tmp_path / "a" / "metrics.jsonl")
-        assert [r["step"] for r in resumed] == [1, 2, 3]
 
-        b = make_trainer(cfg, tok, tmp_path / "b")
-        b.train(num_steps=3)
-        b.engine.close()
-        straight = read_jsonl(tmp_path / "b" / "metrics.jsonl")
-        for k in keys:
-            assert [r[k] for r in straight] == pytest.approx([r[k] for r in resumed], rel=1e-5), k
-    finally:
-        a.engine.close()
+@pytest.mark.slow
+def test_resumed_run_matches_uninterrupted_run(tmp_path, tok, engine):
+    cfg = tiny_config(tmp_path)
+    make_trainer(cfg, tok, tmp_path / "a", engine).train(num_steps=2)
+    make_trainer(cfg, tok, tmp_path / "a", engine).train(num_steps=3)
+    make_trainer(cfg, tok, tmp_path / "b", engine).train(num_steps=3)
+    resumed = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+    straight = read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    for k in KEYS:
+        assert [r[k] for r in straight] == pytest.approx([r[k] for r in resumed], rel=1e-5), k
 
 
 def test_sft_lowers_nll_through_the_train_step(tmp_path, tok):
