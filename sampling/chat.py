@@ -45,11 +45,17 @@ class IncrementalDetokenizer:
 
     Decodes the whole output each time (outputs are short next to the model's cost) and holds
     back a trailing U+FFFD, which means a multi-byte character is still incomplete.
+
+    hidden_ids: when given, exactly these ids are dropped and every other token (special or not)
+    is decoded, e.g. to keep Seed-OSS markup such as `<seed:tool_call>` while dropping
+    `<seed:eos>`; skip_special_tokens is then ignored.
     """
 
-    def __init__(self, tokenizer, skip_special_tokens: bool = True):
+    def __init__(self, tokenizer, skip_special_tokens: bool = True,
+                 hidden_ids: set[int] | frozenset[int] | None = None):
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
+        self.hidden_ids = hidden_ids
         self.ids: list[int] = []
         self.emitted = 0  # characters of text already returned
         self.text = ""
@@ -57,7 +63,11 @@ class IncrementalDetokenizer:
     def add(self, ids: list[int]) -> str:
         """Appends ids; returns the newly completed text."""
         self.ids.extend(ids)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=self.skip_special_tokens)
+        if self.hidden_ids is None:
+            self.text = self.tokenizer.decode(self.ids, skip_special_tokens=self.skip_special_tokens)
+        else:
+            self.text = self.tokenizer.decode([t for t in self.ids if t not in self.hidden_ids],
+                                              skip_special_tokens=False)
         stable = len(self.text.rstrip("\ufffd"))
         delta = self.text[self.emitted:stable]
         self.emitted = max(self.emitted, stable)

@@ -178,19 +178,28 @@ class Engine:
         self._mailbox.put(lambda: self._core.add_request(request, done, on_tokens))
         return fut
 
-    def submit_many(self, requests: list[Request]) -> list[concurrent.futures.Future[GenerationResult]]:
-        """Queues several requests at once (they are admitted together, as one batch)."""
+    def submit_many(self, requests: list[Request],
+                    on_tokens: list[Callable[[list[int], list[float]], None] | None] | None = None,
+                    ) -> list[concurrent.futures.Future[GenerationResult]]:
+        """Queues several requests at once (they are admitted together, as one batch, so
+        requests with the same prompt share its prefill and KV pages).
+
+        on_tokens: optional per-request token callbacks (see `submit`).
+        """
         if self._closed:
             raise RuntimeError("engine is closed")
+        on_tokens = on_tokens or [None] * len(requests)
+        if len(on_tokens) != len(requests):
+            raise ValueError("on_tokens needs one callback (or None) per request")
         futures, adds = [], []
-        for request in requests:
+        for request, cb in zip(requests, on_tokens):
             fut: concurrent.futures.Future[GenerationResult] = concurrent.futures.Future()
             futures.append(fut)
-            adds.append((request, _resolver(fut)))
+            adds.append((request, _resolver(fut), cb))
 
         def add_all():
-            for request, done in adds:
-                self._core.add_request(request, done)
+            for request, done, cb in adds:
+                self._core.add_request(request, done, cb)
 
         self._mailbox.put(add_all)
         return futures
@@ -234,6 +243,36 @@ class Engine:
         finally:
             if not fut.done():
                 self.cancel(request.request_id)
+
+    async def stream_many(self, requests: list[Request]) -> AsyncIterator[tuple[int, StreamChunk]]:
+        """Streams several requests submitted together (e.g. the n samples of one prompt, which
+        then share the prompt's pages). Yields (request index, StreamChunk); each request's last
+        chunk carries its result. Leaving early cancels the requests still running."""
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue = asyncio.Queue()
+
+        def callback(i):
+            def on_tokens(ids, logps):
+                loop.call_soon_threadsafe(chunks.put_nowait, (i, StreamChunk(list(ids), list(logps))))
+            return on_tokens
+
+        futures = self.submit_many(requests, [callback(i) for i in range(len(requests))])
+        for i, fut in enumerate(futures):
+            fut.add_done_callback(
+                lambda f, i=i: loop.call_soon_threadsafe(chunks.put_nowait, (i, f)))
+        pending = len(requests)
+        try:
+            while pending:
+                i, item = await chunks.get()
+                if isinstance(item, StreamChunk):
+                    yield i, item
+                    continue
+                pending -= 1
+                yield i, StreamChunk([], [], item.result())  # raises the request's error, if any
+        finally:
+            for request, fut in zip(requests, futures):
+                if not fut.done():
+                    self.cancel(request.request_id)
 
     def cancel(self, request_id: str) -> None:
         """Cancels a request (its result gets finish_reason "cancelled" at the next step)."""

@@ -3,10 +3,18 @@
 Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`, both POSTs with
 `"stream": true` as server-sent events ending in `data: [DONE]`.
 
-Supported request fields: model, prompt (string or token ids) / messages (+ tools, and
-`chat_template_kwargs` passed to the template), max_tokens (or max_completion_tokens),
-temperature, top_p, top_k (extension), seed, stop (strings), stop_token_ids (extension), n=1,
-logprobs, stream. Generation always stops at the tokenizer's EOS (`<seed:eos>` for Seed-OSS).
+Supported request fields: model, prompt (string or token ids) / messages (+ `chat_template_kwargs`
+passed to the template), max_tokens (or max_completion_tokens), temperature, top_p, top_k
+(extension), seed, stop (strings), stop_token_ids (extension), n (the n samples of one prompt are
+submitted together and share its prefill and KV pages; with a seed, sample i uses seed + i),
+logprobs (the sampled token's; top_logprobs is refused), stream. Generation always stops at the
+tokenizer's EOS (`<seed:eos>` for Seed-OSS).
+
+Tool calling (chat): `tools` are rendered by the checkpoint's chat template; history may hold
+assistant messages with `tool_calls` (JSON-string arguments) and `tool` messages; the output is
+parsed with `ppp_jax.envs.toolcall` into `tool_calls` (finish_reason "tool_calls") and
+`reasoning_content`, see `ppp_jax.sampling.tool_calls`. tool_choice: "auto" (default) or "none"
+(the text is returned unparsed, reasoning still split off).
 
 Every malformed request gets a 4xx JSON body `{"error": {"message", "type", "param", "code"}}`
 (bad JSON, unknown model, too-long prompt, bad parameters); an unexpected failure inside one
@@ -16,6 +24,7 @@ request is a 500 for that request only. The server keeps serving either way.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -31,6 +40,8 @@ from starlette.routing import Route
 from ppp_jax.sampling.chat import IncrementalDetokenizer, encode, render_chat
 from ppp_jax.sampling.engine import Engine
 from ppp_jax.sampling.params import GenerationResult, Request, RequestError, SamplingParams
+from ppp_jax.sampling.tool_calls import (ChatStreamParser, build_message, hidden_token_ids,
+                                         prepare_messages)
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +75,15 @@ def _field(body: dict, name: str, types: tuple[type, ...], default: Any = None) 
 class OpenAIServer:
     """Request parsing, generation and response formatting for one engine and one tokenizer."""
 
-    def __init__(self, engine: Engine, tokenizer, model_name: str, *, default_max_tokens: int = 256):
+    def __init__(self, engine: Engine, tokenizer, model_name: str, *, default_max_tokens: int = 256,
+                 max_n: int = 64):
         self.engine = engine
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.default_max_tokens = default_max_tokens
+        self.max_n = max_n
         self.eos_id = tokenizer.eos_token_id
+        self.hidden_ids = frozenset(hidden_token_ids(tokenizer))
 
     # ---- parsing -------------------------------------------------------------------------
 
@@ -87,9 +101,19 @@ class OpenAIServer:
         if model != self.model_name:
             raise APIError(404, f"the model {model!r} does not exist; this server serves "
                                 f"{self.model_name!r}", param="model", code="model_not_found")
-        if _field(body, "n", (int,), 1) != 1:
-            raise APIError(400, "only n=1 is supported", param="n")
+        n = _field(body, "n", (int,), 1)
+        if not 1 <= n <= self.max_n:
+            raise APIError(400, f"'n' must be between 1 and {self.max_n}", param="n")
+        if _field(body, "top_logprobs", (int,), 0):
+            raise APIError(400, "top_logprobs is not supported (the sampled token's log-prob is, "
+                                "with logprobs=true)", param="top_logprobs")
         return body
+
+    def _choice_params(self, params: SamplingParams, n: int) -> list[SamplingParams]:
+        """n copies of params; with a seed, choice i uses seed + i (so the n differ)."""
+        if params.seed is None:
+            return [params] * n
+        return [dataclasses.replace(params, seed=(params.seed + i) % 2**32) for i in range(n)]
 
     def _params(self, body: dict) -> tuple[SamplingParams, list[str]]:
         max_tokens = _field(body, "max_completion_tokens", (int,)) or _field(
@@ -129,38 +153,52 @@ class OpenAIServer:
 
     # ---- generation ----------------------------------------------------------------------
 
-    async def _run(self, prompt_ids: list[int], params: SamplingParams, stop: list[str],
-                   ) -> AsyncIterator[tuple[str, list[int], list[float], str | None]]:
-        """Yields (text delta, new ids, new logprobs, finish reason or None) per decode block."""
-        detok = IncrementalDetokenizer(self.tokenizer)
-        request = Request(prompt_ids, params)
-        sent = 0  # characters of text yielded
-        async with contextlib.aclosing(self.engine.stream(request)) as chunks:
-            async for chunk in chunks:
+    async def _run(self, prompt_ids: list[int], params: list[SamplingParams], stop: list[str],
+                   hidden_ids: frozenset[int] | None = None,
+                   ) -> AsyncIterator[tuple[int, str, list[int], list[float], str | None]]:
+        """Generates len(params) choices of one prompt, submitted together so that they share
+        the prompt's prefill and KV pages. Yields (choice index, full text so far, new ids, new
+        logprobs, finish reason or None) per decode block and choice; each choice's last item
+        has its finish reason. hidden_ids: see `IncrementalDetokenizer` (None: skip specials).
+        """
+        requests = [Request(list(prompt_ids), p) for p in params]
+        detoks = [IncrementalDetokenizer(self.tokenizer, hidden_ids=hidden_ids) for _ in params]
+        done = [False] * len(params)
+        async with contextlib.aclosing(self.engine.stream_many(requests)) as chunks:
+            async for i, chunk in chunks:
+                if done[i]:
+                    continue
+                detok = detoks[i]
                 detok.add(chunk.token_ids)
                 text = detok.text if chunk.result is not None else detok.text.rstrip("\ufffd")
                 reason = None
                 for s in stop:
-                    at = text.find(s, max(0, sent - len(s)))
+                    at = text.find(s)
                     if at >= 0:
                         text, reason = text[:at], "stop"
                 if chunk.result is not None and reason is None:
                     reason = "length" if chunk.result.finish_reason == "length" else "stop"
-                delta, sent = text[sent:], max(sent, len(text))
-                yield delta, chunk.token_ids, chunk.logprobs, reason
                 if reason is not None:
-                    return  # leaving the stream cancels the request if it is still running
+                    done[i] = True
+                    self.engine.cancel(requests[i].request_id)  # a no-op when it already ended
+                yield i, text, chunk.token_ids, chunk.logprobs, reason
+                if all(done):
+                    return
 
-    async def _collect(self, prompt_ids, params, stop):
-        text, ids, logps, reason = "", [], [], "stop"
-        async for delta, new_ids, new_logps, fin in self._run(prompt_ids, params, stop):
-            text, ids, logps = text + delta, ids + new_ids, logps + new_logps
-            reason = fin or reason
-        return text, ids, logps, reason
+    async def _collect(self, prompt_ids, params, stop, hidden_ids=None):
+        """Per choice: (text, ids, logprobs, finish reason)."""
+        out = [["", [], [], "stop"] for _ in params]
+        async for i, text, new_ids, new_logps, fin in self._run(prompt_ids, params, stop, hidden_ids):
+            out[i][0] = text
+            out[i][1] += new_ids
+            out[i][2] += new_logps
+            out[i][3] = fin or out[i][3]
+        return [tuple(o) for o in out]
 
-    def _usage(self, prompt_ids, ids) -> dict:
-        return {"prompt_tokens": len(prompt_ids), "completion_tokens": len(ids),
-                "total_tokens": len(prompt_ids) + len(ids)}
+    def _usage(self, prompt_ids, choices) -> dict:
+        completion = sum(len(c[1]) for c in choices)
+        return {"prompt_tokens": len(prompt_ids), "completion_tokens": completion,
+                "total_tokens": len(prompt_ids) + completion}
 
     def _token_strs(self, ids: list[int]) -> list[str]:
         return [self.tokenizer.decode([t]) for t in ids]
@@ -183,11 +221,12 @@ class OpenAIServer:
         params, stop = self._params(body)
         self._check_length(prompt_ids)
         want_logprobs = _field(body, "logprobs", (int,)) is not None
+        choice_params = self._choice_params(params, _field(body, "n", (int,), 1))
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
-        def envelope(choice, **extra):
+        def envelope(choices, **extra):
             return {"id": rid, "object": "text_completion", "created": created,
-                    "model": self.model_name, "choices": [{"index": 0, **choice}], **extra}
+                    "model": self.model_name, "choices": choices, **extra}
 
         def logprobs_obj(ids, logps):
             if not want_logprobs:
@@ -197,14 +236,18 @@ class OpenAIServer:
 
         if body.get("stream"):
             async def events():
-                async for delta, ids, logps, reason in self._run(prompt_ids, params, stop):
-                    yield envelope({"text": delta, "finish_reason": reason,
-                                    "logprobs": logprobs_obj(ids, logps)})
+                sent = [0] * len(choice_params)
+                async for i, text, ids, logps, reason in self._run(prompt_ids, choice_params, stop):
+                    delta, sent[i] = text[sent[i]:], max(sent[i], len(text))
+                    yield envelope([{"index": i, "text": delta, "finish_reason": reason,
+                                     "logprobs": logprobs_obj(ids, logps)}])
             return _sse(events())
-        text, ids, logps, reason = await self._collect(prompt_ids, params, stop)
-        return JSONResponse(envelope({"text": text, "finish_reason": reason,
-                                      "logprobs": logprobs_obj(ids, logps)},
-                                     usage=self._usage(prompt_ids, ids)))
+        results = await self._collect(prompt_ids, choice_params, stop)
+        return JSONResponse(envelope(
+            [{"index": i, "text": text, "finish_reason": reason,
+              "logprobs": logprobs_obj(ids, logps)}
+             for i, (text, ids, logps, reason) in enumerate(results)],
+            usage=self._usage(prompt_ids, results)))
 
     async def chat_completions(self, request: HTTPRequest):
         body = await self._body(request)
@@ -213,24 +256,38 @@ class OpenAIServer:
                 isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
             raise APIError(400, "'messages' must be a non-empty list of {role, content} objects",
                            param="messages")
-        for m in messages:  # the OpenAI content-parts form, text only
-            if isinstance(m.get("content"), list):
-                m["content"] = "".join(p.get("text", "") for p in m["content"] if isinstance(p, dict))
-            elif m.get("content") is None:
-                m["content"] = ""
+        tools = _field(body, "tools", (list,))
+        if tools is not None and not all(
+                isinstance(t, dict) and isinstance(t.get("function"), dict)
+                and isinstance(t["function"].get("name"), str) for t in tools):
+            raise APIError(400, "'tools' must be a list of {type: 'function', function: {name, ...}}",
+                           param="tools")
+        tool_choice = body.get("tool_choice", "auto") or "auto"
+        if tool_choice not in ("auto", "none"):
+            raise APIError(400, "only tool_choice 'auto' and 'none' are supported (the model's "
+                                "output is not constrained)", param="tool_choice")
+        parse_calls = bool(tools) and tool_choice == "auto"
+        try:
+            messages = prepare_messages(messages)
+        except ValueError as e:
+            raise APIError(400, str(e), param="messages") from None
         kwargs = _field(body, "chat_template_kwargs", (dict,), {})
         try:
-            prompt_ids = render_chat(self.tokenizer, messages, tools=body.get("tools"), **kwargs)
+            prompt_ids = render_chat(self.tokenizer, messages, tools=tools or None, **kwargs)
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
         params, stop = self._params(body)
         self._check_length(prompt_ids)
         want_logprobs = bool(_field(body, "logprobs", (bool,), False))
+        choice_params = self._choice_params(params, _field(body, "n", (int,), 1))
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
-        def envelope(obj, choice, **extra):
+        def call_prefix(i):
+            return f"call_{rid[9:21]}_{i}"
+
+        def envelope(obj, choices, **extra):
             return {"id": rid, "object": obj, "created": created, "model": self.model_name,
-                    "choices": [{"index": 0, **choice}], **extra}
+                    "choices": choices, **extra}
 
         def logprobs_obj(ids, logps):
             if not want_logprobs:
@@ -241,17 +298,32 @@ class OpenAIServer:
 
         if body.get("stream"):
             async def events():
-                yield envelope("chat.completion.chunk", {
-                    "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
-                async for delta, ids, logps, reason in self._run(prompt_ids, params, stop):
-                    yield envelope("chat.completion.chunk", {
-                        "delta": {"content": delta} if delta else {}, "finish_reason": reason,
-                        "logprobs": logprobs_obj(ids, logps)})
+                parsers = [ChatStreamParser(tools, parse_calls=parse_calls, id_prefix=call_prefix(i))
+                           for i in range(len(choice_params))]
+                for i in range(len(choice_params)):
+                    yield envelope("chat.completion.chunk", [{
+                        "index": i, "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None}])
+                async for i, text, ids, logps, reason in self._run(
+                        prompt_ids, choice_params, stop, self.hidden_ids):
+                    if reason is None:
+                        deltas = parsers[i].feed(text)
+                    else:
+                        deltas, reason = parsers[i].finish(text, reason)
+                    merged = {k: v for d in deltas for k, v in d.items()}
+                    yield envelope("chat.completion.chunk", [{
+                        "index": i, "delta": merged, "finish_reason": reason,
+                        "logprobs": logprobs_obj(ids, logps)}])
             return _sse(events())
-        text, ids, logps, reason = await self._collect(prompt_ids, params, stop)
-        return JSONResponse(envelope("chat.completion", {
-            "message": {"role": "assistant", "content": text}, "finish_reason": reason,
-            "logprobs": logprobs_obj(ids, logps)}, usage=self._usage(prompt_ids, ids)))
+        results = await self._collect(prompt_ids, choice_params, stop, self.hidden_ids)
+        choices = []
+        for i, (text, ids, logps, reason) in enumerate(results):
+            parsed = build_message(text, tools, parse_calls=parse_calls, id_prefix=call_prefix(i))
+            choices.append({"index": i, "message": parsed.message(),
+                            "finish_reason": parsed.finish_reason(reason),
+                            "logprobs": logprobs_obj(ids, logps)})
+        return JSONResponse(envelope("chat.completion", choices,
+                                     usage=self._usage(prompt_ids, results)))
 
 
 def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
@@ -267,9 +339,11 @@ def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
     return StreamingResponse(lines(), media_type="text/event-stream")
 
 
-def build_app(engine: Engine, tokenizer, model_name: str, *, default_max_tokens: int = 256) -> Starlette:
+def build_app(engine: Engine, tokenizer, model_name: str, *, default_max_tokens: int = 256,
+              max_n: int = 64) -> Starlette:
     """The Starlette app serving `engine` as `model_name`."""
-    server = OpenAIServer(engine, tokenizer, model_name, default_max_tokens=default_max_tokens)
+    server = OpenAIServer(engine, tokenizer, model_name, default_max_tokens=default_max_tokens,
+                          max_n=max_n)
 
     def guarded(handler):
         async def endpoint(request: HTTPRequest):

@@ -104,7 +104,7 @@ def test_reference_policy_only_with_kl():
     assert n1 > n0
 
 
-@pytest.mark.slow
+# A must-show of its issue: kept in the default suite (about 1-2 min on 2 cores).
 @pytest.mark.timeout(900)
 def test_8_devices_equal_1_device():
     res = run_multidevice("tests.ppp_jax._train_step_sharded", timeout=900)

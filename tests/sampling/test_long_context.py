@@ -14,7 +14,7 @@ from ppp_jax.sampling.scheduler import EngineConfig
 LONG = 32 * 1024
 
 
-@pytest.mark.slow
+# A must-show of its issue: kept in the default suite (about 1-2 min on 2 cores).
 def test_32k_context_and_page_accounting(tiny_model):
     page = 64
     cfg = EngineConfig(num_slots=2, page_size=page, num_pages=700, max_seq_len=LONG + 256,

@@ -1,0 +1,242 @@
+"""OpenAI tool calling on top of the Seed-OSS output format, for `ppp serve`.
+
+Requests: OpenAI chat messages are turned into what the checkpoint's chat template expects
+(`prepare_messages`): text-only content, assistant `tool_calls` whose JSON-string `arguments`
+become dicts (the Seed-OSS template iterates `arguments.items()`; a string makes it fail), with
+every non-string value written as JSON text, the way the model writes it (the template would
+otherwise render Python `str()`: `True`, `['a']`), and `tool` role messages kept as they are.
+
+Responses: the model's raw text is split by `ppp_jax.envs.toolcall.parse_turn` (the parser the
+agent loop uses) into reasoning (`<seed:think>...</seed:think>`, returned as
+`reasoning_content`), visible content and tool calls, returned as OpenAI `tool_calls` (id, type
+"function", name, JSON-string arguments) with finish_reason "tool_calls" (`build_message`).
+
+  * A call with a name is returned even when it fails the schema (unknown tool, missing or
+    ill-typed parameter): its arguments are the cleanly converted values plus the raw strings of
+    the rest, and the client's own validation reports the error to the agent, as with any API.
+  * Text that cannot be read as a call at all (an unterminated `<seed:tool_call>` block, a
+    `<function=>` with no name) is appended to `content`, so the client sees what the model wrote.
+  * Calls drafted inside the reasoning are never returned (`parse_turn`'s rule).
+
+Streaming (`ChatStreamParser`): reasoning and content are sent as they grow, holding back trailing
+whitespace and any suffix that could begin a tag; from the first tool-call marker on, the text is
+buffered, and the calls are sent as one delta each when the generation ends. The concatenated
+deltas equal the non-streaming message, with one documented exception: a stray `</seed:think>`
+with no opening tag turns the text before it into reasoning after the fact (that is how
+`parse_turn` reads a turn whose think block was pre-filled by the prompt); text already streamed
+as content then stays content.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping, Sequence
+
+from ppp_jax.envs import toolcall
+from ppp_jax.envs.toolcall import CALL_CLOSE, CALL_OPEN, THINK_CLOSE, THINK_OPEN
+
+FUNCTION_OPEN = "<function="
+# Seed-OSS markup tokens kept in the decoded text (they are special tokens in the vocabulary, and
+# parsing needs them); other special tokens (<seed:bos>, <seed:eos>, pad, unk) are dropped.
+MARKUP_TOKENS = (THINK_OPEN, THINK_CLOSE, CALL_OPEN, CALL_CLOSE, "<seed:cot_budget_reflect>",
+                 "</seed:cot_budget_reflect>")
+
+
+def hidden_token_ids(tokenizer) -> set[int]:
+    """Ids to drop from chat output before decoding: special tokens that are not Seed markup."""
+    vocab = tokenizer.get_vocab()
+    markup = {vocab[t] for t in MARKUP_TOKENS if t in vocab}
+    ids = set(tokenizer.all_special_ids)
+    for t in ("<seed:bos>", "<seed:eos>", "<seed:pad>"):
+        if t in vocab:
+            ids.add(vocab[t])
+    return ids - markup
+
+
+def prepare_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI chat messages -> messages the Seed-OSS chat template renders.
+
+    Raises ValueError (a client error) for a malformed tool call in an assistant message.
+    """
+    out = []
+    for i, m in enumerate(messages):
+        msg = dict(m)
+        content = msg.get("content")
+        if isinstance(content, list):  # the OpenAI content-parts form, text only
+            msg["content"] = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        elif content is None:
+            msg["content"] = ""
+        elif not isinstance(content, str):
+            raise ValueError(f"messages[{i}].content must be a string, a list of parts or null")
+        if msg["role"] == "assistant" and msg.get("tool_calls"):
+            msg["tool_calls"] = [_prepare_call(c, i, j) for j, c in enumerate(msg["tool_calls"])]
+        elif "tool_calls" in msg:
+            del msg["tool_calls"]  # null or [] would render an empty tool-call turn
+        out.append(msg)
+    return out
+
+
+def _prepare_call(call: Any, i: int, j: int) -> dict[str, Any]:
+    where = f"messages[{i}].tool_calls[{j}]"
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        raise ValueError(f"{where} must be {{'type': 'function', 'function': {{'name', 'arguments'}}}}")
+    args = fn.get("arguments")
+    if args is None or args == "":
+        args = {}
+    elif isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}.function.arguments is not valid JSON: {e}") from None
+    if not isinstance(args, dict):
+        raise ValueError(f"{where}.function.arguments must be a JSON object")
+    args = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in args.items()}
+    return {"id": call.get("id"), "type": "function", "function": {"name": fn["name"], "arguments": args}}
+
+
+def _openai_call(call: toolcall.ParsedCall, index: int, call_id: str) -> dict[str, Any]:
+    args = {**call.raw_arguments, **call.arguments}  # converted values where they converted
+    return {"index": index, "id": call_id, "type": "function",
+            "function": {"name": call.name, "arguments": json.dumps(args, ensure_ascii=False)}}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedMessage:
+    """An assistant message read from raw model text.
+
+    Attributes:
+      reasoning: the think block's text ("" if none).
+      content: visible text (tool-call blocks removed, unparseable call text kept).
+      tool_calls: OpenAI tool calls, each with index, id, type and function {name, arguments}.
+      errors: the parser's messages for everything malformed (calls with schema errors included).
+    """
+
+    reasoning: str
+    content: str
+    tool_calls: tuple[dict[str, Any], ...]
+    errors: tuple[str, ...]
+
+    def message(self) -> dict[str, Any]:
+        """The OpenAI `message` object (content None when there are calls and no text)."""
+        msg: dict[str, Any] = {"role": "assistant",
+                               "content": self.content if self.content or not self.tool_calls else None}
+        if self.reasoning:
+            msg["reasoning_content"] = self.reasoning
+        if self.tool_calls:
+            msg["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in self.tool_calls]
+        return msg
+
+    def finish_reason(self, engine_reason: str) -> str:
+        """"tool_calls" when the turn ended normally with calls; otherwise the engine's reason."""
+        return "tool_calls" if self.tool_calls and engine_reason == "stop" else engine_reason
+
+
+def build_message(text: str, tools: Sequence[Mapping[str, Any]] | None, *, parse_calls: bool,
+                  id_prefix: str = "call") -> ParsedMessage:
+    """Reads raw assistant text (markup tokens included) as an OpenAI assistant message.
+
+    Args:
+      text: the decoded completion.
+      tools: the request's tool schemas (names and argument types for conversion).
+      parse_calls: False for requests without tools or with tool_choice "none": only the
+        reasoning is split off, the rest is content verbatim.
+      id_prefix: tool-call ids are f"{id_prefix}_{k}".
+    """
+    if not parse_calls:
+        reasoning, rest, _ = toolcall.split_reasoning(text.replace("<seed:eos>", ""))
+        return ParsedMessage(reasoning, rest, (), ())
+    turn = toolcall.parse_turn(text, tools)
+    content = turn.content
+    extra = [c.raw for c in turn.calls if not c.name]
+    calls = [c for c in turn.calls if c.name]
+    if turn.errors:  # unterminated block or function: show the unparsed tail
+        _, rest, _ = toolcall.split_reasoning(text.replace("<seed:eos>", ""))
+        marker = CALL_OPEN if CALL_OPEN in rest else FUNCTION_OPEN
+        extra.append(rest[rest.rfind(marker):])
+    if extra:
+        content = (content + "\n" if content else "") + "\n".join(e.strip() for e in extra)
+    return ParsedMessage(
+        turn.reasoning, content,
+        tuple(_openai_call(c, k, f"{id_prefix}_{k}") for k, c in enumerate(calls)),
+        tuple(e.message for e in turn.all_errors))
+
+
+def _held_back(text: str, tags: Sequence[str]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of one of `tags`."""
+    best = 0
+    for tag in tags:
+        for n in range(min(len(tag) - 1, len(text)), best, -1):
+            if text.endswith(tag[:n]):
+                best = n
+                break
+    return best
+
+
+def _stable(text: str, tags: Sequence[str]) -> str:
+    """`text` without trailing whitespace or a trailing partial tag (both may still change)."""
+    text = text[: len(text) - _held_back(text, tags)]
+    return text.rstrip()
+
+
+class ChatStreamParser:
+    """Turns a growing completion into OpenAI chat-completion deltas.
+
+    feed(text) takes the whole decoded text so far and returns the deltas to send now;
+    finish(text, engine_reason) returns the last deltas and the finish reason.
+    """
+
+    def __init__(self, tools: Sequence[Mapping[str, Any]] | None, *, parse_calls: bool,
+                 id_prefix: str = "call"):
+        self.tools = tools
+        self.parse_calls = parse_calls
+        self.id_prefix = id_prefix
+        self.sent_reasoning = ""
+        self.sent_content = ""
+
+    def _view(self, text: str) -> tuple[str, str]:
+        """(reasoning, content) of `text` that no later text can change (see module docstring)."""
+        text = text.replace("<seed:eos>", "")
+        close = text.find(THINK_CLOSE)
+        if close >= 0:
+            reasoning, rest, _ = toolcall.split_reasoning(text)
+        else:
+            start = text.find(THINK_OPEN)
+            if start >= 0:
+                return _stable(text[start + len(THINK_OPEN):].lstrip(), [THINK_CLOSE, "<seed:eos>"]), ""
+            if THINK_OPEN.startswith(text.lstrip()):
+                return "", ""  # may still become a think block
+            reasoning, rest = "", text
+        tags = ["<seed:eos>"] + ([THINK_CLOSE] if close < 0 else [])
+        if self.parse_calls:
+            cuts = [i for i in (rest.find(CALL_OPEN), rest.find(FUNCTION_OPEN)) if i >= 0]
+            if cuts:
+                return reasoning, rest[: min(cuts)].strip()
+            return reasoning, _stable(rest, tags + [CALL_OPEN, FUNCTION_OPEN]).lstrip()
+        rest = rest[: len(rest) - _held_back(rest, tags)]
+        return reasoning, rest
+
+    def _deltas(self, reasoning: str, content: str) -> list[dict[str, Any]]:
+        out = []
+        if reasoning.startswith(self.sent_reasoning) and len(reasoning) > len(self.sent_reasoning):
+            out.append({"reasoning_content": reasoning[len(self.sent_reasoning):]})
+            self.sent_reasoning = reasoning
+        if content.startswith(self.sent_content) and len(content) > len(self.sent_content):
+            out.append({"content": content[len(self.sent_content):]})
+            self.sent_content = content
+        return out
+
+    def feed(self, text: str) -> list[dict[str, Any]]:
+        return self._deltas(*self._view(text))
+
+    def finish(self, text: str, engine_reason: str) -> tuple[list[dict[str, Any]], str]:
+        parsed = build_message(text, self.tools, parse_calls=self.parse_calls, id_prefix=self.id_prefix)
+        deltas = self._deltas(parsed.reasoning, parsed.content)
+        if parsed.tool_calls:
+            deltas.append({"tool_calls": list(parsed.tool_calls)})
+        return deltas, parsed.finish_reason(engine_reason)
+
+
+__all__ = ["ChatStreamParser", "MARKUP_TOKENS", "ParsedMessage", "build_message",
+           "hidden_token_ids", "prepare_messages"]
