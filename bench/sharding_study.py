@@ -73,12 +73,13 @@ ROWS = [
     Row("v5p256-fsdp32xtp4-65k", "v5p:4x4x8", (1, 32, 4), 65536, 32, strategy="FSDP x tensor"),
     Row("v6e256-fsdp64xtp4-32k", "v6e:16x16", (1, 64, 4), 32768, 64, strategy="FSDP x tensor"),
     Row("v5p128-fsdp16xtp4-32k", "v5p:4x4x4", (1, 16, 4), 32768, 16, strategy="FSDP x tensor"),
-    Row("v6e256-fsdp-32k", "v6e:16x16", (1, 256, 1), 32768, 256, strategy="FSDP"),
+    Row("v6e256-fsdp32xtp8-32k", "v6e:16x16", (1, 32, 8), 32768, 32, strategy="FSDP x tensor"),
     Row("v5p128-fsdp-32k-savedots", "v5p:4x4x4", (1, 64, 1), 32768, 64, remat="save_dots",
         strategy="FSDP"),
-    Row("v5p256-fsdp-32k", "v5p:4x4x8", (1, 128, 1), 32768, 128, strategy="FSDP"),
+    Row("v6e256-fsdp-32k", "v6e:16x16", (1, 256, 1), 32768, 256, strategy="FSDP"),
     Row("v5p256-fsdp-65k", "v5p:4x4x8", (1, 128, 1), 65536, 128, strategy="FSDP"),
     Row("v6e256-fsdp32xtp8-65k", "v6e:16x16", (1, 32, 8), 65536, 32, strategy="FSDP x tensor"),
+    Row("v5p256-fsdp-32k", "v5p:4x4x8", (1, 128, 1), 32768, 128, strategy="FSDP"),
     Row("v5p128-fsdp-32k-noremat", "v5p:4x4x4", (1, 64, 1), 32768, 64, remat="none",
         strategy="FSDP"),
 ]
@@ -186,9 +187,11 @@ def _train_table(rows: list[Row]) -> list[str]:
 
 
 def _engine_table(rows: list[Row]) -> list[str]:
-    out = ["| row | step | slice | engine mesh data×fsdp×tensor | batch × new tokens | args GiB | "
-           "temp GiB | total GiB / HBM | fits | model FLOPs/chip | compile s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    chips, _ = _chips()
+    out = ["| row | step | slice | engine mesh data×fsdp×tensor | tokens per call (slice) | "
+           "args GiB | temp GiB | total GiB / HBM | fits | model FLOPs/chip | "
+           "HBM-read bound per call | compute bound per call | compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     any_row = False
     for row in rows:
         res = load_result(row)
@@ -197,14 +200,18 @@ def _engine_table(rows: list[Row]) -> list[str]:
                 continue
             any_row = True
             mesh = "×".join(str(r["mesh"][a]) for a in ("data", "fsdp", "tensor"))
-            per = r["tokens"]
-            out.append(f"| {row.id} | {r['step']} | {row.topology} | {mesh} | {per} tokens | "
+            chip = chips[row.topology.split(":")[0]]
+            # Every call reads at least the chip's weights and cache once from HBM, and does
+            # its FLOPs at no more than peak: two lower bounds on the time of one call.
+            read_ms = r["argument_bytes"] / chip.hbm_bytes_per_s * 1e3
+            flop_ms = r["model_flops"] / chip.peak_bf16_flops * 1e3
+            out.append(f"| {row.id} | {r['step']} | {row.topology} | {mesh} | {r['tokens']} | "
                        f"{_gib(r['argument_bytes'])} | {_gib(r['temp_bytes'])} | "
                        f"{_gib(r['peak_bytes'])} / {_gib(r['hbm_bytes'])} | "
                        f"{'yes' if r['fits'] else '**no**'} | {r['model_flops']:.2e} | "
-                       f"{r['compile_s']:.0f} |")
+                       f"≥ {read_ms:.1f} ms | ≥ {flop_ms:.1f} ms | {r['compile_s']:.0f} |")
     if not any_row:
-        out.append("| — | not yet compiled | | | | | | | | | |")
+        out.append("| — | not yet compiled | | | | | | | | | | | |")
     return out
 
 
@@ -219,8 +226,8 @@ def write_doc() -> None:
     chips, tight = _chips()
     template = (Path(__file__).with_name("sharding_doc_template.md")).read_text()
     chip_rows = "\n".join(
-        f"| {c.name} | {c.hbm_gib:g} | {c.peak_bf16_flops / 1e12:g} | {c.source} |"
-        for c in chips.values())
+        f"| {c.name} | {c.hbm_gib:g} | {c.hbm_bytes_per_s / 1e9:g} | {c.peak_bf16_flops / 1e12:g} | "
+        f"{c.source} |" for c in chips.values())
     compiled = [r for r in ROWS if load_result(r) is not None]
     stamps = sorted(load_result(r)["compiled_at_utc"] for r in compiled)
     hosts = sorted({load_result(r)["host"] for r in compiled})

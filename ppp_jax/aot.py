@@ -61,22 +61,23 @@ class ChipSpec:
     name: str  # our short name, as in topology strings ("v5p")
     hbm_gib: float  # HBM capacity per chip
     peak_bf16_flops: float  # peak dense bf16 FLOP/s per chip
+    hbm_bytes_per_s: float  # HBM bandwidth per chip
     source: str
 
 
 # Sources (Cloud TPU system-architecture pages, read 2026-11):
-#   v4  https://cloud.google.com/tpu/docs/v4   "32 GiB HBM2", "275 teraflops (bf16)"
-#   v5e https://cloud.google.com/tpu/docs/v5e  "HBM2 capacity 16 GB", "197 TFLOPs (bf16)"
-#   v5p https://cloud.google.com/tpu/docs/v5p  "HBM2e capacity 95 GB", "459 TFLOPs (bf16)"
-#   v6e https://cloud.google.com/tpu/docs/v6e  "HBM capacity per chip 32 GB", "918 TFLOPs (bf16)"
+#   v4  https://cloud.google.com/tpu/docs/v4   "32 GiB HBM2, 1200 GBps", "275 teraflops (bf16)"
+#   v5e https://cloud.google.com/tpu/docs/v5e  "HBM2 16 GB, 819 GBps", "197 TFLOPs (bf16)"
+#   v5p https://cloud.google.com/tpu/docs/v5p  "HBM2e 95 GB, 2765 GBps", "459 TFLOPs (bf16)"
+#   v6e https://cloud.google.com/tpu/docs/v6e  "32 GB" HBM, "1638 GBps", "918 TFLOPs (bf16)"
 # The pages write "GB"; the table reads them as GiB, as the TPU compiler's own figures are of that
 # size (it reports 15.75 GiB usable on a 16 GiB v5e). The runtime keeps a little for itself,
 # hence `TIGHT_FRACTION` below.
 CHIPS: dict[str, ChipSpec] = {
-    "v4": ChipSpec("v4", 32.0, 275e12, "https://cloud.google.com/tpu/docs/v4"),
-    "v5e": ChipSpec("v5e", 16.0, 197e12, "https://cloud.google.com/tpu/docs/v5e"),
-    "v5p": ChipSpec("v5p", 95.0, 459e12, "https://cloud.google.com/tpu/docs/v5p"),
-    "v6e": ChipSpec("v6e", 32.0, 918e12, "https://cloud.google.com/tpu/docs/v6e"),
+    "v4": ChipSpec("v4", 32.0, 275e12, 1200e9, "https://cloud.google.com/tpu/docs/v4"),
+    "v5e": ChipSpec("v5e", 16.0, 197e12, 819e9, "https://cloud.google.com/tpu/docs/v5e"),
+    "v5p": ChipSpec("v5p", 95.0, 459e12, 2765e9, "https://cloud.google.com/tpu/docs/v5p"),
+    "v6e": ChipSpec("v6e", 32.0, 918e12, 1638e9, "https://cloud.google.com/tpu/docs/v6e"),
 }
 # A step using more than this fraction of HBM is reported as fitting but "tight".
 TIGHT_FRACTION = 0.95

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ppp_jax import config as cfgmod
 from ppp_jax.run_config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ def run_demo(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         eval_tasks = test[: cfg.eval.num_tasks] if cfg.eval.num_tasks else test
         t0 = time.perf_counter()
         before = _cached_eval(out / "eval_before.json", cfg, engine, built, eval_tasks, progress,
-                              "before", {"ppp_steps": 0})
+                              "before", {"ppp_steps": 0, "eval": cfgmod.to_dict(cfg.eval)})
         timings["eval_before_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -212,7 +213,7 @@ def run_demo(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
 
         t0 = time.perf_counter()
         after = _cached_eval(out / "eval_after.json", cfg, engine, built, eval_tasks, progress,
-                             "after", {"ppp_steps": final.step})
+                             "after", {"ppp_steps": final.step, "eval": cfgmod.to_dict(cfg.eval)})
         timings["eval_after_s"] = time.perf_counter() - t0
     finally:
         engine.close()

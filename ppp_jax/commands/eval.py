@@ -38,8 +38,9 @@ def _weights(cfg, override: str) -> tuple[str, Path | None]:
             return "model checkpoint", p
     if (out / "policy" / "model_config.json").exists():
         return "model checkpoint", out / "policy"
-    if (out / "checkpoints").is_dir():
-        return "training checkpoint", out
+    for run in (out, out / "ppp"):  # `ppp train` runs, and the demo's PPP stage
+        if (run / "checkpoints").is_dir():
+            return "training checkpoint", run
     if cfg.policy.path:
         return "model checkpoint", Path(cfg.policy.path)
     return "random init", None
