@@ -80,6 +80,7 @@ ROWS = [
     Row("v5p256-fsdp-65k", "v5p:4x4x8", (1, 128, 1), 65536, 128, strategy="FSDP"),
     Row("v6e256-fsdp32xtp8-65k", "v6e:16x16", (1, 32, 8), 65536, 32, strategy="FSDP x tensor"),
     Row("v5p256-fsdp-32k", "v5p:4x4x8", (1, 128, 1), 32768, 128, strategy="FSDP"),
+    Row("v6e256-fsdp32xtp8-16k", "v6e:16x16", (1, 32, 8), 16384, 32, strategy="FSDP x tensor"),
     Row("v5p128-fsdp-32k-noremat", "v5p:4x4x4", (1, 64, 1), 32768, 64, remat="none",
         strategy="FSDP"),
 ]
@@ -148,12 +149,16 @@ def _chips():
     return CHIPS, TIGHT_FRACTION
 
 
+def _flops(x: float) -> str:
+    return "—" if x != x else f"{x:.2e}"  # NaN: not recorded (rows compiled before it was)
+
+
 def _gib(b: float) -> str:
     return f"{b / 2**30:.1f}"
 
 
 def _train_table(rows: list[Row]) -> list[str]:
-    chips, _ = _chips()
+    chips, tight = _chips()
     out = ["| row | slice (chips) | strategy: mesh data×fsdp×tensor | remat | B × T | args GiB | "
            "temp GiB | total GiB / HBM | compiler peak GiB | fits | compiler FLOPs/chip | "
            f"model FLOPs/chip | est. step at {MFU:.0%} MFU | compile s | compiled (UTC) |",
@@ -170,11 +175,14 @@ def _train_table(rows: list[Row]) -> list[str]:
             continue
         chip = chips[row.topology.split(":")[0]]
         est = train["model_flops"] / (MFU * chip.peak_bf16_flops)
+        limit = chip.limit_gib * 2**30  # verdicts are recomputed against the current table
+        train = dict(train, hbm_bytes=limit, fits=train["peak_bytes"] <= limit,
+                     tight=tight * limit < train["peak_bytes"] <= limit)
         fits = ("yes (tight)" if train["tight"] else "yes") if train["fits"] else "**no**"
         if train.get("compiler_error"):
             out.append(head + f" — | ≥ {_gib(train['temp_bytes'])} | ≥ {_gib(train['peak_bytes'])} / "
                        f"{_gib(train['hbm_bytes'])} | — | **no** (compiler out of HBM) | — | "
-                       f"{train['model_flops']:.2e} | — | {train['compile_s']:.0f} | "
+                       f"{_flops(train['model_flops'])} | — | {train['compile_s']:.0f} | "
                        f"{res['compiled_at_utc']} |")
             continue
         est_text = f"{est:.0f} s" if train["fits"] else f"({est:.0f} s)"
@@ -201,6 +209,8 @@ def _engine_table(rows: list[Row]) -> list[str]:
             any_row = True
             mesh = "×".join(str(r["mesh"][a]) for a in ("data", "fsdp", "tensor"))
             chip = chips[row.topology.split(":")[0]]
+            limit = chip.limit_gib * 2**30
+            r = dict(r, hbm_bytes=limit, fits=not r.get("compiler_error") and r["peak_bytes"] <= limit)
             # Every call reads at least the chip's weights and cache once from HBM, and does
             # its FLOPs at no more than peak: two lower bounds on the time of one call.
             read_ms = r["argument_bytes"] / chip.hbm_bytes_per_s * 1e3
@@ -226,8 +236,9 @@ def write_doc() -> None:
     chips, tight = _chips()
     template = (Path(__file__).with_name("sharding_doc_template.md")).read_text()
     chip_rows = "\n".join(
-        f"| {c.name} | {c.hbm_gib:g} | {c.hbm_bytes_per_s / 1e9:g} | {c.peak_bf16_flops / 1e12:g} | "
-        f"{c.source} |" for c in chips.values())
+        f"| {c.name} | {c.hbm_gib:g} | {c.usable_gib if c.usable_gib else 'not observed'} | "
+        f"{c.hbm_bytes_per_s / 1e9:g} | {c.peak_bf16_flops / 1e12:g} | {c.source} |"
+        for c in chips.values())
     compiled = [r for r in ROWS if load_result(r) is not None]
     stamps = sorted(load_result(r)["compiled_at_utc"] for r in compiled)
     hosts = sorted({load_result(r)["host"] for r in compiled})

@@ -8,12 +8,29 @@ An episode starts from [system prompt, first user message (precise or vague prom
 domain's tool schemas plus `ask_user`, then repeats agent turns until the agent calls `finish`,
 the turn limit, or the token budget. Per turn:
 
+  * token budget (before the turn is sent): if the session can count the prompt it is about to
+    send (`session.prompt_tokens`, engine policies), the episode ends with finish_reason
+    "token_limit" when context + new prompt + `min_turn_tokens` would exceed
+    the budget: `EpisodeConfig.max_context_tokens`, or the session's own `max_context_tokens`
+    (the engine's max_seq_len) when smaller. The pending prompt is *not* sent, the episode is
+    kept and scored like any unfinished one (task score 0 without a finish answer), and its
+    token view ends with the last sampled turn. Otherwise the turn's `max_new_tokens` is capped
+    to what is left after the prompt;
+
   * the policy returns raw text (Seed-OSS tool calls parsed by `envs.toolcall`) or API tool calls;
   * every call in the turn runs in order, up to and including `finish` (later calls are dropped
     and counted). A malformed call, an unknown tool or a bad argument becomes an error
     observation the agent can recover from; each is counted in `record.stats`;
-  * `ask_user(question)` goes to the user simulator (with the precise prompt and the task's hidden
-    information) and is recorded as a `Question` with its effort and per-question verdict;
+  * `ask_user(question)` goes to the user simulator (with the precise prompt, the task's hidden
+    information and the earlier questions with the simulator's own raw replies) and is recorded
+    as a `Question` with its effort, per-question verdict, `raw` reply and `malformed` flag.
+    Simulator failures are never silently scored: an unreachable simulator
+    (`SimulatorUnavailable`, a timeout, any exception) becomes an error observation, no
+    `Question`, and `stats["simulator_errors"]` (the rollout orchestrator re-runs or drops such
+    episodes); a reply that never parsed is kept with `malformed=True` and counted in
+    `stats["simulator_malformed"]` (scoring excludes it from effort and compliance). Per-episode
+    simulator counters are summed into stats: `simulator_questions`, `simulator_capped`,
+    `simulator_format_retries`, `simulator_request_retries`;
   * other tools go to `domain.run_tool` under a timeout; blocking work runs in threads, so a slow
     tool or simulator call never blocks other episodes; exceptions become observations;
   * tool outputs are truncated by the reference's rules (`domain_base.truncate_observation`) and
@@ -39,7 +56,7 @@ from ppp_jax.envs.domains.base import (ASK_USER, FINISH, PromptKind, Task, TaskD
                                        ask_user_schema, truncate_observation)
 from ppp_jax.envs.policy import Policy, PolicyTurn
 from ppp_jax.envs.records import EpisodeRecord, Question, ToolCall
-from ppp_jax.envs.simulator import SimulatorContext, UserSimulator
+from ppp_jax.envs.simulator import SimulatorContext, UserSimulator, history_reply, to_question
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +73,10 @@ class EpisodeConfig:
     Attributes:
       max_turns: agent turns before the episode stops with finish_reason "turn_limit"
         (released code: 100 in training, 200 in evaluation).
-      max_context_tokens: conversation token budget (prompt + all turns); the episode stops with
-        "token_limit" when fewer than `min_turn_tokens` remain (paper: 32K for Func-Loc).
+      max_context_tokens: conversation token budget (prompt + all turns; paper: 32K for
+        Func-Loc). Before each turn the episode stops with "token_limit" (and is kept and scored)
+        when the context plus the turn's pending prompt (if the session can count it) leaves
+        fewer than `min_turn_tokens`; an engine session's own max_seq_len caps it too.
       turn_max_new_tokens: cap on one turn's generation.
       min_turn_tokens: a turn needs at least this many tokens of budget left (released: 10).
       tool_timeout_s: wall-clock limit of one tool call (released: 120 s).
@@ -98,7 +117,9 @@ async def run_episode(domain: TaskDomain, task: Task, policy: Policy, simulator:
     stats: dict[str, Any] = {k: 0 for k in (
         "tool_calls", "malformed_calls", "unknown_tool", "bad_argument", "no_call_turns",
         "calls_in_thinking", "dropped_after_finish", "tool_errors", "tool_timeouts",
-        "simulator_errors", "empty_finish", "policy_errors", "length_cut_turns")}
+        "simulator_errors", "empty_finish", "policy_errors", "length_cut_turns",
+        "simulator_questions", "simulator_malformed", "simulator_capped",
+        "simulator_format_retries", "simulator_request_retries")}
     tool_calls: list[ToolCall] = []
     questions: list[Question] = []
     state: dict[str, Any] = {}
@@ -109,15 +130,28 @@ async def run_episode(domain: TaskDomain, task: Task, policy: Policy, simulator:
     family = domain.task_family
     session = policy.start(episode_id)
     call_ids = (f"call_{i}" for i in range(10**9))
+    max_context = config.max_context_tokens
+    session_limit = getattr(session, "max_context_tokens", None)
+    if isinstance(session_limit, int) and session_limit > 0:
+        max_context = min(max_context, session_limit)  # e.g. the engine's max_seq_len
     try:
         while turns < config.max_turns:
-            budget = config.max_context_tokens - context_tokens
-            if budget < config.min_turn_tokens:
+            budget = max_context - context_tokens
+            try:
+                pending = _pending_prompt_tokens(session, messages, tools)
+            except Exception as e:  # noqa: BLE001 -- e.g. a message the template cannot render
+                log.warning("policy error in %s: %s: %s", episode_id, type(e).__name__, e)
+                stats["policy_errors"] += 1
+                stats["policy_error"] = f"{type(e).__name__}: {e}"[:500]
+                finish_reason = "error"
+                break
+            if budget - pending < config.min_turn_tokens:
                 finish_reason = "token_limit"
+                stats["token_limit_pending_prompt"] = pending
                 break
             try:
                 turn: PolicyTurn = await session.step(
-                    messages, tools, min(config.turn_max_new_tokens, budget))
+                    messages, tools, min(config.turn_max_new_tokens, budget - pending))
             except Exception as e:  # noqa: BLE001 -- the episode ends, the batch goes on
                 log.warning("policy error in %s: %s: %s", episode_id, type(e).__name__, e)
                 stats["policy_errors"] += 1
@@ -183,6 +217,7 @@ async def run_episode(domain: TaskDomain, task: Task, policy: Policy, simulator:
         except Exception:  # noqa: BLE001
             pass
 
+    stats["simulator_malformed"] = sum(q.malformed for q in questions)
     try:
         score = float(await domain.score(task, answer)) if answer is not None else 0.0
     except Exception as e:  # noqa: BLE001 -- a judge failure scores 0 and is counted
@@ -201,6 +236,12 @@ async def run_episode(domain: TaskDomain, task: Task, policy: Policy, simulator:
         tool_calls=tuple(tool_calls), answer=answer, task_score=score,
         finish_reason=finish_reason, num_turns=turns, trajectory_followed=verdict,
         tokens=session.token_view(), stats=stats)
+
+
+def _pending_prompt_tokens(session: Any, messages: list[dict[str, Any]], tools: list[Any]) -> int:
+    """Tokens the session's next step would send as prompt (0 if it cannot tell)."""
+    count = getattr(session, "prompt_tokens", None)
+    return int(count(messages, tools)) if callable(count) else 0
 
 
 async def _run_call(call: toolcall.ParsedCall, domain: TaskDomain, task: Task,
@@ -245,16 +286,24 @@ async def _ask(call, task, simulator, questions, stats, config, preference_id, f
     ctx = SimulatorContext(
         precise_prompt=task.precise_prompt, hidden_info=task.hidden_info,
         preference_id=preference_id, questions_answered=sum(q.answered for q in questions),
-        history=tuple((q.text, q.answer) for q in questions), task_family=family,  # type: ignore[arg-type]
+        history=tuple((q.text, history_reply(q)) for q in questions),
+        task_family=family,  # type: ignore[arg-type]
         hint=str(task.metadata.get("hint", "") or ""))
+    stats["simulator_questions"] += 1
     try:
         reply = await asyncio.wait_for(simulator.answer(ctx, question), config.simulator_timeout_s)
     except Exception as e:  # noqa: BLE001 -- the user is unreachable: an observation, counted
+        # SimulatorUnavailable (backend down after its retries), a timeout, or a simulator bug:
+        # an infrastructure failure the orchestrator re-runs or drops, never a scored answer.
         stats["simulator_errors"] += 1
+        stats["simulator_error"] = f"{type(e).__name__}: {e}"[:500]
+        log.warning("simulator error in episode: %s: %s", type(e).__name__, e)
         return f"ERROR: the user could not be reached ({type(e).__name__}). Try again later or " \
                "continue on your own.", "simulator_error"
-    questions.append(Question(question, reply.text, reply.effort, reply.followed, turn,
-                              reply.answered, reply.level))
+    stats["simulator_capped"] += int(not reply.answered)
+    stats["simulator_format_retries"] += int(getattr(reply, "format_retries", 0) or 0)
+    stats["simulator_request_retries"] += int(getattr(reply, "request_retries", 0) or 0)
+    questions.append(to_question(question, reply, turn))
     return reply.text, None
 
 

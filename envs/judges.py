@@ -315,16 +315,24 @@ def judge_question(preference_id: str, question: str) -> bool | None:
 
 
 def is_ask(call: ToolCall) -> bool:
+    """True for a call to the ask tool, valid or not (see `is_valid_ask`)."""
     return call.name in ASK_TOOL_NAMES
 
 
+def is_valid_ask(call: ToolCall) -> bool:
+    """True for an ask call that reached the user (`error is None`): the ones trajectory rules
+    count, matching the questions in `EpisodeRecord.questions` (malformed, refused or errored ask
+    calls are not questions)."""
+    return is_ask(call) and call.error is None
+
+
 def first_try_violations(tool_calls: Sequence[ToolCall]) -> int:
-    """Number of ask calls made before the agent's first working (non-ask, non-finish,
+    """Number of valid ask calls made before the agent's first working (non-ask, non-finish,
     non-think) tool call: each is a question asked without trying first."""
     n = 0
     for call in tool_calls:
         if is_ask(call):
-            n += 1
+            n += is_valid_ask(call)
         elif call.name not in _NON_WORK_TOOLS:
             break
     return n
@@ -333,9 +341,11 @@ def first_try_violations(tool_calls: Sequence[ToolCall]) -> int:
 def judge_trajectory(preference_id: str, tool_calls: Sequence[ToolCall]) -> bool | None:
     """The trajectory rule's verdict for one episode: True = the preference was followed.
 
-    Rules (the released code's where it has one):
+    Rules (the released code's where it has one); "ask call" means a valid one (`is_valid_ask`:
+    `error is None`), so malformed or failed ask calls never count:
       answer_more  at least 3 ask calls;
-      only_begin   every ask call is in the agent's first turn (the smallest `turn` of any call);
+      only_begin   every ask call is in the agent's first turn, turn 0 (the released code: no ask
+                   after the first assistant message);
       no_ask       no ask call;
       ask_many     at most one ask call;
       first_try    no ask call before the first working tool call (see first_try_violations).
@@ -344,14 +354,11 @@ def judge_trajectory(preference_id: str, tool_calls: Sequence[ToolCall]) -> bool
     pref = get_preference(preference_id)
     if pref.rule_judge != "trajectory":
         return None
-    asks = [c for c in tool_calls if is_ask(c)]
+    asks = [c for c in tool_calls if is_valid_ask(c)]
     if preference_id == "answer_more":
         return len(asks) >= 3
     if preference_id == "only_begin":
-        if not asks:
-            return True
-        first_turn = min(c.turn for c in tool_calls)
-        return all(c.turn == first_turn for c in asks)
+        return all(c.turn == 0 for c in asks)
     if preference_id == "no_ask":
         return not asks
     if preference_id == "ask_many":

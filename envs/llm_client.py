@@ -8,6 +8,11 @@
   deterministic jitter off by default) on HTTP 429, 5xx, timeouts, connection errors and
   malformed response bodies; other 4xx errors are not retried;
 * an `asyncio.Semaphore` limiting requests in flight;
+* event-loop rebinding: the HTTP client and the semaphore belong to the event loop that first
+  uses them; when `chat` runs in a *different* loop (the trainer runs each rollout round under
+  its own `asyncio.run`), both are rebuilt for the new loop and the old HTTP client is closed
+  best-effort (`stats["loop_rebinds"]` counts this). One loop at a time: a client must not be
+  used from two live loops concurrently;
 * counters (`stats`): requests, successes, retries, failures, and per-cause retry counts.
 
 Used by the LLM user simulator, the LLM vaguenizer, the OpenAI-backed policy and the answer judge.
@@ -66,6 +71,7 @@ class ChatResult:
     tool_calls: tuple[dict[str, Any], ...]
     finish_reason: str | None
     response: Any  # the openai ChatCompletion object
+    attempts: int = 1  # HTTP attempts this result took (1 + the client's retries)
 
 
 def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
@@ -85,11 +91,12 @@ class LLMClient:
                     f"environment variable {config.api_key_env} is not set and a key is required"
                 )
             key = PLACEHOLDER_KEY
-        self._client = openai.AsyncOpenAI(
-            api_key=key, base_url=config.base_url, timeout=config.timeout_s, max_retries=0
-        )
+        self._key = key
+        self._client = self._new_client()
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop _client/_semaphore serve
         self.stats: dict[str, int] = {
+            "loop_rebinds": 0,
             "requests": 0,
             "successes": 0,
             "retries": 0,
@@ -105,9 +112,39 @@ class LLMClient:
         c = self.config
         return f"LLMClient(model={c.model!r}, base_url={c.base_url!r}, api_key=<from ${c.api_key_env}>)"
 
+    def _new_client(self) -> openai.AsyncOpenAI:
+        c = self.config
+        return openai.AsyncOpenAI(
+            api_key=self._key, base_url=c.base_url, timeout=c.timeout_s, max_retries=0
+        )
+
+    async def _bind_loop(self) -> None:
+        """Makes the HTTP client and semaphore belong to the running loop (see module docstring).
+
+        First use binds to the running loop. In a different loop, a fresh client and semaphore
+        are built and the old client is closed best-effort: its connections were opened in the
+        old (usually already closed) loop, so closing may fail; that is logged and ignored.
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is None:
+            self._loop = loop
+            return
+        old = self._client
+        self._client = self._new_client()
+        self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
+        self._loop = loop
+        self.stats["loop_rebinds"] += 1
+        await _close_quietly(old)
+
     async def close(self) -> None:
-        """Closes the HTTP connections (call inside the event loop that used the client)."""
-        await self._client.close()
+        """Closes the HTTP connections. Safe to call from any loop and more than once; a client
+        last used in another (closed) loop is closed best-effort."""
+        if self._loop is None or self._loop is asyncio.get_running_loop():
+            await self._client.close()
+        else:
+            await _close_quietly(self._client)
 
     async def __aenter__(self) -> "LLMClient":
         return self
@@ -135,12 +172,13 @@ class LLMClient:
             kwargs.setdefault("temperature", c.temperature)
         if c.max_tokens is not None:
             kwargs.setdefault("max_tokens", c.max_tokens)
+        await self._bind_loop()
         async with self._semaphore:
             for attempt in range(c.max_retries + 1):
                 self.stats["requests"] += 1
                 try:
                     response = await self._client.chat.completions.create(**kwargs)
-                    result = _parse_response(response)
+                    result = _parse_response(response, attempts=attempt + 1)
                     self.stats["successes"] += 1
                     return result
                 except Exception as e:  # noqa: BLE001 -- classified just below
@@ -167,7 +205,16 @@ class MalformedResponseError(ValueError):
     """The endpoint answered 200 but the body is not a usable chat completion."""
 
 
-def _parse_response(response: Any) -> ChatResult:
+async def _close_quietly(client: Any) -> None:
+    """Closes an HTTP client whose loop may be gone; failures are logged, never raised."""
+    try:
+        await asyncio.wait_for(client.close(), timeout=5.0)
+    except Exception as e:  # noqa: BLE001 -- connections of a dead loop cannot be closed cleanly
+        log.debug("closing a client from a previous event loop failed: %s: %s",
+                  type(e).__name__, e)
+
+
+def _parse_response(response: Any, attempts: int = 1) -> ChatResult:
     choices = getattr(response, "choices", None)
     if not choices:
         raise MalformedResponseError("response has no choices")
@@ -187,7 +234,8 @@ def _parse_response(response: Any) -> ChatResult:
     text = msg.content if isinstance(msg.content, str) else ""
     if not text and not tool_calls:
         raise MalformedResponseError("first choice has neither content nor tool calls")
-    return ChatResult(text, tuple(tool_calls), getattr(choices[0], "finish_reason", None), response)
+    return ChatResult(text, tuple(tool_calls), getattr(choices[0], "finish_reason", None), response,
+                      attempts)
 
 
 def _retry_cause(e: Exception) -> str | None:

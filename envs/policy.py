@@ -21,6 +21,14 @@ bookkeeping of `EnginePolicy` can be tested without a model.
 
 Contract with the runner: after each `step`, the runner appends exactly one assistant message
 for that turn before the next `step`; every other message is new input for the policy.
+
+Context budget: a session may offer `prompt_tokens(messages, tools) -> int`, the number of tokens
+the next `step` would add as prompt (EngineSession does). The runner uses it to end the episode
+with finish_reason "token_limit" *before* sending a prompt that would not fit its
+`EpisodeConfig.max_context_tokens` (the engine rejects a context longer than its max_seq_len), and
+to cap the turn's `max_new_tokens` to what is left after the prompt. A session may also expose
+`max_context_tokens` (EngineSession: the engine's `config.max_seq_len`, or `max_seq_len`); the
+runner then uses the smaller of it and the episode's budget.
 """
 
 from __future__ import annotations
@@ -134,6 +142,7 @@ class EngineSession:
         self.turn_starts: list[int] = []
         self._seen = 0  # messages already in the session
         self._open_turn = False  # last turn was cut without <seed:eos>
+        self._pending: tuple[int, int, list[int]] | None = None  # (seen, len(messages), prompt)
         self.stats = {"prompt_len_mismatch": 0}
 
     def _render_new(self, messages: Sequence[Mapping[str, Any]],
@@ -161,12 +170,41 @@ class EngineSession:
         else:
             self.logprobs.extend(float(x) for x in logprobs)
 
+    def _prompt(self, messages, tools) -> list[int]:
+        """The token ids the next step sends (cached until the session or messages change)."""
+        key = (self._seen, len(messages))
+        if self._pending is not None and self._pending[:2] == key:
+            return self._pending[2]
+        chat = self.policy.chat
+        prompt: list[int] = [chat.eos_id] if self._open_turn else []
+        prompt += chat.encode(self._render_new(messages, tools))
+        self._pending = (*key, prompt)
+        return prompt
+
+    def prompt_tokens(self, messages, tools) -> int:
+        """How many tokens the next `step(messages, tools, ...)` would add before generating."""
+        return len(self._prompt(messages, tools))
+
+    @property
+    def max_context_tokens(self) -> int | None:
+        """The engine's sequence limit (context + generation), None if it does not say."""
+        engine = self.policy.engine
+        limit = getattr(getattr(engine, "config", None), "max_seq_len", None)
+        if limit is None:
+            limit = getattr(engine, "max_seq_len", None)
+        return int(limit) if isinstance(limit, int) else None
+
+    @property
+    def context_tokens(self) -> int:
+        """Tokens in the session so far (prompts and sampled turns)."""
+        return len(self.ids)
+
     async def step(self, messages, tools, max_new_tokens: int) -> PolicyTurn:
         from ppp_jax.sampling.params import Request, SamplingParams
 
         chat = self.policy.chat
-        prompt: list[int] = [chat.eos_id] if self._open_turn else []
-        prompt += chat.encode(self._render_new(messages, tools))
+        prompt = self._prompt(messages, tools)
+        self._pending = None
         self._append(prompt, 0)
         s = self.policy.sampling
         params = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
@@ -204,11 +242,14 @@ class ScriptedEngine:
 
     `replies`: session-independent list of raw assistant texts, consumed per session in order.
     A reply ending in `"<cut>"` is returned without `<seed:eos>` (finish reason "length").
+    `max_seq_len` (optional) mimics the real engine's limit: a request whose session context plus
+    prompt reaches it raises ValueError, and generation stops at it.
     """
 
-    def __init__(self, tokenizer: Any, replies: Sequence[str]):
+    def __init__(self, tokenizer: Any, replies: Sequence[str], max_seq_len: int | None = None):
         self.chat = tokenizer if isinstance(tokenizer, ChatTokenizer) else ChatTokenizer(tokenizer)
         self.replies = list(replies)
+        self.max_seq_len = max_seq_len
         self.sessions: dict[str, int] = {}  # session -> tokens so far
         self.cursor: dict[str, int] = {}
         self.requests: list[Any] = []
@@ -218,6 +259,9 @@ class ScriptedEngine:
 
         self.requests.append(request)
         sid = request.session_id
+        prompt_len = self.sessions.get(sid, 0) + len(request.prompt_ids)
+        if self.max_seq_len is not None and prompt_len >= self.max_seq_len:
+            raise ValueError(f"context of {prompt_len} tokens reaches max_seq_len {self.max_seq_len}")
         k = self.cursor.get(sid, 0)
         self.cursor[sid] = k + 1
         text = self.replies[k] if k < len(self.replies) else "I give up."
@@ -226,7 +270,8 @@ class ScriptedEngine:
         if not cut:
             ids.append(self.chat.eos_id)
         ids = ids[:request.params.max_new_tokens]
-        prompt_len = self.sessions.get(sid, 0) + len(request.prompt_ids)
+        if self.max_seq_len is not None:
+            ids = ids[:self.max_seq_len - prompt_len]
         self.sessions[sid] = prompt_len + len(ids)
         reason = "stop" if ids and ids[-1] == self.chat.eos_id else "length"
         return GenerationResult(request.request_id, ids, [-0.5] * len(ids), reason, prompt_len, sid)

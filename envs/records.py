@@ -29,6 +29,12 @@ class Question:
       level: the simulator's raw cost level on the released code's scale (SWE 1-5, search 1-3),
         when the simulator produced one (envs.simulator.SimulatorReply.level); used by the
         `released` reward variant. None when unknown or the reply was malformed/capped.
+      malformed: the simulator's reply never parsed (after its format retries): effort and
+        `followed` are fallbacks, so scoring and reward exclude this question from effort and
+        per-question compliance (envs.scoring); the runner counts it in
+        `EpisodeRecord.stats["simulator_malformed"]`.
+      raw: the simulator's raw output (LLM: the reply with its [Cost]/[Reward] tags), fed back as
+        the simulator's history; "" when unknown.
     """
 
     text: str
@@ -38,6 +44,8 @@ class Question:
     turn: int = 0
     answered: bool = True
     level: int | None = None
+    malformed: bool = False
+    raw: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,13 +4,26 @@ Two variants (`RewardConfig.variant`):
 
 `paper` (default; paper section 5.1):
   R_prod   = task score s.
-  R_proact = +0.05 if the episode asked >= 1 question and every question was low effort,
-             -0.1 per medium-effort question, -0.5 per high-effort question. A question past the
-             user's cap counts as medium (the user refused it).
+  R_proact = on a **vague** prompt: +0.05 if the episode asked >= 1 question and every question
+             was low effort, -0.1 per medium-effort question, -0.5 per high-effort question. A
+             question past the user's cap counts as medium (the user refused it).
+             On a **precise** prompt the agent already holds everything the user could tell it
+             from the prompt, so every question is unnecessary (the paper's medium effort,
+             section 4.3): each costs at least medium (-0.1; high stays -0.5) and there is no
+             low-effort bonus.
   R_pers   = the preference's Table-5 penalty (envs.preferences.penalty), +0.05 if the preference
-             was followed and >= 1 question was asked; 0 for preferences with no judge.
+             was followed, >= 1 question was asked and the prompt was vague; 0 for preferences
+             with no judge.
   The ">= 1 question" condition on both bonuses is our reading (the paper says "all queries" and
-  "fully complies"; the released code requires a question for both).
+  "fully complies"; the released code requires a question for both). Granting the bonuses only on
+  vague prompts and charging every precise-prompt question follows the released code (reference
+  section 7.2: precise SWE costs -0.2 * level per question, search adds -0.1 * level; both
+  bonuses vague-only), which is what teaches "ask only when needed"; without it a low-effort
+  question on a precise prompt would earn +0.1 with no cost.
+
+Malformed simulator replies (`Question.malformed`) are left out of both variants' effort terms
+and of per-question compliance (see envs.scoring); they still count as asked questions for the
+preference penalties (`num_asks`).
 
 `released` (the released code's `UserReward`, reference section 7.2). With q questions, L_k
 answers at raw level k (`Question.level`; if missing, the effort's default level: SWE low 1 /
@@ -37,7 +50,7 @@ from typing import Literal
 
 from ppp_jax.envs.preferences import get_preference
 from ppp_jax.envs.records import EpisodeRecord
-from ppp_jax.envs.scoring import _task_score, compliance
+from ppp_jax.envs.scoring import _task_score, compliance, scored_questions
 from ppp_jax.envs.simulator import DEFAULT_LEVEL, TaskFamily
 
 # Paper constants.
@@ -90,10 +103,13 @@ def task_family(domain: str, markers: tuple[str, ...] = ("search", "browsecomp")
 
 
 def _paper_proactivity(record: EpisodeRecord) -> float:
-    qs = record.questions
-    n_med = sum(1 for q in qs if q.effort == "medium")
-    n_high = sum(1 for q in qs if q.effort == "high")
-    bonus = PAPER_LOW_BONUS if qs and all(q.effort == "low" for q in qs) else 0.0
+    qs = scored_questions(record)
+    vague = record.prompt_kind == "vague"
+    # On a precise prompt every question is unnecessary: at least medium effort.
+    efforts = [q.effort if vague or q.effort == "high" else "medium" for q in qs]
+    n_med = sum(1 for e in efforts if e == "medium")
+    n_high = sum(1 for e in efforts if e == "high")
+    bonus = PAPER_LOW_BONUS if efforts and all(e == "low" for e in efforts) else 0.0
     return bonus - PAPER_MEDIUM_COST * n_med - PAPER_HIGH_COST * n_high
 
 
@@ -101,14 +117,16 @@ def _paper_personalization(record: EpisodeRecord) -> float:
     comp = compliance(record)
     if comp.penalty is None:
         return 0.0
-    bonus = PREFERENCE_BONUS if (comp.followed and record.questions) else 0.0
+    vague = record.prompt_kind == "vague"
+    bonus = PREFERENCE_BONUS if (vague and comp.followed and scored_questions(record)) else 0.0
     return comp.penalty + bonus
 
 
 def released_levels(record: EpisodeRecord, family: TaskFamily) -> list[int | None]:
-    """Each question's raw level as the released code would have counted it (None = untagged)."""
+    """Each scored question's raw level as the released code would have counted it (None =
+    untagged: past the cap). Malformed replies are left out (not counted in q either)."""
     out: list[int | None] = []
-    for q in record.questions:
+    for q in scored_questions(record):
         if not q.answered:
             out.append(None)
         elif q.level is not None:
@@ -138,7 +156,7 @@ def _released_proactivity(record: EpisodeRecord, family: TaskFamily, s: float, t
                 r += RELEASED_LOW_BONUS
         else:
             r -= RELEASED_SEARCH_PRECISE_PER_LEVEL * lsum
-    if vague and q == 0 and s < thr:
+    if vague and not record.questions and s < thr:  # asked nothing (malformed replies count)
         r -= RELEASED_NO_ASK_WRONG
     return r
 
@@ -148,7 +166,7 @@ def _released_personalization(record: EpisodeRecord) -> float:
     if comp.penalty is None:
         return 0.0
     vague = record.prompt_kind == "vague"
-    bonus = PREFERENCE_BONUS if (vague and record.questions and comp.penalty == 0.0) else 0.0
+    bonus = PREFERENCE_BONUS if (vague and scored_questions(record) and comp.penalty == 0.0) else 0.0
     return comp.penalty + bonus
 
 

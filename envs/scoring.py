@@ -4,12 +4,24 @@ All functions are pure functions of `EpisodeRecord`s (paper section 6.3, referen
 
 * productivity = the task score (F1 / judged exact match) in [0, 1];
 * proactivity = 1 iff the session effort is low. Session effort = the maximum effort over the
-  episode's questions; with no question it is **high** if the prompt was vague and the answer was
-  wrong (task score < `correct_threshold`), else low;
-* personalization = 1 iff the preference was followed. It is defined only for episodes with at
-  least one question, plus episodes whose preference penalty is non-zero without a question
-  (`answer_more` with no question counts as a failure, as in the released code); it is undefined
-  (excluded from the average) for preferences with no judge (`no_preference`, `professional`).
+  episode's scored questions; with no question at all it is **high** if the prompt was vague and
+  the answer was wrong (task score < `correct_threshold`), else low;
+* personalization = 1 iff the preference was followed. Two rules (`personalization_rule`):
+  `"paper"` (default; paper section 6.3): defined only for episodes with at least one question;
+  `"released"` (the released code): also defined for episodes whose preference penalty is non-zero
+  without a question (`answer_more` with no question counts as a failure). Either way it is
+  undefined (excluded from the average) for preferences with no judge (`no_preference`,
+  `professional`).
+
+Malformed simulator replies (`Question.malformed`: the simulator's reply never parsed, so its
+effort and verdict are fallbacks, not judgements) are left out of effort and per-question
+compliance: they count neither in the session effort nor in the effort counts, nor as followed,
+violated or unjudged. They still count as questions the agent asked (ask ratio, `num_asks` of
+the penalties, trajectory rules), since asking was the agent's action. An episode whose only
+questions are malformed has session effort low (it asked; no evidence of cost) and, for
+per-question preferences, undefined personalization. Such episodes
+are flagged by `record.stats["simulator_malformed"]` (and `EpisodeScores.num_malformed`) so the
+orchestrator can re-run them.
 
 Compliance of one episode (`compliance`):
 * per-question preferences: the answered questions' `followed` verdicts (LLM tag or text rule);
@@ -26,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 from ppp_jax.envs import judges
 from ppp_jax.envs.preferences import get_preference, penalty
@@ -33,6 +46,13 @@ from ppp_jax.envs.records import EpisodeRecord, ToolCall
 from ppp_jax.envs.simulator import max_effort
 
 CORRECT_THRESHOLD = 1.0  # a task score below this is a wrong answer (released: s < 1)
+PersonalizationRule = Literal["paper", "released"]
+PERSONALIZATION_RULES = ("paper", "released")
+
+
+def scored_questions(record: EpisodeRecord):
+    """The questions whose effort and verdict are real judgements (not malformed replies)."""
+    return tuple(q for q in record.questions if not q.malformed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +84,7 @@ def compliance(record: EpisodeRecord) -> Compliance:
     n_asks = len(record.questions)
     if not pref.has_judge:
         return Compliance(None, None, 0, 0, "none")
-    answered = [q for q in record.questions if q.answered]
+    answered = [q for q in scored_questions(record) if q.answered]
     per_q = [q.followed for q in answered]
     use_questions = pref.rule_judge == "text" or (
         pref.id == "first_try" and any(v is not None for v in per_q)
@@ -100,10 +120,13 @@ def _task_score(record: EpisodeRecord) -> float:
 
 
 def session_effort(record: EpisodeRecord, correct_threshold: float = CORRECT_THRESHOLD) -> str:
-    """Max effort over the questions; with none, high iff vague prompt and a wrong answer."""
-    eff = max_effort(q.effort for q in record.questions)
+    """Max effort over the scored questions; with no question, high iff vague prompt and a wrong
+    answer; low when every question was malformed (see the module docstring)."""
+    eff = max_effort(q.effort for q in scored_questions(record))
     if eff is not None:
         return eff
+    if record.questions:
+        return "low"
     wrong = _task_score(record) < correct_threshold
     return "high" if (record.prompt_kind == "vague" and wrong) else "low"
 
@@ -121,22 +144,34 @@ class EpisodeScores:
     session_effort: str
     effort_counts: dict[str, int]
     compliance: Compliance
+    num_malformed: int = 0  # questions with a malformed simulator reply (excluded from scoring)
 
 
-def episode_scores(record: EpisodeRecord, correct_threshold: float = CORRECT_THRESHOLD) -> EpisodeScores:
-    """Productivity, proactivity and personalization of one episode."""
+def _check_rule(rule: str) -> None:
+    if rule not in PERSONALIZATION_RULES:
+        raise ValueError(f"personalization_rule must be 'paper' or 'released', got {rule!r}")
+
+
+def episode_scores(record: EpisodeRecord, correct_threshold: float = CORRECT_THRESHOLD, *,
+                   personalization_rule: PersonalizationRule = "paper") -> EpisodeScores:
+    """Productivity, proactivity and personalization of one episode (see the module docstring
+    for `personalization_rule`)."""
+    _check_rule(personalization_rule)
     prod = _task_score(record)
     eff = session_effort(record, correct_threshold)
     comp = compliance(record)
     n_q = len(record.questions)
     if comp.followed is None:
         pers = None
+    elif comp.source == "question" and n_q > 0 and not scored_questions(record):
+        pers = None  # every reply was malformed: no per-question verdict to score
     elif n_q == 0:
-        pers = 0.0 if (comp.penalty or 0.0) != 0.0 else None
+        released_fail = personalization_rule == "released" and (comp.penalty or 0.0) != 0.0
+        pers = 0.0 if released_fail else None
     else:
         pers = 1.0 if comp.followed else 0.0
     counts = {"low": 0, "medium": 0, "high": 0}
-    for q in record.questions:
+    for q in scored_questions(record):
         counts[q.effort] += 1
     return EpisodeScores(
         productivity=prod,
@@ -148,6 +183,7 @@ def episode_scores(record: EpisodeRecord, correct_threshold: float = CORRECT_THR
         session_effort=eff,
         effort_counts=counts,
         compliance=comp,
+        num_malformed=n_q - len(scored_questions(record)),
     )
 
 
@@ -165,15 +201,18 @@ class ScoreSummary:
     effort_counts: dict[str, int]  # questions per effort level, summed
     num_unjudged: int  # answered questions with no verdict (malformed judge tags etc.)
     num_unanswered: int
+    num_malformed: int = 0  # questions with malformed simulator replies (excluded from scoring)
 
 
 def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def aggregate(records: Sequence[EpisodeRecord], correct_threshold: float = CORRECT_THRESHOLD) -> ScoreSummary:
+def aggregate(records: Sequence[EpisodeRecord], correct_threshold: float = CORRECT_THRESHOLD, *,
+              personalization_rule: PersonalizationRule = "paper") -> ScoreSummary:
     """The three scores and the ask statistics over a list of episodes."""
-    scores = [episode_scores(r, correct_threshold) for r in records]
+    scores = [episode_scores(r, correct_threshold, personalization_rule=personalization_rule)
+              for r in records]
     pers = [s.personalization for s in scores if s.personalization is not None]
     counts = {"low": 0, "medium": 0, "high": 0}
     for s in scores:
@@ -190,4 +229,5 @@ def aggregate(records: Sequence[EpisodeRecord], correct_threshold: float = CORRE
         effort_counts=counts,
         num_unjudged=sum(s.compliance.num_unjudged for s in scores),
         num_unanswered=sum(s.num_unanswered for s in scores),
+        num_malformed=sum(s.num_malformed for s in scores),
     )

@@ -18,6 +18,16 @@ no raw level, and effort **medium**: the user refuses to answer, which is the pa
 a medium-effort question. (The released code gives it no cost tag at all; the `released` reward
 variant reproduces that, see envs.reward.)
 
+Failures (never silently scored):
+  * the backend cannot be reached after its own retries -> `answer` raises
+    `SimulatorUnavailable`; the episode runner counts it in `record.stats["simulator_errors"]`,
+    shows the agent an error observation and records no `Question`; the rollout orchestrator
+    re-runs or drops episodes with simulator errors;
+  * the reply never parses (after the backend's format retries) -> `SimulatorReply.malformed` is
+    True; the runner stores it as `Question(malformed=True)` and counts it in
+    `record.stats["simulator_malformed"]`; scoring and reward leave such a question out of effort
+    and per-question compliance (see envs.scoring).
+
 Raw levels: the LLM simulator tags answers on the released code's scales, kept in
 `SimulatorReply.level`: SWE `[Cost 1..5]` (1 prompt only -> low, 2 hint -> high, 3 refusal ->
 medium, 4 file path -> high, 5 function name -> high) and search `[Level 1..3]`-style
@@ -51,6 +61,12 @@ DEFAULT_LEVEL: dict[TaskFamily, dict[str, int]] = {
 EFFORT_RANK: dict[str, int] = {"low": 0, "medium": 1, "high": 2}
 
 
+class SimulatorUnavailable(RuntimeError):
+    """The simulator's backend could not answer (endpoint down, retries exhausted).
+
+    Raised by `UserSimulator.answer`; an infrastructure failure, not the agent's fault."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SimulatorContext:
     """What the simulated user knows when answering one question.
@@ -61,9 +77,10 @@ class SimulatorContext:
         `path.py:func` lines for SWE, gold document snippets for search). May be empty.
       preference_id: the user's preference (see envs.preferences).
       questions_answered: how many questions this user already answered in the episode.
-      history: earlier (question, reply) pairs of this episode, oldest first. Pass each
-        `SimulatorReply.raw` as the reply so an LLM simulator sees its own tagged format (the
-        embedded simulator ignores history).
+      history: earlier (question, reply) pairs of this episode, oldest first. The runner passes
+        each `SimulatorReply.raw` (kept as `Question.raw`) so an LLM simulator sees its own tagged
+        format; for a malformed reply it passes the shown text instead (see `history_reply`).
+        The embedded simulator ignores history.
       task_family: which effort scale to use ("swe" 5 levels, "search" 3 levels).
       hint: optional extra hint (SWE "Hint Information"; a high-effort item).
     """
@@ -92,6 +109,8 @@ class SimulatorReply:
       malformed: True if the LLM's reply could not be parsed even after retries; effort is then
         the configured fallback and `followed` is None. Counted by the simulator, never silent.
       rule_followed: the rule judge's verdict when a backend runs both judges (for agreement).
+      format_retries: re-requests this answer needed because a reply did not parse.
+      request_retries: HTTP retries (429/5xx/timeouts/...) the backend's client needed.
     """
 
     text: str
@@ -102,6 +121,8 @@ class SimulatorReply:
     level: int | None = None
     malformed: bool = False
     rule_followed: bool | None = None
+    format_retries: int = 0
+    request_retries: int = 0
 
 
 @runtime_checkable
@@ -109,7 +130,8 @@ class UserSimulator(Protocol):
     """Anything that can answer an agent's question in an episode."""
 
     async def answer(self, ctx: SimulatorContext, question: str) -> SimulatorReply:
-        """Answers `question` given `ctx`. Never raises for model-side failures."""
+        """Answers `question` given `ctx`. An unparseable model reply is returned with
+        `malformed=True`; an unreachable backend raises `SimulatorUnavailable`."""
         ...
 
 
@@ -148,7 +170,16 @@ def to_question(question: str, reply: SimulatorReply, turn: int = 0) -> Question
         turn=turn,
         answered=reply.answered,
         level=reply.level,
+        malformed=reply.malformed,
+        raw=reply.raw,
     )
+
+
+def history_reply(q: Question) -> str:
+    """The reply to show the simulator for an earlier question: its own raw output (tags
+    included) when that parsed, else the text the agent saw (a malformed raw reply is not fed
+    back, so the model is not primed with a broken format)."""
+    return q.raw if (q.raw and not q.malformed) else q.answer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,9 +14,13 @@ Output format the model must follow (parsed strictly, see `parse_reply`):
 
 A reply that does not parse is re-requested up to `format_retries` times; then it is *counted*
 (`stats["malformed"]`) and returned with `malformed=True`, the configured fallback effort
-(default medium), no level and `followed=None`, and the paragraph with any tags removed (or
-"I don't know." if nothing is left). An endpoint that fails for good (after the client's own
-retries on 429/5xx/timeouts) is counted in `stats["request_failures"]` and handled the same way.
+(default medium), no level and `followed=None` (the rule verdict when `compliance_judge="rule"`),
+and the paragraph with any tags removed (or "I don't know." if nothing is left). The episode
+runner marks the `Question` malformed and scoring leaves it out of effort and compliance.
+An endpoint that fails for good (after the client's own retries on 429/5xx/timeouts) is counted
+in `stats["request_failures"]` and raises `SimulatorUnavailable` (never turned into an answer);
+the runner counts it in `record.stats["simulator_errors"]`.
+Each reply carries its `format_retries` and `request_retries` (per-episode counters).
 By default the agent sees the paragraph only; `show_tags_to_agent=True` reproduces the released
 code, which passed the tags through.
 """
@@ -38,6 +42,7 @@ from ppp_jax.envs.simulator import (
     LEVEL_EFFORT,
     SimulatorContext,
     SimulatorReply,
+    SimulatorUnavailable,
     cap_reply,
     check_question,
 )
@@ -260,13 +265,15 @@ class LLMUserSimulator:
         rule_verdict = judges.judge_question(pref.id, question) if judge != "llm" else None
         messages = build_messages(ctx, question, judge)
         raw = ""
+        request_retries = 0
         for attempt in range(self.config.format_retries + 1):
             try:
                 result = await self.client.chat(messages)
             except LLMRequestError as e:
                 self.stats["request_failures"] += 1
                 log.warning("user simulator request failed: %s", e)
-                return self._fallback(raw, rule_verdict, judge)
+                raise SimulatorUnavailable(f"user simulator request failed: {e}") from None
+            request_retries += max(0, int(getattr(result, "attempts", 1)) - 1)
             raw = result.text
             try:
                 parsed = parse_reply(raw, ctx.task_family, expects_reward)
@@ -286,10 +293,14 @@ class LLMUserSimulator:
                 raw=raw,
                 level=parsed.level,
                 rule_followed=rule_verdict if judge == "both" else None,
+                format_retries=attempt,
+                request_retries=request_retries,
             )
         self.stats["malformed"] += 1
         log.warning("user simulator reply malformed after %d tries", self.config.format_retries + 1)
-        return self._fallback(raw, rule_verdict, judge)
+        return dataclasses.replace(self._fallback(raw, rule_verdict, judge),
+                                   format_retries=self.config.format_retries,
+                                   request_retries=request_retries)
 
     def _fallback(self, raw: str, rule_verdict: bool | None, judge: ComplianceJudge) -> SimulatorReply:
         text = strip_tags(raw) or IDK_REPLY

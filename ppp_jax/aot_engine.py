@@ -83,12 +83,13 @@ def compile_engine_step(cc: aot.CompileConfig, devices: Sequence[jax.Device],
         t1 = time.perf_counter()
         compiled = aot.compile_lowered(lowered)
         t2 = time.perf_counter()
+    context = t / 2 if name == "prefill" else eng.cache_len
+    flops = aot.forward_model_flops(mcfg, batch, t, context, len(devices))
     if isinstance(compiled, aot.StepReport):
         return dataclasses.replace(compiled, step=name, topology=cc.compile.topology,
                                    mesh={str(k): int(v) for k, v in mesh.shape.items()},
                                    hbm_bytes=aot.hbm_per_device(cc.compile.topology, len(devices)),
-                                   tokens=batch * t, lower_s=t1 - t0, compile_s=t2 - t1)
-    context = t / 2 if name == "prefill" else eng.cache_len
-    flops = aot.forward_model_flops(mcfg, batch, t, context, len(devices))
+                                   model_flops=flops, tokens=batch * t, lower_s=t1 - t0,
+                                   compile_s=t2 - t1)
     return aot.report_of(compiled, step=name, topology=cc.compile.topology, mesh=mesh,
                          model_flops=flops, tokens=batch * t, lower_s=t1 - t0, compile_s=t2 - t1)

@@ -107,6 +107,24 @@ def for_user(task: Task, preference_id: str) -> Task:
     return dataclasses.replace(task, metadata={**dict(task.metadata), "preference_id": preference_id})
 
 
+class TimedSimulator:
+    """Wraps a user simulator and adds up the time its answers take (summed over concurrent
+    calls, so it can exceed the wall time of the rollout)."""
+
+    def __init__(self, inner: UserSimulator):
+        self.inner = inner
+        self.seconds = 0.0
+        self.calls = 0
+
+    async def answer(self, ctx: Any, question: str) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return await self.inner.answer(ctx, question)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.calls += 1
+
+
 # ------------------------------------------------------------------------------------------------
 # Seeds
 # ------------------------------------------------------------------------------------------------
@@ -296,7 +314,7 @@ class RolloutOrchestrator:
                  pad_token_id: int = 0):
         self.domain = domain
         self.policy = policy
-        self.simulator = simulator
+        self.simulator = TimedSimulator(simulator)
         self.rl = rl
         self.reward = reward
         self.episode = episode
@@ -339,6 +357,7 @@ class RolloutOrchestrator:
         """
         t0 = time.perf_counter()
         counters = RolloutCounters()
+        self.simulator.seconds, self.simulator.calls = 0.0, 0
         dcfg = self.rl.dapo
         clip = self.rl.advantage.clip_reward_01
 
@@ -393,6 +412,8 @@ class RolloutOrchestrator:
         m.update(counters.metrics())
         m.update(extra)
         m["time/rollout"] = rollout_s
+        m["time/simulator_calls"] = self.simulator.seconds
+        m["rollout/simulator_calls"] = float(self.simulator.calls)
         m["rollout/advantage_abs_mean"] = float(np.mean(np.abs(adv))) if len(adv) else 0.0
         m["rollout/zero_spread_groups"] = float(_zero_spread(rewards, groups))
         return RolloutBatch(records, groups, scores, rewards, adv, batch, m)

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"ppp compile: {cc.model.preset} ({cc.model.param_dtype} params, {cc.model.dtype} "
               f"compute, remat={cc.model.remat}, attention={cc.model.attention_impl}) for "
               f"{cc.compile.topology} ({aot.topology_chips(cc.compile.topology)} chips, "
-              f"{chip.hbm_gib:g} GiB HBM each); steps {list(cc.compile.steps)}; "
+              f"{chip.limit_gib:g} GiB usable HBM each); steps {list(cc.compile.steps)}; "
               f"train batch {cc.compile.batch} x {cc.compile.seq_len} tokens", flush=True)
         devices = aot.tpu_devices(cc.compile.topology)
     except (ConfigError, ShardingError, aot.AotError, ValueError) as e:

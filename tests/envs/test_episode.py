@@ -11,7 +11,7 @@ from ppp_jax.envs.domains.base import Task
 from ppp_jax.envs.episode import EpisodeConfig, EpisodeSpec, masked_spans, run_episode, run_episodes
 from ppp_jax.envs.policy import EnginePolicy, ScriptedEngine, ScriptedPolicy
 from ppp_jax.envs.reward import RewardConfig, ppp_reward
-from ppp_jax.envs.simulator import SimulatorReply
+from ppp_jax.envs.simulator import SimulatorReply, SimulatorUnavailable
 from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
 from ppp_jax.envs.testing import tiny_seed_tokenizer
 from ppp_jax.envs.toolcall import render_tool_call
@@ -275,3 +275,89 @@ def test_engine_policy_with_the_real_jax_engine():
     ct = chat.ChatTokenizer(tok)
     first = ct.decode(view.token_ids[slice(*spans[0][:2])])
     assert first.startswith("<seed:bos>system\nAnswer.") and first.endswith("<seed:bos>assistant\n")
+
+
+@pytest.mark.parametrize("from_engine", [False, True])
+def test_context_limit_ends_the_episode_and_keeps_it(task, domain, from_engine):
+    """A prompt that would not fit the context budget is never sent: the episode ends with
+    "token_limit" and is kept, scored, with its token view (the engine would reject it). The
+    budget is the episode's max_context_tokens, or the engine's max_seq_len when smaller."""
+    tok = tiny_seed_tokenizer(extra_text=[task.precise_prompt, task.vague_prompt])
+    script = solve_script(task, ask=False)
+    probe = ScriptedEngine(tok, script)
+    run(run_episode(domain, task, EnginePolicy(probe, tok), EmbeddedUserSimulator(),
+                    preference_id="no_preference"))
+    first_prompt = len(probe.requests[0].prompt_ids)
+    second_prompt = len(probe.requests[1].prompt_ids)
+    ctx1 = first_prompt + len(tok.encode(script[0]).ids) + 1  # + <seed:eos>
+    assert second_prompt > 20
+    limit = ctx1 + 10 + second_prompt // 2  # turn 2's prompt does not fit, but budget >= 10
+    engine = ScriptedEngine(tok, script, max_seq_len=limit)
+    budget = 32_768 if from_engine else limit
+    rec = run(run_episode(domain, task, EnginePolicy(engine, tok), EmbeddedUserSimulator(),
+                          preference_id="no_preference",
+                          config=EpisodeConfig(max_context_tokens=budget, min_turn_tokens=10)))
+    assert rec.finish_reason == "token_limit" and rec.stats["policy_errors"] == 0
+    assert rec.num_turns == 1 and len(engine.requests) == 1
+    assert rec.task_score == 0.0 and rec.answer is None
+    assert len(rec.tokens.token_ids) == ctx1 == rec.stats["context_tokens"]
+    assert rec.tokens.loss_mask[-1] == 1  # ends with the last sampled token
+    assert rec.stats["token_limit_pending_prompt"] == second_prompt
+    # The turn's generation cap leaves room for its prompt.
+    assert engine.requests[0].params.max_new_tokens == min(2048, limit - first_prompt)
+    assert ppp_reward(rec, RewardConfig()) == 0.0  # scorable
+
+
+class RaisingUser:
+    async def answer(self, ctx, question):
+        raise SimulatorUnavailable("endpoint down")
+
+
+def test_simulator_outage_is_counted_not_scored(task, domain):
+    rec = run(run_episode(domain, task, ScriptedPolicy(solve_script(task, ask=True)),
+                          RaisingUser(), preference_id="concise_question"))
+    assert rec.stats["simulator_errors"] == 1 and "endpoint down" in rec.stats["simulator_error"]
+    assert rec.questions == () and rec.tool_calls[0].error == "simulator_error"
+    assert rec.finish_reason == "finish"
+
+
+def test_llm_simulator_sees_its_raw_replies_and_malformed_is_marked(task, domain, monkeypatch):
+    from ppp_jax.envs.llm_client import LLMClientConfig
+    from ppp_jax.envs.simulator_llm import LLMSimulatorConfig, LLMUserSimulator
+    from tests.envs.fake_openai_server import FakeOpenAIServer, error, reply
+
+    monkeypatch.setenv("PPP_TEST_EPISODE_KEY", "k")
+    tagged = "It crashes when I save.\n[Cost 1]\n[Reward 1]"
+    script = [call("ask_user", question="What happens?"), call("ask_user", question="Where?"),
+              call("ask_user", question="Anything else?"), call("ask_user", question="Down?"),
+              call("finish", answer=task.gold[0])]
+    with FakeOpenAIServer() as server:
+        server.push(reply(tagged), reply("no tags at all"), reply("still none"), reply("nope [Cost 1]"),
+                    reply("Nothing else.\n[Cost 1]\n[Reward 1]"), error(500))
+        sim = LLMUserSimulator(LLMSimulatorConfig(client=LLMClientConfig(
+            model="fake-model", base_url=server.base_url, api_key_env="PPP_TEST_EPISODE_KEY",
+            max_retries=0, backoff_base_s=0.01)))
+
+        async def go():
+            try:
+                return await run_episode(domain, task, ScriptedPolicy(script), sim,
+                                         preference_id="concise_question")
+            finally:
+                await sim.close()
+
+        rec = run(go())
+        second = server.requests[1]["body"]["messages"]
+        last = server.requests[-2]["body"]["messages"]
+    # The simulator's history carries its own tagged reply, not the stripped text.
+    assert second[2] == {"role": "assistant", "content": tagged}
+    q0, q1, q2 = rec.questions
+    assert q0.answer == "It crashes when I save." and q0.raw == tagged and not q0.malformed
+    assert q1.malformed and q1.answer == "nope" and q1.raw == "nope [Cost 1]" and q1.followed is None
+    # A malformed reply is fed back as the text the agent saw, not the broken raw output.
+    assert last[4] == {"role": "assistant", "content": "nope"} and not q2.malformed
+    s = rec.stats
+    assert s["simulator_malformed"] == 1 and s["simulator_format_retries"] == 2
+    # The endpoint failing for good is an infrastructure error, counted, with no Question.
+    assert s["simulator_questions"] == 4 and s["simulator_errors"] == 1
+    assert "SimulatorUnavailable" in s["simulator_error"]
+    assert rec.tool_calls[3].error == "simulator_error" and len(rec.questions) == 3

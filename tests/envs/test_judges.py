@@ -65,6 +65,10 @@ def _ask(turn):
     return ToolCall("ask_user", {"query": "q"}, turn)
 
 
+def _bad_ask(turn, error="bad_argument"):
+    return ToolCall("ask_user", {}, turn, "ERROR: ...", error)
+
+
 def _work(turn, name="execute_bash"):
     return ToolCall(name, {"command": "ls"}, turn)
 
@@ -80,7 +84,16 @@ def _work(turn, name="execute_bash"):
         ("ask_many", [_ask(0), _ask(1)], False),
         ("ask_many", [], True),
         ("only_begin", [_ask(0), _ask(0), _work(1)], True),
-        ("only_begin", [_work(1), _ask(1)], True),  # first agent turn is turn 1 here
+        # Turn 0 is the agent's first turn even when it made no call: asking later violates.
+        ("only_begin", [_work(1), _ask(1)], False),
+        ("only_begin", [_ask(2)], False),
+        ("only_begin", [_ask(0), _bad_ask(3)], True),  # a failed ask is not a question
+        # Only valid ask calls (error None) count, as in len(record.questions).
+        ("answer_more", [_ask(0), _ask(1), _bad_ask(2)], False),
+        ("answer_more", [_ask(0), _ask(1), _bad_ask(2, "simulator_error"), _ask(3)], True),
+        ("no_ask", [_bad_ask(0)], True),
+        ("ask_many", [_ask(0), _bad_ask(1)], True),
+        ("first_try", [_bad_ask(0), _work(1)], True),
         ("only_begin", [_ask(0), _work(1), _ask(2)], False),
         ("only_begin", [_work(0), _ask(1)], False),
         ("first_try", [_work(0), _ask(1)], True),
@@ -104,6 +117,23 @@ def test_trajectory_rule_absent_for_text_preferences():
 def test_first_try_violation_count():
     assert judges.first_try_violations([_ask(0), _ask(1), _work(2), _ask(3)]) == 2
     assert judges.first_try_violations([_work(0), _ask(1)]) == 0
+    assert judges.first_try_violations([_ask(0), _bad_ask(0), _work(1)]) == 1
+
+
+def test_answer_more_verdict_matches_its_penalty():
+    from ppp_jax.envs.records import EpisodeRecord, Question
+    from ppp_jax.envs.scoring import compliance
+
+    calls = [_ask(0), _bad_ask(1), _ask(2), _bad_ask(3), _ask(4)]
+    qs = tuple(Question("q", "a", "low", None, c.turn) for c in calls if c.error is None)
+    r = EpisodeRecord("t", "swe_func_loc", "answer_more", "vague", questions=qs,
+                      tool_calls=tuple(calls), task_score=1.0)
+    c = compliance(r)
+    assert (c.followed, c.penalty) == (True, 0.0)
+    r = EpisodeRecord("t", "swe_func_loc", "answer_more", "vague", questions=qs[:2],
+                      tool_calls=tuple(calls[:4]), task_score=1.0)
+    c = compliance(r)
+    assert (c.followed, c.penalty) == (False, -1.0)
 
 
 def test_judge_agreement():

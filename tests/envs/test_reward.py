@@ -44,6 +44,31 @@ def test_paper_medium_and_high_costs():
     assert parts(r) == (-0.6, -0.1, 0.2)
 
 
+def test_paper_precise_prompt_questions_are_unnecessary():
+    # Precise prompt: no bonus, and a low-effort question costs like a medium one.
+    assert parts(rec(questions=[Q()], kind="precise")) == (-0.1, 0.0, 0.4)
+    assert parts(rec(questions=[Q("low"), Q("high")], kind="precise")) == (-0.6, 0.0, 0.0)
+    b = reward_breakdown(rec(questions=[Q("low"), Q("high")], kind="precise", score=0.9))
+    assert b.unclipped == pytest.approx(0.3)
+    # The preference penalty still applies on precise prompts; only the bonus is vague-only.
+    assert parts(rec(questions=[Q(followed=False)], kind="precise", score=0.9)) == (-0.1, -0.1, 0.7)
+    # Not asking on a precise prompt is free.
+    assert parts(rec(kind="precise", score=0.6)) == (0.0, 0.0, 0.6)
+    # The same question on a vague prompt earns both bonuses.
+    assert parts(rec(questions=[Q()], kind="vague")) == (0.05, 0.05, 0.6)
+
+
+def test_malformed_replies_are_not_scored_in_either_variant():
+    bad = Question("q?", "a", "medium", None, 0, True, None, malformed=True)
+    # Paper: the malformed question costs nothing and earns nothing.
+    assert parts(rec(questions=[Q(), bad])) == (0.05, 0.05, 0.6)
+    assert parts(rec(questions=[bad])) == (0.0, 0.0, 0.5)
+    # Released: not in q or Lsum (no loophole bonus), and it still counts as having asked.
+    assert reward_breakdown(rec(questions=[bad]), RELEASED).proactivity == 0.0
+    assert reward_breakdown(rec(questions=[Q(level=1), bad]), RELEASED).proactivity == \
+        pytest.approx(0.05)
+
+
 def test_paper_capped_questions():
     # 4 answered low + 1 past the cap (medium, unjudged): no bonus, -0.1.
     qs = [Q()] * 4 + [Q("medium", followed=None, answered=False)]

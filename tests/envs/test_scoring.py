@@ -1,5 +1,6 @@
 """Scores of hand-built episode records: productivity, proactivity, personalization, aggregation."""
 
+import dataclasses
 import math
 
 import pytest
@@ -35,8 +36,19 @@ def test_personalization_definition():
     assert episode_scores(rec(questions=[Q(followed=True), Q(followed=False)])).personalization == 0.0
     # No question: undefined ...
     assert episode_scores(rec()).personalization is None
-    # ... except where the penalty is non-zero without a question (answer_more).
-    assert episode_scores(rec("answer_more")).personalization == 0.0
+    # ... also for answer_more under the paper rule (the default: only episodes with a question)
+    assert episode_scores(rec("answer_more")).personalization is None
+    assert aggregate([rec("answer_more"), rec("answer_more", [Q(), Q(), Q()], traj=True)]
+                     ).personalization == 1.0
+    # ... while the released code's rule counts a non-zero penalty without a question as a failure.
+    assert episode_scores(rec("answer_more"), personalization_rule="released").personalization == 0.0
+    assert episode_scores(rec("concise_question"),
+                          personalization_rule="released").personalization is None
+    s = aggregate([rec("answer_more"), rec("answer_more", [Q(), Q(), Q()], traj=True)],
+                  personalization_rule="released")
+    assert (s.personalization, s.n_personalization) == (0.5, 2)
+    with pytest.raises(ValueError, match="personalization_rule"):
+        episode_scores(rec(), personalization_rule="other")
     # No-judge preferences: always undefined.
     assert episode_scores(rec("professional", [Q(followed=None)])).personalization is None
     assert episode_scores(rec("no_preference", [Q(followed=None)])).personalization is None
@@ -48,6 +60,24 @@ def test_unjudged_and_unanswered_questions_are_counted_not_scored():
     assert (c.followed, c.num_unjudged, c.num_not_followed, c.penalty) == (True, 1, 0, 0.0)
     s = episode_scores(r)
     assert s.num_unanswered == 1 and s.effort_counts == {"low": 2, "medium": 1, "high": 0}
+
+
+def test_malformed_replies_are_excluded_from_effort_and_compliance():
+    bad = Question("q?", "a", "medium", None, 0, True, None, malformed=True)
+    r = rec(questions=[Q("low", followed=True), bad])
+    assert session_effort(r) == "low" and episode_scores(r).proactivity == 1.0
+    s = episode_scores(r)
+    assert s.effort_counts == {"low": 1, "medium": 0, "high": 0} and s.num_malformed == 1
+    assert s.num_questions == 2 and s.asked
+    c = compliance(r)
+    assert (c.followed, c.num_unjudged, c.num_not_followed) == (True, 0, 0)
+    # A malformed reply's fallback verdict never counts as a violation either.
+    r = rec(questions=[dataclasses.replace(bad, followed=False)])
+    assert compliance(r).num_not_followed == 0
+    # Only malformed questions: the agent asked (no no-ask penalty effort), nothing to judge.
+    s = episode_scores(rec(questions=[bad], score=0.0))
+    assert s.session_effort == "low" and s.personalization is None
+    assert aggregate([rec(questions=[bad]), r]).num_malformed == 2
 
 
 def test_trajectory_preferences_use_runner_verdict_or_tool_calls():
@@ -85,12 +115,14 @@ def test_aggregate():
         rec(questions=[Q("high", False)], score=0.5),  # not proactive, not personalized
         rec(score=0.0),  # no question, vague, wrong: high effort; personalization undefined
         rec("professional", [Q("low", None)], score=0.5),  # no judge: excluded
-        rec("answer_more", score=1.0),  # no question but -3 penalty: personalization 0
+        rec("answer_more", score=1.0),  # no question: paper rule excludes it (released: 0)
     ]
     s = aggregate(records)
     assert s.n == 5
     assert s.productivity == pytest.approx((1 + 0.5 + 0 + 0.5 + 1) / 5)
     assert s.proactivity == pytest.approx(3 / 5)  # episodes 1, 4, 5
+    assert s.n_personalization == 2 and s.personalization == pytest.approx(1 / 2)
+    s = aggregate(records, personalization_rule="released")
     assert s.n_personalization == 3 and s.personalization == pytest.approx(1 / 3)
     assert s.ask_ratio == pytest.approx(3 / 5)
     assert s.effort_counts == {"low": 2, "medium": 0, "high": 1}

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from ppp_jax.envs.llm_client import LLMClient, LLMClientConfig, LLMRequestError, backoff_delay
-from ppp_jax.envs.simulator import CAP_REPLY, IDK_REPLY, SimulatorContext
+from ppp_jax.envs.simulator import CAP_REPLY, SimulatorContext, SimulatorUnavailable
 from ppp_jax.envs.simulator_llm import (
     LLMSimulatorConfig,
     LLMUserSimulator,
@@ -205,12 +205,15 @@ async def test_timeout_is_retried_then_counted(fake):
     sim = make_sim(fake, client_kw=dict(timeout_s=0.3))
     r = await sim.answer(ctx(), "Every save?")
     assert r.text == "Yes." and sim.client.stats["retry_timeout"] == 1
-    # Every attempt times out: the simulator counts a request failure and does not crash.
+    assert r.request_retries == 1 and r.format_retries == 0
+    # Every attempt times out: the simulator counts a request failure and raises a distinct,
+    # documented error (never an answer that would be scored).
     fake.push(*[delayed(reply("late"), 0.6)] * 2)
     sim = make_sim(fake, client_kw=dict(timeout_s=0.2, max_retries=1))
-    r = await sim.answer(ctx(), "Every save?")
-    assert r.malformed and r.effort == "medium" and r.followed is None and r.text == IDK_REPLY
+    with pytest.raises(SimulatorUnavailable, match="gave up after 2 tries"):
+        await sim.answer(ctx(), "Every save?")
     assert sim.stats["request_failures"] == 1 and sim.client.stats["retry_timeout"] == 1
+    assert sim.stats["malformed"] == 0
 
 
 @asynctest
@@ -228,11 +231,13 @@ async def test_malformed_reply_format_retried_then_counted(fake):
     sim = make_sim(fake)
     r = await sim.answer(ctx(), "Every save?")
     assert not r.malformed and sim.stats["format_retries"] == 1 and sim.stats["malformed"] == 0
+    assert r.format_retries == 1
     fake.push(reply("Yes, always. [Cost 1]"), reply("Sure.\n[Cost 7]\n[Reward 1]"), reply("Hm.\n[Cost 1]"))
     r = await sim.answer(ctx(), "Every save?")
     assert r.malformed and sim.stats["malformed"] == 1 and sim.stats["format_retries"] == 3
     assert (r.effort, r.followed, r.level, r.answered) == ("medium", None, None, True)
     assert r.text == "Hm." and "[Cost" not in r.text  # tags never leak in the fallback
+    assert r.format_retries == 2
 
 
 @asynctest
@@ -328,3 +333,23 @@ def test_configs_load_with_the_config_system(monkeypatch):
     assert isinstance(sim, LLMUserSimulator) and sim.config.max_questions == 2
     with pytest.raises(ConfigError):
         from_dict(SimulatorConfig, {"backend": "gpt"})
+
+
+def test_client_survives_a_new_event_loop_per_round(fake):
+    """The trainer runs each rollout round under its own asyncio.run: the simulator's client (and
+    its semaphore) must work in round 2 and later, with the concurrency limit contended."""
+    fake.responder = lambda body: delayed(reply("Yes.\n[Cost 1]\n[Reward 1]"), 0.05)
+    sim = make_sim(fake, client_kw=dict(max_concurrency=2, max_retries=0))
+
+    async def round_():
+        return await asyncio.gather(*(sim.answer(ctx(), f"Every save {i}?") for i in range(5)))
+
+    for _ in range(3):
+        replies = asyncio.run(round_())
+        assert [r.text for r in replies] == ["Yes."] * 5
+        assert not any(r.malformed for r in replies)
+    assert sim.client.stats["successes"] == 15 and sim.client.stats["failures"] == 0
+    assert sim.client.stats["loop_rebinds"] == 2
+    assert fake.max_in_flight <= 2
+    asyncio.run(sim.close())  # closing from yet another loop is safe
+    _OPEN_CLIENTS.remove(sim.client)

@@ -61,7 +61,7 @@ def test_tiny_train_prefill_decode_compile_for_v5p(tmp_path):
     for r in steps.values():
         assert r["argument_bytes"] > 0 and r["output_bytes"] > 0 and r["temp_bytes"] >= 0
         assert r["peak_bytes"] == r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"] + r["temp_bytes"]
-        assert r["hbm_bytes"] == 95 * 2**30 and r["fits"]
+        assert r["hbm_bytes"] == 95.74 * 2**30 and r["fits"]
         assert r["flops"] > 0 and r["model_flops"] > 0 and r["compile_s"] > 0
     # Donated params and optimizer state come back in place.
     assert train["alias_bytes"] > 0
@@ -81,7 +81,7 @@ def test_too_big_exits_nonzero_with_the_reason(tmp_path):
     proc, report = _ppp_compile(tmp_path, big)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "does not fit: decode needs at least" in proc.stderr
-    assert "v5e has 16 GiB HBM per chip" in proc.stderr
+    assert "v5e has 15.75 GiB usable HBM per chip" in proc.stderr
     (decode,) = report["reports"]
     assert not decode["fits"] and "Ran out of memory" in decode["compiler_error"]
     assert decode["peak_bytes"] > 16 * 2**30
@@ -98,7 +98,7 @@ def test_bad_mesh_is_a_clear_error(tmp_path):
 
 
 def test_chip_table_and_topology_parsing():
-    assert aot.chip_of("v5p:4x4x4").hbm_gib == 95
+    assert aot.chip_of("v5p:4x4x4").hbm_gib == 95 and aot.chip_of("v5p:4x4x4").limit_gib == 95.74
     assert aot.chip_of("v6e:16x16").peak_bf16_flops == 918e12
     assert aot.topology_chips("v5p:4x4x8") == 128
     assert aot.topology_chips("v6e:16x16") == 256
@@ -129,7 +129,7 @@ def test_check_fits_message_and_estimates():
     aot.check_fits([_report(60)])
     assert _report(94).tight and not _report(60).tight
     with pytest.raises(aot.DoesNotFit, match=r"does not fit: train needs 120.00 GiB per chip, "
-                                             r"v5p has 95 GiB HBM per chip"):
+                                             r"v5p has 95.74 GiB usable HBM per chip"):
         aot.check_fits([_report(120)])
     # 4.59e14 FLOPs at 50% of 459 TFLOP/s: 2 s.
     assert _report(1).step_seconds(459e12, 0.5) == pytest.approx(2.0)

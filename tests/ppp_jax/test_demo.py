@@ -3,7 +3,6 @@ tiny policy and a few steps; checks the report's form, the plots and resuming.""
 
 import json
 
-import pytest
 
 from ppp_jax import config as cfgmod
 from ppp_jax.run_config import RunConfig

@@ -1,7 +1,6 @@
 """The Table-2 evaluation: requests, aggregation by prompt kind and preference, Markdown, and a
 real (tiny, scripted) evaluation run through the episode runner."""
 
-import asyncio
 
 import pytest
 
