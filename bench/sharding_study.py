@@ -180,6 +180,10 @@ def _train_table(rows: list[Row]) -> list[str]:
                      tight=tight * limit < train["peak_bytes"] <= limit)
         fits = ("yes (tight)" if train["tight"] else "yes") if train["fits"] else "**no**"
         if train.get("compiler_error"):
+            from ppp_jax.aot import oom_bytes
+
+            need = oom_bytes(train["compiler_error"]) or train["temp_bytes"]
+            train = dict(train, temp_bytes=need, peak_bytes=need)
             out.append(head + f" — | ≥ {_gib(train['temp_bytes'])} | ≥ {_gib(train['peak_bytes'])} / "
                        f"{_gib(train['hbm_bytes'])} | — | **no** (compiler out of HBM) | — | "
                        f"{_flops(train['model_flops'])} | — | {train['compile_s']:.0f} | "

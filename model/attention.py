@@ -13,7 +13,8 @@ Kernels, chosen by `ModelConfig.attention_impl`:
   (float32 multiply, rounded again), softmax in float32, probabilities cast to `dtype`.
 - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` on GPU; on other backends the
   same call with `implementation=None` (XLA), so the code path runs in CPU tests.
-- "splash": Pallas splash attention (TPU only) under `shard_map`; other backends raise.
+- "splash": Pallas splash attention (`model/splash.py`, TPU only) under `shard_map`; other
+  backends raise unless an AOT compile for TPU declares its target (`splash.tpu_target()`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ppp_jax.model import axes as ax
+from ppp_jax.model import splash
 from ppp_jax.model.layers import F32, Linear, apply_rope
 
 if TYPE_CHECKING:
@@ -82,59 +84,6 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -
                                         scale=q.shape[-1] ** -0.5, implementation=impl)
 
 
-def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,
-                     kv_segment_ids: jax.Array) -> jax.Array:
-    """Pallas splash attention (TPU): causal by index within equal segment ids. [B, T, N, H].
-
-    Only for self-attention over the tokens of this call (no cache): T == S. Runs under
-    `shard_map` when a mesh with axes ("data", "fsdp", "tensor") is active (batch over
-    data+fsdp, heads over tensor), otherwise directly. Segment id 0 (padding) attends only to
-    other padding, which keeps those rows finite; their output is ignored.
-    """
-    if jax.default_backend() != "tpu":
-        raise NotImplementedError(
-            f"attention_impl='splash' needs a TPU (Pallas splash attention), but the backend is "
-            f"{jax.default_backend()!r}; use attention_impl='xla' or 'cudnn' here")
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
-
-    b, t, n, h = q.shape
-    s = k.shape[1]
-    if t != s:
-        raise NotImplementedError("splash attention is wired for self-attention without a cache")
-    kvh = k.shape[2]
-
-    def per_shard(q, k, v, qs, ks):
-        n_local, k_local = q.shape[2], k.shape[2]
-        mask = sm.MultiHeadMask([sm.CausalMask((t, s)) for _ in range(n_local // k_local)])
-        kernel = sk.make_splash_mqa_single_device(mask)
-        # splash wants [heads, T, H] per example; group query heads under their kv head.
-        qg = q.reshape(q.shape[0], t, k_local, n_local // k_local, h).transpose(0, 2, 3, 1, 4)
-        kk = k.transpose(0, 2, 1, 3)
-        vv = v.transpose(0, 2, 1, 3)
-        qg = qg * jnp.asarray(h ** -0.5, qg.dtype)
-
-        def one(qg_b, k_b, v_b, qs_b, ks_b):  # qg_b [K, G, T, H], k_b [K, S, H]
-            seg = sk.SegmentIds(q=qs_b, kv=ks_b)
-            return jax.vmap(lambda qq, kk_, vv_: kernel(qq, kk_, vv_, segment_ids=seg))(
-                qg_b, k_b, v_b)
-
-        o = jax.vmap(one)(qg, kk, vv, qs, ks)  # [B, K, G, T, H]
-        return o.transpose(0, 3, 1, 2, 4).reshape(q.shape[0], t, n_local, h)
-
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh is None or mesh.empty or not {"data", "fsdp", "tensor"} <= set(mesh.axis_names):
-        return per_shard(q, k, v, q_segment_ids, kv_segment_ids)
-    P = jax.sharding.PartitionSpec
-    batch = ("data", "fsdp")
-    heads = "tensor" if kvh % mesh.shape["tensor"] == 0 else None
-    fn = jax.shard_map(per_shard, mesh=mesh,
-                       in_specs=(P(batch, None, heads), P(batch, None, heads), P(batch, None, heads),
-                                 P(batch), P(batch)),
-                       out_specs=P(batch, None, heads), check_vma=False)
-    return fn(q, k, v, q_segment_ids, kv_segment_ids)
-
-
 def attention_core(impl: str, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
                    q_segment_ids: jax.Array | None = None, kv_segment_ids: jax.Array | None = None,
                    dropout: nnx.Dropout | None = None,
@@ -154,7 +103,7 @@ def attention_core(impl: str, q: jax.Array, k: jax.Array, v: jax.Array, mask: ja
     if impl == "cudnn":
         return cudnn_attention(q, k, v, mask)
     if impl == "splash":
-        return splash_attention(q, k, v, q_segment_ids, kv_segment_ids)
+        return splash.splash_attention(q, k, v, q_segment_ids, kv_segment_ids)
     raise ValueError(f"unknown attention_impl {impl!r}")
 
 
@@ -205,4 +154,4 @@ class Attention(nnx.Module):
 
 # Re-exported for kv_cache implementations that want the same kernels.
 __all__ = ["Attention", "attention_core", "cudnn_attention", "segment_causal_mask",
-           "splash_attention", "xla_attention"]
+           "xla_attention"]

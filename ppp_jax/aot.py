@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ppp_jax import splash
 from ppp_jax.model import sharding as shd
+from ppp_jax.model import splash
 from ppp_jax.model.config import ModelConfig, seed_oss_36b, tiny
 from ppp_jax.rl_config import RLConfig
 
@@ -341,7 +341,15 @@ def report_of(compiled, *, step: str, topology: str, mesh: jax.sharding.Mesh, mo
         tokens=tokens, lower_s=lower_s, compile_s=compile_s, hbm_bytes=hbm)
 
 
-_OOM = re.compile(r"required for [^(]*\(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)")
+_OOM = re.compile(r"required for [^(]*\(([\d.]+)([KMGT]?)\) exceeds available HBM")
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}  # XLA prints 1024-based units
+
+
+def oom_bytes(message: str) -> int:
+    """The memory a TPU compiler out-of-memory message says the program needs (0 if absent):
+    "... required for HLO temporaries (1.25T) exceeds available HBM (95.74G)" -> 1.25 * 2**40."""
+    m = _OOM.search(message)
+    return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else 0
 
 
 def compile_lowered(lowered):
@@ -355,8 +363,7 @@ def compile_lowered(lowered):
         if "RESOURCE_EXHAUSTED" not in msg and "Ran out of memory" not in msg:
             raise
         line = next((l for l in msg.splitlines() if "Ran out of memory" in l), msg.splitlines()[0])
-        m = _OOM.search(msg)
-        need = int(float(m.group(1)) * GiB) if m else 0
+        need = oom_bytes(msg)
         return StepReport(step="", topology="", mesh={}, argument_bytes=0, output_bytes=0,
                           alias_bytes=0, temp_bytes=need, peak_bytes=need, compiler_peak_bytes=0,
                           generated_code_bytes=0, flops=float("nan"), model_flops=float("nan"),
@@ -484,7 +491,7 @@ def compile_train(cc: CompileConfig, devices: Sequence[jax.Device]) -> StepRepor
     fn = getattr(jitted, "__wrapped__", None)
     if fn is not None:
         jitted = jax.jit(fn, out_shardings=(state_sh, None), donate_argnums=(0,))
-    with shd.using_mesh(mesh, rules), splash.patched_model_splash():
+    with shd.using_mesh(mesh, rules), splash.tpu_target():
         t0 = time.perf_counter()
         lowered = jitted.lower(state, batch)
         t1 = time.perf_counter()

@@ -157,7 +157,7 @@ def sft_stage(cfg: RunConfig, built: Built, model: Any, *, progress: bool = True
                            batch_size=s.batch_size, learning_rate=s.learning_rate,
                            warmup_steps=s.warmup_steps, weight_decay=s.weight_decay,
                            row_len=row_len, seed=s.seed, progress=progress,
-                           rows_multiple=s.rows_multiple)
+                           rows_multiple=s.rows_multiple, save_every=20)
     nnx.update(model, params)
     if steps < s.num_steps:
         raise Interrupted(f"warm start stopped at step {steps} of {s.num_steps}; run again to resume")

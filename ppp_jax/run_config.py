@@ -77,6 +77,8 @@ class DomainSection:
       "browsecomp_plus" (deep research; its search tools and corpus are not in `envs/` yet).
     stdlib: how the stdlib tasks are built.
     swe_rows: SWE-bench rows (.jsonl/.json/.parquet) for swe_func_loc.
+    swe_split: the split those rows form ("train": SWE-Gym for training; "test": SWE-bench
+      Verified for evaluation).
     swe_clone_root: directory of local clones named owner__name (swe_func_loc).
     swe_cache_dir: where repository snapshots are materialized (swe_func_loc).
     tool_style: "native" | "openhands" | "both" repository tools.
@@ -91,6 +93,7 @@ class DomainSection:
     name: Literal["stdlib_loc", "swe_func_loc", "browsecomp_plus"] = "stdlib_loc"
     stdlib: StdlibLocConfig = StdlibLocConfig()
     swe_rows: str = ""
+    swe_split: Literal["train", "test"] = "train"
     swe_clone_root: str = ""
     swe_cache_dir: str = ""
     tool_style: Literal["native", "openhands", "both"] = "native"

@@ -113,7 +113,7 @@ def build_tasks(cfg: RunConfig) -> tuple[list[Task], Any]:
                              "domain.swe_cache_dir (SWE-bench rows and local repository clones)")
         repos = swe_func_loc.RepoCache(d.swe_cache_dir, clone_root=d.swe_clone_root)
         rows = swe_func_loc.load_swe_rows(d.swe_rows)
-        tasks, report = swe_func_loc.build_swe_tasks(rows, repos, split="train")
+        tasks, report = swe_func_loc.build_swe_tasks(rows, repos, split=d.swe_split)
         log.info("swe_func_loc: %s", report)
         return tasks, swe_func_loc.make_domain(repos, d.tool_style)
     if d.name == "browsecomp_plus":

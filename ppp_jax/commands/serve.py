@@ -4,7 +4,9 @@
     ppp serve my_serve.yaml -o port=9000 -o engine.num_slots=32
 
 Then any OpenAI client works against http://HOST:PORT/v1 (`/v1/chat/completions`,
-`/v1/completions`, `/v1/models`).
+`/v1/completions`, `/v1/models`), including tool calling (`tools`, `tool_choice` auto/none;
+calls come back as `tool_calls`, reasoning as `reasoning_content`), `n` samples per prompt
+(sharing the prompt's KV pages) and streaming. See `ppp_jax.sampling.server`.
 """
 
 from __future__ import annotations

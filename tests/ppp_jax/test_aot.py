@@ -108,6 +108,14 @@ def test_chip_table_and_topology_parsing():
         aot.topology_chips("v5p")
 
 
+def test_oom_message_parsing():
+    msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+           "temporaries (1.25T) exceeds available HBM (95.74G).")
+    assert aot.oom_bytes(msg) == int(1.25 * 2**40)
+    assert aot.oom_bytes(msg.replace("1.25T", "40.71G")) == int(40.71 * 2**30)
+    assert aot.oom_bytes("something else") == 0
+
+
 def test_parse_mesh():
     m = aot.parse_mesh("fsdp=16,tensor=4")
     assert dict(zip(m.axes, m.shape)) == {"fsdp": 16, "tensor": 4, "data": 1}

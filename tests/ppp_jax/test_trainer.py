@@ -26,7 +26,7 @@ TINY = {
     "rl": {"advantage": {"group_size": 2, "clip_reward_01": False},
            "optim": {"learning_rate": 1e-3, "weight_decay": 0.0}, "logprob_chunk_size": 256},
     "rollout": {"concurrency": 8, "row_len": 1024, "pack": True, "rows_multiple": 2,
-                "episode": {"max_turns": 2, "max_context_tokens": 700, "turn_max_new_tokens": 12}},
+                "episode": {"max_turns": 2, "max_context_tokens": 960, "turn_max_new_tokens": 12}},
     "trainer": {"num_steps": 2, "save_every": 1, "keep": 3, "tensorboard": False, "progress": False},
 }
 
@@ -123,3 +123,20 @@ def test_sft_lowers_nll_through_the_train_step(tmp_path, tok):
     it2.set_state(state)
     assert next(it2) == next(it)
     assert first[0] != first[1]
+
+
+@pytest.mark.parametrize("name", ["tiny_cpu", "seed_oss_36b_funcloc", "seed_oss_36b_browsecomp",
+                                  "eval_tiny_cpu", "eval_seed_oss_36b_funcloc"])
+def test_run_configs_load(name):
+    from ppp_jax.run_config import load_run_config
+
+    cfg = load_run_config(f"configs/{name}.yaml")
+    if name.startswith(("seed_oss", "eval_seed")):
+        # the paper's settings (arXiv 2511.02208 §5.2, §6.2)
+        assert (cfg.data.batch_size, cfg.rl.advantage.group_size, cfg.trainer.num_steps) == (64, 8, 200)
+        assert cfg.rl.optim.learning_rate == 1e-6 and cfg.rl.optim.weight_decay == 0.01
+        assert (cfg.rl.loss.clip_ratio_low, cfg.rl.loss.clip_ratio_high) == (0.2, 0.28)
+        assert cfg.rl.loss.agg_mode == "token-mean" and cfg.policy.dropout == 0.0
+        assert cfg.model.build().param_count() == 36_151_104_512
+    with pytest.raises(cfgmod.ConfigError, match="unknown key"):
+        load_run_config(f"configs/{name}.yaml", ["trainer.nope=1"])

@@ -1,26 +1,25 @@
-"""Pallas splash attention for ahead-of-time TPU compiles from a CPU host.
-
-`ppp_jax.model.attention.splash_attention` refuses to run unless `jax.default_backend()` is
-"tpu". During AOT compilation for a TPU topology the default backend is the host's CPU while
-the program targets TPU devices, so that check stops a compile that would succeed. This module
-holds a drop-in replacement (same signature and layout) that makes no backend check and lets
-the block sizes be chosen, plus `patched_model_splash()`, which installs it into the model's
-attention module for the duration of a compile. `ppp_jax.aot` uses it for every
-attention_impl="splash" compile; the model's own function is left untouched for eager use.
+"""Pallas splash attention (TPU) for Seed-OSS: causal by index within equal segment ids.
 
 Layout: q [B, T, N, H], k/v [B, S, K, H], segment ids int32 [B, T]; returns [B, T, N, H].
 Query head n reads kv head n // G (G = N / K); each kv head runs one MQA splash kernel over its
 G query heads, vmapped over kv heads and batch. Under a mesh with axes data/fsdp/tensor the
 kernel runs in `shard_map`, batch over (data, fsdp) and kv heads over tensor when K divides.
+
+The kernel only lowers for TPU devices. On a TPU host the default backend says so; when a CPU
+host compiles ahead of time for a TPU topology (`ppp compile`), the default backend is the CPU
+while the program targets TPU devices, so the compile runs inside `tpu_target()` to say that.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
+
+_TPU_TARGET = contextvars.ContextVar("ppp_splash_tpu_target", default=False)
 
 # MaxText's default splash tiles (sa_block_q / sa_block_kv / ..._dkv = 512); clipped to T.
 DEFAULT_BLOCK = 512
@@ -41,7 +40,9 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: ja
     """Causal (by index) splash attention within equal segment ids. [B, T, N, H].
 
     Self-attention only (T == S). T must be a multiple of the tile (`block`, or T itself).
+    Segment id 0 (padding) attends only to other padding, which keeps those rows finite.
     """
+    check_tpu_target()
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
@@ -85,13 +86,19 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: ja
 
 
 @contextlib.contextmanager
-def patched_model_splash() -> Iterator[None]:
-    """Routes the model's attention_impl="splash" to `splash_attention` above while tracing."""
-    from ppp_jax.model import attention
-
-    original = attention.splash_attention
-    attention.splash_attention = splash_attention
+def tpu_target() -> Iterator[None]:
+    """Declares that programs traced inside target TPU devices (AOT compile from a non-TPU host)."""
+    token = _TPU_TARGET.set(True)
     try:
         yield
     finally:
-        attention.splash_attention = original
+        _TPU_TARGET.reset(token)
+
+
+def check_tpu_target() -> None:
+    """Raises a clear error when splash attention would be lowered for a non-TPU backend."""
+    if jax.default_backend() != "tpu" and not _TPU_TARGET.get():
+        raise NotImplementedError(
+            f"attention_impl='splash' needs a TPU (Pallas splash attention), but the backend is "
+            f"{jax.default_backend()!r}; use attention_impl='xla' or 'cudnn' here (ahead-of-time "
+            f"TPU compiles from another host run inside ppp_jax.model.splash.tpu_target())")
