@@ -34,8 +34,9 @@ Where a batch-32 decode step goes on this CPU (float32, context ~256; component 
 thread, medians on a loaded machine, so +-30%): the layer matmuls (~59M weights) ~55%, the lm_head
 (24.6M weights) plus the log-softmax/argmax ~20%, the paged attention over cached tokens ~25-35%
 (it reads every live token's K/V through a page gather). The step is compute-bound in fp32 GEMMs
-at M=32, the same kernels class torch uses, which is why batch 32 is near parity with
-transformers here rather than the issue's 5x (which is a GPU/TPU-scale target).
+at M=32, the same class of kernels torch uses, so the issue's 5x at batch 32 is out of reach on
+this CPU; two runs on 2026-11-21 (load average 6-9) gave 1.17x and 1.95x at batch 32, the
+difference being the machine's other load (transformers' own step time moved by 30%).
 """
 
 from __future__ import annotations

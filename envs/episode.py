@@ -33,6 +33,16 @@ the turn limit, or the token budget. Per turn:
     `simulator_format_retries`, `simulator_request_retries`;
   * other tools go to `domain.run_tool` under a timeout; blocking work runs in threads, so a slow
     tool or simulator call never blocks other episodes; exceptions become observations;
+  * `finish(answer, ...)`: an empty answer is refused with a re-submission message (counted in
+    `empty_finish`). Then, if the domain has the optional hook
+    `check_finish(task, args, state) -> str | None` (sync or async; `state` is the episode's
+    per-episode dict that `run_tool` also sees), it is asked before the episode ends: a string is
+    returned to the agent as the observation and the finish is refused (error "finish_rejected",
+    counted in `finish_rejected`; the episode continues); None accepts it. The hook may also set
+    `state[ANSWER_OVERRIDE]` to replace the answer that is recorded and scored (e.g. "" to blank
+    it: BrowseComp-Plus zeroes answers given without any search); counted in
+    `finish_overridden`. A hook that raises accepts the finish unchanged and is counted in
+    `finish_check_errors`;
   * tool outputs are truncated by the reference's rules (`domain_base.truncate_observation`) and
     returned in the `tool` role;
   * a turn without any call gets a nudge (as a tool-role message for engine policies, a user
@@ -48,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 from typing import Any, Mapping, Sequence
 
@@ -64,6 +75,10 @@ NO_CALL_NUDGE = (
     "No tool call was found in your last message. Continue working on the task with the tools. "
     "If you need information from the user, use the ask_user tool. When you have the answer, "
     "call finish with it; to give up, call finish with your best answer.")
+EMPTY_FINISH_MESSAGE = "ERROR: the answer is empty. Call finish again with your answer."
+ANSWER_OVERRIDE = "answer_override"
+"""Key of the per-episode `state` a domain's `check_finish` may set to replace the finish answer
+that is recorded and scored (see the module docstring)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +134,8 @@ async def run_episode(domain: TaskDomain, task: Task, policy: Policy, simulator:
         "calls_in_thinking", "dropped_after_finish", "tool_errors", "tool_timeouts",
         "simulator_errors", "empty_finish", "policy_errors", "length_cut_turns",
         "simulator_questions", "simulator_malformed", "simulator_capped",
-        "simulator_format_retries", "simulator_request_retries")}
+        "simulator_format_retries", "simulator_request_retries", "finish_rejected",
+        "finish_overridden", "finish_check_errors")}
     tool_calls: list[ToolCall] = []
     questions: list[Question] = []
     state: dict[str, Any] = {}
@@ -204,6 +220,9 @@ async def run_episode(domain: TaskDomain, task: Task, policy: Policy, simulator:
                                              stats, config, preference_id, family, turns - 1)
                 if call.name == FINISH and error is None:
                     answer = str(call.arguments.get("answer", ""))
+                    if ANSWER_OVERRIDE in state:  # set by the domain's check_finish
+                        answer = str(state.pop(ANSWER_OVERRIDE))
+                        stats["finish_overridden"] += 1
                     finished = True
                     finish_reason = "finish"
                 tool_calls.append(ToolCall(call.name, dict(call.arguments), turns - 1, obs, error))
@@ -264,7 +283,11 @@ async def _run_call(call: toolcall.ParsedCall, domain: TaskDomain, task: Task,
     if call.name == FINISH:
         if not str(call.arguments.get("answer", "")).strip():
             stats["empty_finish"] += 1
-            return "ERROR: the answer is empty. Call finish again with your answer.", "empty_answer"
+            return EMPTY_FINISH_MESSAGE, "empty_answer"
+        rejection = await _check_finish(domain, task, call.arguments, state, stats)
+        if rejection is not None:
+            stats["finish_rejected"] += 1
+            return rejection, "finish_rejected"
         return "Answer submitted.", None
     try:
         obs = await asyncio.wait_for(domain.run_tool(task, call.name, call.arguments, state),
@@ -279,6 +302,27 @@ async def _run_call(call: toolcall.ParsedCall, domain: TaskDomain, task: Task,
     if obs.startswith("ERROR:"):
         stats["tool_errors"] += 1
     return (truncate_observation(obs) if config.truncate else obs), None
+
+
+async def _check_finish(domain: TaskDomain, task: Task, args: Mapping[str, Any],
+                        state: dict[str, Any], stats: dict[str, Any]) -> str | None:
+    """The domain's optional `check_finish` verdict: an observation refusing the finish, or None
+    to accept it. Clears any stale `ANSWER_OVERRIDE` first, so only this call's hook can set it."""
+    state.pop(ANSWER_OVERRIDE, None)
+    check = getattr(domain, "check_finish", None)
+    if check is None:
+        return None
+    try:
+        verdict = check(task, args, state)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+    except Exception as e:  # noqa: BLE001 -- a buggy hook must not trap the agent in a loop
+        stats["finish_check_errors"] += 1
+        stats["finish_check_error"] = f"{type(e).__name__}: {e}"[:500]
+        log.warning("check_finish error: %s: %s", type(e).__name__, e)
+        state.pop(ANSWER_OVERRIDE, None)
+        return None
+    return None if verdict is None else str(verdict)
 
 
 async def _ask(call, task, simulator, questions, stats, config, preference_id, family, turn):

@@ -13,12 +13,27 @@ Tools, with the released client's budgets and formats (reference section 5.4):
     to use `open_page`. Header `[Search Results for "<q>"]`, then per hit `--- #i: <docid>---`
     and `docid:`, `url:`, `content:` lines.
   * `open_page(docid | url)`: `[Opened Page Content]` with docid, url and the first 4096 words.
-  * `finish(answer, explanation, confidence)`.
+  * `finish(answer, explanation, confidence)`, checked by `BrowseCompDomain.check_finish` (the
+    episode runner's finish hook) before the episode ends, in the released client's order:
+      1. an empty answer gets a re-submission message (the runner itself already refuses empty
+         answers with `episode.EMPTY_FINISH_MESSAGE`, counted in `empty_finish`);
+      2. no `search` made yet in the episode: an answer that is exact-match correct
+         (`em_score` 1) is refused once with `NO_SEARCH_MESSAGE` ("you MUST use the search
+         tool..."); any other such finish, or a second one, is accepted with the answer blanked
+         (task score 0);
+      3. an answer mentioning "insufficient" (giving up) is refused once with `GIVE_UP_MESSAGE`
+         (released code; `reject_give_up=False` turns it off);
+      4. multi-question golds (`<q1>...</q1><q2>...</q2>`): an answer missing some of the gold's
+         `<qN>` tags is refused with the list of the missing ones (every time, as released).
+    Refusals are observations; the episode goes on (the runner counts them in
+    `stats["finish_rejected"]`, blanked answers in `stats["finish_overridden"]`).
 Every search/open_page observation ends with a nudge to reflect and keep searching if needed.
 
 Scoring: the reference's normalized exact match (`em_match`) first; if it fails and a judge is
 configured, an LLM judge (BrowseComp-style grader, lenient on names, order, initials, case,
-punctuation and small numeric differences) over the OpenAI-compatible client.
+punctuation and small numeric differences) over the OpenAI-compatible client. A gold answer
+with `<qN>` tags is scored per sub-question (the answer's `<qN>` part against the gold's, same
+rule; a missing part scores 0) and averaged.
 """
 
 from __future__ import annotations
@@ -34,6 +49,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ppp_jax.envs.domains.base import FINISH, PromptKind, Task, function_tool
 from ppp_jax.envs.domains.retrievers import Corpus, Retriever
+from ppp_jax.envs.episode import ANSWER_OVERRIDE
 
 DOMAIN = "browsecomp_plus"
 HF_CORPUS = ("Tevatron/browsecomp-plus-corpus", "train")
@@ -47,6 +63,17 @@ PAGE_WORDS = 4096
 SNAPSHOT_WORDS = 50  # gold-document snapshot shown to the simulator (released code: 50)
 NUDGE = ("\n\nReflect on what you found. If the information is not sufficient yet, keep searching "
          "or open pages; when you are confident, call finish.")
+
+SEARCHES = "searches"  # per-episode state: number of searches run
+NO_SEARCH_WARNED = "no_search_warned"  # per-episode state: the one no-search refusal was given
+GIVE_UP_WARNED = "give_up_warned"
+EMPTY_ANSWER_MESSAGE = ("The answer is empty. Please resubmit with the finish tool: answer (the "
+                        "exact answer), explanation and confidence.")
+NO_SEARCH_MESSAGE = ("Answer submission failed. You MUST use the search tool to verify the answer "
+                     "and all the evidence, and cite the source document that supports it in your "
+                     "explanation.")
+GIVE_UP_MESSAGE = ("The answer can be found with enough searching and reading. Do not give up: "
+                   "search deeper or try other queries.")
 
 SYSTEM_PROMPT = """You are a meticulous and strategic research agent. You answer a question by
 searching a document collection with the `search` tool and reading documents with `open_page`.
@@ -151,6 +178,18 @@ def _drop_constraints(vague: str, precise: str, min_words: int = 5) -> str:
 
 # --- answer matching (reference section 6.2) -------------------------------------------------
 
+_QTAG = re.compile(r"<(q\d+)>(.*?)</\1\s*>", re.S | re.I)
+
+
+def split_questions(text: str) -> dict[str, str]:
+    """Sub-answers of a multi-question answer, `{"q1": "...", "q2": "..."}` from
+    `<q1>...</q1><q2>...</q2>` (tag names lower-cased, parts stripped; the first occurrence of a
+    tag wins); {} when the text has no such tags."""
+    out: dict[str, str] = {}
+    for key, body in _QTAG.findall(str(text)):
+        out.setdefault(key.lower(), body.strip())
+    return out
+
 _STOP = frozenset("a an the of and or in on at to for by with from is was as de la le".split())
 
 
@@ -241,17 +280,20 @@ class BrowseCompDomain:
       judge_client: an `envs.llm_client.LLMClient` for the LLM judge, or None (exact match only).
       rejudge_client: optional stronger judge (released: gpt-4.1 after gpt-4o-mini) asked once
         more when the first judge says no but `relaxed_match` holds.
+      reject_give_up: refuse once a finish whose answer says "insufficient" (released code).
     """
 
     name = DOMAIN
     task_family = "search"
 
     def __init__(self, retriever: Retriever, judge_client: Any = None,
-                 system_prompt: str = SYSTEM_PROMPT, rejudge_client: Any = None):
+                 system_prompt: str = SYSTEM_PROMPT, rejudge_client: Any = None,
+                 reject_give_up: bool = True):
         self.retriever = retriever
         self.corpus = retriever.corpus
         self.judge_client = judge_client
         self.rejudge_client = rejudge_client
+        self.reject_give_up = reject_give_up
         self._system_prompt = system_prompt
         self.judge_stats = {"em": 0, "judge_calls": 0, "judge_yes": 0, "judge_unparsed": 0,
                             "rejudge_calls": 0, "rejudge_yes": 0}
@@ -288,6 +330,7 @@ class BrowseCompDomain:
             topk = args.get("topk", 10)
             if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
                 return f"ERROR: topk must be a positive integer, got {topk!r}."
+            state[SEARCHES] = state.get(SEARCHES, 0) + 1
             hits = await asyncio.to_thread(self.retriever.search, query, RETRIEVE_K)
             return self.format_search(query, hits, min(topk, RETRIEVE_K), state) + NUDGE
         if name == "open_page":
@@ -327,25 +370,82 @@ class BrowseCompDomain:
             lines.append("No results.")
         return "\n".join(lines)
 
-    async def score(self, task: Task, answer: str | None) -> float:
+    def check_finish(self, task: Task, args: Mapping[str, Any],
+                     state: dict[str, Any]) -> str | None:
+        """The episode runner's finish hook (module docstring, rules 1-4): an observation that
+        refuses this `finish`, or None to accept it. Accepting a finish made without any search
+        sets `state[ANSWER_OVERRIDE] = ""` (the answer is blanked and scores 0)."""
+        answer = str(args.get("answer", "") or "")
+        if not answer.strip():
+            return EMPTY_ANSWER_MESSAGE
+        if not state.get(SEARCHES):
+            if self.em_score(task, answer) >= 1.0 and not state.get(NO_SEARCH_WARNED):
+                state[NO_SEARCH_WARNED] = True
+                return NO_SEARCH_MESSAGE
+            state[ANSWER_OVERRIDE] = ""  # no search, no reward; the episode ends
+            return None
+        if self.reject_give_up and "insufficient" in answer.lower() and not state.get(GIVE_UP_WARNED):
+            state[GIVE_UP_WARNED] = True
+            return GIVE_UP_MESSAGE
+        gold_parts = next((split_questions(g) for g in task.gold if split_questions(g)), {})
+        missing = [k for k in gold_parts if k not in split_questions(answer)]
+        if missing:
+            return ("Answer submission failed. The answer is missing the following questions: "
+                    f"{', '.join(missing)}. Answer all of them, each inside its own tags "
+                    f"(<{missing[0]}>...</{missing[0]}>), in one finish call.")
+        return None
+
+    def em_score(self, task: Task, answer: str | None) -> float:
+        """Exact-match score without any judge: 1/0 for a plain gold (any gold variant), the mean
+        over sub-questions for a `<qN>` gold (best gold variant)."""
         if not answer or not answer.strip():
             return 0.0
-        if any(em_match(g, answer) for g in task.gold):
+        best = 0.0
+        for gold in task.gold:
+            parts = split_questions(gold)
+            if parts:
+                got = split_questions(answer)
+                best = max(best, sum(em_match(g, got.get(k, "")) for k, g in parts.items())
+                           / len(parts))
+            elif em_match(gold, answer):
+                best = 1.0
+        return best
+
+    async def score(self, task: Task, answer: str | None) -> float:
+        """Task score in [0, 1] (module docstring). Plain golds: exact match against any variant,
+        else the judge against the first; `<qN>` golds: the mean of per-sub-question scores."""
+        if not answer or not answer.strip():
+            return 0.0
+        plain = tuple(g for g in task.gold if not split_questions(g))
+        scores = [await self._score_plain(task, plain, answer)] if plain else []
+        for gold in task.gold:
+            parts = split_questions(gold)
+            if parts:
+                got = split_questions(answer)
+                subs = [await self._score_plain(task, (g,), got.get(k, "")) for k, g in parts.items()]
+                scores.append(sum(subs) / len(subs))
+        return max(scores)
+
+    async def _score_plain(self, task: Task, golds: Sequence[str], answer: str) -> float:
+        """One answer against plain gold variants: exact match, then the judge(s) vs golds[0]."""
+        if not answer or not answer.strip():
+            return 0.0
+        if any(em_match(g, answer) for g in golds):
             self.judge_stats["em"] += 1
             return 1.0
         if self.judge_client is None:
             return 0.0
         self.judge_stats["judge_calls"] += 1
         # The judge sees the precise question (the released code passed the agent-visible one).
-        verdict = await llm_judge(self.judge_client, task.precise_prompt, answer, task.gold[0])
+        verdict = await llm_judge(self.judge_client, task.precise_prompt, answer, golds[0])
         if verdict is None:
             self.judge_stats["judge_unparsed"] += 1
             return 0.0
         self.judge_stats["judge_yes"] += int(verdict)
         if not verdict and self.rejudge_client is not None and any(
-                relaxed_match(g, answer) for g in task.gold):
+                relaxed_match(g, answer) for g in golds):
             self.judge_stats["rejudge_calls"] += 1
             verdict = bool(await llm_judge(self.rejudge_client, task.precise_prompt, answer,
-                                           task.gold[0]))
+                                           golds[0]))
             self.judge_stats["rejudge_yes"] += int(verdict)
         return 1.0 if verdict else 0.0
