@@ -198,3 +198,111 @@ def test_local_file_loaders(tmp_path, corpus, rows):
     assert len(loaded) == len(corpus) and loaded.get("https://example.org/d03").docid == "d03"
     tasks = bc.build_tasks(bc.load_rows(str(qpath)), loaded)
     assert [t.gold for t in tasks] == [("Ottilie Brask",), ("The Quiet Rook",)]
+
+
+# --- finish rules (reference section 5.4) -----------------------------------------------------
+
+def _finish(answer):
+    return render_tool_call("finish", {"answer": answer, "explanation": "d01", "confidence": "90%"})
+
+
+def _episode(dom, task, script):
+    return asyncio.run(run_episode(dom, task, ScriptedPolicy(script), EmbeddedUserSimulator(),
+                                   preference_id="no_preference", prompt_kind="precise"))
+
+
+def test_correct_answer_without_search_is_rejected_once_then_accepted_after_search(corpus, bm25, rows):
+    task = bc.build_tasks(rows, corpus)[0]
+    dom = bc.BrowseCompDomain(bm25)
+    search = render_tool_call("search", {"query": "Varnholm lighthouse designed", "topk": 2})
+    rec = _episode(dom, task, [_finish("Ottilie Brask"), search, _finish("Ottilie Brask")])
+    assert rec.finish_reason == "finish" and rec.num_turns == 3
+    assert rec.answer == "Ottilie Brask" and rec.task_score == 1.0
+    first = rec.tool_calls[0]
+    assert first.error == "finish_rejected" and first.observation == bc.NO_SEARCH_MESSAGE
+    assert "MUST use the search tool" in first.observation
+    assert rec.stats["finish_rejected"] == 1 and rec.stats["finish_overridden"] == 0
+    assert [c.error for c in rec.tool_calls] == ["finish_rejected", None, None]
+
+    # Rejected only once: a second search-less finish ends the episode with the answer blanked.
+    rec = _episode(dom, task, [_finish("Ottilie Brask"), _finish("Ottilie Brask"), search])
+    assert rec.finish_reason == "finish" and rec.num_turns == 2
+    assert rec.answer == "" and rec.task_score == 0.0
+    assert rec.stats["finish_rejected"] == 1 and rec.stats["finish_overridden"] == 1
+    assert rec.tool_calls[1].arguments["answer"] == "Ottilie Brask"  # what the agent said is kept
+
+
+def test_wrong_answer_without_search_is_blanked(corpus, bm25, rows):
+    task = bc.build_tasks(rows, corpus)[0]
+    dom = bc.BrowseCompDomain(bm25)
+    rec = _episode(dom, task, [_finish("Ismo Kareli"), _finish("Ottilie Brask")])
+    assert rec.finish_reason == "finish" and rec.num_turns == 1
+    assert rec.answer == "" and rec.task_score == 0.0
+    assert rec.stats["finish_rejected"] == 0 and rec.stats["finish_overridden"] == 1
+    # open_page is not a search: still blanked.
+    page = render_tool_call("open_page", {"docid": "d01"})
+    rec = _episode(dom, task, [page, _finish("Ismo Kareli")])
+    assert rec.answer == "" and rec.task_score == 0.0 and rec.num_turns == 2
+
+
+def test_empty_answer_gets_a_resubmission_message(corpus, bm25, rows):
+    from ppp_jax.envs.episode import EMPTY_FINISH_MESSAGE  # noqa: PLC0415
+
+    task = bc.build_tasks(rows, corpus)[0]
+    dom = bc.BrowseCompDomain(bm25)
+    search = render_tool_call("search", {"query": "Varnholm lighthouse designed"})
+    rec = _episode(dom, task, [search, _finish("  "), _finish("Ottilie Brask")])
+    assert rec.finish_reason == "finish" and rec.task_score == 1.0 and rec.num_turns == 3
+    assert rec.tool_calls[1].error == "empty_answer"
+    assert rec.tool_calls[1].observation == EMPTY_FINISH_MESSAGE and "again" in EMPTY_FINISH_MESSAGE
+    assert rec.stats["empty_finish"] == 1 and rec.stats["finish_rejected"] == 0
+    # The domain's own hook says the same if asked directly.
+    assert dom.check_finish(task, {"answer": ""}, {bc.SEARCHES: 1}) == bc.EMPTY_ANSWER_MESSAGE
+
+
+def test_give_up_answer_is_rejected_once(corpus, bm25, rows):
+    task = bc.build_tasks(rows, corpus)[0]
+    dom = bc.BrowseCompDomain(bm25)
+    search = render_tool_call("search", {"query": "Varnholm lighthouse designed"})
+    rec = _episode(dom, task, [search, _finish("Insufficient information"), _finish("Insufficient")])
+    assert rec.stats["finish_rejected"] == 1 and rec.tool_calls[1].observation == bc.GIVE_UP_MESSAGE
+    assert rec.finish_reason == "finish" and rec.answer == "Insufficient" and rec.task_score == 0.0
+    assert bc.BrowseCompDomain(bm25, reject_give_up=False).check_finish(
+        task, {"answer": "insufficient"}, {bc.SEARCHES: 1}) is None
+
+
+def test_split_questions():
+    assert bc.split_questions("<q1> A </q1> and <Q2>b\nc</Q2><q3></q3>") == {"q1": "A", "q2": "b\nc",
+                                                                          "q3": ""}
+    assert bc.split_questions("plain answer") == {}
+    assert bc.split_questions("<q1>x</q2>") == {}
+
+
+def test_multi_question_answers_are_scored_per_question_and_averaged(corpus, bm25, rows):
+    row = {"query_id": "m1", "query": "Who designed the Varnholm lighthouse? Which café did Leena "
+                                      "Voss open? Where is Varnholm's cod shipped?",
+           "answer": "<q1>Ottilie Brask</q1><q2>The Quiet Rook</q2><q3>Portugal</q3>",
+           "evidence_docs": ["d01", "d10", "d04"]}
+    task = bc.build_tasks([row], corpus)[0]
+    dom = bc.BrowseCompDomain(bm25)
+    score = lambda a: asyncio.run(dom.score(task, a))  # noqa: E731
+    assert score("<q1>O. Brask</q1><q2>Quiet Rook</q2><q3>Portugal</q3>") == 1.0
+    assert score("<q1>Ottilie Brask</q1> <q2>The Loud Rook</q2> <q3>portugal</q3>") == pytest.approx(2 / 3)
+    assert score("<q3>Portugal</q3><q1>Ismo Kareli</q1>") == pytest.approx(1 / 3)  # order-free
+    assert score("Ottilie Brask, The Quiet Rook, Portugal") == 0.0  # untagged
+    assert dom.em_score(task, "<q1>Ottilie Brask</q1><q2>x</q2><q3>Portugal</q3>") == pytest.approx(2 / 3)
+
+    # An answer missing sub-questions is refused (every time), then scored once complete.
+    search = render_tool_call("search", {"query": "Varnholm lighthouse designed"})
+    two = "<q1>Ottilie Brask</q1><q3>Portugal</q3>"
+    three = "<q1>Ottilie Brask</q1><q2>The Loud Rook</q2><q3>Portugal</q3>"
+    rec = _episode(dom, task, [search, _finish(two), _finish(two), _finish(three)])
+    assert [c.error for c in rec.tool_calls] == [None, "finish_rejected", "finish_rejected", None]
+    assert "missing the following questions: q2" in rec.tool_calls[1].observation
+    assert rec.stats["finish_rejected"] == 2 and rec.task_score == pytest.approx(2 / 3)
+
+    # The no-search rule uses the same exact match: all sub-answers right -> refused once.
+    right = "<q1>Ottilie Brask</q1><q2>The Quiet Rook</q2><q3>Portugal</q3>"
+    assert dom.check_finish(task, {"answer": right}, {}) == bc.NO_SEARCH_MESSAGE
+    state = {}
+    assert dom.check_finish(task, {"answer": three}, state) is None and state["answer_override"] == ""

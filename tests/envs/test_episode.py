@@ -361,3 +361,47 @@ def test_llm_simulator_sees_its_raw_replies_and_malformed_is_marked(task, domain
     assert s["simulator_questions"] == 4 and s["simulator_errors"] == 1
     assert "SimulatorUnavailable" in s["simulator_error"]
     assert rec.tool_calls[3].error == "simulator_error" and len(rec.questions) == 3
+
+
+class _CheckingDomain:
+    """Wraps a domain with an async `check_finish`: refuses the first finish, then blanks."""
+
+    def __init__(self, inner, fail=False):
+        self.inner, self.fail, self.calls = inner, fail, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def check_finish(self, task, args, state):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("hook bug")
+        if self.calls == 1:
+            return "Not yet: look again."
+        state["answer_override"] = ""
+        return None
+
+
+def test_domain_check_finish_hook_rejects_and_overrides(task, domain):
+    from ppp_jax.envs.episode import ANSWER_OVERRIDE  # noqa: PLC0415
+
+    assert ANSWER_OVERRIDE == "answer_override"
+    script = [call("finish", answer=task.gold[0]), call("finish", answer=task.gold[0])]
+    dom = _CheckingDomain(domain)
+    rec = run(run_episode(dom, task, ScriptedPolicy(script), EmbeddedUserSimulator(),
+                          preference_id="no_preference", prompt_kind="precise"))
+    assert rec.finish_reason == "finish" and rec.num_turns == 2 and dom.calls == 2
+    assert rec.tool_calls[0].error == "finish_rejected"
+    assert rec.tool_calls[0].observation == "Not yet: look again."
+    assert rec.answer == "" and rec.task_score == 0.0
+    assert rec.stats["finish_rejected"] == 1 and rec.stats["finish_overridden"] == 1
+    # A hook that raises accepts the finish as given, and is counted.
+    dom = _CheckingDomain(domain, fail=True)
+    rec = run(run_episode(dom, task, ScriptedPolicy(script), EmbeddedUserSimulator(),
+                          preference_id="no_preference", prompt_kind="precise"))
+    assert rec.num_turns == 1 and rec.answer == task.gold[0] and rec.task_score == 1.0
+    assert rec.stats["finish_check_errors"] == 1 and "hook bug" in rec.stats["finish_check_error"]
+    # Domains without the hook are unchanged.
+    rec = run(run_episode(domain, task, ScriptedPolicy(script[:1]), EmbeddedUserSimulator(),
+                          preference_id="no_preference", prompt_kind="precise"))
+    assert rec.task_score == 1.0 and rec.stats["finish_rejected"] == 0
