@@ -5,10 +5,15 @@ One PPP step's host side (SPEC "The data flow of one PPP training step"):
     items (PromptItem: task × preference × prompt kind)
       -> G episodes per item, all concurrent (`envs.episode.run_episode`), so their agent turns
          feed the engine's continuous batch; tools and the simulator run in threads
-      -> episodes hit by simulator/policy errors are re-run (fresh seed) up to
-         `max_episode_retries` times, then dropped; both counted
+      -> episodes hit by simulator/policy/scoring errors or malformed simulator replies are
+         re-run (fresh seed) up to `max_episode_retries` times, then dropped; both counted.
+         Task scores outside [0, 1] are clamped (counted). Episodes without policy tokens or too
+         long for a row are dropped; a group left empty, or with one episode when G >= 2, is
+         dropped (counted: the singleton rule of the advantages is for G = 1 only)
       -> scores (`envs.scoring.episode_scores`) and the PPP reward (`envs.reward.reward_breakdown`)
-      -> DAPO overlong shaping (optional) -> GRPO / Dr.GRPO / RLOO advantages over each item's group
+      -> DAPO overlong shaping (optional, on the unclipped reward; one [0, 1] clip afterwards
+         when `reward.clip` or `advantage.clip_reward_01`)
+      -> GRPO / Dr.GRPO / RLOO advantages over each item's group
       -> token batch (`ppp_jax.batch.assemble_batch`): only sampled tokens carry loss mask 1
 
 Determinism: each episode's sampling seed is a hash of (step seed, item uid, sample index,
@@ -26,6 +31,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import math
 import time
 from typing import Any, Mapping, Sequence
 
@@ -179,16 +185,40 @@ class RolloutCounters:
     crashed: int = 0
     dropped_too_long: int = 0
     dropped_no_tokens: int = 0
+    task_score_clamped: int = 0
     groups_dropped_empty: int = 0
+    groups_dropped_small: int = 0
+    dropped_small_group: int = 0
 
     def metrics(self) -> dict[str, float]:
         return {f"rollout/{k}": float(v) for k, v in dataclasses.asdict(self).items()}
 
 
+class RolloutRoundEmpty(RuntimeError):
+    """A generation round kept no group at all (every episode failed, e.g. an API outage)."""
+
+
+AFFECTED_KEYS = ("simulator_errors", "simulator_malformed", "policy_errors", "score_error")
+
+
 def _affected(record: EpisodeRecord) -> bool:
-    """An episode whose outcome was changed by an infrastructure failure (not the agent's fault)."""
+    """An episode whose outcome was changed by an infrastructure failure (not the agent's fault):
+    simulator errors or malformed simulator replies, policy errors, a failed scorer, or a task
+    score that is missing or not a number."""
     s = record.stats
-    return bool(s.get("simulator_errors", 0) or s.get("policy_errors", 0) or s.get("score_error"))
+    if any(s.get(k, 0) for k in AFFECTED_KEYS):
+        return True
+    return record.task_score is None or not math.isfinite(record.task_score)
+
+
+def _clamp_task_score(record: EpisodeRecord, counters: RolloutCounters) -> EpisodeRecord:
+    """The record with a finite task score outside [0, 1] clamped into it (counted)."""
+    s = record.task_score
+    if s is None or not math.isfinite(s) or 0.0 <= s <= 1.0:
+        return record
+    counters.task_score_clamped += 1
+    log.warning("episode %s: task score %r outside [0, 1], clamped", record.task_id, s)
+    return dataclasses.replace(record, task_score=min(max(float(s), 0.0), 1.0))
 
 
 async def run_requests(requests: Sequence[EpisodeRequest], domain: TaskDomain, policy: Any,
@@ -219,6 +249,8 @@ async def run_requests(requests: Sequence[EpisodeRequest], domain: TaskDomain, p
                     counters.crashed += 1
                     rec = None
             counters.episodes_run += 1
+            if rec is not None:
+                rec = _clamp_task_score(rec, counters)
             if on_episode is not None:
                 on_episode()
             if rec is not None and not _affected(rec):
@@ -226,7 +258,8 @@ async def run_requests(requests: Sequence[EpisodeRequest], domain: TaskDomain, p
             if attempt < max_retries:
                 counters.retried += 1
                 log.info("retrying episode %s after %s", eid, "a crash" if rec is None else
-                         {k2: rec.stats.get(k2) for k2 in ("simulator_errors", "policy_errors")})
+                         {**{k2: rec.stats.get(k2) for k2 in AFFECTED_KEYS},
+                          "task_score": rec.task_score})
         counters.dropped_errors += 1
         return None
 
@@ -348,6 +381,21 @@ class RolloutOrchestrator:
                                   concurrency=self.concurrency, max_retries=self.max_retries,
                                   seed=seed, counters=counters)
 
+    def rewards_of(self, records: Sequence[EpisodeRecord]) -> np.ndarray:
+        """The rewards the advantages see, float64 [N]: the unclipped PPP reward plus DAPO's
+        overlong penalty (when on), clipped to [0, 1] once afterwards when either clip is on
+        (`reward.clip` or `advantage.clip_reward_01`). The penalty acts on the unclipped value
+        (1.1 - 0.5 -> 0.6, not clip(1.1) - 0.5 = 0.5); a result <= 0 is still clipped to 0."""
+        if not records:
+            return np.zeros((0,), np.float64)
+        dcfg = self.rl.dapo
+        raw = [reward_breakdown(r, self.reward).unclipped for r in records]
+        lengths = [dapo.policy_token_count(r.tokens.loss_mask) if r.tokens else 0 for r in records]
+        r = dapo.shape_rewards(raw, lengths, dcfg)
+        if self.reward.clip or self.rl.advantage.clip_reward_01:
+            r = np.clip(r, 0.0, 1.0)
+        return r
+
     def collect(self, items: Sequence[Any], tasks: Mapping[str, Task], seed: int, *,
                 more_items: Any = None) -> RolloutBatch:
         """Rolls out `items` and builds the step's batch (blocking; runs its own event loop).
@@ -359,48 +407,65 @@ class RolloutOrchestrator:
         counters = RolloutCounters()
         self.simulator.seconds, self.simulator.calls = 0.0, 0
         dcfg = self.rl.dapo
-        clip = self.rl.advantage.clip_reward_01
+        min_group = 2 if self.rl.advantage.group_size >= 2 else 1
 
-        def group_rewards(group: list[EpisodeRecord]) -> list[float]:
-            r = [score_row(x, self.reward)["reward"] for x in group]
-            r = dapo.shape_rewards(r, [dapo.policy_token_count(x.tokens.loss_mask) if x.tokens
-                                       else 0 for x in group], dcfg)
-            return list(np.clip(r, 0.0, 1.0) if clip else r)
+        def usable(group: list[EpisodeRecord]) -> list[EpisodeRecord]:
+            kept = []
+            for rec in group:
+                if rec.tokens is None or sum(rec.tokens.loss_mask) == 0:
+                    counters.dropped_no_tokens += 1
+                elif (self.row_len is not None and len(rec.tokens.token_ids) - 1 > self.row_len
+                      and self.drop_too_long):
+                    counters.dropped_too_long += 1
+                else:
+                    kept.append(rec)
+            return kept
 
         def sample(round_index: int) -> list[tuple[Any, list[EpisodeRecord]]]:
             batch_items = items if round_index == 0 else more_items(round_index)
             groups = asyncio.run(self.generate(batch_items, tasks,
                                                derive_seed(seed, "round", round_index), counters))
-            return [(it, g) for it, g in zip(batch_items, groups) if g]
+            out = []
+            for it, g in zip(batch_items, groups):
+                g = usable(g)
+                if not g:
+                    counters.groups_dropped_empty += 1
+                elif len(g) < min_group:
+                    # A group shrunk to one episode by drops: verl's singleton rule (mu=0,
+                    # sigma=1) is for groups of size 1 by design, so such a group is dropped.
+                    counters.groups_dropped_small += 1
+                    counters.dropped_small_group += len(g)
+                else:
+                    out.append((it, g))
+            if not out:
+                raise RolloutRoundEmpty(
+                    f"generation round {round_index}: none of {len(batch_items)} groups kept a "
+                    f"usable episode ({counters.dropped_errors} episodes dropped for errors, "
+                    f"{counters.crashed} crashes so far)")
+            return out
 
         if dcfg.dynamic_sampling:
             if more_items is None:
                 raise ValueError("dapo.dynamic_sampling needs more_items to refill the batch")
-            result = dapo.dynamic_sample(sample, lambda ig: group_rewards(ig[1]), len(items),
+            result = dapo.dynamic_sample(sample, lambda ig: self.rewards_of(ig[1]), len(items),
                                          max_gen_batches=dcfg.max_gen_batches)
             pairs, extra = result.groups, result.metrics
         else:
-            pairs, extra = sample(0), {}
-            counters.groups_dropped_empty = len(items) - len(pairs)
+            try:
+                pairs = sample(0)
+            except RolloutRoundEmpty as e:
+                log.warning("%s", e)
+                pairs = []
+            extra = {}
         rollout_s = time.perf_counter() - t0
 
         records, groups = [], []
         for item, group in pairs:
-            for rec in group:
-                if rec.tokens is None or sum(rec.tokens.loss_mask) == 0:
-                    counters.dropped_no_tokens += 1
-                    continue
-                if (self.row_len is not None and len(rec.tokens.token_ids) - 1 > self.row_len
-                        and self.drop_too_long):
-                    counters.dropped_too_long += 1
-                    continue
-                records.append(rec)
-                groups.append(item.uid)
+            records.extend(group)
+            groups.extend([item.uid] * len(group))
         scores = [score_row(r, self.reward) for r in records]
-        raw = np.asarray([s["reward"] for s in scores], np.float64)
-        lengths = [dapo.policy_token_count(r.tokens.loss_mask) for r in records]
-        rewards = dapo.shape_rewards(raw, lengths, dcfg) if records else raw
-        adv = compute_advantages(rewards, groups, self.rl.advantage) if records else raw
+        rewards = self.rewards_of(records)
+        adv = compute_advantages(rewards, groups, self.rl.advantage) if records else rewards
         batch = None
         if records:
             batch = assemble_batch([r.tokens for r in records], adv, row_len=self.row_len,

@@ -12,6 +12,12 @@ One step (`PPPTrainer.step_fn`), in order:
      advantages and assembles the token batch (`ppp_jax.rollout`);
   4. the jitted train step updates params and optimizer state (`ppp_jax.train_step`);
   5. the new params go to the engine (`Engine.update_params`, no recompilation).
+A step whose rollout cannot build a batch (dynamic sampling hit `max_gen_batches`, a round
+with no usable group, the data running out while refilling) is skipped and counted
+(`rollout/steps_skipped`); when the data is exhausted the loop then ends cleanly.
+Parallelism follows `cfg.sharding`: the mesh (`model.sharding.make_mesh`), params and optimizer
+state laid out by its rules, batch rows over ("data", "fsdp") (rows a multiple of
+num_micro_batches × data × fsdp).
 The outer loop (`ppp_jax.loop.run_loop`) writes metrics.jsonl / TensorBoard and checkpoints
 params, optimizer state, RNG and the data-iterator position, so a killed run resumes on the
 same trajectory.
@@ -32,7 +38,7 @@ import numpy as np
 from flax import nnx
 
 from ppp_jax import config as cfgmod
-from ppp_jax import loop
+from ppp_jax import dapo, loop
 from ppp_jax.checkpointing import CheckpointManager, abstract_like
 from ppp_jax.data import DataConfig, make_dataset
 from ppp_jax.envs.domains.base import Task
@@ -40,10 +46,13 @@ from ppp_jax.envs.policy import EngineSampling
 from ppp_jax.envs.simulator import UserSimulator, make_simulator
 from ppp_jax.metrics import make_writer, throughput
 from ppp_jax.optim import make_optimizer
-from ppp_jax.rollout import PreferenceDomain, RolloutOrchestrator, SeededEnginePolicy
+from ppp_jax.model import sharding as shd
+from ppp_jax.rollout import (PreferenceDomain, RolloutOrchestrator, RolloutRoundEmpty,
+                             SeededEnginePolicy)
 from ppp_jax.run_config import RunConfig
 from ppp_jax.train_step import TrainState as StepState
-from ppp_jax.train_step import make_train_step, split_model
+from ppp_jax.train_step import (make_train_step, shard_batch, shard_train_state, split_model,
+                                train_state_shardings)
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +190,10 @@ def make_policy(cfg: RunConfig, engine: Any, tokenizer: Any, temperature: float 
 # ------------------------------------------------------------------------------------------------
 
 
+class DataExhausted(RuntimeError):
+    """The prompt iterator ran out while a step was refilling its batch (finite epochs)."""
+
+
 class PPPTrainer:
     """PPP RL on one run config (see the module docstring).
 
@@ -196,18 +209,29 @@ class PPPTrainer:
         self.cfg = cfg
         self.parts = parts
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.output_dir
+        # The mesh and logical-axis rules of cfg.sharding: params (and with them the optimizer
+        # moments) are laid out by the rules, batch rows over ("data", "fsdp").
+        self.mesh = shd.make_mesh(cfg.sharding.mesh)
+        self.rules = cfg.sharding.rules
+        shd.shard_model(parts.model, self.mesh, self.rules)
         self.graphdef, self.init_params = split_model(parts.model)
         self.engine = engine if engine is not None else make_engine(cfg, parts.model)
         self.policy = make_policy(cfg, self.engine, parts.tokenizer)
         self.optimizer = make_optimizer(cfg.rl.optim)
+        self.param_shardings = shd.state_shardings(self.init_params, self.mesh, self.rules)
+        self.state_shardings = train_state_shardings(
+            self._abstract_train_state(), self.param_shardings, self.optimizer, self.mesh)
         # Not donated: the engine may hold the very same buffers after `update_params`.
-        self.train_step = make_train_step(self.graphdef, cfg.rl, self.optimizer, donate=False)
+        self.train_step = make_train_step(self.graphdef, cfg.rl, self.optimizer, mesh=self.mesh,
+                                          state_shardings=self.state_shardings, donate=False)
         train_tasks = [t for t in parts.tasks if t.split == "train"] or list(parts.tasks)
         if cfg.demo.num_train_tasks:
             train_tasks = train_tasks[: cfg.demo.num_train_tasks]
         self.train_tasks = train_tasks
         self.tasks = {t.task_id: t for t in parts.tasks}
-        rows_multiple = math.lcm(cfg.rl.num_micro_batches, cfg.rollout.rows_multiple)
+        # Every micro-batch's rows must split evenly over data × fsdp.
+        dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        rows_multiple = math.lcm(cfg.rl.num_micro_batches * dp, cfg.rollout.rows_multiple)
         self.orchestrator = RolloutOrchestrator(
             parts.domain, self.policy, parts.simulator, rl=cfg.rl, reward=cfg.reward,
             episode=cfg.rollout.episode, concurrency=cfg.rollout.concurrency,
@@ -220,9 +244,19 @@ class PPPTrainer:
         self.last_rollout = None
 
     # -- state ------------------------------------------------------------------------------
+    def _abstract_train_state(self) -> StepState:
+        scalar = jax.ShapeDtypeStruct((), jnp.int32)
+        return StepState(params=abstract_like(self.init_params),
+                         opt_state=jax.eval_shape(self.optimizer.init, self.init_params),
+                         step=scalar, skipped=scalar)
+
     def init_state(self) -> loop.LoopState:
-        train = StepState(params=self.init_params, opt_state=self.optimizer.init(self.init_params),
-                          step=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32))
+        sh = self.state_shardings
+        # the optimizer state is created directly in its shards (never whole on one device)
+        opt_state = jax.jit(self.optimizer.init, out_shardings=sh.opt_state)(self.init_params)
+        train = shard_train_state(
+            StepState(params=self.init_params, opt_state=opt_state,
+                      step=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32)), sh)
         return loop.LoopState(step=0, train=train, rng=jax.random.key(self.cfg.seed))
 
     def dataset(self):
@@ -241,17 +275,33 @@ class PPPTrainer:
         sync_s = time.perf_counter() - t0
 
         def more(_round: int):
-            return next(self.data_iter)
+            try:
+                return next(self.data_iter)
+            except StopIteration:
+                raise DataExhausted("the prompt data ran out while dynamic sampling was "
+                                    "refilling the batch") from None
 
-        ro = self.orchestrator.collect(items, self.tasks, seed, more_items=more)
+        try:
+            ro = self.orchestrator.collect(items, self.tasks, seed, more_items=more)
+        except (dapo.DynamicSamplingError, RolloutRoundEmpty, DataExhausted) as e:
+            # A step that cannot build its batch is skipped, not the end of the run. When the
+            # data ran out, the loop's next `next(data_iter)` ends training cleanly.
+            why = ("dynamic_sampling" if isinstance(e, dapo.DynamicSamplingError) else
+                   "round_empty" if isinstance(e, RolloutRoundEmpty) else "data_exhausted")
+            log.warning("step %d: update skipped (%s): %s", state.step + 1, why, e)
+            self.last_rollout = None
+            return state.replace(rng=rng), {"rollout/steps_skipped": 1.0,
+                                            f"rollout/skipped_{why}": 1.0}
         self.last_rollout = ro
         metrics: dict[str, float] = dict(ro.metrics)
+        metrics["rollout/steps_skipped"] = 0.0
         if ro.batch is None:
             log.warning("step %d: no usable episode; the update is skipped", state.step + 1)
             metrics["train/skipped_no_episodes"] = 1.0
+            metrics["rollout/steps_skipped"] = 1.0
             return state.replace(rng=rng), metrics
         t1 = time.perf_counter()
-        new, tm = self.train_step(state.train, jax.tree.map(jnp.asarray, ro.batch))
+        new, tm = self.train_step(state.train, shard_batch(ro.batch, self.mesh))
         jax.block_until_ready(new.params)
         train_s = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -296,8 +346,11 @@ class PPPTrainer:
 
     def _abstract_state(self) -> loop.LoopState:
         scalar = jax.ShapeDtypeStruct((), jnp.int32)
-        train = StepState(params=abstract_like(self.init_params),
-                          opt_state=jax.eval_shape(self.optimizer.init, self.init_params),
+        opt = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                           jax.eval_shape(self.optimizer.init, self.init_params),
+                           self.state_shardings.opt_state)
+        # restored on the mesh, laid out as the train step expects
+        train = StepState(params=abstract_like(self.init_params), opt_state=opt,
                           step=scalar, skipped=scalar)
         return loop.LoopState(step=0, train=train, rng=jax.random.key(0))
 

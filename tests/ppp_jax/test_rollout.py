@@ -158,3 +158,115 @@ def test_run_requests_keeps_order(tasks, tok, domain):
                                       episode=EpisodeConfig(max_turns=2), concurrency=2,
                                       max_retries=0, seed=0, counters=RolloutCounters()))
     assert [[r.task_id for r in g] for g in groups] == [[t.task_id] * 2 for t in tasks[:3]]
+
+
+# ------------------------------------------------------------------------------------------------
+# Robustness: malformed replies, odd task scores, shrunk groups, overlong shaping, empty groups
+# ------------------------------------------------------------------------------------------------
+
+import dataclasses  # noqa: E402
+
+from ppp_jax import dapo as dapo_mod  # noqa: E402
+from ppp_jax.envs.reward import reward_breakdown  # noqa: E402
+from ppp_jax.rl_config import DapoConfig  # noqa: E402
+from ppp_jax.rollout import _affected, _clamp_task_score  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def record(tasks, domain, tok):
+    task = for_user(tasks[0], "concise_question")
+    policy = EnginePolicy(ScriptedEngine(tok, [ASK, finish(tasks[0].gold[0])]), tok)
+    return asyncio.run(run_episode(domain, task, policy, EmbeddedUserSimulator(),
+                                   preference_id="concise_question", prompt_kind="vague"))
+
+
+def test_malformed_reply_or_nan_score_is_affected_and_odd_scores_are_clamped(record):
+    assert not _affected(record)
+    assert _affected(dataclasses.replace(record, stats={**record.stats, "simulator_malformed": 1}))
+    assert _affected(dataclasses.replace(record, task_score=float("nan")))
+    c = RolloutCounters()
+    assert _clamp_task_score(record, c) is record and c.task_score_clamped == 0
+    assert _clamp_task_score(dataclasses.replace(record, task_score=1.5), c).task_score == 1.0
+    assert _clamp_task_score(dataclasses.replace(record, task_score=-0.2), c).task_score == 0.0
+    assert c.task_score_clamped == 2 and c.metrics()["rollout/task_score_clamped"] == 2.0
+
+
+class MalformedSimulator:
+    """Every reply malformed (the backend could not parse it)."""
+
+    async def answer(self, ctx, question):
+        return SimulatorReply("??", "medium", None, True, "??", malformed=True)
+
+
+def test_malformed_replies_are_retried_then_dropped(tasks, tok, domain):
+    items = [Item(tasks[0], "concise_question", "vague")]
+    orch = orchestrator(tok, domain, [ASK, finish("x.py:f")], simulator=MalformedSimulator(),
+                        max_retries=1)
+    ro = orch.collect(items, {t.task_id: t for t in tasks}, seed=0)
+    m = ro.metrics
+    assert m["rollout/retried"] == G and m["rollout/dropped_errors"] == G
+    assert m["rollout/groups_dropped_empty"] == 1 and ro.batch is None and not ro.records
+
+
+class FailAfterFirstSimulator:
+    """Answers the first question, fails every later one."""
+
+    def __init__(self):
+        self.inner, self.calls = EmbeddedUserSimulator(), 0
+
+    async def answer(self, ctx, question):
+        self.calls += 1
+        if self.calls > 1:
+            raise ConnectionError("simulated outage")
+        return await self.inner.answer(ctx, question)
+
+
+def test_group_shrunk_to_one_episode_is_dropped_and_counted(tasks, tok, domain):
+    items = [Item(tasks[0], "concise_question", "vague")]
+    orch = orchestrator(tok, domain, [ASK, finish("x.py:f")], simulator=FailAfterFirstSimulator(),
+                        max_retries=0)
+    ro = orch.collect(items, {t.task_id: t for t in tasks}, seed=0)
+    m = ro.metrics
+    assert m["rollout/dropped_errors"] == G - 1
+    assert m["rollout/groups_dropped_small"] == 1 and m["rollout/dropped_small_group"] == 1
+    assert ro.batch is None and not ro.records  # no un-normalised singleton advantage trains
+
+
+def test_overlong_penalty_applies_to_the_unclipped_reward(tok, domain, record):
+    length = dapo_mod.policy_token_count(record.tokens.loss_mask)
+    unclipped = reward_breakdown(record, RewardConfig(variant="released", clip=True)).unclipped
+    assert unclipped > 1.0  # right answer + proactivity/personalisation bonuses
+    orch = orchestrator(tok, domain, [ASK])
+    orch.reward = RewardConfig(variant="released", clip=True)
+    orch.rl = RLConfig(advantage=AdvantageConfig(group_size=G, clip_reward_01=True),
+                       dapo=DapoConfig(overlong_buffer_len=length, max_response_len=length,
+                                       overlong_penalty_factor=0.5))
+    # penalty = -0.5 at L = L_max; clipped once afterwards (not clip -> penalty)
+    assert orch.rewards_of([record])[0] == pytest.approx(min(unclipped - 0.5, 1.0))
+    assert orch.rewards_of([record])[0] > 0.5
+
+
+class FailTaskSimulator:
+    """Fails every question about one task."""
+
+    def __init__(self, task_id):
+        self.inner, self.task_id = EmbeddedUserSimulator(), task_id
+
+    async def answer(self, ctx, question):
+        if ctx.precise_prompt == self.task_id:
+            raise ConnectionError("simulated outage")
+        return await self.inner.answer(ctx, question)
+
+
+def test_dynamic_sampling_counts_groups_emptied_by_errors(tasks, tok, domain):
+    items = [Item(tasks[0], "concise_question", "vague"), Item(tasks[1], "concise_question", "vague")]
+    orch = orchestrator(tok, domain, [ASK, finish("x.py:f")],
+                        simulator=FailTaskSimulator(tasks[0].precise_prompt), max_retries=0)
+    orch.rl = RLConfig(advantage=AdvantageConfig(group_size=G, clip_reward_01=False),
+                       dapo=DapoConfig(dynamic_sampling=True, max_gen_batches=3))
+    orch.rewards_of = lambda recs: np.arange(len(recs), dtype=np.float64)  # every group has spread
+    ro = orch.collect(items, {t.task_id: t for t in tasks}, seed=0,
+                      more_items=lambda r: [items[1]])
+    m = ro.metrics
+    assert m["rollout/groups_dropped_empty"] == 1 and m["dapo/num_gen_batches"] == 2
+    assert ro.groups == [items[1].uid] * G * 2

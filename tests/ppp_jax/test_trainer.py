@@ -140,3 +140,42 @@ def test_run_configs_load(name):
         assert cfg.model.build().param_count() == 36_151_104_512
     with pytest.raises(cfgmod.ConfigError, match="unknown key"):
         load_run_config(f"configs/{name}.yaml", ["trainer.nope=1"])
+
+
+def test_failed_rollouts_skip_the_step_and_exhausted_data_ends_cleanly(tmp_path, tok, engine,
+                                                                        caplog):
+    """Dynamic-sampling failures, empty rounds and data running out skip the update (counted);
+    the run then ends cleanly when the data is exhausted. The mesh comes from cfg.sharding."""
+    import itertools
+
+    import jax
+    from jax.sharding import NamedSharding
+
+    from ppp_jax import dapo
+    from ppp_jax.rollout import RolloutRoundEmpty
+
+    cfg = tiny_config(tmp_path, **{"data.num_epochs": 1})
+    t = make_trainer(cfg, tok, tmp_path / "s", engine)
+    # cfg.sharding: a 1x1x1 mesh here; params and optimizer state live on it.
+    assert dict(t.mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
+    state = t.init_state()
+    assert all(isinstance(x.sharding, NamedSharding) and x.sharding.mesh == t.mesh
+               for x in jax.tree.leaves(state.train.params))
+    for err in (dapo.DynamicSamplingError("cap hit"), RolloutRoundEmpty("outage")):
+        def boom(*a, err=err, **k):
+            raise err
+        t.orchestrator.collect = boom
+        new, m = t.step_fn(state, [])
+        assert m["rollout/steps_skipped"] == 1.0 and new.train is state.train
+
+    def drain(items, tasks, seed, more_items):
+        for i in itertools.count(1):
+            more_items(i)
+
+    t.orchestrator.collect = drain
+    with caplog.at_level("WARNING"):
+        final = t.train(num_steps=50)
+    rows = read_jsonl(tmp_path / "s" / "metrics.jsonl")
+    assert final.step == 1 and [r["step"] for r in rows] == [1]
+    assert rows[0]["rollout/skipped_data_exhausted"] == 1.0
+    assert "data exhausted" in caplog.text
