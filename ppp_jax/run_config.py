@@ -74,13 +74,20 @@ class DomainSection:
     """The task domain.
 
     name: "stdlib_loc" (embedded, offline), "swe_func_loc" (needs task rows and repo clones) or
-      "browsecomp_plus" (deep research; its search tools and corpus are not in `envs/` yet).
+      "browsecomp_plus" (deep research: search / open_page / finish over a local corpus with a
+      BM25 retriever, answers scored by exact match; needs the browsecomp_* files).
     stdlib: how the stdlib tasks are built.
     swe_rows: SWE-bench rows (.jsonl/.json/.parquet) for swe_func_loc.
     swe_split: the split those rows form ("train": SWE-Gym for training; "test": SWE-bench
       Verified for evaluation).
     swe_clone_root: directory of local clones named owner__name (swe_func_loc).
     swe_cache_dir: where repository snapshots are materialized (swe_func_loc).
+    browsecomp_queries: BrowseComp-Plus query rows (.jsonl/.json/.parquet, local file) with
+      `query_id`, `query` (or PPP's `full_query` + `vague_query`), `answer` and
+      `evidence_docs`/`gold_docs` (browsecomp_plus).
+    browsecomp_corpus: the corpus rows (local file) with `docid`, `text` and optional `url`
+      (browsecomp_plus).
+    browsecomp_split: the split those query rows form (browsecomp_plus).
     tool_style: "native" | "openhands" | "both" repository tools.
     tools: keep only these domain tools (finish is always kept; ask_user is added by the runner);
       empty = all of the domain's tools.
@@ -96,6 +103,9 @@ class DomainSection:
     swe_split: Literal["train", "test"] = "train"
     swe_clone_root: str = ""
     swe_cache_dir: str = ""
+    browsecomp_queries: str = ""
+    browsecomp_corpus: str = ""
+    browsecomp_split: Literal["train", "test"] = "train"
     tool_style: Literal["native", "openhands", "both"] = "native"
     tools: tuple[str, ...] = ()
     system_prompt: str = ""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -88,23 +89,39 @@ def vocab_size_of(tokenizer: Any) -> int:
     return int(len(tokenizer))
 
 
-def build_model(cfg: RunConfig, tokenizer: Any, path: str | Path | None = None) -> nnx.Module:
+def build_model(cfg: RunConfig, tokenizer: Any, path: str | Path | None = None,
+                mesh: Any = None) -> nnx.Module:
     """The policy: loaded from `path` / `cfg.policy.path`, else randomly initialized from
-    `cfg.model` (vocab size from the tokenizer when `policy.vocab_from_tokenizer`)."""
+    `cfg.model` (vocab size from the tokenizer when `policy.vocab_from_tokenizer`).
+
+    The parameters are created directly on `mesh` (default: `cfg.sharding.mesh`) with the
+    logical-axis rules of `cfg.sharding`: a checkpoint is read shard by shard, and a random
+    init on a multi-device mesh runs jitted with sharded outputs, so no device ever holds the
+    whole model. On a one-device mesh the random init stays eager (bit-identical to before;
+    the jitted init differs in the last ulp of some values)."""
     from ppp_jax.model.api import load_pretrained
     from ppp_jax.model.transformer import SeedOssForCausalLM
 
     path = path or cfg.policy.path
     drop = cfg.policy.dropout
+    if mesh is None:
+        mesh = shd.make_mesh(cfg.sharding.mesh)
+    rules = cfg.sharding.rules
     if path:
         m = cfg.model
-        return load_pretrained(path, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                               attention_impl=m.attention_impl, attention_dropout=drop,
-                               residual_dropout=drop)
+        return load_pretrained(path, mesh=mesh, rules=rules, param_dtype=m.param_dtype,
+                               dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl,
+                               attention_dropout=drop, residual_dropout=drop)
     mc = cfg.model.build().replace(attention_dropout=drop, residual_dropout=drop)
     if cfg.policy.vocab_from_tokenizer:
         mc = mc.replace(vocab_size=-(-vocab_size_of(tokenizer) // 8) * 8)
-    return SeedOssForCausalLM(mc, rngs=nnx.Rngs(cfg.policy.init_seed))
+
+    def init() -> SeedOssForCausalLM:
+        return SeedOssForCausalLM(mc, rngs=nnx.Rngs(cfg.policy.init_seed))
+
+    if mesh.devices.size > 1:
+        return shd.create_sharded(init, mesh, rules)
+    return shd.shard_model(init(), mesh, rules)
 
 
 def build_tasks(cfg: RunConfig) -> tuple[list[Task], Any]:
@@ -126,9 +143,21 @@ def build_tasks(cfg: RunConfig) -> tuple[list[Task], Any]:
         log.info("swe_func_loc: %s", report)
         return tasks, swe_func_loc.make_domain(repos, d.tool_style)
     if d.name == "browsecomp_plus":
-        raise NotImplementedError(
-            "domain browsecomp_plus: the BrowseComp-Plus tools (search / open_page over the corpus "
-            "with a dense retriever) are not in ppp_jax.envs.domains yet; only the config exists")
+        from ppp_jax.envs.domains import browsecomp
+        from ppp_jax.envs.domains.retrievers import BM25Retriever, Corpus
+
+        if not (d.browsecomp_queries and d.browsecomp_corpus):
+            raise ValueError("domain browsecomp_plus needs domain.browsecomp_queries and "
+                             "domain.browsecomp_corpus (local .jsonl/.json/.parquet files)")
+        for key in ("browsecomp_queries", "browsecomp_corpus"):
+            if not os.path.isfile(getattr(d, key)):
+                raise FileNotFoundError(f"domain.{key}: no such file {getattr(d, key)!r}")
+        corpus = Corpus.from_rows(browsecomp.load_rows(d.browsecomp_corpus))
+        tasks = browsecomp.build_tasks(browsecomp.load_rows(d.browsecomp_queries), corpus,
+                                       split=d.browsecomp_split)
+        log.info("browsecomp_plus: %d tasks, %d documents (BM25)", len(tasks), len(corpus))
+        # exact-match scoring only (no LLM judge client is configured here)
+        return tasks, browsecomp.BrowseCompDomain(BM25Retriever(corpus))
     raise ValueError(f"unknown domain {d.name!r}")
 
 

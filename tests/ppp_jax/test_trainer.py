@@ -23,7 +23,11 @@ TINY = {
                "system_prompt": "Find the bug."},
     "data": {"batch_size": 2, "seed": 0},
     "reward": {"variant": "released", "clip": False},
+    # A random tiny policy gives every episode of a group the same reward, so the GRPO advantages
+    # are all zero; a small entropy bonus makes each step a real (nonzero) update, so the resume
+    # tests compare trajectories that actually move.
     "rl": {"advantage": {"group_size": 2, "clip_reward_01": False},
+           "loss": {"entropy_coef": 0.01},
            "optim": {"learning_rate": 1e-3, "weight_decay": 0.0}, "logprob_chunk_size": 256},
     "rollout": {"concurrency": 8, "row_len": 1024, "pack": True, "rows_multiple": 2,
                 "episode": {"max_turns": 2, "max_context_tokens": 960, "turn_max_new_tokens": 12}},
@@ -73,7 +77,8 @@ def test_two_ppp_steps_then_resume(tmp_path, tok, engine):
     for k in KEYS + ("rollout/ask_ratio", "time/rollout", "time/train", "perf/train_tokens_per_s"):
         assert k in rows[0], k
     assert rows[0]["rollout/episodes"] == 4  # 2 prompts x G=2
-    assert np.isfinite(rows[1]["train/grad_norm"])
+    assert all(np.isfinite(r["train/grad_norm"]) and r["train/grad_norm"] > 0 for r in rows)
+    assert all(r["train/skipped"] == 0 for r in rows)
     assert a._engine_step == 2  # the engine runs the trained weights
     # A new trainer on the same directory resumes from the step-2 checkpoint.
     a2 = make_trainer(cfg, tok, tmp_path / "a", engine)
@@ -179,3 +184,118 @@ def test_failed_rollouts_skip_the_step_and_exhausted_data_ends_cleanly(tmp_path,
     assert final.step == 1 and [r["step"] for r in rows] == [1]
     assert rows[0]["rollout/skipped_data_exhausted"] == 1.0
     assert "data exhausted" in caplog.text
+
+
+def browsecomp_config(tmp_path, **overrides) -> RunConfig:
+    """The tiny run on a BrowseComp-Plus domain built from query and corpus files written here."""
+    docs = [{"docid": f"d{i}", "text": text, "url": f"https://example.org/d{i}"} for i, text in
+            enumerate(["The lighthouse of Varnholm was designed by Ottilie Brask in 1887.",
+                       "Ismo Kareli painted the red lighthouse of Varnholm.",
+                       "Leena Voss opened a chess cafe in Tallinn named The Quiet Rook.",
+                       "Filler text about trains and municipal budgets."])]
+    queries = [{"query_id": f"q{i}", "full_query": q, "query": v, "answer": a, "evidence_docs": e}
+               for i, (q, v, a, e) in enumerate([
+                   ("Who designed the Varnholm lighthouse that Ismo Kareli painted?",
+                    "Who designed a lighthouse?", "Ottilie Brask", ["d0", "d1"]),
+                   ("What is the chess cafe Leena Voss opened in Tallinn called?",
+                    "What is a chess cafe called?", "The Quiet Rook", ["d2"])])]
+    for name, rows in (("corpus.jsonl", docs), ("queries.jsonl", queries)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = json.loads(json.dumps(TINY))
+    data["run_dir"] = str(tmp_path)
+    data["domain"] = {"name": "browsecomp_plus",
+                      "browsecomp_queries": str(tmp_path / "queries.jsonl"),
+                      "browsecomp_corpus": str(tmp_path / "corpus.jsonl"),
+                      "browsecomp_split": "train", "system_prompt": "Search, then answer."}
+    cfgmod.apply_overrides(data, [f"{k}={v}" for k, v in overrides.items()])
+    return cfgmod.from_dict(RunConfig, data)
+
+
+def test_browsecomp_domain_from_local_files(tmp_path, tok):
+    from ppp_jax.trainer import build_parts
+
+    cfg = browsecomp_config(tmp_path)
+    parts = build_parts(cfg, tokenizer=tok)
+    assert [t.task_id for t in parts.tasks] == ["bcp:q0", "bcp:q1"]
+    assert {t.split for t in parts.tasks} == {"train"} and parts.tasks[0].gold == ("Ottilie Brask",)
+    assert "[DOC d0]" in parts.tasks[0].hidden_info
+    names = {s["function"]["name"] if "function" in s else s["name"]
+             for s in parts.domain.tool_schemas(parts.tasks[0])}
+    assert {"search", "open_page", "finish"} <= names
+    # one PPP step (a rollout round on the search domain, then the update), on an engine of its
+    # own: the three tool schemas alone take ~750 tokens, more than the shared engine's rows hold
+    from ppp_jax.trainer import PPPTrainer
+
+    long = browsecomp_config(tmp_path, **{"sampler.max_seq_len": 2048, "sampler.num_pages": 1100,
+                                          "rollout.row_len": 2048,
+                                          "rollout.episode.max_context_tokens": 1984})
+    trainer = PPPTrainer(long, build_parts(long, tokenizer=tok, model=parts.model),
+                         run_dir=tmp_path / "run")
+    try:
+        final = trainer.train(num_steps=1)
+    finally:
+        trainer.engine.close()
+    assert final.step == 1
+    assert read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]["rollout/episodes"] == 4
+    # missing files are a clear error, not a download attempt
+    bad = browsecomp_config(tmp_path, **{"domain.browsecomp_corpus": str(tmp_path / "nope.jsonl")})
+    with pytest.raises(FileNotFoundError, match="browsecomp_corpus"):
+        build_parts(bad, tokenizer=tok)
+
+
+_MESH_SCRIPT = """
+import os, pathlib, sys, tempfile
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, os.getcwd())
+import numpy as np
+from flax import nnx
+from ppp_jax.envs.testing import tiny_seed_tokenizer
+from ppp_jax.model import sharding as shd
+from ppp_jax.model.api import save_checkpoint
+from ppp_jax.trainer import build_model
+from tests.ppp_jax.test_trainer import tiny_config
+
+tok = tiny_seed_tokenizer()
+tmp = pathlib.Path(tempfile.mkdtemp())
+fsdp = {"sharding.mesh.shape": "[1,-1,1]"}
+one = build_model(tiny_config(tmp), tok, mesh=shd.make_mesh({"fsdp": 1}))
+big = build_model(tiny_config(tmp, **fsdp), tok)          # random init straight onto 4 devices
+save_checkpoint(one, one.config, tmp / "ck")
+loaded = build_model(tiny_config(tmp, **fsdp, **{"policy.path": str(tmp / "ck")}), tok)
+for m in (big, loaded):
+    for (k, a), (_, b) in zip(nnx.to_flat_state(nnx.state(m, nnx.Param)),
+                              nnx.to_flat_state(nnx.state(one, nnx.Param))):
+        x, y = a.get_value(), b.get_value()
+        assert dict(x.sharding.mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 1}, k
+        # jitted sharded init: equal up to the last ulp; the checkpoint: bit for bit
+        assert np.allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-7), k
+        assert m is big or np.array_equal(np.asarray(x), np.asarray(y)), k
+print("OK")
+"""
+
+
+def test_build_model_creates_params_on_the_mesh(tmp_path, tok):
+    """The policy is built on cfg.sharding's mesh (4 CPU devices here, in a subprocess): random
+    init and checkpoint loads never materialize the whole model on one device; on one device the
+    init is the eager one, bit for bit."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import jax
+    from flax import nnx
+
+    from ppp_jax.model.transformer import SeedOssForCausalLM
+    from ppp_jax.trainer import build_model, vocab_size_of
+
+    cfg = tiny_config(tmp_path)
+    m = build_model(cfg, tok)
+    mc = cfg.model.build().replace(vocab_size=-(-vocab_size_of(tok) // 8) * 8)
+    ref = SeedOssForCausalLM(mc, rngs=nnx.Rngs(cfg.policy.init_seed))
+    for a, b in zip(jax.tree.leaves(nnx.state(m)), jax.tree.leaves(nnx.state(ref))):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", _MESH_SCRIPT], cwd=root, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
