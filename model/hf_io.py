@@ -412,7 +412,7 @@ def save_hf(
 ) -> Path:
     """Writes a Hugging Face Seed-OSS checkpoint (`config.json` + safetensors) to `out_dir`.
 
-    model_or_params: a SeedOssForCausalLM, its Param state, or {param path: array}.
+    model_or_params: a SeedOssForCausalLM, its Param state, or {param path: array} (jax or numpy).
     dtype:           stored dtype (default: the parameters' own, so the round trip is bit-exact).
     max_shard_size:  bytes or "5GB"-style; above it the tensors are split over several files
                      listed by `model.safetensors.index.json`.
@@ -427,7 +427,8 @@ def save_hf(
                       for k in set(got) | set(shapes) if got.get(k) != shapes.get(k))
         raise ValueError(f"parameters do not match the config: {diff}")
     for v in params.values():
-        if not v.is_fully_addressable:
+        # Host (numpy) arrays are always addressable; sharded jax arrays must be local.
+        if not getattr(v, "is_fully_addressable", True):
             raise ValueError("save_hf needs every shard addressable from this process (single-host)")
     out_dtype = np.dtype(dtype) if dtype else np.dtype(params["embed.embedding"].dtype)
     code = dtype_code(out_dtype)
