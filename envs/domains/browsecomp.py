@@ -47,7 +47,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ppp_jax.envs.domains.base import FINISH, PromptKind, Task, function_tool
+from ppp_jax.envs.domains.base import FINISH, PromptKind, Task, function_tool, read_rows
 from ppp_jax.envs.domains.retrievers import Corpus, Retriever
 from ppp_jax.envs.episode import ANSWER_OVERRIDE
 
@@ -83,21 +83,6 @@ confidence (0-100%).
 
 If the question is unclear or missing information, you may ask the user with `ask_user`, but every
 question costs the user effort: ask only when needed, and in the way the user prefers."""
-
-
-def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    p = Path(path)
-    if p.suffix == ".jsonl":
-        with open(p, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    if p.suffix == ".json":
-        data = json.loads(p.read_text(encoding="utf-8"))
-        return list(data if isinstance(data, list) else data.get("rows", []))
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq  # noqa: PLC0415 -- optional dependency
-
-        return pq.read_table(p).to_pylist()
-    raise ValueError(f"unsupported data file {path!r}")
 
 
 def load_rows(source: str, split: str | None = None) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ppp_jax.envs.domains.base import Task
+from ppp_jax.envs.domains.base import Task, read_rows
 from ppp_jax.envs.domains.func_loc import FuncLocDomain, ToolStyle
 from ppp_jax.envs.domains.gold_functions import PatchError, gold_functions
 
@@ -48,20 +48,7 @@ def load_swe_rows(source: str, split: str | None = None) -> list[dict[str, Any]]
     """Rows from a local `.jsonl`/`.json`/`.parquet` file, or a Hugging Face dataset name (or the
     aliases "verified" / "gym"), the latter needing the `datasets` package and network."""
     if os.path.exists(source):
-        p = Path(source)
-        if p.suffix == ".jsonl":
-            with open(p, encoding="utf-8") as f:
-                return [json.loads(line) for line in f if line.strip()]
-        if p.suffix == ".json":
-            data = json.loads(p.read_text(encoding="utf-8"))
-            return list(data if isinstance(data, list) else data.get("rows", []))
-        if p.suffix == ".parquet":
-            try:
-                import pyarrow.parquet as pq  # noqa: PLC0415 -- optional dependency
-            except ImportError as e:
-                raise RuntimeError("reading parquet files needs `pip install pyarrow`") from e
-            return pq.read_table(p).to_pylist()
-        raise ValueError(f"unsupported data file {source!r} (expected .jsonl, .json or .parquet)")
+        return read_rows(source)
     name, default_split = HF_DATASETS.get(source, (source, "test"))
     try:
         import datasets  # noqa: PLC0415 -- optional, online only

@@ -306,3 +306,13 @@ def test_multi_question_answers_are_scored_per_question_and_averaged(corpus, bm2
     assert dom.check_finish(task, {"answer": right}, {}) == bc.NO_SEARCH_MESSAGE
     state = {}
     assert dom.check_finish(task, {"answer": three}, state) is None and state["answer_override"] == ""
+
+
+def test_malformed_data_row_names_file_and_line(tmp_path):
+    from ppp_jax.envs.domains import swe_func_loc
+
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"query_id": "1"}\n\n{not json\n')
+    for load in (bc.load_rows, swe_func_loc.load_swe_rows):
+        with pytest.raises(ValueError, match=r"rows\.jsonl:3: not valid JSON"):
+            load(str(bad))
