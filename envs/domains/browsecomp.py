@@ -44,7 +44,6 @@ import json
 import os
 import re
 import unicodedata
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ppp_jax.envs.domains.base import FINISH, PromptKind, Task, function_tool, read_rows
