@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 
 import openai
 import pytest
 
-from ppp_jax.commands.serve import ServeConfig, build_server
+from ppp_jax.commands.serve import ServeConfig
 from ppp_jax.sampling.scheduler import EngineConfig
 from ppp_jax.sampling.testing import write_tiny_serving_checkpoint
+from tests.sampling.serving import free_port, running_server
 
 TOOLS = [
     {"type": "function", "function": {"name": "grep", "description": "search the code",
@@ -33,36 +31,19 @@ MESSAGES = [{"role": "system", "content": "you are an agent."},
             {"role": "user", "content": "which file defines the class?"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import uvicorn
-
     ckpt = write_tiny_serving_checkpoint(tmp_path_factory.mktemp("serve_tools") / "tiny", seed=3)
     # Long enough for a stdlib-domain episode (char-level tokenizer: ~1 token per character).
-    cfg = ServeConfig(checkpoint=str(ckpt), model_name="tiny", port=_free_port(),
+    cfg = ServeConfig(checkpoint=str(ckpt), model_name="tiny", port=free_port(),
                       default_max_tokens=16, warmup=False,
                       engine=EngineConfig(num_slots=4, page_size=16, num_pages=512,
                                           max_seq_len=3072, decode_steps=8,
                                           prefill_chunks=(32, 512), prefill_rows=(1,),
                                           block_pages=16))
-    engine, app = build_server(cfg)
-    uv = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not uv.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://{cfg.host}:{cfg.port}/v1", engine
-    uv.should_exit = True
-    thread.join(timeout=30)
-    engine.close()
+    with running_server(cfg) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

@@ -2,54 +2,34 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 
 import httpx
 import openai
 import pytest
 
-from ppp_jax.commands.serve import ServeConfig, build_server
+from ppp_jax.commands.serve import ServeConfig
 from ppp_jax.sampling.chat import load_tokenizer, render_chat
 from ppp_jax.sampling.params import Request, SamplingParams
 from ppp_jax.sampling.scheduler import EngineConfig
 from ppp_jax.sampling.testing import write_tiny_serving_checkpoint
 from ppp_jax.sampling.tool_calls import build_message, hidden_token_ids
+from tests.sampling.serving import free_port, running_server
 
 MAX_SEQ = 160
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import uvicorn
-
     ckpt = write_tiny_serving_checkpoint(tmp_path_factory.mktemp("serve") / "tiny", seed=2)
-    cfg = ServeConfig(checkpoint=str(ckpt), model_name="tiny", port=_free_port(),
+    cfg = ServeConfig(checkpoint=str(ckpt), model_name="tiny", port=free_port(),
                       default_max_tokens=24, warmup=False,
                       engine=EngineConfig(num_slots=4, page_size=8, num_pages=96,
                                           max_seq_len=MAX_SEQ, decode_steps=8,
                                           prefill_chunks=(16, 64), prefill_rows=(1, 4),
                                           block_pages=4))
-    engine, app = build_server(cfg)
-    uv = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not uv.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    base = f"http://{cfg.host}:{cfg.port}/v1"
-    yield base, engine, ckpt
-    uv.should_exit = True
-    thread.join(timeout=30)
-    engine.close()
+    with running_server(cfg) as (base, engine):
+        yield base, engine, ckpt
 
 
 @pytest.fixture(scope="module")
