@@ -48,12 +48,29 @@ class Row:
     steps: tuple[str, ...] = ("train",)
     engine_mesh: tuple[int, int, int] | None = None
     strategy: str = ""
+    sequence: int = 1  # size of the `sequence` mesh axis (context parallelism); 1 = no such axis
+    micro_batches: int = 1  # rl.num_micro_batches: the B rows of an update in this many passes
+
+    def mesh_config(self) -> dict:
+        """The `sharding.mesh` section: data×fsdp×tensor, with a `sequence` axis when > 1."""
+        data, fsdp, tensor = self.mesh
+        if self.sequence == 1:
+            return {"axes": ["data", "fsdp", "tensor"], "shape": list(self.mesh)}
+        return {"axes": ["data", "fsdp", "sequence", "tensor"],
+                "shape": [data, fsdp, self.sequence, tensor]}
+
+    def mesh_text(self) -> str:
+        """"1×16×4×1" style, data×fsdp×sequence×tensor (sequence 1 when absent)."""
+        data, fsdp, tensor = self.mesh
+        return "×".join(str(x) for x in (data, fsdp, self.sequence, tensor))
 
     def config(self) -> dict:
         cfg = yaml.safe_load(BASE.read_text())
         cfg = copy.deepcopy(cfg)
         cfg["model"]["remat"] = self.remat
-        cfg["sharding"]["mesh"] = {"axes": ["data", "fsdp", "tensor"], "shape": list(self.mesh)}
+        cfg["sharding"]["mesh"] = self.mesh_config()
+        if self.micro_batches != 1:
+            cfg["rl"]["num_micro_batches"] = self.micro_batches
         cfg["compile"].update(topology=self.topology, steps=list(self.steps),
                               batch=self.batch, seq_len=self.seq_len)
         if self.engine_mesh is not None:
@@ -83,6 +100,24 @@ ROWS = [
     Row("v6e256-fsdp32xtp8-16k", "v6e:16x16", (1, 32, 8), 16384, 32, strategy="FSDP x tensor"),
     Row("v5p128-fsdp-32k-noremat", "v5p:4x4x4", (1, 64, 1), 32768, 64, remat="none",
         strategy="FSDP"),
+    # Sequence (context) sharding: each sequence's tokens split over the `sequence` axis, k/v
+    # all-gathered per layer; weights over fsdp × sequence. Compare with the rows above at the
+    # same length and slice.
+    Row("v5p128-fsdp16xsp4-65k", "v5p:4x4x4", (1, 16, 1), 65536, 16, sequence=4,
+        strategy="FSDP x sequence"),
+    Row("v6e256-fsdp64xsp4-32k", "v6e:16x16", (1, 64, 1), 32768, 64, sequence=4,
+        strategy="FSDP x sequence"),
+    Row("v5p256-fsdp32xsp4-65k", "v5p:4x4x8", (1, 32, 1), 65536, 32, sequence=4,
+        strategy="FSDP x sequence"),
+    Row("v6e256-fsdp16xsp4xtp4-65k", "v6e:16x16", (1, 16, 4), 65536, 16, sequence=4,
+        strategy="FSDP x sequence x tensor"),
+    Row("v5p128-fsdp32xsp2-32k", "v5p:4x4x4", (1, 32, 1), 32768, 32, sequence=2,
+        strategy="FSDP x sequence"),
+    # The update of v5p128-fsdp-65k (64 rows of 65k tokens) in 4 micro-batches of 16 rows.
+    Row("v5p128-fsdp16xsp4-65k-b64", "v5p:4x4x4", (1, 16, 1), 65536, 64, sequence=4,
+        micro_batches=4, strategy="FSDP x sequence"),
+    Row("v6e256-fsdp32xsp8-65k", "v6e:16x16", (1, 32, 1), 65536, 32, sequence=8,
+        strategy="FSDP x sequence"),
 ]
 BY_ID = {r.id: r for r in ROWS}
 
@@ -159,15 +194,16 @@ def _gib(b: float) -> str:
 
 def _train_table(rows: list[Row]) -> list[str]:
     chips, tight = _chips()
-    out = ["| row | slice (chips) | strategy: mesh data×fsdp×tensor | remat | B × T | args GiB | "
+    out = ["| row | slice (chips) | strategy: mesh data×fsdp×sequence×tensor | remat | B × T | args GiB | "
            "temp GiB | total GiB / HBM | compiler peak GiB | fits | compiler FLOPs/chip | "
            f"model FLOPs/chip | est. step at {MFU:.0%} MFU | compile s | compiled (UTC) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         res = load_result(row)
-        mesh = "×".join(str(x) for x in row.mesh)
+        mesh = row.mesh_text()
         head = (f"| {row.id} | {row.topology} ({_n_chips(row.topology)}) | {row.strategy}: {mesh} | "
-                f"{row.remat} | {row.batch} × {row.seq_len} |")
+                f"{row.remat} | {row.batch} × {row.seq_len}"
+                + (f" ({row.micro_batches} micro-batches)" if row.micro_batches > 1 else "") + " |")
         train = None if res is None else next((r for r in res["reports"] if r["step"] == "train"), None)
         if train is None:
             why = "not yet compiled" if res is None else f"failed: {res['stderr'] or res['exit_code']}"

@@ -15,6 +15,13 @@ Kernels, chosen by `ModelConfig.attention_impl`:
   same call with `implementation=None` (XLA), so the code path runs in CPU tests.
 - "splash": Pallas splash attention (`model/splash.py`, TPU only) under `shard_map`; other
   backends raise unless an AOT compile for TPU declares its target (`splash.tpu_target()`).
+
+Sequence (context) parallelism: inside `sharding.using_mesh`, q and the attention output are
+pinned as [B, T, N, H] with T on the `sequence` mesh axis (if any) and k/v as [B, S, K, H] with S
+whole, so GSPMD all-gathers k/v over `sequence` (and reduce-scatters their gradients) while each
+device keeps its block of queries. The mask is built for the whole [T, S] from global indices and
+partitioned with the queries, so every query block sees its own causal offset. Splash does the
+same by hand (see `splash.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ppp_jax.model import axes as ax
+from ppp_jax.model import sharding as shd
 from ppp_jax.model import splash
 from ppp_jax.model.layers import F32, Linear, apply_rope
 
@@ -141,11 +149,17 @@ class Attention(nnx.Module):
         k = apply_rope(self.k_proj(x), cos, sin)  # [B, T, K, H]
         v = self.v_proj(x)  # [B, T, K, H]
         if cache is None:
+            # Context parallelism (no-op off-mesh): queries keep their T shard, k/v are gathered.
+            q = shd.constrain(q, ax.ACT_BTNH, name="q")
+            k = shd.constrain(k, ax.ACT_BSKH, name="k")
+            v = shd.constrain(v, ax.ACT_BSKH, name="v")
             index = jnp.arange(x.shape[1], dtype=jnp.int32)
             mask = segment_causal_mask(segment_ids, segment_ids, index, index)
+            mask = shd.constrain(mask, ax.ACT_BTS, name="attention mask")
             o = attention_core(self.impl, q, k, v, mask, q_segment_ids=segment_ids,
                                kv_segment_ids=segment_ids, dropout=self.dropout,
                                dropout_key=dropout_key)
+            o = shd.constrain(o, ax.ACT_BTNH, name="attention out")
             new_state = None
         else:
             o, new_state = cache.attend(layer_state, q, k, v, positions, segment_ids)

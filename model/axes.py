@@ -18,13 +18,25 @@ HEAD_DIM = "head_dim"  # H
 MLP = "mlp"  # F
 LAYERS = "layers"  # L, the leading axis of every stacked decoder-layer parameter
 
-# Activation axes (for with_sharding_constraint through the rules table; optional).
-ACT_BATCH = "activation_batch"
-ACT_LENGTH = "activation_length"
-ACT_EMBED = "activation_embed"
-ACT_HEADS = "activation_heads"
-ACT_KV_HEADS = "activation_kv_heads"
-ACT_MLP = "activation_mlp"
-ACT_VOCAB = "activation_vocab"
+# Activation axes, pinned with `sharding.constrain` through the same rules table inside
+# `sharding.using_mesh` (a no-op outside it).
+ACT_BATCH = "activation_batch"  # B
+ACT_LENGTH = "activation_length"  # T: queries, residual stream, MLP hidden, logits
+ACT_KV_LENGTH = "activation_kv_length"  # S: keys/values (kept whole for context parallelism)
+ACT_EMBED = "activation_embed"  # D
+ACT_HEADS = "activation_heads"  # N
+ACT_KV_HEADS = "activation_kv_heads"  # K
+ACT_HEAD_DIM = "activation_head_dim"  # H
+ACT_MLP = "activation_mlp"  # F
+ACT_VOCAB = "activation_vocab"  # V
+
+# Named layouts of the activations the model constrains.
+ACT_BTD = (ACT_BATCH, ACT_LENGTH, ACT_EMBED)  # residual stream, embeddings, lm_head input
+ACT_BTNH = (ACT_BATCH, ACT_LENGTH, ACT_HEADS, ACT_HEAD_DIM)  # queries, attention output
+ACT_BSKH = (ACT_BATCH, ACT_KV_LENGTH, ACT_KV_HEADS, ACT_HEAD_DIM)  # keys, values
+ACT_BTS = (ACT_BATCH, ACT_LENGTH, ACT_KV_LENGTH)  # attention mask
+ACT_BTF = (ACT_BATCH, ACT_LENGTH, ACT_MLP)  # MLP hidden
+ACT_BTV = (ACT_BATCH, ACT_LENGTH, ACT_VOCAB)  # logits
+ACT_BT = (ACT_BATCH, ACT_LENGTH)  # token ids, positions, segment ids
 
 PARAM_AXES = (VOCAB, EMBED, HEADS, KV_HEADS, HEAD_DIM, MLP, LAYERS)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ppp_jax.model import axes as ax
+from ppp_jax.model import sharding as shd
 
 F32 = jnp.float32
 _INIT_STD = 0.02  # HF initializer_range; weights are normally loaded, not trained from scratch
@@ -186,4 +187,6 @@ class MLP(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [B, T, D] -> [B, T, D] in `dtype`."""
         gate = jax.nn.silu(self.gate_proj(x).astype(F32)).astype(self.dtype)
-        return self.down_proj(gate * self.up_proj(x))
+        # [B, T, F]; F over tensor, T over sequence under the default rules (no-op off-mesh)
+        hidden = shd.constrain(gate * self.up_proj(x), ax.ACT_BTF, name="mlp hidden")
+        return self.down_proj(hidden)

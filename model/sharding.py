@@ -27,13 +27,26 @@ A logical name absent from the table is an error, so a typo cannot silently repl
 onto every chip. When no rule for a name divides the dimension, the error names the tensor, the
 dimension and the mesh axis.
 
-Meshes use `AxisType.Auto` (GSPMD propagation): the model code carries no sharding annotations on
-its einsums, the weights' and the inputs' shardings drive the partitioning.
+Meshes use `AxisType.Auto` (GSPMD propagation). The weights' and the inputs' shardings drive
+the partitioning, and inside `using_mesh` the model also pins its activations at a few places
+(embeddings out, each layer's residual stream, q/k/v, the MLP hidden, the lm_head input and
+logits) with `constrain`, which resolves *activation* logical names (`activation_batch`,
+`activation_length`, ...) through the same rules table. Outside `using_mesh` `constrain` is a
+no-op, so single-device code and callers that never set the rules see no change.
+
+Sequence (context) sharding: a mesh may carry an optional `sequence` axis. The default rules put
+`activation_length` on it (the token dim of the residual stream, q, the MLP hidden and the
+logits) and keep `activation_kv_length` (the token dim of k/v) unsharded, so each device computes
+attention for its block of queries against the all-gathered keys and values (context parallelism
+as in MaxText). Weights' `embed` dim goes over `[fsdp, sequence]`, so the sequence devices also
+share parameters and optimizer state. A rule naming `sequence` on a mesh without that axis
+resolves as if the axis had size 1, so the same table serves meshes with and without it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,6 +63,8 @@ from ppp_jax.model.axes import SHARDING_METADATA_KEY
 Rule = tuple[str, "str | tuple[str, ...] | None"]
 
 REQUIRED_MESH_AXES = ("data", "fsdp", "tensor")
+# Mesh axes a rule may name even when the mesh lacks them (treated as size 1 there).
+OPTIONAL_MESH_AXES = ("sequence",)
 
 # Metadata key under which every Variable carries its logical axis names (flax 0.12's standard
 # `out_sharding`; see `ppp_jax.model.axes`). The model creates its params with eager sharding off.
@@ -69,8 +84,9 @@ class ShardingError(ValueError):
 class MeshConfig:
     """Named device-mesh axes and their sizes.
 
-    axes:  mesh axis names, outermost first. Must include "data", "fsdp" and "tensor"; more axes
-           (e.g. "sequence") may be added for rules that use them.
+    axes:  mesh axis names, outermost first. Must include "data", "fsdp" and "tensor"; may add
+           "sequence" (context parallelism, see the module docstring) or other axes that rules
+           use.
     shape: size per axis, same order. At most one -1, which takes all remaining devices.
     """
 
@@ -138,19 +154,29 @@ def make_mesh(
 # Rules
 # ----------------------------------------------------------------------------------------------
 
-# FSDP x tensor parallelism: weights' model dim over fsdp, heads / mlp / vocab over tensor; the
-# batch of activations over data and fsdp. The stacked-layers axis is never sharded here
-# (pipelining would use it).
+# FSDP x tensor (x sequence) parallelism: weights' model dim over fsdp (and sequence, when the
+# mesh has it), heads / mlp / vocab over tensor; the batch of activations over data and fsdp,
+# their token dim over sequence, k/v's token dim whole (all-gathered). Activations fall back to
+# replicated where an axis does not divide them (decode's T = 1, 8 kv heads on tensor = 16).
+# The stacked-layers axis is never sharded here (pipelining would use it).
 FSDP_TP_RULES: tuple[Rule, ...] = (
     ("activation_batch", ("data", "fsdp")),
+    ("activation_batch", None),
+    ("activation_length", "sequence"),
     ("activation_length", None),
+    ("activation_kv_length", None),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
+    ("activation_heads", None),
     ("activation_kv_heads", "tensor"),
+    ("activation_kv_heads", None),
     ("activation_head_dim", None),
     ("activation_mlp", "tensor"),
+    ("activation_mlp", None),
     ("activation_vocab", "tensor"),
+    ("activation_vocab", None),
     ("vocab", "tensor"),
+    ("embed", ("fsdp", "sequence")),
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
@@ -162,12 +188,12 @@ FSDP_TP_RULES: tuple[Rule, ...] = (
 
 # For sampling: no FSDP on weights (each step would all-gather every weight), tensor only; the
 # fsdp devices act as extra data parallelism for the batch.
-SAMPLING_RULES: tuple[Rule, ...] = tuple(
+SAMPLING_RULES: tuple[Rule, ...] = tuple(dict.fromkeys(
     (name, None) if name == "embed" else (name, axes) for name, axes in FSDP_TP_RULES
-)
+))
 
 # Everything replicated (single device, or debugging).
-REPLICATED_RULES: tuple[Rule, ...] = tuple((name, None) for name, _ in FSDP_TP_RULES)
+REPLICATED_RULES: tuple[Rule, ...] = tuple(dict.fromkeys((name, None) for name, _ in FSDP_TP_RULES))
 
 
 def normalize_rules(rules: Sequence[Any]) -> tuple[Rule, ...]:
@@ -217,10 +243,17 @@ def _axes_of(target: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(target)
 
 
+def _present_axes(target: str | Sequence[str] | None, mesh: Mesh) -> tuple[str, ...]:
+    """The mesh axes of a rule target, minus optional axes (`sequence`) this mesh lacks."""
+    return tuple(a for a in _axes_of(target)
+                 if a in mesh.axis_names or a not in OPTIONAL_MESH_AXES)
+
+
 def check_rules(rules: Sequence[Rule], mesh: Mesh) -> None:
-    """Raises ShardingError if a rule names a mesh axis the mesh does not have."""
+    """Raises ShardingError if a rule names a mesh axis the mesh does not have (optional axes
+    such as `sequence` excepted: a mesh without them treats them as size 1)."""
     for name, target in rules:
-        unknown = [a for a in _axes_of(target) if a not in mesh.axis_names]
+        unknown = [a for a in _present_axes(target, mesh) if a not in mesh.axis_names]
         if unknown:
             raise ShardingError(
                 f"rule {name!r} -> {target!r} names mesh axes {unknown} absent from the mesh "
@@ -261,7 +294,7 @@ def logical_to_spec(
         chosen: tuple[str, ...] = ()
         failure = None
         for rname, target in rules:
-            axes = _axes_of(target)
+            axes = _present_axes(target, mesh)
             if rname != lname or set(axes) & used:
                 continue
             for a in axes:
@@ -290,12 +323,16 @@ def logical_to_spec(
     return PartitionSpec(*spec)
 
 
-def flax_rules(rules: Sequence[Rule]) -> tuple[tuple[str, Any], ...]:
+def flax_rules(rules: Sequence[Rule], mesh: Mesh | None = None) -> tuple[tuple[str, Any], ...]:
     """The first entry per logical name, in the `(name, axes)` form flax's
-    `flax.core.spmd.logical_axis_rules` context expects (for activation constraints)."""
+    `flax.core.spmd.logical_axis_rules` context expects. With `mesh`, optional axes it lacks
+    are dropped from the targets."""
     out: dict[str, Any] = {}
     for name, target in rules:
-        out.setdefault(name, None if target is None else target)
+        if mesh is not None and target is not None:
+            axes = _present_axes(target, mesh)
+            target = None if not axes else axes[0] if len(axes) == 1 else axes
+        out.setdefault(name, target)
     return tuple(out.items())
 
 
@@ -425,12 +462,55 @@ def describe(state: nnx.State) -> dict[str, str]:
     return out
 
 
+# The rules `constrain` resolves activation names with; set by `using_mesh`, None outside it.
+_ACTIVATION_RULES: contextvars.ContextVar[tuple[Rule, ...] | None] = contextvars.ContextVar(
+    "ppp_activation_rules", default=None)
+
+
 @contextlib.contextmanager
 def using_mesh(mesh: Mesh, rules: Sequence[Rule] = FSDP_TP_RULES) -> Iterator[Mesh]:
-    """Sets `mesh` as the current mesh and the rules as flax's logical-axis rules (for any
-    activation sharding constraint the model applies by logical name)."""
+    """Sets `mesh` as the current mesh and `rules` as the table the model's activation
+    constraints (`constrain`) resolve through; also sets them as flax's logical-axis rules.
+
+    Programs must be traced (first call of a jitted function, `.lower`) inside the block for the
+    constraints to be part of them.
+    """
     from flax.core import spmd
 
+    rules = tuple(rules)
     check_rules(rules, mesh)
-    with jax.set_mesh(mesh), spmd.logical_axis_rules(flax_rules(rules)):
-        yield mesh
+    token = _ACTIVATION_RULES.set(rules)
+    try:
+        with jax.set_mesh(mesh), spmd.logical_axis_rules(flax_rules(rules, mesh)):
+            yield mesh
+    finally:
+        _ACTIVATION_RULES.reset(token)
+
+
+@contextlib.contextmanager
+def no_activation_constraints() -> Iterator[None]:
+    """Switches `constrain` off inside the block (the weights' shardings still apply). The model
+    uses it for calls with a KV cache: the engine's layout is set by its cache and batch
+    placement, and decode's one-token rows have no sequence to split."""
+    token = _ACTIVATION_RULES.set(None)
+    try:
+        yield
+    finally:
+        _ACTIVATION_RULES.reset(token)
+
+
+def constrain(x: jax.Array, logical: Sequence[str | None], *, name: str = "activation") -> jax.Array:
+    """`jax.lax.with_sharding_constraint(x, spec)` with `spec` resolved from the activation's
+    logical axis names (one per dim of x) through the rules of the enclosing `using_mesh`.
+
+    The identity when no `using_mesh` is active (or under `no_activation_constraints`) or the
+    current mesh is empty, so the model runs unchanged on one device and in the engine.
+    """
+    rules = _ACTIVATION_RULES.get()
+    if rules is None:
+        return x
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return x
+    spec = logical_to_spec(logical, x.shape, mesh, rules, name=name)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

@@ -21,12 +21,19 @@ Parameter tree (`nnx.state(model, nnx.Param)`), letters as in `config.py`:
 
 The logical names sit in each Param's metadata under `out_sharding` (see `axes.py`).
 
+Inside `sharding.using_mesh` the activations are pinned by logical name (`sharding.constrain`):
+the embeddings and each layer's residual stream [B, T, D] as `axes.ACT_BTD`, q/k/v and the MLP
+hidden in `attention.py` / `layers.py`, the lm_head input and the logits in `logits`. With the
+default rules and a `sequence` mesh axis this is context parallelism (T split over `sequence`,
+k/v gathered whole). Calls with a KV cache (the engine) run without these constraints.
+
 Compile time does not grow with depth: the L stacked layers run as one `lax.scan` whose body is
 one decoder layer (optionally under `jax.checkpoint`, per `ModelConfig.remat`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -34,6 +41,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ppp_jax.model import axes as ax
+from ppp_jax.model import sharding as shd
 from ppp_jax.model.attention import Attention
 from ppp_jax.model.config import ModelConfig
 from ppp_jax.model.layers import MLP, Embed, Linear, RMSNorm, dtype_of, rope_tables
@@ -75,9 +83,9 @@ class DecoderLayer(nnx.Module):
         keys = jax.random.split(dropout_key, 3) if dropout_key is not None else (None,) * 3
         h, new_state = self.attn(self.input_norm(x), cos, sin, positions, segment_ids,
                                  cache=cache, layer_state=layer_state, dropout_key=keys[0])
-        x = x + self._resid_dropout(h, keys[1])
+        x = shd.constrain(x + self._resid_dropout(h, keys[1]), ax.ACT_BTD, name="residual")
         x = x + self._resid_dropout(self.mlp(self.post_attn_norm(x)), keys[2])
-        return x, new_state
+        return shd.constrain(x, ax.ACT_BTD, name="residual"), new_state
 
     def _resid_dropout(self, h: jax.Array, key: jax.Array | None) -> jax.Array:
         if key is None or self.resid_dropout.rate == 0.0:
@@ -130,7 +138,16 @@ class SeedOssForCausalLM(nnx.Module):
 
         dropout_key: a PRNG key; only when given are the config's dropout rates applied
         (attention probabilities, after o_proj, after down_proj). Sampling never passes one.
+
+        Under `sharding.using_mesh` the activations follow the rules table (see the module
+        docstring); with a cache they are left to the weights' and the cache's shardings.
         """
+        scope = shd.no_activation_constraints() if cache is not None else contextlib.nullcontext()
+        with scope:
+            return self._hidden(tokens, positions, segment_ids, cache=cache,
+                                collect_layers=collect_layers, dropout_key=dropout_key)
+
+    def _hidden(self, tokens, positions, segment_ids, *, cache, collect_layers, dropout_key):
         c = self.config
         if tokens.ndim != 2 or positions.shape != tokens.shape:
             raise ValueError(f"tokens and positions must both be [B, T]; got {tokens.shape} and "
@@ -141,7 +158,7 @@ class SeedOssForCausalLM(nnx.Module):
             raise ValueError(f"segment_ids {segment_ids.shape} must match tokens {tokens.shape}")
         positions = positions.astype(jnp.int32)
         segment_ids = segment_ids.astype(jnp.int32)
-        x = self.embed(tokens)  # [B, T, D]
+        x = shd.constrain(self.embed(tokens), ax.ACT_BTD, name="embeddings")  # [B, T, D]
         cos, sin = rope_tables(positions, c.head_dim, c.rope_theta, dtype_of(c.dtype))
         graphdef, params = nnx.split(self.layers)
         states = cache.layer_states() if cache is not None else None
@@ -159,13 +176,21 @@ class SeedOssForCausalLM(nnx.Module):
         x, (new_states, per_layer) = jax.lax.scan(body, x, (params, states, keys))
         if cache is not None:
             cache = cache.replace_layer_states(new_states).advance(segment_ids)
-        hidden = self.final_norm(x)
+        hidden = shd.constrain(self.final_norm(x), ax.ACT_BTD, name="hidden")
         if collect_layers:
             return hidden, cache, per_layer
         return hidden, cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """hidden [B, T, D] -> logits [B, T, V] in the compute dtype (float32 accumulation)."""
+        """hidden [B, T, D] -> logits [B, T, V] in the compute dtype (float32 accumulation).
+
+        Under `using_mesh` the input and the logits are pinned to the activation rules (batch,
+        and T over `sequence` when the mesh has it), also for each chunk of
+        `logprobs.token_logprobs`.
+        """
+        hidden = shd.constrain(hidden, ax.ACT_BTD, name="lm_head input")
         if self.lm_head is None:
-            return self.embed.attend(hidden)
-        return self.lm_head(hidden)
+            logits = self.embed.attend(hidden)
+        else:
+            logits = self.lm_head(hidden)
+        return shd.constrain(logits, ax.ACT_BTV, name="logits")

@@ -11,8 +11,9 @@ What is compiled (`CompileSpec.steps`):
 
 - "train":   one optimizer update of `ppp_jax.train_step` (micro-batch scan, forward, chunked
              log-probs, clipped policy-gradient objective, backward, AdamW) on a [B, T] batch.
-- "prefill": the engine's prefill of B_e prompts of T_p tokens into a KV cache of S tokens.
-- "decode":  one decode step of B_e sequences against that cache.
+- "prefill": the paged engine's chunked prefill (`sampling.runner.ModelRunner`) of T_p-token
+             chunks into the K/V page pools, one engine replica (`ppp_jax.aot_engine`).
+- "decode":  the paged engine's decode block (`decode_steps` steps with sampling) over its slots.
 
 Units: sizes in bytes, printed in GiB (2**30). Chip HBM and peak FLOP/s are the published
 per-chip figures in `CHIPS`.
@@ -172,7 +173,7 @@ class ModelSpec:
     dtype: str = "bfloat16"  # compute dtype
     remat: Literal["none", "full", "save_dots"] = "full"
     attention_impl: Literal["xla", "cudnn", "splash"] = "splash"  # splash: Pallas, TPU
-    sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # e.g. {num_layers: 4}
+    sizes: dict[str, int | bool] = dataclasses.field(default_factory=dict)  # e.g. {num_layers: 4}
 
     def build(self) -> ModelConfig:
         make = {"seed_oss_36b": seed_oss_36b, "tiny": tiny}[self.preset]
@@ -182,14 +183,27 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class EngineSpec:
-    """The rollout engine's shapes and mesh on the same chips (weights in `dtype`, no FSDP)."""
+    """The paged rollout engine (`ppp_jax.sampling`) on the same chips: its compile-time shapes.
 
-    batch: int = 128  # B_e, sequences decoded together (one token each per decode step)
-    prefill_batch: int = 16  # sequences prefilled together
-    prefill_len: int = 2048  # T_p, prompt tokens per prefill call (long prompts go in chunks)
-    cache_len: int = 40960  # S, KV-cache slots per sequence (prompt 8192 + response 32768)
-    dtype: str = "bfloat16"  # engine weights and cache
+    The engine is one program per replica: weights in `dtype` sharded over `tensor` by
+    `SAMPLING_RULES` (no FSDP), the K/V page pools' kv heads over `tensor`, slots not sharded.
+    The `data` x `fsdp` devices of `mesh` are independent replicas, each running its own
+    `batch / replicas` slots (see `ppp_jax.aot_engine`). Sizes below are for the whole slice
+    unless they say "per replica"; they map onto `sampling.EngineConfig` as noted.
+    """
+
+    batch: int = 128  # B_e, slots decoding together on the slice (num_slots = batch / replicas)
+    prefill_batch: int = 16  # prompt rows prefilled together on the slice (prefill rows bucket
+    #                          of a replica = prefill_batch / replicas)
+    prefill_len: int = 2048  # T_p, prefill chunk (the largest prefill_chunks bucket)
+    cache_len: int = 40960  # max_seq_len: context + generation of one sequence (8192 + 32768)
+    dtype: str = "bfloat16"  # engine weights and KV pool (kv_dtype)
     mesh: shd.MeshConfig = shd.MeshConfig(shape=(-1, 1, 4))  # data x fsdp x tensor
+    page_size: int = 64  # tokens per KV page (the 36B `sampler.page_size`)
+    num_pages: int | None = None  # pool pages per replica, page 0 reserved; None: 1 + num_slots x
+    #                               ceil(cache_len / page_size), every slot at full length
+    decode_steps: int = 16  # decode steps per compiled decode block (one host round trip)
+    block_pages: int = 16  # pages per step of the paged-attention loop (x page_size keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +247,9 @@ def load_compile_config(path: str, overrides: Sequence[str] = ()) -> CompileConf
 
 def parse_mesh(text: str) -> shd.MeshConfig:
     """"data=1,fsdp=64,tensor=1" -> MeshConfig (axes in the order given; missing required ones
-    get size 1). A size may be -1 (all remaining devices)."""
+    get size 1). A size may be -1 (all remaining devices). "data=1,fsdp=16,sequence=4,tensor=1"
+    adds the optional `sequence` axis: each sequence's tokens split 4 ways (context
+    parallelism, see `ppp_jax.model.sharding`)."""
     sizes: dict[str, int] = {}
     for part in text.split(","):
         name, _, value = part.partition("=")
@@ -273,6 +289,7 @@ class StepReport:
     compile_s: float
     hbm_bytes: float  # per device
     compiler_error: str = ""  # set when the TPU compiler itself refused (out of HBM)
+    note: str = ""  # how the step is laid out on the slice (e.g. engine replicas), if not obvious
 
     @property
     def fits(self) -> bool:
@@ -288,14 +305,17 @@ class StepReport:
 
     def summary(self) -> str:
         g = lambda b: f"{b / GiB:8.2f} GiB"  # noqa: E731
+        head = f"[{self.step}] {self.topology} mesh {self.mesh}"
+        if self.note:
+            head += f"\n  layout       {self.note}"
         if self.compiler_error:
-            return (f"[{self.step}] {self.topology} mesh {self.mesh}\n  DOES NOT FIT: the TPU "
+            return (f"{head}\n  DOES NOT FIT: the TPU "
                     f"compiler ran out of HBM after {self.compile_s:.1f} s: {self.compiler_error}")
         verdict = "FITS" if self.fits else "DOES NOT FIT"
         if self.tight:
             verdict += f" (tight: > {TIGHT_FRACTION:.0%} of HBM)"
         lines = [
-            f"[{self.step}] {self.topology} mesh {self.mesh}",
+            head,
             f"  arguments    {g(self.argument_bytes)}   (this chip's shards: weights, optimizer "
             f"state or KV cache, batch)",
             f"  outputs      {g(self.output_bytes)}   (of which aliased to donated args "

@@ -14,6 +14,18 @@ item is written, so a run killed mid-save leaves a tmp directory that is never l
 (and is deleted when the next manager opens the directory). `keep` bounds how many finished
 checkpoints stay on disk.
 
+Several processes (multi-host): every process calls `save`/`restore`/`wait` at the same point
+of the program. Orbax writes each array's shards from the process that holds them (one replica
+each), JSON items and the tmp -> final rename from the primary process (0) only, after a barrier
+that every process's writes have ended; old checkpoints beyond `keep` are deleted by the primary
+only, and only finished ones. `wait()` ends with a barrier, so after it every process sees the
+finalized step. The data-iterator state of every process is gathered into the `data` item
+(`{"per_process": [state_0, ...]}`) and each process gets its own back on restore; a checkpoint
+saved by another process count restores when the saved states are all equal (the data pipeline
+counts global batches, so they are). The RNG key, and any array that lives on one process's
+devices only, is saved from host memory (the primary's copy): every process must hold the same
+value.
+
 Restoring takes abstract targets (pytrees of `jax.ShapeDtypeStruct` carrying shardings, or
 concrete arrays whose shapes/dtypes/shardings are copied), so a checkpoint written on one
 topology restores onto another. A checkpoint that exists but cannot be read raises
@@ -32,6 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from ppp_jax import distributed
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +207,16 @@ class CheckpointManager:
         if step in self._mgr.all_steps():
             raise CheckpointError(f"checkpoint step {step} already exists in {self.directory}")
         key_data, impl = _key_parts(rng)
+        nproc = jax.process_count()
+        if nproc > 1:
+            # Every process holds the same key on its own device; a host copy is written once
+            # (by the primary) instead of each process writing "its" single-device array.
+            key_data = np.asarray(key_data)
+            if data_state is not None:
+                data_state = {"per_process": distributed.allgather_objects(data_state)}
+            # Arrays on one process's devices only (e.g. an eagerly made optimizer counter)
+            # are not global arrays; like the key they are saved from host memory, once.
+            params, opt_state = jax.tree.map(_host_if_local, (params, opt_state))
         # Orbax refuses trees without leaves (e.g. the state of plain SGD, `(EmptyState(),)`);
         # such a tree is stored as a placeholder and given back as the restore target.
         empty = [name for name, tree in (("params", params), ("opt_state", opt_state))
@@ -202,10 +226,14 @@ class CheckpointManager:
             "step": int(step),
             "empty_items": empty,
             "rng_impl": impl,
+            "rng_shape": list(np.shape(key_data)),
+            "rng_dtype": str(key_data.dtype),
             "has_data_state": data_state is not None,
             "saved_at": time.time(),
             "metadata": metadata or {},
         }
+        if nproc > 1:
+            meta["process_count"] = nproc
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(_EMPTY if "params" in empty else params),
             opt_state=ocp.args.StandardSave(_EMPTY if "opt_state" in empty else opt_state),
@@ -219,9 +247,19 @@ class CheckpointManager:
         """Blocks until a pending async save has finished (and raises its error, if any)."""
         self._mgr.wait_until_finished()
         self._mgr.check_for_errors()
+        self._barrier()
+
+    def _barrier(self) -> None:
+        if jax.process_count() > 1:
+            # The primary finalizes (renames) after the others' writes end; without this a
+            # non-primary process could return before the step is visible.
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("ppp_jax.checkpointing.wait")
 
     def close(self) -> None:
         self._mgr.wait_until_finished()
+        self._barrier()
         self._mgr.close()
 
     def __enter__(self) -> CheckpointManager:
@@ -277,11 +315,20 @@ class CheckpointManager:
 
         params = restore_tree("params", abstract_params)
         opt_state = restore_tree("opt_state", abstract_opt_state) if restore_opt_state else None
-        key_data = self._restore_item(step, "rng", ocp.args.StandardRestore())["key_data"]
+        # Restored into host memory, whatever devices and processes saved it.
+        if "rng_shape" in meta:
+            key_target = np.zeros(meta["rng_shape"], meta["rng_dtype"])
+        else:  # written before rng_shape was recorded
+            key_target = np.asarray(jax.random.key_data(jax.random.key(0, impl=meta["rng_impl"]))
+                                    if meta["rng_impl"] else jax.random.PRNGKey(0))
+        key_data = self._restore_item(step, "rng", ocp.args.StandardRestore(
+            {"key_data": key_target}))["key_data"]
         rng = jnp.asarray(key_data)
         if meta["rng_impl"] is not None:
             rng = jax.random.wrap_key_data(rng, impl=meta["rng_impl"])
         data_state = self._restore_item(step, "data", ocp.args.JsonRestore())
+        if meta["has_data_state"]:
+            data_state = _own_data_state(data_state, step_dir)
         return TrainCheckpoint(
             step=int(step),
             params=params,
@@ -307,6 +354,26 @@ class CheckpointManager:
                 f"is corrupt or does not match the target: {type(e).__name__}: {e}"
             ) from e
         return restored[name]
+
+
+def _host_if_local(x: Any) -> Any:
+    if isinstance(x, jax.Array) and x.is_fully_addressable:
+        return np.asarray(x)
+    return x
+
+
+def _own_data_state(saved: Any, step_dir: Path) -> dict[str, Any]:
+    """This process's data-iterator state from a `data` item (see the module docstring)."""
+    if not (isinstance(saved, dict) and set(saved) == {"per_process"}):
+        return saved  # saved by a single process: one state for all
+    states = saved["per_process"]
+    if len(states) == jax.process_count():
+        return states[jax.process_index()]
+    if all(st == states[0] for st in states):
+        return states[0]
+    raise CheckpointError(
+        f"checkpoint {step_dir}: data-iterator states of {len(states)} processes differ and this "
+        f"run has {jax.process_count()} processes; resume with {len(states)} processes")
 
 
 def export_hf(

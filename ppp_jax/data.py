@@ -14,10 +14,12 @@ prompt. Which simulated user goes with the precise copy is not stated; we defaul
 The pipeline is a grain `MapDataset`:
 
     source(expanded prompts) -> shuffle(seed, reshuffled per epoch) -> repeat(num_epochs)
-      -> slice[process_index::process_count] -> batch(batch_size // process_count, list)
+      -> batch(batch_size, list) -> this process's contiguous slice [i*b, (i+1)*b), b = B / P
 
-Global step k therefore consumes the global indices [k*B, (k+1)*B) of the shuffled stream, split
-round-robin over processes, so adding processes never changes which prompts a step sees. Batches
+Global step k therefore consumes the global indices [k*B, (k+1)*B) of the shuffled stream, and
+process i gets the i-th contiguous block of them, so adding processes never changes which prompts
+a step sees, and the processes' prompts concatenated in process order are the single-process
+batch in its order (the trainer relies on this to assemble global metrics and batches). Batches
 run across epoch boundaries (every batch is full; with a finite `num_epochs` the tail that does not
 fill a batch is dropped). The iterator state (`get_state`/`set_state`) is a small JSON-able dict
 that also carries a fingerprint of the data and settings, so resuming on different data fails
@@ -351,6 +353,17 @@ class ShardInfo:
         return cls(jax.process_index(), jax.process_count())
 
 
+@dataclasses.dataclass(frozen=True)
+class _Slice:
+    """`batch[start:stop]`: one process's block of a global batch (a picklable map function)."""
+
+    start: int
+    stop: int
+
+    def __call__(self, batch: list[PromptItem]) -> list[PromptItem]:
+        return batch[self.start : self.stop]
+
+
 class BatchIterator:
     """An iterator of `list[PromptItem]` batches with checkpointable state.
 
@@ -405,7 +418,7 @@ class BatchIterator:
             raise ValueError(
                 "data-iterator state was saved for different data or settings: fingerprint "
                 f"{state['fingerprint']} != {self._dataset.fingerprint} (records, preferences, "
-                "seed, batch size or process sharding changed)"
+                "seed or batch size changed)"
             )
         self._it.set_state(state["grain"])
         self._batches = int(state["batches"])
@@ -447,14 +460,16 @@ class TaskDataset:
                 f"({self.stats.rows_dropped} dropped as malformed)"
             )
         ds = grain.MapDataset.source(self.items).shuffle(seed=config.seed).repeat(config.num_epochs)
-        ds = ds[self.shard.index :: self.shard.count]
-        self.per_process_batch = config.batch_size // self.shard.count
-        self.grain_dataset = ds.batch(self.per_process_batch, drop_remainder=True, batch_fn=list)
-        # The fingerprint leaves out the shard index on purpose: all processes advance in
-        # lockstep (same number of batches), so one saved state (orbax writes JSON items from
-        # the primary process only) is valid on every process.
+        self.per_process_batch = b = config.batch_size // self.shard.count
+        ds = ds.batch(config.batch_size, drop_remainder=True, batch_fn=list)
+        if self.shard.count > 1:
+            ds = ds.map(_Slice(self.shard.index * b, (self.shard.index + 1) * b))
+        self.grain_dataset = ds
+        # The fingerprint leaves out the shard on purpose: the iterator position counts global
+        # batches, so a state saved by any process of a run with any process count is valid on
+        # every process of a run with any other (a 2-process checkpoint resumes on 1 process).
         h = hashlib.sha256()
-        h.update(json.dumps([config.seed, config.batch_size, config.num_epochs, self.shard.count]).encode())
+        h.update(json.dumps([config.seed, config.batch_size, config.num_epochs]).encode())
         for item in self.items:
             h.update(item.uid.encode() + b"\0")
         self.fingerprint = h.hexdigest()[:16]

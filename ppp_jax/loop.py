@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import jax
 
+from ppp_jax import distributed
 from ppp_jax.checkpointing import CheckpointManager, abstract_like
 from ppp_jax.metrics import MetricsWriter, StepTimer, flatten
 from ppp_jax.progress import ProgressBar
@@ -158,7 +159,8 @@ def run_loop(
       hooks: called after each step with (state, metrics), e.g. evaluation or weight sync.
       stop_signals: signals (default SIGTERM, what schedulers send before preempting) that stop
         the run gracefully: the current step finishes, a checkpoint is saved, the loop returns.
-        Handlers are installed only when called from the main thread.
+        Handlers are installed only when called from the main thread. With several processes
+        a signal on any of them stops all of them after the same step (agreed every step).
 
     Returns:
       The final state (`state.step < num_steps` if stopped by a signal or the end of the data).
@@ -210,6 +212,8 @@ def run_loop(
             for hook in hooks:
                 hook(state, metrics)
             bar.update(1, metrics)
+            if jax.process_count() > 1 and distributed.any_process(bool(stop)) and not stop:
+                stop.append(0)  # another process got the signal: stop at the same step
             if stop:
                 log.warning("signal %s: stopping after step %d", stop[0], step)
                 break

@@ -57,6 +57,8 @@ def _mean(xs: Sequence[float]) -> float:
 def episode_metrics(
     records: Sequence[EpisodeRecord],
     scores: Sequence[Mapping[str, float | None]] | None = None,
+    *,
+    lengths: Sequence[tuple[int, int] | None] | None = None,
 ) -> dict[str, float]:
     """Aggregates a step's episodes into flat metrics.
 
@@ -65,6 +67,9 @@ def episode_metrics(
       scores: optional per-episode score mappings, aligned with `records` (keys from
         `SCORE_KEYS`; None values are undefined and excluded from the means). When absent,
         `score/productivity` falls back to each record's `task_score`.
+      lengths: optional (policy tokens, total tokens) per record, None for a record without a
+        token view, used instead of the records' token views (records sent between processes
+        travel without them); default: read from `record.tokens`.
 
     Returns:
       A flat dict of floats; means over no values are NaN (and `*/n` counts say how many).
@@ -95,10 +100,15 @@ def episode_metrics(
         out[f"rollout/finish_{reason}"] = count / n
 
     # Lengths in tokens, from the token view of engine-backed episodes.
-    with_tokens = [r.tokens for r in records if r.tokens is not None]
+    if lengths is None:
+        lengths = [(sum(r.tokens.loss_mask), len(r.tokens.token_ids)) if r.tokens is not None
+                   else None for r in records]
+    elif len(lengths) != n:
+        raise ValueError(f"{len(lengths)} token lengths for {n} episode records")
+    with_tokens = [x for x in lengths if x is not None]
     if with_tokens:
-        resp = [sum(t.loss_mask) for t in with_tokens]
-        total = [len(t.token_ids) for t in with_tokens]
+        resp = [a for a, _ in with_tokens]
+        total = [b for _, b in with_tokens]
         out["rollout/response_tokens_mean"] = _mean(resp)
         out["rollout/response_tokens_max"] = float(max(resp))
         out["rollout/response_tokens_min"] = float(min(resp))

@@ -323,6 +323,103 @@ class RolloutBatch:
     advantages: np.ndarray
     batch: TokenBatch | None
     metrics: dict[str, float]
+    counters: RolloutCounters = dataclasses.field(default_factory=RolloutCounters)
+    extra: dict[str, float] = dataclasses.field(default_factory=dict)
+    rollout_s: float = 0.0
+    simulator_seconds: float = 0.0
+    simulator_calls: int = 0
+
+
+def rollout_metrics(records: Sequence[EpisodeRecord], scores: Sequence[Mapping[str, Any]],
+                    rewards: np.ndarray, advantages: np.ndarray, groups: Sequence[str], *,
+                    counters: Mapping[str, float], extra: Mapping[str, float], rollout_s: float,
+                    simulator_seconds: float, simulator_calls: int,
+                    lengths: Sequence[tuple[int, int] | None] | None = None) -> dict[str, float]:
+    """A step's rollout metrics from its kept episodes (grouped order) and counters.
+
+    `lengths` (response, total tokens per record) stands in for the records' token views when
+    those were stripped (`summarize`); see `ppp_jax.metrics.episode_metrics`.
+    """
+    m = episode_metrics(records, scores, lengths=lengths)
+    m.update(kind_metrics(records))
+    m.update(counters)
+    m.update(extra)
+    m["time/rollout"] = rollout_s
+    m["time/simulator_calls"] = simulator_seconds
+    m["rollout/simulator_calls"] = float(simulator_calls)
+    m["rollout/advantage_abs_mean"] = float(np.mean(np.abs(advantages))) if len(advantages) else 0.0
+    m["rollout/zero_spread_groups"] = float(_zero_spread(rewards, groups))
+    return m
+
+
+# ------------------------------------------------------------------------------------------------
+# Several processes: each rolls out its own prompts; metrics are computed over all of them
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RolloutSummary:
+    """One process's rollout, small enough to send to every other process: the kept records
+    without messages, token views and tool observations (`lengths` keeps the token counts), and
+    everything else `rollout_metrics` reads."""
+
+    records: list[EpisodeRecord]
+    lengths: list[tuple[int, int] | None]
+    scores: list[dict[str, float | None]]
+    rewards: np.ndarray
+    advantages: np.ndarray
+    groups: list[str]
+    counters: dict[str, float]
+    extra: dict[str, float]
+    rollout_s: float
+    simulator_seconds: float
+    simulator_calls: int
+    batch_tokens: float  # non-padding positions of this process's token batch
+
+
+def _slim(record: EpisodeRecord) -> EpisodeRecord:
+    calls = tuple(dataclasses.replace(c, observation="") for c in record.tool_calls)
+    return dataclasses.replace(record, messages=(), tokens=None, tool_calls=calls)
+
+
+def summarize(ro: RolloutBatch) -> RolloutSummary:
+    """The `RolloutSummary` of one process's `RolloutBatch`."""
+    lengths = [(sum(r.tokens.loss_mask), len(r.tokens.token_ids)) if r.tokens is not None else None
+               for r in ro.records]
+    tokens = float(np.sum(ro.batch.segment_ids > 0)) if ro.batch is not None else 0.0
+    return RolloutSummary([_slim(r) for r in ro.records], lengths, list(ro.scores), ro.rewards,
+                          ro.advantages, list(ro.groups), ro.counters.metrics(), dict(ro.extra),
+                          ro.rollout_s, ro.simulator_seconds, ro.simulator_calls, tokens)
+
+
+def merge_summaries(parts: Sequence[RolloutSummary]) -> dict[str, float]:
+    """The step's metrics over every process's episodes, in process order (the data pipeline
+    gives process i the i-th block of the global batch, so this is the single-process order and
+    the means are those one process would log). Counters and simulator calls/time add up; the
+    rollout time is the slowest process's. `rollout/process_episodes_run_{min,max}` show how
+    evenly the episodes were spread."""
+    if not parts:
+        raise ValueError("merge_summaries needs at least one process's summary")
+    counters: dict[str, float] = {}
+    for p in parts:
+        for k, v in p.counters.items():
+            counters[k] = counters.get(k, 0.0) + v
+    extra: dict[str, float] = {}
+    for p in parts:
+        for k, v in p.extra.items():
+            extra[k] = extra.get(k, 0.0) + v
+    m = rollout_metrics(
+        [r for p in parts for r in p.records], [s for p in parts for s in p.scores],
+        np.concatenate([p.rewards for p in parts]), np.concatenate([p.advantages for p in parts]),
+        [g for p in parts for g in p.groups], counters=counters, extra=extra,
+        rollout_s=max(p.rollout_s for p in parts),
+        simulator_seconds=sum(p.simulator_seconds for p in parts),
+        simulator_calls=sum(p.simulator_calls for p in parts),
+        lengths=[x for p in parts for x in p.lengths])
+    runs = [p.counters.get("rollout/episodes_run", 0.0) for p in parts]
+    m["rollout/process_episodes_run_min"] = float(min(runs))
+    m["rollout/process_episodes_run_max"] = float(max(runs))
+    return m
 
 
 class RolloutOrchestrator:
@@ -472,16 +569,12 @@ class RolloutOrchestrator:
                                    pad_to_multiple=self.pad_to_multiple,
                                    rows_multiple=self.rows_multiple, pack=self.pack,
                                    pad_token_id=self.pad_token_id)
-        m = episode_metrics(records, scores)
-        m.update(kind_metrics(records))
-        m.update(counters.metrics())
-        m.update(extra)
-        m["time/rollout"] = rollout_s
-        m["time/simulator_calls"] = self.simulator.seconds
-        m["rollout/simulator_calls"] = float(self.simulator.calls)
-        m["rollout/advantage_abs_mean"] = float(np.mean(np.abs(adv))) if len(adv) else 0.0
-        m["rollout/zero_spread_groups"] = float(_zero_spread(rewards, groups))
-        return RolloutBatch(records, groups, scores, rewards, adv, batch, m)
+        m = rollout_metrics(records, scores, rewards, adv, groups, counters=counters.metrics(),
+                            extra=extra, rollout_s=rollout_s,
+                            simulator_seconds=self.simulator.seconds,
+                            simulator_calls=self.simulator.calls)
+        return RolloutBatch(records, groups, scores, rewards, adv, batch, m, counters, dict(extra),
+                            rollout_s, self.simulator.seconds, self.simulator.calls)
 
 
 def _zero_spread(rewards: np.ndarray, groups: Sequence[str]) -> int:

@@ -21,10 +21,23 @@ num_micro_batches × data × fsdp).
 The outer loop (`ppp_jax.loop.run_loop`) writes metrics.jsonl / TensorBoard and checkpoints
 params, optimizer state, RNG and the data-iterator position, so a killed run resumes on the
 same trajectory.
+
+Several processes (multi-host; `ppp_jax.distributed.initialize` before anything else): the
+data pipeline gives process i the i-th contiguous block of each global batch of prompts, and
+each process rolls out only those groups, on its own engine (a process-local copy of the params
+on `distributed.local_mesh`, refreshed after every update by one collective reshard), so
+episodes, simulator calls and tool calls are split by process and groups never straddle
+processes (GRPO advantages are per group, hence per process). Each process assembles the token
+rows of its own episodes; the global batch is made from them
+(`jax.make_array_from_process_local_data`, rows padded to a common count and length). The
+episodes' summaries (no tokens or messages) are exchanged so that every process computes the
+step's metrics over all episodes in the single-process order: what process 0 logs are global
+means and global drop/retry counters. DAPO dynamic sampling is single-process only for now.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -39,7 +52,7 @@ import numpy as np
 from flax import nnx
 
 from ppp_jax import config as cfgmod
-from ppp_jax import dapo, loop
+from ppp_jax import dapo, distributed, loop
 from ppp_jax.checkpointing import CheckpointManager, abstract_like
 from ppp_jax.data import DataConfig, make_dataset
 from ppp_jax.envs.domains.base import Task
@@ -48,12 +61,13 @@ from ppp_jax.envs.simulator import UserSimulator, make_simulator
 from ppp_jax.metrics import make_writer, throughput
 from ppp_jax.optim import make_optimizer
 from ppp_jax.model import sharding as shd
+from ppp_jax.batch import TokenBatch
 from ppp_jax.rollout import (PreferenceDomain, RolloutOrchestrator, RolloutRoundEmpty,
-                             SeededEnginePolicy)
+                             SeededEnginePolicy, merge_summaries, summarize)
 from ppp_jax.run_config import RunConfig
 from ppp_jax.train_step import TrainState as StepState
-from ppp_jax.train_step import (make_train_step, shard_batch, shard_train_state, split_model,
-                                train_state_shardings)
+from ppp_jax.train_step import (batch_sharding, make_train_step, shard_batch, shard_train_state,
+                                split_model, train_state_shardings)
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +258,22 @@ class PPPTrainer:
         self.rules = cfg.sharding.rules
         shd.shard_model(parts.model, self.mesh, self.rules)
         self.graphdef, self.init_params = split_model(parts.model)
-        self.engine = engine if engine is not None else make_engine(cfg, parts.model)
+        self.num_processes = jax.process_count()
+        if self.num_processes > 1 and cfg.rl.dapo.dynamic_sampling:
+            raise NotImplementedError(
+                "rl.dapo.dynamic_sampling with several processes: the refill rounds would need "
+                "to be agreed between processes; run it single-process or switch it off")
+        # With several processes each runs its own engine on a local copy of the params.
+        self.engine_mesh = distributed.local_mesh(self.mesh) if self.num_processes > 1 else None
+        self.engine_param_shardings = (
+            shd.state_shardings(self.init_params, self.engine_mesh, self.rules)
+            if self.engine_mesh is not None else None)
+        if engine is None:
+            model = parts.model
+            if self.engine_mesh is not None:
+                model = nnx.merge(self.graphdef, self._engine_params(self.init_params))
+            engine = make_engine(cfg, model)
+        self.engine = engine
         self.policy = make_policy(cfg, self.engine, parts.tokenizer)
         self.optimizer = make_optimizer(cfg.rl.optim)
         self.param_shardings = shd.state_shardings(self.init_params, self.mesh, self.rules)
@@ -261,6 +290,16 @@ class PPPTrainer:
         # Every micro-batch's rows must split evenly over data × fsdp.
         dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         rows_multiple = math.lcm(cfg.rl.num_micro_batches * dp, cfg.rollout.rows_multiple)
+        if self.num_processes > 1:
+            # Each process assembles 1/P of the rows (rollout.rows_multiple counts global rows).
+            nproc = self.num_processes
+            if (cfg.rl.num_micro_batches * dp) % nproc:
+                raise ValueError(f"num_micro_batches × data × fsdp = {cfg.rl.num_micro_batches * dp} "
+                                 f"must be a multiple of the {nproc} processes")
+            rm = cfg.rollout.rows_multiple
+            rows_multiple = math.lcm(cfg.rl.num_micro_batches * dp // nproc,
+                                     rm // nproc if rm % nproc == 0 else rm)
+        self.process_rows_multiple = rows_multiple
         self.orchestrator = RolloutOrchestrator(
             parts.domain, self.policy, parts.simulator, rl=cfg.rl, reward=cfg.reward,
             episode=cfg.rollout.episode, concurrency=cfg.rollout.concurrency,
@@ -288,6 +327,45 @@ class PPPTrainer:
                       step=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32)), sh)
         return loop.LoopState(step=0, train=train, rng=jax.random.key(self.cfg.seed))
 
+    def _engine_params(self, params: Any) -> Any:
+        """The params as the engine takes them: as they are with one process, else this
+        process's local copy (a collective: every process calls it at the same point)."""
+        if self.engine_param_shardings is None:
+            return params
+        return distributed.to_local(params, self.engine_param_shardings)
+
+    def _global_batch(self, local: TokenBatch | None, shapes: Sequence[Any]) -> TokenBatch:
+        """The global token batch from every process's own rows (`shapes`: every process's
+        local [rows, T], None where it kept no episode). Rows are padded to a common count (a
+        multiple of `process_rows_multiple`) and length; padding is segment 0, mask 0."""
+        present = [sh for sh in shapes if sh is not None]
+        row_len = max(sh[1] for sh in present)
+        rows = max(sh[0] for sh in present)
+        rows = -(-rows // self.process_rows_multiple) * self.process_rows_multiple
+        nproc = self.num_processes
+        sharding = batch_sharding(self.mesh)
+        if distributed.rows_per_process(sharding, rows * nproc) != rows:
+            raise ValueError(f"batch sharding {sharding} does not give each process {rows} rows")
+        pad_id = self.orchestrator.pad_token_id
+        out = {}
+        for field in dataclasses.fields(TokenBatch):
+            name = field.name
+            x = None if local is None else getattr(local, name)
+            if local is not None and x is None:
+                out[name] = None
+                continue
+            if name == "old_logprobs" and local is None:
+                out[name] = None  # the orchestrator never fills it
+                continue
+            dtype = np.float32 if name in ("loss_mask", "advantages", "sampler_logprobs") else np.int32
+            fill = pad_id if name in ("tokens", "targets") else 0
+            full = np.full((rows, row_len), fill, dtype)
+            if x is not None:
+                x = np.asarray(x)
+                full[: x.shape[0], : x.shape[1]] = x
+            out[name] = jax.make_array_from_process_local_data(sharding, full, (rows * nproc, row_len))
+        return TokenBatch(**out)
+
     def dataset(self):
         data_cfg: DataConfig = self.cfg.data
         return make_dataset(data_cfg, task_rows(self.train_tasks))
@@ -299,7 +377,7 @@ class PPPTrainer:
         seed = int(jax.random.randint(sub, (), 0, 2**31 - 1))
         t0 = time.perf_counter()
         if self._engine_step != state.step:
-            self.engine.update_params(state.train.params)
+            self.engine.update_params(self._engine_params(state.train.params))
             self._engine_step = state.step
         sync_s = time.perf_counter() - t0
 
@@ -322,29 +400,49 @@ class PPPTrainer:
             return state.replace(rng=rng), {"rollout/steps_skipped": 1.0,
                                             f"rollout/skipped_{why}": 1.0}
         self.last_rollout = ro
-        metrics: dict[str, float] = dict(ro.metrics)
+        if self.num_processes > 1:
+            # Every process's episode summaries and batch shape, so that the metrics are global
+            # and every process agrees on the batch (or on skipping the step).
+            local_shape = None if ro.batch is None else tuple(ro.batch.tokens.shape)
+            gathered = distributed.allgather_objects((summarize(ro), local_shape))
+            metrics = merge_summaries([g[0] for g in gathered])
+            shapes = [g[1] for g in gathered]
+            have_batch = any(sh is not None for sh in shapes)
+            tokens = sum(g[0].batch_tokens for g in gathered)
+        else:
+            metrics = dict(ro.metrics)
+            have_batch = ro.batch is not None
         metrics["rollout/steps_skipped"] = 0.0
-        if ro.batch is None:
+        if not have_batch:
             log.warning("step %d: no usable episode; the update is skipped", state.step + 1)
             metrics["train/skipped_no_episodes"] = 1.0
             metrics["rollout/steps_skipped"] = 1.0
             return state.replace(rng=rng), metrics
         t1 = time.perf_counter()
-        new, tm = self.train_step(state.train, shard_batch(ro.batch, self.mesh))
+        if self.num_processes > 1:
+            batch = self._global_batch(ro.batch, shapes)
+        else:
+            batch = shard_batch(ro.batch, self.mesh)
+            tokens = float(np.sum(ro.batch.segment_ids > 0))
+        # The model's activation constraints (sequence sharding among them) only exist in
+        # programs traced under `using_mesh`; on one device they would be no-ops, so the
+        # single-device program is left exactly as it was.
+        with (shd.using_mesh(self.mesh, self.rules) if self.mesh.size > 1
+              else contextlib.nullcontext()):
+            new, tm = self.train_step(state.train, batch)
         jax.block_until_ready(new.params)
         train_s = time.perf_counter() - t1
         t2 = time.perf_counter()
-        self.engine.update_params(new.params)
+        self.engine.update_params(self._engine_params(new.params))
         self._engine_step = state.step + 1
         sync_s += time.perf_counter() - t2
-        metrics.update({f"train/{k}": v for k, v in jax.device_get(tm).items()})
-        tokens = float(np.sum(ro.batch.segment_ids > 0))
+        metrics.update({f"train/{k}": v for k, v in _host_scalars(tm).items()})
         metrics.update({"time/train": train_s, "time/sync": sync_s})
         metrics.update({k.replace("perf/", "perf/train_"): v
                         for k, v in throughput(tokens, train_s).items()})
-        gen = float(ro.metrics.get("rollout/response_tokens_sum", 0.0))
+        gen = float(metrics.get("rollout/response_tokens_sum", 0.0))
         metrics.update({k.replace("perf/", "perf/sample_"): v
-                        for k, v in throughput(gen, ro.metrics["time/rollout"]).items()})
+                        for k, v in throughput(gen, metrics["time/rollout"]).items()})
         return state.replace(train=new, rng=rng), metrics
 
     # -- the run ----------------------------------------------------------------------------
@@ -369,12 +467,14 @@ class PPPTrainer:
         finally:
             ckpt.close()
         if self._engine_step != final.step:
-            self.engine.update_params(final.train.params)
+            self.engine.update_params(self._engine_params(final.train.params))
             self._engine_step = final.step
         return final
 
     def _abstract_state(self) -> loop.LoopState:
-        scalar = jax.ShapeDtypeStruct((), jnp.int32)
+        # Counters replicated on the mesh: a checkpoint holds the sharding it was saved with,
+        # and one saved by another process count can only be restored onto an explicit one.
+        scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=self.state_shardings.step)
         opt = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                            jax.eval_shape(self.optimizer.init, self.init_params),
                            self.state_shardings.opt_state)
@@ -389,6 +489,15 @@ class PPPTrainer:
         from ppp_jax.model.checkpoint import save_checkpoint
 
         return save_checkpoint(params, self.parts.model.config, path, overwrite=True)
+
+
+def _host_scalars(tree: dict[str, Any]) -> dict[str, Any]:
+    """Replicated scalar metrics on the host (with several processes a replicated global array
+    is read from this process's own copy)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return {k: np.asarray(v.addressable_data(0)) if isinstance(v, jax.Array) else v
+            for k, v in tree.items()}
 
 
 def restore_params(run_dir: str | Path, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:

@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ppp_jax.sampling.paged_cache import PagedKVCache
-from ppp_jax.sampling.params import GenerationResult, Request
+from ppp_jax.sampling.params import GenerationResult, Request, TopLogprobs
 from ppp_jax.sampling.runner import ModelRunner
 from ppp_jax.sampling.scheduler import EngineConfig, EngineCore
 
@@ -39,11 +39,13 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class StreamChunk:
-    """One streamed piece of a request: new tokens and log-probs; `result` set on the last one."""
+    """One streamed piece of a request: new tokens and log-probs; `result` set on the last one.
+    `top_logprobs`: one list per new token when the request asked for them, else None."""
 
     token_ids: list[int]
     logprobs: list[float]
     result: GenerationResult | None = None
+    top_logprobs: list[TopLogprobs] | None = None
 
 
 def _resolver(fut: concurrent.futures.Future):
@@ -98,8 +100,10 @@ class Engine:
             mc.num_layers, config.num_pages, config.page_size, mc.num_kv_heads, mc.head_dim,
             kv_dtype, kv_pool_sharding(pool_mesh, mc.num_kv_heads))
         self.runner = ModelRunner(graphdef, block_pages=config.block_pages,
-                                  decode_steps=config.decode_steps, max_seq_len=config.max_seq_len)
-        self._core = EngineCore(self.runner, state, k_pool, v_pool, config)
+                                  decode_steps=config.decode_steps, max_seq_len=config.max_seq_len,
+                                  prefill_row_invariant=config.prefill_row_invariant)
+        self._core = EngineCore(self.runner, state, k_pool, v_pool, config,
+                                vocab_size=mc.vocab_size)
         self._mailbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._closed = False
         self._error: BaseException | None = None
@@ -176,7 +180,9 @@ class Engine:
                ) -> concurrent.futures.Future[GenerationResult]:
         """Queues `request`; the future resolves to its `GenerationResult` (or a RequestError).
 
-        on_tokens(new_ids, new_logprobs) is called on the engine thread after each decode block.
+        on_tokens(new_ids, new_logprobs) is called on the engine thread after each decode block;
+        for a request with `params.top_logprobs` > 0 it is called as
+        on_tokens(new_ids, new_logprobs, new_top_logprobs) (one list of (id, log-prob) per id).
         """
         if self._closed:
             raise RuntimeError("engine is closed")
@@ -215,10 +221,11 @@ class Engine:
         """Runs all requests through the continuous batch; results in request order."""
         return [f.result() for f in self.submit_many(requests)]
 
-    def warmup(self) -> None:
+    def warmup(self, top_logprobs: bool = False) -> None:
         """Compiles every prefill bucket and the decode program now (a server calls this before
-        accepting traffic, so no request waits for a compilation)."""
-        self._call(self._core.warmup)
+        accepting traffic, so no request waits for a compilation). top_logprobs: also the decode
+        variant used while some request asks for top log-probs."""
+        self._call(lambda: self._core.warmup(top_logprobs))
 
     async def generate(self, request: Request) -> GenerationResult:
         """Awaitable generation. Cancelling the awaiting task cancels the request."""
@@ -234,8 +241,9 @@ class Engine:
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue = asyncio.Queue()
 
-        def on_tokens(ids, logps):
-            loop.call_soon_threadsafe(chunks.put_nowait, StreamChunk(list(ids), list(logps)))
+        def on_tokens(ids, logps, tops=None):
+            loop.call_soon_threadsafe(chunks.put_nowait,
+                                      StreamChunk(list(ids), list(logps), top_logprobs=tops))
 
         fut = self.submit(request, on_tokens)
         fut.add_done_callback(lambda f: loop.call_soon_threadsafe(chunks.put_nowait, f))
@@ -245,7 +253,8 @@ class Engine:
                 if isinstance(item, StreamChunk):
                     yield item
                     continue
-                yield StreamChunk([], [], item.result())  # raises the request's error, if any
+                result = item.result()  # raises the request's error, if any
+                yield StreamChunk([], [], result, [] if result.top_logprobs is not None else None)
                 return
         finally:
             if not fut.done():
@@ -259,8 +268,9 @@ class Engine:
         chunks: asyncio.Queue = asyncio.Queue()
 
         def callback(i):
-            def on_tokens(ids, logps):
-                loop.call_soon_threadsafe(chunks.put_nowait, (i, StreamChunk(list(ids), list(logps))))
+            def on_tokens(ids, logps, tops=None):
+                loop.call_soon_threadsafe(chunks.put_nowait, (i, StreamChunk(
+                    list(ids), list(logps), top_logprobs=tops)))
             return on_tokens
 
         futures = self.submit_many(requests, [callback(i) for i in range(len(requests))])
@@ -275,7 +285,9 @@ class Engine:
                     yield i, item
                     continue
                 pending -= 1
-                yield i, StreamChunk([], [], item.result())  # raises the request's error, if any
+                result = item.result()  # raises the request's error, if any
+                yield i, StreamChunk([], [], result,
+                                     [] if result.top_logprobs is not None else None)
         finally:
             for request, fut in zip(requests, futures):
                 if not fut.done():

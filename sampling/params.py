@@ -13,6 +13,12 @@ from typing import Literal
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
+# Most alternatives a request may ask for per sampled position (OpenAI's limit for chat).
+MAX_TOP_LOGPROBS = 20
+
+# The top alternatives at one sampled position: (token id, log-prob) pairs, most likely first.
+TopLogprobs = list[tuple[int, float]]
+
 _request_ids = itertools.count()
 
 
@@ -33,6 +39,10 @@ class SamplingParams:
       seed: the request's random seed. The k-th sampled token uses
         `fold_in(PRNGKey(seed), k)`, so results never depend on which other requests share the
         batch, on the slot, or on preemption. None: the engine picks a fresh seed.
+      top_logprobs: also return, for every sampled position, the `top_logprobs` most likely
+        token ids with their log-probs (same distribution as `logprobs` below), in
+        `GenerationResult.top_logprobs`. 0 (default) returns none and costs nothing; at most
+        `MAX_TOP_LOGPROBS`.
 
     Log-probs: every result carries, per sampled token, log softmax(logits / T)[token] with
     T = `temperature` (the *untruncated* policy, which is what the trainer computes, not the
@@ -46,6 +56,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
+    top_logprobs: int = 0
 
     def __post_init__(self):
         if not self.temperature >= 0.0:
@@ -58,6 +69,9 @@ class SamplingParams:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.seed is not None and not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], "
+                             f"got {self.top_logprobs}")
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
 
     @property
@@ -105,6 +119,9 @@ class GenerationResult:
       prompt_len: how many tokens of context the first sampled token was conditioned on
         (for a session turn: the whole conversation so far plus this turn's prompt).
       session_id: the session this request continued, if any.
+      top_logprobs: None unless the request asked (`SamplingParams.top_logprobs` = k > 0); then
+        one list per sampled token, of k (token id, log-prob) pairs, most likely first (ties:
+        lower id first), log-probs as in `logprobs`.
     """
 
     request_id: str
@@ -113,6 +130,7 @@ class GenerationResult:
     finish_reason: FinishReason
     prompt_len: int
     session_id: str | None = None
+    top_logprobs: list[TopLogprobs] | None = None
 
 
 class RequestError(ValueError):

@@ -6,7 +6,8 @@ donated to every program and come back updated, so they are never copied.
 
 Compilations (counted in `ModelRunner.traces`):
   prefill  once per (rows bucket, chunk bucket), e.g. (1, 256)
-  decode   once (fixed number of slots B, fixed page-table width W, fixed steps per block)
+  decode   once (fixed number of slots B, fixed page-table width W, fixed steps per block),
+           plus once more with top-log-prob outputs, the first time a request asks for them
   copy     once per number-of-pages bucket (copy-on-write of shared prefixes)
 
 Shapes: B slots, W page-table width, k decode steps per block, MS max stop ids per request.
@@ -23,7 +24,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ppp_jax.sampling.paged_cache import PagedKVCache
-from ppp_jax.sampling.strategies import request_keys, sample_tokens
+from ppp_jax.sampling.strategies import (policy_logprobs, request_keys, sample_from_logprobs,
+                                         top_logprobs)
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -59,14 +61,18 @@ class ModelRunner:
     """Owns the jitted prefill/decode/copy programs for one model graph."""
 
     def __init__(self, graphdef: nnx.GraphDef, *, block_pages: int, decode_steps: int,
-                 max_seq_len: int):
+                 max_seq_len: int, prefill_row_invariant: bool = False):
         self.graphdef = graphdef
+        self.prefill_row_invariant = prefill_row_invariant
         self.block_pages = block_pages
         self.decode_steps = decode_steps
         self.max_seq_len = max_seq_len
         self.traces: collections.Counter[str] = collections.Counter()
         self._prefill = jax.jit(self._prefill_impl, donate_argnums=(1, 2))
-        self._decode = jax.jit(self._decode_impl, donate_argnums=(1, 2))
+        # num_top is static: the default program (0) has no top-k in it, and a request asking
+        # for top log-probs compiles the one variant with MAX_TOP_LOGPROBS once.
+        self._decode = jax.jit(self._decode_impl, donate_argnums=(1, 2),
+                               static_argnames=("num_top",))
         self._copy = jax.jit(self._copy_impl, donate_argnums=(0, 1))
 
     # ---- prefill ---------------------------------------------------------------------------
@@ -78,6 +84,11 @@ class ModelRunner:
         positions/segment_ids int32 [Bp, C] (segment 0 = padding); page_table int32 [Bp, W];
         cache_lens int32 [Bp]. No logits are computed: the last prompt token is fed by the first
         decode step, which samples the first new token.
+
+        With `prefill_row_invariant`, the rows are computed one after the other inside the
+        program (a scan over rows), so each row's matmuls have the shapes of a one-row call and
+        its K/V do not depend on the other rows: XLA picks dot kernels, and so summation orders,
+        by problem size, and a [Bp * C, D] projection can round differently from a [C, D] one.
         """
         return self._prefill(state, k_pool, v_pool, tokens, positions, segment_ids, page_table,
                              cache_lens)
@@ -86,45 +97,74 @@ class ModelRunner:
                       cache_lens):
         self.traces["prefill"] += 1
         model = nnx.merge(self.graphdef, state)
-        cache = PagedKVCache(k_pool, v_pool, page_table, cache_lens, self.block_pages)
-        _, cache = model.hidden(tokens, positions, segment_ids, cache=cache)
-        return cache.k_pages, cache.v_pages
+
+        def rows(k_pool, v_pool, tokens, positions, segment_ids, page_table, cache_lens):
+            cache = PagedKVCache(k_pool, v_pool, page_table, cache_lens, self.block_pages)
+            _, cache = model.hidden(tokens, positions, segment_ids, cache=cache)
+            return cache.k_pages, cache.v_pages
+
+        if not self.prefill_row_invariant:
+            return rows(k_pool, v_pool, tokens, positions, segment_ids, page_table, cache_lens)
+
+        def one_row(pools, row):  # every array of `row` is one row, kept 2-D / 1-D as [1, ...]
+            return rows(*pools, *(x[None] for x in row)), None
+
+        pools, _ = jax.lax.scan(one_row, (k_pool, v_pool),
+                                (tokens, positions, segment_ids, page_table, cache_lens))
+        return pools
 
     # ---- decode ----------------------------------------------------------------------------
 
-    def decode(self, state, k_pool, v_pool, batch: SlotBatch, num_steps: int | None = None):
+    def decode(self, state, k_pool, v_pool, batch: SlotBatch, num_steps: int | None = None,
+               num_top: int = 0):
         """Runs up to `num_steps` (<= decode_steps, default all) steps for all slots; stops early
         when no row is active. `num_steps` is a traced value: any count reuses one compilation.
 
-        Returns (k_pool, v_pool, tokens int32 [B, k], logprobs f32 [B, k], num_valid int32 [B]):
-        row b's sampled tokens are tokens[b, :num_valid[b]].
+        num_top: static; when > 0, also the `num_top` most likely tokens of every step (one more
+        compilation per distinct value; the engine uses 0 or MAX_TOP_LOGPROBS).
+
+        Returns (k_pool, v_pool, tokens int32 [B, k], logprobs f32 [B, k], num_valid int32 [B],
+        top_ids int32 [B, k, num_top] | None, top_logprobs f32 [B, k, num_top] | None): row b's
+        sampled tokens are tokens[b, :num_valid[b]]; the tops are None when num_top == 0.
         """
         steps = self.decode_steps if num_steps is None else min(num_steps, self.decode_steps)
-        return self._decode(state, k_pool, v_pool, batch, jnp.int32(steps))
+        if num_top == 0:  # the default program, without the top-k outputs
+            return (*self._decode(state, k_pool, v_pool, batch, jnp.int32(steps)), None, None)
+        return self._decode(state, k_pool, v_pool, batch, jnp.int32(steps), num_top=num_top)
 
-    def _decode_impl(self, state, k_pool, v_pool, batch: SlotBatch, num_steps):
-        self.traces["decode"] += 1
+    def _decode_impl(self, state, k_pool, v_pool, batch: SlotBatch, num_steps, num_top: int = 0):
+        self.traces["decode" if num_top == 0 else f"decode_top{num_top}"] += 1
         model = nnx.merge(self.graphdef, state)
         num_slots = batch.last_token.shape[0]
         steps = self.decode_steps
         out_tokens = jnp.zeros((num_slots, steps), jnp.int32)
         out_logp = jnp.zeros((num_slots, steps), jnp.float32)
         num_valid = jnp.zeros((num_slots,), jnp.int32)
+        # Top log-probs ride in the carry only when asked for (static), so the default
+        # program is the same as without the feature.
+        tops = ((jnp.zeros((num_slots, steps, num_top), jnp.int32),
+                 jnp.zeros((num_slots, steps, num_top), jnp.float32)) if num_top else ())
 
         def cond(carry):
             i, active = carry[0], carry[3]
             return (i < num_steps) & jnp.any(active)
 
         def body(carry):
-            i, k_pool, v_pool, active, lens, last, gen, out_tokens, out_logp, num_valid = carry
+            i, k_pool, v_pool, active, lens, last, gen, out_tokens, out_logp, num_valid = carry[:10]
             cache = PagedKVCache(k_pool, v_pool, batch.page_table, lens, self.block_pages)
             seg = active.astype(jnp.int32)[:, None]
             hidden, cache = model.hidden(last[:, None], lens[:, None], seg, cache=cache)
             logits = model.logits(hidden)[:, 0].astype(jnp.float32)  # [B, V]
             keys = request_keys(batch.seeds, gen)
-            tok, logp = sample_tokens(logits, batch.temperature, batch.top_k, batch.top_p, keys)
+            logp = policy_logprobs(logits, batch.temperature)
+            tok, tok_logp = sample_from_logprobs(logp, batch.temperature, batch.top_k,
+                                                 batch.top_p, keys)
             out_tokens = out_tokens.at[:, i].set(tok)
-            out_logp = out_logp.at[:, i].set(logp)
+            out_logp = out_logp.at[:, i].set(tok_logp)
+            new_tops = ()
+            if num_top:
+                top_ids, top_lp = top_logprobs(logp, num_top)
+                new_tops = (carry[10].at[:, i].set(top_ids), carry[11].at[:, i].set(top_lp))
             step = active.astype(jnp.int32)
             num_valid, lens, gen = num_valid + step, lens + step, gen + step
             stop = (jnp.any(tok[:, None] == batch.stop_ids, axis=1)
@@ -132,12 +172,12 @@ class ModelRunner:
             last = jnp.where(active, tok, last)
             active = active & ~stop
             return (i + 1, cache.k_pages, cache.v_pages, active, lens, last, gen, out_tokens,
-                    out_logp, num_valid)
+                    out_logp, num_valid, *new_tops)
 
         carry = (jnp.int32(0), k_pool, v_pool, batch.active, batch.cache_lens, batch.last_token,
-                 batch.num_generated, out_tokens, out_logp, num_valid)
+                 batch.num_generated, out_tokens, out_logp, num_valid, *tops)
         carry = jax.lax.while_loop(cond, body, carry)
-        return carry[1], carry[2], carry[7], carry[8], carry[9]
+        return carry[1], carry[2], carry[7], carry[8], carry[9], *carry[10:]
 
     # ---- copy-on-write -------------------------------------------------------------------------
 

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from ppp_jax.sampling.page_allocator import OutOfPages, PageAllocator
-from ppp_jax.sampling.params import GenerationResult, Request, RequestError
+from ppp_jax.sampling.params import (MAX_TOP_LOGPROBS, GenerationResult, Request, RequestError,
+                                     TopLogprobs)
 from ppp_jax.sampling.runner import ModelRunner, SlotBatch
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,13 @@ class EngineConfig:
       block_pages: pages read per step of the paged-attention loop.
       max_stop_tokens: most stop ids per request.
       kv_dtype: dtype of the KV pool (None: the model's compute dtype).
+      prefill_row_invariant: make a prompt's K/V (and so every later log-prob) bit-identical
+        whichever prompts are prefilled with it: one call's rows are computed one after the
+        other inside the program, and only rows whose own chunk bucket is the same share a call.
+        Without it, batched rows run as one [rows * chunk, D] matmul whose rounding can differ
+        from a one-row call's (XLA chooses dot kernels by size) in the last bits. It gives up
+        the larger matmuls of batching (on accelerators, weights are read once per row), so it
+        is off by default; `prefill_rows: [1]` is invariant without it.
     """
 
     num_slots: int = 8
@@ -67,6 +75,7 @@ class EngineConfig:
     block_pages: int = 8
     max_stop_tokens: int = 8
     kv_dtype: str | None = None
+    prefill_row_invariant: bool = False
 
     def __post_init__(self):
         for name in ("num_slots", "page_size", "max_seq_len", "decode_steps", "block_pages",
@@ -118,6 +127,7 @@ class Sequence:
     cached: int = 0
     out_tokens: list[int] = dataclasses.field(default_factory=list)
     out_logprobs: list[float] = dataclasses.field(default_factory=list)
+    out_top: list[TopLogprobs] = dataclasses.field(default_factory=list)
     slot: int | None = None
     admitted_at: int = -1
     cancelled: bool = False
@@ -161,8 +171,12 @@ class EngineCore:
     """Single-threaded scheduler over a `ModelRunner`. Not thread-safe: `engine.Engine` drives it
     from one background thread."""
 
-    def __init__(self, runner: ModelRunner, state: Any, k_pool, v_pool, config: EngineConfig):
+    def __init__(self, runner: ModelRunner, state: Any, k_pool, v_pool, config: EngineConfig, *,
+                 vocab_size: int | None = None):
         self.runner = runner
+        # Top log-probs are computed for MAX_TOP_LOGPROBS tokens (one compiled variant) and cut
+        # per request; a vocabulary smaller than that caps it (needed only by tiny test models).
+        self.max_top = min(MAX_TOP_LOGPROBS, vocab_size or MAX_TOP_LOGPROBS)
         self.state = state
         self.k_pool, self.v_pool = k_pool, v_pool
         self.config = config
@@ -193,6 +207,9 @@ class EngineCore:
             raise RequestError("prompt_ids must not be empty")
         if len(p.stop_token_ids) > c.max_stop_tokens:
             raise RequestError(f"at most {c.max_stop_tokens} stop token ids, got {len(p.stop_token_ids)}")
+        if p.top_logprobs > self.max_top:
+            raise RequestError(f"top_logprobs must be at most {self.max_top} for this model, "
+                               f"got {p.top_logprobs}")
         history: list[int] = []
         pages: list[int] = []
         cached = 0
@@ -229,9 +246,11 @@ class EngineCore:
             self._free(session.pages)
         del self.sessions[session_id]
 
-    def warmup(self) -> None:
+    def warmup(self, top_logprobs: bool = False) -> None:
         """Compiles every prefill bucket and the decode block now, on all-padding inputs (they
-        write only to the trash page), so no request waits for a compilation later."""
+        write only to the trash page), so no request waits for a compilation later.
+        top_logprobs: also the decode variant that returns top log-probs (otherwise compiled
+        by the first request that asks for them)."""
         c = self.config
         for rows in c.prefill_rows:
             for chunk in c.prefill_chunks:
@@ -248,8 +267,9 @@ class EngineCore:
                           stop_ids=np.full((b, c.max_stop_tokens), -1, np.int32),
                           temperature=zeros(np.float32), top_k=zeros(np.int32),
                           top_p=np.ones(b, np.float32), seeds=zeros(np.uint32))
-        self.k_pool, self.v_pool, *_ = self.runner.decode(self.state, self.k_pool, self.v_pool,
-                                                          batch, 1)
+        for num_top in (0, self.max_top) if top_logprobs else (0,):
+            self.k_pool, self.v_pool, *_ = self.runner.decode(self.state, self.k_pool, self.v_pool,
+                                                              batch, 1, num_top)
         self._copy_pages([(0, 0)])
 
     def has_work(self) -> bool:
@@ -303,9 +323,10 @@ class EngineCore:
         else:
             self._free(seq.pages)
         seq.pages, seq.cached = [], 0
+        top = list(seq.out_top) if seq.params.top_logprobs else None
         result = GenerationResult(request_id=seq.request.request_id, token_ids=list(seq.out_tokens),
                                   logprobs=list(seq.out_logprobs), finish_reason=reason,
-                                  prompt_len=seq.prompt_len, session_id=sid)
+                                  prompt_len=seq.prompt_len, session_id=sid, top_logprobs=top)
         self.counters[f"finished_{reason}"] += 1
         seq.on_done(result, None)
 
@@ -445,6 +466,10 @@ class EngineCore:
                 if not rows:
                     break
                 lens = [min(c.prefill_chunks[-1], len(s.tokens) - 1 - s.cached) for s in rows]
+                if c.prefill_row_invariant:  # only rows whose own bucket is the first row's
+                    own = _bucket(lens[0], c.prefill_chunks)
+                    pick = [i for i, n in enumerate(lens) if _bucket(n, c.prefill_chunks) == own]
+                    rows, lens = [rows[i] for i in pick], [lens[i] for i in pick]
                 chunk = _bucket(max(lens), c.prefill_chunks)
                 nrows = _bucket(len(rows), c.prefill_rows)
                 tokens = np.zeros((nrows, chunk), np.int32)
@@ -510,17 +535,26 @@ class EngineCore:
         # A block right after admitting sequences runs one step, so their first tokens come
         # back after prefill + one step (time to first token), not after a whole block.
         fresh = any(not s.out_tokens for s in live)
-        self.k_pool, self.v_pool, toks, logps, nvalid = self.runner.decode(
-            self.state, self.k_pool, self.v_pool, batch, 1 if fresh else steps)
+        # The top-log-prob variant of the program runs only while some live request asks.
+        num_top = self.max_top if any(s.params.top_logprobs for s in live) else 0
+        self.k_pool, self.v_pool, toks, logps, nvalid, top_ids, top_lps = self.runner.decode(
+            self.state, self.k_pool, self.v_pool, batch, 1 if fresh else steps, num_top)
         toks, logps, nvalid = np.asarray(toks), np.asarray(logps), np.asarray(nvalid)
+        if num_top:
+            top_ids, top_lps = np.asarray(top_ids), np.asarray(top_lps)
         self.counters["decode_blocks"] += 1
         for seq in live:
             i = seq.slot
-            new_t, new_l, reason = [], [], None
+            k_top = seq.params.top_logprobs
+            new_t, new_l, new_top, reason = [], [], [], None
             for j in range(int(nvalid[i])):
                 tok = int(toks[i, j])
                 new_t.append(tok)
                 new_l.append(float(logps[i, j]))
+                if k_top:
+                    new_top.append(list(zip(top_ids[i, j, :k_top].tolist(),
+                                            top_lps[i, j, :k_top].tolist())))
+                    seq.out_top.append(new_top[-1])
                 seq.tokens.append(tok)
                 seq.cached += 1
                 seq.out_tokens.append(tok)
@@ -533,7 +567,12 @@ class EngineCore:
                     break
             self.counters["decode_tokens"] += len(new_t)
             if seq.on_tokens is not None and new_t:
-                seq.on_tokens(new_t, new_l)
+                # The third argument only for requests that asked, so two-argument callbacks
+                # keep working.
+                if k_top:
+                    seq.on_tokens(new_t, new_l, new_top)
+                else:
+                    seq.on_tokens(new_t, new_l)
             if reason:
                 self._finish(seq, reason)
 

@@ -7,8 +7,11 @@ Supported request fields: model, prompt (string or token ids) / messages (+ `cha
 passed to the template), max_tokens (or max_completion_tokens), temperature, top_p, top_k
 (extension), seed, stop (strings), stop_token_ids (extension), n (the n samples of one prompt are
 submitted together and share its prefill and KV pages; with a seed, sample i uses seed + i),
-logprobs (the sampled token's; top_logprobs is refused), stream. Generation always stops at the
-tokenizer's EOS (`<seed:eos>` for Seed-OSS).
+log-probs (chat: `logprobs: true` and `top_logprobs: 0..20`, returned as
+`choices[].logprobs.content[]` = {token, logprob, bytes, top_logprobs}; completions:
+`logprobs: 0..20`, returned as tokens / token_logprobs / top_logprobs), stream. Log-probs are
+those of the sampling distribution, log softmax(logits / T) (T = 1 when greedy), as the engine
+reports them. Generation always stops at the tokenizer's EOS (`<seed:eos>` for Seed-OSS).
 
 Tool calling (chat): `tools` are rendered by the checkpoint's chat template; history may hold
 assistant messages with `tool_calls` (JSON-string arguments) and `tool` messages; the output is
@@ -39,7 +42,8 @@ from starlette.routing import Route
 
 from ppp_jax.sampling.chat import IncrementalDetokenizer, encode, render_chat
 from ppp_jax.sampling.engine import Engine
-from ppp_jax.sampling.params import GenerationResult, Request, RequestError, SamplingParams
+from ppp_jax.sampling.params import (MAX_TOP_LOGPROBS, GenerationResult, Request, RequestError,
+                                     SamplingParams)
 from ppp_jax.sampling.tool_calls import (ChatStreamParser, build_message, hidden_token_ids,
                                          prepare_messages)
 
@@ -104,10 +108,14 @@ class OpenAIServer:
         n = _field(body, "n", (int,), 1)
         if not 1 <= n <= self.max_n:
             raise APIError(400, f"'n' must be between 1 and {self.max_n}", param="n")
-        if _field(body, "top_logprobs", (int,), 0):
-            raise APIError(400, "top_logprobs is not supported (the sampled token's log-prob is, "
-                                "with logprobs=true)", param="top_logprobs")
         return body
+
+    @staticmethod
+    def _top_count(value: int, param: str) -> int:
+        if not 0 <= value <= MAX_TOP_LOGPROBS:
+            raise APIError(400, f"'{param}' must be between 0 and {MAX_TOP_LOGPROBS}, got {value}",
+                           param=param)
+        return value
 
     def _choice_params(self, params: SamplingParams, n: int) -> list[SamplingParams]:
         """n copies of params; with a seed, choice i uses seed + i (so the n differ)."""
@@ -115,7 +123,7 @@ class OpenAIServer:
             return [params] * n
         return [dataclasses.replace(params, seed=(params.seed + i) % 2**32) for i in range(n)]
 
-    def _params(self, body: dict) -> tuple[SamplingParams, list[str]]:
+    def _params(self, body: dict, top_logprobs: int = 0) -> tuple[SamplingParams, list[str]]:
         max_tokens = _field(body, "max_completion_tokens", (int,)) or _field(
             body, "max_tokens", (int,), self.default_max_tokens)
         stop = _field(body, "stop", (str, list), [])
@@ -134,7 +142,8 @@ class OpenAIServer:
                 top_k=_field(body, "top_k", (int,), 0),
                 max_new_tokens=max_tokens,
                 stop_token_ids=tuple(stop_ids),
-                seed=_field(body, "seed", (int,)))
+                seed=_field(body, "seed", (int,)),
+                top_logprobs=top_logprobs)
         except ValueError as e:
             raise APIError(400, str(e)) from None
         return params, stop
@@ -155,11 +164,12 @@ class OpenAIServer:
 
     async def _run(self, prompt_ids: list[int], params: list[SamplingParams], stop: list[str],
                    hidden_ids: frozenset[int] | None = None,
-                   ) -> AsyncIterator[tuple[int, str, list[int], list[float], str | None]]:
+                   ) -> AsyncIterator[tuple[int, str, list[int], list[float], list, str | None]]:
         """Generates len(params) choices of one prompt, submitted together so that they share
         the prompt's prefill and KV pages. Yields (choice index, full text so far, new ids, new
-        logprobs, finish reason or None) per decode block and choice; each choice's last item
-        has its finish reason. hidden_ids: see `IncrementalDetokenizer` (None: skip specials).
+        logprobs, new top log-probs (one list of (id, logprob) per id; empty lists when not
+        asked), finish reason or None) per decode block and choice; each choice's last item has
+        its finish reason. hidden_ids: see `IncrementalDetokenizer` (None: skip specials).
         """
         requests = [Request(list(prompt_ids), p) for p in params]
         detoks = [IncrementalDetokenizer(self.tokenizer, hidden_ids=hidden_ids) for _ in params]
@@ -181,18 +191,21 @@ class OpenAIServer:
                 if reason is not None:
                     done[i] = True
                     self.engine.cancel(requests[i].request_id)  # a no-op when it already ended
-                yield i, text, chunk.token_ids, chunk.logprobs, reason
+                tops = chunk.top_logprobs or [[] for _ in chunk.token_ids]
+                yield i, text, chunk.token_ids, chunk.logprobs, tops, reason
                 if all(done):
                     return
 
     async def _collect(self, prompt_ids, params, stop, hidden_ids=None):
-        """Per choice: (text, ids, logprobs, finish reason)."""
-        out = [["", [], [], "stop"] for _ in params]
-        async for i, text, new_ids, new_logps, fin in self._run(prompt_ids, params, stop, hidden_ids):
+        """Per choice: (text, ids, logprobs, top log-probs, finish reason)."""
+        out = [["", [], [], [], "stop"] for _ in params]
+        async for i, text, new_ids, new_logps, new_tops, fin in self._run(
+                prompt_ids, params, stop, hidden_ids):
             out[i][0] = text
             out[i][1] += new_ids
             out[i][2] += new_logps
-            out[i][3] = fin or out[i][3]
+            out[i][3] += new_tops
+            out[i][4] = fin or out[i][4]
         return [tuple(o) for o in out]
 
     def _usage(self, prompt_ids, choices) -> dict:
@@ -202,6 +215,14 @@ class OpenAIServer:
 
     def _token_strs(self, ids: list[int]) -> list[str]:
         return [self.tokenizer.decode([t]) for t in ids]
+
+    def _top_dict(self, top: list[tuple[int, float]]) -> dict[str, float]:
+        """Legacy completions format of one position: {token string: logprob}. Two ids that
+        decode to the same string share a key; the more likely one (listed first) is kept."""
+        out: dict[str, float] = {}
+        for token_id, logprob in top:
+            out.setdefault(self.tokenizer.decode([token_id]), logprob)
+        return out
 
     # ---- routes --------------------------------------------------------------------------
 
@@ -218,9 +239,11 @@ class OpenAIServer:
             prompt_ids = list(prompt)
         else:
             raise APIError(400, "'prompt' must be a string or a list of token ids", param="prompt")
-        params, stop = self._params(body)
+        num_logprobs = _field(body, "logprobs", (int,))
+        want_logprobs = num_logprobs is not None
+        num_top = self._top_count(num_logprobs, "logprobs") if want_logprobs else 0
+        params, stop = self._params(body, num_top)
         self._check_length(prompt_ids)
-        want_logprobs = _field(body, "logprobs", (int,)) is not None
         choice_params = self._choice_params(params, _field(body, "n", (int,), 1))
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
@@ -228,25 +251,27 @@ class OpenAIServer:
             return {"id": rid, "object": "text_completion", "created": created,
                     "model": self.model_name, "choices": choices, **extra}
 
-        def logprobs_obj(ids, logps):
+        def logprobs_obj(ids, logps, tops):
             if not want_logprobs:
                 return None
+            top = [self._top_dict(pos) for pos in tops] if num_top else None
             return {"tokens": self._token_strs(ids), "token_logprobs": logps,
-                    "top_logprobs": None, "text_offset": None}
+                    "top_logprobs": top, "text_offset": None}
 
         if body.get("stream"):
             async def events():
                 sent = [0] * len(choice_params)
-                async for i, text, ids, logps, reason in self._run(prompt_ids, choice_params, stop):
+                async for i, text, ids, logps, tops, reason in self._run(
+                        prompt_ids, choice_params, stop):
                     delta, sent[i] = text[sent[i]:], max(sent[i], len(text))
                     yield envelope([{"index": i, "text": delta, "finish_reason": reason,
-                                     "logprobs": logprobs_obj(ids, logps)}])
+                                     "logprobs": logprobs_obj(ids, logps, tops)}])
             return _sse(events())
         results = await self._collect(prompt_ids, choice_params, stop)
         return JSONResponse(envelope(
             [{"index": i, "text": text, "finish_reason": reason,
-              "logprobs": logprobs_obj(ids, logps)}
-             for i, (text, ids, logps, reason) in enumerate(results)],
+              "logprobs": logprobs_obj(ids, logps, tops)}
+             for i, (text, ids, logps, tops, reason) in enumerate(results)],
             usage=self._usage(prompt_ids, results)))
 
     async def chat_completions(self, request: HTTPRequest):
@@ -276,9 +301,12 @@ class OpenAIServer:
             prompt_ids = render_chat(self.tokenizer, messages, tools=tools or None, **kwargs)
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
-        params, stop = self._params(body)
-        self._check_length(prompt_ids)
         want_logprobs = bool(_field(body, "logprobs", (bool,), False))
+        num_top = self._top_count(_field(body, "top_logprobs", (int,), 0), "top_logprobs")
+        if num_top and not want_logprobs:
+            raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+        params, stop = self._params(body, num_top)
+        self._check_length(prompt_ids)
         choice_params = self._choice_params(params, _field(body, "n", (int,), 1))
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
@@ -289,12 +317,15 @@ class OpenAIServer:
             return {"id": rid, "object": obj, "created": created, "model": self.model_name,
                     "choices": choices, **extra}
 
-        def logprobs_obj(ids, logps):
+        def entry(token_id, logprob):
+            s = self.tokenizer.decode([token_id])
+            return {"token": s, "logprob": logprob, "bytes": list(s.encode())}
+
+        def logprobs_obj(ids, logps, tops):
             if not want_logprobs:
                 return None
-            return {"content": [{"token": s, "logprob": lp, "bytes": list(s.encode()),
-                                 "top_logprobs": []}
-                                for s, lp in zip(self._token_strs(ids), logps)]}
+            return {"content": [{**entry(t, lp), "top_logprobs": [entry(*x) for x in top]}
+                                for t, lp, top in zip(ids, logps, tops)]}
 
         if body.get("stream"):
             async def events():
@@ -304,7 +335,7 @@ class OpenAIServer:
                     yield envelope("chat.completion.chunk", [{
                         "index": i, "delta": {"role": "assistant", "content": ""},
                         "finish_reason": None}])
-                async for i, text, ids, logps, reason in self._run(
+                async for i, text, ids, logps, tops, reason in self._run(
                         prompt_ids, choice_params, stop, self.hidden_ids):
                     if reason is None:
                         deltas = parsers[i].feed(text)
@@ -313,15 +344,15 @@ class OpenAIServer:
                     merged = {k: v for d in deltas for k, v in d.items()}
                     yield envelope("chat.completion.chunk", [{
                         "index": i, "delta": merged, "finish_reason": reason,
-                        "logprobs": logprobs_obj(ids, logps)}])
+                        "logprobs": logprobs_obj(ids, logps, tops)}])
             return _sse(events())
         results = await self._collect(prompt_ids, choice_params, stop, self.hidden_ids)
         choices = []
-        for i, (text, ids, logps, reason) in enumerate(results):
+        for i, (text, ids, logps, tops, reason) in enumerate(results):
             parsed = build_message(text, tools, parse_calls=parse_calls, id_prefix=call_prefix(i))
             choices.append({"index": i, "message": parsed.message(),
                             "finish_reason": parsed.finish_reason(reason),
-                            "logprobs": logprobs_obj(ids, logps)})
+                            "logprobs": logprobs_obj(ids, logps, tops)})
         return JSONResponse(envelope("chat.completion", choices,
                                      usage=self._usage(prompt_ids, results)))
 

@@ -86,6 +86,18 @@ def sample_tokens(
       greedy rows): the untruncated policy's log-prob, which is what the trainer recomputes.
     """
     logp = policy_logprobs(logits, temperature)
+    return sample_from_logprobs(logp, temperature, top_k, top_p, keys)
+
+
+def sample_from_logprobs(
+    logp: jax.Array,
+    temperature: jax.Array,
+    top_k: jax.Array,
+    top_p: jax.Array,
+    keys: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """`sample_tokens` on the policy log-probs `logp` = `policy_logprobs(logits, temperature)`
+    (float32 [B, V]), for callers that also need `logp` (e.g. `top_logprobs`)."""
     needs_filter = jnp.any(((top_k > 0) | (top_p < 1.0)) & (temperature > 0))
     keep = jax.lax.cond(
         needs_filter,
@@ -103,3 +115,17 @@ def sample_tokens(
     tokens = jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
     token_logp = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
     return tokens, token_logp
+
+
+def top_logprobs(logp: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """The k most likely tokens of each row and their log-probs.
+
+    Args:
+      logp: float32 [B, V] policy log-probs (see `policy_logprobs`).
+      k: static, 1 <= k <= V.
+    Returns:
+      ids int32 [B, k] and log-probs float32 [B, k], most likely first; equal log-probs are
+      ordered by lower token id first (`lax.top_k` is stable).
+    """
+    values, ids = jax.lax.top_k(logp, k)
+    return ids.astype(jnp.int32), values

@@ -23,6 +23,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load(args, "ppp train")
     if cfg is None:
         return 2
+    from ppp_jax import distributed
+
+    distributed.initialize()  # multi-host from PPP_*/JAX_* env; a no-op for one process
     from ppp_jax.trainer import PPPTrainer, build_parts, load_tokenizer
 
     tokenizer = None

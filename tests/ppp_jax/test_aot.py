@@ -57,7 +57,11 @@ def test_tiny_train_prefill_decode_compile_for_v5p(tmp_path):
     assert set(steps) == {"train", "prefill", "decode"}
     train = steps["train"]
     assert train["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
-    assert steps["decode"]["mesh"] == {"data": 4, "fsdp": 1, "tensor": 2}
+    # The paged engine is compiled as one replica on its tensor=2 chips; the slice holds 4.
+    for name in ("prefill", "decode"):
+        assert steps[name]["mesh"] == {"data": 1, "fsdp": 1, "tensor": 2}
+        assert "the slice holds 4 replicas" in steps[name]["note"]
+    assert "layout       one paged-engine replica on 2 chips" in proc.stdout
     for r in steps.values():
         assert r["argument_bytes"] > 0 and r["output_bytes"] > 0 and r["temp_bytes"] >= 0
         assert r["peak_bytes"] == r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"] + r["temp_bytes"]
@@ -70,14 +74,15 @@ def test_tiny_train_prefill_decode_compile_for_v5p(tmp_path):
 
 @needs_libtpu
 def test_too_big_exits_nonzero_with_the_reason(tmp_path):
-    # A decode step against a KV cache of 4.7M slots x 8 rows: the cache alone is ~9 GiB per
-    # chip on 4 v5e chips, and attending over it needs ~40 GiB of temporaries; v5e has 16 GiB.
+    # The paged engine's decode with 8 slots per replica of sequences of 4.7M tokens: the page
+    # pools alone (1 + 8 x 73,728 pages of 64 tokens, 2 layers, 1 of 2 kv heads per chip, bf16)
+    # are 36 GiB per chip on v5e:2x2 (2 replicas x tensor=2); v5e has 15.75 GiB usable.
     # The TPU compiler itself refuses (RESOURCE_EXHAUSTED); `ppp compile` reports it as a
     # does-not-fit with the compiler's figure. (The memory_analysis path of the verdict is
     # covered by test_check_fits_message_and_estimates.)
     big = json.loads(json.dumps(TINY))
     big["compile"].update(topology="v5e:2x2", steps=["decode"])
-    big["engine"].update(batch=8, cache_len=4_718_592)
+    big["engine"].update(batch=16, cache_len=4_718_592)
     proc, report = _ppp_compile(tmp_path, big)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "does not fit: decode needs at least" in proc.stderr

@@ -5,10 +5,13 @@ one process with 8 devices. The three processes (1 single + 2 distributed) run a
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +96,155 @@ def test_process_slice_covers_every_item_once():
     assert distributed.process_slice(5) == slice(0, 5)  # one process here
     with pytest.raises(ValueError, match="not in"):
         distributed.process_slice(4, 2, 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole trainer: rollouts split by process, global batch, global metrics, checkpoints
+# ------------------------------------------------------------------------------------------------
+
+TRAINER = Path(__file__).with_name("_dist_trainer.py")
+NOT_COMPARED = ("time/", "perf/")
+
+
+def _spawn_run(run_dir: Path, out: Path, steps: int, nproc: int = 1, port: int | None = None
+               ) -> list[subprocess.Popen]:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)  # the helper sets its own device count
+    base = [sys.executable, str(TRAINER), "--run-dir", str(run_dir), "--steps", str(steps),
+            "--out", str(out)]
+    if nproc == 1:
+        cmds = [base]
+    else:
+        cmds = [base + ["--num-processes", str(nproc), "--process-id", str(i),
+                        "--coordinator", f"127.0.0.1:{port}"] for i in range(nproc)]
+    return [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for c in cmds]
+
+
+def _finish_all(procs: list[subprocess.Popen], timeout: float) -> None:
+    """Waits for every helper; as soon as one fails (or time runs out) kills the rest, which
+    would otherwise wait forever in a collective with it, and fails showing its output."""
+    deadline = time.monotonic() + timeout
+    try:
+        while any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    outputs = [p.communicate()[0] for p in procs]
+    # the helper that failed first, not the ones killed because of it (-9)
+    for p, out in sorted(zip(procs, outputs), key=lambda po: po[0].returncode == -9):
+        assert p.returncode == 0, f"helper {p.args[2:]} exited {p.returncode}:\n{out[-3000:]}"
+
+
+def _rows(run_dir: Path) -> dict[int, dict]:
+    from ppp_jax.metrics import read_jsonl
+
+    return {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl")}
+
+
+def _steps(out: Path, nproc: int) -> list[dict[int, dict]]:
+    """Per process: step -> {"episodes", "counters"} of the episodes that process ran."""
+    return [{s["step"]: s for s in json.loads(Path(f"{out}.p{i}.json").read_text())["steps"]}
+            for i in range(nproc)]
+
+
+def _assert_rows_match(got: dict, want: dict, step: int) -> None:
+    keys = [k for k in want if not k.startswith(NOT_COMPARED)]
+    assert set(keys) <= set(got), (step, sorted(set(keys) - set(got)))
+    for k in keys:
+        if k.startswith("train/"):
+            # the same batch; only float32 reduction orders over devices/processes differ
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=f"{step} {k}")
+        else:  # rollout/score/pref: the same episodes in the same order, same arithmetic
+            assert got[k] == want[k] or (np.isnan(got[k]) and np.isnan(want[k])), (step, k)
+
+
+def _assert_params_match(a: Path, b: Path) -> None:
+    pa, pb = np.load(a), np.load(b)
+    assert set(pa) == set(pb) and len(pa) > 0
+    for k in pa:
+        np.testing.assert_allclose(pb[k], pa[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.slow
+def test_trainer_two_processes_match_one_process_and_resume(tmp_path):
+    """2 processes × 4 devices train 2 PPP steps like 1 process × 8 devices: the same episodes
+    (each process ran only its half), the same global metrics, the same params; resumed from
+    the 2-process checkpoint, by 2 processes or by 1, step 3 is the 1-process run's step 3."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    procs = _spawn_run(one, tmp_path / "one", 3) + _spawn_run(two, tmp_path / "two", 2, 2,
+                                                              _free_port())
+    _finish_all(procs, timeout=900)
+    shutil.copytree(two, tmp_path / "two_on_one")
+    procs = (_spawn_run(two, tmp_path / "resumed", 3, 2, _free_port())
+             + _spawn_run(tmp_path / "two_on_one", tmp_path / "resumed_on_one", 3))
+    _finish_all(procs, timeout=900)
+
+    rows1, rows2 = _rows(one), _rows(two)
+    (single,), (p0, p1) = _steps(tmp_path / "one", 1), _steps(tmp_path / "two", 2)
+    assert sorted(rows1) == sorted(rows2) == [1, 2, 3]
+    for step in (1, 2):
+        # Same episodes in the same order: process 0's half, then process 1's.
+        assert p0[step]["episodes"] + p1[step]["episodes"] == single[step]["episodes"]
+        groups0 = {g for g, *_ in p0[step]["episodes"]}
+        assert groups0 and groups0.isdisjoint(g for g, *_ in p1[step]["episodes"])
+        # Each process ran half of the step's episodes; the log has the global count.
+        run = single[step]["counters"]["rollout/episodes_run"]
+        assert run == 8 and p0[step]["counters"]["rollout/episodes_run"] == run / 2
+        assert p1[step]["counters"]["rollout/episodes_run"] == run / 2
+        assert rows2[step]["rollout/episodes_run"] == run
+        assert rows2[step]["rollout/process_episodes_run_max"] == run / 2
+        _assert_rows_match(rows2[step], rows1[step], step)
+        assert rows1[step]["train/grad_norm"] > 0  # real updates, not untouched params
+    # Step 3 resumed from the 2-process checkpoint, by 2 processes and by 1 process.
+    (r0, r1), (r_one,) = _steps(tmp_path / "resumed", 2), _steps(tmp_path / "resumed_on_one", 1)
+    assert list(r0) == list(r_one) == [3]
+    assert r0[3]["episodes"] + r1[3]["episodes"] == single[3]["episodes"] == r_one[3]["episodes"]
+    _assert_rows_match(rows2[3], rows1[3], 3)
+    _assert_rows_match(_rows(tmp_path / "two_on_one")[3], rows1[3], 3)
+    _assert_params_match(tmp_path / "one.npz", tmp_path / "resumed.npz")
+    _assert_params_match(tmp_path / "one.npz", tmp_path / "resumed_on_one.npz")
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints across process counts
+# ------------------------------------------------------------------------------------------------
+
+CKPT = Path(__file__).with_name("_dist_ckpt.py")
+
+
+def _spawn_ckpt(args: list[str], out: Path, nproc: int) -> list[subprocess.Popen]:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    base = [sys.executable, str(CKPT), *args, "--out", str(out)]
+    port = _free_port()
+    cmds = [base] if nproc == 1 else [
+        base + ["--num-processes", str(nproc), "--process-id", str(i),
+                "--coordinator", f"127.0.0.1:{port}"] for i in range(nproc)]
+    return [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for c in cmds]
+
+
+def test_checkpoints_restore_bit_identical_across_process_counts(tmp_path):
+    """A sharded train state saved by 2 processes × 4 devices restores bit-identically (onto
+    another layout) in 2 processes and in 1 process × 8 devices, and one saved by 1 process
+    restores in 2; each process gets its own data-iterator state back."""
+    by2, by1 = tmp_path / "by2", tmp_path / "by1"
+    _finish_all(_spawn_ckpt(["save", str(by2)], tmp_path / "save2", 2)
+                + _spawn_ckpt(["save", str(by1)], tmp_path / "save1", 1), timeout=300)
+    dirs = [f"{by2}:2", f"{by1}:1"]
+    _finish_all(_spawn_ckpt(["restore", *dirs], tmp_path / "restore2", 2)
+                + _spawn_ckpt(["restore", *dirs], tmp_path / "restore1", 1), timeout=300)
+    for i in range(2):
+        got = json.loads(Path(f"{tmp_path / 'restore2'}.p{i}.json").read_text())
+        assert got == {str(by2): ["own_state", "bit_identical_from_2"],
+                       str(by1): ["bit_identical_from_1"]}
+    got = json.loads(Path(f"{tmp_path / 'restore1'}.p0.json").read_text())
+    assert got == {str(by2): ["refused_other_count", "bit_identical_from_2"],
+                   str(by1): ["own_state", "bit_identical_from_1"]}
+    # keep=2 kept both; only finished step directories exist (no tmp left behind)
+    assert sorted(p.name for p in (by2).iterdir()) == ["1", "2"]

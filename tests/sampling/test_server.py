@@ -115,3 +115,56 @@ def test_errors_are_clear_4xx_and_server_stays_up(server, client):
     ok = client.completions.create(model="tiny", prompt="hi", max_tokens=3, temperature=0)
     assert ok.choices[0].finish_reason in ("stop", "length")
     assert engine.stats()["pages_used"] == 0
+
+
+def test_top_logprobs_chat_and_completions(server, client):
+    """OpenAI's chat `logprobs` + `top_logprobs` and completions `logprobs: n`, parsed by the
+    official client, equal the engine's own top log-probs for the same request."""
+    _, engine, ckpt = server
+    tok = load_tokenizer(ckpt)
+    resp = client.chat.completions.create(model="tiny", messages=MESSAGES, temperature=0.8,
+                                          seed=9, max_tokens=12, logprobs=True, top_logprobs=3)
+    content = resp.choices[0].logprobs.content
+    direct = engine.generate_batch([Request(render_chat(tok, MESSAGES), SamplingParams(
+        temperature=0.8, seed=9, max_new_tokens=12, stop_token_ids=(tok.eos_token_id,),
+        top_logprobs=3))])[0]
+    assert len(content) == len(direct.token_ids) == resp.usage.completion_tokens
+    for item, tok_id, lp, top in zip(content, direct.token_ids, direct.logprobs,
+                                     direct.top_logprobs):
+        assert item.token == tok.decode([tok_id]) and item.logprob == pytest.approx(lp, abs=1e-6)
+        assert [t.token for t in item.top_logprobs] == [tok.decode([i]) for i, _ in top]
+        assert [t.logprob for t in item.top_logprobs] == pytest.approx([v for _, v in top],
+                                                                       abs=1e-6)
+        assert all(t.bytes == list(t.token.encode()) for t in item.top_logprobs)
+
+    streamed = []
+    for chunk in client.chat.completions.create(model="tiny", messages=MESSAGES, temperature=0.8,
+                                                seed=9, max_tokens=12, logprobs=True,
+                                                top_logprobs=3, stream=True):
+        if chunk.choices[0].logprobs is not None:
+            streamed += chunk.choices[0].logprobs.content
+    assert [(c.token, c.logprob, [t.logprob for t in c.top_logprobs]) for c in streamed] == \
+        [(c.token, c.logprob, [t.logprob for t in c.top_logprobs]) for c in content]
+
+    comp = client.completions.create(model="tiny", prompt="the user asks", max_tokens=8,
+                                     temperature=0, logprobs=2).choices[0].logprobs
+    assert len(comp.top_logprobs) == len(comp.tokens) == len(comp.token_logprobs) >= 1
+    for token, lp, top in zip(comp.tokens, comp.token_logprobs, comp.top_logprobs):
+        assert 1 <= len(top) <= 2 and max(top.values()) == pytest.approx(lp, abs=1e-6)  # greedy
+        assert top[token] == pytest.approx(lp, abs=1e-6)
+    plain = client.completions.create(model="tiny", prompt="the user asks", max_tokens=8,
+                                      temperature=0, logprobs=0).choices[0].logprobs
+    assert plain.top_logprobs is None and plain.token_logprobs == comp.token_logprobs
+
+
+def test_top_logprobs_out_of_range_is_a_clear_400(client):
+    for kw, param in ((dict(logprobs=True, top_logprobs=21), "top_logprobs"),
+                      (dict(logprobs=True, top_logprobs=-1), "top_logprobs"),
+                      (dict(top_logprobs=2), "top_logprobs")):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2, **kw)
+        assert e.value.param == param and "top_logprobs" in str(e.value)
+    for n in (21, -1):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model="tiny", prompt="hi", max_tokens=2, logprobs=n)
+        assert e.value.param == "logprobs" and "between 0 and 20" in str(e.value)
