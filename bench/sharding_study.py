@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -236,7 +237,7 @@ def _train_table(rows: list[Row]) -> list[str]:
 
 def _engine_table(rows: list[Row]) -> list[str]:
     chips, _ = _chips()
-    out = ["| row | step | slice | engine mesh data×fsdp×tensor | tokens per call (slice) | "
+    out = ["| row | step | slice | replica mesh data×fsdp×tensor | tokens per call (slice) | "
            "args GiB | temp GiB | total GiB / HBM | fits | model FLOPs/chip | "
            "HBM-read bound per call | compute bound per call | compile s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -253,7 +254,10 @@ def _engine_table(rows: list[Row]) -> list[str]:
             r = dict(r, hbm_bytes=limit, fits=not r.get("compiler_error") and r["peak_bytes"] <= limit)
             # Every call reads at least the chip's weights and cache once from HBM, and does
             # its FLOPs at no more than peak: two lower bounds on the time of one call.
-            read_ms = r["argument_bytes"] / chip.hbm_bytes_per_s * 1e3
+            # A decode block runs several steps, each re-reading the weights and the cache.
+            steps = re.search(r"(\d+) decode steps per block", r.get("note", ""))
+            reads = int(steps.group(1)) if steps and r["step"] == "decode" else 1
+            read_ms = reads * r["argument_bytes"] / chip.hbm_bytes_per_s * 1e3
             flop_ms = r["model_flops"] / chip.peak_bf16_flops * 1e3
             out.append(f"| {row.id} | {r['step']} | {row.topology} | {mesh} | {r['tokens']} | "
                        f"{_gib(r['argument_bytes'])} | {_gib(r['temp_bytes'])} | "

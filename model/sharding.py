@@ -467,6 +467,16 @@ _ACTIVATION_RULES: contextvars.ContextVar[tuple[Rule, ...] | None] = contextvars
     "ppp_activation_rules", default=None)
 
 
+def with_default_activation_rules(rules: Sequence[Rule]) -> tuple[Rule, ...]:
+    """`rules` plus `FSDP_TP_RULES`' entries for every `activation_*` name `rules` does not
+    mention, so a custom table written for the parameters alone (as before activations were
+    constrained) keeps working; parameter names stay required to be in the table."""
+    rules = tuple(rules)
+    named = {name for name, _ in rules}
+    return rules + tuple(r for r in FSDP_TP_RULES
+                         if r[0].startswith("activation_") and r[0] not in named)
+
+
 @contextlib.contextmanager
 def using_mesh(mesh: Mesh, rules: Sequence[Rule] = FSDP_TP_RULES) -> Iterator[Mesh]:
     """Sets `mesh` as the current mesh and `rules` as the table the model's activation
@@ -477,7 +487,7 @@ def using_mesh(mesh: Mesh, rules: Sequence[Rule] = FSDP_TP_RULES) -> Iterator[Me
     """
     from flax.core import spmd
 
-    rules = tuple(rules)
+    rules = with_default_activation_rules(rules)
     check_rules(rules, mesh)
     token = _ACTIVATION_RULES.set(rules)
     try:

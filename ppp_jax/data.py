@@ -414,11 +414,12 @@ class BatchIterator:
         """
         if not isinstance(state, dict) or not {"grain", "batches", "fingerprint"} <= set(state):
             raise ValueError(f"not a data-iterator state (expected grain/batches/fingerprint): {state!r}")
-        if state["fingerprint"] != self._dataset.fingerprint:
+        if state["fingerprint"] not in (self._dataset.fingerprint, self._dataset.legacy_fingerprint):
             raise ValueError(
                 "data-iterator state was saved for different data or settings: fingerprint "
                 f"{state['fingerprint']} != {self._dataset.fingerprint} (records, preferences, "
-                "seed or batch size changed)"
+                "seed or batch size changed, or the state was saved by a multi-process run of "
+                "an older version, which assigned prompts to processes differently)"
             )
         self._it.set_state(state["grain"])
         self._batches = int(state["batches"])
@@ -468,11 +469,18 @@ class TaskDataset:
         # The fingerprint leaves out the shard on purpose: the iterator position counts global
         # batches, so a state saved by any process of a run with any process count is valid on
         # every process of a run with any other (a 2-process checkpoint resumes on 1 process).
+        self.fingerprint = self._fingerprint([config.seed, config.batch_size, config.num_epochs])
+        # States saved before the shard left the fingerprint hashed the process count too; a
+        # single-process one of those iterates exactly as now, so it stays resumable.
+        self.legacy_fingerprint = self._fingerprint(
+            [config.seed, config.batch_size, config.num_epochs, 1])
+
+    def _fingerprint(self, settings: list) -> str:
         h = hashlib.sha256()
-        h.update(json.dumps([config.seed, config.batch_size, config.num_epochs]).encode())
+        h.update(json.dumps(settings).encode())
         for item in self.items:
             h.update(item.uid.encode() + b"\0")
-        self.fingerprint = h.hexdigest()[:16]
+        return h.hexdigest()[:16]
 
     @property
     def steps_per_epoch(self) -> float:

@@ -212,9 +212,16 @@ def run_loop(
             for hook in hooks:
                 hook(state, metrics)
             bar.update(1, metrics)
-            if jax.process_count() > 1 and distributed.any_process(bool(stop)) and not stop:
-                stop.append(0)  # another process got the signal: stop at the same step
-            if stop:
+            # Only the agreed value decides: a signal that lands after the all-gather is seen
+            # by this process alone and waits for the next step's agreement, so no process
+            # leaves the loop while another enters the next step's collectives.
+            if jax.process_count() > 1:
+                stopping = distributed.any_process(bool(stop))
+                if stopping and not stop:
+                    stop.append(0)  # another process got the signal: stop at the same step
+            else:
+                stopping = bool(stop)
+            if stopping:
                 log.warning("signal %s: stopping after step %d", stop[0], step)
                 break
         if ckpt is not None and state.step != last_saved:

@@ -23,6 +23,8 @@ Sections of the trainer, the evaluator and the demo:
     eval       the Table-2 evaluation protocol
     sft        the supervised warm start
     demo       the `make run` pipeline's sizes (tokenizer, task counts)
+    distributed  multi-host: coordinator, process count and id (`ppp_jax.distributed`; unset
+               fields come from PPP_*/JAX_* environment variables)
 
 The group size G lives in one place only: `rl.advantage.group_size`.
 """
@@ -37,6 +39,7 @@ from ppp_jax import config as cfgmod
 from ppp_jax.aot import CompileSpec, EngineSpec, ModelSpec
 from ppp_jax.checkpointing import CheckpointConfig
 from ppp_jax.data import DataConfig
+from ppp_jax.distributed import DistributedConfig
 from ppp_jax.envs.domains.stdlib_loc import StdlibLocConfig
 from ppp_jax.envs.episode import EpisodeConfig
 from ppp_jax.envs.reward import RewardConfig
@@ -268,6 +271,8 @@ class RunConfig:
     eval: EvalSection = EvalSection()
     sft: SFTSection = SFTSection()
     demo: DemoSection = DemoSection()
+    # multi-host: unset fields come from PPP_*/JAX_* environment variables (ppp_jax.distributed)
+    distributed: DistributedConfig = DistributedConfig()
 
     def __post_init__(self):
         if abs(self.rl.loss.temperature - self.rollout.temperature) > 1e-9 and self.rollout.temperature > 0:

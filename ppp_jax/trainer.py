@@ -357,7 +357,7 @@ class PPPTrainer:
             if name == "old_logprobs" and local is None:
                 out[name] = None  # the orchestrator never fills it
                 continue
-            dtype = np.float32 if name in ("loss_mask", "advantages", "sampler_logprobs") else np.int32
+            dtype = np.int32 if name in ("tokens", "targets", "positions", "segment_ids") else np.float32
             fill = pad_id if name in ("tokens", "targets") else 0
             full = np.full((rows, row_len), fill, dtype)
             if x is not None:

@@ -25,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from ppp_jax import distributed
 
-    distributed.initialize()  # multi-host from PPP_*/JAX_* env; a no-op for one process
+    # multi-host from the config's `distributed` section, its unset fields from PPP_*/JAX_*
+    # environment variables; a no-op for one process
+    distributed.initialize(cfg.distributed)
     from ppp_jax.trainer import PPPTrainer, build_parts, load_tokenizer
 
     tokenizer = None

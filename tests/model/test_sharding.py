@@ -182,3 +182,33 @@ def test_create_sharded_equals_single_device_init(tmp_path):
     result = _run_8_devices(tmp_path, "init")
     assert result["create_sharded_max_abs"] == 0.0
     assert result["create_sharded_spec"] == "P(None, 'fsdp', 'tensor')"
+
+
+def test_custom_rules_without_activation_names_still_train():
+    """A rules table written for the parameters only (as in docs/model_io.md) gets the default
+    activation rules under `using_mesh` instead of failing on the first constrained activation."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from ppp_jax.model import sharding as shd
+    from ppp_jax.model.config import tiny
+    from ppp_jax.model.transformer import SeedOssForCausalLM
+
+    rules = shd.normalize_rules([["embed", "fsdp"], ["heads", "tensor"], ["kv_heads", "tensor"],
+                                 ["mlp", "tensor"], ["vocab", "tensor"], ["head_dim", None],
+                                 ["layers", None]])
+    mesh = shd.make_mesh((1, 1, 1))
+    model = SeedOssForCausalLM(tiny(), rngs=nnx.Rngs(0))
+    shd.shard_model(model, mesh, rules)
+    graphdef, params = nnx.split(model)
+    tokens = np.arange(16, dtype=np.int32).reshape(2, 8) % 7
+    positions = np.tile(np.arange(8, dtype=np.int32), (2, 1))
+    segments = np.ones_like(tokens)
+    fwd = lambda p, t: nnx.merge(graphdef, p)(t, positions, segments)  # noqa: E731
+    expected = jax.jit(fwd)(params, tokens)
+    with shd.using_mesh(mesh, rules):
+        got = jax.jit(fwd)(params, tokens)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6, atol=1e-6)
+    merged = shd.with_default_activation_rules(rules)
+    assert next(axes for name, axes in merged if name == "activation_batch") == ("data", "fsdp")

@@ -115,6 +115,30 @@ def test_resume_mid_epoch_continues_exactly():
     assert [[i.uid for i in next(resumed)] for _ in range(12)] == expected
 
 
+def test_single_process_state_of_the_older_format_resumes():
+    """States saved before the process count left the fingerprint (it hashed a trailing 1 for one
+    process) iterate the same prompts now and must stay resumable; a 2-process one must not."""
+    import hashlib
+
+    cfg = _config(batch_size=4)
+    it = data.make_dataset(cfg, _rows(3), shard=_one_shard()).iterator()
+    next(it)
+    state = it.get_state()
+    expected = [i.uid for i in next(it)]
+
+    def old_fingerprint(count):
+        h = hashlib.sha256(json.dumps([cfg.seed, cfg.batch_size, cfg.num_epochs, count]).encode())
+        for item in data.make_dataset(cfg, _rows(3), shard=_one_shard()).items:
+            h.update(item.uid.encode() + b"\0")
+        return h.hexdigest()[:16]
+
+    resumed = data.make_dataset(cfg, _rows(3), shard=_one_shard()).iterator()
+    resumed.set_state(dict(state, fingerprint=old_fingerprint(1)))
+    assert [i.uid for i in next(resumed)] == expected
+    with pytest.raises(ValueError, match="older version"):
+        resumed.set_state(dict(state, fingerprint=old_fingerprint(2)))
+
+
 def test_resume_on_other_data_fails_loudly():
     it = data.make_dataset(_config(), _rows(3), shard=_one_shard()).iterator()
     next(it)

@@ -248,3 +248,23 @@ def test_checkpoints_restore_bit_identical_across_process_counts(tmp_path):
                    str(by1): ["own_state", "bit_identical_from_1"]}
     # keep=2 kept both; only finished step directories exist (no tmp left behind)
     assert sorted(p.name for p in (by2).iterdir()) == ["1", "2"]
+
+
+def test_run_config_distributed_section(tmp_path, monkeypatch):
+    """The `distributed` section is typed like the others; unset fields come from the env."""
+    from ppp_jax.config import ConfigError
+    from ppp_jax.run_config import load_run_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("base: " + str(ROOT / "configs/tiny_cpu.yaml") + "\n"
+                    "distributed: {coordinator_address: '10.0.0.1:1234', num_processes: 4}\n")
+    cfg = load_run_config(str(path))
+    assert cfg.distributed.num_processes == 4 and cfg.distributed.process_id is None
+    monkeypatch.setenv("PPP_PROCESS_ID", "3")
+    resolved = distributed.resolve(cfg.distributed)
+    assert (resolved.coordinator_address, resolved.num_processes, resolved.process_id) == (
+        "10.0.0.1:1234", 4, 3)
+    path.write_text("base: " + str(ROOT / "configs/tiny_cpu.yaml") + "\n"
+                    "distributed: {num_procs: 4}\n")
+    with pytest.raises(ConfigError, match="num_procs.*coordinator_address"):
+        load_run_config(str(path))
