@@ -36,18 +36,25 @@ SPECIAL_TOKENS = ("<seed:bos>", "<seed:pad>", "<seed:eos>", "<seed:think>", "</s
                   "<seed:cot_budget_reflect>", "</seed:cot_budget_reflect>",
                   "<seed:tool_call>", "</seed:tool_call>")
 
+# A source path or a `path.py:Qual.name` location (the stdlib domain's answer form).
+LOCATION_PATTERN = r"(?:[\w-]+/)*[\w-]+\.py(?::\w+(?:\.\w+)*)?"
+
 
 def train_tokenizer(texts: list[str], vocab_size: int):
     """A byte-level BPE (`tokenizers`) with the Seed-OSS special tokens, trained on `texts`.
 
-    No pre-tokenizer split: merges may cross spaces, so the repeated chat and tool-documentation
-    boilerplate becomes a few tokens and the tiny policy's sequences stay short. Any text
-    round-trips (byte-level).
+    Merges may cross spaces, so the repeated chat and tool-documentation boilerplate becomes a
+    few tokens and the tiny policy's sequences stay short. The one split: source paths and
+    locations (`LOCATION_PATTERN`) are pre-tokens of their own, so a location is the same token
+    sequence in a prompt, in the user's reply and in the `finish` answer, whatever surrounds it;
+    copying it is then a token-for-token copy. Any text round-trips (byte-level).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LOCATION_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),

@@ -4,11 +4,12 @@ Real code nobody here wrote: the standard library of the running interpreter
 (`sysconfig.get_paths()["stdlib"]`). Each task picks one real, documented function or method and
 reports a (synthetic) defect in it:
 
-  * the precise prompt names the module, file, function and signature, quotes the documented
-    behaviour (first paragraph of the docstring) and states a symptom;
+  * the precise prompt names the module, file, function and signature, and the location in the
+    answer's own `file.py:Qual.name` form (so answering from it is a copy, not a rewrite), quotes
+    the documented behaviour (first paragraph of the docstring) and states a symptom;
   * the vague prompt says what goes wrong without the names (the rule vaguenizer of
     `envs.vaguenize` over the behaviour and symptom, then every occurrence of the module, class
-    and function names removed);
+    and function names removed where they are used as names);
   * the hidden information for the simulator is the gold file and the gold `file.py:Qual.name`;
   * the gold answer is `path/relative/to/stdlib.py:Qual.name`, scored by the same F1 and tools as
     SWE-Func-Loc (the stdlib directory is the read-only tree).
@@ -148,16 +149,36 @@ def _split_of(task_id: str, cfg: StdlibLocConfig) -> str:
     return "test" if h / 0xFFFFFFFF < cfg.test_fraction else "train"
 
 
+def _remove_names(text: str, names: list[str]) -> str:
+    """`text` with each of `names` replaced by "it" wherever it is used as a name.
+
+    A name that cannot be an ordinary lower-case word (snake_case, digits, capitals, dots) goes
+    wherever it stands as a whole word; a name that is also an ordinary word ("get", "copy",
+    "email") goes only where the text uses it as code: after a dot or backtick, or before "(",
+    "." + word, or a backtick. So "callers do not get the result" keeps its "get" while
+    "os.get()" loses it.
+    """
+    # Singulars too: "dataclasses" -> "dataclass", "shutils" -> "shutil".
+    variants = set(names) | {n[:-1] for n in names if n.endswith("s")} | {
+        n[:-2] for n in names if n.endswith("es")}
+    for n in sorted(variants, key=len, reverse=True):
+        if len(n) < 3:
+            continue
+        e = re.escape(n)
+        if not (n.isalpha() and n.islower()):
+            pattern = rf"(?<!\w){e}(?!\w)"
+        else:
+            pattern = rf"(?<![\w]){e}(?=[(`]|\.\w)|(?<=[.`]){e}(?!\w)"
+        text = re.sub(pattern, "it", text)
+    return text
+
+
 def _vague(doc: str, symptom: str, names: list[str]) -> str:
     """The vague prompt: rule-vaguenized behaviour + symptom, with the names taken out."""
     from ppp_jax.envs.vaguenize import RuleVaguenizer
 
     text = RuleVaguenizer(max_sentences=2).vaguenize(f"{doc} {symptom}")
-    variants = set(names) | {n[:-1] for n in names if n.endswith("s")}  # "dataclasses" -> "dataclass"
-    for n in sorted(variants, key=len, reverse=True):
-        if len(n) >= 3:
-            text = re.sub(rf"(?i)\b{re.escape(n)}\b", "it", text)
-    return f"Something in the Python standard library is misbehaving. {text}"
+    return f"Something in the Python standard library is misbehaving. {_remove_names(text, names)}"
 
 
 def _make_task(c: _Candidate, cfg: StdlibLocConfig, rng: random.Random) -> Task:
@@ -170,8 +191,8 @@ def _make_task(c: _Candidate, cfg: StdlibLocConfig, rng: random.Random) -> Task:
     what = "method" if c.kind == "method" else "function"
     precise = (
         f"Bug report for the Python {python_version()} standard library.\n\n"
-        f"The {what} `{module}.{c.qualname}{c.signature}`, defined in `{c.rel}`, does not behave "
-        f"as documented.\n\nDocumented behaviour: {doc}\n\nWhat goes wrong: {symptom}\n\n"
+        f"The {what} `{module}.{c.qualname}{c.signature}`, defined in `{c.rel}` (location "
+        f"{gold}), does not behave as documented.\n\nDocumented behaviour: {doc}\n\nWhat goes wrong: {symptom}\n\n"
         f"Please find the function(s) that must be edited to fix this.")
     names = [c.qualname, *c.qualname.split("."), module, *module.split(".")]
     vague = _vague(doc, symptom, names) + " Please find where it needs fixing."

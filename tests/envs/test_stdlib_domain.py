@@ -44,15 +44,31 @@ def test_prompts_precise_vague_hidden(tasks):
     for t in tasks:
         path, qual = t.gold[0].split(":")
         assert f"{t.metadata['module']}.{qual}" in t.precise_prompt and path in t.precise_prompt
-        assert path not in t.vague_prompt
-        assert not re.search(rf"\b{re.escape(qual)}\b", t.vague_prompt)
+        assert f"(location {t.gold[0]})" in t.precise_prompt  # the answer's own form
+        assert path not in t.vague_prompt and t.gold[0] not in t.vague_prompt
+        if "." in qual:
+            assert not re.search(rf"\b{re.escape(qual)}\b", t.vague_prompt)
         name = qual.split(".")[-1]
-        if len(name) >= 3:
+        if len(name) >= 3 and not (name.isalpha() and name.islower()):
             assert not re.search(rf"\b{re.escape(name)}\b", t.vague_prompt), (name, t.vague_prompt)
+        elif len(name) >= 3:  # an ordinary word too ("get"): gone only where used as a name
+            used = rf"\b{re.escape(name)}(?=[(`]|\.\w)|(?<=[.`]){re.escape(name)}\b"
+            assert not re.search(used, t.vague_prompt), (name, t.vague_prompt)
+        assert "do not it " not in t.vague_prompt  # the symptom's wording survives
         assert t.hidden_info.splitlines() == [path, t.gold[0]]
         assert 30 <= len(t.precise_prompt.split()) <= 300  # hundreds of tokens at most
         assert len(t.vague_prompt.split()) < len(t.precise_prompt.split())
         assert location_f1(t.gold[0], t.gold) == 1.0
+
+
+def test_vague_removes_names_only_where_used_as_names():
+    names = ["webbrowser.get", "webbrowser", "get", "Popen", "dataclasses"]
+    text = ("Use webbrowser.get() or `get` to get a browser; get.x and Popen and popen. "
+            "See dataclass.field.")
+    assert stdlib_loc._remove_names(text, names) == (
+        "Use it() or `it` to get a browser; it.x and it and popen. See it.field.")
+    vague = stdlib_loc._vague("Return a launcher.", stdlib_loc.SYMPTOMS[2], ["get"])
+    assert "callers do not get the documented behaviour" in vague
 
 
 def test_tools_read_the_stdlib_tree(tasks):
