@@ -63,6 +63,57 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return tok
 
 
+# Bumped whenever a cached stage's output changes for the same config (task text, tokenizer
+# training, scripted episodes), so run folders made by an older version are not silently reused.
+STAGE_FORMAT = 2
+# The config sections the cached stages (tokenizer, warm start) are made from.
+STAGE_SECTIONS = ("domain", "model", "policy", "sft", "demo")
+INPUTS_FILE = "stage_inputs.json"
+
+
+class StaleRunError(ValueError):
+    """`runs/<name>` holds stages made from other inputs than this run's."""
+
+
+def stage_inputs(cfg: RunConfig, tasks) -> dict[str, Any]:
+    """What the cached build and warm-start stages depend on: the format version, the relevant
+    config sections and a hash of the tasks (their ids, prompts and gold locations)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tasks:
+        h.update(json.dumps([t.task_id, t.precise_prompt, t.vague_prompt, list(t.gold)]).encode())
+    full = cfgmod.to_dict(cfg)
+    return {"format": STAGE_FORMAT, "tasks": h.hexdigest()[:16],
+            **{k: full[k] for k in STAGE_SECTIONS}}
+
+
+def check_stage_inputs(cfg: RunConfig, tasks) -> None:
+    """Records the stage inputs in `<run>/stage_inputs.json`, or checks them against the record.
+
+    Raises:
+      StaleRunError naming what differs when the run folder was made from other inputs (another
+      config, another Python's standard library, or an older version of this code).
+    """
+    out = cfg.output_dir
+    record = out / INPUTS_FILE
+    now = json.loads(json.dumps(stage_inputs(cfg, tasks)))
+    cached = [p.name for p in (out / "tokenizer.json", out / "sft_policy") if p.exists()]
+    if record.exists():
+        then = json.loads(record.read_text())
+        changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+        if changed:
+            raise StaleRunError(
+                f"{out} was made from other inputs (changed: {', '.join(changed)}); delete it or "
+                f"run with another name=... to start over")
+    elif cached and not cfg.policy.tokenizer:
+        raise StaleRunError(
+            f"{out} holds {', '.join(cached)} from an older version of the demo (no {INPUTS_FILE});"
+            f" delete it or run with another name=... to start over")
+    else:
+        _write_json(record, now)
+
+
 class Interrupted(RuntimeError):
     """A stage was stopped by a signal before it finished; rerunning resumes it."""
 
@@ -107,6 +158,7 @@ def build_stage(cfg: RunConfig) -> Built:
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     tasks, inner = build_tasks(cfg)
+    check_stage_inputs(cfg, tasks)
     domain = agent_domain(cfg, inner)
     simulator = make_simulator(cfg.simulator)
     by_id = {t.task_id: t for t in tasks}

@@ -22,10 +22,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = load(args, "ppp demo")
     if cfg is None:
         return 2
-    from ppp_jax.demo import Interrupted, run_demo
+    from ppp_jax.demo import Interrupted, StaleRunError, run_demo
 
     try:
         summary = run_demo(cfg, progress=not args.no_progress)
+    except StaleRunError as e:
+        print(f"ppp demo: {e}", file=sys.stderr)
+        return 2
     except Interrupted as e:
         print(f"ppp demo: {e}", file=sys.stderr)
         return 3

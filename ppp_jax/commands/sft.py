@@ -9,6 +9,7 @@ and `<run>/sft_policy/` (the warm-started model checkpoint).
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ppp_jax.commands._common import add_config_arguments, load
 
@@ -21,10 +22,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = load(args, "ppp sft")
     if cfg is None:
         return 2
-    from ppp_jax.demo import build_stage, sft_stage
+    from ppp_jax.demo import StaleRunError, build_stage, sft_stage
     from ppp_jax.trainer import build_model
 
-    built = build_stage(cfg)
+    try:
+        built = build_stage(cfg)
+    except StaleRunError as e:
+        print(f"ppp sft: {e}", file=sys.stderr)
+        return 2
     model = build_model(cfg, built.tokenizer)
     sft_stage(cfg, built, model, progress=not args.no_progress)
     print(f"ppp sft: warm-started policy -> {cfg.output_dir / 'sft_policy'}")

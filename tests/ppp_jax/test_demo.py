@@ -3,6 +3,7 @@ tiny policy and a few steps; checks the report's form, the plots and resuming.""
 
 import json
 
+import pytest
 
 from ppp_jax import config as cfgmod
 from ppp_jax.run_config import RunConfig
@@ -57,3 +58,29 @@ def test_shortened_demo_writes_a_well_formed_report_and_resumes(tmp_path, capsys
     assert "warm start found" in said and "evaluation 'before' found" in said
     assert "evaluation 'after' found" in said
     assert again == summary
+
+
+def test_run_folder_from_other_inputs_is_refused(tmp_path):
+    """Cached stages (tokenizer, warm start) made from another config, another stdlib or an older
+    version of the demo are not silently reused: the run stops with a message naming what
+    changed."""
+    from ppp_jax.demo import INPUTS_FILE, StaleRunError, check_stage_inputs
+    from ppp_jax.trainer import build_tasks
+
+    cfg = short_config(tmp_path)
+    tasks, _ = build_tasks(cfg)
+    out = cfg.output_dir
+    out.mkdir(parents=True)
+    (out / "tokenizer.json").write_text("{}")
+    with pytest.raises(StaleRunError, match="older version"):
+        check_stage_inputs(cfg, tasks)  # a tokenizer with no record of its inputs
+    (out / "tokenizer.json").unlink()
+    check_stage_inputs(cfg, tasks)
+    assert (out / INPUTS_FILE).exists()
+    check_stage_inputs(cfg, tasks)  # same inputs: a rerun resumes
+    changed = cfgmod.load_config("configs/tiny_cpu.yaml", RunConfig,
+                                 SHORT + [f"run_dir={tmp_path}", "name=short", "sft.num_steps=7"])
+    with pytest.raises(StaleRunError, match=r"changed: sft\b"):
+        check_stage_inputs(changed, tasks)
+    with pytest.raises(StaleRunError, match="changed: tasks"):
+        check_stage_inputs(cfg, tasks[1:])
