@@ -17,29 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+
+from _dist_join import join, process_arguments  # this script's folder is on sys.path
 
 PARAM_SHAPES = {"w": (8, 6), "b": (6,), "e": (4, 8)}
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
+    p = process_arguments(argparse.ArgumentParser())
     p.add_argument("mode", choices=["save", "restore"])
     p.add_argument("dirs", nargs="+")
-    p.add_argument("--num-processes", type=int, default=1)
-    p.add_argument("--process-id", type=int, default=0)
-    p.add_argument("--coordinator", default=None)
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    os.environ["JAX_PLATFORMS"] = "cpu"
-
+    join(args)
     from ppp_jax import distributed
-
-    distributed.initialize(distributed.DistributedConfig(
-        coordinator_address=args.coordinator, num_processes=args.num_processes,
-        process_id=args.process_id, local_device_count=8 // args.num_processes,
-        initialization_timeout_s=120))
 
     import jax
     import numpy as np

@@ -10,25 +10,17 @@ and the metrics to `--out` (.npz) from process 0.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+from _dist_join import join, process_arguments  # this script's folder is on sys.path
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--num-processes", type=int, default=1)
-    p.add_argument("--process-id", type=int, default=0)
-    p.add_argument("--coordinator", default=None)
+    p = process_arguments(argparse.ArgumentParser())
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    os.environ["JAX_PLATFORMS"] = "cpu"
-
+    join(args)
     from ppp_jax import distributed
-
-    devices_here = 8 // args.num_processes
-    distributed.initialize(distributed.DistributedConfig(
-        coordinator_address=args.coordinator, num_processes=args.num_processes,
-        process_id=args.process_id, local_device_count=devices_here, initialization_timeout_s=120))
 
     import jax
     import jax.numpy as jnp
@@ -45,7 +37,7 @@ def main() -> int:
     from ppp_jax.rl_config import OptimConfig, RLConfig
 
     assert jax.process_count() == args.num_processes, jax.process_count()
-    assert len(jax.devices()) == 8 and len(jax.local_devices()) == devices_here
+    assert len(jax.devices()) == 8 and len(jax.local_devices()) == 8 // args.num_processes
 
     # vocab and kv heads divisible by tensor=2; distinct sizes otherwise (config.tiny).
     cfg = tiny(vocab_size=64, num_kv_heads=2)

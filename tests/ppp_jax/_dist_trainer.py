@@ -18,48 +18,31 @@ import json
 import os
 import sys
 
-# The TINY run of test_trainer.py on a 2×2×2 mesh: two heads and two kv heads (the tensor axis
-# divides them), four prompts a step (two per process), G = 2, one prompt per prefill call (so
-# the engine's float rounding does not depend on which requests arrive together).
+from _dist_join import join, process_arguments  # this script's folder is on sys.path
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from tests.ppp_jax.test_trainer import TINY  # noqa: E402
+
+# The TINY run of test_trainer.py on a 2×2×2 mesh: two kv heads (the tensor axis divides them),
+# four prompts a step (two per process), one prompt per prefill call (so the engine's float
+# rounding does not depend on which requests arrive together).
 CONFIG = {
-    "name": "dist", "seed": 3,
-    "model": {"preset": "tiny", "dtype": "float32", "param_dtype": "float32", "remat": "none",
-              "attention_impl": "xla",
-              "sizes": {"hidden_size": 32, "intermediate_size": 48, "num_layers": 1, "num_heads": 2,
-                        "num_kv_heads": 2, "head_dim": 16, "max_position_embeddings": 2048}},
+    **TINY, "name": "dist",
+    "model": {**TINY["model"], "sizes": {**TINY["model"]["sizes"], "num_kv_heads": 2}},
     "sharding": {"mesh": {"axes": ["data", "fsdp", "tensor"], "shape": [2, 2, 2]}},
-    "sampler": {"num_slots": 8, "page_size": 16, "num_pages": 520, "max_seq_len": 1024,
-                "decode_steps": 8, "prefill_chunks": [64, 256], "prefill_rows": [1]},
-    "domain": {"stdlib": {"num_tasks": 12, "seed": 3}, "tools": ["finish"],
-               "system_prompt": "Find the bug."},
-    "data": {"batch_size": 4, "seed": 0},
-    "reward": {"variant": "released", "clip": False},
-    "rl": {"advantage": {"group_size": 2, "clip_reward_01": False},
-           "loss": {"entropy_coef": 0.01},
-           "optim": {"learning_rate": 1e-3, "weight_decay": 0.0}, "logprob_chunk_size": 256},
-    "rollout": {"concurrency": 8, "row_len": 1024, "pack": True, "rows_multiple": 2,
-                "episode": {"max_turns": 2, "max_context_tokens": 960, "turn_max_new_tokens": 12}},
-    "trainer": {"num_steps": 2, "save_every": 1, "keep": 3, "tensorboard": False, "progress": False},
+    "sampler": {**TINY["sampler"], "prefill_rows": [1]},
+    "data": {**TINY["data"], "batch_size": 4},
 }
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--num-processes", type=int, default=1)
-    p.add_argument("--process-id", type=int, default=0)
-    p.add_argument("--coordinator", default=None)
+    p = process_arguments(argparse.ArgumentParser())
     p.add_argument("--run-dir", required=True)
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    os.environ["JAX_PLATFORMS"] = "cpu"
-
+    join(args)
     from ppp_jax import distributed
-
-    distributed.initialize(distributed.DistributedConfig(
-        coordinator_address=args.coordinator, num_processes=args.num_processes,
-        process_id=args.process_id, local_device_count=8 // args.num_processes,
-        initialization_timeout_s=120))
 
     import jax
     import numpy as np
