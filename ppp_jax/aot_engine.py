@@ -79,12 +79,18 @@ class EnginePlan:
         return self.config.prefill_chunks[-1]
 
 
+def sampling_model_config(model_config: ModelConfig, dtype: str = "") -> ModelConfig:
+    """`model_config` as an engine replica holds it: weights and compute in `dtype` ("" = the
+    model's own), no remat (forward only), XLA attention kernel (the paged cache does its own
+    attention). Shared by `ppp compile` and the trainer's `engine_layout: sampling`."""
+    return model_config.replace(param_dtype=dtype or model_config.param_dtype,
+                                dtype=dtype or model_config.dtype, remat="none",
+                                attention_impl="xla")
+
+
 def engine_model_config(cc: aot.CompileConfig) -> ModelConfig:
-    """The model as the engine holds it: weights and compute in `engine.dtype`, no remat
-    (forward only), XLA attention kernel (the paged cache does its own attention)."""
-    eng = cc.engine
-    return cc.model.build().replace(param_dtype=eng.dtype, dtype=eng.dtype, remat="none",
-                                    attention_impl="xla")
+    """The model as the compiled engine holds it (`sampling_model_config` in `engine.dtype`)."""
+    return sampling_model_config(cc.model.build(), cc.engine.dtype)
 
 
 def engine_config(spec: aot.EngineSpec, replicas: int):

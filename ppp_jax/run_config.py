@@ -7,7 +7,8 @@ Sections shared with `ppp compile` (`ppp_jax.aot.CompileConfig`), so one YAML se
     model      which architecture (preset + numerics knobs; `ppp_jax.aot.ModelSpec`)
     sharding   the device mesh and logical-axis rules (`ppp_jax.model.sharding.ShardingConfig`)
     compile    shapes for ahead-of-time compilation (read by `ppp compile` only)
-    engine     the engine's compile-time shapes (read by `ppp compile` only)
+    engine     the engine's compile-time shapes and layout (read by `ppp compile`; its `mesh`
+               tensor size and `dtype` also by `ppp train` with `rollout.engine_layout: sampling`)
     rl         the algorithm: advantages, loss, DAPO, optimizer (`ppp_jax.rl_config.RLConfig`)
 
 Sections of the trainer, the evaluator and the demo:
@@ -132,6 +133,13 @@ class RolloutConfig:
     rows_multiple: the batch's row count is rounded up to a multiple of this (and of
       `rl.num_micro_batches`), so a few shapes serve the whole run.
     truncate_long: an episode longer than row_len is dropped (counted) instead of failing the step.
+    engine_layout: where the rollout engine's weights live. "training" (default): one engine on
+      the training mesh in the training dtype (FSDP-sharded weights, gathered at every decoded
+      token; right for small models and tests). "sampling": the layout `ppp compile` compiles
+      from the `engine:` section: this process's local devices, in order, split into replicas of
+      `engine.mesh`'s tensor size, each its own engine with the weights in `engine.dtype` laid
+      out by `SAMPLING_RULES` (heads, kv heads, mlp and vocab over tensor); each GRPO group runs
+      on one replica (`ppp_jax.rollout.ReplicaEnginePolicy`). See `engine_layout`.
     """
 
     temperature: float = 1.0
@@ -145,6 +153,7 @@ class RolloutConfig:
     pack: bool = False
     rows_multiple: int = 1
     truncate_long: bool = True
+    engine_layout: Literal["training", "sampling"] = "training"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,6 +299,33 @@ class RunConfig:
         return CheckpointConfig(directory=str(self.output_dir / "checkpoints"),
                                 save_every=self.trainer.save_every, keep=self.trainer.keep,
                                 async_save=self.trainer.async_save)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineLayout:
+    """The trainer's rollout-engine layout, resolved from the config (`engine_layout`).
+
+    tensor: 0 = one engine on the training mesh in the training dtype; N > 0 = replicas of N
+      local devices each; -1 = one replica over all local devices.
+    dtype: the replicas' param and compute dtype ("" with tensor 0).
+    """
+
+    tensor: int = 0
+    dtype: str = ""
+
+
+def engine_layout(cfg: RunConfig) -> EngineLayout:
+    """`rollout.engine_layout` made concrete: "training" -> EngineLayout(0, ""); "sampling" ->
+    the tensor size of `engine.mesh` and `engine.dtype`, the layout `ppp compile` compiles."""
+    if cfg.rollout.engine_layout == "training":
+        return EngineLayout()
+    from ppp_jax.model.config import DTYPES
+
+    if cfg.engine.dtype not in DTYPES:
+        raise ValueError(f"engine.dtype={cfg.engine.dtype!r} is not one of {list(DTYPES)} "
+                         "(rollout.engine_layout: sampling puts the engine weights in it)")
+    mesh = cfg.engine.mesh
+    return EngineLayout(tensor=mesh.shape[mesh.axes.index("tensor")], dtype=cfg.engine.dtype)
 
 
 def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:

@@ -18,6 +18,14 @@ with no usable group, the data running out while refilling) is skipped and count
 Parallelism follows `cfg.sharding`: the mesh (`model.sharding.make_mesh`), params and optimizer
 state laid out by its rules, batch rows over ("data", "fsdp") (rows a multiple of
 num_micro_batches × data × fsdp).
+The rollout engine follows `cfg.rollout.engine_layout`: "training" (default) one engine on the
+training mesh and dtype; "sampling" the layout `ppp compile` compiles from the `engine:` section:
+this process's devices split into replicas of N = `engine.mesh`'s tensor size, each its own
+engine on {data: 1, fsdp: 1, tensor: N} with the weights in `engine.dtype` laid out by
+`SAMPLING_RULES` (`make_engine_replicas`, `EngineReplicas`); every sync casts the params
+and places them on every replica, and each episode runs on one replica chosen by its group
+(`rollout.ReplicaEnginePolicy`). `trainer.engine` is the engine (or the `EngineReplicas`),
+`trainer.engines` the list of engines.
 The outer loop (`ppp_jax.loop.run_loop`) writes metrics.jsonl / TensorBoard and checkpoints
 params, optimizer state, RNG and the data-iterator position, so a killed run resumes on the
 same trajectory.
@@ -27,7 +35,8 @@ data pipeline gives process i the i-th contiguous block of each global batch of 
 each process rolls out only those groups, on its own engine (a process-local copy of the params
 on `distributed.local_mesh`, refreshed after every update by one collective reshard), so
 episodes, simulator calls and tool calls are split by process and groups never straddle
-processes (GRPO advantages are per group, hence per process). Each process assembles the token
+processes (GRPO advantages are per group, hence per process; with `engine_layout: sampling` the local
+copy is cast first, then placed on the process's own replicas). Each process assembles the token
 rows of its own episodes; the global batch is made from them
 (`jax.make_array_from_process_local_data`, rows padded to a common count and length). The
 episodes' summaries (no tokens or messages) are exchanged so that every process computes the
@@ -62,9 +71,10 @@ from ppp_jax.metrics import make_writer, throughput
 from ppp_jax.optim import make_optimizer
 from ppp_jax.model import sharding as shd
 from ppp_jax.batch import TokenBatch
-from ppp_jax.rollout import (PreferenceDomain, RolloutOrchestrator, RolloutRoundEmpty,
-                             SeededEnginePolicy, merge_summaries, summarize)
-from ppp_jax.run_config import RunConfig
+from ppp_jax.rollout import (PreferenceDomain, ReplicaEnginePolicy, RolloutOrchestrator,
+                             RolloutRoundEmpty, SeededEnginePolicy, merge_summaries, summarize)
+from ppp_jax.aot_engine import sampling_model_config
+from ppp_jax.run_config import RunConfig, engine_layout
 from ppp_jax.train_step import TrainState as StepState
 from ppp_jax.train_step import (batch_sharding, make_train_step, shard_batch, shard_train_state,
                                 split_model, train_state_shardings)
@@ -223,9 +233,165 @@ def make_engine(cfg: RunConfig, model: nnx.Module) -> Any:
 
 def make_policy(cfg: RunConfig, engine: Any, tokenizer: Any, temperature: float | None = None
                 ) -> SeededEnginePolicy:
+    """The rollout policy over `engine`: a `SeededEnginePolicy`, or for `EngineReplicas` a
+    `ReplicaEnginePolicy` that sends each episode to one replica."""
     r = cfg.rollout
     t = r.temperature if temperature is None else temperature
-    return SeededEnginePolicy(engine, tokenizer, EngineSampling(t, r.top_p, r.top_k), cfg.seed)
+    sampling = EngineSampling(t, r.top_p, r.top_k)
+    if isinstance(engine, EngineReplicas):
+        return ReplicaEnginePolicy(engine.engines, tokenizer, sampling, cfg.seed)
+    return SeededEnginePolicy(engine, tokenizer, sampling, cfg.seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# The rollout engine's own layout (`rollout.engine_layout: sampling`)
+# ------------------------------------------------------------------------------------------------
+
+
+def engine_replica_devices(devices: Sequence[Any], tensor: int) -> list[list[Any]]:
+    """`devices` split, in order, into len(devices) // tensor replicas of `tensor` devices each
+    (disjoint). Raises ValueError naming both numbers when `tensor` does not divide them."""
+    n = len(devices)
+    if tensor < 1 or n % tensor:
+        raise ValueError(f"engine tensor size {tensor} (engine.mesh) must be a positive divisor of this "
+                         f"process's {n} local devices (each engine replica takes `tensor` "
+                         "of them)")
+    return [list(devices[i:i + tensor]) for i in range(0, n, tensor)]
+
+
+def engine_replica_mesh(devices: Sequence[Any]) -> Any:
+    """The mesh of one engine replica: {data: 1, fsdp: 1, tensor: len(devices)}."""
+    return shd.make_mesh({"data": 1, "fsdp": 1, "tensor": len(devices)}, devices=list(devices))
+
+
+def cast_floating(tree: Any, dtype: Any) -> Any:
+    """`tree` with its floating-point leaves cast to `dtype` (a leaf already in `dtype` is
+    returned as is; integer leaves are left alone). Shapes and shardings are kept."""
+    dtype = jnp.dtype(dtype)
+
+    def cast(x):
+        if isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.floating):
+            return x if x.dtype == dtype else x.astype(dtype)
+        return x
+
+    return jax.tree.map(cast, tree)
+
+
+class EngineReplicas:
+    """The trainer's rollout engines with `rollout.engine_layout: sampling`: one `Engine` per replica,
+    each on its own devices with the weights in the engine dtype laid out by `SAMPLING_RULES`.
+
+    It stands in for the single engine where code holds `trainer.engine`: `update_params`
+    syncs every replica, `close` closes every replica, `stats` adds the replicas' counters,
+    `config` / `model_config` are the (identical) replicas'. Generation goes through
+    `ppp_jax.rollout.ReplicaEnginePolicy` (`make_policy` builds it for this object).
+
+    Args:
+      engines: the replicas, in device order.
+      shardings: per replica, the NamedShardings of the params (an nnx.State like them).
+      dtype: the engines' param dtype; params are cast to it before they are placed.
+    """
+
+    def __init__(self, engines: Sequence[Any], shardings: Sequence[Any], dtype: Any):
+        if len(engines) != len(shardings) or not engines:
+            raise ValueError("EngineReplicas needs one sharding tree per engine, and an engine")
+        self.engines = list(engines)
+        self.shardings = list(shardings)
+        self.dtype = jnp.dtype(dtype)
+
+    @property
+    def config(self) -> Any:
+        return self.engines[0].config
+
+    @property
+    def model_config(self) -> Any:
+        return self.engines[0].model_config
+
+    def __len__(self) -> int:
+        return len(self.engines)
+
+    def __iter__(self):
+        return iter(self.engines)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.engines[i]
+
+    def placed(self, params: Any) -> list[Any]:
+        """`params` (this process's arrays) cast to the engine dtype and placed on each replica:
+        one nnx.State per replica, every leaf a NamedSharding array of that replica's mesh."""
+        cast = cast_floating(params, self.dtype)
+        return [jax.device_put(cast, sh) for sh in self.shardings]
+
+    def update_params(self, params: Any) -> None:
+        """Swaps `params` into every replica (cast and placed per replica; no recompilation)."""
+        for engine, state in zip(self.engines, self.placed(params)):
+            engine.update_params(state)
+
+    def stats(self) -> dict[str, int]:
+        """Every replica's `Engine.stats()` counters, added up."""
+        total: dict[str, int] = {}
+        for engine in self.engines:
+            for k, v in engine.stats().items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    @property
+    def compilations(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for engine in self.engines:
+            for k, v in engine.compilations.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def close(self) -> None:
+        """Closes every replica (each is closed even if another one's close fails)."""
+        errors = []
+        for engine in self.engines:
+            try:
+                engine.close()
+            except Exception as e:  # noqa: BLE001 -- close the rest, then report
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+
+def make_engine_replicas(cfg: RunConfig, model_config: Any, params: Any,
+                         devices: Sequence[Any] | None = None) -> EngineReplicas:
+    """The rollout engines of `engine_layout(cfg)` ("sampling") over `devices` (default: this
+    process's local devices).
+
+    model_config: the training model's config (the engine model is built from it in the engine
+      dtype, `aot_engine.sampling_model_config`).
+    params: the training params as this process holds them (an nnx.State of every Param, any
+      dtype and sharding, all leaves addressable here); each replica gets them cast to the
+      engine dtype and placed with `shd.state_shardings(params, replica_mesh, SAMPLING_RULES)`.
+    """
+    from ppp_jax.model.transformer import SeedOssForCausalLM
+    from ppp_jax.sampling.engine import Engine
+
+    layout = engine_layout(cfg)
+    devices = jax.local_devices() if devices is None else list(devices)
+    tensor = len(devices) if layout.tensor == -1 else layout.tensor
+    groups = engine_replica_devices(devices, tensor)
+    emc = sampling_model_config(model_config, layout.dtype)
+    # The engine model's graph (its dtypes are static in it); its weights come from `params`.
+    graphdef, _ = nnx.split(shd.abstract_model(lambda: SeedOssForCausalLM(emc, rngs=nnx.Rngs(0))))
+    dtype = jnp.dtype(emc.param_dtype)
+    cast = cast_floating(params, dtype)
+    engines, shardings = [], []
+    for group in groups:
+        mesh = engine_replica_mesh(group)
+        try:
+            sh = shd.state_shardings(params, mesh, shd.SAMPLING_RULES)
+        except shd.ShardingError as e:
+            raise ValueError(f"engine tensor size {tensor} (engine.mesh): the sampling rules do not "
+                             f"fit the model on a replica mesh {dict(mesh.shape)}: {e}") from None
+        shardings.append(sh)
+        model = nnx.merge(graphdef, jax.device_put(cast, sh))
+        engines.append(Engine(model, cfg.sampler, mesh=mesh))
+    log.info("rollout engine: %d replicas x tensor=%d, %s weights (rollout.engine_layout: "
+             "sampling)", len(engines), tensor, dtype.name)
+    return EngineReplicas(engines, shardings, dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,7 +409,8 @@ class PPPTrainer:
     Args:
       cfg: the run config.
       parts: tokenizer, model (initial policy), tasks, agent-side domain, simulator.
-      engine: an engine over `parts.model` (built from `cfg.sampler` when None).
+      engine: an engine over `parts.model` (built from `cfg.sampler` when None); must be None
+        with `rollout.engine_layout: sampling` (the trainer builds its replicas itself).
       run_dir: where metrics and checkpoints go (default `cfg.output_dir`).
     """
 
@@ -268,12 +435,29 @@ class PPPTrainer:
         self.engine_param_shardings = (
             shd.state_shardings(self.init_params, self.engine_mesh, self.rules)
             if self.engine_mesh is not None else None)
+        # engine_layout "sampling": per-replica engines in the engine dtype (EngineReplicas);
+        # "training": one engine on the training mesh and dtype.
+        layout = engine_layout(cfg)
+        self.engine_dtype = (
+            jnp.dtype(sampling_model_config(parts.model.config, layout.dtype).param_dtype)
+            if layout.tensor != 0 else None)
+        if engine is not None and layout.tensor != 0:
+            raise ValueError("rollout.engine_layout=sampling: the trainer builds its own engine "
+                             "replicas; pass engine=None (or use engine_layout: training to use "
+                             "the given engine)")
         if engine is None:
-            model = parts.model
-            if self.engine_mesh is not None:
-                model = nnx.merge(self.graphdef, self._engine_params(self.init_params))
-            engine = make_engine(cfg, model)
+            if layout.tensor != 0:
+                engine = make_engine_replicas(cfg, parts.model.config,
+                                              self._engine_params(self._cast_for_engine(
+                                                  self.init_params)))
+            else:
+                model = parts.model
+                if self.engine_mesh is not None:
+                    model = nnx.merge(self.graphdef, self._engine_params(self.init_params))
+                engine = make_engine(cfg, model)
         self.engine = engine
+        # every engine the trainer syncs and closes (the replicas, or the one engine)
+        self.engines = list(engine.engines) if isinstance(engine, EngineReplicas) else [engine]
         self.policy = make_policy(cfg, self.engine, parts.tokenizer)
         self.optimizer = make_optimizer(cfg.rl.optim)
         self.param_shardings = shd.state_shardings(self.init_params, self.mesh, self.rules)
@@ -334,6 +518,18 @@ class PPPTrainer:
             return params
         return distributed.to_local(params, self.engine_param_shardings)
 
+    def _cast_for_engine(self, params: Any) -> Any:
+        """`params` in the replica engines' dtype (as they are without replicas). Cast before
+        `_engine_params`, so that with several processes the copy to each process moves the
+        engine dtype (half the bytes of float32 for bfloat16)."""
+        return params if self.engine_dtype is None else cast_floating(params, self.engine_dtype)
+
+    def _sync_engine(self, params: Any) -> None:
+        """Gives `params` (the training params, on the training mesh) to the engine: to every
+        replica, cast to the engine dtype and placed on its mesh, with `engine_layout: sampling`; else
+        to the one engine as before. With several processes a collective (`_engine_params`)."""
+        self.engine.update_params(self._engine_params(self._cast_for_engine(params)))
+
     def _global_batch(self, local: TokenBatch | None, shapes: Sequence[Any]) -> TokenBatch:
         """The global token batch from every process's own rows (`shapes`: every process's
         local [rows, T], None where it kept no episode). Rows are padded to a common count (a
@@ -377,7 +573,7 @@ class PPPTrainer:
         seed = int(jax.random.randint(sub, (), 0, 2**31 - 1))
         t0 = time.perf_counter()
         if self._engine_step != state.step:
-            self.engine.update_params(self._engine_params(state.train.params))
+            self._sync_engine(state.train.params)
             self._engine_step = state.step
         sync_s = time.perf_counter() - t0
 
@@ -433,7 +629,7 @@ class PPPTrainer:
         jax.block_until_ready(new.params)
         train_s = time.perf_counter() - t1
         t2 = time.perf_counter()
-        self.engine.update_params(self._engine_params(new.params))
+        self._sync_engine(new.params)
         self._engine_step = state.step + 1
         sync_s += time.perf_counter() - t2
         metrics.update({f"train/{k}": v for k, v in _host_scalars(tm).items()})
@@ -467,7 +663,7 @@ class PPPTrainer:
         finally:
             ckpt.close()
         if self._engine_step != final.step:
-            self.engine.update_params(self._engine_params(final.train.params))
+            self._sync_engine(final.train.params)
             self._engine_step = final.step
         return final
 
