@@ -306,7 +306,7 @@ class EngineLayout:
     """The trainer's rollout-engine layout, resolved from the config (`engine_layout`).
 
     tensor: 0 = one engine on the training mesh in the training dtype; N > 0 = replicas of N
-      local devices each; -1 = one replica over all local devices.
+      local devices each.
     dtype: the replicas' param and compute dtype ("" with tensor 0).
     """
 
@@ -325,7 +325,12 @@ def engine_layout(cfg: RunConfig) -> EngineLayout:
         raise ValueError(f"engine.dtype={cfg.engine.dtype!r} is not one of {list(DTYPES)} "
                          "(rollout.engine_layout: sampling puts the engine weights in it)")
     mesh = cfg.engine.mesh
-    return EngineLayout(tensor=mesh.shape[mesh.axes.index("tensor")], dtype=cfg.engine.dtype)
+    tensor = mesh.shape[mesh.axes.index("tensor")]
+    if tensor < 1:
+        # `ppp compile` resolves -1 over the whole slice, a process sees only its own devices
+        raise ValueError(f"engine.mesh {dict(zip(mesh.axes, mesh.shape))}: with "
+                         "rollout.engine_layout: sampling the tensor size must be a number, not -1")
+    return EngineLayout(tensor=tensor, dtype=cfg.engine.dtype)
 
 
 def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:

@@ -328,11 +328,11 @@ class EngineReplicas:
             engine.update_params(state)
 
     def stats(self) -> dict[str, int]:
-        """Every replica's `Engine.stats()` counters, added up."""
+        """Every replica's `Engine.stats()` counters, added up (`page_size`, a setting, as is)."""
         total: dict[str, int] = {}
         for engine in self.engines:
             for k, v in engine.stats().items():
-                total[k] = total.get(k, 0) + v
+                total[k] = v if k == "page_size" else total.get(k, 0) + v
         return total
 
     @property
@@ -371,7 +371,7 @@ def make_engine_replicas(cfg: RunConfig, model_config: Any, params: Any,
 
     layout = engine_layout(cfg)
     devices = jax.local_devices() if devices is None else list(devices)
-    tensor = len(devices) if layout.tensor == -1 else layout.tensor
+    tensor = layout.tensor
     groups = engine_replica_devices(devices, tensor)
     emc = sampling_model_config(model_config, layout.dtype)
     # The engine model's graph (its dtypes are static in it); its weights come from `params`.
@@ -379,16 +379,22 @@ def make_engine_replicas(cfg: RunConfig, model_config: Any, params: Any,
     dtype = jnp.dtype(emc.param_dtype)
     cast = cast_floating(params, dtype)
     engines, shardings = [], []
-    for group in groups:
-        mesh = engine_replica_mesh(group)
-        try:
-            sh = shd.state_shardings(params, mesh, shd.SAMPLING_RULES)
-        except shd.ShardingError as e:
-            raise ValueError(f"engine tensor size {tensor} (engine.mesh): the sampling rules do not "
-                             f"fit the model on a replica mesh {dict(mesh.shape)}: {e}") from None
-        shardings.append(sh)
-        model = nnx.merge(graphdef, jax.device_put(cast, sh))
-        engines.append(Engine(model, cfg.sampler, mesh=mesh))
+    try:
+        for group in groups:
+            mesh = engine_replica_mesh(group)
+            try:
+                sh = shd.state_shardings(params, mesh, shd.SAMPLING_RULES)
+            except shd.ShardingError as e:
+                raise ValueError(f"engine tensor size {tensor} (engine.mesh): the sampling rules "
+                                 f"do not fit the model on a replica mesh {dict(mesh.shape)}: "
+                                 f"{e}") from None
+            shardings.append(sh)
+            model = nnx.merge(graphdef, jax.device_put(cast, sh))
+            engines.append(Engine(model, cfg.sampler, mesh=mesh))
+    except BaseException:
+        for engine in engines:  # each holds a thread and a KV pool
+            engine.close()
+        raise
     log.info("rollout engine: %d replicas x tensor=%d, %s weights (rollout.engine_layout: "
              "sampling)", len(engines), tensor, dtype.name)
     return EngineReplicas(engines, shardings, dtype)
@@ -456,7 +462,7 @@ class PPPTrainer:
                     model = nnx.merge(self.graphdef, self._engine_params(self.init_params))
                 engine = make_engine(cfg, model)
         self.engine = engine
-        # every engine the trainer syncs and closes (the replicas, or the one engine)
+        # every engine the trainer syncs (the replicas, or the one engine)
         self.engines = list(engine.engines) if isinstance(engine, EngineReplicas) else [engine]
         self.policy = make_policy(cfg, self.engine, parts.tokenizer)
         self.optimizer = make_optimizer(cfg.rl.optim)

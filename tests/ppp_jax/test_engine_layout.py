@@ -53,6 +53,11 @@ def test_engine_layout_rejects_bad_values(tmp_path):
     bad = tiny_config(tmp_path, **{"rollout.engine_layout": "sampling", "engine.dtype": "float8"})
     with pytest.raises(ValueError, match=r"engine\.dtype='float8'"):
         engine_layout(bad)
+    # -1 means "over the slice" to `ppp compile`; a process cannot resolve it alone
+    bad = tiny_config(tmp_path, **{"rollout.engine_layout": "sampling",
+                                   "engine.mesh.shape": "[2, 1, -1]"})
+    with pytest.raises(ValueError, match=r"engine\.mesh .*tensor size must be a number, not -1"):
+        engine_layout(bad)
 
 
 def test_replica_devices_split_in_order_or_fail_clearly():
