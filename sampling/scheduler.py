@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ppp_jax.sampling.page_allocator import OutOfPages, PageAllocator
+from ppp_jax.sampling.page_allocator import PageAllocator
 from ppp_jax.sampling.params import (MAX_TOP_LOGPROBS, GenerationResult, Request, RequestError,
                                      TopLogprobs)
 from ppp_jax.sampling.runner import ModelRunner, SlotBatch

@@ -386,7 +386,7 @@ class RepoTools:
             for fpath, rel in files():
                 try:
                     data, size = self._read_bytes(fpath, rel, self.limits.grep_max_file_bytes + 1)
-                except ToolError as e:
+                except ToolError:
                     if not os.path.isdir(real):
                         raise
                     skipped += 1

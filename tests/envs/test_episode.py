@@ -39,7 +39,7 @@ def solve_script(task, ask: bool):
     if ask:
         script.append("<seed:think>The report is vague.</seed:think>"
                       + call("ask_user", question="Which file and function is it in?"))
-    script.append(f"<seed:think>Look for it.</seed:think>Searching.\n"
+    script.append("<seed:think>Look for it.</seed:think>Searching.\n"
                   + call("grep", pattern=rf"def {name}\(", path=path))
     script.append(call("view_file", path=path, start_line=task.metadata["lineno"],
                        end_line=task.metadata["lineno"] + 3))

@@ -23,7 +23,6 @@ def main() -> int:
     from ppp_jax import distributed
 
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from flax import nnx
     from jax.experimental import multihost_utils

@@ -8,25 +8,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ppp_jax import distributed
+from tests.ppp_jax._procs import finish_all, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HELPER = Path(__file__).with_name("_dist_train.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _spawn(out: Path, *args: str) -> subprocess.Popen:
@@ -47,7 +40,7 @@ def _finish(proc: subprocess.Popen, timeout: float) -> None:
 
 
 def test_two_processes_match_one_process(tmp_path):
-    port = _free_port()
+    port = free_port()
     single = _spawn(tmp_path / "single.npz")
     multi = [_spawn(tmp_path / f"multi{i}.npz", "--num-processes", "2", "--process-id", str(i),
                     "--coordinator", f"127.0.0.1:{port}") for i in range(2)]
@@ -121,25 +114,6 @@ def _spawn_run(run_dir: Path, out: Path, steps: int, nproc: int = 1, port: int |
                              stderr=subprocess.STDOUT, text=True) for c in cmds]
 
 
-def _finish_all(procs: list[subprocess.Popen], timeout: float) -> None:
-    """Waits for every helper; as soon as one fails (or time runs out) kills the rest, which
-    would otherwise wait forever in a collective with it, and fails showing its output."""
-    deadline = time.monotonic() + timeout
-    try:
-        while any(p.poll() is None for p in procs):
-            if any(p.poll() not in (None, 0) for p in procs) or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    outputs = [p.communicate()[0] for p in procs]
-    # the helper that failed first, not the ones killed because of it (-9)
-    for p, out in sorted(zip(procs, outputs), key=lambda po: po[0].returncode == -9):
-        assert p.returncode == 0, f"helper {p.args[2:]} exited {p.returncode}:\n{out[-3000:]}"
-
-
 def _rows(run_dir: Path) -> dict[int, dict]:
     from ppp_jax.metrics import read_jsonl
 
@@ -177,12 +151,12 @@ def test_trainer_two_processes_match_one_process_and_resume(tmp_path):
     the 2-process checkpoint, by 2 processes or by 1, step 3 is the 1-process run's step 3."""
     one, two = tmp_path / "one", tmp_path / "two"
     procs = _spawn_run(one, tmp_path / "one", 3) + _spawn_run(two, tmp_path / "two", 2, 2,
-                                                              _free_port())
-    _finish_all(procs, timeout=900)
+                                                              free_port())
+    finish_all(procs, timeout=900)
     shutil.copytree(two, tmp_path / "two_on_one")
-    procs = (_spawn_run(two, tmp_path / "resumed", 3, 2, _free_port())
+    procs = (_spawn_run(two, tmp_path / "resumed", 3, 2, free_port())
              + _spawn_run(tmp_path / "two_on_one", tmp_path / "resumed_on_one", 3))
-    _finish_all(procs, timeout=900)
+    finish_all(procs, timeout=900)
 
     rows1, rows2 = _rows(one), _rows(two)
     (single,), (p0, p1) = _steps(tmp_path / "one", 1), _steps(tmp_path / "two", 2)
@@ -221,7 +195,7 @@ def _spawn_ckpt(args: list[str], out: Path, nproc: int) -> list[subprocess.Popen
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     base = [sys.executable, str(CKPT), *args, "--out", str(out)]
-    port = _free_port()
+    port = free_port()
     cmds = [base] if nproc == 1 else [
         base + ["--num-processes", str(nproc), "--process-id", str(i),
                 "--coordinator", f"127.0.0.1:{port}"] for i in range(nproc)]
@@ -234,10 +208,10 @@ def test_checkpoints_restore_bit_identical_across_process_counts(tmp_path):
     another layout) in 2 processes and in 1 process × 8 devices, and one saved by 1 process
     restores in 2; each process gets its own data-iterator state back."""
     by2, by1 = tmp_path / "by2", tmp_path / "by1"
-    _finish_all(_spawn_ckpt(["save", str(by2)], tmp_path / "save2", 2)
+    finish_all(_spawn_ckpt(["save", str(by2)], tmp_path / "save2", 2)
                 + _spawn_ckpt(["save", str(by1)], tmp_path / "save1", 1), timeout=300)
     dirs = [f"{by2}:2", f"{by1}:1"]
-    _finish_all(_spawn_ckpt(["restore", *dirs], tmp_path / "restore2", 2)
+    finish_all(_spawn_ckpt(["restore", *dirs], tmp_path / "restore2", 2)
                 + _spawn_ckpt(["restore", *dirs], tmp_path / "restore1", 1), timeout=300)
     for i in range(2):
         got = json.loads(Path(f"{tmp_path / 'restore2'}.p{i}.json").read_text())

@@ -18,6 +18,7 @@ import pytest
 
 from ppp_jax import config as cfgmod
 from ppp_jax.run_config import EngineLayout, RunConfig, engine_layout, load_run_config
+from tests.ppp_jax._procs import finish_all, free_port
 from tests.ppp_jax.test_trainer import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,6 +131,7 @@ from ppp_jax.model import sharding as shd
 from ppp_jax.sampling.params import Request, SamplingParams
 from ppp_jax.trainer import (PPPTrainer, build_model, build_parts, make_engine,
                              make_engine_replicas)
+from tests.ppp_jax._procs import finish_all, free_port
 from tests.ppp_jax.test_trainer import tiny_config
 
 out = {"devices": jax.device_count()}
@@ -287,31 +289,14 @@ def test_two_processes_each_run_their_own_replicas(tmp_path):
     """2 processes x 4 CPU devices, engine tensor=2 / bfloat16: each process builds 2 replicas on
     its own devices from its process-local copy of the params, and after a step both hold the
     new params cast to bf16, bit for bit."""
-    import socket
-    import time
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", PPP_TEST_RUN_DIR=str(tmp_path))
     env.pop("XLA_FLAGS", None)  # _dist_join sets 4 devices per process
     procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS_SCRIPT, "--num-processes", "2",
                                "--process-id", str(i), "--coordinator", f"127.0.0.1:{port}"],
                               cwd=REPO, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    deadline = time.monotonic() + 600
-    try:
-        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            if any(p.poll() not in (None, 0) for p in procs):
-                break  # the other one would wait forever in a collective
-            time.sleep(0.5)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    outputs = [p.communicate()[0] for p in procs]
-    for p, text in zip(procs, outputs):
-        assert p.returncode == 0, text[-3000:]
+    outputs = finish_all(procs, timeout=600)
     results = [json.loads(text.strip().splitlines()[-1]) for text in outputs]
     assert sorted(r["process"] for r in results) == [0, 1]
     for r in results:

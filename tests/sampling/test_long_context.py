@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
 
 from ppp_jax.sampling.engine import Engine
 from ppp_jax.sampling.params import Request, SamplingParams
