@@ -307,15 +307,6 @@ class EngineReplicas:
     def model_config(self) -> Any:
         return self.engines[0].model_config
 
-    def __len__(self) -> int:
-        return len(self.engines)
-
-    def __iter__(self):
-        return iter(self.engines)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.engines[i]
-
     def placed(self, params: Any) -> list[Any]:
         """`params` (this process's arrays) cast to the engine dtype and placed on each replica:
         one nnx.State per replica, every leaf a NamedSharding array of that replica's mesh."""
@@ -333,14 +324,6 @@ class EngineReplicas:
         for engine in self.engines:
             for k, v in engine.stats().items():
                 total[k] = v if k == "page_size" else total.get(k, 0) + v
-        return total
-
-    @property
-    def compilations(self) -> dict[str, int]:
-        total: dict[str, int] = {}
-        for engine in self.engines:
-            for k, v in engine.compilations.items():
-                total[k] = total.get(k, 0) + v
         return total
 
     def close(self) -> None:
