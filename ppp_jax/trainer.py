@@ -307,6 +307,15 @@ class EngineReplicas:
     def model_config(self) -> Any:
         return self.engines[0].model_config
 
+    def __len__(self) -> int:
+        return len(self.engines)
+
+    def __iter__(self):
+        return iter(self.engines)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.engines[i]
+
     def placed(self, params: Any) -> list[Any]:
         """`params` (this process's arrays) cast to the engine dtype and placed on each replica:
         one nnx.State per replica, every leaf a NamedSharding array of that replica's mesh."""
