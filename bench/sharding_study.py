@@ -180,7 +180,7 @@ def load_result(row: Row) -> dict | None:
 
 def _chips():
     sys.path.insert(0, str(ROOT))
-    from ppp_jax.aot import CHIPS, TIGHT_FRACTION
+    from ppp_jax.scale.chips import CHIPS, TIGHT_FRACTION
 
     return CHIPS, TIGHT_FRACTION
 
@@ -217,7 +217,7 @@ def _train_table(rows: list[Row]) -> list[str]:
                      tight=tight * limit < train["peak_bytes"] <= limit)
         fits = ("yes (tight)" if train["tight"] else "yes") if train["fits"] else "**no**"
         if train.get("compiler_error"):
-            from ppp_jax.aot import oom_bytes
+            from ppp_jax.scale.step_report import oom_bytes
 
             need = oom_bytes(train["compiler_error"]) or train["temp_bytes"]
             train = dict(train, temp_bytes=need, peak_bytes=need)

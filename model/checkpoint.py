@@ -25,7 +25,6 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
-from ppp_jax.config import from_dict, to_dict
 from ppp_jax.model._fsutil import atomic_directory
 from ppp_jax.model.config import ModelConfig
 from ppp_jax.model.hf_io import model_init_fn, params_of
@@ -80,7 +79,7 @@ def save_checkpoint(model_or_params, config: ModelConfig, path: str | Path, *, o
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, _nested(params))
             ckptr.wait_until_finished()
-        (tmp / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+        (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -89,7 +88,7 @@ def read_config(path: str | Path) -> ModelConfig:
     file = Path(path) / CONFIG_FILE
     if not file.exists():
         raise CheckpointError(f"{path}: no {CONFIG_FILE}; not a ppp_jax orbax checkpoint")
-    return from_dict(ModelConfig, json.loads(file.read_text()))
+    return ModelConfig.from_dict(json.loads(file.read_text()))
 
 
 def stored_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -122,6 +123,34 @@ class ModelConfig:
         if not self.tie_word_embeddings:
             total += d * v
         return total
+
+    # ---- our own stored form (model_config.json beside an orbax checkpoint) -------------
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready (all fields are scalars)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """The inverse of `to_dict`; unknown keys are refused with the list of valid ones, and
+        each value must have its field's type (ints stay ints: no silent float-to-int)."""
+        if not isinstance(d, dict):
+            raise ModelConfigError(f"a stored ModelConfig must be a mapping, got {type(d).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise ModelConfigError(f"unknown ModelConfig keys {unknown}; valid keys: {sorted(fields)}")
+        hints = typing.get_type_hints(cls)
+        for name, value in d.items():
+            tp = hints[name]
+            if typing.get_origin(tp) is Literal:
+                ok = value in typing.get_args(tp)
+            elif tp is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, tp) and (tp is bool or not isinstance(value, bool))
+            if not ok:
+                raise ModelConfigError(f"ModelConfig.{name}: expected {tp}, got {value!r}")
+        return cls(**{k: float(v) if hints[k] is float else v for k, v in d.items()})
 
     # ---- Hugging Face config.json --------------------------------------------------------
     @classmethod

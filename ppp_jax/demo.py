@@ -8,13 +8,13 @@ interrupted one resumes from its checkpoint):
              simulator), a byte-level BPE tokenizer with the Seed-OSS special tokens trained on
              their text, and a tiny Seed-OSS-architecture policy (`model/`, random init);
   2. sft     supervised warm start on the scripted episodes through the RL train step
-             (`ppp_jax.sft`), loss on assistant tokens only;
-  3. before  evaluation of the warm-started policy (`ppp_jax.evaluate`): held-out tasks, the 8
+             (`ppp_jax.train.sft`), loss on assistant tokens only;
+  3. before  evaluation of the warm-started policy (`ppp_jax.eval.evaluate`): held-out tasks, the 8
              held-out preferences, vague and precise prompts, through the sampling engine;
-  4. ppp     PPP RL (`ppp_jax.trainer`): grain data, the engine, the orchestrator, the embedded
+  4. ppp     PPP RL (`ppp_jax.train.trainer`): grain data, the engine, the orchestrator, the embedded
              simulator and rule judges, GRPO, orbax checkpoints, metrics.jsonl / TensorBoard;
   5. after   the same evaluation of the trained policy;
-  6. report  `report.md`, `summary.json` and PNG plots (`ppp_jax.report`).
+  6. report  `report.md`, `summary.json` and PNG plots (`ppp_jax.eval.report`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ppp_jax import config as cfgmod
-from ppp_jax.run_config import RunConfig
+from ppp_jax.config import loader as cfgmod
+from ppp_jax.config.run import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +150,10 @@ def build_stage(cfg: RunConfig) -> Built:
     The tokenizer is trained once into `<run>/tokenizer.json` (or read from `policy.tokenizer`
     when that file exists) and reused on reruns.
     """
-    from ppp_jax import sft
     from ppp_jax.envs.chat import ChatTokenizer
-    from ppp_jax.envs.simulator import make_simulator
-    from ppp_jax.trainer import agent_domain, build_tasks, load_tokenizer
+    from ppp_jax.envs.simulator_backends import make_simulator
+    from ppp_jax.train import sft
+    from ppp_jax.train.builders import agent_domain, build_tasks, load_tokenizer
 
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -197,8 +197,8 @@ def sft_stage(cfg: RunConfig, built: Built, model: Any, *, progress: bool = True
     (a model checkpoint); a finished warm start is loaded instead of redone."""
     from flax import nnx
 
-    from ppp_jax import sft
     from ppp_jax.model.checkpoint import save_checkpoint
+    from ppp_jax.train import sft
 
     s = cfg.sft
     done = cfg.output_dir / "sft_policy"
@@ -230,8 +230,9 @@ def sft_stage(cfg: RunConfig, built: Built, model: Any, *, progress: bool = True
 
 def run_demo(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """Runs the whole pipeline (see the module docstring); returns the summary dict."""
-    from ppp_jax import report
-    from ppp_jax.trainer import Parts, PPPTrainer, build_model, make_engine
+    from ppp_jax.eval import report
+    from ppp_jax.train.builders import Parts, build_model, make_engine
+    from ppp_jax.train.trainer import PPPTrainer
 
     t_start = time.perf_counter()
     out = cfg.output_dir
@@ -291,8 +292,8 @@ def run_demo(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
 def _cached_eval(path: Path, cfg: RunConfig, engine: Any, built: Built, tasks: list,
                  progress: bool, label: str, tag: dict[str, Any]) -> dict[str, Any]:
     """Runs the evaluation unless `path` holds its result for the same `tag` (resumed runs)."""
-    from ppp_jax import evaluate
-    from ppp_jax.trainer import make_policy
+    from ppp_jax.eval import evaluate
+    from ppp_jax.train.builders import make_policy
 
     if path.exists():
         cached = json.loads(path.read_text())

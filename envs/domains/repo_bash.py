@@ -13,10 +13,12 @@ import os
 import re
 import shlex
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ppp_jax.envs.domains.repo_tools import BASH_COMMANDS, RepoTools, ToolError
-from ppp_jax.envs.domains.repo_tools import _WalkLimit as WalkLimit
+from ppp_jax.envs.domains.repo_limits import BASH_COMMANDS, ToolError, WalkLimit
+
+if TYPE_CHECKING:
+    from ppp_jax.envs.domains.repo_tools import RepoTools
 
 _OPERATORS = {"|", "&&", ";"}
 
@@ -304,7 +306,7 @@ class Bash:
                 raise ToolError(f"find: '{root}': No such directory")
             base = real.rstrip(os.sep).count(os.sep)
             try:
-                for _, entry in self.tools._walk(real, deadline):
+                for _, entry in self.tools.walk(real, deadline):
                     depth = entry.path.count(os.sep) - base
                     if depth > maxdepth:
                         continue

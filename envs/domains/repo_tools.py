@@ -28,7 +28,6 @@ Every failure becomes a plain-text observation (`RepoTools.call` never raises).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import errno
 import fnmatch
 import os
@@ -40,38 +39,13 @@ from typing import Any, Iterator, Mapping
 import regex
 
 from ppp_jax.envs.domains.base import function_tool
-
-
-class ToolError(Exception):
-    """A refused or failed tool call; its message is the observation shown to the agent."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """Caps on what one tool call may read, scan or print."""
-
-    max_read_bytes: int = 4 * 1024 * 1024  # bytes read from one file for viewing
-    max_view_lines: int = 10_000  # lines shown by one view (reference: >10,000-line files are cut)
-    max_path_chars: int = 1024
-    max_pattern_chars: int = 1000
-    max_repeat_expansion: int = 1000  # product of nested counted repetitions in a regex
-    grep_timeout_s: float = 5.0  # wall clock for one grep over all files
-    grep_max_matches: int = 200
-    grep_max_file_bytes: int = 2 * 1024 * 1024  # larger files are skipped by grep
-    grep_max_line_chars: int = 300
-    walk_max_entries: int = 50_000  # directory entries visited by one find/grep/list
-    walk_timeout_s: float = 5.0
-    find_max_results: int = 500
-    list_max_entries: int = 1000
-    max_command_chars: int = 1000
-    max_output_chars: int = 100_000
+from ppp_jax.envs.domains.repo_bash import Bash
+from ppp_jax.envs.domains.repo_limits import (BASH_COMMANDS, Limits, MatchLimit, ToolError,
+                                              WalkLimit)
 
 
 VIRTUAL_ROOTS = ("/testbed", "/workspace", "/repo")
 SKIP_DIRS = frozenset({".git", "__pycache__"})
-
-BASH_COMMANDS = ("ls", "cat", "head", "tail", "wc", "grep", "find", "pwd", "cd", "echo", "sed",
-                 "sort", "uniq", "tree")
 
 
 def _regex_expansion(pattern: str) -> int:
@@ -212,7 +186,7 @@ class RepoTools:
         text, size, note = self.read_text_parts(real, display, limit)
         return (text + "\n" + note if note else text), size
 
-    def _walk(self, real_dir: str, deadline: float) -> Iterator[tuple[str, os.DirEntry]]:
+    def walk(self, real_dir: str, deadline: float) -> Iterator[tuple[str, os.DirEntry]]:
         """Yields (relative dir, entry) breadth-first without following symlinks; bounded."""
         visited = 0
         queue = collections.deque([real_dir])
@@ -226,7 +200,7 @@ class RepoTools:
             for entry in entries:
                 visited += 1
                 if visited > self.limits.walk_max_entries or time.monotonic() > deadline:
-                    raise _WalkLimit()
+                    raise WalkLimit()
                 yield current, entry
                 if entry.is_dir(follow_symlinks=False) and entry.name not in SKIP_DIRS:
                     queue.append(entry.path)
@@ -279,7 +253,7 @@ class RepoTools:
         base_depth = real.rstrip(os.sep).count(os.sep)
         stopped = False
         try:
-            for parent, entry in self._walk(real, deadline):
+            for parent, entry in self.walk(real, deadline):
                 level = parent.rstrip(os.sep).count(os.sep) - base_depth + 1
                 if level > depth or entry.name.startswith(".") or any(
                         part.startswith(".") for part in os.path.relpath(parent, real).split(os.sep)
@@ -294,7 +268,7 @@ class RepoTools:
                 if len(out) >= self.limits.list_max_entries:
                     stopped = True
                     break
-        except _WalkLimit:
+        except WalkLimit:
             stopped = True
         head = f"Files and directories in {display} (up to {depth} levels deep, hidden items excluded):"
         tail = ["[listing truncated]"] if stopped else []
@@ -315,7 +289,7 @@ class RepoTools:
         note = ""
         deadline = time.monotonic() + self.limits.walk_timeout_s
         try:
-            for _, entry in self._walk(real, deadline):
+            for _, entry in self.walk(real, deadline):
                 rel = os.path.relpath(entry.path, self.root)
                 subject = os.path.relpath(entry.path, real) if use_path else entry.name
                 if fnmatch.fnmatchcase(subject, pat) or (
@@ -324,7 +298,7 @@ class RepoTools:
                     if len(results) >= self.limits.find_max_results:
                         note = f"[stopped after {len(results)} results]"
                         break
-        except _WalkLimit:
+        except WalkLimit:
             note = "[search stopped: too many entries or time limit reached]"
         if not results:
             return f"No files matching {pattern!r} under {display}." + (f"\n{note}" if note else "")
@@ -375,7 +349,7 @@ class RepoTools:
 
         def files() -> Iterator[tuple[str, str]]:
             if os.path.isdir(real):
-                for _, entry in self._walk(real, deadline):
+                for _, entry in self.walk(real, deadline):
                     if entry.is_file(follow_symlinks=False) and (
                             include is None or fnmatch.fnmatchcase(entry.name, include)):
                         yield entry.path, os.path.relpath(entry.path, self.root)
@@ -408,13 +382,13 @@ class RepoTools:
                                 line[:self.limits.grep_max_line_chars] + " ...")
                             out.append(f"{rel}:{lineno}:{text}")
                         if len(out) >= limit:
-                            raise _MatchLimit()
+                            raise MatchLimit()
         except TimeoutError:
             notes.append(f"[grep stopped after the {self.limits.grep_timeout_s:g}s time limit; "
                          "results are partial]")
-        except _WalkLimit:
+        except WalkLimit:
             notes.append("[grep stopped: too many files or time limit reached; results are partial]")
-        except _MatchLimit:
+        except MatchLimit:
             notes.append(f"[stopped after {limit} matches; narrow the pattern or path]")
         if files_only:
             out = sorted(counts)
@@ -443,8 +417,6 @@ class RepoTools:
 
     def execute_bash(self, command: str, state: dict[str, Any] | None = None) -> str:
         """Runs a whitelisted read-only command line without a shell (see `_Bash`)."""
-        from ppp_jax.envs.domains.repo_bash import Bash  # noqa: PLC0415 (cycle: Bash uses RepoTools)
-
         return Bash(self, state if state is not None else {}).run(command)
 
     # --- dispatch -------------------------------------------------------------------------------
@@ -535,11 +507,3 @@ def _req(args: dict[str, Any], key: str) -> Any:
     if key not in args:
         raise ToolError(f"Missing required argument '{key}'.")
     return args[key]
-
-
-class _WalkLimit(Exception):
-    """A directory walk hit its entry or time cap."""
-
-
-class _MatchLimit(Exception):
-    pass

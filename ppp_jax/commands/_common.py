@@ -17,8 +17,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(args: argparse.Namespace, prog: str):
     """The run config, or None after printing the config error."""
-    from ppp_jax.config import ConfigError
-    from ppp_jax.run_config import load_run_config
+    from ppp_jax.config.loader import ConfigError
+    from ppp_jax.config.run import load_run_config
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -52,37 +52,48 @@ def _write_json(args: argparse.Namespace, reports: list) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Compiling for TPU needs only the host CPU backend plus libtpu's compiler; set this before
-    # any JAX backend starts (see ppp_jax.aot.quiet_libtpu_env for the libtpu lock).
+    # any JAX backend starts (see ppp_jax.scale.chips.quiet_libtpu_env for the libtpu lock).
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from ppp_jax import aot
-    from ppp_jax.config import ConfigError, replace
+    from ppp_jax.config.compile import load_compile_config
+    from ppp_jax.config.loader import ConfigError, replace
     from ppp_jax.model.sharding import ShardingError
+    from ppp_jax.scale.chips import (
+        AotError,
+        DoesNotFit,
+        chip_of,
+        quiet_libtpu_env,
+        topology_chips,
+        tpu_devices,
+    )
+    from ppp_jax.scale.compile import compile_steps
+    from ppp_jax.scale.mesh import parse_mesh
+    from ppp_jax.scale.step_report import StepReport, check_fits
 
-    aot.quiet_libtpu_env()
+    quiet_libtpu_env()
     try:
-        cc = aot.load_compile_config(args.config, _overrides(args))
+        cc = load_compile_config(args.config, _overrides(args))
         if args.mesh:
-            cc = replace(cc, sharding=replace(cc.sharding, mesh=aot.parse_mesh(args.mesh)))
+            cc = replace(cc, sharding=replace(cc.sharding, mesh=parse_mesh(args.mesh)))
         if args.engine_mesh:
-            cc = replace(cc, engine=replace(cc.engine, mesh=aot.parse_mesh(args.engine_mesh)))
-        chip = aot.chip_of(cc.compile.topology)
+            cc = replace(cc, engine=replace(cc.engine, mesh=parse_mesh(args.engine_mesh)))
+        chip = chip_of(cc.compile.topology)
         print(f"ppp compile: {cc.model.preset} ({cc.model.param_dtype} params, {cc.model.dtype} "
               f"compute, remat={cc.model.remat}, attention={cc.model.attention_impl}) for "
-              f"{cc.compile.topology} ({aot.topology_chips(cc.compile.topology)} chips, "
+              f"{cc.compile.topology} ({topology_chips(cc.compile.topology)} chips, "
               f"{chip.limit_gib:g} GiB usable HBM each); steps {list(cc.compile.steps)}; "
               f"train batch {cc.compile.batch} x {cc.compile.seq_len} tokens", flush=True)
-        devices = aot.tpu_devices(cc.compile.topology)
-    except (ConfigError, ShardingError, aot.AotError, ValueError) as e:
+        devices = tpu_devices(cc.compile.topology)
+    except (ConfigError, ShardingError, AotError, ValueError) as e:
         print(f"ppp compile: error: {e}", file=sys.stderr)
         return 2
-    reports: list[aot.StepReport] = []
+    reports: list[StepReport] = []
     for name in cc.compile.steps:
         # One step at a time, printed and saved as soon as it is compiled (a 36B step takes
         # minutes; a later step's failure must not lose an earlier step's figures).
         try:
-            report = aot.compile_steps(replace(cc, compile=replace(cc.compile, steps=(name,))),
+            report = compile_steps(replace(cc, compile=replace(cc.compile, steps=(name,))),
                                        devices)[0]
-        except (ConfigError, ShardingError, aot.AotError, ValueError) as e:
+        except (ConfigError, ShardingError, AotError, ValueError) as e:
             print(f"ppp compile: error in step {name!r}: {e}", file=sys.stderr)
             _write_json(args, reports)
             return 2
@@ -94,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
                       f"{mfu:.0%} MFU ({chip.peak_bf16_flops / 1e12:g} TFLOP/s bf16 per chip)")
         _write_json(args, reports)
     try:
-        aot.check_fits(reports)
-    except aot.DoesNotFit as e:
+        check_fits(reports)
+    except DoesNotFit as e:
         print(f"ppp compile: {e}", file=sys.stderr)
         return 1
     print("ppp compile: every step fits")

@@ -1,6 +1,6 @@
 """`ppp eval CONFIG [key=value ...] [--checkpoint PATH] [--name NAME]`: the Table-2 evaluation.
 
-Evaluates a policy with the paper's protocol (`ppp_jax.evaluate`): the config's `eval` section
+Evaluates a policy with the paper's protocol (`ppp_jax.eval.evaluate`): the config's `eval` section
 picks the tasks (held-out split), preferences (seen / held-out / all), prompt kinds and sampling.
 The policy is, with `eval.backend: engine`, our model through the sampling engine, its weights
 from (first that exists) `--checkpoint`, `eval.checkpoint`, `<run>/policy`, the latest training
@@ -50,10 +50,17 @@ def run(args: argparse.Namespace) -> int:
     cfg = load(args, "ppp eval")
     if cfg is None:
         return 2
-    from ppp_jax import evaluate
-    from ppp_jax.envs.simulator import make_simulator
-    from ppp_jax.trainer import (agent_domain, build_model, build_tasks, load_tokenizer,
-                                 make_engine, make_policy, restore_params)
+    from ppp_jax.envs.simulator_backends import make_simulator
+    from ppp_jax.eval import evaluate
+    from ppp_jax.train.builders import (
+        agent_domain,
+        build_model,
+        build_tasks,
+        load_tokenizer,
+        make_engine,
+        make_policy,
+    )
+    from ppp_jax.train.trainer import restore_params
 
     tasks, inner = build_tasks(cfg)
     tasks = [t for t in tasks if t.split == cfg.eval.split] or tasks

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from ppp_jax.config import load_config
+from ppp_jax.config.loader import load_config
 from ppp_jax.sampling.scheduler import EngineConfig
 
 

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     from ppp_jax.demo import StaleRunError, build_stage, sft_stage
-    from ppp_jax.trainer import build_model
+    from ppp_jax.train.builders import build_model
 
     try:
         built = build_stage(cfg)

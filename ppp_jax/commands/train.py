@@ -23,12 +23,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = load(args, "ppp train")
     if cfg is None:
         return 2
-    from ppp_jax import distributed
+    from ppp_jax.scale import distributed
 
     # multi-host from the config's `distributed` section, its unset fields from PPP_*/JAX_*
     # environment variables; a no-op for one process
     distributed.initialize(cfg.distributed)
-    from ppp_jax.trainer import PPPTrainer, build_parts, load_tokenizer
+    from ppp_jax.train.builders import build_parts, load_tokenizer
+    from ppp_jax.train.trainer import PPPTrainer
 
     tokenizer = None
     if not cfg.policy.path and cfg.domain.name == "stdlib_loc":

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ppp_jax.config import ConfigError, from_dict
+from ppp_jax.config.loader import ConfigError, from_dict
 from ppp_jax.envs.preferences import PREFERENCE_IDS, UnknownPreferenceError
 from ppp_jax.envs.records import EpisodeRecord, Question
 from ppp_jax.envs.reward import RewardConfig, ppp_reward, reward_breakdown, task_family

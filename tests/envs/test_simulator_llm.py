@@ -317,8 +317,8 @@ def test_backoff_is_exponential_and_capped():
 
 
 def test_configs_load_with_the_config_system(monkeypatch):
-    from ppp_jax.config import ConfigError, from_dict
-    from ppp_jax.envs.simulator import SimulatorConfig, make_simulator
+    from ppp_jax.config.loader import ConfigError, from_dict
+    from ppp_jax.envs.simulator_backends import SimulatorConfig, make_simulator
     from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
 
     cfg = from_dict(LLMSimulatorConfig, {"client": {"model": "m", "base_url": "http://127.0.0.1:1/v1"},

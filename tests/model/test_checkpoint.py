@@ -73,3 +73,18 @@ def test_existing_destination_is_not_clobbered(model_and_config, tmp_path):
     save_checkpoint(model, config, dst, overwrite=True)
     assert not (dst / "keep").exists() and read_config(dst) == config
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary leftovers
+
+
+def test_a_damaged_stored_config_is_refused_by_name(tmp_path):
+    """model_config.json with an unknown key or a wrong type names what is wrong."""
+    from ppp_jax.model.config import ModelConfigError, tiny
+
+    (tmp_path / "model_config.json").write_text('{"vocab_size": 64, "hidden_sise": 32}')
+    with pytest.raises(ModelConfigError, match="hidden_sise.*valid keys"):
+        read_config(tmp_path)
+    good = tiny().to_dict()
+    (tmp_path / "model_config.json").write_text(json.dumps({**good, "num_layers": "2"}))
+    with pytest.raises(ModelConfigError, match="num_layers"):
+        read_config(tmp_path)
+    (tmp_path / "model_config.json").write_text(json.dumps(good))
+    assert read_config(tmp_path) == tiny()

@@ -14,7 +14,8 @@ import pytest
 import yaml
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from ppp_jax import aot
+from ppp_jax.scale.chips import libtpu_available
+from ppp_jax.scale.mesh import parse_mesh
 from ppp_jax.model import axes as ax
 from ppp_jax.model.sharding import (
     FSDP_TP_RULES,
@@ -79,9 +80,9 @@ def test_constrain_is_a_no_op_off_mesh_and_without_rules():
 
 
 def test_parse_mesh_accepts_a_sequence_axis():
-    m = aot.parse_mesh("data=1,fsdp=16,sequence=4,tensor=1")
+    m = parse_mesh("data=1,fsdp=16,sequence=4,tensor=1")
     assert m.axes == ("data", "fsdp", "sequence", "tensor") and m.shape == (1, 16, 4, 1)
-    m = aot.parse_mesh("fsdp=-1,sequence=2")
+    m = parse_mesh("fsdp=-1,sequence=2")
     assert m.axes == ("fsdp", "sequence", "data", "tensor") and m.shape == (-1, 2, 1, 1)
     assert m.resolved_shape(8) == (4, 2, 1, 1)
 
@@ -116,7 +117,7 @@ def test_sequence_sharded_equals_one_device_on_8_fake_devices():
     assert result["splash_seq4_grad_max_abs"] <= 1e-5 * result["splash_grad_max"]
 
 
-HAVE_LIBTPU, WHY_NO_LIBTPU = aot.libtpu_available()
+HAVE_LIBTPU, WHY_NO_LIBTPU = libtpu_available()
 
 
 @pytest.mark.skipif(not HAVE_LIBTPU, reason=WHY_NO_LIBTPU or "libtpu present")

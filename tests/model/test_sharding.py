@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from ppp_jax.config import ConfigError, load_config
+from ppp_jax.config.loader import ConfigError, load_config
 from ppp_jax.model.config import seed_oss_36b
 from ppp_jax.model.sharding import (
     FSDP_TP_RULES,

@@ -25,7 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
-from ppp_jax.checkpointing import CheckpointManager  # noqa: E402
+from ppp_jax.train.checkpointing import CheckpointManager  # noqa: E402
 
 
 def state(step: int, n: int):

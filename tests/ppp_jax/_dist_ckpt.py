@@ -6,7 +6,7 @@
 `save` writes two checkpoints of a sharded train state (params + Adam state + step counter on a
 data×fsdp×tensor = 2×2×2 mesh of 8 CPU devices, one or two processes) with the data-iterator
 state of every process: step 1 with a different state per process (a marker added), step 2
-with the lockstep states of a real `ppp_jax.data` iterator. `restore` restores each DIR's
+with the lockstep states of a real `ppp_jax.train.data` iterator. `restore` restores each DIR's
 checkpoints onto another layout (other partition specs) and checks, in this process, that every
 array is bit-identical to what was saved, that this process got its own iterator state back,
 and that a restore across process counts of per-process-different states fails clearly. Each
@@ -31,7 +31,7 @@ def main() -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     join(args)
-    from ppp_jax import distributed
+    from ppp_jax.scale import distributed
 
     import jax
     import numpy as np
@@ -40,8 +40,9 @@ def main() -> int:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from ppp_jax import data
-    from ppp_jax.checkpointing import CheckpointError, CheckpointManager
+    from ppp_jax.config.data import DataConfig
+    from ppp_jax.train.data import ShardInfo, make_dataset
+    from ppp_jax.train.checkpointing import CheckpointError, CheckpointManager
     from ppp_jax.model import sharding as shd
 
     mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
@@ -57,7 +58,7 @@ def main() -> int:
     def dataset(shard=None):
         rows = [{"task_id": f"t{i}", "domain": "d", "precise_prompt": f"p{i}",
                  "vague_prompt": f"v{i}", "hidden_info": "h", "gold": ["g"]} for i in range(5)]
-        return data.make_dataset(data.DataConfig(batch_size=4, seed=1, vague_preferences=("a", "b")),
+        return make_dataset(DataConfig(batch_size=4, seed=1, vague_preferences=("a", "b")),
                                  rows, shard=shard)
 
     checked: dict[str, list[str]] = {}
@@ -101,7 +102,7 @@ def main() -> int:
             if x.is_fully_replicated:
                 return np.asarray(x.addressable_data(0))
             return multihost_utils.process_allgather(x, tiled=True)
-        expect = dataset(data.ShardInfo(0, 1)).iterator()  # the global batches
+        expect = dataset(ShardInfo(0, 1)).iterator()  # the global batches
         for _ in range(3):
             next(expect)
         expected_next = [i.uid for i in next(expect)]

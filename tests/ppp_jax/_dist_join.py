@@ -18,9 +18,10 @@ def process_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 def join(args: argparse.Namespace) -> None:
     """Joins the job described by `args` (a no-op for one process); before anything uses jax."""
     os.environ["JAX_PLATFORMS"] = "cpu"
-    from ppp_jax import distributed
+    from ppp_jax.config.distributed import DistributedConfig
+    from ppp_jax.scale.distributed import initialize
 
-    distributed.initialize(distributed.DistributedConfig(
+    initialize(DistributedConfig(
         coordinator_address=args.coordinator, num_processes=args.num_processes,
         process_id=args.process_id, local_device_count=8 // args.num_processes,
         initialization_timeout_s=120))

@@ -20,20 +20,20 @@ def main() -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     join(args)
-    from ppp_jax import distributed
+    from ppp_jax.scale import distributed
 
     import jax
     import numpy as np
     from flax import nnx
     from jax.experimental import multihost_utils
 
-    from ppp_jax import train_step as ts
-    from ppp_jax.batch import TokenBatch
+    from ppp_jax.rl import train_step as ts
+    from ppp_jax.rl.batch import TokenBatch
     from ppp_jax.model import sharding as shd
     from ppp_jax.model.config import tiny
     from ppp_jax.model.transformer import SeedOssForCausalLM
-    from ppp_jax.optim import make_optimizer
-    from ppp_jax.rl_config import OptimConfig, RLConfig
+    from ppp_jax.rl.optim import make_optimizer
+    from ppp_jax.config.rl import OptimConfig, RLConfig
 
     assert jax.process_count() == args.num_processes, jax.process_count()
     assert len(jax.devices()) == 8 and len(jax.local_devices()) == 8 // args.num_processes

@@ -42,18 +42,19 @@ def main() -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     join(args)
-    from ppp_jax import distributed
+    from ppp_jax.scale import distributed
 
     import jax
     import numpy as np
     from flax import nnx
     from jax.experimental import multihost_utils
 
-    from ppp_jax import config as cfgmod
+    from ppp_jax.config import loader as cfgmod
     from ppp_jax.envs.testing import tiny_seed_tokenizer
     from ppp_jax.model import sharding as shd
-    from ppp_jax.run_config import RunConfig
-    from ppp_jax.trainer import PPPTrainer, build_parts
+    from ppp_jax.config.run import RunConfig
+    from ppp_jax.train.trainer import PPPTrainer
+    from ppp_jax.train.builders import build_parts
 
     assert jax.process_count() == args.num_processes and len(jax.devices()) == 8
     cfg = cfgmod.from_dict(RunConfig, {**CONFIG, "run_dir": args.run_dir})

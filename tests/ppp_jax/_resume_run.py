@@ -3,7 +3,7 @@
     python tests/ppp_jax/_resume_run.py RUN_DIR --steps N --save-every K
         [--kill-at-step S] [--step-sleep SECONDS] [--policy toy|tiny]
 
-It drives the real pieces: the grain data pipeline (ppp_jax.data), the loop (ppp_jax.loop), the
+It drives the real pieces: the grain data pipeline (ppp_jax.train.data), the loop (ppp_jax.train.loop), the
 orbax checkpoint manager and the jsonl + TensorBoard metrics writers, with a toy optax problem in
 place of the PPP step: linear regression whose inputs are derived from each prompt's uid, with
 noise drawn from the state's rng, plus fake episode records aggregated by `episode_metrics`.
@@ -27,10 +27,13 @@ import numpy as np
 import optax
 from flax import struct
 
-from ppp_jax import data, metrics
-from ppp_jax.checkpointing import CheckpointManager
+from ppp_jax.config.data import DataConfig
+from ppp_jax.train.data import PromptItem, ShardInfo, make_dataset
+from ppp_jax.rollout.episode_metrics import episode_metrics
+from ppp_jax.train.metrics import make_writer
+from ppp_jax.train.checkpointing import CheckpointManager  # noqa: E402
 from ppp_jax.envs.records import EpisodeRecord, Question, TokenView
-from ppp_jax.loop import LoopState, run_loop
+from ppp_jax.train.loop import LoopState, run_loop
 
 DIM = 6
 W_TRUE = np.linspace(-1.0, 1.0, DIM).astype(np.float32)
@@ -45,7 +48,7 @@ def rows(n: int = 5):
     ]
 
 
-def features(item: data.PromptItem) -> np.ndarray:
+def features(item: PromptItem) -> np.ndarray:
     return np.random.default_rng(zlib.crc32(item.uid.encode())).normal(size=DIM).astype(np.float32)
 
 
@@ -69,7 +72,7 @@ OPT = optax.adamw(0.05, weight_decay=0.01)
 
 @struct.dataclass
 class ToyTrainState:
-    """Shaped like `ppp_jax.train_step.TrainState`: params, optimizer state, array counters."""
+    """Shaped like `ppp_jax.rl.train_step.TrainState`: params, optimizer state, array counters."""
 
     params: dict
     opt_state: object
@@ -103,7 +106,7 @@ def make_step_fn(kill_at: int | None):
             os.kill(os.getpid(), signal.SIGKILL)
         uid_digest = zlib.crc32("".join(i.uid for i in batch).encode()) % 1_000_003
         out = {"train": {**train, "batch_digest": uid_digest}}
-        out.update(metrics.episode_metrics(fake_episodes(batch, np.asarray(draws))))
+        out.update(episode_metrics(fake_episodes(batch, np.asarray(draws))))
         out["train"]["updates"] = new_train.step
         return state.replace(train=new_train, rng=rng), out
 
@@ -111,14 +114,14 @@ def make_step_fn(kill_at: int | None):
 
 
 def make_real_policy(kill_at: int | None):
-    """The real train step (`ppp_jax.train_step`, donating its state) on the tiny Seed-OSS policy.
+    """The real train step (`ppp_jax.rl.train_step`, donating its state) on the tiny Seed-OSS policy.
 
     Token views are synthetic but a deterministic function of the batch; advantages are drawn
     from the loop's rng. Returns (initial train state, step_fn).
     """
-    from ppp_jax.batch import assemble_batch
-    from ppp_jax.rl_config import OptimConfig, RLConfig
-    from ppp_jax.train_step import init_train_state, make_train_step, split_model
+    from ppp_jax.rl.batch import assemble_batch
+    from ppp_jax.config.rl import OptimConfig, RLConfig
+    from ppp_jax.rl.train_step import init_train_state, make_train_step, split_model
     from tests.ppp_jax.rl_helpers import random_views, tiny_model
 
     graphdef, params = split_model(tiny_model())
@@ -150,8 +153,8 @@ def main(argv=None) -> int:
     p.add_argument("--policy", choices=("toy", "tiny"), default="toy")
     args = p.parse_args(argv)
 
-    cfg = data.DataConfig(batch_size=6, seed=11, vague_preferences=("a", "b", "c"))
-    ds = data.make_dataset(cfg, rows(), shard=data.ShardInfo(0, 1))  # 20 prompts: epochs cut batches
+    cfg = DataConfig(batch_size=6, seed=11, vague_preferences=("a", "b", "c"))
+    ds = make_dataset(cfg, rows(), shard=ShardInfo(0, 1))  # 20 prompts: epochs cut batches
     opt = OPT
     params = {"w": jnp.zeros((DIM,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
     zero = jnp.zeros((), jnp.int32)
@@ -169,7 +172,7 @@ def main(argv=None) -> int:
             return inner(state, batch)
 
     ckpt = CheckpointManager(os.path.join(args.run_dir, "ckpt"), save_every=args.save_every, keep=2)
-    writer = metrics.make_writer(args.run_dir)
+    writer = make_writer(args.run_dir)
     state = run_loop(init, ds.iterator(), step_fn, num_steps=args.steps, ckpt=ckpt, writer=writer,
                      metadata={"config": {"seed": 11}})
     ckpt.close()

@@ -15,18 +15,12 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from ppp_jax.batch import assemble_batch
+    from ppp_jax.rl.batch import assemble_batch
     from ppp_jax.model.sharding import make_mesh, state_shardings
-    from ppp_jax.optim import make_optimizer
-    from ppp_jax.rl_config import LossConfig, OptimConfig, RLConfig
-    from ppp_jax.train_step import (
-        batch_sharding,
-        init_train_state,
-        make_train_step,
-        shard_batch,
-        shard_train_state,
-        train_state_shardings,
-    )
+    from ppp_jax.rl.optim import make_optimizer
+    from ppp_jax.config.rl import LossConfig, OptimConfig, RLConfig
+    from ppp_jax.rl.train_step import (batch_sharding, init_train_state, make_train_step,
+                                       shard_batch, shard_train_state, train_state_shardings)
     from tests.ppp_jax.rl_helpers import random_views, tiny_split
 
     graphdef, params = tiny_split(0)

@@ -5,9 +5,9 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from ppp_jax.advantages import compute_advantages, group_index, grpo_advantages, rloo_advantages
-from ppp_jax.config import from_dict
-from ppp_jax.rl_config import AdvantageConfig
+from ppp_jax.rl.advantages import compute_advantages, group_index, grpo_advantages, rloo_advantages
+from ppp_jax.config.loader import from_dict
+from ppp_jax.config.rl import AdvantageConfig
 
 
 # ---- references: verl's per-episode dict loops, transcribed to numpy float64 ----------------

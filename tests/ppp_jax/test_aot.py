@@ -1,4 +1,4 @@
-"""`ppp compile` / `ppp_jax.aot`: AOT compiles for TPU topologies from this CPU machine.
+"""`ppp compile` / `ppp_jax.scale`: AOT compiles for TPU topologies from this CPU machine.
 
 The compile tests run `ppp compile` in a subprocess (JAX_PLATFORMS=cpu, libtpu for the TPU
 compiler only), so that the libtpu state of this pytest process does not matter. They need
@@ -16,11 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ppp_jax import aot
-from ppp_jax.config import ConfigError
+from ppp_jax.scale.chips import AotError, DoesNotFit, chip_of, libtpu_available, topology_chips
+from ppp_jax.scale.step_report import StepReport, check_fits, oom_bytes
+from ppp_jax.config.compile import load_compile_config
+from ppp_jax.scale.mesh import parse_mesh
+from ppp_jax.config.loader import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
-HAVE_LIBTPU, WHY_NO_LIBTPU = aot.libtpu_available()
+HAVE_LIBTPU, WHY_NO_LIBTPU = libtpu_available()
 needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason=WHY_NO_LIBTPU or "libtpu present")
 
 # Tiny Seed-OSS shapes the Pallas TPU kernels accept (head_dim 128; vocab divisible by tensor=2).
@@ -103,35 +106,35 @@ def test_bad_mesh_is_a_clear_error(tmp_path):
 
 
 def test_chip_table_and_topology_parsing():
-    assert aot.chip_of("v5p:4x4x4").hbm_gib == 95 and aot.chip_of("v5p:4x4x4").limit_gib == 95.74
-    assert aot.chip_of("v6e:16x16").peak_bf16_flops == 918e12
-    assert aot.topology_chips("v5p:4x4x8") == 128
-    assert aot.topology_chips("v6e:16x16") == 256
-    with pytest.raises(aot.AotError, match="unknown TPU generation"):
-        aot.chip_of("v9x:2x2")
-    with pytest.raises(aot.AotError, match="must look like"):
-        aot.topology_chips("v5p")
+    assert chip_of("v5p:4x4x4").hbm_gib == 95 and chip_of("v5p:4x4x4").limit_gib == 95.74
+    assert chip_of("v6e:16x16").peak_bf16_flops == 918e12
+    assert topology_chips("v5p:4x4x8") == 128
+    assert topology_chips("v6e:16x16") == 256
+    with pytest.raises(AotError, match="unknown TPU generation"):
+        chip_of("v9x:2x2")
+    with pytest.raises(AotError, match="must look like"):
+        topology_chips("v5p")
 
 
 def test_oom_message_parsing():
     msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
            "temporaries (1.25T) exceeds available HBM (95.74G).")
-    assert aot.oom_bytes(msg) == int(1.25 * 2**40)
-    assert aot.oom_bytes(msg.replace("1.25T", "40.71G")) == int(40.71 * 2**30)
-    assert aot.oom_bytes("something else") == 0
+    assert oom_bytes(msg) == int(1.25 * 2**40)
+    assert oom_bytes(msg.replace("1.25T", "40.71G")) == int(40.71 * 2**30)
+    assert oom_bytes("something else") == 0
 
 
 def test_parse_mesh():
-    m = aot.parse_mesh("fsdp=16,tensor=4")
+    m = parse_mesh("fsdp=16,tensor=4")
     assert dict(zip(m.axes, m.shape)) == {"fsdp": 16, "tensor": 4, "data": 1}
-    assert aot.parse_mesh("data=-1,fsdp=1,tensor=8").shape == (-1, 1, 8)
-    with pytest.raises(aot.AotError, match="axis=size"):
-        aot.parse_mesh("fsdp")
+    assert parse_mesh("data=-1,fsdp=1,tensor=8").shape == (-1, 1, 8)
+    with pytest.raises(AotError, match="axis=size"):
+        parse_mesh("fsdp")
 
 
-def _report(peak_gib: float, topology="v5p:4x4x4") -> aot.StepReport:
+def _report(peak_gib: float, topology="v5p:4x4x4") -> StepReport:
     b = int(peak_gib * 2**30)
-    return aot.StepReport(step="train", topology=topology, mesh={"data": 1, "fsdp": 64, "tensor": 1},
+    return StepReport(step="train", topology=topology, mesh={"data": 1, "fsdp": 64, "tensor": 1},
                           argument_bytes=b, output_bytes=0, alias_bytes=0, temp_bytes=0,
                           peak_bytes=b, compiler_peak_bytes=0, generated_code_bytes=0, flops=1.0,
                           model_flops=4.59e14, tokens=1, lower_s=0.0, compile_s=0.0,
@@ -139,22 +142,22 @@ def _report(peak_gib: float, topology="v5p:4x4x4") -> aot.StepReport:
 
 
 def test_check_fits_message_and_estimates():
-    aot.check_fits([_report(60)])
+    check_fits([_report(60)])
     assert _report(94).tight and not _report(60).tight
-    with pytest.raises(aot.DoesNotFit, match=r"does not fit: train needs 120.00 GiB per chip, "
+    with pytest.raises(DoesNotFit, match=r"does not fit: train needs 120.00 GiB per chip, "
                                              r"v5p has 95.74 GiB usable HBM per chip"):
-        aot.check_fits([_report(120)])
+        check_fits([_report(120)])
     # 4.59e14 FLOPs at 50% of 459 TFLOP/s: 2 s.
     assert _report(1).step_seconds(459e12, 0.5) == pytest.approx(2.0)
 
 
 def test_funcloc_config_loads():
-    cc = aot.load_compile_config(ROOT / "configs" / "seed_oss_36b_funcloc.yaml")
+    cc = load_compile_config(ROOT / "configs" / "seed_oss_36b_funcloc.yaml")
     assert cc.model.build().param_count() == 36_151_104_512
     assert cc.compile.topology == "v5p:4x4x4" and cc.compile.seq_len == 40960
     assert cc.sharding.mesh.shape == (1, -1, 1)
-    over = aot.load_compile_config(ROOT / "configs" / "seed_oss_36b_funcloc.yaml",
+    over = load_compile_config(ROOT / "configs" / "seed_oss_36b_funcloc.yaml",
                                    ["compile.batch=128", "model.remat=save_dots"])
     assert over.compile.batch == 128 and over.model.remat == "save_dots"
     with pytest.raises(ConfigError, match="unknown key"):
-        aot.load_compile_config(ROOT / "configs" / "seed_oss_36b_funcloc.yaml", ["compile.nope=1"])
+        load_compile_config(ROOT / "configs" / "seed_oss_36b_funcloc.yaml", ["compile.nope=1"])

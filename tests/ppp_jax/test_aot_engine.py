@@ -1,4 +1,4 @@
-"""`ppp_jax.aot_engine`: the AOT-compiled engine programs are the paged engine's own.
+"""`ppp_jax.scale.compile_engine`: the AOT-compiled engine programs are the paged engine's own.
 
 Two checks run in subprocesses (this module is also their entry point,
 `python -m tests.ppp_jax.test_aot_engine {cpu|tpu} ...`), so the device count and the libtpu state
@@ -24,11 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from ppp_jax import aot
-from ppp_jax import aot_engine
+from ppp_jax.scale.chips import AotError, libtpu_available, quiet_libtpu_env, tpu_devices
+from ppp_jax.config.compile import CompileConfig, EngineSpec
+from ppp_jax.scale import compile_engine as aot_engine
 
 ROOT = Path(__file__).resolve().parents[2]
-HAVE_LIBTPU, WHY_NO_LIBTPU = aot.libtpu_available()
+HAVE_LIBTPU, WHY_NO_LIBTPU = libtpu_available()
 needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason=WHY_NO_LIBTPU or "libtpu present")
 
 # K=4 kv heads over tensor=4; N=8, F=48, V=96 divide too. Distinct small engine sizes.
@@ -52,10 +53,10 @@ TPU_ENGINE = {"batch": 8, "prefill_batch": 4, "prefill_len": 128, "cache_len": 5
               "mesh": {"axes": ["data", "fsdp", "tensor"], "shape": [-1, 1, 2]}}
 
 
-def _compile_config(model: dict, engine: dict, topology: str = "v5p:2x2x2") -> aot.CompileConfig:
-    from ppp_jax import config as cfg
+def _compile_config(model: dict, engine: dict, topology: str = "v5p:2x2x2") -> CompileConfig:
+    from ppp_jax.config import loader as cfg
 
-    return cfg.from_dict(aot.CompileConfig, {"model": model, "engine": engine,
+    return cfg.from_dict(CompileConfig, {"model": model, "engine": engine,
                                              "compile": {"topology": topology,
                                                          "steps": ["prefill", "decode"]}})
 
@@ -82,9 +83,9 @@ def _describe(plan, compiled: dict) -> dict:
 
 
 def _child_tpu() -> None:
-    aot.quiet_libtpu_env()
+    quiet_libtpu_env()
     cc = _compile_config(TPU_MODEL, TPU_ENGINE)
-    devices = aot.tpu_devices(cc.compile.topology)
+    devices = tpu_devices(cc.compile.topology)
     compiled = {}
     for name in aot_engine.STEPS:
         plan, _, lowered = aot_engine.lower_engine_step(cc, devices, name)
@@ -215,24 +216,24 @@ def test_tpu_programs_take_the_pools_and_run_decode_steps():
 
 
 def test_engine_config_per_replica():
-    spec = aot.EngineSpec()  # the 36B defaults: 128 slots, 40960 tokens, pages of 64
+    spec = EngineSpec()  # the 36B defaults: 128 slots, 40960 tokens, pages of 64
     c = aot_engine.engine_config(spec, replicas=16)
     assert c.num_slots == 8 and c.prefill_rows == (1,) and c.prefill_chunks == (2048,)
     assert c.num_pages == 1 + 8 * 640 and c.table_width == 640 and c.kv_dtype == "bfloat16"
-    explicit = aot_engine.engine_config(aot.EngineSpec(num_pages=3000), replicas=16)
+    explicit = aot_engine.engine_config(EngineSpec(num_pages=3000), replicas=16)
     assert explicit.num_pages == 3000
-    with pytest.raises(aot.AotError, match=r"engine.batch=128 must be a positive multiple of the "
+    with pytest.raises(AotError, match=r"engine.batch=128 must be a positive multiple of the "
                                            r"48 engine replicas"):
         aot_engine.engine_config(spec, replicas=48)
-    with pytest.raises(aot.AotError, match="engine.prefill_batch=16 .* 32 engine replicas"):
-        aot_engine.engine_config(aot.EngineSpec(batch=256), replicas=32)
-    with pytest.raises(aot.AotError, match="engine section: .*must hold one sequence"):
-        aot_engine.engine_config(aot.EngineSpec(num_pages=100), replicas=16)
+    with pytest.raises(AotError, match="engine.prefill_batch=16 .* 32 engine replicas"):
+        aot_engine.engine_config(EngineSpec(batch=256), replicas=32)
+    with pytest.raises(AotError, match="engine section: .*must hold one sequence"):
+        aot_engine.engine_config(EngineSpec(num_pages=100), replicas=16)
 
 
 def test_unknown_engine_step_is_an_error():
-    with pytest.raises(aot.AotError, match="unknown engine step 'train'"):
-        aot_engine.lower_engine_step(aot.CompileConfig(), [], "train")
+    with pytest.raises(AotError, match="unknown engine step 'train'"):
+        aot_engine.lower_engine_step(CompileConfig(), [], "train")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from ppp_jax.batch import TokenBatch, assemble_batch
+from ppp_jax.rl.batch import TokenBatch, assemble_batch
 from ppp_jax.envs.records import TokenView
-from ppp_jax.losses import aggregate
-from ppp_jax.train_step import policy_logprobs
+from ppp_jax.rl.losses import aggregate
+from ppp_jax.rl.train_step import policy_logprobs
 from tests.ppp_jax.rl_helpers import random_views, tiny_split
 
 

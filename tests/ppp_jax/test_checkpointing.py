@@ -15,7 +15,9 @@ import optax
 import pytest
 from flax import nnx
 
-from ppp_jax import checkpointing as ck
+from ppp_jax.config.checkpoint import CheckpointConfig
+from ppp_jax.train.checkpointing import (CheckpointError, CheckpointManager, TrainCheckpoint,
+                                         export_hf)
 
 CHILD = Path(__file__).with_name("_ckpt_child.py")
 
@@ -45,13 +47,13 @@ def _leaves_equal(a, b) -> bool:
 
 def test_round_trip_and_keep(tmp_path):
     saved = {}
-    with ck.CheckpointManager(tmp_path, keep=2) as mgr:
+    with CheckpointManager(tmp_path, keep=2) as mgr:
         for step in (1, 2, 3):
             params, opt_state = _train_state(step)
             saved[step] = (params, opt_state)
             mgr.save(step, params=params, opt_state=opt_state, rng=jax.random.key(step),
                      data_state={"grain": {"next_index": step}}, metadata={"config": {"lr": 0.1}})
-    mgr = ck.CheckpointManager(tmp_path)
+    mgr = CheckpointManager(tmp_path)
     assert mgr.all_steps() == [2, 3]  # keep=2
     abstract_params, abstract_opt = _train_state(0)
     got = mgr.restore_latest(abstract_params=abstract_params, abstract_opt_state=abstract_opt)
@@ -69,37 +71,37 @@ def test_round_trip_and_keep(tmp_path):
 
 
 def test_raw_key_and_untargeted_restore(tmp_path):
-    with ck.CheckpointManager(tmp_path, async_save=False) as mgr:
+    with CheckpointManager(tmp_path, async_save=False) as mgr:
         mgr.save(5, params={"w": jnp.arange(4.0)}, opt_state=(), rng=jax.random.PRNGKey(7))
-    got = ck.CheckpointManager(tmp_path).restore()
+    got = CheckpointManager(tmp_path).restore()
     assert got.step == 5 and got.data_state is None and got.metadata == {}
     assert got.opt_state is None  # saved without leaves, restored without a target
     sgd_state = optax.sgd(0.1).init({"w": jnp.arange(4.0)})  # a tree without leaves
-    assert ck.CheckpointManager(tmp_path).restore(abstract_opt_state=sgd_state).opt_state == sgd_state
+    assert CheckpointManager(tmp_path).restore(abstract_opt_state=sgd_state).opt_state == sgd_state
     np.testing.assert_array_equal(np.asarray(got.params["w"]), np.arange(4.0))
     np.testing.assert_array_equal(np.asarray(got.rng), np.asarray(jax.random.PRNGKey(7)))
 
 
 def test_errors_are_clear(tmp_path):
-    mgr = ck.CheckpointManager(tmp_path, async_save=False)
+    mgr = CheckpointManager(tmp_path, async_save=False)
     assert mgr.restore_latest() is None
-    with pytest.raises(ck.CheckpointError, match="no finished checkpoint"):
+    with pytest.raises(CheckpointError, match="no finished checkpoint"):
         mgr.restore()
     params, opt_state = _train_state(1)
     mgr.save(1, params=params, opt_state=opt_state, rng=jax.random.key(0))
-    with pytest.raises(ck.CheckpointError, match="step 1 already exists"):
+    with pytest.raises(CheckpointError, match="step 1 already exists"):
         mgr.save(1, params=params, opt_state=opt_state, rng=jax.random.key(0))
-    with pytest.raises(ck.CheckpointError, match=r"no checkpoint for step 4 .*have \[1\]"):
+    with pytest.raises(CheckpointError, match=r"no checkpoint for step 4 .*have \[1\]"):
         mgr.restore(4)
     # A target of another shape: the error names the step and the item.
     wrong = jax.tree.map(lambda x: jax.ShapeDtypeStruct((7,) + x.shape, x.dtype), params)
-    with pytest.raises(ck.CheckpointError, match=r"step 1, item 'params'"):
+    with pytest.raises(CheckpointError, match=r"step 1, item 'params'"):
         mgr.restore(1, abstract_params=wrong)
     mgr.close()
 
 
 def test_corrupt_checkpoint_is_reported_not_used(tmp_path):
-    with ck.CheckpointManager(tmp_path, async_save=False) as mgr:
+    with CheckpointManager(tmp_path, async_save=False) as mgr:
         for step in (1, 2):
             params, opt_state = _train_state(step)
             mgr.save(step, params=params, opt_state=opt_state, rng=jax.random.key(step))
@@ -109,8 +111,8 @@ def test_corrupt_checkpoint_is_reported_not_used(tmp_path):
     assert files
     for p in files:
         p.write_bytes(b"\x00garbage" * 8)
-    mgr = ck.CheckpointManager(tmp_path)
-    with pytest.raises(ck.CheckpointError, match=r"checkpoint step 2, item 'params' .* corrupt"):
+    mgr = CheckpointManager(tmp_path)
+    with pytest.raises(CheckpointError, match=r"checkpoint step 2, item 'params' .* corrupt"):
         mgr.restore_latest(abstract_params=target, abstract_opt_state=target_opt)
     # The previous checkpoint is untouched and still restores.
     assert _leaves_equal(mgr.restore(1, abstract_params=target, restore_opt_state=False).params,
@@ -119,7 +121,7 @@ def test_corrupt_checkpoint_is_reported_not_used(tmp_path):
     import shutil
 
     shutil.rmtree(tmp_path / "1" / "meta")
-    with pytest.raises(ck.CheckpointError, match=r"step 1 .* incomplete: missing \['meta'\]"):
+    with pytest.raises(CheckpointError, match=r"step 1 .* incomplete: missing \['meta'\]"):
         mgr.restore(1)
 
 
@@ -150,7 +152,7 @@ def test_kill_mid_save_never_yields_a_partial_checkpoint(tmp_path, mode):
     if mode == "finalize":
         # Killed after every item was written but before the commit: the step stays a tmp dir.
         assert leftovers and leftovers[0].startswith("2.")
-    mgr = ck.CheckpointManager(tmp_path)
+    mgr = CheckpointManager(tmp_path)
     steps = mgr.all_steps()
     print(f"{mode}: steps after the kill: {steps}, leftovers {leftovers}")
     assert steps in ([1], [1, 2]), steps
@@ -176,14 +178,14 @@ def test_restore_onto_other_sharding(tmp_path):
 
 
 def test_config_and_export_hook(tmp_path):
-    cfg = ck.CheckpointConfig(directory=str(tmp_path), save_every=4, keep=1)
-    mgr = ck.CheckpointManager.from_config(cfg)
+    cfg = CheckpointConfig(directory=str(tmp_path), save_every=4, keep=1)
+    mgr = CheckpointManager.from_config(cfg)
     assert mgr.should_save(8) and not mgr.should_save(6)
     with pytest.raises(ValueError, match="save_every"):
-        ck.CheckpointConfig(save_every=0)
+        CheckpointConfig(save_every=0)
     calls = []
-    restored = ck.TrainCheckpoint(3, {"w": 1}, None, None, None, {})
-    out = ck.export_hf(restored, tmp_path / "hf", model_config="cfg",
+    restored = TrainCheckpoint(3, {"w": 1}, None, None, None, {})
+    out = export_hf(restored, tmp_path / "hf", model_config="cfg",
                        exporter=lambda p, c, d: calls.append((p, c, d)))
     assert out == tmp_path / "hf" and calls == [({"w": 1}, "cfg", tmp_path / "hf")]
     mgr.close()
@@ -198,10 +200,10 @@ def test_export_tiny_policy_to_hf(tmp_path):
 
     cfg = tiny()
     params = nnx.state(SeedOssForCausalLM(cfg, rngs=nnx.Rngs(0)), nnx.Param)
-    with ck.CheckpointManager(tmp_path / "ckpt") as mgr:
+    with CheckpointManager(tmp_path / "ckpt") as mgr:
         mgr.save(1, params=params, opt_state={}, rng=jax.random.key(0))
-    restored = ck.CheckpointManager(tmp_path / "ckpt").restore(abstract_params=params, restore_opt_state=False)
-    out = ck.export_hf(restored, tmp_path / "hf", model_config=cfg)
+    restored = CheckpointManager(tmp_path / "ckpt").restore(abstract_params=params, restore_opt_state=False)
+    out = export_hf(restored, tmp_path / "hf", model_config=cfg)
     assert (out / "config.json").exists()
     exported = dict(hf_io.iter_hf_tensors(out))
     assert len(exported) == len(hf_io.tensor_maps(cfg))

@@ -5,7 +5,7 @@ from typing import Literal
 
 import pytest
 
-from ppp_jax.config import ConfigError, from_dict, load_config, to_dict
+from ppp_jax.config.loader import ConfigError, from_dict, load_config, to_dict
 
 
 @dataclasses.dataclass(frozen=True)

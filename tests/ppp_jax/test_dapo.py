@@ -3,16 +3,9 @@
 import numpy as np
 import pytest
 
-from ppp_jax.dapo import (
-    DynamicSamplingError,
-    dynamic_sample,
-    filter_groups,
-    keep_group,
-    overlong_penalty,
-    policy_token_count,
-    shape_rewards,
-)
-from ppp_jax.rl_config import DapoConfig
+from ppp_jax.rl.dapo import (DynamicSamplingError, dynamic_sample, filter_groups, keep_group,
+                             overlong_penalty, policy_token_count, shape_rewards)
+from ppp_jax.config.rl import DapoConfig
 
 
 def ref_overlong(length, max_len, buf, factor):

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from ppp_jax import data
-from ppp_jax.config import from_dict
+from ppp_jax.config.data import DataConfig
+from ppp_jax.train.data import MalformedRecordError, ShardInfo, make_dataset, training_preferences
+from ppp_jax.config.loader import from_dict
 
 PREFS = tuple(f"p{i}" for i in range(12))
 
@@ -31,15 +32,15 @@ def _rows(n, prefix="t"):
 def _config(**kw):
     base = dict(batch_size=4, seed=7, vague_preferences=PREFS)
     base.update(kw)
-    return data.DataConfig(**base)
+    return DataConfig(**base)
 
 
 def _one_shard():
-    return data.ShardInfo(0, 1)
+    return ShardInfo(0, 1)
 
 
 def test_expansion_is_12_vague_plus_1_precise():
-    ds = data.make_dataset(_config(), _rows(3), shard=_one_shard())
+    ds = make_dataset(_config(), _rows(3), shard=_one_shard())
     assert len(ds.items) == 3 * 13
     per_task = collections.defaultdict(list)
     for item in ds.items:
@@ -55,10 +56,10 @@ def test_expansion_is_12_vague_plus_1_precise():
 
 def test_expansion_is_configurable():
     cfg = _config(include_precise=False, vague_copies=2, vague_preferences=("a", "b"))
-    ds = data.make_dataset(cfg, _rows(2), shard=_one_shard())
+    ds = make_dataset(cfg, _rows(2), shard=_one_shard())
     assert len(ds.items) == 2 * 2 * 2
     cfg = _config(precise_preference="random", precise_copies=2)
-    items = data.make_dataset(cfg, _rows(20), shard=_one_shard()).items
+    items = make_dataset(cfg, _rows(20), shard=_one_shard()).items
     precise = [i for i in items if i.prompt_kind == "precise"]
     assert len(precise) == 40 and {i.preference_id for i in precise} <= set(PREFS)
     assert len({i.preference_id for i in precise}) > 3  # really drawn, not constant
@@ -66,7 +67,7 @@ def test_expansion_is_configurable():
 
 def test_batches_cover_each_epoch_once_and_reshuffle():
     cfg = _config(batch_size=13, num_epochs=2)
-    ds = data.make_dataset(cfg, _rows(4), shard=_one_shard())  # 52 prompts, 4 batches / epoch
+    ds = make_dataset(cfg, _rows(4), shard=_one_shard())  # 52 prompts, 4 batches / epoch
     batches = list(ds.iterator())
     assert len(batches) == 8 and all(len(b) == 13 for b in batches)
     epoch0 = [i.uid for b in batches[:4] for i in b]
@@ -75,17 +76,17 @@ def test_batches_cover_each_epoch_once_and_reshuffle():
     assert epoch0 != epoch1  # each epoch is shuffled differently
     assert epoch0 != [i.uid for i in ds.items]  # and shuffled at all
     # Same seed: same order. Different seed: different order.
-    again = [i.uid for b in data.make_dataset(cfg, _rows(4), shard=_one_shard()).iterator() for i in b]
+    again = [i.uid for b in make_dataset(cfg, _rows(4), shard=_one_shard()).iterator() for i in b]
     assert again == epoch0 + epoch1
-    other = data.make_dataset(_config(batch_size=13, num_epochs=2, seed=8), _rows(4), shard=_one_shard())
+    other = make_dataset(_config(batch_size=13, num_epochs=2, seed=8), _rows(4), shard=_one_shard())
     assert [i.uid for b in other.iterator() for i in b] != epoch0 + epoch1
 
 
 def test_shards_partition_the_global_batch():
     rows = _rows(5)
     cfg = _config(batch_size=6)
-    whole = data.make_dataset(cfg, rows, shard=data.ShardInfo(0, 1)).iterator()
-    parts = [data.make_dataset(cfg, rows, shard=data.ShardInfo(p, 3)).iterator() for p in range(3)]
+    whole = make_dataset(cfg, rows, shard=ShardInfo(0, 1)).iterator()
+    parts = [make_dataset(cfg, rows, shard=ShardInfo(p, 3)).iterator() for p in range(3)]
     for _ in range(20):  # crosses the 65-prompt epoch boundary
         full = [i.uid for i in next(whole)]
         shards = [[i.uid for i in next(it)] for it in parts]
@@ -94,22 +95,22 @@ def test_shards_partition_the_global_batch():
     # The processes advance in lockstep, so one saved state (orbax keeps the primary's) fits all.
     states = [it.get_state() for it in parts]
     assert all(st == states[0] for st in states)
-    other = data.make_dataset(cfg, rows, shard=data.ShardInfo(2, 3)).iterator()
+    other = make_dataset(cfg, rows, shard=ShardInfo(2, 3)).iterator()
     other.set_state(states[0])
     assert [i.uid for i in next(other)] == [i.uid for i in next(parts[2])]
     with pytest.raises(ValueError, match="not divisible"):
-        data.make_dataset(_config(batch_size=5), rows, shard=data.ShardInfo(0, 2))
+        make_dataset(_config(batch_size=5), rows, shard=ShardInfo(0, 2))
 
 
 def test_resume_mid_epoch_continues_exactly():
     cfg = _config(batch_size=5)
-    ds = data.make_dataset(cfg, _rows(3), shard=_one_shard())  # 39 prompts: epochs cut batches
+    ds = make_dataset(cfg, _rows(3), shard=_one_shard())  # 39 prompts: epochs cut batches
     it = ds.iterator()
     for _ in range(6):
         next(it)
     state = json.loads(json.dumps(it.get_state()))  # must survive JSON
     expected = [[i.uid for i in next(it)] for _ in range(12)]
-    resumed = data.make_dataset(cfg, _rows(3), shard=_one_shard()).iterator()
+    resumed = make_dataset(cfg, _rows(3), shard=_one_shard()).iterator()
     resumed.set_state(state)
     assert resumed.batches_yielded == 6
     assert [[i.uid for i in next(resumed)] for _ in range(12)] == expected
@@ -121,18 +122,18 @@ def test_single_process_state_of_the_older_format_resumes():
     import hashlib
 
     cfg = _config(batch_size=4)
-    it = data.make_dataset(cfg, _rows(3), shard=_one_shard()).iterator()
+    it = make_dataset(cfg, _rows(3), shard=_one_shard()).iterator()
     next(it)
     state = it.get_state()
     expected = [i.uid for i in next(it)]
 
     def old_fingerprint(count):
         h = hashlib.sha256(json.dumps([cfg.seed, cfg.batch_size, cfg.num_epochs, count]).encode())
-        for item in data.make_dataset(cfg, _rows(3), shard=_one_shard()).items:
+        for item in make_dataset(cfg, _rows(3), shard=_one_shard()).items:
             h.update(item.uid.encode() + b"\0")
         return h.hexdigest()[:16]
 
-    resumed = data.make_dataset(cfg, _rows(3), shard=_one_shard()).iterator()
+    resumed = make_dataset(cfg, _rows(3), shard=_one_shard()).iterator()
     resumed.set_state(dict(state, fingerprint=old_fingerprint(1)))
     assert [i.uid for i in next(resumed)] == expected
     with pytest.raises(ValueError, match="older version"):
@@ -140,10 +141,10 @@ def test_single_process_state_of_the_older_format_resumes():
 
 
 def test_resume_on_other_data_fails_loudly():
-    it = data.make_dataset(_config(), _rows(3), shard=_one_shard()).iterator()
+    it = make_dataset(_config(), _rows(3), shard=_one_shard()).iterator()
     next(it)
     state = it.get_state()
-    other = data.make_dataset(_config(), _rows(4), shard=_one_shard()).iterator()
+    other = make_dataset(_config(), _rows(4), shard=_one_shard()).iterator()
     with pytest.raises(ValueError, match="different data or settings"):
         other.set_state(state)
     with pytest.raises(ValueError, match="not a data-iterator state"):
@@ -163,8 +164,8 @@ def test_resume_on_other_data_fails_loudly():
 def test_malformed_row_error_names_row_and_field(change, field, reason):
     rows = _rows(4)
     change(rows[2])
-    with pytest.raises(data.MalformedRecordError) as e:
-        data.make_dataset(_config(), rows, shard=_one_shard())
+    with pytest.raises(MalformedRecordError) as e:
+        make_dataset(_config(), rows, shard=_one_shard())
     assert e.value.field == field and "row 2" in str(e.value) and reason in str(e.value)
 
 
@@ -177,9 +178,9 @@ def test_malformed_rows_skipped_and_counted(tmp_path):
     lines.insert(2, "")  # blank lines are not rows
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(data.MalformedRecordError, match=r"train.jsonl:2: not valid JSON"):
-        data.make_dataset(_config(train_path=str(path)))
-    ds = data.make_dataset(_config(train_path=str(path), on_malformed="skip"), shard=_one_shard())
+    with pytest.raises(MalformedRecordError, match=r"train.jsonl:2: not valid JSON"):
+        make_dataset(_config(train_path=str(path)))
+    ds = make_dataset(_config(train_path=str(path), on_malformed="skip"), shard=_one_shard())
     assert ds.stats.rows_read == 6 and ds.stats.rows_dropped == 3 and ds.stats.records == 3
     assert ds.stats.prompts == 3 * 13
     reasons = "\n".join(ds.stats.drop_reasons)
@@ -189,20 +190,20 @@ def test_malformed_rows_skipped_and_counted(tmp_path):
 
 def test_empty_data_and_config_errors():
     with pytest.raises(ValueError, match="no training prompts"):
-        data.make_dataset(_config(on_malformed="skip"), [{"task_id": "x"}], shard=_one_shard())
+        make_dataset(_config(on_malformed="skip"), [{"task_id": "x"}], shard=_one_shard())
     with pytest.raises(ValueError, match="batch_size"):
-        data.DataConfig(batch_size=0)
-    cfg = from_dict(data.DataConfig, {"batch_size": 8, "vague_preferences": ["a"], "num_epochs": None})
+        DataConfig(batch_size=0)
+    cfg = from_dict(DataConfig, {"batch_size": 8, "vague_preferences": ["a"], "num_epochs": None})
     assert cfg.vague_preferences == ("a",)
 
 
 def test_registry_preferences_used_when_config_is_empty():
     try:
-        prefs = data.training_preferences()
+        prefs = training_preferences()
     except ImportError:
         with pytest.raises(ValueError, match="preference registry is unavailable"):
-            data.make_dataset(_config(vague_preferences=()), _rows(1), shard=_one_shard())
+            make_dataset(_config(vague_preferences=()), _rows(1), shard=_one_shard())
         return
     assert len(prefs) == 12
-    ds = data.make_dataset(_config(vague_preferences=()), _rows(1), shard=_one_shard())
+    ds = make_dataset(_config(vague_preferences=()), _rows(1), shard=_one_shard())
     assert len(ds.items) == 13

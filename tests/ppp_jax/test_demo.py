@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from ppp_jax import config as cfgmod
-from ppp_jax.run_config import RunConfig
+from ppp_jax.config import loader as cfgmod
+from ppp_jax.config.run import RunConfig
 
 SHORT = [
     "model.sizes={hidden_size: 32, intermediate_size: 48, num_layers: 1, num_heads: 2, "
@@ -65,7 +65,7 @@ def test_run_folder_from_other_inputs_is_refused(tmp_path):
     version of the demo are not silently reused: the run stops with a message naming what
     changed."""
     from ppp_jax.demo import INPUTS_FILE, StaleRunError, check_stage_inputs
-    from ppp_jax.trainer import build_tasks
+    from ppp_jax.train.builders import build_tasks
 
     cfg = short_config(tmp_path)
     tasks, _ = build_tasks(cfg)

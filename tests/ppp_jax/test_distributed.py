@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ppp_jax import distributed
+from ppp_jax.config.distributed import DistributedConfig
+from ppp_jax.scale.distributed import process_slice, resolve
 from tests.ppp_jax._procs import finish_all, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,34 +62,34 @@ def test_resolve_reads_environment(monkeypatch):
     monkeypatch.setenv("PPP_COORDINATOR_ADDRESS", "10.0.0.1:1234")
     monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
     monkeypatch.setenv("PPP_PROCESS_ID", "3")
-    cfg = distributed.resolve()
+    cfg = resolve()
     assert (cfg.coordinator_address, cfg.num_processes, cfg.process_id) == ("10.0.0.1:1234", 4, 3)
     assert cfg.multi_process
     # Explicit config wins over the environment.
-    assert distributed.resolve(distributed.DistributedConfig(process_id=1)).process_id == 1
+    assert resolve(DistributedConfig(process_id=1)).process_id == 1
 
 
 def test_config_validation(monkeypatch):
     with pytest.raises(ValueError, match="process_id=2 must be in"):
-        distributed.DistributedConfig(num_processes=2, process_id=2)
+        DistributedConfig(num_processes=2, process_id=2)
     monkeypatch.setenv("PPP_NUM_PROCESSES", "two")
     with pytest.raises(ValueError, match="is not an int"):
-        distributed.resolve()
+        resolve()
 
 
 def test_single_process_is_a_noop():
-    cfg = distributed.resolve(distributed.DistributedConfig(num_processes=1))
+    cfg = resolve(DistributedConfig(num_processes=1))
     assert not cfg.multi_process
 
 
 def test_process_slice_covers_every_item_once():
     for n in (0, 1, 7, 64):
-        parts = [range(n)[distributed.process_slice(n, i, 3)] for i in range(3)]
+        parts = [range(n)[process_slice(n, i, 3)] for i in range(3)]
         assert [x for p in parts for x in p] == list(range(n))
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
-    assert distributed.process_slice(5) == slice(0, 5)  # one process here
+    assert process_slice(5) == slice(0, 5)  # one process here
     with pytest.raises(ValueError, match="not in"):
-        distributed.process_slice(4, 2, 2)
+        process_slice(4, 2, 2)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -115,7 +116,7 @@ def _spawn_run(run_dir: Path, out: Path, steps: int, nproc: int = 1, port: int |
 
 
 def _rows(run_dir: Path) -> dict[int, dict]:
-    from ppp_jax.metrics import read_jsonl
+    from ppp_jax.train.metrics import read_jsonl
 
     return {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl")}
 
@@ -226,8 +227,8 @@ def test_checkpoints_restore_bit_identical_across_process_counts(tmp_path):
 
 def test_run_config_distributed_section(tmp_path, monkeypatch):
     """The `distributed` section is typed like the others; unset fields come from the env."""
-    from ppp_jax.config import ConfigError
-    from ppp_jax.run_config import load_run_config
+    from ppp_jax.config.loader import ConfigError
+    from ppp_jax.config.run import load_run_config
 
     path = tmp_path / "run.yaml"
     path.write_text("base: " + str(ROOT / "configs/tiny_cpu.yaml") + "\n"
@@ -235,7 +236,7 @@ def test_run_config_distributed_section(tmp_path, monkeypatch):
     cfg = load_run_config(str(path))
     assert cfg.distributed.num_processes == 4 and cfg.distributed.process_id is None
     monkeypatch.setenv("PPP_PROCESS_ID", "3")
-    resolved = distributed.resolve(cfg.distributed)
+    resolved = resolve(cfg.distributed)
     assert (resolved.coordinator_address, resolved.num_processes, resolved.process_id) == (
         "10.0.0.1:1234", 4, 3)
     path.write_text("base: " + str(ROOT / "configs/tiny_cpu.yaml") + "\n"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ppp_jax import config as cfgmod
-from ppp_jax.run_config import EngineLayout, RunConfig, engine_layout, load_run_config
+from ppp_jax.config import loader as cfgmod
+from ppp_jax.config.run import EngineLayout, RunConfig, engine_layout, load_run_config
 from tests.ppp_jax._procs import finish_all, free_port
 from tests.ppp_jax.test_trainer import tiny_config
 
@@ -62,7 +62,7 @@ def test_engine_layout_rejects_bad_values(tmp_path):
 
 
 def test_replica_devices_split_in_order_or_fail_clearly():
-    from ppp_jax.trainer import engine_replica_devices
+    from ppp_jax.train.engine_replicas import engine_replica_devices
 
     assert engine_replica_devices(list(range(8)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert engine_replica_devices(list(range(8)), 8) == [list(range(8))]
@@ -80,8 +80,8 @@ def test_replica_devices_split_in_order_or_fail_clearly():
 
 def test_replica_policy_sends_each_group_to_one_replica_with_the_usual_seeds():
     from ppp_jax.envs.testing import tiny_seed_tokenizer
-    from ppp_jax.rollout import (ReplicaEnginePolicy, SeededEnginePolicy, episode_group_key,
-                                 replica_for)
+    from ppp_jax.rollout.policies import (ReplicaEnginePolicy, SeededEnginePolicy,
+                                          episode_group_key, replica_for)
 
     assert episode_group_key("7|task-3:pref:vague|1|0") == "7|task-3:pref:vague"
     assert episode_group_key("7|a|b|1|0") == "7|a|b"  # a group key may hold "|"
@@ -129,7 +129,7 @@ from flax import nnx
 from ppp_jax.envs.testing import tiny_seed_tokenizer
 from ppp_jax.model import sharding as shd
 from ppp_jax.sampling.params import Request, SamplingParams
-from ppp_jax.trainer import (PPPTrainer, build_model, build_parts, make_engine,
+from ppp_jax.train.trainer import (PPPTrainer, build_model, build_parts, make_engine,
                              make_engine_replicas)
 from tests.ppp_jax._procs import finish_all, free_port
 from tests.ppp_jax.test_trainer import tiny_config
@@ -258,8 +258,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from ppp_jax import config as cfgmod, distributed
 from ppp_jax.envs.testing import tiny_seed_tokenizer
-from ppp_jax.run_config import RunConfig
-from ppp_jax.trainer import PPPTrainer, build_parts
+from ppp_jax.config.run import RunConfig
+from ppp_jax.train.trainer import PPPTrainer, build_parts
 from tests.ppp_jax._dist_trainer import CONFIG
 
 cfg = cfgmod.from_dict(RunConfig, {

@@ -4,15 +4,15 @@ real (tiny, scripted) evaluation run through the episode runner."""
 
 import pytest
 
-from ppp_jax import evaluate
+from ppp_jax.eval import evaluate
 from ppp_jax.envs.domains import stdlib_loc
 from ppp_jax.envs.policy import EnginePolicy, ScriptedEngine
 from ppp_jax.envs.records import EpisodeRecord, Question
 from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
 from ppp_jax.envs.testing import tiny_seed_tokenizer
 from ppp_jax.envs.toolcall import render_tool_call
-from ppp_jax.rollout import PreferenceDomain
-from ppp_jax.run_config import EvalSection
+from ppp_jax.rollout.agent_domain import PreferenceDomain
+from ppp_jax.config.run import EvalSection
 
 
 def rec(pref, kind, score, efforts=(), followed=None):

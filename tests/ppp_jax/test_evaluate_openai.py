@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ppp_jax import cli
-from ppp_jax.run_config import load_run_config
-from ppp_jax.trainer import build_tasks
+from ppp_jax.config.run import load_run_config
+from ppp_jax.train.builders import build_tasks
 from tests.envs.fake_openai_server import FakeOpenAIServer, tool_call_reply
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "eval_tiny_cpu.yaml"

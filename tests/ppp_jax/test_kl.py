@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppp_jax.kl import kl_estimate
+from ppp_jax.rl.kl import kl_estimate
 
 
 def ref_kl(logp, ref, kind):

@@ -11,12 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from ppp_jax.advantages import compute_advantages
-from ppp_jax.batch import assemble_batch
+from ppp_jax.rl.advantages import compute_advantages
+from ppp_jax.rl.batch import assemble_batch
 from ppp_jax.envs.records import TokenView
-from ppp_jax.rl_config import AdvantageConfig, LossConfig, OptimConfig, RLConfig
-from ppp_jax.train_step import init_train_state, make_train_step
-from ppp_jax.optim import make_optimizer
+from ppp_jax.config.rl import AdvantageConfig, LossConfig, OptimConfig, RLConfig
+from ppp_jax.rl.train_step import init_train_state, make_train_step
+from ppp_jax.rl.optim import make_optimizer
 from tests.ppp_jax.rl_helpers import make_sampler, tiny_split
 
 PROMPT, RESPONSE, G, PROMPTS_PER_STEP = 2, 4, 8, 16

@@ -6,16 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppp_jax.losses import (
-    AGG_MODES,
-    agg_denominator,
-    aggregate,
-    finalize_metrics,
-    objective_sums,
-    ppo_clip_loss,
-    truncated_is_weights,
-)
-from ppp_jax.rl_config import LossConfig
+from ppp_jax.rl.losses import (AGG_MODES, agg_denominator, aggregate, finalize_metrics,
+                               objective_sums, ppo_clip_loss, truncated_is_weights)
+from ppp_jax.config.rl import LossConfig
 
 EL, EH, C = 0.2, 0.28, 3.0
 

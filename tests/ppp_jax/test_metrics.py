@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppp_jax import metrics as M
+from ppp_jax.rollout.episode_metrics import EFFORTS, episode_metrics, score_records
+from ppp_jax.train.metrics import (JsonlWriter, StepTimer, flatten, make_writer, read_jsonl,
+                                   throughput)
 from ppp_jax.envs.records import EpisodeRecord, Question, ToolCall, TokenView
-from ppp_jax.progress import ProgressBar
+from ppp_jax.train.progress import ProgressBar
 
 
 def _tokens(prompt: int, response: int) -> TokenView:
@@ -37,7 +39,7 @@ def _records():
 
 
 def test_episode_metrics_by_hand():
-    m = M.episode_metrics(_records())
+    m = episode_metrics(_records())
     assert m["rollout/episodes"] == 3
     assert m["rollout/ask_ratio"] == pytest.approx(2 / 3)
     assert m["rollout/questions_per_episode"] == pytest.approx(1.0)
@@ -72,7 +74,7 @@ def test_score_rows_and_undefined_values():
         {"reward": 0.5, "r_prod": 0.5, "r_proact": 0.0, "r_pers": 0.0, "personalization": None},
         {"reward": 0.0, "r_prod": 0.0, "r_proact": -0.5, "r_pers": 0.0, "personalization": 1.0},
     ]
-    m = M.episode_metrics(_records(), rows)
+    m = episode_metrics(_records(), rows)
     assert m["score/reward"] == pytest.approx(0.5)
     assert m["score/reward_std"] == pytest.approx(np.std([1.0, 0.5, 0.0]))
     assert m["score/r_proact"] == pytest.approx(-0.45 / 3)
@@ -80,35 +82,35 @@ def test_score_rows_and_undefined_values():
     assert m["pref/concise_question/personalization"] == pytest.approx(0.5)
     assert "pref/no_preference/personalization" not in m  # its only value is undefined
     with pytest.raises(ValueError, match="2 score rows for 3"):
-        M.episode_metrics(_records(), rows[:2])
-    assert M.episode_metrics([]) == {"rollout/episodes": 0.0}
+        episode_metrics(_records(), rows[:2])
+    assert episode_metrics([]) == {"rollout/episodes": 0.0}
 
 
 def test_score_records_uses_userville_scorers():
-    rows = M.score_records(_records())
+    rows = score_records(_records())
     assert len(rows) == 3
     for row in rows:
         assert 0.0 <= row["productivity"] <= 1.0 and row["proactivity"] in (0.0, 1.0)
-        assert sum(row[f"session_effort_{e}"] for e in M.EFFORTS) == 1.0
+        assert sum(row[f"session_effort_{e}"] for e in EFFORTS) == 1.0
         assert {"reward", "r_prod", "r_proact", "r_pers"} <= set(row)
     # Episode 1 asked a high-effort question: session effort high, proactivity 0.
     assert rows[0]["session_effort_high"] == 1.0 and rows[0]["proactivity"] == 0.0
-    m = M.episode_metrics(_records(), rows)
+    m = episode_metrics(_records(), rows)
     assert 0.0 <= m["score/reward"] <= 1.0
 
 
 def test_flatten_and_throughput():
-    out = M.flatten({"loss": jnp.float32(0.25), "clip": {"low": np.float64(0.1), "high": 2}}, "train/")
+    out = flatten({"loss": jnp.float32(0.25), "clip": {"low": np.float64(0.1), "high": 2}}, "train/")
     assert out == {"train/loss": 0.25, "train/clip/low": 0.1, "train/clip/high": 2.0}
     with pytest.raises(ValueError, match="'train/v' is not a scalar"):
-        M.flatten({"v": jnp.ones(3)}, "train/")
-    assert M.throughput(1000, 2.0, num_devices=4) == {"perf/tokens_per_s": 500.0,
+        flatten({"v": jnp.ones(3)}, "train/")
+    assert throughput(1000, 2.0, num_devices=4) == {"perf/tokens_per_s": 500.0,
                                                       "perf/tokens_per_s_per_device": 125.0}
 
 
 def test_step_timer_with_a_fake_clock():
     now = [0.0]
-    timer = M.StepTimer(clock=lambda: now[0])
+    timer = StepTimer(clock=lambda: now[0])
     with timer("rollout"):
         now[0] += 2.0
         with timer("simulator"):
@@ -128,41 +130,41 @@ def test_step_timer_with_a_fake_clock():
 
 def test_jsonl_writer_resume_truncates_and_handles_a_cut_line(tmp_path):
     path = tmp_path / "run" / "metrics.jsonl"
-    w = M.JsonlWriter(path)
+    w = JsonlWriter(path)
     w.start(0)
     for step in range(1, 6):
         w.write(step, {"a": step * 1.5, "nan": math.nan})
     w.close()
     with path.open("a") as f:
         f.write('{"step": 6, "a": 9')  # a row cut short by a kill
-    rows = M.read_jsonl(path)
+    rows = read_jsonl(path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and math.isnan(rows[0]["nan"])
-    w = M.JsonlWriter(path)
+    w = JsonlWriter(path)
     w.start(3)  # resumed from the step-3 checkpoint
     assert w.dropped_rows == 2
     w.write(4, {"a": -1.0})
     w.close()
-    assert [(r["step"], r["a"]) for r in M.read_jsonl(path)] == [(1, 1.5), (2, 3.0), (3, 4.5), (4, -1.0)]
+    assert [(r["step"], r["a"]) for r in read_jsonl(path)] == [(1, 1.5), (2, 3.0), (3, 4.5), (4, -1.0)]
     # Fresh start on an old file: nothing kept.
-    w = M.JsonlWriter(path)
+    w = JsonlWriter(path)
     w.start(0)
     w.close()
-    assert M.read_jsonl(path) == []
+    assert read_jsonl(path) == []
     path.write_text('{"step": 1}\n{"step": 2, oops\n{"step": 3}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):
-        M.read_jsonl(path)
+        read_jsonl(path)
 
 
 def test_tensorboard_and_multi_writer(tmp_path):
-    writer = M.make_writer(tmp_path)
+    writer = make_writer(tmp_path)
     writer.start(0)
     writer.write(1, {"score/reward": 0.5, "train/kl": math.nan})
     writer.write(2, {"score/reward": 0.75})
     writer.close()
     events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
-    assert [r["step"] for r in M.read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
-    assert M.make_writer(tmp_path / "other", primary=False).writers == []
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
+    assert make_writer(tmp_path / "other", primary=False).writers == []
     scalars = _read_scalars(events[0])
     assert scalars["score/reward"] == [(1, 0.5), (2, 0.75)]
     assert "train/kl" not in scalars  # non-finite values are not sent to TensorBoard

@@ -5,9 +5,9 @@ import numpy as np
 import optax
 import pytest
 
-from ppp_jax.config import ConfigError, from_dict
-from ppp_jax.optim import learning_rate_schedule, make_optimizer
-from ppp_jax.rl_config import LossConfig, OptimConfig, RLConfig
+from ppp_jax.config.loader import ConfigError, from_dict
+from ppp_jax.rl.optim import learning_rate_schedule, make_optimizer
+from ppp_jax.config.rl import LossConfig, OptimConfig, RLConfig
 
 
 def test_warmup_then_cosine():

@@ -10,7 +10,7 @@ import pytest
 
 from ppp_jax import cli
 from ppp_jax.envs.testing import tiny_seed_tokenizer
-from ppp_jax.metrics import read_jsonl
+from ppp_jax.train.metrics import read_jsonl
 
 from tests.ppp_jax.test_trainer import tiny_config
 
@@ -24,7 +24,8 @@ def test_trained_policy_exports_to_hf(tmp_path):
     from ppp_jax.model import api
     from ppp_jax.model.checkpoint import CONFIG_FILE
     from ppp_jax.model.hf_io import iter_hf_tensors, params_of, save_hf
-    from ppp_jax.trainer import PPPTrainer, build_parts
+    from ppp_jax.train.trainer import PPPTrainer
+    from ppp_jax.train.builders import build_parts
     from flax import nnx
 
     tok = tiny_seed_tokenizer()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ppp_jax.metrics import read_jsonl
+from ppp_jax.train.metrics import read_jsonl
 from tests.ppp_jax import _resume_run
 
 SCRIPT = Path(__file__).with_name("_resume_run.py")
@@ -142,12 +142,14 @@ def test_loop_saves_when_data_runs_out_and_splits_train_state(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from ppp_jax import data, loop
-    from ppp_jax.checkpointing import CheckpointManager
-    from ppp_jax.metrics import JsonlWriter
+    from ppp_jax.config.data import DataConfig
+    from ppp_jax.train.data import ShardInfo, make_dataset
+    from ppp_jax.train import loop
+    from ppp_jax.train.checkpointing import CheckpointManager
+    from ppp_jax.train.metrics import JsonlWriter
 
-    cfg = data.DataConfig(batch_size=6, seed=1, num_epochs=1, vague_preferences=("a", "b", "c"))
-    ds = data.make_dataset(cfg, _resume_run.rows(), shard=data.ShardInfo(0, 1))  # 20 prompts: 3 batches
+    cfg = DataConfig(batch_size=6, seed=1, num_epochs=1, vague_preferences=("a", "b", "c"))
+    ds = make_dataset(cfg, _resume_run.rows(), shard=ShardInfo(0, 1))  # 20 prompts: 3 batches
     params = {"w": jnp.zeros((_resume_run.DIM,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
     zero = jnp.zeros((), jnp.int32)
     train = _resume_run.ToyTrainState(params, _resume_run.OPT.init(params), zero, zero)
@@ -173,7 +175,7 @@ def test_loop_saves_when_data_runs_out_and_splits_train_state(tmp_path):
 
 @pytest.mark.slow
 def test_kill_and_resume_with_the_real_train_step(tmp_path, cache_dir):
-    """The same guarantee with `ppp_jax.train_step` (donating its state) on the tiny Seed-OSS policy."""
+    """The same guarantee with `ppp_jax.rl.train_step` (donating its state) on the tiny Seed-OSS policy."""
     steps = ["--steps", "6", "--save-every", "2", "--policy", "tiny"]
 
     def start(run_dir, *extra):
@@ -208,12 +210,14 @@ def test_sigterm_stops_gracefully_with_a_checkpoint(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from ppp_jax import data, loop
-    from ppp_jax.checkpointing import CheckpointManager
-    from ppp_jax.metrics import JsonlWriter
+    from ppp_jax.config.data import DataConfig
+    from ppp_jax.train.data import ShardInfo, make_dataset
+    from ppp_jax.train import loop
+    from ppp_jax.train.checkpointing import CheckpointManager
+    from ppp_jax.train.metrics import JsonlWriter
 
-    cfg = data.DataConfig(batch_size=6, seed=1, vague_preferences=("a", "b", "c"))
-    ds = data.make_dataset(cfg, _resume_run.rows(), shard=data.ShardInfo(0, 1))
+    cfg = DataConfig(batch_size=6, seed=1, vague_preferences=("a", "b", "c"))
+    ds = make_dataset(cfg, _resume_run.rows(), shard=ShardInfo(0, 1))
     params = {"w": jnp.zeros((_resume_run.DIM,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
     zero = jnp.zeros((), jnp.int32)
     init = loop.LoopState(0, _resume_run.ToyTrainState(params, _resume_run.OPT.init(params), zero, zero),

@@ -16,11 +16,12 @@ from ppp_jax.envs.simulator import SimulatorReply
 from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
 from ppp_jax.envs.testing import tiny_seed_tokenizer
 from ppp_jax.envs.toolcall import render_tool_call
-from ppp_jax.rl_config import AdvantageConfig, RLConfig
-from ppp_jax.rollout import (PREFERENCE_NOTE, EpisodeRequest, PreferenceDomain, RolloutCounters,
-                             RolloutOrchestrator, SeededEnginePolicy, derive_seed, for_user,
-                             run_requests)
-from ppp_jax.sft import render_token_view
+from ppp_jax.config.rl import AdvantageConfig, RLConfig
+from ppp_jax.rollout.agent_domain import PREFERENCE_NOTE, PreferenceDomain, for_user
+from ppp_jax.rollout.orchestrator import EpisodeRequest, RolloutOrchestrator, run_requests
+from ppp_jax.rollout.results import RolloutCounters
+from ppp_jax.rollout.policies import SeededEnginePolicy, derive_seed
+from ppp_jax.train.sft import render_token_view
 
 G = 4
 
@@ -41,7 +42,7 @@ def tok():
 
 
 class Item:
-    """A stand-in for `ppp_jax.data.PromptItem` (only what the orchestrator reads)."""
+    """A stand-in for `ppp_jax.train.data.PromptItem` (only what the orchestrator reads)."""
 
     def __init__(self, task, pref, kind):
         self.task, self.preference_id, self.prompt_kind = task, pref, kind
@@ -166,10 +167,10 @@ def test_run_requests_keeps_order(tasks, tok, domain):
 
 import dataclasses  # noqa: E402
 
-from ppp_jax import dapo as dapo_mod  # noqa: E402
+from ppp_jax.rl import dapo as dapo_mod  # noqa: E402
 from ppp_jax.envs.reward import reward_breakdown  # noqa: E402
-from ppp_jax.rl_config import DapoConfig  # noqa: E402
-from ppp_jax.rollout import _affected, _clamp_task_score  # noqa: E402
+from ppp_jax.config.rl import DapoConfig  # noqa: E402
+from ppp_jax.rollout.orchestrator import _affected, _clamp_task_score  # noqa: E402
 
 
 @pytest.fixture(scope="module")

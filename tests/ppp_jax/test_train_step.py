@@ -8,9 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from ppp_jax.batch import assemble_batch
-from ppp_jax.rl_config import LossConfig, OptimConfig, RLConfig
-from ppp_jax.train_step import init_train_state, make_train_step, policy_logprobs
+from ppp_jax.rl.batch import assemble_batch
+from ppp_jax.config.rl import LossConfig, OptimConfig, RLConfig
+from ppp_jax.rl.train_step import init_train_state, make_train_step, policy_logprobs
 from tests.ppp_jax.rl_helpers import random_views, run_multidevice, tiny_split
 
 
@@ -121,7 +121,7 @@ def test_8_devices_equal_1_device():
 
 def test_logprob_fn_matches_unbatched(sgd_step):
     """make_logprob_fn (micro-batched, strided rows) returns rows in the batch's own order."""
-    from ppp_jax.train_step import make_logprob_fn
+    from ppp_jax.rl.train_step import make_logprob_fn
 
     graphdef, params, batch, _, _ = sgd_step
     fn = make_logprob_fn(graphdef, dataclasses.replace(STEP_CFG, num_micro_batches=4))

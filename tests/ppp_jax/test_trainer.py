@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from ppp_jax import config as cfgmod
+from ppp_jax.config import loader as cfgmod
 from ppp_jax.envs.testing import tiny_seed_tokenizer
-from ppp_jax.metrics import read_jsonl
-from ppp_jax.run_config import RunConfig
+from ppp_jax.train.metrics import read_jsonl
+from ppp_jax.config.run import RunConfig
 
 TINY = {
     "name": "t", "seed": 3,
@@ -50,7 +50,7 @@ def tok():
 @pytest.fixture(scope="module")
 def engine(tok, tmp_path_factory):
     """One engine for every trainer here (each trainer syncs its params before its first step)."""
-    from ppp_jax.trainer import build_model, make_engine
+    from ppp_jax.train.builders import build_model, make_engine
 
     cfg = tiny_config(tmp_path_factory.mktemp("engine"))
     eng = make_engine(cfg, build_model(cfg, tok))
@@ -59,7 +59,8 @@ def engine(tok, tmp_path_factory):
 
 
 def make_trainer(cfg, tok, run_dir, engine):
-    from ppp_jax.trainer import PPPTrainer, build_parts
+    from ppp_jax.train.trainer import PPPTrainer
+    from ppp_jax.train.builders import build_parts
 
     return PPPTrainer(cfg, build_parts(cfg, tokenizer=tok), run_dir=run_dir, engine=engine)
 
@@ -104,7 +105,7 @@ def test_sft_lowers_nll_through_the_train_step(tmp_path, tok):
     from ppp_jax.envs.records import TokenView
     from ppp_jax.model.config import tiny
     from ppp_jax.model.transformer import SeedOssForCausalLM
-    from ppp_jax.sft import SFTBatches, train_sft
+    from ppp_jax.train.sft import SFTBatches, train_sft
 
     model = SeedOssForCausalLM(tiny(vocab_size=64, hidden_size=32, intermediate_size=48,
                                     num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16),
@@ -133,7 +134,7 @@ def test_sft_lowers_nll_through_the_train_step(tmp_path, tok):
 @pytest.mark.parametrize("name", ["tiny_cpu", "seed_oss_36b_funcloc", "seed_oss_36b_browsecomp",
                                   "eval_tiny_cpu", "eval_seed_oss_36b_funcloc"])
 def test_run_configs_load(name):
-    from ppp_jax.run_config import load_run_config
+    from ppp_jax.config.run import load_run_config
 
     cfg = load_run_config(f"configs/{name}.yaml")
     if name.startswith(("seed_oss", "eval_seed")):
@@ -156,8 +157,8 @@ def test_failed_rollouts_skip_the_step_and_exhausted_data_ends_cleanly(tmp_path,
     import jax
     from jax.sharding import NamedSharding
 
-    from ppp_jax import dapo
-    from ppp_jax.rollout import RolloutRoundEmpty
+    from ppp_jax.rl import dapo
+    from ppp_jax.rollout.orchestrator import RolloutRoundEmpty
 
     cfg = tiny_config(tmp_path, **{"data.num_epochs": 1})
     t = make_trainer(cfg, tok, tmp_path / "s", engine)
@@ -212,7 +213,7 @@ def browsecomp_config(tmp_path, **overrides) -> RunConfig:
 
 
 def test_browsecomp_domain_from_local_files(tmp_path, tok):
-    from ppp_jax.trainer import build_parts
+    from ppp_jax.train.builders import build_parts
 
     cfg = browsecomp_config(tmp_path)
     parts = build_parts(cfg, tokenizer=tok)
@@ -224,7 +225,7 @@ def test_browsecomp_domain_from_local_files(tmp_path, tok):
     assert {"search", "open_page", "finish"} <= names
     # one PPP step (a rollout round on the search domain, then the update), on an engine of its
     # own: the three tool schemas alone take ~750 tokens, more than the shared engine's rows hold
-    from ppp_jax.trainer import PPPTrainer
+    from ppp_jax.train.trainer import PPPTrainer
 
     long = browsecomp_config(tmp_path, **{"sampler.max_seq_len": 2048, "sampler.num_pages": 1100,
                                           "rollout.row_len": 2048,
@@ -253,7 +254,7 @@ from flax import nnx
 from ppp_jax.envs.testing import tiny_seed_tokenizer
 from ppp_jax.model import sharding as shd
 from ppp_jax.model.api import save_checkpoint
-from ppp_jax.trainer import build_model
+from ppp_jax.train.trainer import build_model
 from tests.ppp_jax.test_trainer import tiny_config
 
 tok = tiny_seed_tokenizer()
@@ -287,7 +288,7 @@ def test_build_model_creates_params_on_the_mesh(tmp_path, tok):
     from flax import nnx
 
     from ppp_jax.model.transformer import SeedOssForCausalLM
-    from ppp_jax.trainer import build_model, vocab_size_of
+    from ppp_jax.train.builders import build_model, vocab_size_of
 
     cfg = tiny_config(tmp_path)
     m = build_model(cfg, tok)

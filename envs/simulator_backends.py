@@ -1,0 +1,57 @@
+"""The `simulator` section of a run config and the user simulator it builds: the embedded one, or
+an LLM over any OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from ppp_jax.envs.llm_client import LLMClientConfig
+from ppp_jax.envs.simulator import DEFAULT_MAX_QUESTIONS, UserSimulator
+from ppp_jax.envs.simulator_embedded import EmbeddedSimulatorConfig, EmbeddedUserSimulator
+from ppp_jax.envs.simulator_llm import LLMSimulatorConfig, LLMUserSimulator
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatorConfig:
+    """Which simulator backend a run uses, flat so a run's YAML stays short.
+
+    `make_simulator` turns it into the backend's own config (EmbeddedSimulatorConfig /
+    LLMSimulatorConfig); build those directly for the less common knobs.
+    """
+
+    backend: Literal["embedded", "llm"] = "embedded"
+    max_questions: int = DEFAULT_MAX_QUESTIONS
+    # LLM backend only:
+    model: str = "gpt-5-nano"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 120.0
+    max_retries: int = 3
+    max_concurrency: int = 32
+    show_tags_to_agent: bool = False
+    compliance_judge: Literal["llm", "rule", "both"] = "llm"
+
+
+def make_simulator(cfg: SimulatorConfig) -> UserSimulator:
+    """Builds the configured simulator (embedded, or LLM over an OpenAI-compatible endpoint)."""
+    if cfg.backend == "embedded":
+        return EmbeddedUserSimulator(EmbeddedSimulatorConfig(max_questions=cfg.max_questions))
+    if cfg.backend == "llm":
+        client = LLMClientConfig(
+            model=cfg.model,
+            base_url=cfg.base_url,
+            api_key_env=cfg.api_key_env,
+            timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+            max_concurrency=cfg.max_concurrency,
+        )
+        return LLMUserSimulator(
+            LLMSimulatorConfig(
+                client=client,
+                max_questions=cfg.max_questions,
+                show_tags_to_agent=cfg.show_tags_to_agent,
+                compliance_judge=cfg.compliance_judge,
+            )
+        )
+    raise ValueError(f"unknown simulator backend {cfg.backend!r}; expected 'embedded' or 'llm'")

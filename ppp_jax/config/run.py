@@ -1,0 +1,339 @@
+"""The typed run config: one YAML file per run, loaded into this tree of frozen dataclasses.
+
+    cfg = load_run_config("configs/tiny_cpu.yaml", ["trainer.num_steps=3"])
+
+Sections shared with `ppp compile` (`ppp_jax.config.compile.CompileConfig`), so one YAML serves both:
+
+    model      which architecture (preset + numerics knobs; `ppp_jax.config.compile.ModelSpec`)
+    sharding   the device mesh and logical-axis rules (`ppp_jax.model.sharding.ShardingConfig`)
+    compile    shapes for ahead-of-time compilation (read by `ppp compile` only)
+    engine     the engine's compile-time shapes and layout (read by `ppp compile`; its `mesh`
+               tensor size and `dtype` also by `ppp train` with `rollout.engine_layout: sampling`)
+    rl         the algorithm: advantages, loss, DAPO, optimizer (`ppp_jax.config.rl.RLConfig`)
+
+Sections of the trainer, the evaluator and the demo:
+
+    policy     where the weights and tokenizer come from (HF / orbax checkpoint, or random init)
+    sampler    the paged sampling engine's runtime sizes (`ppp_jax.sampling.scheduler.EngineConfig`)
+    domain     which task domain, its tools, and what the agent is told about the user
+    data       the grain pipeline (`ppp_jax.config.data.DataConfig`: batch = prompts per step)
+    simulator  the user simulator (`ppp_jax.envs.simulator_backends.SimulatorConfig`)
+    reward     the PPP reward (`ppp_jax.envs.reward.RewardConfig`)
+    rollout    sampling settings, episode limits, concurrency, retries, token-batch layout
+    trainer    steps, checkpoint cadence, logging
+    eval       the Table-2 evaluation protocol
+    sft        the supervised warm start
+    demo       the `make run` pipeline's sizes (tokenizer, task counts)
+    distributed  multi-host: coordinator, process count and id (`ppp_jax.scale.distributed`; unset
+               fields come from PPP_*/JAX_* environment variables)
+
+The group size G lives in one place only: `rl.advantage.group_size`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal, Sequence
+
+from ppp_jax.config import loader as cfgmod
+from ppp_jax.config.checkpoint import CheckpointConfig
+from ppp_jax.config.compile import CompileSpec, EngineSpec, ModelSpec
+from ppp_jax.config.data import DataConfig
+from ppp_jax.config.distributed import DistributedConfig
+from ppp_jax.config.rl import RLConfig
+from ppp_jax.envs.domains.stdlib_loc import StdlibLocConfig
+from ppp_jax.envs.episode import EpisodeConfig
+from ppp_jax.envs.reward import RewardConfig
+from ppp_jax.envs.simulator_backends import SimulatorConfig
+from ppp_jax.model.sharding import MeshConfig, ShardingConfig
+from ppp_jax.sampling.scheduler import EngineConfig
+
+PreferenceSet = Literal["train", "heldout", "all"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySection:
+    """Where the policy's weights and tokenizer come from.
+
+    path: a Hugging Face checkpoint directory or a ppp_jax orbax checkpoint (`ppp convert`);
+      "" = random initialization of `model` (the demo, tests).
+    tokenizer: a `tokenizer.json` file or a Hugging Face tokenizer directory; "" = `path`.
+    init_seed: seed of the random initialization.
+    vocab_from_tokenizer: with random init, set the model's vocab size to the tokenizer's
+      (rounded up to a multiple of 8), overriding `model.sizes.vocab_size`.
+    dropout: attention and residual dropout of the policy, overriding the checkpoint's config
+      (RL wants 0: the sampler runs without dropout and the PPO ratio must compare that policy).
+    """
+
+    path: str = ""
+    tokenizer: str = ""
+    init_seed: int = 0
+    vocab_from_tokenizer: bool = True
+    dropout: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainSection:
+    """The task domain.
+
+    name: "stdlib_loc" (embedded, offline), "swe_func_loc" (needs task rows and repo clones) or
+      "browsecomp_plus" (deep research: search / open_page / finish over a local corpus with a
+      BM25 retriever, answers scored by exact match; needs the browsecomp_* files).
+    stdlib: how the stdlib tasks are built.
+    swe_rows: SWE-bench rows (.jsonl/.json/.parquet) for swe_func_loc.
+    swe_split: the split those rows form ("train": SWE-Gym for training; "test": SWE-bench
+      Verified for evaluation).
+    swe_clone_root: directory of local clones named owner__name (swe_func_loc).
+    swe_cache_dir: where repository snapshots are materialized (swe_func_loc).
+    browsecomp_queries: BrowseComp-Plus query rows (.jsonl/.json/.parquet, local file) with
+      `query_id`, `query` (or PPP's `full_query` + `vague_query`), `answer` and
+      `evidence_docs`/`gold_docs` (browsecomp_plus).
+    browsecomp_corpus: the corpus rows (local file) with `docid`, `text` and optional `url`
+      (browsecomp_plus).
+    browsecomp_split: the split those query rows form (browsecomp_plus).
+    tool_style: "native" | "openhands" | "both" repository tools.
+    tools: keep only these domain tools (finish is always kept; ask_user is added by the runner);
+      empty = all of the domain's tools.
+    system_prompt: replaces the domain's system prompt when non-empty.
+    show_preference: tell the agent how this user wants to be asked (the preference's own
+      description, in the first user message); the paper's agents must see it to adapt to
+      unseen preferences (reference section 2).
+    """
+
+    name: Literal["stdlib_loc", "swe_func_loc", "browsecomp_plus"] = "stdlib_loc"
+    stdlib: StdlibLocConfig = StdlibLocConfig()
+    swe_rows: str = ""
+    swe_split: Literal["train", "test"] = "train"
+    swe_clone_root: str = ""
+    swe_cache_dir: str = ""
+    browsecomp_queries: str = ""
+    browsecomp_corpus: str = ""
+    browsecomp_split: Literal["train", "test"] = "train"
+    tool_style: Literal["native", "openhands", "both"] = "native"
+    tools: tuple[str, ...] = ()
+    system_prompt: str = ""
+    show_preference: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """How the orchestrator runs episodes and builds the token batch.
+
+    temperature / top_p / top_k: the engine's sampling (released code: T = 1, top-p = 1); the
+      loss's temperature `rl.loss.temperature` must equal `temperature`.
+    episode: per-episode limits (turns, context tokens, per-turn tokens, timeouts).
+    concurrency: episodes in flight at once (they share the engine's continuous batch).
+    max_episode_retries: an episode hit by a simulator or policy error is run again (fresh seed)
+      up to this many times, then dropped; both are counted in the metrics.
+    row_len: T of the token batch; null = longest episode rounded up to `pad_to_multiple`.
+      A fixed value keeps one compiled train step for the whole run.
+    pad_to_multiple: rounding of T when row_len is null.
+    pack: first-fit packing of several episodes per row.
+    rows_multiple: the batch's row count is rounded up to a multiple of this (and of
+      `rl.num_micro_batches`), so a few shapes serve the whole run.
+    truncate_long: an episode longer than row_len is dropped (counted) instead of failing the step.
+    engine_layout: where the rollout engine's weights live. "training" (default): one engine on
+      the training mesh in the training dtype (FSDP-sharded weights, gathered at every decoded
+      token; right for small models and tests). "sampling": the layout `ppp compile` compiles
+      from the `engine:` section: this process's local devices, in order, split into replicas of
+      `engine.mesh`'s tensor size, each its own engine with the weights in `engine.dtype` laid
+      out by `SAMPLING_RULES` (heads, kv heads, mlp and vocab over tensor); each GRPO group runs
+      on one replica (`ppp_jax.rollout.policies.ReplicaEnginePolicy`). See `engine_layout`.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    episode: EpisodeConfig = EpisodeConfig()
+    concurrency: int = 64
+    max_episode_retries: int = 2
+    row_len: int | None = None
+    pad_to_multiple: int = 512
+    pack: bool = False
+    rows_multiple: int = 1
+    truncate_long: bool = True
+    engine_layout: Literal["training", "sampling"] = "training"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSection:
+    """The outer loop.
+
+    num_steps: optimizer steps of the whole run (the paper: 200).
+    save_every / keep / async_save: checkpoint cadence (released script: every 10 steps).
+    tensorboard: also write TensorBoard events beside metrics.jsonl.
+    progress: progress bars.
+    """
+
+    num_steps: int = 200
+    save_every: int = 10
+    keep: int | None = 3
+    async_save: bool = True
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    """The Table-2 protocol: vague prompts averaged over preferences, plus precise prompts.
+
+    split: which tasks ("test" = held-out tasks).
+    num_tasks: first N tasks of the split (0 = all).
+    preferences: "heldout" (the 8 unseen), "train" (the 12 seen), "all" (20), or ids via
+      `preference_ids`.
+    preference_ids: explicit preference ids (overrides `preferences` when non-empty).
+    prompt_kinds: which prompt kinds to run.
+    precise_preferences: preferences paired with precise prompts ("same" = as vague; else
+      "no_preference" only, which is cheaper).
+    episodes_per_prompt: samples per (task, preference, kind).
+    temperature: sampling temperature at evaluation (the released code: 1.0).
+    seed: base seed of the evaluation's sampling.
+    backend: "engine" (our policy through the sampling engine) or "openai" (any
+      OpenAI-compatible chat endpoint with tool calling).
+    openai_model / openai_base_url / openai_api_key_env: for backend "openai".
+    checkpoint: which weights to evaluate with backend "engine": "" = the run's latest training
+      checkpoint if there is one, else `policy.path`; or a path (HF / orbax / training checkpoint
+      directory).
+    """
+
+    split: Literal["train", "test"] = "test"
+    num_tasks: int = 0
+    preferences: PreferenceSet = "all"
+    preference_ids: tuple[str, ...] = ()
+    prompt_kinds: tuple[Literal["vague", "precise"], ...] = ("vague", "precise")
+    precise_preferences: Literal["same", "no_preference"] = "same"
+    episodes_per_prompt: int = 1
+    temperature: float = 1.0
+    seed: int = 1234
+    backend: Literal["engine", "openai"] = "engine"
+    openai_model: str = "gpt-5-nano"
+    openai_base_url: str | None = None
+    openai_api_key_env: str = "OPENAI_API_KEY"
+    checkpoint: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTSection:
+    """The supervised warm start (`ppp sft`): scripted episodes -> the same train step.
+
+    num_episodes: scripted episodes generated (real runner, real simulator).
+    num_steps / batch_size: SFT updates and sequences per update.
+    row_len / rows_multiple: T of the packed SFT batch (longer episodes are left out, counted)
+      and the rounding of its row count (a few compiled shapes).
+    learning_rate / warmup_steps / weight_decay: AdamW for the warm start.
+    ask_vague / ask_precise: probability that the scripted agent asks on a vague / precise prompt.
+    follow_preference: probability that a scripted question follows the user's preference.
+    effort_mix: probabilities of a cheap (low), unanswerable (medium) and expensive (high) question.
+    include_heldout_styles: the scripted agent also writes in the 8 held-out preferences' styles
+      (an instruct model knows Italian or JSON; RL never sees those preferences).
+    seed: seed of the scripted behaviour and the batch order.
+    """
+
+    num_episodes: int = 600
+    num_steps: int = 150
+    batch_size: int = 16
+    row_len: int = 512
+    rows_multiple: int = 8
+    learning_rate: float = 2e-3
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    ask_vague: float = 0.5
+    ask_precise: float = 0.1
+    follow_preference: float = 0.5
+    effort_mix: tuple[float, float, float] = (0.45, 0.2, 0.35)
+    include_heldout_styles: bool = True
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSection:
+    """Sizes of the `make run` pipeline (tokenizer and the tiny policy's data)."""
+
+    tokenizer_vocab: int = 1024
+    num_train_tasks: int = 0  # 0 = all train-split tasks
+    skip_sft: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A whole run (see the module docstring)."""
+
+    name: str = "run"
+    seed: int = 0
+    run_dir: str = "runs"
+    # shared with `ppp compile`
+    model: ModelSpec = ModelSpec()
+    sharding: ShardingConfig = ShardingConfig(mesh=MeshConfig(shape=(1, -1, 1)))
+    compile: CompileSpec = CompileSpec()
+    engine: EngineSpec = EngineSpec()
+    rl: RLConfig = RLConfig()
+    # trainer / evaluation / demo
+    policy: PolicySection = PolicySection()
+    sampler: EngineConfig = EngineConfig()
+    domain: DomainSection = DomainSection()
+    data: DataConfig = DataConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    reward: RewardConfig = RewardConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    trainer: TrainerSection = TrainerSection()
+    eval: EvalSection = EvalSection()
+    sft: SFTSection = SFTSection()
+    demo: DemoSection = DemoSection()
+    # multi-host: unset fields come from PPP_*/JAX_* environment variables (ppp_jax.scale.distributed)
+    distributed: DistributedConfig = DistributedConfig()
+
+    def __post_init__(self):
+        if abs(self.rl.loss.temperature - self.rollout.temperature) > 1e-9 and self.rollout.temperature > 0:
+            raise ValueError(
+                f"rl.loss.temperature ({self.rl.loss.temperature}) must equal rollout.temperature "
+                f"({self.rollout.temperature}): the trainer's log-probs must be those of the sampler")
+
+    @property
+    def output_dir(self) -> Path:
+        """`<run_dir>/<name>`: metrics, checkpoints, evaluations and the report."""
+        return Path(self.run_dir) / self.name
+
+    @property
+    def checkpoint(self) -> CheckpointConfig:
+        return CheckpointConfig(directory=str(self.output_dir / "checkpoints"),
+                                save_every=self.trainer.save_every, keep=self.trainer.keep,
+                                async_save=self.trainer.async_save)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineLayout:
+    """The trainer's rollout-engine layout, resolved from the config (`engine_layout`).
+
+    tensor: 0 = one engine on the training mesh in the training dtype; N > 0 = replicas of N
+      local devices each.
+    dtype: the replicas' param and compute dtype ("" with tensor 0).
+    """
+
+    tensor: int = 0
+    dtype: str = ""
+
+
+def engine_layout(cfg: RunConfig) -> EngineLayout:
+    """`rollout.engine_layout` made concrete: "training" -> EngineLayout(0, ""); "sampling" ->
+    the tensor size of `engine.mesh` and `engine.dtype`, the layout `ppp compile` compiles."""
+    if cfg.rollout.engine_layout == "training":
+        return EngineLayout()
+    from ppp_jax.model.config import DTYPES
+
+    if cfg.engine.dtype not in DTYPES:
+        raise ValueError(f"engine.dtype={cfg.engine.dtype!r} is not one of {list(DTYPES)} "
+                         "(rollout.engine_layout: sampling puts the engine weights in it)")
+    mesh = cfg.engine.mesh
+    tensor = mesh.shape[mesh.axes.index("tensor")]
+    if tensor < 1:
+        # `ppp compile` resolves -1 over the whole slice, a process sees only its own devices
+        raise ValueError(f"engine.mesh {dict(zip(mesh.axes, mesh.shape))}: with "
+                         "rollout.engine_layout: sampling the tensor size must be a number, not -1")
+    return EngineLayout(tensor=tensor, dtype=cfg.engine.dtype)
+
+
+def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Reads a YAML run config with `key.sub=value` overrides; raises `ConfigError` naming the
+    offending key."""
+    return cfgmod.load_config(path, RunConfig, list(overrides))

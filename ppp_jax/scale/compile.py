@@ -1,0 +1,25 @@
+"""`ppp compile`'s dispatch: every step named in the config compiled for the target topology."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+
+from ppp_jax.config.compile import CompileConfig
+from ppp_jax.scale.chips import tpu_devices
+from ppp_jax.scale.compile_engine import compile_engine_step
+from ppp_jax.scale.compile_train import compile_train
+from ppp_jax.scale.step_report import StepReport
+
+
+def compile_steps(cc: CompileConfig, devices: Sequence[jax.Device] | None = None) -> list[StepReport]:
+    """Compiles every step named in `cc.compile.steps` for the configured topology."""
+    devices = tpu_devices(cc.compile.topology) if devices is None else devices
+    reports = []
+    for name in cc.compile.steps:
+        if name == "train":
+            reports.append(compile_train(cc, devices))
+        else:
+            reports.append(compile_engine_step(cc, devices, name))
+    return reports

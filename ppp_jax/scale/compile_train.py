@@ -1,0 +1,111 @@
+"""Ahead-of-time compilation for named TPU topologies, from any machine (shapes only, no weights).
+
+With `libtpu` importable, `jax.experimental.topologies.get_topology_desc("v5p:4x4x4")` returns
+the devices of a TPU slice that does not exist here; `jit(f).lower(*abstract).compile()` then
+runs the real TPU compiler for them, and the executable reports per-chip memory
+(`memory_analysis()`) and per-chip FLOPs (`cost_analysis()`). Nothing is allocated: the model
+is built with `nnx.eval_shape`, every argument is a `jax.ShapeDtypeStruct` carrying its
+`NamedSharding`. (MaxText's `train_compile.py` does the same for its trainer.)
+
+What is compiled (`CompileSpec.steps`):
+
+- "train":   one optimizer update of `ppp_jax.rl.train_step` (micro-batch scan, forward, chunked
+             log-probs, clipped policy-gradient objective, backward, AdamW) on a [B, T] batch.
+- "prefill": the paged engine's chunked prefill (`sampling.runner.ModelRunner`) of T_p-token
+             chunks into the K/V page pools, one engine replica (`ppp_jax.scale.compile_engine`).
+- "decode":  the paged engine's decode block (`decode_steps` steps with sampling) over its slots.
+
+Units: sizes in bytes, printed in GiB (2**30). Chip HBM and peak FLOP/s are the published
+per-chip figures in `CHIPS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ppp_jax.config.compile import CompileConfig
+from ppp_jax.model import sharding as shd
+from ppp_jax.model import splash
+from ppp_jax.model.config import ModelConfig
+from ppp_jax.scale.chips import AotError, hbm_per_device, tpu_devices
+from ppp_jax.scale.flops import train_model_flops
+from ppp_jax.scale.mesh import make_mesh_for, with_shardings
+from ppp_jax.scale.step_report import StepReport, compile_lowered, report_of
+
+
+def abstract_token_batch(batch: int, seq_len: int, mesh) -> Any:
+    """The `TokenBatch` of one update as ShapeDtypeStructs, rows over (data, fsdp)."""
+    from ppp_jax.rl.batch import TokenBatch
+    from ppp_jax.rl.train_step import batch_sharding
+
+    sh = batch_sharding(mesh)
+    i32 = lambda: jax.ShapeDtypeStruct((batch, seq_len), jnp.int32, sharding=sh)  # noqa: E731
+    f32 = lambda: jax.ShapeDtypeStruct((batch, seq_len), jnp.float32, sharding=sh)  # noqa: E731
+    return TokenBatch(tokens=i32(), positions=i32(), segment_ids=i32(), targets=i32(),
+                      loss_mask=f32(), advantages=f32(), sampler_logprobs=f32(),
+                      old_logprobs=f32())
+
+
+def compile_train(cc: CompileConfig, devices: Sequence[jax.Device]) -> StepReport:
+    """AOT-compiles one optimizer update of `ppp_jax.rl.train_step` (the real PPP step: micro-batch
+    scan, chunked log-probs, clipped objective, AdamW) for `devices`."""
+    from ppp_jax.rl import train_step as ts
+    from ppp_jax.rl.optim import make_optimizer
+
+    spec, rl = cc.compile, cc.rl
+    mcfg = cc.model.build()
+    mesh = make_mesh_for(devices, cc.sharding.mesh)
+    rules = cc.sharding.rules
+    rows = math.prod(mesh.shape[a] for a in ts.BATCH_AXES) * rl.num_micro_batches
+    if spec.batch % rows:
+        raise AotError(f"compile.batch={spec.batch} must be a multiple of data x fsdp x "
+                       f"rl.num_micro_batches = {rows} (mesh {dict(mesh.shape)})")
+    abstract = shd.abstract_model(lambda: seed_oss_model(mcfg))
+    graphdef, params_abs, rest = nnx.split(abstract, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise AotError("the model holds non-Param state; the train step updates only nnx.Param")
+    try:
+        param_sh = shd.state_shardings(params_abs, mesh, rules)
+    except shd.ShardingError as e:
+        raise AotError(f"sharding rules do not fit the model on mesh {dict(mesh.shape)}: {e}") from None
+    optimizer = make_optimizer(rl.optim)
+    state_abs = jax.eval_shape(lambda p: ts.init_train_state(p, optimizer), params_abs)
+    state_sh = ts.train_state_shardings(state_abs, param_sh, optimizer, mesh)
+    state = with_shardings(state_abs, state_sh)
+    batch = abstract_token_batch(spec.batch, spec.seq_len, mesh)
+    jitted = ts.make_train_step(graphdef, rl, optimizer, mesh=mesh)
+    # Re-jit the step's Python function with the state's shardings pinned on the way out too, so
+    # the compiler cannot pick another layout for the new params (and aliasing is exact).
+    fn = getattr(jitted, "__wrapped__", None)
+    if fn is not None:
+        jitted = jax.jit(fn, out_shardings=(state_sh, None), donate_argnums=(0,))
+    with shd.using_mesh(mesh, rules), splash.tpu_target():
+        t0 = time.perf_counter()
+        lowered = jitted.lower(state, batch)
+        t1 = time.perf_counter()
+        compiled = compile_lowered(lowered)
+        t2 = time.perf_counter()
+    flops = train_model_flops(mcfg, spec.batch, spec.seq_len, len(devices))
+    if isinstance(compiled, StepReport):
+        return dataclasses.replace(compiled, step="train", topology=spec.topology,
+                                   mesh={str(k): int(v) for k, v in mesh.shape.items()},
+                                   hbm_bytes=hbm_per_device(spec.topology, len(devices)),
+                                   model_flops=flops, tokens=spec.batch * spec.seq_len,
+                                   lower_s=t1 - t0, compile_s=t2 - t1)
+    return report_of(compiled, step="train", topology=spec.topology, mesh=mesh,
+                     model_flops=flops, tokens=spec.batch * spec.seq_len, lower_s=t1 - t0,
+                     compile_s=t2 - t1)
+
+
+def seed_oss_model(cfg: ModelConfig):
+    from ppp_jax.model.transformer import SeedOssForCausalLM
+
+    return SeedOssForCausalLM(cfg, rngs=nnx.Rngs(0))

@@ -1,0 +1,1 @@
+"""Training: building a run's parts, the PPP trainer and its loop, checkpoints, data, metrics, SFT."""

@@ -1,0 +1,180 @@
+"""Builders of a run's parts from its config: tokenizer, model, tasks, the agent's domain, the
+simulator, the engine and the rollout policy."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from flax import nnx
+
+from ppp_jax.config.run import RunConfig
+from ppp_jax.envs.domains.base import Task
+from ppp_jax.envs.policy import EngineSampling
+from ppp_jax.envs.simulator import UserSimulator
+from ppp_jax.envs.simulator_backends import make_simulator
+from ppp_jax.model import sharding as shd
+from ppp_jax.rollout.agent_domain import PreferenceDomain
+from ppp_jax.rollout.policies import ReplicaEnginePolicy, SeededEnginePolicy
+from ppp_jax.train.engine_replicas import EngineReplicas
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """A `tokenizers.Tokenizer` from a `.json` file, else a transformers tokenizer directory."""
+    path = Path(path)
+    if path.suffix == ".json":
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(path))
+    if (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists():
+        if not (path / "tokenizer_config.json").exists():
+            from tokenizers import Tokenizer
+
+            return Tokenizer.from_file(str(path / "tokenizer.json"))
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path))
+    raise FileNotFoundError(f"no tokenizer at {path} (expected tokenizer.json or a tokenizer "
+                            "directory)")
+
+
+def vocab_size_of(tokenizer: Any) -> int:
+    """Number of ids the tokenizer can produce."""
+    if hasattr(tokenizer, "get_vocab_size"):
+        return int(tokenizer.get_vocab_size(with_added_tokens=True))
+    return int(len(tokenizer))
+
+
+def build_model(cfg: RunConfig, tokenizer: Any, path: str | Path | None = None,
+                mesh: Any = None) -> nnx.Module:
+    """The policy: loaded from `path` / `cfg.policy.path`, else randomly initialized from
+    `cfg.model` (vocab size from the tokenizer when `policy.vocab_from_tokenizer`).
+
+    The parameters are created directly on `mesh` (default: `cfg.sharding.mesh`) with the
+    logical-axis rules of `cfg.sharding`: a checkpoint is read shard by shard, and a random
+    init on a multi-device mesh runs jitted with sharded outputs, so no device ever holds the
+    whole model. On a one-device mesh the random init stays eager (bit-identical to before;
+    the jitted init differs in the last ulp of some values)."""
+    from ppp_jax.model.api import load_pretrained
+    from ppp_jax.model.transformer import SeedOssForCausalLM
+
+    path = path or cfg.policy.path
+    drop = cfg.policy.dropout
+    if mesh is None:
+        mesh = shd.make_mesh(cfg.sharding.mesh)
+    rules = cfg.sharding.rules
+    if path:
+        m = cfg.model
+        return load_pretrained(path, mesh=mesh, rules=rules, param_dtype=m.param_dtype,
+                               dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl,
+                               attention_dropout=drop, residual_dropout=drop)
+    mc = cfg.model.build().replace(attention_dropout=drop, residual_dropout=drop)
+    if cfg.policy.vocab_from_tokenizer:
+        mc = mc.replace(vocab_size=-(-vocab_size_of(tokenizer) // 8) * 8)
+
+    def init() -> SeedOssForCausalLM:
+        return SeedOssForCausalLM(mc, rngs=nnx.Rngs(cfg.policy.init_seed))
+
+    if mesh.devices.size > 1:
+        return shd.create_sharded(init, mesh, rules)
+    return shd.shard_model(init(), mesh, rules)
+
+
+def build_tasks(cfg: RunConfig) -> tuple[list[Task], Any]:
+    """(tasks, underlying domain) of `cfg.domain`."""
+    d = cfg.domain
+    if d.name == "stdlib_loc":
+        from ppp_jax.envs.domains import stdlib_loc
+
+        return list(stdlib_loc.build_tasks(d.stdlib)), stdlib_loc.make_domain(tool_style=d.tool_style)
+    if d.name == "swe_func_loc":
+        from ppp_jax.envs.domains import swe_func_loc
+
+        if not (d.swe_rows and d.swe_clone_root and d.swe_cache_dir):
+            raise ValueError("domain swe_func_loc needs domain.swe_rows, domain.swe_clone_root and "
+                             "domain.swe_cache_dir (SWE-bench rows and local repository clones)")
+        repos = swe_func_loc.RepoCache(d.swe_cache_dir, clone_root=d.swe_clone_root)
+        rows = swe_func_loc.load_swe_rows(d.swe_rows)
+        tasks, report = swe_func_loc.build_swe_tasks(rows, repos, split=d.swe_split)
+        log.info("swe_func_loc: %s", report)
+        return tasks, swe_func_loc.make_domain(repos, d.tool_style)
+    if d.name == "browsecomp_plus":
+        from ppp_jax.envs.domains import browsecomp
+        from ppp_jax.envs.domains.retrievers import BM25Retriever, Corpus
+
+        if not (d.browsecomp_queries and d.browsecomp_corpus):
+            raise ValueError("domain browsecomp_plus needs domain.browsecomp_queries and "
+                             "domain.browsecomp_corpus (local .jsonl/.json/.parquet files)")
+        for key in ("browsecomp_queries", "browsecomp_corpus"):
+            if not os.path.isfile(getattr(d, key)):
+                raise FileNotFoundError(f"domain.{key}: no such file {getattr(d, key)!r}")
+        corpus = Corpus.from_rows(browsecomp.load_rows(d.browsecomp_corpus))
+        tasks = browsecomp.build_tasks(browsecomp.load_rows(d.browsecomp_queries), corpus,
+                                       split=d.browsecomp_split)
+        log.info("browsecomp_plus: %d tasks, %d documents (BM25)", len(tasks), len(corpus))
+        # exact-match scoring only (no LLM judge client is configured here)
+        return tasks, browsecomp.BrowseCompDomain(BM25Retriever(corpus))
+    raise ValueError(f"unknown domain {d.name!r}")
+
+
+def agent_domain(cfg: RunConfig, inner: Any) -> PreferenceDomain:
+    """The domain as the agent sees it (tools, system prompt, the user's preference)."""
+    d = cfg.domain
+    return PreferenceDomain(inner, tools=d.tools, system_prompt=d.system_prompt,
+                            show_preference=d.show_preference)
+
+
+def task_rows(tasks: Sequence[Task]) -> list[dict[str, Any]]:
+    """Tasks as data-pipeline records (`ppp_jax.train.data.TaskRecord` rows)."""
+    return [{"task_id": t.task_id, "domain": t.domain, "precise_prompt": t.precise_prompt,
+             "vague_prompt": t.vague_prompt, "hidden_info": t.hidden_info, "gold": list(t.gold),
+             "split": t.split} for t in tasks]
+
+
+@dataclasses.dataclass
+class Parts:
+    """Everything a run is made of, built once (`build_parts`) or supplied by a caller."""
+
+    tokenizer: Any
+    model: nnx.Module
+    tasks: list[Task]
+    domain: PreferenceDomain
+    simulator: UserSimulator
+
+
+def build_parts(cfg: RunConfig, *, tokenizer: Any = None, model: nnx.Module | None = None,
+                simulator: UserSimulator | None = None) -> Parts:
+    """Builds the run's tokenizer, policy, tasks, agent-side domain and simulator."""
+    if tokenizer is None:
+        path = cfg.policy.tokenizer or cfg.policy.path
+        if not path:
+            raise ValueError("policy.tokenizer (or policy.path) must name a tokenizer")
+        tokenizer = load_tokenizer(path)
+    if model is None:
+        model = build_model(cfg, tokenizer)
+    tasks, inner = build_tasks(cfg)
+    return Parts(tokenizer, model, tasks, agent_domain(cfg, inner),
+                 simulator if simulator is not None else make_simulator(cfg.simulator))
+
+
+def make_engine(cfg: RunConfig, model: nnx.Module) -> Any:
+    from ppp_jax.sampling.engine import Engine
+
+    return Engine(model, cfg.sampler)
+
+
+def make_policy(cfg: RunConfig, engine: Any, tokenizer: Any, temperature: float | None = None
+                ) -> SeededEnginePolicy:
+    """The rollout policy over `engine`: a `SeededEnginePolicy`, or for `EngineReplicas` a
+    `ReplicaEnginePolicy` that sends each episode to one replica."""
+    r = cfg.rollout
+    t = r.temperature if temperature is None else temperature
+    sampling = EngineSampling(t, r.top_p, r.top_k)
+    if isinstance(engine, EngineReplicas):
+        return ReplicaEnginePolicy(engine.engines, tokenizer, sampling, cfg.seed)
+    return SeededEnginePolicy(engine, tokenizer, sampling, cfg.seed)
