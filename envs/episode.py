@@ -62,12 +62,13 @@ import inspect
 import logging
 from typing import Any, Mapping, Sequence
 
-from ppp_jax.envs import judges, toolcall
+from ppp_jax.envs import judges
 from ppp_jax.envs.domains.base import (ASK_USER, FINISH, PromptKind, Task, TaskDomain,
                                        ask_user_schema, truncate_observation)
 from ppp_jax.envs.policy import Policy, PolicyTurn
 from ppp_jax.envs.records import EpisodeRecord, Question, ToolCall
 from ppp_jax.envs.simulator import SimulatorContext, UserSimulator, history_reply, to_question
+from ppp_jax.sampling.chat_format import seed_oss as toolcall
 
 log = logging.getLogger(__name__)
 
@@ -118,237 +119,315 @@ class EpisodeSpec:
     episode_id: str | None = None
 
 
+@dataclasses.dataclass
+class EpisodeStats:
+    """What happened in one episode, counted; `to_dict()` is `EpisodeRecord.stats`.
+
+    Counters (ints) are always present in the record; the `*_error` messages and
+    `token_limit_pending_prompt` only when they happened; the policy session's own counters are
+    added as `policy_<name>`.
+    """
+
+    tool_calls: int = 0
+    malformed_calls: int = 0  # unparseable call blocks and calls with a malformed structure
+    unknown_tool: int = 0
+    bad_argument: int = 0  # wrong type, missing or unknown parameter
+    no_call_turns: int = 0
+    calls_in_thinking: int = 0  # calls written inside a think block (ignored)
+    dropped_after_finish: int = 0
+    tool_errors: int = 0
+    tool_timeouts: int = 0
+    simulator_errors: int = 0  # the user could not be reached (the orchestrator re-runs these)
+    empty_finish: int = 0
+    policy_errors: int = 0
+    length_cut_turns: int = 0
+    simulator_questions: int = 0
+    simulator_malformed: int = 0  # replies that never parsed (set from the questions at the end)
+    simulator_capped: int = 0
+    simulator_format_retries: int = 0
+    simulator_request_retries: int = 0
+    finish_rejected: int = 0
+    finish_overridden: int = 0
+    finish_check_errors: int = 0
+    context_tokens: int = 0
+    policy_error: str | None = None
+    token_limit_pending_prompt: int | None = None
+    simulator_error: str | None = None
+    finish_check_error: str | None = None
+    score_error: str | None = None
+    trajectory_error: str | None = None
+    policy: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "policy"}
+        out = {k: v for k, v in out.items() if v is not None}
+        out.update({f"policy_{k}": v for k, v in self.policy.items()})
+        return out
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:500]
+
+
 async def run_episode(domain: TaskDomain, task: Task, policy: Policy, simulator: UserSimulator,
                       *, preference_id: str, prompt_kind: PromptKind = "vague",
                       config: EpisodeConfig = EpisodeConfig(),
                       episode_id: str | None = None) -> EpisodeRecord:
     """Runs one episode to an `EpisodeRecord`; never raises for agent, tool or simulator errors."""
     episode_id = episode_id or f"{task.task_id}|{preference_id}|{prompt_kind}"
-    tools = list(domain.tool_schemas(task)) + [ask_user_schema()]
-    messages: list[dict[str, Any]] = [
-        {"role": "system", "content": domain.system_prompt(task)},
-        {"role": "user", "content": domain.first_message(task, prompt_kind)},
-    ]
-    stats: dict[str, Any] = {k: 0 for k in (
-        "tool_calls", "malformed_calls", "unknown_tool", "bad_argument", "no_call_turns",
-        "calls_in_thinking", "dropped_after_finish", "tool_errors", "tool_timeouts",
-        "simulator_errors", "empty_finish", "policy_errors", "length_cut_turns",
-        "simulator_questions", "simulator_malformed", "simulator_capped",
-        "simulator_format_retries", "simulator_request_retries", "finish_rejected",
-        "finish_overridden", "finish_check_errors")}
-    tool_calls: list[ToolCall] = []
-    questions: list[Question] = []
-    state: dict[str, Any] = {}
-    answer: str | None = None
-    finish_reason = "turn_limit"
-    context_tokens = 0
-    turns = 0
-    family = domain.task_family
-    session = policy.start(episode_id)
-    call_ids = (f"call_{i}" for i in range(10**9))
-    max_context = config.max_context_tokens
-    session_limit = getattr(session, "max_context_tokens", None)
-    if isinstance(session_limit, int) and session_limit > 0:
-        max_context = min(max_context, session_limit)  # e.g. the engine's max_seq_len
+    run = _EpisodeRun(domain, task, simulator, preference_id, prompt_kind, config, episode_id)
+    run.start(policy)
     try:
-        while turns < config.max_turns:
-            budget = max_context - context_tokens
-            try:
-                pending = _pending_prompt_tokens(session, messages, tools)
-            except Exception as e:  # noqa: BLE001 -- e.g. a message the template cannot render
-                log.warning("policy error in %s: %s: %s", episode_id, type(e).__name__, e)
-                stats["policy_errors"] += 1
-                stats["policy_error"] = f"{type(e).__name__}: {e}"[:500]
-                finish_reason = "error"
-                break
-            if budget - pending < config.min_turn_tokens:
-                finish_reason = "token_limit"
-                stats["token_limit_pending_prompt"] = pending
-                break
-            try:
-                turn: PolicyTurn = await session.step(
-                    messages, tools, min(config.turn_max_new_tokens, budget - pending))
-            except Exception as e:  # noqa: BLE001 -- the episode ends, the batch goes on
-                log.warning("policy error in %s: %s: %s", episode_id, type(e).__name__, e)
-                stats["policy_errors"] += 1
-                stats["policy_error"] = f"{type(e).__name__}: {e}"[:500]
-                finish_reason = "error"
-                break
-            turns += 1
-            context_tokens = turn.context_tokens or context_tokens
-            if turn.finish_reason == "length":
-                stats["length_cut_turns"] += 1
-            api = turn.tool_calls is not None
-            if api:
-                calls, errors, reasoning, content = list(turn.tool_calls), [], None, turn.text
-            else:
-                parsed = toolcall.parse_turn(turn.text, tools)
-                calls, errors = list(parsed.calls), list(parsed.errors)
-                reasoning, content = parsed.reasoning or None, parsed.content
-                stats["calls_in_thinking"] += parsed.calls_in_thinking
-            ids = [next(call_ids) for _ in calls]
-            assistant: dict[str, Any] = {"role": "assistant", "content": content}
-            if reasoning:
-                assistant["reasoning_content"] = reasoning
-            if calls:
-                assistant["tool_calls"] = [
-                    {"id": cid, "type": "function", "function": {
-                        "name": c.name, "arguments": dict(c.raw_arguments),
-                        **({"raw_arguments": c.raw} if api else {})}}
-                    for cid, c in zip(ids, calls)]
-            if not api:
-                assistant["raw"] = turn.text
-            messages.append(assistant)
-
-            for err in errors:  # block-level parse errors (no call id)
-                stats["malformed_calls"] += 1
-                messages.append({"role": "tool", "tool_call_id": None,
-                                 "content": f"ERROR: {err.message}"})
-            if not calls and not errors:
-                stats["no_call_turns"] += 1
-                messages.append({"role": "tool" if not api else "user", "tool_call_id": None,
-                                 "content": NO_CALL_NUDGE})
-                continue
-
-            finished = False
-            for cid, call in zip(ids, calls):
-                if finished:
-                    stats["dropped_after_finish"] += 1
-                    continue
-                stats["tool_calls"] += 1
-                obs, error = await _run_call(call, domain, task, simulator, state, questions,
-                                             stats, config, preference_id, family, turns - 1)
-                if call.name == FINISH and error is None:
-                    answer = str(call.arguments.get("answer", ""))
-                    if ANSWER_OVERRIDE in state:  # set by the domain's check_finish
-                        answer = str(state.pop(ANSWER_OVERRIDE))
-                        stats["finish_overridden"] += 1
-                    finished = True
-                    finish_reason = "finish"
-                tool_calls.append(ToolCall(call.name, dict(call.arguments), turns - 1, obs, error))
-                messages.append({"role": "tool", "tool_call_id": cid, "name": call.name,
-                                 "content": obs})
-            if finished:
-                break
+        while run.turns < config.max_turns and not await run.turn():
+            pass
     finally:
         try:
-            await session.close()
+            await run.session.close()
         except Exception:  # noqa: BLE001
             pass
+    return await run.record()
 
-    stats["simulator_malformed"] = sum(q.malformed for q in questions)
-    try:
-        score = float(await domain.score(task, answer)) if answer is not None else 0.0
-    except Exception as e:  # noqa: BLE001 -- a judge failure scores 0 and is counted
-        stats["score_error"] = f"{type(e).__name__}: {e}"[:500]
-        score = 0.0
-    try:
-        verdict = judges.judge_trajectory(preference_id, tool_calls)
-    except Exception as e:  # noqa: BLE001 -- unknown preference id
-        stats["trajectory_error"] = f"{type(e).__name__}: {e}"[:500]
-        verdict = None
-    stats["context_tokens"] = context_tokens
-    stats.update({f"policy_{k}": v for k, v in session.stats.items()})
-    return EpisodeRecord(
-        task_id=task.task_id, domain=domain.name, preference_id=preference_id,
-        prompt_kind=prompt_kind, messages=tuple(messages), questions=tuple(questions),
-        tool_calls=tuple(tool_calls), answer=answer, task_score=score,
-        finish_reason=finish_reason, num_turns=turns, trajectory_followed=verdict,
-        tokens=session.token_view(), stats=stats)
+
+class _EpisodeRun:
+    """The state of one running episode and its steps: a turn, its calls, the final record."""
+
+    def __init__(self, domain: TaskDomain, task: Task, simulator: UserSimulator,
+                 preference_id: str, prompt_kind: PromptKind, config: EpisodeConfig,
+                 episode_id: str):
+        self.domain, self.task, self.simulator = domain, task, simulator
+        self.preference_id, self.prompt_kind, self.config = preference_id, prompt_kind, config
+        self.episode_id = episode_id
+        self.tools = list(domain.tool_schemas(task)) + [ask_user_schema()]
+        self.messages: list[dict[str, Any]] = [
+            {"role": "system", "content": domain.system_prompt(task)},
+            {"role": "user", "content": domain.first_message(task, prompt_kind)},
+        ]
+        self.stats = EpisodeStats()
+        self.tool_calls: list[ToolCall] = []
+        self.questions: list[Question] = []
+        self.state: dict[str, Any] = {}  # the domain's per-episode state (`run_tool`, `check_finish`)
+        self.answer: str | None = None
+        self.finish_reason = "turn_limit"
+        self.context_tokens = 0
+        self.turns = 0
+        self.call_ids = (f"call_{i}" for i in range(10**9))
+        self.session: Any = None
+        self.max_context = config.max_context_tokens
+
+    def start(self, policy: Policy) -> None:
+        """Opens the policy's session; its own context limit (the engine's max_seq_len) caps the
+        episode's token budget."""
+        self.session = policy.start(self.episode_id)
+        session_limit = getattr(self.session, "max_context_tokens", None)
+        if isinstance(session_limit, int) and session_limit > 0:
+            self.max_context = min(self.max_context, session_limit)
+
+    def _policy_failed(self, e: Exception) -> bool:
+        log.warning("policy error in %s: %s: %s", self.episode_id, type(e).__name__, e)
+        self.stats.policy_errors += 1
+        self.stats.policy_error = _error_text(e)
+        self.finish_reason = "error"
+        return True
+
+    async def turn(self) -> bool:
+        """One agent turn and its tool calls; True when the episode is over."""
+        budget = self.max_context - self.context_tokens
+        try:
+            pending = _pending_prompt_tokens(self.session, self.messages, self.tools)
+        except Exception as e:  # noqa: BLE001 -- e.g. a message the template cannot render
+            return self._policy_failed(e)
+        if budget - pending < self.config.min_turn_tokens:
+            self.finish_reason = "token_limit"
+            self.stats.token_limit_pending_prompt = pending
+            return True
+        try:
+            turn: PolicyTurn = await self.session.step(
+                self.messages, self.tools, min(self.config.turn_max_new_tokens, budget - pending))
+        except Exception as e:  # noqa: BLE001 -- the episode ends, the batch goes on
+            return self._policy_failed(e)
+        self.turns += 1
+        self.context_tokens = turn.context_tokens or self.context_tokens
+        if turn.finish_reason == "length":
+            self.stats.length_cut_turns += 1
+        calls, ids, errors, api = self._add_assistant_message(turn)
+        for err in errors:  # block-level parse errors (no call id)
+            self.stats.malformed_calls += 1
+            self.messages.append({"role": "tool", "tool_call_id": None,
+                                  "content": f"ERROR: {err.message}"})
+        if not calls and not errors:
+            self.stats.no_call_turns += 1
+            self.messages.append({"role": "tool" if not api else "user", "tool_call_id": None,
+                                  "content": NO_CALL_NUDGE})
+            return False
+        return await self._run_calls(calls, ids)
+
+    def _add_assistant_message(self, turn: PolicyTurn):
+        """Parses the turn (raw text, or the API's tool calls) and appends the assistant message;
+        returns (calls, their ids, block-level parse errors, whether the calls came from an API)."""
+        api = turn.tool_calls is not None
+        if api:
+            calls, errors, reasoning, content = list(turn.tool_calls), [], None, turn.text
+        else:
+            parsed = toolcall.parse_turn(turn.text, self.tools)
+            calls, errors = list(parsed.calls), list(parsed.errors)
+            reasoning, content = parsed.reasoning or None, parsed.content
+            self.stats.calls_in_thinking += parsed.calls_in_thinking
+        ids = [next(self.call_ids) for _ in calls]
+        assistant: dict[str, Any] = {"role": "assistant", "content": content}
+        if reasoning:
+            assistant["reasoning_content"] = reasoning
+        if calls:
+            assistant["tool_calls"] = [
+                {"id": cid, "type": "function", "function": {
+                    "name": c.name, "arguments": dict(c.raw_arguments),
+                    **({"raw_arguments": c.raw} if api else {})}}
+                for cid, c in zip(ids, calls)]
+        if not api:
+            assistant["raw"] = turn.text
+        self.messages.append(assistant)
+        return calls, ids, errors, api
+
+    async def _run_calls(self, calls: Sequence[Any], ids: Sequence[str]) -> bool:
+        """Runs the turn's calls in order up to an accepted `finish` (later ones are dropped,
+        counted); True when the agent finished."""
+        finished = False
+        for cid, call in zip(ids, calls):
+            if finished:
+                self.stats.dropped_after_finish += 1
+                continue
+            self.stats.tool_calls += 1
+            obs, error = await self._run_call(call)
+            if call.name == FINISH and error is None:
+                self.answer = str(call.arguments.get("answer", ""))
+                if ANSWER_OVERRIDE in self.state:  # set by the domain's check_finish
+                    self.answer = str(self.state.pop(ANSWER_OVERRIDE))
+                    self.stats.finish_overridden += 1
+                finished = True
+                self.finish_reason = "finish"
+            self.tool_calls.append(ToolCall(call.name, dict(call.arguments), self.turns - 1, obs,
+                                            error))
+            self.messages.append({"role": "tool", "tool_call_id": cid, "name": call.name,
+                                  "content": obs})
+        return finished
+
+    async def _run_call(self, call: toolcall.ParsedCall) -> tuple[str, str | None]:
+        """Runs one parsed call to (observation, error or None)."""
+        stats, config = self.stats, self.config
+        if call.error is not None:
+            kind = call.error.kind
+            if kind == toolcall.UNKNOWN_TOOL:
+                stats.unknown_tool += 1
+            elif kind in (toolcall.BAD_ARGUMENT, toolcall.MISSING_PARAMETER,
+                          toolcall.UNKNOWN_PARAMETER):
+                stats.bad_argument += 1
+            else:
+                stats.malformed_calls += 1
+            return f"ERROR: {call.error.message}", kind
+        if call.name == ASK_USER:
+            return await self._ask(str(call.arguments.get("question", "")))
+        if call.name == FINISH:
+            if not str(call.arguments.get("answer", "")).strip():
+                stats.empty_finish += 1
+                return EMPTY_FINISH_MESSAGE, "empty_answer"
+            rejection = await self._check_finish(call.arguments)
+            if rejection is not None:
+                stats.finish_rejected += 1
+                return rejection, "finish_rejected"
+            return "Answer submitted.", None
+        try:
+            obs = await asyncio.wait_for(
+                self.domain.run_tool(self.task, call.name, call.arguments, self.state),
+                config.tool_timeout_s)
+        except asyncio.TimeoutError:
+            stats.tool_timeouts += 1
+            return (f"ERROR: the tool '{call.name}' timed out after {config.tool_timeout_s:g}s.",
+                    "timeout")
+        except Exception as e:  # noqa: BLE001 -- tool bugs become observations
+            stats.tool_errors += 1
+            return f"ERROR: the tool '{call.name}' failed: {type(e).__name__}: {e}", "tool_error"
+        obs = str(obs)
+        if obs.startswith("ERROR:"):
+            stats.tool_errors += 1
+        return (truncate_observation(obs) if config.truncate else obs), None
+
+    async def _check_finish(self, args: Mapping[str, Any]) -> str | None:
+        """The domain's optional `check_finish` verdict: an observation refusing the finish, or
+        None to accept it. Clears any stale `ANSWER_OVERRIDE` first, so only this call's hook can
+        set it."""
+        self.state.pop(ANSWER_OVERRIDE, None)
+        check = getattr(self.domain, "check_finish", None)
+        if check is None:
+            return None
+        try:
+            verdict = check(self.task, args, self.state)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception as e:  # noqa: BLE001 -- a buggy hook must not trap the agent in a loop
+            self.stats.finish_check_errors += 1
+            self.stats.finish_check_error = _error_text(e)
+            log.warning("check_finish error: %s: %s", type(e).__name__, e)
+            self.state.pop(ANSWER_OVERRIDE, None)
+            return None
+        return None if verdict is None else str(verdict)
+
+    async def _ask(self, question: str) -> tuple[str, str | None]:
+        """`ask_user`: the simulator's reply as the observation, the question recorded."""
+        task, questions = self.task, self.questions
+        ctx = SimulatorContext(
+            precise_prompt=task.precise_prompt, hidden_info=task.hidden_info,
+            preference_id=self.preference_id,
+            questions_answered=sum(q.answered for q in questions),
+            history=tuple((q.text, history_reply(q)) for q in questions),
+            task_family=self.domain.task_family,  # type: ignore[arg-type]
+            hint=str(task.metadata.get("hint", "") or ""))
+        self.stats.simulator_questions += 1
+        try:
+            reply = await asyncio.wait_for(self.simulator.answer(ctx, question),
+                                           self.config.simulator_timeout_s)
+        except Exception as e:  # noqa: BLE001 -- the user is unreachable: an observation, counted
+            # SimulatorUnavailable (backend down after its retries), a timeout, or a simulator
+            # bug: an infrastructure failure the orchestrator re-runs or drops, never scored.
+            self.stats.simulator_errors += 1
+            self.stats.simulator_error = _error_text(e)
+            log.warning("simulator error in episode: %s: %s", type(e).__name__, e)
+            return (f"ERROR: the user could not be reached ({type(e).__name__}). Try again later "
+                    "or continue on your own.", "simulator_error")
+        self.stats.simulator_capped += int(not reply.answered)
+        self.stats.simulator_format_retries += int(reply.format_retries or 0)
+        self.stats.simulator_request_retries += int(reply.request_retries or 0)
+        questions.append(to_question(question, reply, self.turns - 1))
+        return reply.text, None
+
+    async def record(self) -> EpisodeRecord:
+        """Scores the finish answer, judges the trajectory and builds the record."""
+        stats, task = self.stats, self.task
+        stats.simulator_malformed = sum(q.malformed for q in self.questions)
+        try:
+            score = (float(await self.domain.score(task, self.answer))
+                     if self.answer is not None else 0.0)
+        except Exception as e:  # noqa: BLE001 -- a judge failure scores 0 and is counted
+            stats.score_error = _error_text(e)
+            score = 0.0
+        try:
+            verdict = judges.judge_trajectory(self.preference_id, self.tool_calls)
+        except Exception as e:  # noqa: BLE001 -- unknown preference id
+            stats.trajectory_error = _error_text(e)
+            verdict = None
+        stats.context_tokens = self.context_tokens
+        stats.policy = dict(self.session.stats)
+        return EpisodeRecord(
+            task_id=task.task_id, domain=self.domain.name, preference_id=self.preference_id,
+            prompt_kind=self.prompt_kind, messages=tuple(self.messages), questions=tuple(self.questions),
+            tool_calls=tuple(self.tool_calls), answer=self.answer, task_score=score,
+            finish_reason=self.finish_reason, num_turns=self.turns,
+            trajectory_followed=verdict, tokens=self.session.token_view(), stats=stats.to_dict(),
+            task_family=self.domain.task_family)
 
 
 def _pending_prompt_tokens(session: Any, messages: list[dict[str, Any]], tools: list[Any]) -> int:
     """Tokens the session's next step would send as prompt (0 if it cannot tell)."""
     count = getattr(session, "prompt_tokens", None)
     return int(count(messages, tools)) if callable(count) else 0
-
-
-async def _run_call(call: toolcall.ParsedCall, domain: TaskDomain, task: Task,
-                    simulator: UserSimulator, state: dict[str, Any], questions: list[Question],
-                    stats: dict[str, Any], config: EpisodeConfig, preference_id: str,
-                    family: str, turn: int) -> tuple[str, str | None]:
-    """Runs one parsed call to (observation, error or None)."""
-    if call.error is not None:
-        kind = call.error.kind
-        if kind == toolcall.UNKNOWN_TOOL:
-            stats["unknown_tool"] += 1
-        elif kind in (toolcall.BAD_ARGUMENT, toolcall.MISSING_PARAMETER, toolcall.UNKNOWN_PARAMETER):
-            stats["bad_argument"] += 1
-        else:
-            stats["malformed_calls"] += 1
-        return f"ERROR: {call.error.message}", kind
-    if call.name == ASK_USER:
-        return await _ask(call, task, simulator, questions, stats, config, preference_id, family,
-                          turn)
-    if call.name == FINISH:
-        if not str(call.arguments.get("answer", "")).strip():
-            stats["empty_finish"] += 1
-            return EMPTY_FINISH_MESSAGE, "empty_answer"
-        rejection = await _check_finish(domain, task, call.arguments, state, stats)
-        if rejection is not None:
-            stats["finish_rejected"] += 1
-            return rejection, "finish_rejected"
-        return "Answer submitted.", None
-    try:
-        obs = await asyncio.wait_for(domain.run_tool(task, call.name, call.arguments, state),
-                                     config.tool_timeout_s)
-    except asyncio.TimeoutError:
-        stats["tool_timeouts"] += 1
-        return f"ERROR: the tool '{call.name}' timed out after {config.tool_timeout_s:g}s.", "timeout"
-    except Exception as e:  # noqa: BLE001 -- tool bugs become observations
-        stats["tool_errors"] += 1
-        return f"ERROR: the tool '{call.name}' failed: {type(e).__name__}: {e}", "tool_error"
-    obs = str(obs)
-    if obs.startswith("ERROR:"):
-        stats["tool_errors"] += 1
-    return (truncate_observation(obs) if config.truncate else obs), None
-
-
-async def _check_finish(domain: TaskDomain, task: Task, args: Mapping[str, Any],
-                        state: dict[str, Any], stats: dict[str, Any]) -> str | None:
-    """The domain's optional `check_finish` verdict: an observation refusing the finish, or None
-    to accept it. Clears any stale `ANSWER_OVERRIDE` first, so only this call's hook can set it."""
-    state.pop(ANSWER_OVERRIDE, None)
-    check = getattr(domain, "check_finish", None)
-    if check is None:
-        return None
-    try:
-        verdict = check(task, args, state)
-        if inspect.isawaitable(verdict):
-            verdict = await verdict
-    except Exception as e:  # noqa: BLE001 -- a buggy hook must not trap the agent in a loop
-        stats["finish_check_errors"] += 1
-        stats["finish_check_error"] = f"{type(e).__name__}: {e}"[:500]
-        log.warning("check_finish error: %s: %s", type(e).__name__, e)
-        state.pop(ANSWER_OVERRIDE, None)
-        return None
-    return None if verdict is None else str(verdict)
-
-
-async def _ask(call, task, simulator, questions, stats, config, preference_id, family, turn):
-    question = str(call.arguments.get("question", ""))
-    ctx = SimulatorContext(
-        precise_prompt=task.precise_prompt, hidden_info=task.hidden_info,
-        preference_id=preference_id, questions_answered=sum(q.answered for q in questions),
-        history=tuple((q.text, history_reply(q)) for q in questions),
-        task_family=family,  # type: ignore[arg-type]
-        hint=str(task.metadata.get("hint", "") or ""))
-    stats["simulator_questions"] += 1
-    try:
-        reply = await asyncio.wait_for(simulator.answer(ctx, question), config.simulator_timeout_s)
-    except Exception as e:  # noqa: BLE001 -- the user is unreachable: an observation, counted
-        # SimulatorUnavailable (backend down after its retries), a timeout, or a simulator bug:
-        # an infrastructure failure the orchestrator re-runs or drops, never a scored answer.
-        stats["simulator_errors"] += 1
-        stats["simulator_error"] = f"{type(e).__name__}: {e}"[:500]
-        log.warning("simulator error in episode: %s: %s", type(e).__name__, e)
-        return f"ERROR: the user could not be reached ({type(e).__name__}). Try again later or " \
-               "continue on your own.", "simulator_error"
-    stats["simulator_capped"] += int(not reply.answered)
-    stats["simulator_format_retries"] += int(getattr(reply, "format_retries", 0) or 0)
-    stats["simulator_request_retries"] += int(getattr(reply, "request_retries", 0) or 0)
-    questions.append(to_question(question, reply, turn))
-    return reply.text, None
 
 
 async def run_episodes(domain: TaskDomain, specs: Sequence[EpisodeSpec], policy: Policy,
@@ -378,8 +457,3 @@ def masked_spans(record: EpisodeRecord) -> list[tuple[int, int, int]]:
             spans.append((start, i, mask[start]))
             start = i
     return spans
-
-
-def message_text(messages: Sequence[Mapping[str, Any]], role: str) -> list[str]:
-    """Contents of the messages with a role (convenience for tests and reports)."""
-    return [m.get("content", "") for m in messages if m["role"] == role]

@@ -34,7 +34,9 @@ from ppp_jax.envs.episode import EpisodeConfig
 from ppp_jax.envs.preferences import HELDOUT_IDS, TRAIN_IDS, get_preference
 from ppp_jax.envs.records import EpisodeRecord
 from ppp_jax.rollout.orchestrator import EpisodeRequest, run_requests
+from ppp_jax.rollout.policies import SeededEnginePolicy
 from ppp_jax.rollout.results import RolloutCounters
+from ppp_jax.train.progress import ProgressBar
 
 SCORE_KEYS = ("ask_ratio", "productivity", "proactivity", "personalization", "low_effort_share")
 
@@ -125,12 +127,10 @@ def evaluate(policy: Any, domain: Any, simulator: Any, tasks: Sequence[Task], cf
 
     Sampling seeds derive from `cfg.seed`, so an evaluation is repeatable for a fixed policy.
     """
-    from ppp_jax.train.progress import ProgressBar
-
     reqs = eval_requests(tasks, cfg)
     if not reqs:
         raise ValueError("the evaluation has no episodes: no tasks, preferences or prompt kinds")
-    if hasattr(policy, "base_seed"):
+    if isinstance(policy, SeededEnginePolicy):
         policy.base_seed = cfg.seed
     counters = RolloutCounters()
     bar = ProgressBar(sum(r.n for r in reqs), desc=desc, enabled=progress,

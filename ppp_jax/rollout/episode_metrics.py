@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -149,34 +149,3 @@ def episode_metrics(
             if pers:
                 out[f"pref/{pref}/personalization"] = _mean([float(p) for p in pers])
     return out
-
-
-def score_records(
-    records: Sequence[EpisodeRecord], reward_config: Any = None
-) -> list[dict[str, float | None]]:
-    """Per-episode score rows for `episode_metrics`, from UserVille's scorers.
-
-    Productivity, proactivity and personalization come from `ppp_jax.envs.scoring.episode_scores`
-    (the paper's evaluation definitions); the reward and its three components from
-    `ppp_jax.envs.reward.reward_breakdown` with `reward_config` (default `RewardConfig()`).
-    Episodes without a task score get no reward row values (None) instead of an error.
-    """
-    from ppp_jax.envs import reward as reward_lib  # imported here: envs pulls in the judges
-    from ppp_jax.envs import scoring
-
-    cfg = reward_config if reward_config is not None else reward_lib.RewardConfig()
-    rows: list[dict[str, float | None]] = []
-    for r in records:
-        sc = scoring.episode_scores(r)
-        row: dict[str, float | None] = {
-            "productivity": sc.productivity,
-            "proactivity": sc.proactivity,
-            "personalization": sc.personalization,
-            **{f"session_effort_{e}": float(sc.session_effort == e) for e in EFFORTS},
-        }
-        if r.task_score is not None:
-            rb = reward_lib.reward_breakdown(r, cfg)
-            row.update(reward=rb.total, reward_unclipped=rb.unclipped, r_prod=rb.productivity,
-                       r_proact=rb.proactivity, r_pers=rb.personalization)
-        rows.append(row)
-    return rows

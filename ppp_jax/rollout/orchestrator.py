@@ -47,7 +47,7 @@ from ppp_jax.rl import dapo
 from ppp_jax.rl.advantages import compute_advantages
 from ppp_jax.rl.batch import assemble_batch
 from ppp_jax.rollout.agent_domain import for_user
-from ppp_jax.rollout.policies import derive_seed
+from ppp_jax.rollout.policies import SeededEnginePolicy, derive_seed
 from ppp_jax.rollout.results import RolloutBatch, RolloutCounters
 from ppp_jax.rollout.summaries import rollout_metrics, score_row
 from ppp_jax.rollout.timing import TimedSimulator
@@ -193,7 +193,7 @@ class RolloutOrchestrator:
     async def generate(self, items: Sequence[Any], tasks: Mapping[str, Task], seed: int,
                        counters: RolloutCounters) -> list[list[EpisodeRecord]]:
         """The groups of episodes for `items` (`ppp_jax.train.data.PromptItem`s), one list per item."""
-        if hasattr(self.policy, "base_seed"):
+        if isinstance(self.policy, SeededEnginePolicy):  # the step's seed, for every episode
             self.policy.base_seed = seed
         return await run_requests(self._requests(items, tasks), self.domain, self.policy,
                                   self.simulator, episode=self.episode,
@@ -224,7 +224,7 @@ class RolloutOrchestrator:
         """
         t0 = time.perf_counter()
         counters = RolloutCounters()
-        self.simulator.seconds, self.simulator.calls = 0.0, 0
+        self.simulator.reset()
         dcfg = self.rl.dapo
         min_group = 2 if self.rl.advantage.group_size >= 2 else 1
 

@@ -16,7 +16,7 @@ from ppp_jax.rollout.results import RolloutBatch
 
 
 def score_row(record: EpisodeRecord, reward_cfg: RewardConfig) -> dict[str, float | None]:
-    """Per-episode scores and the reward with its components (keys of `metrics.SCORE_KEYS`)."""
+    """Per-episode scores and the reward with its components (keys of `episode_metrics.SCORE_KEYS`)."""
     s = scoring.episode_scores(record, reward_cfg.correct_threshold)
     r = reward_breakdown(record, reward_cfg)
     return {"reward": r.total, "r_prod": r.productivity, "r_proact": r.proactivity,

@@ -14,6 +14,10 @@ class TimedSimulator:
 
     def __init__(self, inner: UserSimulator):
         self.inner = inner
+        self.reset()
+
+    def reset(self) -> None:
+        """Zeroes the totals (at the start of each rollout round)."""
         self.seconds = 0.0
         self.calls = 0
 

@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppp_jax.rollout.episode_metrics import EFFORTS, episode_metrics, score_records
+from ppp_jax.envs.reward import RewardConfig
+from ppp_jax.rollout.episode_metrics import episode_metrics
+from ppp_jax.rollout.summaries import score_row
 from ppp_jax.train.metrics import (JsonlWriter, StepTimer, flatten, make_writer, read_jsonl,
                                    throughput)
 from ppp_jax.envs.records import EpisodeRecord, Question, ToolCall, TokenView
@@ -86,15 +88,14 @@ def test_score_rows_and_undefined_values():
     assert episode_metrics([]) == {"rollout/episodes": 0.0}
 
 
-def test_score_records_uses_userville_scorers():
-    rows = score_records(_records())
+def test_score_rows_use_userville_scorers():
+    rows = [score_row(r, RewardConfig()) for r in _records()]
     assert len(rows) == 3
     for row in rows:
         assert 0.0 <= row["productivity"] <= 1.0 and row["proactivity"] in (0.0, 1.0)
-        assert sum(row[f"session_effort_{e}"] for e in EFFORTS) == 1.0
         assert {"reward", "r_prod", "r_proact", "r_pers"} <= set(row)
     # Episode 1 asked a high-effort question: session effort high, proactivity 0.
-    assert rows[0]["session_effort_high"] == 1.0 and rows[0]["proactivity"] == 0.0
+    assert rows[0]["proactivity"] == 0.0
     m = episode_metrics(_records(), rows)
     assert 0.0 <= m["score/reward"] <= 1.0
 
