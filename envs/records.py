@@ -105,6 +105,9 @@ class EpisodeRecord:
         only_begin); None when the preference has no trajectory rule.
       tokens: the token view for engine-backed episodes; None for API-backed ones.
       stats: free-form counters (malformed tool calls, simulator retries, ...).
+      task_family: the domain's `task_family` ("swe" | "search"), recorded by the episode runner;
+        the released reward's constants follow it. None (records built elsewhere, older code):
+        the reward falls back to `RewardConfig.search_domain_markers` on the domain name.
     """
 
     task_id: str
@@ -121,6 +124,7 @@ class EpisodeRecord:
     trajectory_followed: bool | None = None
     tokens: TokenView | None = None
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    task_family: str | None = None
 
     @property
     def num_questions(self) -> int:
