@@ -3,14 +3,16 @@
 The runner keeps the conversation as OpenAI-style message dicts (see `envs.episode`) and, once
 per agent turn, calls `session.step(messages, tools, max_new_tokens)`. A policy session returns
 a `PolicyTurn`: the raw assistant text, plus the tool calls when the backend parsed them itself
-(OpenAI tool calling), else None and the runner parses Seed-OSS calls out of the text.
+(OpenAI tool calling), else None and the runner parses the chat format's (Seed-OSS) calls out of
+the text.
 
   * `EnginePolicy`: the JAX sampling engine (`ppp_jax.sampling`), token in, token out. It renders
-    the Seed-OSS chat format itself, keeps one engine session per episode (each turn sends only
-    the new tokens: the tool/user turns since its last turn plus the generation prompt), and
-    records the exact sampled ids with loss mask 1 and their sampler log-probs; every rendered
-    token (system, user, tool, template) has mask 0. The sampled text is decoded from those ids
-    for parsing only; the ids are never re-tokenized.
+    the model's chat format (`ppp_jax.sampling.chat_format`, Seed-OSS by default) itself,
+    keeps one engine session per episode (each turn sends only the new tokens: the tool/user
+    turns since its last turn plus the generation prompt), and records the exact sampled ids
+    with loss mask 1 and their sampler log-probs; every rendered token (system, user, tool,
+    template) has mask 0. The sampled text is decoded from those ids for parsing only; the ids
+    are never re-tokenized.
   * `OpenAIPolicy`: any OpenAI-compatible chat endpoint with tool calling, through
     `envs.llm_client.LLMClient` (retries, backoff, timeouts, concurrency limit). No token view.
   * `ScriptedPolicy`: replays fixed assistant texts (tests, demos).
@@ -38,9 +40,17 @@ import itertools
 import json
 from typing import Any, Mapping, Protocol, Sequence
 
-from ppp_jax.envs import toolcall
-from ppp_jax.envs.chat import ChatTokenizer, generation_prompt, render_turn
 from ppp_jax.envs.records import TokenView
+from ppp_jax.sampling.chat import ChatTokenizer
+from ppp_jax.sampling.chat_format import (
+    BAD_ARGUMENT,
+    DEFAULT_FORMAT,
+    ChatFormat,
+    ParsedCall,
+    ToolCallError,
+    schema_index,
+    validate_call,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +67,7 @@ class PolicyTurn:
     """
 
     text: str
-    tool_calls: tuple[toolcall.ParsedCall, ...] | None = None
+    tool_calls: tuple[ParsedCall, ...] | None = None
     finish_reason: str = "stop"
     context_tokens: int = 0
     new_tokens: int = 0
@@ -85,14 +95,6 @@ class Policy(Protocol):
 
 # --- engine-backed --------------------------------------------------------------------------------
 
-# The current Seed-OSS template's pre-fill for thinking_budget=0 (seed_oss.md 4.2). The template
-# also adds a system turn telling the model to answer without thinking; put that instruction in
-# the domain's system prompt when using this prefix.
-THINKING_BUDGET_0_PREFIX = ("<seed:think>\n<seed:cot_budget_reflect>The current thinking budget is 0, "
-                            "so I will directly start answering the question."
-                            "</seed:cot_budget_reflect>\n</seed:think>")
-
-
 @dataclasses.dataclass(frozen=True)
 class EngineSampling:
     """Sampling settings of the engine policy (the released code: T = 1, top-p = 1)."""
@@ -109,16 +111,20 @@ class EnginePolicy:
     Args:
       engine: anything with `async generate(Request) -> GenerationResult` and
         `end_session(session_id)` (`ppp_jax.sampling.engine.Engine`, or `ScriptedEngine`).
-      tokenizer: a `tokenizers.Tokenizer` or transformers tokenizer with the Seed-OSS special tokens.
+      tokenizer: a `tokenizers.Tokenizer` or transformers tokenizer with the chat format's special
+        tokens, or a `ChatTokenizer` (which brings its own format).
       sampling: temperature / top-p / top-k / seed.
-      generation_prefix: text forced after the generation prompt each turn (mask 0), e.g.
-        `THINKING_BUDGET_0_PREFIX`; it is part of the turn's text for parsing.
+      generation_prefix: text forced after the generation prompt each turn (mask 0), e.g. the
+        format's `no_thinking_prefix` (Seed-OSS: `THINKING_BUDGET_0_PREFIX`); it is part of the
+        turn's text for parsing.
+      chat_format: the chat format (or its registry name) when `tokenizer` is not a ChatTokenizer.
     """
 
     def __init__(self, engine: Any, tokenizer: Any, sampling: EngineSampling = EngineSampling(),
-                 generation_prefix: str = ""):
+                 generation_prefix: str = "", chat_format: str | ChatFormat = DEFAULT_FORMAT):
         self.engine = engine
-        self.chat = tokenizer if isinstance(tokenizer, ChatTokenizer) else ChatTokenizer(tokenizer)
+        self.chat = (tokenizer if isinstance(tokenizer, ChatTokenizer)
+                     else ChatTokenizer(tokenizer, chat_format))
         self.sampling = sampling
         self.generation_prefix = generation_prefix
         self._counter = itertools.count()
@@ -148,6 +154,7 @@ class EngineSession:
     def _render_new(self, messages: Sequence[Mapping[str, Any]],
                     tools: Sequence[Mapping[str, Any]]) -> str:
         chat = self.policy.chat
+        fmt = chat.format
         parts = []
         start = self._seen
         if start == 0:
@@ -158,8 +165,8 @@ class EngineSession:
         for msg in messages[start:]:
             if msg["role"] == "assistant":
                 raise ValueError("EngineSession cannot render assistant messages it did not sample")
-            parts.append(render_turn(msg["role"], msg["content"]))
-        parts.append(generation_prompt() + self.policy.generation_prefix)
+            parts.append(fmt.render_turn(msg["role"], msg["content"]))
+        parts.append(fmt.generation_prompt() + self.policy.generation_prefix)
         return "".join(parts)
 
     def _append(self, ids: Sequence[int], mask: int, logprobs: Sequence[float] | None = None):
@@ -321,7 +328,7 @@ def to_openai_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
     return out
 
 
-def _api_call(call: Mapping[str, Any], tools: Sequence[Mapping[str, Any]]) -> toolcall.ParsedCall:
+def _api_call(call: Mapping[str, Any], tools: Sequence[Mapping[str, Any]]) -> ParsedCall:
     """An API tool call -> ParsedCall, with JSON decoding and the same schema checks as text."""
     name = call.get("name") or ""
     raw = call.get("arguments") or "{}"
@@ -330,10 +337,10 @@ def _api_call(call: Mapping[str, Any], tools: Sequence[Mapping[str, Any]]) -> to
         if not isinstance(args, dict):
             raise ValueError("arguments are not a JSON object")
     except (ValueError, TypeError) as e:
-        return toolcall.ParsedCall(name, {}, {}, str(raw), toolcall.ToolCallError(
-            toolcall.BAD_ARGUMENT, f"The arguments of '{name}' are not valid JSON: {e}.", name))
+        return ParsedCall(name, {}, {}, str(raw), ToolCallError(
+            BAD_ARGUMENT, f"The arguments of '{name}' are not valid JSON: {e}.", name))
     raw_args = {k: v if isinstance(v, str) else json.dumps(v) for k, v in args.items()}
-    return toolcall.validate_call(name, raw_args, str(raw), toolcall.schema_index(tools))
+    return validate_call(name, raw_args, str(raw), schema_index(tools))
 
 
 class OpenAIPolicy:

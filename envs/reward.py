@@ -39,8 +39,10 @@ medium 3 / high 4, search 1 / 2 / 3), Lsum = sum k * L_k:
 
 Total = s + w_proact * R_proact + w_pers * R_pers, clipped to [0, 1] when `clip` (the GRPO
 advantage uses the clipped value). Weights of 0 give the paper's "w/o Proact." / "w/o Pers."
-ablations. The domain decides SWE vs search: a domain whose name contains one of
-`search_domain_markers` uses the search constants.
+ablations. The domain decides SWE vs search: its `task_family`, which the episode runner records
+on the EpisodeRecord (`record.task_family`). A record without one (built by hand, or by older
+code) falls back to the domain's name: one containing any of `search_domain_markers` uses the
+search constants.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class RewardConfig:
     proactivity_weight: float = 1.0  # 0 = "w/o Proact." ablation
     personalization_weight: float = 1.0  # 0 = "w/o Pers." ablation
     clip: bool = True  # clip the total to [0, 1] (the paper's advantage input)
-    # A domain whose name contains any of these uses the search constants (released variant).
+    # Fallback for records without a `task_family` (hand-built or older records): a domain whose
+    # name contains any of these uses the search constants (released variant).
     search_domain_markers: tuple[str, ...] = ("search", "browsecomp")
     correct_threshold: float = 1.0  # task score below this = wrong answer (released: s < 1)
 
@@ -97,9 +100,22 @@ class RewardBreakdown:
 
 
 def task_family(domain: str, markers: tuple[str, ...] = ("search", "browsecomp")) -> TaskFamily:
-    """"search" if the domain name contains a marker, else "swe"."""
+    """"search" if the domain name contains a marker, else "swe" (the fallback of
+    `record_family` for records that carry no family)."""
     d = domain.lower()
     return "search" if any(m in d for m in markers) else "swe"
+
+
+def record_family(record: EpisodeRecord, markers: tuple[str, ...] = ("search", "browsecomp")
+                  ) -> TaskFamily:
+    """The episode's task family: the one its domain declared (`record.task_family`, set by the
+    episode runner from `domain.task_family`), else from the domain name by `markers`."""
+    if record.task_family is not None:
+        if record.task_family not in DEFAULT_LEVEL:
+            raise ValueError(f"record {record.task_id!r}: unknown task family "
+                             f"{record.task_family!r} (expected one of {sorted(DEFAULT_LEVEL)})")
+        return record.task_family  # type: ignore[return-value]
+    return task_family(record.domain, markers)
 
 
 def _paper_proactivity(record: EpisodeRecord) -> float:
@@ -182,7 +198,7 @@ def reward_breakdown(record: EpisodeRecord, cfg: RewardConfig = RewardConfig()) 
         proact = _paper_proactivity(record)
         pers = _paper_personalization(record)
     else:
-        family = task_family(record.domain, cfg.search_domain_markers)
+        family = record_family(record, cfg.search_domain_markers)
         proact = _released_proactivity(record, family, s, cfg.correct_threshold)
         pers = _released_personalization(record)
     total = s + cfg.proactivity_weight * proact + cfg.personalization_weight * pers

@@ -150,7 +150,7 @@ def build_stage(cfg: RunConfig) -> Built:
     The tokenizer is trained once into `<run>/tokenizer.json` (or read from `policy.tokenizer`
     when that file exists) and reused on reruns.
     """
-    from ppp_jax.envs.chat import ChatTokenizer
+    from ppp_jax.sampling.chat import ChatTokenizer
     from ppp_jax.envs.simulator_backends import make_simulator
     from ppp_jax.train import sft
     from ppp_jax.train.builders import agent_domain, build_tasks, load_tokenizer

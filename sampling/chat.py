@@ -1,15 +1,25 @@
 """Text in and out of the engine: the checkpoint's tokenizer, chat rendering, streaming decode.
 
-Chats are rendered with the checkpoint's own chat template through transformers'
-`apply_chat_template` (never re-implemented: the Seed-OSS template's whitespace is
-idiosyncratic, see reference/seed_oss.md section 4.2), then encoded without adding special
-tokens again (the template already writes `<seed:bos>`).
+Two ways to render a chat:
+  * `render_chat` (the server): the checkpoint's own chat template through transformers'
+    `apply_chat_template` (never re-implemented: the Seed-OSS template's whitespace is
+    idiosyncratic, see reference/seed_oss.md section 4.2), then encoded without adding special
+    tokens again (the template already writes `<seed:bos>`).
+  * `ChatTokenizer` (token-level episodes, SFT): turns rendered piece by piece by a
+    `ppp_jax.sampling.chat_format` format, so that each turn's ids can be sent and masked on
+    their own. The system block (system text plus tool documentation) is rendered by the
+    tokenizer's chat template when it has one (a transformers tokenizer with `chat_template`
+    set), so it matches the model's training format byte for byte; without one (tests, tiny
+    tokenizers) by the format's `render_system` approximation. All other turns are plain
+    role/content turns, rendered identically by both paths.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
+
+from ppp_jax.sampling.chat_format import DEFAULT_FORMAT, ChatFormat, get_format
 
 
 def load_tokenizer(path: str | Path):
@@ -78,3 +88,47 @@ class IncrementalDetokenizer:
         delta = self.text[self.emitted:]
         self.emitted = len(self.text)
         return delta
+
+
+class ChatTokenizer:
+    """Encodes/decodes rendered chat text with special tokens kept atomic and visible.
+
+    Args:
+      tokenizer: a `tokenizers.Tokenizer` or a transformers tokenizer. The format's special
+        tokens in rendered text (`<seed:bos>`, `<seed:eos>`, `<seed:think>`, ... for Seed-OSS)
+        must be single vocabulary entries so that rendering piecewise gives the same ids as
+        rendering whole.
+      chat_format: the chat format (or its registry name) the turns are rendered in.
+    """
+
+    def __init__(self, tokenizer: Any, chat_format: str | ChatFormat = DEFAULT_FORMAT):
+        self.tok = tokenizer
+        self.format = get_format(chat_format)
+        self._hf = hasattr(tokenizer, "apply_chat_template")
+        self.eos_id = self.token_id(self.format.eos)
+        self.bos_id = self.token_id(self.format.bos)
+
+    def token_id(self, token: str) -> int:
+        tid = self.tok.convert_tokens_to_ids(token) if self._hf else self.tok.token_to_id(token)
+        if tid is None or (self._hf and tid == getattr(self.tok, "unk_token_id", None)):
+            raise ValueError(f"tokenizer has no single token for {token!r}")
+        return int(tid)
+
+    def encode(self, text: str) -> list[int]:
+        if self._hf:
+            return list(self.tok.encode(text, add_special_tokens=False))
+        return list(self.tok.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        if self._hf:
+            return self.tok.decode(list(ids), skip_special_tokens=False)
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def render_system(self, system: str, tools: Sequence[Mapping[str, Any]]) -> str:
+        """The first system block, through the model's template when the tokenizer has one."""
+        if self._hf and getattr(self.tok, "chat_template", None):
+            text = self.tok.apply_chat_template(
+                [{"role": "system", "content": system}], tools=list(tools) or None, tokenize=False,
+                add_generation_prompt=False)
+            return text
+        return self.format.render_system(system, tools)

@@ -30,9 +30,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ppp_jax.sampling.paged_cache import PagedKVCache
-from ppp_jax.sampling.params import GenerationResult, Request, TopLogprobs
+from ppp_jax.sampling.params import GenerationResult, Request, TokenCallback, TopLogprobs
 from ppp_jax.sampling.runner import ModelRunner
-from ppp_jax.sampling.scheduler import EngineConfig, EngineCore
+from ppp_jax.sampling.scheduler import EngineConfig, EngineCore, SessionKV
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,6 @@ class Engine:
                                 vocab_size=mc.vocab_size)
         self._mailbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._closed = False
-        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="ppp-engine", daemon=True)
         self._thread.start()
 
@@ -141,22 +140,7 @@ class Engine:
                     core.step()
             except BaseException as e:  # keep serving; fail everything in flight
                 log.exception("engine step failed")
-                self._error = e
-                self._fail_all(e)
-
-    def _fail_all(self, error: BaseException) -> None:
-        core = self._core
-        for seq in list(core.waiting) + [s for s in core.slots if s is not None]:
-            try:
-                seq.on_done(None, error)
-            except Exception:  # noqa: BLE001 - a broken callback must not stop the loop
-                log.exception("callback failed")
-        core.waiting.clear()
-        for i, seq in enumerate(core.slots):
-            if seq is not None:
-                core._free(seq.pages)
-                seq.pages = []
-                core.slots[i] = None
+                core.fail_all(e)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         """Runs fn() on the engine thread and returns its result (blocking)."""
@@ -175,14 +159,13 @@ class Engine:
 
     # ---- requests ------------------------------------------------------------------------
 
-    def submit(self, request: Request,
-               on_tokens: Callable[[list[int], list[float]], None] | None = None,
+    def submit(self, request: Request, on_tokens: TokenCallback | None = None,
                ) -> concurrent.futures.Future[GenerationResult]:
         """Queues `request`; the future resolves to its `GenerationResult` (or a RequestError).
 
-        on_tokens(new_ids, new_logprobs) is called on the engine thread after each decode block;
-        for a request with `params.top_logprobs` > 0 it is called as
-        on_tokens(new_ids, new_logprobs, new_top_logprobs) (one list of (id, log-prob) per id).
+        on_tokens(new_ids, new_logprobs, new_top_logprobs) is called on the engine thread after
+        each decode block that sampled tokens for it; new_top_logprobs is one list of
+        (id, log-prob) per id when `params.top_logprobs` > 0, else None (`TokenCallback`).
         """
         if self._closed:
             raise RuntimeError("engine is closed")
@@ -192,7 +175,7 @@ class Engine:
         return fut
 
     def submit_many(self, requests: list[Request],
-                    on_tokens: list[Callable[[list[int], list[float]], None] | None] | None = None,
+                    on_tokens: list[TokenCallback | None] | None = None,
                     ) -> list[concurrent.futures.Future[GenerationResult]]:
         """Queues several requests at once (they are admitted together, as one batch, so
         requests with the same prompt share its prefill and KV pages).
@@ -241,7 +224,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue = asyncio.Queue()
 
-        def on_tokens(ids, logps, tops=None):
+        def on_tokens(ids, logps, tops):
             loop.call_soon_threadsafe(chunks.put_nowait,
                                       StreamChunk(list(ids), list(logps), top_logprobs=tops))
 
@@ -268,7 +251,7 @@ class Engine:
         chunks: asyncio.Queue = asyncio.Queue()
 
         def callback(i):
-            def on_tokens(ids, logps, tops=None):
+            def on_tokens(ids, logps, tops):
                 loop.call_soon_threadsafe(chunks.put_nowait, (i, StreamChunk(
                     list(ids), list(logps), top_logprobs=tops)))
             return on_tokens
@@ -315,19 +298,13 @@ class Engine:
         if isinstance(new_state, nnx.Module):
             new_state = nnx.state(new_state)
 
-        def swap():
-            old = self._core.state
-            if jax.tree.structure(old) != jax.tree.structure(new_state):
-                raise ValueError("update_params: the new state's tree differs from the model's")
-            for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new_state)):
-                if a.shape != b.shape or a.dtype != b.dtype:
-                    raise ValueError(f"update_params: leaf {b.shape} {b.dtype} does not match "
-                                     f"{a.shape} {a.dtype}")
-            self._core.state = jax.tree.map(
-                lambda n, o: jax.device_put(n, o.sharding) if isinstance(o, jax.Array) else n,
-                new_state, old)
+        self._call(lambda: self._core.update_state(new_state))
 
-        self._call(swap)
+    def weights(self) -> nnx.State:
+        """The weights the engine samples with now: the model state (`nnx.split`'s, as
+        `update_params` takes it), each leaf placed where the engine holds it. Read-only: swap
+        weights with `update_params`."""
+        return self._core.state
 
     # ---- introspection --------------------------------------------------------------------
 
@@ -340,15 +317,38 @@ class Engine:
         """How many times each program was traced (prefill counts one per shape bucket)."""
         return dict(self.runner.traces)
 
+    def kv_pool_layout(self) -> jax.ShapeDtypeStruct:
+        """Shape [L, P, S, K, H], dtype and sharding of each of the K and V page pools (the two
+        are laid out alike) as the engine holds them now; not their contents."""
+        def layout():
+            k = self._core.k_pool
+            return jax.ShapeDtypeStruct(k.shape, k.dtype, sharding=k.sharding)
+
+        return self._call(layout)
+
+    def session_kv(self, session_id: str) -> SessionKV:
+        """Host copies of the K/V the pool holds for an idle session's cached context
+        (`SessionKV`: cached tokens, pages held, k and v [L, cached, K, H])."""
+        return self._call(lambda: self._core.session_kv(session_id))
+
+    def lower_decode(self, num_top: int = 0) -> jax.stages.Lowered:
+        """The decode program lowered for the current weights and pools (not run, nothing
+        compiled): the default program, or the top-log-prob variant for `num_top` > 0.
+        `.as_text()` is its HLO."""
+        return self._call(lambda: self._core.lower_decode(num_top))
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` has stopped the engine (it takes no requests then)."""
+        return self._closed
+
     def close(self) -> None:
         """Stops the engine thread; requests still in flight are cancelled."""
         if self._closed:
             return
 
         def stop():
-            for seq in list(self._core.waiting) + [s for s in self._core.slots if s is not None]:
-                seq.cancelled = True
-            self._core._reap_cancelled()
+            self._core.cancel_all()
             self._closed = True
 
         self._mailbox.put(stop)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from typing import Literal
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -18,6 +19,12 @@ MAX_TOP_LOGPROBS = 20
 
 # The top alternatives at one sampled position: (token id, log-prob) pairs, most likely first.
 TopLogprobs = list[tuple[int, float]]
+
+# The per-request token callback of `Engine.submit`: on_tokens(new_ids, new_logprobs,
+# new_top_logprobs), called on the engine thread after each decode block that sampled tokens for
+# the request; new_top_logprobs is one `TopLogprobs` per new id when the request asked for them
+# (`SamplingParams.top_logprobs` > 0), else None.
+TokenCallback = Callable[[list[int], list[float], list[TopLogprobs] | None], None]
 
 _request_ids = itertools.count()
 

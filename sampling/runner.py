@@ -18,14 +18,32 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ppp_jax.sampling.paged_cache import PagedKVCache
 from ppp_jax.sampling.strategies import (policy_logprobs, request_keys, sample_from_logprobs,
                                          top_logprobs)
+
+
+class SlotRow(NamedTuple):
+    """One live slot's row of a `SlotBatch` (host values; see `SlotBatch` for the fields)."""
+
+    pages: Sequence[int]  # the sequence's KV pages, in order (the page-table row, zero-padded)
+    cache_len: int
+    last_token: int
+    num_generated: int
+    max_new_tokens: int
+    stop_ids: Sequence[int]  # at most max_stop_tokens ids
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -56,6 +74,34 @@ class SlotBatch:
     top_p: jax.Array
     seeds: jax.Array
 
+    @classmethod
+    def build(cls, num_slots: int, table_width: int, max_stop_tokens: int,
+              rows: Mapping[int, SlotRow] | None = None) -> SlotBatch:
+        """The one way a SlotBatch is made: numpy arrays of `num_slots` rows, in the dtypes the
+        decode program is compiled for. `rows` maps a slot index to its `SlotRow` (that row is
+        active); every other slot is idle (inactive, page table all trash page 0, no stop ids,
+        top_p 1). `build(b, w, ms)` with no rows is the all-idle batch of a warmup."""
+        zeros = lambda dt: np.zeros(num_slots, dt)  # noqa: E731
+        batch = cls(page_table=np.zeros((num_slots, table_width), np.int32),
+                    cache_lens=zeros(np.int32), last_token=zeros(np.int32), active=zeros(bool),
+                    num_generated=zeros(np.int32), max_new_tokens=zeros(np.int32),
+                    stop_ids=np.full((num_slots, max_stop_tokens), -1, np.int32),
+                    temperature=zeros(np.float32), top_k=zeros(np.int32),
+                    top_p=np.ones(num_slots, np.float32), seeds=zeros(np.uint32))
+        for i, row in (rows or {}).items():
+            batch.page_table[i, : len(row.pages)] = row.pages
+            batch.cache_lens[i] = row.cache_len
+            batch.last_token[i] = row.last_token
+            batch.active[i] = True
+            batch.num_generated[i] = row.num_generated
+            batch.max_new_tokens[i] = row.max_new_tokens
+            batch.stop_ids[i, : len(row.stop_ids)] = row.stop_ids
+            batch.temperature[i] = row.temperature
+            batch.top_k[i] = row.top_k
+            batch.top_p[i] = row.top_p
+            batch.seeds[i] = row.seed
+        return batch
+
 
 class ModelRunner:
     """Owns the jitted prefill/decode/copy programs for one model graph."""
@@ -74,6 +120,32 @@ class ModelRunner:
         self._decode = jax.jit(self._decode_impl, donate_argnums=(1, 2),
                                static_argnames=("num_top",))
         self._copy = jax.jit(self._copy_impl, donate_argnums=(0, 1))
+
+    # ---- the compiled programs -------------------------------------------------------------
+
+    @property
+    def prefill_program(self) -> Callable:
+        """The jitted prefill program `prefill` calls: (state, k_pool, v_pool, tokens, positions,
+        segment_ids, page_table, cache_lens) -> (k_pool, v_pool), pools donated. Its `.lower(...)`
+        gives what the engine compiles (`ppp_jax.scale.compile_engine` AOT-compiles it)."""
+        return self._prefill
+
+    @property
+    def decode_program(self) -> Callable:
+        """The jitted decode-block program `decode` calls: (state, k_pool, v_pool, SlotBatch,
+        num_steps int32[], num_top=static int) -> (k_pool, v_pool, tokens, logprobs, num_valid
+        [, top_ids, top_logprobs when num_top > 0]), pools donated."""
+        return self._decode
+
+    def use_programs(self, *, prefill: Callable | None = None,
+                     decode: Callable | None = None) -> None:
+        """Makes `prefill` / `decode` call these instead of the jitted programs from now on
+        (e.g. AOT-compiled executables of `prefill_program` / `decode_program`, which take the
+        same arguments). None keeps the current one."""
+        if prefill is not None:
+            self._prefill = prefill
+        if decode is not None:
+            self._decode = decode
 
     # ---- prefill ---------------------------------------------------------------------------
 
@@ -131,6 +203,14 @@ class ModelRunner:
         if num_top == 0:  # the default program, without the top-k outputs
             return (*self._decode(state, k_pool, v_pool, batch, jnp.int32(steps)), None, None)
         return self._decode(state, k_pool, v_pool, batch, jnp.int32(steps), num_top=num_top)
+
+    def lower_decode(self, state, k_pool, v_pool, batch: SlotBatch, num_top: int = 0):
+        """`decode_program` lowered (a `jax.stages.Lowered`, not run) for these arguments, as
+        `decode` calls it; the arguments may be arrays or `jax.ShapeDtypeStruct`s."""
+        steps = jax.ShapeDtypeStruct((), jnp.int32)  # traced: any count is this one program
+        if num_top == 0:
+            return self._decode.lower(state, k_pool, v_pool, batch, steps)
+        return self._decode.lower(state, k_pool, v_pool, batch, steps, num_top=num_top)
 
     def _decode_impl(self, state, k_pool, v_pool, batch: SlotBatch, num_steps, num_top: int = 0):
         self.traces["decode" if num_top == 0 else f"decode_top{num_top}"] += 1

@@ -30,12 +30,13 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 
 from ppp_jax.sampling.page_allocator import PageAllocator
 from ppp_jax.sampling.params import (MAX_TOP_LOGPROBS, GenerationResult, Request, RequestError,
-                                     TopLogprobs)
-from ppp_jax.sampling.runner import ModelRunner, SlotBatch
+                                     TokenCallback, TopLogprobs)
+from ppp_jax.sampling.runner import ModelRunner, SlotBatch, SlotRow
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class Sequence:
     tokens: list[int]  # whole context: session history + prompt + generated so far
     prompt_len: int  # context length before the first sampled token
     seed: int
-    on_tokens: Callable[[list[int], list[float]], None] | None
+    on_tokens: TokenCallback | None
     on_done: Callable[[GenerationResult | None, BaseException | None], None]
     pages: list[int] = dataclasses.field(default_factory=list)
     cached: int = 0
@@ -158,6 +159,20 @@ class Session:
     last_used: int = 0
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class SessionKV:
+    """What the KV pool holds for an idle session (`EngineCore.session_kv`).
+
+    cached: tokens of its context whose K/V are cached; num_pages: pages it holds;
+    k, v: numpy [L, cached, K, H], position-ordered host copies.
+    """
+
+    cached: int
+    num_pages: int
+    k: np.ndarray
+    v: np.ndarray
+
+
 @dataclasses.dataclass(eq=False)
 class PrefixEntry:
     """KV pages of a prompt prefix (tokens[:-1] of some sequence) kept for sharing."""
@@ -191,8 +206,10 @@ class EngineCore:
 
     # ---- requests -------------------------------------------------------------------------
 
-    def add_request(self, request: Request, on_done, on_tokens=None) -> None:
-        """Queues a request. Errors (too long, busy session, ...) go to on_done(None, error)."""
+    def add_request(self, request: Request, on_done, on_tokens: TokenCallback | None = None) -> None:
+        """Queues a request. Errors (too long, busy session, ...) go to on_done(None, error).
+        on_tokens(new_ids, new_logprobs, new_top_logprobs) follows each decode block that sampled
+        tokens for it (`TokenCallback`)."""
         try:
             seq = self._make_sequence(request, on_done, on_tokens)
         except RequestError as e:
@@ -231,7 +248,8 @@ class EngineCore:
                         on_tokens=on_tokens, on_done=on_done, pages=pages, cached=cached)
 
     def cancel(self, request_id: str) -> None:
-        for seq in list(self.waiting) + [s for s in self.slots if s is not None]:
+        """Marks the request cancelled; the next step finishes it with reason "cancelled"."""
+        for seq in self._in_flight():
             if seq.request.request_id == request_id:
                 seq.cancelled = True
 
@@ -258,15 +276,7 @@ class EngineCore:
                 self.k_pool, self.v_pool = self.runner.prefill(
                     self.state, self.k_pool, self.v_pool, z, z, z,
                     np.zeros((rows, c.table_width), np.int32), np.zeros(rows, np.int32))
-        b = c.num_slots
-        zeros = lambda dt: np.zeros(b, dt)  # noqa: E731
-        batch = SlotBatch(page_table=np.zeros((b, c.table_width), np.int32),
-                          cache_lens=zeros(np.int32), last_token=zeros(np.int32),
-                          active=zeros(bool), num_generated=zeros(np.int32),
-                          max_new_tokens=zeros(np.int32),
-                          stop_ids=np.full((b, c.max_stop_tokens), -1, np.int32),
-                          temperature=zeros(np.float32), top_k=zeros(np.int32),
-                          top_p=np.ones(b, np.float32), seeds=zeros(np.uint32))
+        batch = self._slot_batch()
         for num_top in (0, self.max_top) if top_logprobs else (0,):
             self.k_pool, self.v_pool, *_ = self.runner.decode(self.state, self.k_pool, self.v_pool,
                                                               batch, 1, num_top)
@@ -291,6 +301,68 @@ class EngineCore:
             "prefix_entries": len(self.prefixes),
             **{k: v for k, v in self.counters.items()},
         }
+
+    def update_state(self, new_state: Any) -> None:
+        """Swaps in new weights (same tree, shapes and dtypes as the current ones; leaves are
+        moved to the current leaves' shardings). Raises ValueError when they do not match."""
+        old = self.state
+        if jax.tree.structure(old) != jax.tree.structure(new_state):
+            raise ValueError("update_params: the new state's tree differs from the model's")
+        for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new_state)):
+            if a.shape != b.shape or a.dtype != b.dtype:
+                raise ValueError(f"update_params: leaf {b.shape} {b.dtype} does not match "
+                                 f"{a.shape} {a.dtype}")
+        self.state = jax.tree.map(
+            lambda n, o: jax.device_put(n, o.sharding) if isinstance(o, jax.Array) else n,
+            new_state, old)
+
+    def cancel_all(self) -> None:
+        """Finishes every waiting and running sequence now with finish reason "cancelled"."""
+        for seq in self._in_flight():
+            seq.cancelled = True
+        self._reap_cancelled()
+
+    def fail_all(self, error: BaseException) -> None:
+        """Ends every waiting and running sequence with on_done(None, error) and frees their
+        pages (after a failed step). A callback that raises is logged and skipped."""
+        for seq in self._in_flight():
+            try:
+                seq.on_done(None, error)
+            except Exception:  # noqa: BLE001 - a broken callback must not stop the others
+                log.exception("callback failed")
+        self.waiting.clear()
+        for i, seq in enumerate(self.slots):
+            if seq is not None:
+                self._free(seq.pages)
+                seq.pages = []
+                self.slots[i] = None
+
+    def _in_flight(self) -> list[Sequence]:
+        return list(self.waiting) + [s for s in self.slots if s is not None]
+
+    # ---- introspection (tests, tools) -----------------------------------------------------
+
+    def session_kv(self, session_id: str) -> SessionKV:
+        """Host copies of the K/V an idle session holds for its cached context.
+        Raises KeyError for an unknown session, ValueError while a request of it is in flight."""
+        session = self.sessions[session_id]
+        if session.busy:
+            raise ValueError(f"session {session_id!r} has a request in flight")
+        k_pool, v_pool = np.asarray(self.k_pool), np.asarray(self.v_pool)
+        pages = session.pages
+
+        def context(pool):  # [L, pages, S, K, H] -> [L, cached, K, H]
+            return pool[:, pages].reshape(pool.shape[0], -1, *pool.shape[3:])[:, :session.cached]
+
+        return SessionKV(cached=session.cached, num_pages=len(pages), k=context(k_pool),
+                         v=context(v_pool))
+
+    def lower_decode(self, num_top: int = 0):
+        """The decode program lowered (a `jax.stages.Lowered`, not run) for the current weights
+        and pools and an all-idle batch: the default program, or with `num_top` > 0 the
+        top-log-prob variant. E.g. `.as_text()` is its HLO."""
+        return self.runner.lower_decode(self.state, self.k_pool, self.v_pool, self._slot_batch(),
+                                        num_top)
 
     # ---- one round -------------------------------------------------------------------------
 
@@ -491,6 +563,10 @@ class EngineCore:
 
     # ---- decode -----------------------------------------------------------------------------
 
+    def _slot_batch(self, rows: dict[int, SlotRow] | None = None) -> SlotBatch:
+        c = self.config
+        return SlotBatch.build(c.num_slots, c.table_width, c.max_stop_tokens, rows)
+
     def _decode_block(self) -> None:
         c = self.config
         steps = c.decode_steps
@@ -509,29 +585,11 @@ class EngineCore:
         live = [s for s in self.slots if s is not None]
         if not live:
             return
-        b = c.num_slots
-        ms = c.max_stop_tokens
-        table = np.zeros((b, c.table_width), np.int32)
-        arrays = {k: np.zeros(b, dt) for k, dt in (
-            ("cache_lens", np.int32), ("last_token", np.int32), ("active", bool),
-            ("num_generated", np.int32), ("max_new_tokens", np.int32), ("temperature", np.float32),
-            ("top_k", np.int32), ("top_p", np.float32), ("seeds", np.uint32))}
-        stop_ids = np.full((b, ms), -1, np.int32)
-        arrays["top_p"][:] = 1.0
-        for seq in live:
-            i, p = seq.slot, seq.params
-            table[i] = self._table(seq.pages)
-            arrays["cache_lens"][i] = seq.cached
-            arrays["last_token"][i] = seq.tokens[-1]
-            arrays["active"][i] = True
-            arrays["num_generated"][i] = len(seq.out_tokens)
-            arrays["max_new_tokens"][i] = p.max_new_tokens
-            arrays["temperature"][i] = p.temperature
-            arrays["top_k"][i] = p.top_k
-            arrays["top_p"][i] = p.top_p
-            arrays["seeds"][i] = seq.seed
-            stop_ids[i, : len(p.stop_token_ids)] = p.stop_token_ids
-        batch = SlotBatch(page_table=table, stop_ids=stop_ids, **arrays)
+        batch = self._slot_batch({seq.slot: SlotRow(
+            pages=seq.pages, cache_len=seq.cached, last_token=seq.tokens[-1],
+            num_generated=len(seq.out_tokens), max_new_tokens=seq.params.max_new_tokens,
+            stop_ids=seq.params.stop_token_ids, temperature=seq.params.temperature,
+            top_k=seq.params.top_k, top_p=seq.params.top_p, seed=seq.seed) for seq in live})
         # A block right after admitting sequences runs one step, so their first tokens come
         # back after prefill + one step (time to first token), not after a whole block.
         fresh = any(not s.out_tokens for s in live)
@@ -567,12 +625,7 @@ class EngineCore:
                     break
             self.counters["decode_tokens"] += len(new_t)
             if seq.on_tokens is not None and new_t:
-                # The third argument only for requests that asked, so two-argument callbacks
-                # keep working.
-                if k_top:
-                    seq.on_tokens(new_t, new_l, new_top)
-                else:
-                    seq.on_tokens(new_t, new_l)
+                seq.on_tokens(new_t, new_l, new_top if k_top else None)
             if reason:
                 self._finish(seq, reason)
 

@@ -15,8 +15,9 @@ reports them. Generation always stops at the tokenizer's EOS (`<seed:eos>` for S
 
 Tool calling (chat): `tools` are rendered by the checkpoint's chat template; history may hold
 assistant messages with `tool_calls` (JSON-string arguments) and `tool` messages; the output is
-parsed with `ppp_jax.envs.toolcall` into `tool_calls` (finish_reason "tool_calls") and
-`reasoning_content`, see `ppp_jax.sampling.tool_calls`. tool_choice: "auto" (default) or "none"
+parsed by the model's chat format (`ppp_jax.sampling.chat_format`, Seed-OSS by default) into
+`tool_calls` (finish_reason "tool_calls") and `reasoning_content`, see
+`ppp_jax.sampling.tool_calls`. tool_choice: "auto" (default) or "none"
 (the text is returned unparsed, reasoning still split off).
 
 Every malformed request gets a 4xx JSON body `{"error": {"message", "type", "param", "code"}}`
@@ -41,6 +42,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from ppp_jax.sampling.chat import IncrementalDetokenizer, encode, render_chat
+from ppp_jax.sampling.chat_format import DEFAULT_FORMAT, ChatFormat, get_format
 from ppp_jax.sampling.engine import Engine
 from ppp_jax.sampling.params import (MAX_TOP_LOGPROBS, GenerationResult, Request, RequestError,
                                      SamplingParams)
@@ -77,17 +79,21 @@ def _field(body: dict, name: str, types: tuple[type, ...], default: Any = None) 
 
 
 class OpenAIServer:
-    """Request parsing, generation and response formatting for one engine and one tokenizer."""
+    """Request parsing, generation and response formatting for one engine and one tokenizer.
+
+    chat_format: the model's chat format (or its registry name), for tool calls and reasoning.
+    """
 
     def __init__(self, engine: Engine, tokenizer, model_name: str, *, default_max_tokens: int = 256,
-                 max_n: int = 64):
+                 max_n: int = 64, chat_format: str | ChatFormat = DEFAULT_FORMAT):
         self.engine = engine
+        self.chat_format = get_format(chat_format)
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.default_max_tokens = default_max_tokens
         self.max_n = max_n
         self.eos_id = tokenizer.eos_token_id
-        self.hidden_ids = frozenset(hidden_token_ids(tokenizer))
+        self.hidden_ids = frozenset(hidden_token_ids(tokenizer, self.chat_format))
 
     # ---- parsing -------------------------------------------------------------------------
 
@@ -293,7 +299,7 @@ class OpenAIServer:
                                 "output is not constrained)", param="tool_choice")
         parse_calls = bool(tools) and tool_choice == "auto"
         try:
-            messages = prepare_messages(messages)
+            messages = prepare_messages(messages, self.chat_format)
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
         kwargs = _field(body, "chat_template_kwargs", (dict,), {})
@@ -329,7 +335,8 @@ class OpenAIServer:
 
         if body.get("stream"):
             async def events():
-                parsers = [ChatStreamParser(tools, parse_calls=parse_calls, id_prefix=call_prefix(i))
+                parsers = [ChatStreamParser(tools, parse_calls=parse_calls, id_prefix=call_prefix(i),
+                                            chat_format=self.chat_format)
                            for i in range(len(choice_params))]
                 for i in range(len(choice_params)):
                     yield envelope("chat.completion.chunk", [{
@@ -349,7 +356,8 @@ class OpenAIServer:
         results = await self._collect(prompt_ids, choice_params, stop, self.hidden_ids)
         choices = []
         for i, (text, ids, logps, tops, reason) in enumerate(results):
-            parsed = build_message(text, tools, parse_calls=parse_calls, id_prefix=call_prefix(i))
+            parsed = build_message(text, tools, parse_calls=parse_calls, id_prefix=call_prefix(i),
+                                   chat_format=self.chat_format)
             choices.append({"index": i, "message": parsed.message(),
                             "finish_reason": parsed.finish_reason(reason),
                             "logprobs": logprobs_obj(ids, logps, tops)})
@@ -371,10 +379,10 @@ def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
 
 
 def build_app(engine: Engine, tokenizer, model_name: str, *, default_max_tokens: int = 256,
-              max_n: int = 64) -> Starlette:
+              max_n: int = 64, chat_format: str | ChatFormat = DEFAULT_FORMAT) -> Starlette:
     """The Starlette app serving `engine` as `model_name`."""
     server = OpenAIServer(engine, tokenizer, model_name, default_max_tokens=default_max_tokens,
-                          max_n=max_n)
+                          max_n=max_n, chat_format=chat_format)
 
     def guarded(handler):
         async def endpoint(request: HTTPRequest):

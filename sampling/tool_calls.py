@@ -1,13 +1,19 @@
-"""OpenAI tool calling on top of the Seed-OSS output format, for `ppp serve`.
+"""OpenAI tool calling on top of a model's own chat format, for `ppp serve`.
+
+The format (a `ppp_jax.sampling.chat_format.ChatFormat`, Seed-OSS by default) supplies the
+format-specific parts: how call arguments go into the checkpoint's chat template, how raw output
+splits into reasoning, content and calls, and which tags and special tokens to watch for. This
+module maps them to and from the OpenAI API.
 
 Requests: OpenAI chat messages are turned into what the checkpoint's chat template expects
 (`prepare_messages`): text-only content, assistant `tool_calls` whose JSON-string `arguments`
-become dicts (the Seed-OSS template iterates `arguments.items()`; a string makes it fail), with
-every non-string value written as JSON text, the way the model writes it (the template would
-otherwise render Python `str()`: `True`, `['a']`), and `tool` role messages kept as they are.
+become what `ChatFormat.template_arguments` makes of them (Seed-OSS: a dict, since its template
+iterates `arguments.items()` and a string makes it fail, with every non-string value written as
+JSON text, the way the model writes it; the template would otherwise render Python `str()`:
+`True`, `['a']`), and `tool` role messages kept as they are.
 
-Responses: the model's raw text is split by `ppp_jax.envs.toolcall.parse_turn` (the parser the
-agent loop uses) into reasoning (`<seed:think>...</seed:think>`, returned as
+Responses: the model's raw text is split by the format's `parse_turn` (the parser the agent loop
+uses) into reasoning (`<seed:think>...</seed:think>` for Seed-OSS, returned as
 `reasoning_content`), visible content and tool calls, returned as OpenAI `tool_calls` (id, type
 "function", name, JSON-string arguments) with finish_reason "tool_calls" (`build_message`).
 
@@ -33,32 +39,30 @@ import dataclasses
 import json
 from typing import Any, Mapping, Sequence
 
-from ppp_jax.envs import toolcall
-from ppp_jax.envs.toolcall import CALL_CLOSE, CALL_OPEN, THINK_CLOSE, THINK_OPEN
-
-FUNCTION_OPEN = "<function="
-# Seed-OSS markup tokens kept in the decoded text (they are special tokens in the vocabulary, and
-# parsing needs them); other special tokens (<seed:bos>, <seed:eos>, pad, unk) are dropped.
-MARKUP_TOKENS = (THINK_OPEN, THINK_CLOSE, CALL_OPEN, CALL_CLOSE, "<seed:cot_budget_reflect>",
-                 "</seed:cot_budget_reflect>")
+from ppp_jax.sampling.chat_format import DEFAULT_FORMAT, ChatFormat, ParsedCall, get_format
 
 
-def hidden_token_ids(tokenizer) -> set[int]:
-    """Ids to drop from chat output before decoding: special tokens that are not Seed markup."""
+def hidden_token_ids(tokenizer, chat_format: str | ChatFormat = DEFAULT_FORMAT) -> set[int]:
+    """Ids to drop from chat output before decoding: special tokens that are not the format's
+    markup (kept in the decoded text: they are special tokens in the vocabulary, and parsing
+    needs them); the format's control tokens (bos, eos, pad) are always dropped."""
+    fmt = get_format(chat_format)
     vocab = tokenizer.get_vocab()
-    markup = {vocab[t] for t in MARKUP_TOKENS if t in vocab}
+    markup = {vocab[t] for t in fmt.markup_tokens if t in vocab}
     ids = set(tokenizer.all_special_ids)
-    for t in ("<seed:bos>", "<seed:eos>", "<seed:pad>"):
+    for t in fmt.control_tokens:
         if t in vocab:
             ids.add(vocab[t])
     return ids - markup
 
 
-def prepare_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """OpenAI chat messages -> messages the Seed-OSS chat template renders.
+def prepare_messages(messages: Sequence[Mapping[str, Any]],
+                     chat_format: str | ChatFormat = DEFAULT_FORMAT) -> list[dict[str, Any]]:
+    """OpenAI chat messages -> messages the format's chat template renders.
 
     Raises ValueError (a client error) for a malformed tool call in an assistant message.
     """
+    fmt = get_format(chat_format)
     out = []
     for i, m in enumerate(messages):
         msg = dict(m)
@@ -70,14 +74,14 @@ def prepare_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, An
         elif not isinstance(content, str):
             raise ValueError(f"messages[{i}].content must be a string, a list of parts or null")
         if msg["role"] == "assistant" and msg.get("tool_calls"):
-            msg["tool_calls"] = [_prepare_call(c, i, j) for j, c in enumerate(msg["tool_calls"])]
+            msg["tool_calls"] = [_prepare_call(c, i, j, fmt) for j, c in enumerate(msg["tool_calls"])]
         elif "tool_calls" in msg:
             del msg["tool_calls"]  # null or [] would render an empty tool-call turn
         out.append(msg)
     return out
 
 
-def _prepare_call(call: Any, i: int, j: int) -> dict[str, Any]:
+def _prepare_call(call: Any, i: int, j: int, fmt: ChatFormat) -> dict[str, Any]:
     where = f"messages[{i}].tool_calls[{j}]"
     fn = call.get("function") if isinstance(call, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
@@ -92,11 +96,11 @@ def _prepare_call(call: Any, i: int, j: int) -> dict[str, Any]:
             raise ValueError(f"{where}.function.arguments is not valid JSON: {e}") from None
     if not isinstance(args, dict):
         raise ValueError(f"{where}.function.arguments must be a JSON object")
-    args = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in args.items()}
+    args = fmt.template_arguments(args)
     return {"id": call.get("id"), "type": "function", "function": {"name": fn["name"], "arguments": args}}
 
 
-def _openai_call(call: toolcall.ParsedCall, index: int, call_id: str) -> dict[str, Any]:
+def _openai_call(call: ParsedCall, index: int, call_id: str) -> dict[str, Any]:
     args = {**call.raw_arguments, **call.arguments}  # converted values where they converted
     return {"index": index, "id": call_id, "type": "function",
             "function": {"name": call.name, "arguments": json.dumps(args, ensure_ascii=False)}}
@@ -134,7 +138,8 @@ class ParsedMessage:
 
 
 def build_message(text: str, tools: Sequence[Mapping[str, Any]] | None, *, parse_calls: bool,
-                  id_prefix: str = "call") -> ParsedMessage:
+                  id_prefix: str = "call",
+                  chat_format: str | ChatFormat = DEFAULT_FORMAT) -> ParsedMessage:
     """Reads raw assistant text (markup tokens included) as an OpenAI assistant message.
 
     Args:
@@ -143,17 +148,19 @@ def build_message(text: str, tools: Sequence[Mapping[str, Any]] | None, *, parse
       parse_calls: False for requests without tools or with tool_choice "none": only the
         reasoning is split off, the rest is content verbatim.
       id_prefix: tool-call ids are f"{id_prefix}_{k}".
+      chat_format: the model's chat format (or its registry name).
     """
+    fmt = get_format(chat_format)
     if not parse_calls:
-        reasoning, rest, _ = toolcall.split_reasoning(text.replace("<seed:eos>", ""))
+        reasoning, rest, _ = fmt.split_reasoning(text.replace(fmt.eos, ""))
         return ParsedMessage(reasoning, rest, (), ())
-    turn = toolcall.parse_turn(text, tools)
+    turn = fmt.parse_turn(text, tools)
     content = turn.content
     extra = [c.raw for c in turn.calls if not c.name]
     calls = [c for c in turn.calls if c.name]
     if turn.errors:  # unterminated block or function: show the unparsed tail
-        _, rest, _ = toolcall.split_reasoning(text.replace("<seed:eos>", ""))
-        marker = CALL_OPEN if CALL_OPEN in rest else FUNCTION_OPEN
+        _, rest, _ = fmt.split_reasoning(text.replace(fmt.eos, ""))
+        marker = next((m for m in fmt.call_markers if m in rest), fmt.call_markers[-1])
         extra.append(rest[rest.rfind(marker):])
     if extra:
         content = (content + "\n" if content else "") + "\n".join(e.strip() for e in extra)
@@ -188,7 +195,8 @@ class ChatStreamParser:
     """
 
     def __init__(self, tools: Sequence[Mapping[str, Any]] | None, *, parse_calls: bool,
-                 id_prefix: str = "call"):
+                 id_prefix: str = "call", chat_format: str | ChatFormat = DEFAULT_FORMAT):
+        self.format = get_format(chat_format)
         self.tools = tools
         self.parse_calls = parse_calls
         self.id_prefix = id_prefix
@@ -197,23 +205,25 @@ class ChatStreamParser:
 
     def _view(self, text: str) -> tuple[str, str]:
         """(reasoning, content) of `text` that no later text can change (see module docstring)."""
-        text = text.replace("<seed:eos>", "")
-        close = text.find(THINK_CLOSE)
+        fmt = self.format
+        text = text.replace(fmt.eos, "")
+        close = text.find(fmt.think_close)
         if close >= 0:
-            reasoning, rest, _ = toolcall.split_reasoning(text)
+            reasoning, rest, _ = fmt.split_reasoning(text)
         else:
-            start = text.find(THINK_OPEN)
+            start = text.find(fmt.think_open)
             if start >= 0:
-                return _stable(text[start + len(THINK_OPEN):].lstrip(), [THINK_CLOSE, "<seed:eos>"]), ""
-            if THINK_OPEN.startswith(text.lstrip()):
+                return _stable(text[start + len(fmt.think_open):].lstrip(),
+                               [fmt.think_close, fmt.eos]), ""
+            if fmt.think_open.startswith(text.lstrip()):
                 return "", ""  # may still become a think block
             reasoning, rest = "", text
-        tags = ["<seed:eos>"] + ([THINK_CLOSE] if close < 0 else [])
+        tags = [fmt.eos] + ([fmt.think_close] if close < 0 else [])
         if self.parse_calls:
-            cuts = [i for i in (rest.find(CALL_OPEN), rest.find(FUNCTION_OPEN)) if i >= 0]
+            cuts = [i for i in (rest.find(m) for m in fmt.call_markers) if i >= 0]
             if cuts:
                 return reasoning, rest[: min(cuts)].strip()
-            return reasoning, _stable(rest, tags + [CALL_OPEN, FUNCTION_OPEN]).lstrip()
+            return reasoning, _stable(rest, tags + list(fmt.call_markers)).lstrip()
         rest = rest[: len(rest) - _held_back(rest, tags)]
         return reasoning, rest
 
@@ -231,12 +241,13 @@ class ChatStreamParser:
         return self._deltas(*self._view(text))
 
     def finish(self, text: str, engine_reason: str) -> tuple[list[dict[str, Any]], str]:
-        parsed = build_message(text, self.tools, parse_calls=self.parse_calls, id_prefix=self.id_prefix)
+        parsed = build_message(text, self.tools, parse_calls=self.parse_calls, id_prefix=self.id_prefix,
+                               chat_format=self.format)
         deltas = self._deltas(parsed.reasoning, parsed.content)
         if parsed.tool_calls:
             deltas.append({"tool_calls": list(parsed.tool_calls)})
         return deltas, parsed.finish_reason(engine_reason)
 
 
-__all__ = ["ChatStreamParser", "MARKUP_TOKENS", "ParsedMessage", "build_message",
-           "hidden_token_ids", "prepare_messages"]
+__all__ = ["ChatStreamParser", "ParsedMessage", "build_message", "hidden_token_ids",
+           "prepare_messages"]

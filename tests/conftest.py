@@ -8,3 +8,25 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+
+import pytest  # noqa: E402 - after the environment settings above
+
+
+@pytest.fixture(scope="module", name="server")
+def fake_openai_server():
+    """`server`: a started fake OpenAI chat-completions server (tests/envs/fake_openai_server.py),
+    one per test module, stopped after it. Module-scoped on purpose: a server started inside a
+    test that also uses `capsys` left pytest's own stderr capture closed ("I/O operation on
+    closed file"). A module with a `server` fixture of its own (the `ppp serve` tests) keeps it."""
+    from tests.envs.fake_openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer() as s:
+        yield s
+
+
+@pytest.fixture(name="fake")
+def fresh_fake_openai_server(server):
+    """`fake`: the module's `server`, reset for this test (empty script, no recorded requests,
+    default responses)."""
+    server.reset()
+    return server

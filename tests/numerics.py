@@ -70,40 +70,78 @@ def f32_chain_rtol(roundings: int, u: float = U32) -> float:
     return 2.0 * gamma(roundings, u)
 
 
+# Elementwise roundings per layer on the same chain: two RMSNorm rsqrt, the softmax exp and the
+# SiLU's exp (TRANSCENDENTAL each), and ~12 plain ones (norm scales, RoPE, residual adds, biases,
+# the score scale, the gate product, the softmax division).
+ELEMENTWISE_PER_LAYER = 4 * TRANSCENDENTAL + 12
+
+
 def transformer_path_length(cfg, seq_len: int, layers: int | None = None,
                             logits: bool = True) -> int:
-    """Σ of the reduction lengths on the longest dependency chain of one forward pass.
+    """Σ of the rounding counts on the longest dependency chain of one forward pass.
 
-    Per layer: RMSNorm (D), q/k/v projection (D), q·k (H), softmax denominator (T), p·v (T),
-    o_proj (N·H), RMSNorm (D), gate/up (D), down (F); then the final norm (D) and the LM head (D)
-    when `logits`. `cfg` needs hidden_size, intermediate_size, num_heads, head_dim, num_layers.
-    `layers` limits the count to the first layers (per-layer hidden states).
+    Per layer, the reductions: RMSNorm (D), q/k/v projection (D), q·k (H), softmax denominator
+    (T), p·v (T), o_proj (N·H), RMSNorm (D), gate/up (D), down (F); plus ELEMENTWISE_PER_LAYER.
+    Then the final norm (D) and the LM head (D) when `logits`. `cfg` needs hidden_size,
+    intermediate_size, num_heads, head_dim and num_layers; `seq_len` is the number of keys
+    attended (masked keys add exact zeros and need not be counted). `layers` limits the count to
+    the first layers (per-layer hidden states).
     """
     d, f, n, h = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.head_dim
-    per_layer = d + d + h + seq_len + seq_len + n * h + d + d + f
+    per_layer = d + d + h + seq_len + seq_len + n * h + d + d + f + ELEMENTWISE_PER_LAYER
     num = cfg.num_layers if layers is None else layers
-    return num * per_layer + (2 * d if logits else 0)
+    return num * per_layer + (2 * d + TRANSCENDENTAL if logits else 0)
 
 
-def f32_forward_atol(path: int, scale: float, extra_roundings: int = 0, u: float = U32) -> float:
-    """Two float32 evaluations of a forward pass (other programs, shapes, library): 2·γ_N·scale,
-    N = `path` (+ `extra_roundings`), scale = the largest magnitude of the compared values."""
-    return 2.0 * gamma(path + extra_roundings, u) * float(scale)
-
-
-def f32_logprob_atol(path: int, vocab: int, logit_scale: float, logp_scale: float,
+def f32_forward_atol(path: int, scale: float, extra_roundings: int = 0, evaluations: int = 2,
                      u: float = U32) -> float:
-    """Two float32 evaluations of log_softmax(logits)[token] (and of top-k values, entropies).
+    """Float32 evaluations of a forward pass (other programs, shapes, library): γ_N·scale each,
+    N = `path` (+ `extra_roundings`), scale = the largest magnitude of the compared values;
+    evaluations=2 (default) for two float32 evaluations compared with each other."""
+    return evaluations * gamma(path + extra_roundings, u) * float(scale)
 
-    One evaluation: logp = z − m − log Σ_j exp(z_j − m). The logits' error δz enters twice
-    (z, and the log-sum-exp, which is 1-Lipschitz in max-norm): 2·γ_path·logit_scale. The sum of
-    V positive terms, each carrying a subtraction and an exp, has relative error γ_{V−1+1+4},
-    which the log turns into the same absolute error; the log and the final subtraction round
-    once each relative to |logp|. Two evaluations: twice that.
+
+def f32_logprob_atol(path: int, vocab: int, logit_scale: float, value_scale: float,
+                     evaluations: int = 2, u: float = U32) -> float:
+    """Float32 evaluations of log_softmax(z / T)[token] (also top-k values and entropies).
+
+    One evaluation: logp = z/T − m − log Σ_j exp(z_j/T − m). The logits' error (a forward pass
+    of `path`, γ_path·logit_scale) enters twice: in z and in the log-sum-exp, which is 1-Lipschitz
+    in the max-norm. The sum of V positive terms, each carrying a division by T, a subtraction and
+    an exp, has relative error γ_{V−1+2+4}, which the log turns into that absolute error. The
+    division, the log and the two subtractions round relative to the values involved
+    (value_scale: the largest |z/T|, |logp| or log-sum-exp). evaluations=2 (default): two float32
+    evaluations compared with each other; 1: one against a float64 reference of the same logits.
     """
-    one = (2.0 * gamma(path, u) * logit_scale + gamma(vocab + TRANSCENDENTAL, u)
-           + gamma(2 + TRANSCENDENTAL, u) * logp_scale)
-    return 2.0 * one
+    one = (2.0 * gamma(path, u) * logit_scale + gamma(vocab + 1 + TRANSCENDENTAL, u)
+           + gamma(3 + TRANSCENDENTAL, u) * value_scale)
+    return evaluations * one
+
+
+def f32_entropy_atol(path: int, vocab: int, logit_scale: float, logp_scale: float,
+                     evaluations: int = 2, u: float = U32) -> float:
+    """Float32 evaluations of the entropy −Σ_j p_j·logp_j of softmax(z / T).
+
+    Every logp_j carries the error of `f32_logprob_atol`, which moves p_j by that relative error
+    and logp_j by that absolute error: ≤ δ·(1 + max|logp_j|) in all (Σ_j p_j = 1); the sum over V
+    adds γ_V·max|logp_j|. logp_scale: the largest |logp_j| over the vocabulary (≤ 2·max|z/T| +
+    log V).
+    """
+    d = f32_logprob_atol(path, vocab, logit_scale, logp_scale, evaluations=1, u=u)
+    return evaluations * (d * (1.0 + logp_scale) + gamma(vocab + 2, u) * logp_scale)
+
+
+def f32_attention_atol(head_dim: int, keys: int, score_abs: float, v_abs: float,
+                       evaluations: int = 1, u: float = U32) -> float:
+    """Float32 softmax attention out = Σ_j p_j v_j with s_j = q·k_j / sqrt(H), p = softmax(s).
+
+    score_abs: the largest Σ_i |q_i k_ji| / sqrt(H) (the dot products' Σ|terms|); v_abs: max |v|.
+    Each score errs by γ_{H+1}·score_abs; p_j's relative error is twice that (its own score and
+    the normalizer) plus the subtraction, exp, the normalizer's sum over `keys` and the division;
+    Σ_j p_j|v_j| ≤ max|v| bounds both that error's effect and the final sum's γ_keys.
+    """
+    rel_p = 2.0 * gamma(head_dim + 1, u) * score_abs + gamma(keys + TRANSCENDENTAL + 2, u)
+    return evaluations * v_abs * (rel_p + gamma(keys, u))
 
 
 def f32_grad_atol(path: int, vocab: int, positions: int, grad_scale: float,
@@ -123,3 +161,24 @@ def ulps32(x: float) -> float:
     if x == 0.0:
         return 2.0 ** -149
     return 2.0 ** (math.floor(math.log2(x)) - 23)
+
+
+def f32_mean_atol(terms, denominator: float, term_roundings: int = 0, term_errors=0.0,
+                  evaluations: int = 1, u: float = U32) -> float:
+    """Bound for fl(Σ terms) / D, the form of every loss aggregation and metric in the suite.
+
+    terms: the float64 reference values of the summed terms (zeros are exact and not counted).
+    term_roundings: roundings each term carries, relative to itself (see f32_sum_atol).
+    term_errors: absolute errors of the terms not relative to them (scalar or array, summed), e.g.
+      from rounding the inputs of a difference to float32: u·(|x| + |y|) for x − y.
+    evaluations=1: one float32 evaluation against the exact (float64) value; 2: two float32
+    evaluations against each other. Each evaluation: the sum's bound / |D| plus one rounding of
+    the division (u·|Σ/D|). D itself must be exact (an integer count below 2**24 is).
+    """
+    import numpy as np
+
+    t = np.asarray(terms, np.float64)
+    n = int(np.count_nonzero(t))
+    value = abs(float(t.sum()) / float(denominator))
+    err = f32_sum_atol(float(np.abs(t).sum()), n, term_roundings, u) + float(np.sum(term_errors))
+    return evaluations * (err / abs(float(denominator)) + u * value)

@@ -1,6 +1,7 @@
 """Task domains: SWE-Func-Loc, BrowseComp-Plus and the embedded standard-library domain.
 
   base          Task, the TaskDomain protocol, observation truncation, the function-loc F1
+  registry      name -> (config section, builder); each domain module registers itself
   repo_tools    read-only, confined repository tools (view/list/find/grep, OpenHands compat)
   repo_bash     `execute_bash`: whitelisted read-only commands run in Python, no shell
   func_loc      the function-localization domain over per-task trees

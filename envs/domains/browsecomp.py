@@ -39,16 +39,21 @@ rule; a missing part scores 0) and averaged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import json
+import logging
 import os
 import re
 import unicodedata
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from ppp_jax.envs.domains.base import FINISH, PromptKind, Task, function_tool, read_rows
-from ppp_jax.envs.domains.retrievers import Corpus, Retriever
+from ppp_jax.envs.domains.registry import register_domain
+from ppp_jax.envs.domains.retrievers import BM25Retriever, Corpus, Retriever
 from ppp_jax.envs.episode import ANSWER_OVERRIDE
+
+log = logging.getLogger(__name__)
 
 DOMAIN = "browsecomp_plus"
 HF_CORPUS = ("Tevatron/browsecomp-plus-corpus", "train")
@@ -433,3 +438,40 @@ class BrowseCompDomain:
                                            golds[0]))
             self.judge_stats["rejudge_yes"] += int(verdict)
         return 1.0 if verdict else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BrowseCompSection:
+    """The `domain:` config keys of browsecomp_plus (deep research: search / open_page / finish
+    over a local corpus with a BM25 retriever, answers scored by exact match).
+
+    browsecomp_queries: BrowseComp-Plus query rows (.jsonl/.json/.parquet, local file) with
+      `query_id`, `query` (or PPP's `full_query` + `vague_query`), `answer` and
+      `evidence_docs`/`gold_docs`.
+    browsecomp_corpus: the corpus rows (local file) with `docid`, `text` and optional `url`.
+    browsecomp_split: the split those query rows form.
+    """
+
+    browsecomp_queries: str = ""
+    browsecomp_corpus: str = ""
+    browsecomp_split: Literal["train", "test"] = "train"
+
+
+def build_domain(section: BrowseCompSection) -> tuple[list[Task], BrowseCompDomain]:
+    """(tasks, domain) of a `BrowseCompSection` (the registered builder): local files only, a
+    missing one is a FileNotFoundError naming its key, never a download."""
+    if not (section.browsecomp_queries and section.browsecomp_corpus):
+        raise ValueError("domain browsecomp_plus needs domain.browsecomp_queries and "
+                         "domain.browsecomp_corpus (local .jsonl/.json/.parquet files)")
+    for key in ("browsecomp_queries", "browsecomp_corpus"):
+        if not os.path.isfile(getattr(section, key)):
+            raise FileNotFoundError(f"domain.{key}: no such file {getattr(section, key)!r}")
+    corpus = Corpus.from_rows(load_rows(section.browsecomp_corpus))
+    tasks = build_tasks(load_rows(section.browsecomp_queries), corpus,
+                        split=section.browsecomp_split)
+    log.info("browsecomp_plus: %d tasks, %d documents (BM25)", len(tasks), len(corpus))
+    # exact-match scoring only (no LLM judge client is configured here)
+    return tasks, BrowseCompDomain(BM25Retriever(corpus))
+
+
+register_domain(DOMAIN, BrowseCompSection, build_domain)

@@ -10,6 +10,7 @@ Subclasses (or callers) only say where each task's tree is: `FuncLocDomain(root_
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from typing import Any, Callable, Literal, Mapping
 
@@ -17,6 +18,17 @@ from ppp_jax.envs.domains.base import FINISH, PromptKind, Task, function_tool, l
 from ppp_jax.envs.domains.repo_tools import Limits, RepoTools, repo_tool_schemas
 
 ToolStyle = Literal["native", "openhands", "both"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RepoToolsSection:
+    """Config key shared by the function-localization domains (stdlib_loc, swe_func_loc).
+
+    tool_style: "native" | "openhands" | "both" repository tools.
+    """
+
+    tool_style: ToolStyle = "native"
+
 
 SYSTEM_PROMPT = """You are a software engineering agent that localizes problems in a code base.
 You work in a read-only copy of the repository, mounted at /testbed; use the tools to explore it.

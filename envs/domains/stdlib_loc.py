@@ -33,7 +33,8 @@ import sys
 import sysconfig
 
 from ppp_jax.envs.domains.base import Task
-from ppp_jax.envs.domains.func_loc import FuncLocDomain, ToolStyle
+from ppp_jax.envs.domains.func_loc import FuncLocDomain, RepoToolsSection, ToolStyle
+from ppp_jax.envs.domains.registry import register_domain
 
 DOMAIN = "stdlib_loc"
 SKIP_DIRS = frozenset({"test", "tests", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip",
@@ -234,3 +235,22 @@ def make_domain(root: str | None = None, tool_style: ToolStyle = "native") -> Fu
     """The stdlib domain: every task reads the (read-only) stdlib directory."""
     real = os.path.realpath(root or stdlib_root())
     return FuncLocDomain(DOMAIN, lambda task: real, tool_style)
+
+
+@dataclasses.dataclass(frozen=True)
+class StdlibLocSection(RepoToolsSection):
+    """The `domain:` config keys of stdlib_loc (embedded, offline).
+
+    stdlib: how the stdlib tasks are built.
+    tool_style: the repository tools (`RepoToolsSection`).
+    """
+
+    stdlib: StdlibLocConfig = StdlibLocConfig()
+
+
+def build_domain(section: StdlibLocSection) -> tuple[list[Task], FuncLocDomain]:
+    """(tasks, domain) of a `StdlibLocSection` (the registered builder)."""
+    return list(build_tasks(section.stdlib)), make_domain(tool_style=section.tool_style)
+
+
+register_domain(DOMAIN, StdlibLocSection, build_domain)

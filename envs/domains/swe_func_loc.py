@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import stat
 import subprocess
@@ -29,11 +30,14 @@ import tarfile
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from ppp_jax.envs.domains.base import Task, read_rows
-from ppp_jax.envs.domains.func_loc import FuncLocDomain, ToolStyle
+from ppp_jax.envs.domains.func_loc import FuncLocDomain, RepoToolsSection, ToolStyle
 from ppp_jax.envs.domains.gold_functions import PatchError, gold_functions
+from ppp_jax.envs.domains.registry import register_domain
+
+log = logging.getLogger(__name__)
 
 DOMAIN = "swe_func_loc"
 HF_DATASETS = {"verified": ("princeton-nlp/SWE-bench_Verified", "test"),
@@ -223,3 +227,35 @@ def rows_to_jsonl(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) ->
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(dict(r), ensure_ascii=False) + "\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweFuncLocSection(RepoToolsSection):
+    """The `domain:` config keys of swe_func_loc (needs task rows and local repository clones).
+
+    swe_rows: SWE-bench rows (.jsonl/.json/.parquet).
+    swe_split: the split those rows form ("train": SWE-Gym for training; "test": SWE-bench
+      Verified for evaluation).
+    swe_clone_root: directory of local clones named owner__name.
+    swe_cache_dir: where repository snapshots are materialized.
+    tool_style: the repository tools (`RepoToolsSection`).
+    """
+
+    swe_rows: str = ""
+    swe_split: Literal["train", "test"] = "train"
+    swe_clone_root: str = ""
+    swe_cache_dir: str = ""
+
+
+def build_domain(section: SweFuncLocSection) -> tuple[list[Task], FuncLocDomain]:
+    """(tasks, domain) of a `SweFuncLocSection` (the registered builder)."""
+    if not (section.swe_rows and section.swe_clone_root and section.swe_cache_dir):
+        raise ValueError("domain swe_func_loc needs domain.swe_rows, domain.swe_clone_root and "
+                         "domain.swe_cache_dir (SWE-bench rows and local repository clones)")
+    repos = RepoCache(section.swe_cache_dir, clone_root=section.swe_clone_root)
+    tasks, report = build_swe_tasks(load_swe_rows(section.swe_rows), repos, split=section.swe_split)
+    log.info("swe_func_loc: %s", report)
+    return tasks, make_domain(repos, section.tool_style)
+
+
+register_domain(DOMAIN, SweFuncLocSection, build_domain)

@@ -42,7 +42,10 @@ from ppp_jax.config.compile import CompileSpec, EngineSpec, ModelSpec
 from ppp_jax.config.data import DataConfig
 from ppp_jax.config.distributed import DistributedConfig
 from ppp_jax.config.rl import RLConfig
-from ppp_jax.envs.domains.stdlib_loc import StdlibLocConfig
+from ppp_jax.envs.domains.browsecomp import BrowseCompSection
+from ppp_jax.envs.domains.registry import get_domain
+from ppp_jax.envs.domains.stdlib_loc import StdlibLocSection
+from ppp_jax.envs.domains.swe_func_loc import SweFuncLocSection
 from ppp_jax.envs.episode import EpisodeConfig
 from ppp_jax.envs.reward import RewardConfig
 from ppp_jax.envs.simulator_backends import SimulatorConfig
@@ -74,25 +77,19 @@ class PolicySection:
 
 
 @dataclasses.dataclass(frozen=True)
-class DomainSection:
-    """The task domain.
+class DomainSection(BrowseCompSection, SweFuncLocSection, StdlibLocSection):
+    """The task domain: one flat YAML section, `name` plus the keys of every registered domain.
 
-    name: "stdlib_loc" (embedded, offline), "swe_func_loc" (needs task rows and repo clones) or
-      "browsecomp_plus" (deep research: search / open_page / finish over a local corpus with a
-      BM25 retriever, answers scored by exact match; needs the browsecomp_* files).
-    stdlib: how the stdlib tasks are built.
-    swe_rows: SWE-bench rows (.jsonl/.json/.parquet) for swe_func_loc.
-    swe_split: the split those rows form ("train": SWE-Gym for training; "test": SWE-bench
-      Verified for evaluation).
-    swe_clone_root: directory of local clones named owner__name (swe_func_loc).
-    swe_cache_dir: where repository snapshots are materialized (swe_func_loc).
-    browsecomp_queries: BrowseComp-Plus query rows (.jsonl/.json/.parquet, local file) with
-      `query_id`, `query` (or PPP's `full_query` + `vague_query`), `answer` and
-      `evidence_docs`/`gold_docs` (browsecomp_plus).
-    browsecomp_corpus: the corpus rows (local file) with `docid`, `text` and optional `url`
-      (browsecomp_plus).
-    browsecomp_split: the split those query rows form (browsecomp_plus).
-    tool_style: "native" | "openhands" | "both" repository tools.
+    name: a registered domain (`ppp_jax.envs.domains.registry`): "stdlib_loc" (embedded,
+      offline), "swe_func_loc" (needs task rows and repo clones) or "browsecomp_plus" (deep
+      research over a local corpus with a BM25 retriever; needs the browsecomp_* files). An
+      unknown name is rejected with the list of registered ones.
+    Each domain's own keys live in its section dataclass, this class's bases: `stdlib`,
+      `tool_style` (`envs.domains.stdlib_loc.StdlibLocSection`); `swe_rows`, `swe_split`,
+      `swe_clone_root`, `swe_cache_dir`, `tool_style` (`envs.domains.swe_func_loc.
+      SweFuncLocSection`); `browsecomp_queries`, `browsecomp_corpus`, `browsecomp_split`
+      (`envs.domains.browsecomp.BrowseCompSection`). The domain's registered builder reads only
+      its own section (`ppp_jax.train.builders.build_tasks`).
     tools: keep only these domain tools (finish is always kept; ask_user is added by the runner);
       empty = all of the domain's tools.
     system_prompt: replaces the domain's system prompt when non-empty.
@@ -101,19 +98,14 @@ class DomainSection:
       unseen preferences (reference section 2).
     """
 
-    name: Literal["stdlib_loc", "swe_func_loc", "browsecomp_plus"] = "stdlib_loc"
-    stdlib: StdlibLocConfig = StdlibLocConfig()
-    swe_rows: str = ""
-    swe_split: Literal["train", "test"] = "train"
-    swe_clone_root: str = ""
-    swe_cache_dir: str = ""
-    browsecomp_queries: str = ""
-    browsecomp_corpus: str = ""
-    browsecomp_split: Literal["train", "test"] = "train"
-    tool_style: Literal["native", "openhands", "both"] = "native"
+    name: str = "stdlib_loc"
     tools: tuple[str, ...] = ()
     system_prompt: str = ""
     show_preference: bool = True
+
+    def __post_init__(self):
+        # an unknown name lists the registered domains; the domain's own section is checked too
+        get_domain(self.name).section_from(self)
 
 
 @dataclasses.dataclass(frozen=True)

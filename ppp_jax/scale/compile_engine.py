@@ -1,9 +1,9 @@
 """AOT compiles of the paged sampling engine's own programs (prefill, decode) for a TPU topology.
 
 What is compiled is exactly what `ppp_jax.sampling.Engine` runs: a `sampling.runner.ModelRunner`
-is built the way the engine builds it, and its jitted `_prefill` (chunked prefill writing K/V into
-the page pools) and `_decode` (the multi-step decode block with sampling, over a `SlotBatch`) are
-lowered with abstract inputs:
+is built the way the engine builds it, and its jitted `prefill_program` (chunked prefill writing K/V
+into the page pools) and `decode_program` (the multi-step decode block with sampling, over a
+`SlotBatch`) are lowered with abstract inputs:
 
   state            the bf16 weights, `nnx.split` of the model, sharded by `SAMPLING_RULES`
   k_pool, v_pool   [L, P, S, K, H] page pools, placed by `sampling.engine.kv_pool_sharding`
@@ -191,25 +191,21 @@ def abstract_prefill_inputs(plan: EnginePlan) -> tuple[jax.ShapeDtypeStruct, ...
 
 
 def abstract_slot_batch(plan: EnginePlan):
-    """The decode block's `SlotBatch` (dtypes as `EngineCore._decode_block` builds it)."""
+    """The decode block's `SlotBatch`: `SlotBatch.build`'s shapes and dtypes (the engine's own
+    builder), every leaf a ShapeDtypeStruct."""
     from ppp_jax.sampling.runner import SlotBatch
 
     c = plan.config
-    b = c.num_slots
-    return SlotBatch(page_table=_host((b, c.table_width), np.int32),
-                     cache_lens=_host((b,), np.int32), last_token=_host((b,), np.int32),
-                     active=_host((b,), np.bool_), num_generated=_host((b,), np.int32),
-                     max_new_tokens=_host((b,), np.int32),
-                     stop_ids=_host((b, c.max_stop_tokens), np.int32),
-                     temperature=_host((b,), np.float32), top_k=_host((b,), np.int32),
-                     top_p=_host((b,), np.float32), seeds=_host((b,), np.uint32))
+    batch = SlotBatch.build(c.num_slots, c.table_width, c.max_stop_tokens)
+    return jax.tree.map(lambda x: _host(x.shape, x.dtype), batch)
 
 
 def lower_engine_step(cc: CompileConfig, devices: Sequence[jax.Device], name: str):
     """Lowers the engine's `name` program ("prefill" or "decode") for one replica on `devices`.
 
     Returns (plan, runner, lowered): `lowered.compile()` is the executable the engine would run,
-    callable with the engine's own arguments (`runner._prefill` / `runner._decode` signatures).
+    callable with the engine's own arguments (`runner.prefill_program` / `runner.decode_program`
+    signatures, so `runner.use_programs` can hand it to a live engine's runner).
     """
     if name not in STEPS:
         raise AotError(f"unknown engine step {name!r}; choose prefill or decode")
@@ -218,10 +214,10 @@ def lower_engine_step(cc: CompileConfig, devices: Sequence[jax.Device], name: st
     k_pool, v_pool = abstract_pools(plan)
     runner = make_runner(graphdef, plan.config)
     if name == "prefill":
-        lowered = runner._prefill.lower(state, k_pool, v_pool, *abstract_prefill_inputs(plan))
+        lowered = runner.prefill_program.lower(state, k_pool, v_pool,
+                                               *abstract_prefill_inputs(plan))
     else:
-        lowered = runner._decode.lower(state, k_pool, v_pool, abstract_slot_batch(plan),
-                                       _host((), np.int32))
+        lowered = runner.lower_decode(state, k_pool, v_pool, abstract_slot_batch(plan))
     return plan, runner, lowered
 
 

@@ -35,7 +35,7 @@ from ppp_jax.config.compile import CompileConfig
 from ppp_jax.model import sharding as shd
 from ppp_jax.model import splash
 from ppp_jax.model.config import ModelConfig
-from ppp_jax.scale.chips import AotError, hbm_per_device, tpu_devices
+from ppp_jax.scale.chips import AotError, hbm_per_device
 from ppp_jax.scale.flops import train_model_flops
 from ppp_jax.scale.mesh import make_mesh_for, with_shardings
 from ppp_jax.scale.step_report import StepReport, compile_lowered, report_of

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,6 +12,7 @@ from flax import nnx
 
 from ppp_jax.config.run import RunConfig
 from ppp_jax.envs.domains.base import Task
+from ppp_jax.envs.domains.registry import get_domain
 from ppp_jax.envs.policy import EngineSampling
 from ppp_jax.envs.simulator import UserSimulator
 from ppp_jax.envs.simulator_backends import make_simulator
@@ -86,40 +86,11 @@ def build_model(cfg: RunConfig, tokenizer: Any, path: str | Path | None = None,
 
 
 def build_tasks(cfg: RunConfig) -> tuple[list[Task], Any]:
-    """(tasks, underlying domain) of `cfg.domain`."""
-    d = cfg.domain
-    if d.name == "stdlib_loc":
-        from ppp_jax.envs.domains import stdlib_loc
-
-        return list(stdlib_loc.build_tasks(d.stdlib)), stdlib_loc.make_domain(tool_style=d.tool_style)
-    if d.name == "swe_func_loc":
-        from ppp_jax.envs.domains import swe_func_loc
-
-        if not (d.swe_rows and d.swe_clone_root and d.swe_cache_dir):
-            raise ValueError("domain swe_func_loc needs domain.swe_rows, domain.swe_clone_root and "
-                             "domain.swe_cache_dir (SWE-bench rows and local repository clones)")
-        repos = swe_func_loc.RepoCache(d.swe_cache_dir, clone_root=d.swe_clone_root)
-        rows = swe_func_loc.load_swe_rows(d.swe_rows)
-        tasks, report = swe_func_loc.build_swe_tasks(rows, repos, split=d.swe_split)
-        log.info("swe_func_loc: %s", report)
-        return tasks, swe_func_loc.make_domain(repos, d.tool_style)
-    if d.name == "browsecomp_plus":
-        from ppp_jax.envs.domains import browsecomp
-        from ppp_jax.envs.domains.retrievers import BM25Retriever, Corpus
-
-        if not (d.browsecomp_queries and d.browsecomp_corpus):
-            raise ValueError("domain browsecomp_plus needs domain.browsecomp_queries and "
-                             "domain.browsecomp_corpus (local .jsonl/.json/.parquet files)")
-        for key in ("browsecomp_queries", "browsecomp_corpus"):
-            if not os.path.isfile(getattr(d, key)):
-                raise FileNotFoundError(f"domain.{key}: no such file {getattr(d, key)!r}")
-        corpus = Corpus.from_rows(browsecomp.load_rows(d.browsecomp_corpus))
-        tasks = browsecomp.build_tasks(browsecomp.load_rows(d.browsecomp_queries), corpus,
-                                       split=d.browsecomp_split)
-        log.info("browsecomp_plus: %d tasks, %d documents (BM25)", len(tasks), len(corpus))
-        # exact-match scoring only (no LLM judge client is configured here)
-        return tasks, browsecomp.BrowseCompDomain(BM25Retriever(corpus))
-    raise ValueError(f"unknown domain {d.name!r}")
+    """(tasks, underlying domain) of `cfg.domain`: the domain registered under `cfg.domain.name`
+    (`ppp_jax.envs.domains.registry`) builds them from its own config section."""
+    spec = get_domain(cfg.domain.name)
+    tasks, domain = spec.build(spec.section_from(cfg.domain))
+    return list(tasks), domain
 
 
 def agent_domain(cfg: RunConfig, inner: Any) -> PreferenceDomain:

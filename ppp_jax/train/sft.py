@@ -27,55 +27,53 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ppp_jax.envs.chat import (
-    BOS,
-    EOS,
-    ChatTokenizer,
-    generation_prompt,
-    render_tool_doc,
-    render_turn,
-)
 from ppp_jax.envs.domains.base import ASK_USER, FINISH, Task, ask_user_schema
 from ppp_jax.envs.episode import EpisodeConfig
 from ppp_jax.envs.policy import PolicyTurn
 from ppp_jax.envs.preferences import HELDOUT_IDS, TRAIN_IDS
 from ppp_jax.envs.records import EpisodeRecord, TokenView
-from ppp_jax.envs.toolcall import render_tool_call
 from ppp_jax.rollout.orchestrator import EpisodeRequest, run_requests
 from ppp_jax.rollout.results import RolloutCounters
+from ppp_jax.sampling.chat import ChatTokenizer
+from ppp_jax.sampling.chat_format import DEFAULT_FORMAT, ChatFormat, get_format
 
 # ------------------------------------------------------------------------------------------------
 # Rendering recorded conversations to tokens
 # ------------------------------------------------------------------------------------------------
 
 
-def render_pieces(messages: Sequence[Mapping[str, Any]], system_block: str) -> list[tuple[str, int]]:
+def render_pieces(messages: Sequence[Mapping[str, Any]], system_block: str,
+                  chat_format: str | ChatFormat = DEFAULT_FORMAT) -> list[tuple[str, int]]:
     """(text, mask) pieces of a recorded conversation, split where `EngineSession` splits its
     encode calls: all non-assistant turns up to and including the generation prompt form one
-    prompt piece (mask 0); each assistant text is one piece (mask 1), `<seed:eos>` excluded."""
+    prompt piece (mask 0); each assistant text is one piece (mask 1), the closing eos
+    (`<seed:eos>`) excluded."""
+    fmt = get_format(chat_format)
     pieces: list[tuple[str, int]] = []
     pending = system_block
     for msg in messages[1:]:
         if msg["role"] == "assistant":
-            pieces.append((pending + generation_prompt(), 0))
+            pieces.append((pending + fmt.generation_prompt(), 0))
             pieces.append((msg.get("raw", msg.get("content") or ""), 1))
             pending = ""
         else:
-            pending += render_turn(msg["role"], msg["content"])
+            pending += fmt.render_turn(msg["role"], msg["content"])
     return pieces
 
 
 def render_token_view(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]],
                       chat: ChatTokenizer) -> TokenView:
     """The token view an `EngineSession` would have recorded for this conversation, had it
-    sampled exactly the assistant texts (`message["raw"]`) followed by `<seed:eos>`.
+    sampled exactly the assistant texts (`message["raw"]`) followed by the eos (`<seed:eos>`),
+    in `chat`'s format.
 
-    Mask 1 on each assistant text's tokens and its `<seed:eos>`; 0 elsewhere.
+    Mask 1 on each assistant text's tokens and its eos; 0 elsewhere.
     """
     ids: list[int] = []
     mask: list[int] = []
     starts: list[int] = []
-    for text, m in render_pieces(messages, chat.render_system(messages[0]["content"], tools)):
+    for text, m in render_pieces(messages, chat.render_system(messages[0]["content"], tools),
+                                 chat.format):
         piece = chat.encode(text) + ([chat.eos_id] if m else [])
         if m:
             starts.append(len(ids))
@@ -84,11 +82,14 @@ def render_token_view(messages: Sequence[Mapping[str, Any]], tools: Sequence[Map
     return TokenView(tuple(ids), tuple(mask), (0.0,) * len(ids), tuple(starts))
 
 
-def render_text(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]) -> str:
-    """The conversation as one string in the Seed-OSS chat format (a tokenizer-training corpus;
-    the system block in the tokenizer-free layout of `ChatTokenizer.render_system`)."""
-    system = f"{BOS}system\n{messages[0]['content']}{render_tool_doc(tools) if tools else ''}{EOS}"
-    return "".join(t + (EOS if m else "") for t, m in render_pieces(messages, system))
+def render_text(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]],
+                chat_format: str | ChatFormat = DEFAULT_FORMAT) -> str:
+    """The conversation as one string in the chat format (Seed-OSS by default; a
+    tokenizer-training corpus; the system block in the tokenizer-free layout of
+    `ChatFormat.render_system`)."""
+    fmt = get_format(chat_format)
+    system = fmt.render_system(messages[0]["content"], tools)
+    return "".join(t + (fmt.eos if m else "") for t, m in render_pieces(messages, system, fmt))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,13 +204,15 @@ class InstructBehaviour:
 
     Episodes are identified by the group key of `EpisodeRequest` (`<task_id>|<pref>|<kind>|<j>`),
     which `run_requests` puts in the episode id; decisions are drawn from a seed derived from the
-    episode id, so the script is deterministic.
+    episode id, so the script is deterministic. Tool calls are written in `chat_format`.
     """
 
-    def __init__(self, tasks: Mapping[str, Task], cfg: BehaviourConfig, guess: str = GUESS):
+    def __init__(self, tasks: Mapping[str, Task], cfg: BehaviourConfig, guess: str = GUESS,
+                 chat_format: str | ChatFormat = DEFAULT_FORMAT):
         self.tasks = tasks
         self.cfg = cfg
         self.guess = guess
+        self.format = get_format(chat_format)
 
     def start(self, episode_id: str) -> _Script:
         _, task_id, pref, kind, *_ = episode_id.split("|")
@@ -234,6 +237,7 @@ class _Script:
             intent = rng.choice(bucket)
             self.plan.append((ASK_USER, styled_question(intent, pref, self.follow, task.vague_prompt)))
         self.guess = owner.guess
+        self.format = owner.format
         self.seen = ""
         self.stats: dict[str, int] = {}
 
@@ -241,9 +245,9 @@ class _Script:
         self.seen = "\n".join(str(m.get("content") or "") for m in messages if m["role"] != "system")
         if self.plan:
             name, question = self.plan.pop(0)
-            return PolicyTurn(render_tool_call(name, {"question": question}))
+            return PolicyTurn(self.format.render_tool_call(name, {"question": question}))
         answer = find_location(self.seen) or self.guess
-        return PolicyTurn(render_tool_call(FINISH, {"answer": answer}))
+        return PolicyTurn(self.format.render_tool_call(FINISH, {"answer": answer}))
 
     def token_view(self) -> None:
         return None
@@ -269,12 +273,13 @@ def generate_scripted_episodes(tasks: Sequence[Task], domain: Any, simulator: An
                                num_episodes: int, behaviour: BehaviourConfig,
                                include_heldout_styles: bool = True,
                                episode: EpisodeConfig = EpisodeConfig(max_turns=6),
+                               chat_format: str | ChatFormat = DEFAULT_FORMAT,
                                ) -> list[EpisodeRecord]:
     """Runs the scripted agent on `tasks` through the real runner, domain and simulator."""
     import asyncio
 
     prefs = list(TRAIN_IDS) + (list(HELDOUT_IDS) if include_heldout_styles else [])
-    policy = InstructBehaviour({t.task_id: t for t in tasks}, behaviour)
+    policy = InstructBehaviour({t.task_id: t for t in tasks}, behaviour, chat_format=chat_format)
     reqs = scripted_requests(tasks, num_episodes, behaviour.seed, prefs)
     groups = asyncio.run(run_requests(reqs, domain, policy, simulator, episode=episode,
                                       concurrency=32, max_retries=0, seed=behaviour.seed,
@@ -294,11 +299,11 @@ def token_views(records: Sequence[EpisodeRecord], domain: Any, tasks: Mapping[st
             for r in records]
 
 
-def episode_texts(records: Sequence[EpisodeRecord], domain: Any,
-                  tasks: Mapping[str, Task]) -> Iterator[str]:
+def episode_texts(records: Sequence[EpisodeRecord], domain: Any, tasks: Mapping[str, Task],
+                  chat_format: str | ChatFormat = DEFAULT_FORMAT) -> Iterator[str]:
     """Each record's whole conversation as chat-format text (a tokenizer-training corpus)."""
     for r in records:
-        yield render_text(r.messages, episode_tools(domain, tasks[r.task_id]))
+        yield render_text(r.messages, episode_tools(domain, tasks[r.task_id]), chat_format)
 
 
 # ------------------------------------------------------------------------------------------------

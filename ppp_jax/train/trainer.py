@@ -185,6 +185,12 @@ class PPPTrainer:
         self._engine_step = -1  # the step whose params the engine holds (-1: unknown, sync first)
         self.last_rollout = None
 
+    @property
+    def engine_step(self) -> int:
+        """The training step whose params the rollout engine holds (-1 before the first sync);
+        after `train` returns, the final step's."""
+        return self._engine_step
+
     # -- state ------------------------------------------------------------------------------
     def _abstract_train_state(self) -> StepState:
         scalar = jax.ShapeDtypeStruct((), jnp.int32)

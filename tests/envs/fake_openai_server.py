@@ -19,6 +19,9 @@ Usage:
         ...
         assert server.requests[-1]["body"]["messages"][0]["role"] == "system"
 
+In a test, take the shared fixtures of tests/conftest.py instead of starting one: `server` (one
+started server per test module) or `fake` (that server, reset for the test).
+
 `responder(body) -> action` (settable attribute) computes an action from the request body when
 the queue is empty, e.g. to echo. `GET /v1/models` lists one model named "fake-model".
 Streaming is not supported. Usable from any test (the policy test reuses it for tool calls).

@@ -15,7 +15,7 @@ from ppp_jax.envs.episode import run_episode
 from ppp_jax.envs.llm_client import LLMClient, LLMClientConfig
 from ppp_jax.envs.policy import ScriptedPolicy
 from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
-from ppp_jax.envs.toolcall import render_tool_call
+from ppp_jax.sampling.chat_format.seed_oss import render_tool_call
 from tests.envs.fake_openai_server import FakeOpenAIServer, reply
 
 FACTS = [
@@ -316,3 +316,27 @@ def test_malformed_data_row_names_file_and_line(tmp_path):
     for load in (bc.load_rows, swe_func_loc.load_swe_rows):
         with pytest.raises(ValueError, match=r"rows\.jsonl:3: not valid JSON"):
             load(str(bad))
+
+
+def test_registered_builder_reads_its_own_section(tmp_path, corpus, rows):
+    from ppp_jax.envs.domains.registry import get_domain
+
+    spec = get_domain("browsecomp_plus")
+    assert spec.section is bc.BrowseCompSection and spec.build is bc.build_domain
+    cpath, qpath = tmp_path / "corpus.jsonl", tmp_path / "queries.jsonl"
+    cpath.write_text("".join(json.dumps({"docid": d.docid, "text": d.text, "url": d.url}) + "\n"
+                             for d in corpus.docs))
+    qpath.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tasks, dom = spec.build(bc.BrowseCompSection(str(qpath), str(cpath), "test"))
+    assert [t.split for t in tasks] == ["test", "test"] and dom.task_family == "search"
+    with pytest.raises(FileNotFoundError, match="domain.browsecomp_corpus"):
+        spec.build(bc.BrowseCompSection(str(qpath), str(tmp_path / "nope.jsonl")))
+    with pytest.raises(ValueError, match="needs domain.browsecomp_queries"):
+        spec.build(bc.BrowseCompSection())
+    # the episode records the family its domain declares (the released reward reads it)
+    finish = render_tool_call("finish", {"answer": "Ottilie Brask", "explanation": "d01",
+                                         "confidence": "90%"})
+    script = [render_tool_call("search", {"query": "Varnholm lighthouse designed"}), finish]
+    rec = asyncio.run(run_episode(dom, tasks[0], ScriptedPolicy(script), EmbeddedUserSimulator(),
+                                  preference_id="no_preference", prompt_kind="precise"))
+    assert rec.task_family == "search"

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from ppp_jax.envs import chat
+from ppp_jax.sampling import chat
 from ppp_jax.envs.domains import stdlib_loc
 from ppp_jax.envs.domains.base import Task
 from ppp_jax.envs.episode import EpisodeConfig, EpisodeSpec, masked_spans, run_episode, run_episodes
@@ -14,7 +14,7 @@ from ppp_jax.envs.reward import RewardConfig, ppp_reward
 from ppp_jax.envs.simulator import SimulatorReply, SimulatorUnavailable
 from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
 from ppp_jax.envs.testing import tiny_seed_tokenizer
-from ppp_jax.envs.toolcall import render_tool_call
+from ppp_jax.sampling.chat_format.seed_oss import render_tool_call
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_token_record_masks_exactly_the_policy_tokens(task, domain):
 
 
 def test_engine_policy_generation_prefix_is_template_not_policy(task, domain):
-    from ppp_jax.envs.policy import THINKING_BUDGET_0_PREFIX
+    from ppp_jax.sampling.chat_format.seed_oss import THINKING_BUDGET_0_PREFIX
 
     tok = tiny_seed_tokenizer()
     script = [call("finish", answer=task.gold[0])]

@@ -16,7 +16,7 @@ from ppp_jax.envs.domains.gold_functions import (PatchError, apply_file_patch, g
 from ppp_jax.envs.episode import run_episode
 from ppp_jax.envs.policy import ScriptedPolicy
 from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
-from ppp_jax.envs.toolcall import render_tool_call
+from ppp_jax.sampling.chat_format.seed_oss import render_tool_call
 
 FILLER = "".join(f"# filler line {i}\n" for i in range(8))  # keeps hunks apart
 

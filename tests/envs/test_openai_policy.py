@@ -3,20 +3,12 @@
 import asyncio
 import json
 
-import pytest
-
 from ppp_jax.envs.domains import stdlib_loc
 from ppp_jax.envs.episode import run_episode
 from ppp_jax.envs.llm_client import LLMClient, LLMClientConfig
 from ppp_jax.envs.policy import OpenAIPolicy, to_openai_messages
 from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
-from tests.envs.fake_openai_server import FakeOpenAIServer, malformed, reply, tool_call_reply
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeOpenAIServer() as s:
-        yield s
+from tests.envs.fake_openai_server import malformed, reply, tool_call_reply
 
 
 def _raw_tool_call(name, arguments: str) -> str:

@@ -5,7 +5,8 @@ import pytest
 from ppp_jax.config.loader import ConfigError, from_dict
 from ppp_jax.envs.preferences import PREFERENCE_IDS, UnknownPreferenceError
 from ppp_jax.envs.records import EpisodeRecord, Question
-from ppp_jax.envs.reward import RewardConfig, ppp_reward, reward_breakdown, task_family
+from ppp_jax.envs.reward import (RewardConfig, ppp_reward, record_family, reward_breakdown,
+                                 task_family)
 
 PAPER = RewardConfig()
 RELEASED = RewardConfig(variant="released")
@@ -183,3 +184,18 @@ def test_reward_config_loads_with_the_config_system():
         from_dict(RewardConfig, {"variant": "nope"})
     with pytest.raises(ConfigError):
         from_dict(RewardConfig, {"weight": 1})
+
+
+def test_family_comes_from_the_record_not_the_name():
+    # the family the domain declared (recorded by the episode runner) decides the constants
+    qs = [Q("low", level=1), Q("medium", level=2), Q("high", level=3)]
+    named_swe = EpisodeRecord("t", "swe_func_loc", "concise_question", "vague", questions=tuple(qs),
+                              task_score=0.5, task_family="search")
+    by_name = rec(questions=qs, domain="browsecomp_plus")
+    assert record_family(named_swe) == "search"
+    assert reward_breakdown(named_swe, RELEASED) == reward_breakdown(by_name, RELEASED)
+    # no family on the record (hand-built, older records): the name markers decide, as before
+    assert record_family(rec(domain="my_search_domain")) == "search"
+    assert record_family(rec(domain="web", kind="vague"), ("web",)) == "search"
+    with pytest.raises(ValueError, match="unknown task family"):
+        record_family(EpisodeRecord("t", "x", "concise_question", "vague", task_family="chess"))

@@ -17,7 +17,6 @@ from ppp_jax.envs.simulator_llm import (
     parse_reply,
 )
 from tests.envs.fake_openai_server import (
-    FakeOpenAIServer,
     delayed,
     error,
     malformed,
@@ -31,17 +30,10 @@ PRECISE = "Saving a drawing with an empty layer crashes the editor. Expected: em
 HIDDEN = "editor/save.py:write_layers"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeOpenAIServer() as s:
-        yield s
-
-
 @pytest.fixture
-def fake(server, monkeypatch):
-    server.reset()
+def fake(fake, monkeypatch):  # the shared fake server (tests/conftest.py), with the API key set
     monkeypatch.setenv(KEY_ENV, SECRET)
-    return server
+    return fake
 
 
 def client_cfg(server, **kw):

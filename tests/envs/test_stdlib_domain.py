@@ -83,3 +83,21 @@ def test_tools_read_the_stdlib_tree(tasks):
     names = {s["function"]["name"] for s in dom.tool_schemas(t)}
     assert names == {"view_file", "list_dir", "find_files", "grep", "finish"}
     assert asyncio.run(dom.score(t, f"/testbed/{t.gold[0]}\nother.py:f")) == pytest.approx(2 / 3)
+
+
+def test_registered_builder_reads_its_own_section(tasks):
+    from ppp_jax.envs.domains.registry import get_domain
+    from ppp_jax.envs.episode import run_episode
+    from ppp_jax.envs.policy import ScriptedPolicy
+    from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
+    from ppp_jax.sampling.chat_format.seed_oss import render_tool_call
+
+    spec = get_domain("stdlib_loc")
+    assert spec.section is stdlib_loc.StdlibLocSection and spec.build is stdlib_loc.build_domain
+    built, dom = spec.build(stdlib_loc.StdlibLocSection(tool_style="openhands"))
+    assert tuple(built) == tasks and dom.name == "stdlib_loc" and dom.tool_style == "openhands"
+    assert dom.task_family == "swe"
+    script = [render_tool_call("finish", {"answer": tasks[0].gold[0]})]
+    rec = asyncio.run(run_episode(dom, tasks[0], ScriptedPolicy(script), EmbeddedUserSimulator(),
+                                  preference_id="no_preference", prompt_kind="precise"))
+    assert rec.task_score == 1.0 and rec.task_family == "swe"

@@ -8,7 +8,7 @@ import pytest
 
 from ppp_jax.envs.llm_client import LLMClient, LLMClientConfig, LLMRequestError
 from ppp_jax.envs.vaguenize import LLMVaguenizer, RuleVaguenizer, VagueCache, cache_key, strip_specifics
-from tests.envs.fake_openai_server import FakeOpenAIServer, error, reply
+from tests.envs.fake_openai_server import error, reply
 
 # Real-looking issue texts and the specifics that must not survive.
 ISSUES = [
@@ -129,18 +129,6 @@ def test_rule_vaguenizer_fallback_and_bad_input():
 
 
 # --- LLM vaguenizer -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeOpenAIServer() as s:
-        yield s
-
-
-@pytest.fixture
-def fake(server):
-    server.reset()
-    return server
 
 
 def _client(server, **kw):

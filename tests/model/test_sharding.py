@@ -30,6 +30,7 @@ from ppp_jax.model.sharding import (
     using_mesh,
 )
 from ppp_jax.model.transformer import SeedOssForCausalLM
+from tests import numerics as nm
 
 MESH_2x4x2 = AbstractMesh((2, 4, 2), ("data", "fsdp", "tensor"))
 
@@ -209,6 +210,9 @@ def test_custom_rules_without_activation_names_still_train():
     expected = jax.jit(fwd)(params, tokens)
     with shd.using_mesh(mesh, rules):
         got = jax.jit(fwd)(params, tokens)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6, atol=1e-6)
+    # with sharding annotations the program may compile differently: two float32 evaluations
+    tol = nm.f32_forward_atol(nm.transformer_path_length(model.config, 8),
+                              np.abs(np.asarray(expected)).max())
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0, atol=tol)
     merged = shd.with_default_activation_rules(rules)
     assert next(axes for name, axes in merged if name == "activation_batch") == ("data", "fsdp")

@@ -120,7 +120,7 @@ def _child_cpu() -> None:
         return out
 
     with Engine(model, plan.config, mesh=plan.mesh) as engine:
-        pool_sharding = engine._core.k_pool.sharding  # as the engine places it, before any step
+        pool_sharding = engine.kv_pool_layout().sharding  # as the engine places it, before any step
         same_pool_sharding = [pool_sharding.is_equivalent_to(compiled[n].input_shardings[0][i], 5)
                               for n in aot_engine.STEPS for i in (1, 2)]
         reference = engine.generate_batch(requests())
@@ -139,8 +139,7 @@ def _child_cpu() -> None:
         return out
 
     with Engine(model, plan.config, mesh=plan.mesh) as engine:
-        engine.runner._prefill = aot_prefill  # the engine calls these attributes per step
-        engine.runner._decode = aot_decode
+        engine.runner.use_programs(prefill=aot_prefill, decode=aot_decode)  # called per step
         via_aot = engine.generate_batch(requests())
         traces = engine.compilations
 

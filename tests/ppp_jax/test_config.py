@@ -88,3 +88,24 @@ def test_fixed_length_tuple(tmp_path):
         load_config(tmp_path / "p.yaml", Pairs, ["pair=[b, c]"])
     with pytest.raises(ConfigError, match="expected 2 items"):
         load_config(tmp_path / "p.yaml", Pairs, ["pair=[b]"])
+
+
+def test_run_configs_domain_section_reads_into_the_registered_sections():
+    """The flat `domain:` YAML section keeps loading; `name` picks the registered domain, whose
+    builder gets only its own keys."""
+    from pathlib import Path
+
+    from ppp_jax.config.run import RunConfig, load_run_config
+    from ppp_jax.envs.domains.registry import get_domain
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    seen = {}
+    for name in ("tiny_cpu", "eval_seed_oss_36b_funcloc", "seed_oss_36b_browsecomp"):
+        d = load_run_config(root / f"{name}.yaml").domain
+        seen[d.name] = get_domain(d.name).section_from(d)
+        assert from_dict(RunConfig, to_dict(RunConfig(domain=d))).domain == d
+    assert seen["stdlib_loc"].stdlib.num_tasks == 200 and seen["stdlib_loc"].tool_style == "native"
+    assert (seen["swe_func_loc"].swe_split, seen["swe_func_loc"].tool_style) == ("test", "openhands")
+    assert seen["browsecomp_plus"].browsecomp_corpus == "data/browsecomp_plus/corpus.jsonl"
+    with pytest.raises(ConfigError, match=r"domain.swe_split: 'dev' is not one of"):
+        load_run_config(root / "tiny_cpu.yaml", ["domain.swe_split=dev"])

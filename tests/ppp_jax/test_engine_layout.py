@@ -129,8 +129,9 @@ from flax import nnx
 from ppp_jax.envs.testing import tiny_seed_tokenizer
 from ppp_jax.model import sharding as shd
 from ppp_jax.sampling.params import Request, SamplingParams
-from ppp_jax.train.trainer import (PPPTrainer, build_model, build_parts, make_engine,
-                             make_engine_replicas)
+from ppp_jax.train.builders import build_model, build_parts, make_engine
+from ppp_jax.train.engine_replicas import make_engine_replicas
+from ppp_jax.train.trainer import PPPTrainer
 from tests.ppp_jax._procs import finish_all, free_port
 from tests.ppp_jax.test_trainer import tiny_config
 
@@ -148,20 +149,20 @@ cfg = tiny_config(tmp, **heads, **{"rollout.engine_layout": "sampling", "engine.
                                    "engine.dtype": "bfloat16", "data.batch_size": 4})
 trainer = PPPTrainer(cfg, build_parts(cfg, tokenizer=tok), run_dir=tmp / "run")
 out["num_engines"] = len(trainer.engines)
-out["engine_devices"] = [sorted({d.id for x in jax.tree.leaves(e._core.state)
+out["engine_devices"] = [sorted({d.id for x in jax.tree.leaves(e.weights())
                                  for d in x.sharding.device_set}) for e in trainer.engines]
 out["engine_dtypes"] = sorted({str(x.dtype) for e in trainer.engines
-                               for x in jax.tree.leaves(e._core.state)})
-out["pool_dtype"] = str(trainer.engines[0]._core.k_pool.dtype)
+                               for x in jax.tree.leaves(e.weights())})
+out["pool_dtype"] = str(trainer.engines[0].kv_pool_layout().dtype)
 layout_ok = True
 for e in trainer.engines:
     mesh = e.mesh
     want = shd.state_shardings(trainer.init_params, mesh, shd.SAMPLING_RULES)
-    for x, sh in zip(jax.tree.leaves(e._core.state), jax.tree.leaves(want)):
+    for x, sh in zip(jax.tree.leaves(e.weights()), jax.tree.leaves(want)):
         layout_ok &= x.sharding.is_equivalent_to(sh, x.ndim)
     layout_ok &= dict(mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 4}
 out["layout_ok"] = bool(layout_ok)
-out["q_spec"] = str(trainer.engines[0]._core.state["layers"]["attn"]["q_proj"]["kernel"]
+out["q_spec"] = str(trainer.engines[0].weights()["layers"]["attn"]["q_proj"]["kernel"]
                     .get_value().sharding.spec)
 final = trainer.train(num_steps=1)
 out["step"] = final.step
@@ -173,10 +174,10 @@ out["params_moved"] = any(not np.array_equal(np.asarray(a), np.asarray(b))
                           for a, b in zip(init, jax.tree.leaves(final.train.params)))
 out["synced_exactly"] = all(
     all(x.dtype == jnp.bfloat16 and np.array_equal(np.asarray(x), np.asarray(y))
-        for x, y in zip(jax.tree.leaves(e._core.state), new_bf16))
+        for x, y in zip(jax.tree.leaves(e.weights()), new_bf16))
     for e in trainer.engines)
 trainer.engine.close()  # the one-engine interface closes every replica
-out["all_closed"] = all(e._closed for e in trainer.engines)
+out["all_closed"] = all(e.closed for e in trainer.engines)
 
 # -- float32, tensor=2 replica vs the default engine: same next-token log-probs ----------------
 base = tiny_config(tmp, **heads)
@@ -199,7 +200,7 @@ for ta, tb in zip(results[0].top_logprobs, results[1].top_logprobs):
     diff = max(diff, max(abs(a - b) for (_, a), (_, b) in zip(ta, tb)))
 out["max_logprob_diff"] = diff
 out["replica_weights_dtype"] = sorted({str(x.dtype)
-                                       for x in jax.tree.leaves(replicas[0]._core.state)})
+                                       for x in jax.tree.leaves(replicas[0].weights())})
 default.close()
 replicas.close()
 print(json.dumps(out))
@@ -259,7 +260,8 @@ from jax.experimental import multihost_utils
 from ppp_jax import config as cfgmod, distributed
 from ppp_jax.envs.testing import tiny_seed_tokenizer
 from ppp_jax.config.run import RunConfig
-from ppp_jax.train.trainer import PPPTrainer, build_parts
+from ppp_jax.train.builders import build_parts
+from ppp_jax.train.trainer import PPPTrainer
 from tests.ppp_jax._dist_trainer import CONFIG
 
 cfg = cfgmod.from_dict(RunConfig, {
@@ -272,9 +274,9 @@ final = trainer.train(num_steps=1)
 host = jax.tree.leaves(multihost_utils.process_allgather(final.train.params, tiled=True))
 synced = all(x.dtype == jnp.bfloat16 and np.array_equal(np.asarray(x),
                                                         np.asarray(y).astype(jnp.bfloat16))
-             for e in trainer.engines for x, y in zip(jax.tree.leaves(e._core.state), host))
+             for e in trainer.engines for x, y in zip(jax.tree.leaves(e.weights()), host))
 local = {d.id for d in jax.local_devices()}
-devices = [sorted(d.id for d in jax.tree.leaves(e._core.state)[0].sharding.device_set)
+devices = [sorted(d.id for d in jax.tree.leaves(e.weights())[0].sharding.device_set)
            for e in trainer.engines]
 trainer.engine.close()
 print(json.dumps({"process": jax.process_index(), "step": final.step, "synced": bool(synced),

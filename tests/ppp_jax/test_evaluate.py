@@ -10,7 +10,7 @@ from ppp_jax.envs.policy import EnginePolicy, ScriptedEngine
 from ppp_jax.envs.records import EpisodeRecord, Question
 from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
 from ppp_jax.envs.testing import tiny_seed_tokenizer
-from ppp_jax.envs.toolcall import render_tool_call
+from ppp_jax.sampling.chat_format.seed_oss import render_tool_call
 from ppp_jax.rollout.agent_domain import PreferenceDomain
 from ppp_jax.config.run import EvalSection
 

@@ -12,20 +12,12 @@ import pytest
 from ppp_jax import cli
 from ppp_jax.config.run import load_run_config
 from ppp_jax.train.builders import build_tasks
-from tests.envs.fake_openai_server import FakeOpenAIServer, tool_call_reply
+from tests.envs.fake_openai_server import tool_call_reply
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "eval_tiny_cpu.yaml"
 KEY_ENV = "PPP_TEST_EVAL_OPENAI_KEY"
 SECRET = "sk-SENTINEL-do-not-leak-7f3a9c"
 QUESTION = "What exactly does not behave as documented?"
-
-
-@pytest.fixture(scope="module")
-def server():
-    # Module-scoped, as in tests/envs/test_openai_policy.py: a server started inside a test that
-    # also uses `capsys` left pytest's own stderr capture closed ("I/O operation on closed file").
-    with FakeOpenAIServer() as s:
-        yield s
 
 
 def test_ppp_eval_openai_backend(server, tmp_path, monkeypatch, capsys, caplog):

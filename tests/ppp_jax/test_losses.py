@@ -9,6 +9,7 @@ import pytest
 from ppp_jax.rl.losses import (AGG_MODES, agg_denominator, aggregate, finalize_metrics,
                                objective_sums, ppo_clip_loss, truncated_is_weights)
 from ppp_jax.config.rl import LossConfig
+from tests import numerics as nm
 
 EL, EH, C = 0.2, 0.28, 3.0
 
@@ -89,19 +90,49 @@ def test_aggregation_matches_reference(mode):
     logp, old, adv, mask = random_batch(3)
     ref_loss, _, _ = ref_pg(logp, old, adv)
     s, d = aggregate(jnp.asarray(ref_loss, jnp.float32), jnp.asarray(mask), None, mode)
-    np.testing.assert_allclose(float(s / d), ref_agg(ref_loss, mask, mode), rtol=1e-5)
+    # one float32 sum of ~600 terms (each: the input's rounding, a_t = m/n, a_t·L_t) vs float64
+    terms = _terms64(logp, old, adv, mask, mode)
+    tol = nm.f32_mean_atol(terms, float(d), 3)
+    np.testing.assert_allclose(float(s / d), ref_agg(ref_loss, mask, mode), rtol=0, atol=tol)
     seg = (np.arange(mask.shape[1])[None] >= 0).astype(np.int32) * np.ones_like(mask, np.int32)
     s2, d2 = aggregate(jnp.asarray(ref_loss, jnp.float32), jnp.asarray(mask), jnp.asarray(seg), mode)
-    np.testing.assert_allclose(float(s2 / d2), float(s / d), rtol=1e-6)
+    # segment ids: another program summing the same float32 terms (two evaluations)
+    np.testing.assert_allclose(float(s2 / d2), float(s / d), rtol=0,
+                               atol=nm.f32_mean_atol(terms, float(d), 3, evaluations=2))
     if mode == "seq-mean-token-sum-norm":
         s3, d3 = aggregate(jnp.asarray(ref_loss, jnp.float32), jnp.asarray(mask), None, mode, 100)
-        np.testing.assert_allclose(float(s3 / d3), ref_agg(ref_loss, mask, mode, 100), rtol=1e-5)
+        np.testing.assert_allclose(float(s3 / d3), ref_agg(ref_loss, mask, mode, 100), rtol=0,
+                                   atol=nm.f32_mean_atol(terms, float(d3), 3))
 
 
-@pytest.mark.parametrize("mode", AGG_MODES)
-def test_micro_batches_are_exact(mode):
-    """1x64 == 8x8 == 64x1: add the micro-batch sums, divide once by the global denominator."""
-    logp, old, adv, mask = random_batch(11)
+# Roundings one float32 per-token term a_t·L_t carries before it is summed: the log-ratio (1),
+# exp (TRANSCENDENTAL), −A·r (1), a_t = m/n (1), a_t·L_t (1).
+TERM_ROUNDINGS = 4 + nm.TRANSCENDENTAL
+# Roundings of one per-token gradient a_t·(−A·r)/D (no reduction): the log-ratio (1), exp
+# (TRANSCENDENTAL), the products with A, the cotangent and a_t (3), a_t = m/n (1), / D (1).
+GRAD_ROUNDINGS = 6 + nm.TRANSCENDENTAL
+
+
+def _terms64(logp, old, adv, mask, mode):
+    """float64 reference of the per-token terms a_t·L_t that the aggregation sums."""
+    loss, _, _ = ref_pg(logp, old, adv)
+    m = mask.astype(np.float64)
+    a = m / np.maximum(m.sum(-1, keepdims=True), 1.0) if mode == "seq-mean-token-mean" else m
+    return a * loss
+
+
+def _input_roundings(logp, old, mask):
+    """Extra roundings per term when float32 meets the float64 reference: rounding ℓ and ℓ_old to
+    float32 moves the log-ratio by up to u·(|ℓ| + |ℓ_old| + |ℓ − ℓ_old|), which exp turns into
+    that relative error of the term (0 where the log-ratio is clamped); A's rounding adds one."""
+    lr = logp - old
+    k = np.where(np.abs(lr) < 20.0, np.abs(logp) + np.abs(old) + np.abs(lr), 0.0)
+    return int(np.ceil(k[mask > 0].max())) + 1
+
+
+def _micro_batch_sums(mode, logp, old, adv, mask, n_micro):
+    """The float32 Σ a_t·o_t of each of `n_micro` equal micro-batches (jitted objective_sums),
+    their denominators (floats), and the per-token gradients of those sums, concatenated."""
     cfg = LossConfig(agg_mode=mode)
     args = [jnp.asarray(x, jnp.float32) for x in (logp, old, adv, mask)]
 
@@ -111,27 +142,75 @@ def test_micro_batches_are_exact(mode):
         return obj
 
     total_jit, grad_jit = jax.jit(total), jax.jit(jax.grad(total))
-    d_global = agg_denominator(args[3], None, mode)
+    size = logp.shape[0] // n_micro
+    chunks = [[x[i * size:(i + 1) * size] for x in args] for i in range(n_micro)]
+    parts = [total_jit(*c) for c in chunks]
+    d_parts = [float(agg_denominator(c[3], None, mode)) for c in chunks]
+    return parts, d_parts, jnp.concatenate([grad_jit(*c) for c in chunks])
+
+
+@pytest.mark.parametrize("mode", AGG_MODES)
+def test_micro_batches_are_exact(mode):
+    """1x64 == 8x8 == 64x1: add the micro-batch sums, divide once by the global denominator.
+
+    "Exact" up to float32 summation order, with the bound derived from the sum's size (tests/
+    numerics.py): ~600 non-zero terms with Σ|a_t·L_t| ≈ 520 (seq-mean-token-sum, D = 64) allow
+    two orders to differ by ~6e-4, which still sits 27x-2000x below what a dropped micro-batch or
+    a micro-batch divided by its own denominator costs (the next test).
+    """
+    logp, old, adv, mask = random_batch(11)
+    d_global = float(agg_denominator(jnp.asarray(mask, jnp.float32), None, mode))
     results, grads = [], []
     for n_micro in (1, 8, 64):
-        size = 64 // n_micro
-        parts = [total_jit(*[x[i * size:(i + 1) * size] for x in args]) for i in range(n_micro)]
-        d_parts = sum(float(agg_denominator(args[3][i * size:(i + 1) * size], None, mode))
-                      for i in range(n_micro))
-        assert d_parts == pytest.approx(float(d_global), rel=1e-7)  # D is additive
+        parts, d_parts, g = _micro_batch_sums(mode, logp, old, adv, mask, n_micro)
+        # D is additive, and exact: integer counts (times an integer L_norm) below 2**24
+        assert sum(d_parts) == d_global
         results.append(float(sum(parts) / d_global))
-        g = jnp.concatenate([grad_jit(*[x[i * size:(i + 1) * size] for x in args])
-                             for i in range(n_micro)]) / d_global
-        grads.append(np.asarray(g))
-    ref_loss, _, _ = ref_pg(logp, old, adv)
-    ref = ref_agg(ref_loss, mask, mode)
+        grads.append(np.asarray(g / d_global))
+    terms = _terms64(logp, old, adv, mask, mode)
+    ref = ref_agg(ref_pg(logp, old, adv)[0], mask, mode)
+    # the terms are what is summed (two float64 evaluations of the same sum)
+    assert terms.sum() / d_global == pytest.approx(
+        ref, rel=0, abs=nm.f32_mean_atol(terms, d_global, 2, evaluations=2, u=nm.U64))
+    # vs float64: one float32 evaluation of the sum, its inputs rounded to float32
+    tol_ref = nm.f32_mean_atol(terms, d_global, TERM_ROUNDINGS + _input_roundings(logp, old, mask))
     for r in results:
-        assert r == pytest.approx(ref, rel=1e-5, abs=1e-6)
-    # equal up to float32 summation order (the per-token terms are O(1), the mean O(1e-2))
-    np.testing.assert_allclose(results[1], results[0], atol=1e-7)
-    np.testing.assert_allclose(results[2], results[0], atol=1e-7)
-    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(grads[2], grads[0], rtol=1e-6, atol=1e-9)
+        assert r == pytest.approx(ref, rel=0, abs=tol_ref)
+    # the same float32 terms summed in other orders (per micro-batch, then across): two evaluations
+    tol = nm.f32_mean_atol(terms, d_global, TERM_ROUNDINGS, evaluations=2)
+    np.testing.assert_allclose(results[1], results[0], rtol=0, atol=tol)
+    np.testing.assert_allclose(results[2], results[0], rtol=0, atol=tol)
+    # per-token gradients: no reduction, the same elementwise chain compiled for other shapes
+    np.testing.assert_allclose(grads[1], grads[0], rtol=nm.f32_chain_rtol(GRAD_ROUNDINGS), atol=0)
+    np.testing.assert_allclose(grads[2], grads[0], rtol=nm.f32_chain_rtol(GRAD_ROUNDINGS), atol=0)
+
+
+@pytest.mark.parametrize("mode", AGG_MODES)
+def test_micro_batch_bound_catches_broken_aggregation(mode):
+    """The summation-order bound of the test above is not vacuous: aggregation bugs exceed it.
+
+    Dropping any one of 8 micro-batches costs >= 27x the bound (its partial sum can be small by
+    chance, so this is the weakest case); dividing each micro-batch by its own denominator, then
+    adding or averaging, costs >= 120x (three empty rows make the micro-batch denominators differ
+    in every mode).
+    """
+    logp, old, adv, mask = random_batch(11)
+    mask[:3] = 0.0
+    d_global = float(agg_denominator(jnp.asarray(mask, jnp.float32), None, mode))
+    parts, d_parts, _ = _micro_batch_sums(mode, logp, old, adv, mask, 8)
+    right = float(sum(parts) / d_global)
+    tol = nm.f32_mean_atol(_terms64(logp, old, adv, mask, mode), d_global, TERM_ROUNDINGS,
+                           evaluations=2)
+    own = [p / d for p, d in zip(parts, d_parts)]
+    broken = {f"dropped micro-batch {k}": float(sum(parts[:k] + parts[k + 1:]) / d_global)
+              for k in range(len(parts))}
+    broken["own denominators, added"] = float(sum(own))
+    broken["own denominators, averaged"] = float(sum(own) / len(own))
+    ratios = {k: abs(v - right) / tol for k, v in broken.items()}
+    print(f"\n[{mode}] bound {tol:.2e}; error / bound: "
+          + ", ".join(f"{k}: {r:.0f}" for k, r in ratios.items()))
+    assert min(r for k, r in ratios.items() if k.startswith("dropped")) > 10, ratios
+    assert min(r for k, r in ratios.items() if k.startswith("own")) > 100, ratios
 
 
 @pytest.mark.parametrize("mode", AGG_MODES)
@@ -147,8 +226,11 @@ def test_packed_equals_unpacked(mode):
     packed_mask = np.concatenate([mask[:b], mask[b:]], axis=1)
     seg = np.concatenate([np.ones((b, t)), 2 * np.ones((b, t))], axis=1).astype(np.int32)
     s_p, d_p = aggregate(jnp.asarray(packed_loss), jnp.asarray(packed_mask), jnp.asarray(seg), mode, 50)
-    assert float(d_p) == pytest.approx(float(d_u))
-    assert float(s_p / d_p) == pytest.approx(float(s_u / d_u), rel=1e-5)
+    assert float(d_p) == float(d_u)  # integer counts: exact
+    # the same float32 terms summed over [6, 18] instead of [12, 9] (two evaluations)
+    terms = _terms64(np.zeros_like(loss), np.zeros_like(loss), -loss, mask, mode)  # r = 1: L = loss
+    tol = nm.f32_mean_atol(terms, float(d_u), 3, evaluations=2)
+    assert float(s_p / d_p) == pytest.approx(float(s_u / d_u), rel=0, abs=tol)
 
 
 def _token_grads(log_ratio, adv, cfg):
@@ -195,10 +277,27 @@ def test_objective_with_kl_entropy_tis_and_metrics():
     dd = np.clip(ref_lp - logp, -20, 20)
     k3 = np.clip(np.exp(dd) - dd - 1, -10, 10)
     per_tok = w * pg + 0.05 * k3 - 0.01 * ent
-    assert float(obj / d) == pytest.approx(ref_agg(per_tok, mask, cfg.agg_mode), rel=1e-5)
-    m = finalize_metrics(sums, maxes, d)
+    # Bounds: one float32 evaluation vs float64 (tests/numerics.py). Per-term absolute errors:
+    # rounding the inputs to float32 moves a log-ratio x − y by u·(|x| + |y| + |x − y|), which an
+    # exp turns into that relative error; k3 = e^d − d − 1 cancels, so its error is absolute.
+    u, a = nm.U32, mask / np.maximum(mask.sum(-1, keepdims=True), 1.0)
+    in_pg = np.abs(logp) + np.abs(old) + np.abs(logp - old)
+    in_w = np.abs(old) + np.abs(samp) + np.abs(old - samp)
+    in_kl = np.abs(ref_lp) + np.abs(logp) + np.abs(dd)
+    err_k3 = u * (np.abs(np.exp(dd) - 1) * in_kl + nm.TRANSCENDENTAL * np.exp(dd)
+                  + 2 * (np.exp(dd) + np.abs(dd) + 1))
+    err_obj = a * (np.abs(w * pg) * u * (in_pg + in_w + 2 * nm.TRANSCENDENTAL + 6)
+                   + 0.05 * (err_k3 + 2 * u * np.abs(k3)) + 0.01 * 3 * u * ent)
     sel = mask > 0
-    assert float(m["kl"]) == pytest.approx(ref_agg(k3, mask, cfg.agg_mode), rel=1e-5)
+    d64 = float(d)
+    assert float(obj / d) == pytest.approx(ref_agg(per_tok, mask, cfg.agg_mode), rel=0,
+                                           abs=nm.f32_mean_atol(a * per_tok, d64, 2, err_obj[sel]))
+    m = finalize_metrics(sums, maxes, d)
+    assert float(m["kl"]) == pytest.approx(ref_agg(k3, mask, cfg.agg_mode), rel=0,
+                                           abs=nm.f32_mean_atol(a * k3, d64, 2, (a * err_k3)[sel]))
+    # (the tolerances below are at or above their derived bounds: entropy 5e-6, tis_weight 4e-6,
+    # logp_abs_diff 5e-7, its max 6e-7, Pearson 8e-5 from its five float32 moment sums, ppo_kl
+    # 1e-6; the clip fractions are integer counts over an integer: one rounding)
     assert float(m["entropy"]) == pytest.approx(ref_agg(ent, mask, cfg.agg_mode), rel=1e-5)
     assert float(m["clipfrac_low"] + m["clipfrac_high"]) == pytest.approx(clipped[sel].mean(), abs=1e-6)
     assert float(m["dual_clipfrac"]) == pytest.approx(dual[sel].mean(), abs=1e-6)

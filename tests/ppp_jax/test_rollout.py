@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from ppp_jax.envs.chat import ChatTokenizer
+from ppp_jax.sampling.chat import ChatTokenizer
 from ppp_jax.envs.domains import stdlib_loc
 from ppp_jax.envs.domains.base import ask_user_schema
 from ppp_jax.envs.episode import EpisodeConfig, run_episode
@@ -15,7 +15,7 @@ from ppp_jax.envs.reward import RewardConfig
 from ppp_jax.envs.simulator import SimulatorReply
 from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
 from ppp_jax.envs.testing import tiny_seed_tokenizer
-from ppp_jax.envs.toolcall import render_tool_call
+from ppp_jax.sampling.chat_format.seed_oss import render_tool_call
 from ppp_jax.config.rl import AdvantageConfig, RLConfig
 from ppp_jax.rollout.agent_domain import PREFERENCE_NOTE, PreferenceDomain, for_user
 from ppp_jax.rollout.orchestrator import EpisodeRequest, RolloutOrchestrator, run_requests

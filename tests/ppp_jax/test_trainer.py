@@ -80,7 +80,7 @@ def test_two_ppp_steps_then_resume(tmp_path, tok, engine):
     assert rows[0]["rollout/episodes"] == 4  # 2 prompts x G=2
     assert all(np.isfinite(r["train/grad_norm"]) and r["train/grad_norm"] > 0 for r in rows)
     assert all(r["train/skipped"] == 0 for r in rows)
-    assert a._engine_step == 2  # the engine runs the trained weights
+    assert a.engine_step == 2  # the engine runs the trained weights
     # A new trainer on the same directory resumes from the step-2 checkpoint.
     a2 = make_trainer(cfg, tok, tmp_path / "a", engine)
     assert a2.train(num_steps=3).step == 3
@@ -254,7 +254,7 @@ from flax import nnx
 from ppp_jax.envs.testing import tiny_seed_tokenizer
 from ppp_jax.model import sharding as shd
 from ppp_jax.model.api import save_checkpoint
-from ppp_jax.train.trainer import build_model
+from ppp_jax.train.builders import build_model
 from tests.ppp_jax.test_trainer import tiny_config
 
 tok = tiny_seed_tokenizer()

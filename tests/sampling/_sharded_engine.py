@@ -44,7 +44,7 @@ def main(work: str) -> None:
     mesh = api.make_mesh({"data": 2, "fsdp": 1, "tensor": 4})
     model = api.load_pretrained(ckpt, mesh=mesh, rules=SAMPLING_RULES)
     engine = Engine(model, cfg, mesh=mesh)
-    pool_spec = str(engine._core.k_pool.sharding.spec)
+    pool_spec = str(engine.kv_pool_layout().sharding.spec)
     q_spec = str(model.layers.attn.q_proj.kernel.value.sharding.spec)
     sharded_tokens, sharded_logp = run(engine)
     diff = max(abs(a - b) for x, y in zip(single_logp, sharded_logp) for a, b in zip(x, y))

@@ -36,3 +36,29 @@ def engine(tiny_model):
     eng = Engine(tiny_model, SMALL_ENGINE)
     yield eng
     eng.close()
+
+
+def logprob_atol(model, sequences, temperature: float = 1.0) -> float:
+    """Derived bound (tests/numerics.py) on the difference of two float32 evaluations of the
+    log-probs of `sequences` (token lists) under `model`: the engine's paged prefill/decode
+    programs against the trainer's dense forward, or against another engine batch (other
+    buckets, rows, chunk sizes). The logits' magnitude is measured with one dense forward per
+    sequence, padded to the engine's max_seq_len (one compilation)."""
+    import numpy as np
+
+    from ppp_jax.model import testing as mt
+    from tests import numerics as nm
+
+    pad_to = SMALL_ENGINE.max_seq_len
+    t = 1.0 if temperature == 0 else temperature
+    zs, longest = 0.0, 1
+    for seq in sequences:
+        seq = list(seq)[:pad_to]
+        tokens = np.zeros((1, pad_to), np.int32)
+        tokens[0, :len(seq)] = seq
+        segs = (np.arange(pad_to) < len(seq)).astype(np.int32)[None]
+        logits = mt.jit_logits(model, tokens, np.arange(pad_to)[None], segs)[0, :len(seq)]
+        zs, longest = max(zs, float(np.abs(logits).max()) / t), max(longest, len(seq))
+    cfg = model.config
+    path = nm.transformer_path_length(cfg, longest)
+    return nm.f32_logprob_atol(path, cfg.vocab_size, zs, 2 * zs + np.log(cfg.vocab_size))

@@ -1,6 +1,9 @@
-"""Seed-OSS tool-call parsing and rendering."""
+"""Chat formats: the registry, and Seed-OSS tool-call parsing and rendering."""
 
-from ppp_jax.envs import toolcall as tc
+import pytest
+
+from ppp_jax.sampling.chat_format import ChatFormat, get_format
+from ppp_jax.sampling.chat_format import seed_oss as tc
 
 TOOLS = [
     {"type": "function", "function": {"name": "grep", "description": "d", "parameters": {
@@ -104,3 +107,26 @@ def test_render_assistant_text_matches_template_layout():
     # Round trip.
     turn = tc.parse_turn(body, TOOLS)
     assert turn.calls[0].arguments == {"pattern": "x", "max_results": 3}
+
+
+def test_registry_returns_the_seed_oss_format():
+    fmt = get_format("seed_oss")
+    assert fmt is tc.FORMAT and get_format() is fmt and get_format(fmt) is fmt
+    assert isinstance(fmt, ChatFormat) and fmt.name == "seed_oss"
+    with pytest.raises(ValueError, match="seed_oss"):
+        get_format("no_such_format")
+
+
+def test_seed_oss_format_entry_is_the_module():
+    fmt = tc.FORMAT
+    assert (fmt.bos, fmt.eos, fmt.think_open, fmt.think_close) == (
+        "<seed:bos>", "<seed:eos>", "<seed:think>", "</seed:think>")
+    assert fmt.call_markers == ("<seed:tool_call>", "<function=")
+    assert fmt.render_turn("user", "hi") == "<seed:bos>user\nhi<seed:eos>"
+    assert fmt.generation_prompt() == "<seed:bos>assistant\n"
+    assert fmt.render_system("s", []) == "<seed:bos>system\ns<seed:eos>"
+    assert fmt.render_system("s", TOOLS) == "<seed:bos>system\ns" + tc.render_tool_doc(TOOLS) + "<seed:eos>"
+    assert fmt.template_arguments({"a": "x", "b": 3, "c": ["é"]}) == {"a": "x", "b": "3", "c": '["é"]'}
+    text = fmt.render_tool_call("finish", {"answer": "a.py:f"})
+    assert fmt.parse_turn(text, TOOLS).calls[0].arguments == {"answer": "a.py:f"}
+    assert fmt.no_thinking_prefix == tc.THINKING_BUDGET_0_PREFIX

@@ -34,14 +34,11 @@ def _run(engine, with_neighbours: bool):
     if with_neighbours:
         reqs += [Request(p, dataclasses.replace(params, seed=i)) for i, p in enumerate(NEIGHBOURS)]
     result = engine.generate_batch(reqs)[0]  # submitted together: prefilled in one round
-    core = engine._core
-    pages, size = core.sessions["a"].pages, engine.config.page_size
-    n = core.sessions["a"].cached
-    k = np.asarray(core.k_pool)[:, pages].reshape(core.k_pool.shape[0], -1, *core.k_pool.shape[3:])
-    v = np.asarray(core.v_pool)[:, pages].reshape(k.shape)
+    kv, size = engine.session_kv("a"), engine.config.page_size
+    n = kv.cached
     engine.end_session("a")
-    assert n == len(PROMPT) + 11 and len(pages) * size >= n
-    return result, k[:, :n], v[:, :n]
+    assert n == len(PROMPT) + 11 and kv.num_pages * size >= n
+    return result, kv.k[:, :n], kv.v[:, :n]
 
 
 def test_prefill_alone_or_batched_is_bit_identical(invariant_engine):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ppp_jax.envs import toolcall as tc
+from ppp_jax.sampling.chat_format import seed_oss as tc
 from ppp_jax.sampling.tool_calls import ChatStreamParser, build_message, prepare_messages
 
 TOOLS = [

@@ -84,23 +84,8 @@ def test_requests_not_asking_are_unchanged_and_default_program_has_no_topk(engin
     assert asking[1].token_ids == plain[1].token_ids and asking[1].logprobs == plain[1].logprobs
     assert asking[0].top_logprobs is None and len(asking[1].top_logprobs) == 20
 
-    core = engine._core
-    hlo = engine.runner._decode.lower(core.state, core.k_pool, core.v_pool, _empty_batch(core),
-                                      jnp.int32(1)).as_text()
+    hlo = engine.lower_decode().as_text()
     assert "top_k" not in hlo and "TopK" not in hlo
-
-
-def _empty_batch(core):
-    from ppp_jax.sampling.runner import SlotBatch
-
-    b, c = core.config.num_slots, core.config
-    z = lambda dt: np.zeros(b, dt)  # noqa: E731
-    return SlotBatch(page_table=np.zeros((b, c.table_width), np.int32), cache_lens=z(np.int32),
-                     last_token=z(np.int32), active=z(bool), num_generated=z(np.int32),
-                     max_new_tokens=z(np.int32),
-                     stop_ids=np.full((b, c.max_stop_tokens), -1, np.int32),
-                     temperature=z(np.float32), top_k=z(np.int32), top_p=np.ones(b, np.float32),
-                     seeds=z(np.uint32))
 
 
 def test_streamed_top_logprobs_equal_the_result(engine):

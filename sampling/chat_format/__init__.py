@@ -1,0 +1,61 @@
+"""Chat and tool-call formats, one module per model family, and their registry.
+
+Everything that depends on how a model family writes its chats lives here: rendering turns, the
+generation prompt, tool documentation and tool calls; splitting think blocks; parsing tool calls
+out of raw assistant text; the format's special-token strings. The server
+(`ppp_jax.sampling.server`, `ppp_jax.sampling.tool_calls`), the token-level tokenizer wrapper
+(`ppp_jax.sampling.chat.ChatTokenizer`), the agent policies (`ppp_jax.envs.policy`) and SFT
+(`ppp_jax.train.sft`) take a `ChatFormat` (or its registry name) instead of hard-coding one.
+
+    from ppp_jax.sampling.chat_format import get_format
+    fmt = get_format("seed_oss")
+    fmt.parse_turn(text, tools).calls
+
+Adding a format: write a module like `seed_oss.py` (its functions and a `FORMAT =
+ChatFormat(...)`), and add one entry to `FORMATS`.
+"""
+
+from __future__ import annotations
+
+from ppp_jax.sampling.chat_format import seed_oss
+from ppp_jax.sampling.chat_format.base import (
+    BAD_ARGUMENT,
+    BAD_NAME,
+    DUPLICATE_PARAMETER,
+    MISSING_PARAMETER,
+    NO_FUNCTION,
+    UNKNOWN_PARAMETER,
+    UNKNOWN_TOOL,
+    UNTERMINATED_BLOCK,
+    UNTERMINATED_FUNCTION,
+    UNTERMINATED_PARAMETER,
+    ChatFormat,
+    ParsedCall,
+    ParsedTurn,
+    ToolCallError,
+    convert_value,
+    schema_index,
+    validate_call,
+)
+
+FORMATS: dict[str, ChatFormat] = {
+    "seed_oss": seed_oss.FORMAT,
+}
+DEFAULT_FORMAT = "seed_oss"
+
+
+def get_format(name: str | ChatFormat = DEFAULT_FORMAT) -> ChatFormat:
+    """The registered format called `name` (a `ChatFormat` is returned as it is)."""
+    if isinstance(name, ChatFormat):
+        return name
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown chat format {name!r}; known: {', '.join(sorted(FORMATS))}") from None
+
+
+__all__ = ["BAD_ARGUMENT", "BAD_NAME", "DEFAULT_FORMAT", "DUPLICATE_PARAMETER", "FORMATS",
+           "MISSING_PARAMETER", "NO_FUNCTION", "UNKNOWN_PARAMETER", "UNKNOWN_TOOL",
+           "UNTERMINATED_BLOCK", "UNTERMINATED_FUNCTION", "UNTERMINATED_PARAMETER", "ChatFormat",
+           "ParsedCall", "ParsedTurn", "ToolCallError", "convert_value", "get_format",
+           "schema_index", "validate_call"]
