@@ -17,7 +17,7 @@ the turn limit, or the token budget. Per turn:
     token view ends with the last sampled turn. Otherwise the turn's `max_new_tokens` is capped
     to what is left after the prompt;
 
-  * the policy returns raw text (Seed-OSS tool calls parsed by `envs.toolcall`) or API tool calls;
+  * the policy returns raw text (Seed-OSS tool calls parsed by `sampling.chat_format`) or API tool calls;
   * every call in the turn runs in order, up to and including `finish` (later calls are dropped
     and counted). A malformed call, an unknown tool or a bad argument becomes an error
     observation the agent can recover from; each is counted in `record.stats`;
