@@ -9,7 +9,14 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
-import pytest  # noqa: E402 - after the environment settings above
+# PPP_TEST_DEVICES=N runs the pytest process with N fake CPU devices (default: XLA's, 1), which
+# changes XLA:CPU's kernel choices: a portability check of the suite's float32 bounds
+# (docs/testing.md). Tests that start their own subprocesses set their own device count.
+if os.environ.get("PPP_TEST_DEVICES"):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+                               f"device_count={int(os.environ['PPP_TEST_DEVICES'])}").strip()
+
+import pytest  # after the environment settings above
 
 
 @pytest.fixture(scope="module", name="server")

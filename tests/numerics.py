@@ -120,15 +120,16 @@ def f32_logprob_atol(path: int, vocab: int, logit_scale: float, value_scale: flo
 
 def f32_entropy_atol(path: int, vocab: int, logit_scale: float, logp_scale: float,
                      evaluations: int = 2, u: float = U32) -> float:
-    """Float32 evaluations of the entropy −Σ_j p_j·logp_j of softmax(z / T).
+    """Float32 evaluations of the entropy H = −Σ_j p_j·logp_j of softmax(z / T).
 
-    Every logp_j carries the error of `f32_logprob_atol`, which moves p_j by that relative error
-    and logp_j by that absolute error: ≤ δ·(1 + max|logp_j|) in all (Σ_j p_j = 1); the sum over V
-    adds γ_V·max|logp_j|. logp_scale: the largest |logp_j| over the vocabulary (≤ 2·max|z/T| +
-    log V).
+    Every logp_j carries the error δ of `f32_logprob_atol` (logp_scale: the largest |logp_j|,
+    |z/T| or log-sum-exp), which moves p_j = exp(logp_j) by δ relative and logp_j by δ: in all
+    ≤ δ·Σ_j p_j·(1 + |logp_j|) = δ·(1 + H) ≤ δ·(1 + log V). The sum over V terms adds
+    γ_{V+2}·Σ_j p_j·|logp_j| ≤ γ_{V+2}·log V.
     """
     d = f32_logprob_atol(path, vocab, logit_scale, logp_scale, evaluations=1, u=u)
-    return evaluations * (d * (1.0 + logp_scale) + gamma(vocab + 2, u) * logp_scale)
+    log_v = math.log(vocab)
+    return evaluations * (d * (1.0 + log_v) + gamma(vocab + 2, u) * log_v)
 
 
 def f32_attention_atol(head_dim: int, keys: int, score_abs: float, v_abs: float,
@@ -182,3 +183,32 @@ def f32_mean_atol(terms, denominator: float, term_roundings: int = 0, term_error
     value = abs(float(t.sum()) / float(denominator))
     err = f32_sum_atol(float(np.abs(t).sum()), n, term_roundings, u) + float(np.sum(term_errors))
     return evaluations * (err / abs(float(denominator)) + u * value)
+
+
+def f32_pearson_atol(x, y, input_atol: float = 0.0, evaluations: int = 2,
+                     u: float = U32) -> float:
+    """Float32 evaluations of Pearson's r from the five moment sums Σx, Σy, Σx², Σy², Σxy over n
+    tokens (ppp_jax.rl.losses.finalize_metrics), x, y the float64 values as summed (after any
+    shift), `input_atol` the bound on each x_i, y_i's own difference between the evaluations.
+
+    Each moment's sum errs by γ_{n+2}·Σ|terms| (tests/numerics.py's rule); cov = E[xy] − E[x]E[y]
+    and the variances cancel, so their errors are relative to E[x²]-sized sums, not to the
+    (smaller) variances: δr/|r| ≤ δcov/|cov| + δvx/(2vx) + δvy/(2vy) + 4u. A change of the inputs
+    by δ moves r by at most ~2δ/σ per variable.
+    """
+    import numpy as np
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    n = x.size
+    g = gamma(n + 2, u)
+    ex, ey = x.mean(), y.mean()
+    e_x, e_y = g * np.abs(x).mean(), g * np.abs(y).mean()
+    cov = (x * y).mean() - ex * ey
+    vx, vy = (x * x).mean() - ex ** 2, (y * y).mean() - ey ** 2
+    d_cov = g * np.abs(x * y).mean() + abs(ey) * e_x + abs(ex) * e_y + 2 * u * abs(ex * ey)
+    d_vx = g * (x * x).mean() + 2 * abs(ex) * e_x + 2 * u * ex ** 2
+    d_vy = g * (y * y).mean() + 2 * abs(ey) * e_y + 2 * u * ey ** 2
+    r = cov / np.sqrt(vx * vy)
+    one = abs(r) * (d_cov / abs(cov) + d_vx / (2 * vx) + d_vy / (2 * vy) + 4 * u)
+    inputs = 2 * input_atol * (1 / np.sqrt(vx) + 1 / np.sqrt(vy))
+    return float(evaluations * one + inputs)

@@ -94,7 +94,14 @@ def main() -> None:
     ref_grads = jax.tree.leaves(jax.jit(grad_fn)(params, *args, targets, mask))
     lap("reference")
     valid = segments > 0
-    out = {"devices": len(jax.devices()), "meshes": {}}
+    # derived float32 bounds for two evaluations (tests/numerics.py): logits, and gradients of
+    # the summed log-probs over B·T positions relative to their largest component
+    from tests import numerics as nm
+
+    path = nm.transformer_path_length(cfg, T)
+    out = {"devices": len(jax.devices()), "meshes": {},
+           "logits_atol": nm.f32_forward_atol(path, float(np.abs(ref_logits[valid]).max())),
+           "grad_rel": nm.f32_grad_atol(path, cfg.vocab_size, B * T, 1.0)}
     for name, sizes in MESHES.items():
         mesh = shd.make_mesh(sizes)
         sharded = shd.shard_state(params, mesh)
@@ -150,6 +157,14 @@ def main() -> None:
         # dk/dv: each device's query block contributes; the shard_map transpose must sum them.
         grads = jax.jit(jax.grad(splash_loss, argnums=(0, 1, 2)))(q, k, v)
     out["splash_seq4_max_abs"] = float(np.abs(o - ref)[seg > 0].max())
+    # splash vs XLA attention: two float32 evaluations at these scores and values; the backward
+    # runs the chain back (dP over H, the softmax's row sums, dQ and dK over the keys)
+    kk = np.repeat(np.abs(k.astype(np.float64)), n // kv, axis=2)
+    score_abs = float(max(np.einsum("tnh,snh->nts", np.abs(q[i].astype(np.float64)), kk[i]).max()
+                          for i in range(b))) * h ** -0.5
+    out["splash_atol"] = nm.f32_attention_atol(h, t, score_abs, float(np.abs(v).max()),
+                                               evaluations=2)
+    out["splash_grad_rel"] = nm.f32_forward_atol(2 * h + 3 * t + 12 + nm.TRANSCENDENTAL, 1.0)
     out["splash_seq4_grad_max_abs"] = max(float(np.abs(np.asarray(g) - np.asarray(r)).max())
                                           for g, r in zip(grads, ref_grads))
     out["splash_grad_max"] = max(float(np.abs(np.asarray(r)).max()) for r in ref_grads)

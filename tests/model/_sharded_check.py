@@ -79,7 +79,17 @@ def main(hf_dir: str, work: str, part: str = "parity") -> None:
     ref_logits = np.asarray(api.logits(ref, tokens, positions, segments))
     ref_lp = np.asarray(api.next_token_logprobs(ref, tokens, positions, segments))
     lap("reference")
-    out = {"devices": len(devices), "meshes": {}}
+    # derived float32 bounds for two evaluations (tests/numerics.py); the sharded programs
+    # split contractions over devices and sum the parts
+    from ppp_jax.model.config import tiny
+    from tests import numerics as nm
+
+    cfg, zs = tiny(**TINY_SHARDABLE), float(np.abs(ref_logits[valid]).max())
+    path = nm.transformer_path_length(cfg, tokens.shape[1])
+    out = {"devices": len(devices), "meshes": {},
+           "logits_atol": nm.f32_forward_atol(path, zs),
+           "logprobs_atol": nm.f32_logprob_atol(path, cfg.vocab_size, zs,
+                                                2 * zs + np.log(cfg.vocab_size))}
     models = {}
     for name, shape in MESHES.items():
         mesh = api.make_mesh(shape)

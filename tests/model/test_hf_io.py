@@ -92,6 +92,7 @@ def test_sharded_index_checkpoints_in_and_out(fp32_ckpt, tmp_path):
     assert sorted(set(index["weight_map"].values())) == files and len(files) > 2
     assert index["metadata"]["total_size"] == sum(t.nbytes for t in _tensors(out).values())
     _assert_bitwise_equal(fp32_ckpt, out)
+    # bit-identical weights, the same torch program: exact in practice (1e-5 is slack)
     assert np.abs(_torch_logits(out) - _torch_logits(fp32_ckpt)).max() <= 1e-5
 
 
@@ -101,7 +102,10 @@ def test_tied_embeddings_and_mlp_bias(tmp_path):
     assert "lm_head.weight" not in _tensors(src)
     model = api.load_pretrained(src)
     assert model.lm_head is None
-    assert np.abs(np.asarray(api.logits(model, TOKENS)) - _torch_logits(src)).max() <= 1e-5
+    ref = _torch_logits(src)  # torch vs XLA: two float32 evaluations of the forward
+    tol = nm.f32_forward_atol(nm.transformer_path_length(model.config, TOKENS.shape[1]),
+                              np.abs(ref).max())
+    assert np.abs(np.asarray(api.logits(model, TOKENS)) - ref).max() <= tol
     out = api.save_pretrained(model, tmp_path / "export")
     _assert_bitwise_equal(src, out)
 

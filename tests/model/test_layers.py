@@ -12,10 +12,10 @@ from flax import nnx
 
 from ppp_jax.model import axes as ax
 from ppp_jax.model import testing as mt
-from tests import numerics as nm
 from ppp_jax.model.config import tiny
 from ppp_jax.model.layers import RMSNorm, rope_inv_freq, rope_tables
 from ppp_jax.model.transformer import SeedOssForCausalLM
+from tests import numerics as nm
 
 L_, D_, F_, N_, K_, H_, V_ = 3, 24, 40, 4, 2, 10, 67
 

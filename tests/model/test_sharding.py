@@ -157,14 +157,14 @@ def _run_8_devices(tmp_path, part: str) -> dict:
 def test_sharded_equals_unsharded_on_8_fake_devices(tmp_path):
     """Meshes (data, fsdp, tensor) = 8x1x1, 1x8x1, 1x4x2, 2x2x2, weights streamed from an HF
     checkpoint straight onto each mesh: logits and next-token log-probs equal the single-device
-    ones (fp32, 1e-5; a padded and a packed row included), and so do the chunked
-    next-token log-probs on 2x2x2; orbax save on 1x8x1 restores onto
-    2x2x2 bit-exactly; `shard_model` reshards a live model (1x8x1 -> 1x4x2)."""
+    ones (fp32, to the derived float32 bound; a padded and a packed row included), and so do
+    the chunked next-token log-probs on 2x2x2; orbax save on 1x8x1 restores onto 2x2x2
+    bit-exactly; `shard_model` reshards a live model (1x8x1 -> 1x4x2)."""
     result = _run_8_devices(tmp_path, "parity")
     assert set(result["meshes"]) == {"8x1x1", "1x8x1", "1x4x2", "2x2x2"}
-    for name, r in result["meshes"].items():
-        assert r["max_abs_logits"] <= 1e-5, (name, r)
-    assert result["meshes"]["2x2x2"]["max_abs_logprobs"] <= 1e-5
+    for name, r in result["meshes"].items():  # bounds derived in the script (tests/numerics.py)
+        assert r["max_abs_logits"] <= result["logits_atol"], (name, r, result["logits_atol"])
+    assert result["meshes"]["2x2x2"]["max_abs_logprobs"] <= result["logprobs_atol"]
     # The weights really were split: on 1x4x2 a q kernel shard holds 1/8 of the tensor.
     assert result["meshes"]["1x4x2"]["q_kernel_spec"] == "P(None, 'fsdp', 'tensor')"
     assert result["meshes"]["1x4x2"]["q_kernel_shard_fraction"] == pytest.approx(1 / 8)
@@ -173,7 +173,7 @@ def test_sharded_equals_unsharded_on_8_fake_devices(tmp_path):
     assert result["orbax_restore_max_abs"] == 0.0
     assert result["orbax_restored_spec"] == "P(None, 'fsdp', 'tensor')"
     assert result["reshard_spec"] == "P(None, 'fsdp', 'tensor')"
-    assert result["reshard_max_abs_logits"] <= 1e-5
+    assert result["reshard_max_abs_logits"] <= result["logits_atol"]
 
 
 @pytest.mark.slow

@@ -77,9 +77,25 @@ def main() -> None:
     rel, worst_key = 0.0, ""
     for a, b in zip(m1, m8):
         for k in a:
+            if k == "logp_pearson":  # checked on step 1 against its derived bound, below
+                continue
             r = abs(a[k] - b[k]) / (abs(a[k]) + 1e-3)
             if r > rel:
                 rel, worst_key = r, k
+    # Pearson's r of step 1 (the same params on both sides) and its derived float32 bound
+    # (tests/numerics.py): five moment sums that cancel, of the trainer's log-probs (two
+    # evaluations, the log-prob bound) and the sampler's, both shifted as the step shifts them
+    from ppp_jax.rl.train_step import policy_logprobs
+    from tests import numerics as nm
+    from tests.ppp_jax.rl_helpers import policy_bounds
+
+    logp, _ = jax.jit(lambda p, b: policy_logprobs(graphdef, p, b, temperature=1.0,
+                                                   chunk_size=8))(params, batch)
+    sel = np.asarray(batch.loss_mask) > 0
+    y = np.asarray(batch.sampler_logprobs, np.float64)[sel]
+    x = np.asarray(logp, np.float64)[sel]
+    pearson_bound = nm.f32_pearson_atol(x - y.mean(), y - y.mean(),
+                                        input_atol=policy_bounds(graphdef, params, batch).logp_atol)
     kept = all(x.sharding == s for x, s in zip(jax.tree.leaves(s8), jax.tree.leaves(shardings)))
     sharded_leaves = sum(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated
                          for x in jax.tree.leaves(s8.params))
@@ -90,8 +106,13 @@ def main() -> None:
         "sgd_update_max": upd_scale,
         "param_change": moved,
         "max_metric_rel_diff": rel,
+        "pearson_step1_diff": abs(m1[0]["logp_pearson"] - m8[0]["logp_pearson"]),
+        "pearson_bound": pearson_bound,
         "worst_metric": worst_key,
-        "grad_norm_rel_diff": max(abs(a["grad_norm"] - b["grad_norm"]) / a["grad_norm"] for a, b in zip(m1, m8)),
+        # step 1 only: the same params on both sides (step 2 starts from AdamW-updated ones)
+        "grad_norm_rel_diff": abs(m1[0]["grad_norm"] - m8[0]["grad_norm"]) / m1[0]["grad_norm"],
+        "rows": int(batch.shape[0]), "row_len": int(batch.shape[1]),
+        "num_params": sum(int(np.size(x)) for x in jax.tree.leaves(params)),
         "shardings_kept": kept,
         "sharded_param_leaves": sharded_leaves,
         "batch_spec": str(batch_sharding(mesh).spec),

@@ -119,3 +119,30 @@ def make_sampler(graphdef, prompt_len: int, response_len: int, temperature: floa
         return tokens, logps
 
     return sample
+
+
+def policy_bounds(graphdef, params, batch, temperature: float = 1.0):
+    """Sizes for the derived float32 bounds (tests/numerics.py) of the tiny policy on `batch`:
+    a namespace with cfg, path (forward chain length), vocab, positions (tokens in the batch),
+    logit_scale (max |logits / T|, measured), num_params, and logp_atol (two float32 evaluations
+    of a token log-prob)."""
+    import types
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from ppp_jax.model import testing as mt
+    from tests import numerics as nm
+
+    model = nnx.merge(graphdef, params)
+    cfg = model.config
+    tokens = np.asarray(batch.tokens)
+    logits = mt.jit_logits(model, tokens, np.asarray(batch.positions), np.asarray(batch.segment_ids))
+    zs = float(np.abs(logits[np.asarray(batch.segment_ids) > 0]).max()) / temperature
+    path = nm.transformer_path_length(cfg, tokens.shape[1])
+    return types.SimpleNamespace(
+        cfg=cfg, path=path, vocab=cfg.vocab_size, positions=int(tokens.size), logit_scale=zs,
+        logp_scale=2 * zs + float(np.log(cfg.vocab_size)),
+        num_params=sum(int(np.size(x)) for x in jax.tree.leaves(params)),
+        logp_atol=nm.f32_logprob_atol(path, cfg.vocab_size, zs, 2 * zs + np.log(cfg.vocab_size)))

@@ -17,7 +17,7 @@ from ppp_jax.envs.records import TokenView
 from ppp_jax.config.rl import AdvantageConfig, LossConfig, OptimConfig, RLConfig
 from ppp_jax.rl.train_step import init_train_state, make_train_step
 from ppp_jax.rl.optim import make_optimizer
-from tests.ppp_jax.rl_helpers import make_sampler, tiny_split
+from tests.ppp_jax.rl_helpers import make_sampler, policy_bounds, tiny_split
 
 PROMPT, RESPONSE, G, PROMPTS_PER_STEP = 2, 4, 8, 16
 
@@ -54,11 +54,13 @@ def run_grpo(steps: int, seed: int = 0, lr: float = 1e-2, epochs: int = 1):
         batch = assemble_batch(views, adv, pad_to_multiple=8)
         if epochs > 1:  # several updates on one batch: π_old = the sampler's policy, fixed
             batch = batch.with_old_logprobs(batch.sampler_logprobs)
+        # the sampler is the same model at the same temperature: its log-probs and the train
+        # step's are two float32 evaluations (tests/numerics.py; measured before the update)
+        tol = policy_bounds(graphdef, state.params, batch).logp_atol
         for epoch in range(epochs):
             state, metrics = step(state, batch)
             if epoch == 0:
-                # the sampler is the same model at the same temperature: log-probs agree
-                assert float(metrics["logp_abs_diff"]) < 1e-4
+                assert float(metrics["logp_abs_diff"]) < tol
     return curve
 
 

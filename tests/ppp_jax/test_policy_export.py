@@ -11,6 +11,7 @@ import pytest
 from ppp_jax import cli
 from ppp_jax.envs.testing import tiny_seed_tokenizer
 from ppp_jax.train.metrics import read_jsonl
+from tests import numerics as nm
 
 from tests.ppp_jax.test_trainer import tiny_config
 
@@ -73,17 +74,20 @@ def test_trained_policy_exports_to_hf(tmp_path):
                       np.float32)
     # The orbax policy reloads to the same model.
     reloaded = np.asarray(api.logits(api.load_pretrained(policy), tokens), np.float32)
-    np.testing.assert_allclose(reloaded, ours, atol=1e-5, rtol=0)
+    # another model object (its own compiled program): two float32 evaluations of the forward
+    tol = nm.f32_forward_atol(nm.transformer_path_length(trainer.parts.model.config, 17),
+                              np.abs(ours).max())
+    np.testing.assert_allclose(reloaded, ours, atol=tol, rtol=0)
 
     hf = transformers.SeedOssForCausalLM.from_pretrained(dst, dtype=torch.float32,
                                                          attn_implementation="eager").eval()
     with torch.no_grad():
         theirs = hf(torch.from_numpy(tokens.astype(np.int64))).logits.float().numpy()
     assert theirs.shape == ours.shape == (3, 17, vocab)
-    np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(theirs, ours, atol=tol, rtol=0)  # torch vs XLA: the same bound
     # ... and not the initial model's logits.
     hf_init = transformers.SeedOssForCausalLM.from_pretrained(init_dir, dtype=torch.float32,
                                                               attn_implementation="eager").eval()
     with torch.no_grad():
         before = hf_init(torch.from_numpy(tokens.astype(np.int64))).logits.float().numpy()
-    assert np.abs(before - theirs).max() > 1e-4
+    assert np.abs(before - theirs).max() > 10 * tol

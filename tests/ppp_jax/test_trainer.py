@@ -256,6 +256,7 @@ from ppp_jax.model import sharding as shd
 from ppp_jax.model.api import save_checkpoint
 from ppp_jax.train.builders import build_model
 from tests.ppp_jax.test_trainer import tiny_config
+from tests import numerics as nm
 
 tok = tiny_seed_tokenizer()
 tmp = pathlib.Path(tempfile.mkdtemp())
@@ -269,8 +270,10 @@ for m in (big, loaded):
                               nnx.to_flat_state(nnx.state(one, nnx.Param))):
         x, y = a.get_value(), b.get_value()
         assert dict(x.sharding.mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 1}, k
-        # jitted sharded init: equal up to the last ulp; the checkpoint: bit for bit
-        assert np.allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-7), k
+        # jitted sharded init vs eager: the same random bits through another program's
+        # elementwise chain (uniform -> erfinv polynomial -> scale: counted as 32 roundings),
+        # relative to each value; the checkpoint: bit for bit
+        assert np.allclose(np.asarray(x), np.asarray(y), rtol=nm.f32_chain_rtol(32), atol=0), k
         assert m is big or np.array_equal(np.asarray(x), np.asarray(y)), k
 print("OK")
 """

@@ -48,8 +48,20 @@ def main(work: str) -> None:
     q_spec = str(model.layers.attn.q_proj.kernel.value.sharding.spec)
     sharded_tokens, sharded_logp = run(engine)
     diff = max(abs(a - b) for x, y in zip(single_logp, sharded_logp) for a, b in zip(x, y))
+    # the derived float32 bound for two evaluations of these log-probs (tests/numerics.py)
+    import numpy as np
+
+    from tests import numerics as nm
+
+    ref_model = api.load_pretrained(ckpt)
+    seqs = [p + t for p, t in zip(PROMPTS + [[4, 5, 6]], single_tokens)]
+    zs = max(float(np.abs(mt.jit_logits(ref_model, np.array([s]), np.arange(len(s))[None])).max())
+             for s in seqs)
+    c = ref_model.config
+    atol = nm.f32_logprob_atol(nm.transformer_path_length(c, max(map(len, seqs))), c.vocab_size,
+                               zs, 2 * zs + np.log(c.vocab_size))
     print(json.dumps({"devices": jax.device_count(), "single": single_tokens,
-                      "sharded": sharded_tokens, "max_logprob_diff": diff,
+                      "sharded": sharded_tokens, "max_logprob_diff": diff, "logprob_atol": atol,
                       "pool_spec": pool_spec, "q_spec": q_spec}))
 
 

@@ -48,5 +48,7 @@ def test_prefill_alone_or_batched_is_bit_identical(invariant_engine):
     assert invariant_engine.compilations["prefill"] >= 2  # a multi-row call did run
     assert invariant_engine.stats()["prefill_tokens"] - before == 2 * 28 + sum(
         len(p) - 1 for p in NEIGHBOURS)
+    # bit-identity is the feature under test: each row's K/V come from matmuls of one-row
+    # shapes (a scan over rows), the same kernels as a one-row call (sampling/runner.py)
     assert np.array_equal(k1, k4) and np.array_equal(v1, v4)
     assert batched.token_ids == alone.token_ids and batched.logprobs == alone.logprobs

@@ -22,4 +22,5 @@ def test_sharded_engine_matches_single_device(tmp_path):
     assert "tensor" in out["pool_spec"], out["pool_spec"]  # the KV pool really is sharded
     assert "tensor" in out["q_spec"], out["q_spec"]
     assert out["sharded"] == out["single"]
-    assert out["max_logprob_diff"] < 1e-4
+    # tensor-parallel vs one device: two float32 evaluations (bound derived in the script)
+    assert out["max_logprob_diff"] < out["logprob_atol"], out

@@ -14,8 +14,8 @@ from flax import nnx
 
 from ppp_jax.sampling.params import MAX_TOP_LOGPROBS, Request, SamplingParams
 
-from .test_engine_parity import PROMPTS
 from .conftest import logprob_atol
+from .test_engine_parity import PROMPTS
 
 PAD_TO = 128
 
@@ -76,17 +76,20 @@ def test_top_logprobs_equal_teacher_forced_topk(engine, tiny_model):
     assert engine.compilations.get(f"decode_top{MAX_TOP_LOGPROBS}", 0) == 1
 
 
-def test_requests_not_asking_are_unchanged_and_default_program_has_no_topk(engine):
-    """A request's tokens and log-probs are bit-identical whether or not its neighbour in the
-    batch asks for top log-probs (the variant program runs then), and the default program is
-    the one compiled without them."""
+def test_requests_not_asking_are_unchanged_and_default_program_has_no_topk(engine, tiny_model):
+    """A request's tokens and log-probs are the same whether or not its neighbour in the batch
+    asks for top log-probs, and the default program is the one compiled without them. (The
+    variant program runs then: another program, so the log-probs are equal to the derived
+    float32 bound, not bit for bit, though they are bit-identical on the machines measured.)"""
     params = SamplingParams(temperature=0.9, seed=21, max_new_tokens=20)
     plain, asking = (engine.generate_batch([
         Request(PROMPTS[2], params),
         Request(PROMPTS[1], SamplingParams(temperature=0.0, max_new_tokens=20, top_logprobs=k))])
         for k in (0, 3))
-    assert asking[0].token_ids == plain[0].token_ids and asking[0].logprobs == plain[0].logprobs
-    assert asking[1].token_ids == plain[1].token_ids and asking[1].logprobs == plain[1].logprobs
+    for i, (prompt, t) in enumerate(((PROMPTS[2], 0.9), (PROMPTS[1], 1.0))):
+        assert asking[i].token_ids == plain[i].token_ids
+        tol = logprob_atol(tiny_model, [prompt + plain[i].token_ids], t)
+        np.testing.assert_allclose(asking[i].logprobs, plain[i].logprobs, atol=tol, rtol=0)
     assert asking[0].top_logprobs is None and len(asking[1].top_logprobs) == 20
 
     hlo = engine.lower_decode().as_text()
