@@ -136,7 +136,7 @@ def build_parts(cfg: RunConfig, *, tokenizer: Any = None, model: nnx.Module | No
 def make_engine(cfg: RunConfig, model: nnx.Module) -> Any:
     from ppp_jax.sampling.engine import Engine
 
-    return Engine(model, cfg.sampler)
+    return Engine(model, cfg.engine.replica_config())
 
 
 def make_policy(cfg: RunConfig, engine: Any, tokenizer: Any, temperature: float | None = None

@@ -252,7 +252,7 @@ def test_engine_policy_with_the_real_jax_engine():
     from ppp_jax.model import testing as mt
     from ppp_jax.model.config import tiny
     from ppp_jax.sampling.engine import Engine
-    from ppp_jax.sampling.scheduler import EngineConfig
+    from ppp_jax.sampling.config import EngineConfig
 
     tok = tiny_seed_tokenizer()
     model = mt.make_model(tiny(vocab_size=tok.get_vocab_size(), max_position_embeddings=4096))
