@@ -132,7 +132,7 @@ def bench_ours(model, batch: int, prompts: list[list[int]], new: int,
                top_logprobs: int = 0) -> dict:
     from ppp_jax.sampling.engine import Engine
     from ppp_jax.sampling.params import Request, SamplingParams
-    from ppp_jax.sampling.scheduler import EngineConfig
+    from ppp_jax.sampling.config import EngineConfig
 
     page = 16
     max_len = len(prompts[0]) + new + 16

@@ -17,7 +17,8 @@ the turn limit, or the token budget. Per turn:
     token view ends with the last sampled turn. Otherwise the turn's `max_new_tokens` is capped
     to what is left after the prompt;
 
-  * the policy returns raw text (Seed-OSS tool calls parsed by `sampling.chat_format`) or API tool calls;
+  * the policy returns raw text (tool calls parsed in the session's `chat_format`) or API tool
+    calls;
   * every call in the turn runs in order, up to and including `finish` (later calls are dropped
     and counted). A malformed call, an unknown tool or a bad argument becomes an error
     observation the agent can recover from; each is counted in `record.stats`;
@@ -34,9 +35,9 @@ the turn limit, or the token budget. Per turn:
   * other tools go to `domain.run_tool` under a timeout; blocking work runs in threads, so a slow
     tool or simulator call never blocks other episodes; exceptions become observations;
   * `finish(answer, ...)`: an empty answer is refused with a re-submission message (counted in
-    `empty_finish`). Then, if the domain has the optional hook
-    `check_finish(task, args, state) -> str | None` (sync or async; `state` is the episode's
-    per-episode dict that `run_tool` also sees), it is asked before the episode ends: a string is
+    `empty_finish`). Then the domain's `check_finish(task, args, state) -> str | None` (sync or
+    async; `state` is the episode's per-episode dict that `run_tool` also sees; domains without a
+    rule return None) is asked before the episode ends: a string is
     returned to the agent as the observation and the finish is refused (error "finish_rejected",
     counted in `finish_rejected`; the episode continues); None accepts it. The hook may also set
     `state[ANSWER_OVERRIDE]` to replace the answer that is recorded and scored (e.g. "" to blank
@@ -68,7 +69,8 @@ from ppp_jax.envs.domains.base import (ASK_USER, FINISH, PromptKind, Task, TaskD
 from ppp_jax.envs.policy import Policy, PolicyTurn
 from ppp_jax.envs.records import EpisodeRecord, Question, ToolCall
 from ppp_jax.envs.simulator import SimulatorContext, UserSimulator, history_reply, to_question
-from ppp_jax.sampling.chat_format import seed_oss as toolcall
+from ppp_jax.sampling.chat_format import (BAD_ARGUMENT, MISSING_PARAMETER, UNKNOWN_PARAMETER,
+                                          UNKNOWN_TOOL, ParsedCall)
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +220,7 @@ class _EpisodeRun:
         """Opens the policy's session; its own context limit (the engine's max_seq_len) caps the
         episode's token budget."""
         self.session = policy.start(self.episode_id)
-        session_limit = getattr(self.session, "max_context_tokens", None)
+        session_limit = self.session.max_context_tokens
         if isinstance(session_limit, int) and session_limit > 0:
             self.max_context = min(self.max_context, session_limit)
 
@@ -233,7 +235,7 @@ class _EpisodeRun:
         """One agent turn and its tool calls; True when the episode is over."""
         budget = self.max_context - self.context_tokens
         try:
-            pending = _pending_prompt_tokens(self.session, self.messages, self.tools)
+            pending = int(self.session.prompt_tokens(self.messages, self.tools))
         except Exception as e:  # noqa: BLE001 -- e.g. a message the template cannot render
             return self._policy_failed(e)
         if budget - pending < self.config.min_turn_tokens:
@@ -268,7 +270,7 @@ class _EpisodeRun:
         if api:
             calls, errors, reasoning, content = list(turn.tool_calls), [], None, turn.text
         else:
-            parsed = toolcall.parse_turn(turn.text, self.tools)
+            parsed = self.session.chat_format.parse_turn(turn.text, self.tools)
             calls, errors = list(parsed.calls), list(parsed.errors)
             reasoning, content = parsed.reasoning or None, parsed.content
             self.stats.calls_in_thinking += parsed.calls_in_thinking
@@ -310,15 +312,14 @@ class _EpisodeRun:
                                   "content": obs})
         return finished
 
-    async def _run_call(self, call: toolcall.ParsedCall) -> tuple[str, str | None]:
+    async def _run_call(self, call: ParsedCall) -> tuple[str, str | None]:
         """Runs one parsed call to (observation, error or None)."""
         stats, config = self.stats, self.config
         if call.error is not None:
             kind = call.error.kind
-            if kind == toolcall.UNKNOWN_TOOL:
+            if kind == UNKNOWN_TOOL:
                 stats.unknown_tool += 1
-            elif kind in (toolcall.BAD_ARGUMENT, toolcall.MISSING_PARAMETER,
-                          toolcall.UNKNOWN_PARAMETER):
+            elif kind in (BAD_ARGUMENT, MISSING_PARAMETER, UNKNOWN_PARAMETER):
                 stats.bad_argument += 1
             else:
                 stats.malformed_calls += 1
@@ -351,15 +352,12 @@ class _EpisodeRun:
         return (truncate_observation(obs) if config.truncate else obs), None
 
     async def _check_finish(self, args: Mapping[str, Any]) -> str | None:
-        """The domain's optional `check_finish` verdict: an observation refusing the finish, or
+        """The domain's `check_finish` verdict: an observation refusing the finish, or
         None to accept it. Clears any stale `ANSWER_OVERRIDE` first, so only this call's hook can
         set it."""
         self.state.pop(ANSWER_OVERRIDE, None)
-        check = getattr(self.domain, "check_finish", None)
-        if check is None:
-            return None
         try:
-            verdict = check(self.task, args, self.state)
+            verdict = self.domain.check_finish(self.task, args, self.state)
             if inspect.isawaitable(verdict):
                 verdict = await verdict
         except Exception as e:  # noqa: BLE001 -- a buggy hook must not trap the agent in a loop
@@ -422,12 +420,6 @@ class _EpisodeRun:
             finish_reason=self.finish_reason, num_turns=self.turns,
             trajectory_followed=verdict, tokens=self.session.token_view(), stats=stats.to_dict(),
             task_family=self.domain.task_family)
-
-
-def _pending_prompt_tokens(session: Any, messages: list[dict[str, Any]], tools: list[Any]) -> int:
-    """Tokens the session's next step would send as prompt (0 if it cannot tell)."""
-    count = getattr(session, "prompt_tokens", None)
-    return int(count(messages, tools)) if callable(count) else 0
 
 
 async def run_episodes(domain: TaskDomain, specs: Sequence[EpisodeSpec], policy: Policy,

@@ -48,6 +48,7 @@ from ppp_jax.sampling.chat_format import (
     ChatFormat,
     ParsedCall,
     ToolCallError,
+    get_format,
     schema_index,
     validate_call,
 )
@@ -75,9 +76,21 @@ class PolicyTurn:
 
 class PolicySession(Protocol):
     """One episode's conversation with a policy. `stats` holds backend counters (copied into the
-    record's stats with a `policy_` prefix)."""
+    record's stats with a `policy_` prefix).
+
+    `chat_format` is the format raw turns are written in (the episode runner parses them with it);
+    `max_context_tokens` is the session's own context limit (the engine's max_seq_len; None: no
+    limit of its own); `prompt_tokens(messages, tools)` counts the tokens the next step would send
+    as prompt (0 when the session cannot tell). `SessionDefaults` gives the last three to sessions
+    without a token view.
+    """
 
     stats: dict[str, int]
+    chat_format: ChatFormat
+    max_context_tokens: int | None
+
+    def prompt_tokens(self, messages: Sequence[Mapping[str, Any]],
+                      tools: Sequence[Mapping[str, Any]]) -> int: ...
 
     async def step(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]],
                    max_new_tokens: int) -> PolicyTurn: ...
@@ -91,6 +104,18 @@ class Policy(Protocol):
     """A factory of per-episode sessions."""
 
     def start(self, episode_id: str) -> PolicySession: ...
+
+
+class SessionDefaults:
+    """For sessions without a token view (API and scripted ones): the default chat format, no
+    context limit of their own, and no prompt count."""
+
+    chat_format: ChatFormat = get_format(DEFAULT_FORMAT)
+    max_context_tokens: int | None = None
+
+    def prompt_tokens(self, messages: Sequence[Mapping[str, Any]],
+                      tools: Sequence[Mapping[str, Any]]) -> int:
+        return 0
 
 
 # --- engine-backed --------------------------------------------------------------------------------
@@ -200,6 +225,11 @@ class EngineSession:
         if limit is None:
             limit = getattr(engine, "max_seq_len", None)
         return int(limit) if isinstance(limit, int) else None
+
+    @property
+    def chat_format(self) -> ChatFormat:
+        """The format the policy's turns are rendered and written in."""
+        return self.policy.chat.format
 
     @property
     def context_tokens(self) -> int:
@@ -359,7 +389,7 @@ class OpenAIPolicy:
         return OpenAISession(self)
 
 
-class OpenAISession:
+class OpenAISession(SessionDefaults):
     def __init__(self, policy: OpenAIPolicy):
         self.policy = policy
         self.stats: dict[str, int] = {}
@@ -394,7 +424,7 @@ class ScriptedPolicy:
         return ScriptedSession(self.replies)
 
 
-class ScriptedSession:
+class ScriptedSession(SessionDefaults):
     def __init__(self, replies: Sequence[str]):
         self.replies = iter(replies)
         self.stats: dict[str, int] = {}

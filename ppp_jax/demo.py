@@ -153,7 +153,8 @@ def build_stage(cfg: RunConfig) -> Built:
     from ppp_jax.sampling.chat import ChatTokenizer
     from ppp_jax.envs.simulator_backends import make_simulator
     from ppp_jax.train import sft
-    from ppp_jax.train.builders import agent_domain, build_tasks, load_tokenizer
+    from ppp_jax.sampling.chat import load_tokenizer
+    from ppp_jax.train.builders import agent_domain, build_tasks
 
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@
 
 from ppp_jax.sampling.engine import Engine, StreamChunk
 from ppp_jax.sampling.params import GenerationResult, Request, RequestError, SamplingParams
-from ppp_jax.sampling.scheduler import EngineConfig
+from ppp_jax.sampling.config import EngineConfig
 
 __all__ = ["Engine", "EngineConfig", "GenerationResult", "Request", "RequestError",
            "SamplingParams", "StreamChunk"]

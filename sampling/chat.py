@@ -22,11 +22,24 @@ from typing import Any, Mapping, Sequence
 from ppp_jax.sampling.chat_format import DEFAULT_FORMAT, ChatFormat, get_format
 
 
-def load_tokenizer(path: str | Path):
-    """The transformers tokenizer saved in a checkpoint directory."""
-    from transformers import AutoTokenizer
+def load_tokenizer(path: str | Path) -> Any:
+    """A `tokenizers.Tokenizer` from a `.json` file or a directory with only `tokenizer.json`;
+    else the transformers tokenizer of a checkpoint directory (with its chat template)."""
+    path = Path(path)
+    if path.suffix == ".json":
+        from tokenizers import Tokenizer
 
-    return AutoTokenizer.from_pretrained(str(path))
+        return Tokenizer.from_file(str(path))
+    if (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists():
+        if not (path / "tokenizer_config.json").exists():
+            from tokenizers import Tokenizer
+
+            return Tokenizer.from_file(str(path / "tokenizer.json"))
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path))
+    raise FileNotFoundError(f"no tokenizer at {path} (expected tokenizer.json or a tokenizer "
+                            "directory)")
 
 
 def render_chat(tokenizer, messages: list[dict[str, Any]], *, tools: list[dict] | None = None,

@@ -32,7 +32,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ppp_jax.sampling.paged_cache import PagedKVCache
 from ppp_jax.sampling.params import GenerationResult, Request, TokenCallback, TopLogprobs
 from ppp_jax.sampling.runner import ModelRunner
-from ppp_jax.sampling.scheduler import EngineConfig, EngineCore, SessionKV
+from ppp_jax.sampling.config import EngineConfig
+from ppp_jax.sampling.scheduler import EngineCore, SessionKV
 
 log = logging.getLogger(__name__)
 

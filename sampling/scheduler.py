@@ -33,74 +33,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from ppp_jax.sampling.config import EngineConfig
 from ppp_jax.sampling.page_allocator import PageAllocator
 from ppp_jax.sampling.params import (MAX_TOP_LOGPROBS, GenerationResult, Request, RequestError,
                                      TokenCallback, TopLogprobs)
 from ppp_jax.sampling.runner import ModelRunner, SlotBatch, SlotRow
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineConfig:
-    """Sizes of the engine. All are static: they fix the compiled shapes.
-
-    Attributes:
-      num_slots: B, sequences decoded together (continuous batching fills freed slots).
-      page_size: S, tokens per KV page.
-      num_pages: P, pages in the pool (page 0 is reserved); memory = 2 * L * P * S * K * H * bytes.
-      max_seq_len: longest sequence (context + generation) one slot can hold.
-      decode_steps: decode steps per host round-trip (one compiled while-loop).
-      prefill_chunks: chunk-length buckets for prefill, ascending; a prompt is prefilled in chunks
-        of the largest bucket, its remainder padded to the smallest bucket that fits.
-      prefill_rows: row-count buckets for batched prefill, ascending.
-      block_pages: pages read per step of the paged-attention loop.
-      max_stop_tokens: most stop ids per request.
-      kv_dtype: dtype of the KV pool (None: the model's compute dtype).
-      prefill_row_invariant: make a prompt's K/V (and so every later log-prob) bit-identical
-        whichever prompts are prefilled with it: one call's rows are computed one after the
-        other inside the program, and only rows whose own chunk bucket is the same share a call.
-        Without it, batched rows run as one [rows * chunk, D] matmul whose rounding can differ
-        from a one-row call's (XLA chooses dot kernels by size) in the last bits. It gives up
-        the larger matmuls of batching (on accelerators, weights are read once per row), so it
-        is off by default; `prefill_rows: [1]` is invariant without it.
-    """
-
-    num_slots: int = 8
-    page_size: int = 16
-    num_pages: int = 1024
-    max_seq_len: int = 4096
-    decode_steps: int = 8
-    prefill_chunks: tuple[int, ...] = (32, 128, 512)
-    prefill_rows: tuple[int, ...] = (1, 4)
-    block_pages: int = 8
-    max_stop_tokens: int = 8
-    kv_dtype: str | None = None
-    prefill_row_invariant: bool = False
-
-    def __post_init__(self):
-        for name in ("num_slots", "page_size", "max_seq_len", "decode_steps", "block_pages",
-                     "max_stop_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("prefill_chunks", "prefill_rows"):
-            v = getattr(self, name)
-            if not v or list(v) != sorted(set(v)) or v[0] < 1:
-                raise ValueError(f"EngineConfig.{name} must be ascending positive ints, got {v}")
-        if self.num_pages - 1 < self.pages_per_seq:
-            raise ValueError(
-                f"EngineConfig: the pool ({self.num_pages} pages, one reserved) must hold one "
-                f"sequence of max_seq_len={self.max_seq_len} tokens = {self.pages_per_seq} pages "
-                f"of {self.page_size}")
-
-    @property
-    def pages_per_seq(self) -> int:
-        return -(-self.max_seq_len // self.page_size)
-
-    @property
-    def table_width(self) -> int:
-        """W: page-table columns, pages_per_seq rounded up to a multiple of block_pages."""
-        return -(-self.pages_per_seq // self.block_pages) * self.block_pages
 
 
 def _bucket(n: int, buckets: tuple[int, ...]) -> int:

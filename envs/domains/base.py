@@ -87,6 +87,13 @@ class TaskDomain(Protocol):
 
     async def score(self, task: Task, answer: str | None) -> float: ...
 
+    def check_finish(self, task: Task, args: Mapping[str, Any],
+                     state: dict[str, Any]) -> str | None:
+        """Asked before an episode ends on `finish(args)`: a message refusing the finish (shown to
+        the agent) or None to accept it; may set `state[episode.ANSWER_OVERRIDE]`. May also be
+        async. Domains without a finish rule return None."""
+        ...
+
 
 def function_tool(name: str, description: str, properties: Mapping[str, Mapping[str, Any]],
                   required: Sequence[str] = ()) -> dict[str, Any]:

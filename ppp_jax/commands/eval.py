@@ -52,11 +52,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from ppp_jax.envs.simulator_backends import make_simulator
     from ppp_jax.eval import evaluate
+    from ppp_jax.sampling.chat import load_tokenizer
     from ppp_jax.train.builders import (
         agent_domain,
         build_model,
         build_tasks,
-        load_tokenizer,
         make_engine,
         make_policy,
     )

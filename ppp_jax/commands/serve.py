@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from ppp_jax.config.loader import load_config
-from ppp_jax.sampling.scheduler import EngineConfig
+from ppp_jax.sampling.config import EngineConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     # multi-host from the config's `distributed` section, its unset fields from PPP_*/JAX_*
     # environment variables; a no-op for one process
     distributed.initialize(cfg.distributed)
-    from ppp_jax.train.builders import build_parts, load_tokenizer
+    from ppp_jax.sampling.chat import load_tokenizer
+    from ppp_jax.train.builders import build_parts
     from ppp_jax.train.trainer import PPPTrainer
 
     tokenizer = None

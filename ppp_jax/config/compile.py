@@ -8,14 +8,43 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from ppp_jax.config import loader as cfg
 from ppp_jax.config.rl import RLConfig
 from ppp_jax.model import sharding as shd
 from ppp_jax.model.config import ModelConfig, seed_oss_36b, tiny
+from ppp_jax.sampling.config import EngineConfig
 
 ModelPreset = Literal["seed_oss_36b", "tiny"]
-
-
 StepName = Literal["train", "prefill", "decode"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSizes:
+    """Architecture sizes that replace the preset's; None keeps the preset's value."""
+
+    vocab_size: int | None = None
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    rope_theta: float | None = None
+    rms_norm_eps: float | None = None
+    attention_bias: bool | None = None
+    attention_out_bias: bool | None = None
+    mlp_bias: bool | None = None
+    tie_word_embeddings: bool | None = None
+    attention_dropout: float | None = None
+    residual_dropout: float | None = None
+    max_position_embeddings: int | None = None
+    bos_token_id: int | None = None
+    pad_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    def given(self) -> dict[str, int | float | bool]:
+        """The sizes set in the config (the preset keeps the others)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,37 +56,36 @@ class ModelSpec:
     dtype: str = "bfloat16"  # compute dtype
     remat: Literal["none", "full", "save_dots"] = "full"
     attention_impl: Literal["xla", "cudnn", "splash"] = "splash"  # splash: Pallas, TPU
-    sizes: dict[str, int | bool] = dataclasses.field(default_factory=dict)  # e.g. {num_layers: 4}
+    sizes: ModelSizes = ModelSizes()  # e.g. {num_layers: 4}
 
     def build(self) -> ModelConfig:
         make = {"seed_oss_36b": seed_oss_36b, "tiny": tiny}[self.preset]
         return make(param_dtype=self.param_dtype, dtype=self.dtype, remat=self.remat,
-                    attention_impl=self.attention_impl, **self.sizes)
+                    attention_impl=self.attention_impl, **self.sizes.given())
 
 
 @dataclasses.dataclass(frozen=True)
-class EngineSpec:
-    """The paged rollout engine (`ppp_jax.sampling`) on the same chips: its compile-time shapes.
+class EngineSpec(EngineConfig):
+    """The rollout engine, one section for `ppp train` and `ppp compile`: the shape of one engine
+    replica (every `sampling.EngineConfig` field: slots, KV pages, buckets) plus where replicas
+    live.
 
-    The engine is one program per replica: weights in `dtype` sharded over `tensor` by
+    An engine replica is one program: weights in `dtype` sharded over `tensor` by
     `SAMPLING_RULES` (no FSDP), the K/V page pools' kv heads over `tensor`, slots not sharded.
-    The `data` x `fsdp` devices of `mesh` are independent replicas, each running its own
-    `batch / replicas` slots (see `ppp_jax.scale.compile_engine`). Sizes below are for the whole slice
-    unless they say "per replica"; they map onto `sampling.EngineConfig` as noted.
+    The `data` x `fsdp` devices of `mesh` are independent replicas with this same shape, so the
+    slice decodes `num_slots x replicas` sequences (see `ppp_jax.scale.compile_engine`, which
+    compiles the largest prefill buckets). `dtype` and `mesh` apply to the trainer's
+    `rollout.engine_layout: sampling` and to `ppp compile`; the default layout ("training") runs
+    one replica of this shape on the training mesh in the training dtype.
     """
 
-    batch: int = 128  # B_e, slots decoding together on the slice (num_slots = batch / replicas)
-    prefill_batch: int = 16  # prompt rows prefilled together on the slice (prefill rows bucket
-    #                          of a replica = prefill_batch / replicas)
-    prefill_len: int = 2048  # T_p, prefill chunk (the largest prefill_chunks bucket)
-    cache_len: int = 40960  # max_seq_len: context + generation of one sequence (8192 + 32768)
-    dtype: str = "bfloat16"  # engine weights and KV pool (kv_dtype)
+    dtype: str = "bfloat16"  # engine weights (and the KV pool unless kv_dtype says otherwise)
     mesh: shd.MeshConfig = shd.MeshConfig(shape=(-1, 1, 4))  # data x fsdp x tensor
-    page_size: int = 64  # tokens per KV page (the 36B `sampler.page_size`)
-    num_pages: int | None = None  # pool pages per replica, page 0 reserved; None: 1 + num_slots x
-    #                               ceil(cache_len / page_size), every slot at full length
-    decode_steps: int = 16  # decode steps per compiled decode block (one host round trip)
-    block_pages: int = 16  # pages per step of the paged-attention loop (x page_size keys)
+
+    def replica_config(self) -> EngineConfig:
+        """The `sampling.EngineConfig` of one replica: this section less `dtype` and `mesh`."""
+        return EngineConfig(**{f.name: getattr(self, f.name)
+                               for f in dataclasses.fields(EngineConfig)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +116,6 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(CompileConfig))
 def load_compile_config(path: str, overrides: Sequence[str] = ()) -> CompileConfig:
     """Reads the `CompileConfig` sections of a YAML run config (with `base:` files and
     `key.sub=value` overrides); unknown keys inside those sections are ConfigErrors."""
-    from ppp_jax.config import loader as cfg
-
     data = cfg._read_yaml(Path(path))
     cfg.apply_overrides(data, list(overrides))
     picked = {k: v for k, v in data.items() if k in SECTIONS}

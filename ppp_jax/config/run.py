@@ -7,14 +7,14 @@ Sections shared with `ppp compile` (`ppp_jax.config.compile.CompileConfig`), so 
     model      which architecture (preset + numerics knobs; `ppp_jax.config.compile.ModelSpec`)
     sharding   the device mesh and logical-axis rules (`ppp_jax.model.sharding.ShardingConfig`)
     compile    shapes for ahead-of-time compilation (read by `ppp compile` only)
-    engine     the engine's compile-time shapes and layout (read by `ppp compile`; its `mesh`
-               tensor size and `dtype` also by `ppp train` with `rollout.engine_layout: sampling`)
+    engine     the rollout engine: one replica's shape (slots, KV pages, prefill buckets; read by
+               `ppp train`, `ppp eval` and `ppp compile`) and where replicas live (`dtype`,
+               `mesh`: `ppp compile`, and `ppp train` with `rollout.engine_layout: sampling`)
     rl         the algorithm: advantages, loss, DAPO, optimizer (`ppp_jax.config.rl.RLConfig`)
 
 Sections of the trainer, the evaluator and the demo:
 
     policy     where the weights and tokenizer come from (HF / orbax checkpoint, or random init)
-    sampler    the paged sampling engine's runtime sizes (`ppp_jax.sampling.scheduler.EngineConfig`)
     domain     which task domain, its tools, and what the agent is told about the user
     data       the grain pipeline (`ppp_jax.config.data.DataConfig`: batch = prompts per step)
     simulator  the user simulator (`ppp_jax.envs.simulator_backends.SimulatorConfig`)
@@ -50,7 +50,6 @@ from ppp_jax.envs.episode import EpisodeConfig
 from ppp_jax.envs.reward import RewardConfig
 from ppp_jax.envs.simulator_backends import SimulatorConfig
 from ppp_jax.model.sharding import MeshConfig, ShardingConfig
-from ppp_jax.sampling.scheduler import EngineConfig
 
 PreferenceSet = Literal["train", "heldout", "all"]
 
@@ -262,7 +261,6 @@ class RunConfig:
     rl: RLConfig = RLConfig()
     # trainer / evaluation / demo
     policy: PolicySection = PolicySection()
-    sampler: EngineConfig = EngineConfig()
     domain: DomainSection = DomainSection()
     data: DataConfig = DataConfig()
     simulator: SimulatorConfig = SimulatorConfig()
@@ -328,4 +326,12 @@ def engine_layout(cfg: RunConfig) -> EngineLayout:
 def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """Reads a YAML run config with `key.sub=value` overrides; raises `ConfigError` naming the
     offending key."""
-    return cfgmod.load_config(path, RunConfig, list(overrides))
+    try:
+        return cfgmod.load_config(path, RunConfig, list(overrides))
+    except cfgmod.ConfigError as e:
+        if "unknown key(s) ['sampler'" in str(e):  # configs written before the two engine sections were merged
+            raise cfgmod.ConfigError(
+                f"{e}\nThe `sampler` section is now part of `engine`: move its keys (num_slots, "
+                "page_size, num_pages, max_seq_len, ...) into `engine`, which describes one "
+                "engine replica.") from None
+        raise

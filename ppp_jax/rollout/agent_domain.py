@@ -59,6 +59,9 @@ class PreferenceDomain:
     async def score(self, task: Task, answer: str | None) -> float:
         return await self.inner.score(task, answer)
 
+    def check_finish(self, task: Task, args: Mapping[str, Any], state: dict[str, Any]) -> Any:
+        return self.inner.check_finish(task, args, state)
+
 
 def for_user(task: Task, preference_id: str) -> Task:
     """The task with the user's preference id in its metadata (read by `PreferenceDomain`)."""

@@ -21,7 +21,7 @@ from `EngineSpec` (`engine_config`), whose own checks (pool holds one full seque
 Replicas. The engine is one program over one mesh and never shards its slots: on a mesh with
 `data` (or `fsdp`) > 1 it would run the same slots redundantly on every data row. So a slice
 runs `data x fsdp` independent engine replicas (`EngineSpec.mesh`), each on the `tensor` chips of
-one row of the mesh with `batch / replicas` slots of its own, and that is what is compiled: one
+one row of the mesh with the section's `num_slots` slots, and that is what is compiled: one
 replica, on the sub-mesh {data: 1, fsdp: 1, tensor: t} made of the first row of the slice's
 engine mesh (so its chips are neighbours on the torus). Every replica is identical, so the
 per-chip memory of the report is that of every chip of the slice; the report's `note` says how
@@ -30,7 +30,7 @@ many replicas the slice holds. The HBM limit is per chip of the slice.
 FLOPs: the compiler counts each loop body once (the layer scan, the decode block's while loop and
 the attention's page-block loop, whose trip counts are dynamic), so its figure is far below the
 work done; the analytic figure is for a full block of `decode_steps` steps attending to
-`cache_len` cached tokens (decode) or one chunk attending to itself (prefill), all layers.
+`max_seq_len` cached tokens (decode) or one chunk attending to itself (prefill), all layers.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from ppp_jax.config.compile import CompileConfig, EngineSpec
+from ppp_jax.config.compile import CompileConfig
 from ppp_jax.model import sharding as shd
 from ppp_jax.model.config import ModelConfig
 from ppp_jax.scale.chips import AotError, hbm_per_device, topology_chips
@@ -72,7 +72,7 @@ class EnginePlan:
     full_mesh: Mesh
     mesh: Mesh
     replicas: int
-    config: Any  # sampling.scheduler.EngineConfig (imported lazily)
+    config: Any  # sampling.config.EngineConfig (imported lazily)
     model_config: ModelConfig
 
     @property
@@ -98,34 +98,6 @@ def engine_model_config(cc: CompileConfig) -> ModelConfig:
     return sampling_model_config(cc.model.build(), cc.engine.dtype)
 
 
-def engine_config(spec: EngineSpec, replicas: int):
-    """The `sampling.EngineConfig` of one of `replicas` engine replicas for `spec`.
-
-    num_slots = batch / replicas; prefill buckets: one row bucket (prefill_batch / replicas) and
-    one chunk bucket (prefill_len), the largest the engine would compile; num_pages defaults to
-    1 + num_slots * ceil(cache_len / page_size) (every slot can hold a full-length sequence).
-    """
-    from ppp_jax.sampling.scheduler import EngineConfig
-
-    for name in ("batch", "prefill_batch"):
-        value = getattr(spec, name)
-        if value < 1 or value % replicas:
-            raise AotError(f"engine.{name}={value} must be a positive multiple of the "
-                               f"{replicas} engine replicas (data x fsdp of engine.mesh): each "
-                               f"replica runs its own share")
-    slots = spec.batch // replicas
-    pages_per_seq = -(-spec.cache_len // spec.page_size) if spec.page_size > 0 else 0
-    num_pages = spec.num_pages if spec.num_pages is not None else 1 + slots * pages_per_seq
-    try:
-        return EngineConfig(num_slots=slots, page_size=spec.page_size, num_pages=num_pages,
-                            max_seq_len=spec.cache_len, decode_steps=spec.decode_steps,
-                            prefill_chunks=(spec.prefill_len,),
-                            prefill_rows=(spec.prefill_batch // replicas,),
-                            block_pages=spec.block_pages, kv_dtype=spec.dtype)
-    except ValueError as e:
-        raise AotError(f"engine section: {e}") from None
-
-
 def replica_mesh(full: Mesh) -> Mesh:
     """The sub-mesh of one engine replica: the `tensor` devices of the first row of `full`."""
     index = tuple(slice(None) if a == "tensor" else slice(0, 1) for a in full.axis_names)
@@ -138,7 +110,7 @@ def engine_plan(cc: CompileConfig, devices: Sequence[jax.Device]) -> EnginePlan:
     mesh = replica_mesh(full)
     replicas = full.devices.size // mesh.devices.size
     return EnginePlan(full_mesh=full, mesh=mesh, replicas=replicas,
-                      config=engine_config(cc.engine, replicas),
+                      config=cc.engine.replica_config(),
                       model_config=engine_model_config(cc))
 
 

@@ -19,28 +19,10 @@ from ppp_jax.envs.simulator_backends import make_simulator
 from ppp_jax.model import sharding as shd
 from ppp_jax.rollout.agent_domain import PreferenceDomain
 from ppp_jax.rollout.policies import ReplicaEnginePolicy, SeededEnginePolicy
+from ppp_jax.sampling.chat import load_tokenizer
 from ppp_jax.train.engine_replicas import EngineReplicas
 
 log = logging.getLogger(__name__)
-
-
-def load_tokenizer(path: str | Path) -> Any:
-    """A `tokenizers.Tokenizer` from a `.json` file, else a transformers tokenizer directory."""
-    path = Path(path)
-    if path.suffix == ".json":
-        from tokenizers import Tokenizer
-
-        return Tokenizer.from_file(str(path))
-    if (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists():
-        if not (path / "tokenizer_config.json").exists():
-            from tokenizers import Tokenizer
-
-            return Tokenizer.from_file(str(path / "tokenizer.json"))
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(path))
-    raise FileNotFoundError(f"no tokenizer at {path} (expected tokenizer.json or a tokenizer "
-                            "directory)")
 
 
 def vocab_size_of(tokenizer: Any) -> int:
@@ -136,7 +118,7 @@ def build_parts(cfg: RunConfig, *, tokenizer: Any = None, model: nnx.Module | No
 def make_engine(cfg: RunConfig, model: nnx.Module) -> Any:
     from ppp_jax.sampling.engine import Engine
 
-    return Engine(model, cfg.sampler)
+    return Engine(model, cfg.engine.replica_config())
 
 
 def make_policy(cfg: RunConfig, engine: Any, tokenizer: Any, temperature: float | None = None

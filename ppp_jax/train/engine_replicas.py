@@ -152,7 +152,7 @@ def make_engine_replicas(cfg: RunConfig, model_config: Any, params: Any,
                                  f"{e}") from None
             shardings.append(sh)
             model = nnx.merge(graphdef, jax.device_put(cast, sh))
-            engines.append(Engine(model, cfg.sampler, mesh=mesh))
+            engines.append(Engine(model, cfg.engine.replica_config(), mesh=mesh))
     except BaseException:
         for engine in engines:  # each holds a thread and a KV pool
             engine.close()

@@ -29,7 +29,7 @@ import numpy as np
 
 from ppp_jax.envs.domains.base import ASK_USER, FINISH, Task, ask_user_schema
 from ppp_jax.envs.episode import EpisodeConfig
-from ppp_jax.envs.policy import PolicyTurn
+from ppp_jax.envs.policy import PolicyTurn, SessionDefaults
 from ppp_jax.envs.preferences import HELDOUT_IDS, TRAIN_IDS
 from ppp_jax.envs.records import EpisodeRecord, TokenView
 from ppp_jax.rollout.orchestrator import EpisodeRequest, run_requests
@@ -220,7 +220,7 @@ class InstructBehaviour:
         return _Script(self, self.tasks[task_id], pref, kind, rng)
 
 
-class _Script:
+class _Script(SessionDefaults):
     def __init__(self, owner: InstructBehaviour, task: Task, pref: str, kind: str, rng: random.Random):
         c = owner.cfg
         self.task, self.pref, self.kind = task, pref, kind
@@ -237,7 +237,7 @@ class _Script:
             intent = rng.choice(bucket)
             self.plan.append((ASK_USER, styled_question(intent, pref, self.follow, task.vague_prompt)))
         self.guess = owner.guess
-        self.format = owner.format
+        self.format = self.chat_format = owner.format
         self.seen = ""
         self.stats: dict[str, int] = {}
 

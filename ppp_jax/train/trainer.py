@@ -99,7 +99,7 @@ class PPPTrainer:
     Args:
       cfg: the run config.
       parts: tokenizer, model (initial policy), tasks, agent-side domain, simulator.
-      engine: an engine over `parts.model` (built from `cfg.sampler` when None); must be None
+      engine: an engine over `parts.model` (built from `cfg.engine` when None); must be None
         with `rollout.engine_layout: sampling` (the trainer builds its replicas itself).
       run_dir: where metrics and checkpoints go (default `cfg.output_dir`).
     """

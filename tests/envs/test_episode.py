@@ -245,6 +245,9 @@ class TinyDomain:
     async def score(self, task, answer):
         return 0.0
 
+    def check_finish(self, task, args, state):
+        return None
+
 
 def test_engine_policy_with_the_real_jax_engine():
     """EnginePolicy on the JAX engine with a random tiny model: the token record is the engine's
@@ -252,7 +255,7 @@ def test_engine_policy_with_the_real_jax_engine():
     from ppp_jax.model import testing as mt
     from ppp_jax.model.config import tiny
     from ppp_jax.sampling.engine import Engine
-    from ppp_jax.sampling.scheduler import EngineConfig
+    from ppp_jax.sampling.config import EngineConfig
 
     tok = tiny_seed_tokenizer()
     model = mt.make_model(tiny(vocab_size=tok.get_vocab_size(), max_position_embeddings=4096))
@@ -405,3 +408,18 @@ def test_domain_check_finish_hook_rejects_and_overrides(task, domain):
     rec = run(run_episode(domain, task, ScriptedPolicy(script[:1]), EmbeddedUserSimulator(),
                           preference_id="no_preference", prompt_kind="precise"))
     assert rec.task_score == 1.0 and rec.stats["finish_rejected"] == 0
+
+
+def test_the_agent_side_domain_keeps_the_finish_rule(task, domain):
+    """Regression: PreferenceDomain (the domain the trainer and the evaluator run) forwards
+    `check_finish`, so a domain's finish rule (BrowseComp-Plus: no answer without a search) holds
+    in training and evaluation too, not only on the bare domain."""
+    from ppp_jax.rollout.agent_domain import PreferenceDomain  # noqa: PLC0415
+
+    script = [call("finish", answer=task.gold[0]), call("finish", answer=task.gold[0])]
+    inner = _CheckingDomain(domain)
+    rec = run(run_episode(PreferenceDomain(inner), task, ScriptedPolicy(script),
+                          EmbeddedUserSimulator(), preference_id="no_preference",
+                          prompt_kind="precise"))
+    assert inner.calls == 2 and rec.stats["finish_rejected"] == 1
+    assert rec.answer == "" and rec.stats["finish_overridden"] == 1

@@ -30,7 +30,7 @@ CONFIG = {
     **TINY, "name": "dist",
     "model": {**TINY["model"], "sizes": {**TINY["model"]["sizes"], "num_kv_heads": 2}},
     "sharding": {"mesh": {"axes": ["data", "fsdp", "tensor"], "shape": [2, 2, 2]}},
-    "sampler": {**TINY["sampler"], "prefill_rows": [1]},
+    "engine": {**TINY["engine"], "prefill_rows": [1]},
     "data": {**TINY["data"], "batch_size": 4},
 }
 

@@ -33,7 +33,9 @@ TINY = {
     "sharding": {"mesh": {"axes": ["data", "fsdp", "tensor"], "shape": [1, -1, 1]}},
     "compile": {"topology": "v5p:2x2x2", "steps": ["train", "prefill", "decode"], "batch": 8,
                 "seq_len": 512},
-    "engine": {"batch": 8, "prefill_batch": 4, "prefill_len": 128, "cache_len": 512,
+    "engine": {"num_slots": 2, "prefill_rows": [1], "prefill_chunks": [128], "max_seq_len": 512,
+               "num_pages": 17, "kv_dtype": "bfloat16", "page_size": 64, "decode_steps": 16,
+               "block_pages": 16,
                "mesh": {"axes": ["data", "fsdp", "tensor"], "shape": [-1, 1, 2]}},
     "rl": {"logprob_chunk_size": 128},
 }
@@ -85,7 +87,7 @@ def test_too_big_exits_nonzero_with_the_reason(tmp_path):
     # covered by test_check_fits_message_and_estimates.)
     big = json.loads(json.dumps(TINY))
     big["compile"].update(topology="v5e:2x2", steps=["decode"])
-    big["engine"].update(batch=16, cache_len=4_718_592)
+    big["engine"].update(num_slots=8, max_seq_len=4_718_592, num_pages=1 + 8 * 73_728)
     proc, report = _ppp_compile(tmp_path, big)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "does not fit: decode needs at least" in proc.stderr

@@ -36,7 +36,8 @@ needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason=WHY_NO_LIBTPU or "libt
 CPU_MODEL = {"preset": "tiny", "param_dtype": "float32",
              "sizes": {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 48,
                        "num_layers": 2, "num_heads": 8, "num_kv_heads": 4, "head_dim": 8}}
-CPU_ENGINE = {"batch": 8, "prefill_batch": 4, "prefill_len": 16, "cache_len": 64,
+CPU_ENGINE = {"num_slots": 4, "prefill_rows": [2], "prefill_chunks": [16], "max_seq_len": 64,
+              "num_pages": 65, "kv_dtype": "float32",
               "dtype": "float32", "page_size": 4, "decode_steps": 4, "block_pages": 4,
               "mesh": {"axes": ["data", "fsdp", "tensor"], "shape": [2, 1, 4]}}
 # Per replica: 4 slots, 2 prefill rows of 16 tokens, 1 + 4 * 64/4 = 65 pages, W = 16.
@@ -48,7 +49,8 @@ MAX_NEW = 9  # one fresh step, then two blocks of decode_steps = 4
 # Tiny shapes the TPU compiler accepts (head_dim 128; kv heads over tensor = 2).
 TPU_MODEL = {"preset": "tiny",
              "sizes": {"head_dim": 128, "num_heads": 4, "num_kv_heads": 2, "vocab_size": 128}}
-TPU_ENGINE = {"batch": 8, "prefill_batch": 4, "prefill_len": 128, "cache_len": 512,
+TPU_ENGINE = {"num_slots": 2, "prefill_rows": [1], "prefill_chunks": [128], "max_seq_len": 512,
+              "num_pages": 17, "kv_dtype": "bfloat16",
               "page_size": 64, "decode_steps": 5, "block_pages": 2,
               "mesh": {"axes": ["data", "fsdp", "tensor"], "shape": [-1, 1, 2]}}
 
@@ -214,20 +216,21 @@ def test_tpu_programs_take_the_pools_and_run_decode_steps():
 # ---- in-process ------------------------------------------------------------------------------
 
 
-def test_engine_config_per_replica():
-    spec = EngineSpec()  # the 36B defaults: 128 slots, 40960 tokens, pages of 64
-    c = aot_engine.engine_config(spec, replicas=16)
-    assert c.num_slots == 8 and c.prefill_rows == (1,) and c.prefill_chunks == (2048,)
+def test_one_engine_section_gives_the_replica_config():
+    """The `engine` section is one replica's EngineConfig plus dtype and mesh: the trainer's
+    engines and `ppp compile` read the same numbers (the 36B Func-Loc config: 8 slots of 40,960
+    tokens, every one able to reach the full context)."""
+    from ppp_jax.config.compile import load_compile_config
+    from ppp_jax.sampling.config import EngineConfig
+
+    spec = load_compile_config(str(ROOT / "configs" / "seed_oss_36b_funcloc.yaml")).engine
+    c = spec.replica_config()
+    assert type(c) is EngineConfig
+    assert c.num_slots == 8 and c.prefill_rows == (1,) and c.prefill_chunks == (512, 2048)
     assert c.num_pages == 1 + 8 * 640 and c.table_width == 640 and c.kv_dtype == "bfloat16"
-    explicit = aot_engine.engine_config(EngineSpec(num_pages=3000), replicas=16)
-    assert explicit.num_pages == 3000
-    with pytest.raises(AotError, match=r"engine.batch=128 must be a positive multiple of the "
-                                           r"48 engine replicas"):
-        aot_engine.engine_config(spec, replicas=48)
-    with pytest.raises(AotError, match="engine.prefill_batch=16 .* 32 engine replicas"):
-        aot_engine.engine_config(EngineSpec(batch=256), replicas=32)
-    with pytest.raises(AotError, match="engine section: .*must hold one sequence"):
-        aot_engine.engine_config(EngineSpec(num_pages=100), replicas=16)
+    assert spec.dtype == "bfloat16" and spec.mesh.shape == (-1, 1, 4)
+    with pytest.raises(ValueError, match="must hold one sequence"):
+        EngineSpec(num_pages=100, max_seq_len=40960, page_size=64)
 
 
 def test_unknown_engine_step_is_an_error():

@@ -109,3 +109,24 @@ def test_run_configs_domain_section_reads_into_the_registered_sections():
     assert seen["browsecomp_plus"].browsecomp_corpus == "data/browsecomp_plus/corpus.jsonl"
     with pytest.raises(ConfigError, match=r"domain.swe_split: 'dev' is not one of"):
         load_run_config(root / "tiny_cpu.yaml", ["domain.swe_split=dev"])
+
+
+def test_one_engine_section_and_typed_model_sizes(tmp_path):
+    """The run config has one `engine` section (one replica's shape); a config still written with
+    the old `sampler` section is refused with how to move it. Model sizes are typed: a misspelt
+    size names the valid ones, and the given sizes replace the preset's."""
+    from ppp_jax.config.run import load_run_config
+
+    base = "name: x\nmodel: {preset: tiny, sizes: {num_layers: 3, head_dim: 8}}\n"
+    (tmp_path / "ok.yaml").write_text(base + "engine: {num_slots: 4, max_seq_len: 256}\n")
+    cfg = load_run_config(tmp_path / "ok.yaml")
+    assert cfg.engine.replica_config().num_slots == 4
+    assert cfg.engine.replica_config().max_seq_len == 256
+    built = cfg.model.build()
+    assert built.num_layers == 3 and built.head_dim == 8
+    (tmp_path / "old.yaml").write_text(base + "sampler: {num_slots: 4}\n")
+    with pytest.raises(ConfigError, match="`sampler` section is now part of `engine`"):
+        load_run_config(tmp_path / "old.yaml")
+    (tmp_path / "typo.yaml").write_text("model: {preset: tiny, sizes: {num_layer: 3}}\n")
+    with pytest.raises(ConfigError, match="num_layer.*num_layers"):
+        load_run_config(tmp_path / "typo.yaml")

@@ -18,7 +18,7 @@ SHORT = [
     "eval.num_tasks=1", "eval.preference_ids=[lang_ita, capital]",
     "rollout.episode.turn_max_new_tokens=16", "rollout.episode.max_turns=2",
     "rollout.concurrency=8",
-    "sampler.num_slots=8", "sampler.num_pages=400",
+    "engine.num_slots=8", "engine.num_pages=400",
 ]
 
 

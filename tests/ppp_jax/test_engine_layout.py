@@ -141,7 +141,7 @@ tmp = pathlib.Path(tempfile.mkdtemp())
 # 4 heads / 4 kv heads so that tensor=4 splits them (the shared tiny model has 2 / 1)
 heads = {"model.sizes.num_heads": 4, "model.sizes.num_kv_heads": 4, "model.sizes.head_dim": 8,
          # one prefill bucket and one turn: fewer programs to compile per replica
-         "sampler.prefill_chunks": "[256]", "sampler.prefill_rows": "[4]",
+         "engine.prefill_chunks": "[256]", "engine.prefill_rows": "[4]",
          "rollout.episode.max_turns": 1}
 
 # -- tensor=4, bfloat16: 2 replicas, one trainer step -------------------------------------------

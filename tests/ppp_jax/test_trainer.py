@@ -17,7 +17,7 @@ TINY = {
               "attention_impl": "xla",
               "sizes": {"hidden_size": 32, "intermediate_size": 48, "num_layers": 1, "num_heads": 2,
                         "num_kv_heads": 1, "head_dim": 16, "max_position_embeddings": 2048}},
-    "sampler": {"num_slots": 8, "page_size": 16, "num_pages": 520, "max_seq_len": 1024,
+    "engine": {"num_slots": 8, "page_size": 16, "num_pages": 520, "max_seq_len": 1024,
                 "decode_steps": 8, "prefill_chunks": [64, 256], "prefill_rows": [1, 4]},
     "domain": {"stdlib": {"num_tasks": 12, "seed": 3}, "tools": ["finish"],
                "system_prompt": "Find the bug."},
@@ -227,7 +227,7 @@ def test_browsecomp_domain_from_local_files(tmp_path, tok):
     # own: the three tool schemas alone take ~750 tokens, more than the shared engine's rows hold
     from ppp_jax.train.trainer import PPPTrainer
 
-    long = browsecomp_config(tmp_path, **{"sampler.max_seq_len": 2048, "sampler.num_pages": 1100,
+    long = browsecomp_config(tmp_path, **{"engine.max_seq_len": 2048, "engine.num_pages": 1100,
                                           "rollout.row_len": 2048,
                                           "rollout.episode.max_context_tokens": 1984})
     trainer = PPPTrainer(long, build_parts(long, tokenizer=tok, model=parts.model),

@@ -27,7 +27,7 @@ def main(work: str) -> None:
     from ppp_jax.model.sharding import SAMPLING_RULES
     from ppp_jax.sampling.engine import Engine
     from ppp_jax.sampling.params import Request, SamplingParams
-    from ppp_jax.sampling.scheduler import EngineConfig
+    from ppp_jax.sampling.config import EngineConfig
 
     ckpt = mt.write_tiny_hf_checkpoint(work, seed=3, **SHARDABLE)
     cfg = EngineConfig(num_slots=4, page_size=4, num_pages=96, max_seq_len=96, decode_steps=8,

@@ -7,7 +7,7 @@ import pytest
 from ppp_jax.model import api
 from ppp_jax.model import testing as mt
 from ppp_jax.sampling.engine import Engine
-from ppp_jax.sampling.scheduler import EngineConfig
+from ppp_jax.sampling.config import EngineConfig
 
 # Distinct sizes, GQA with 2 kv heads, vocab large enough that greedy ties are unlikely.
 TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,

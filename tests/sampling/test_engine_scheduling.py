@@ -11,7 +11,7 @@ from flax import nnx
 
 from ppp_jax.sampling.engine import Engine
 from ppp_jax.sampling.params import Request, RequestError, SamplingParams
-from ppp_jax.sampling.scheduler import EngineConfig
+from ppp_jax.sampling.config import EngineConfig
 
 from .conftest import SMALL_ENGINE, logprob_atol
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from ppp_jax.sampling.engine import Engine
 from ppp_jax.sampling.params import Request, SamplingParams
-from ppp_jax.sampling.scheduler import EngineConfig
+from ppp_jax.sampling.config import EngineConfig
 
 LONG = 32 * 1024
 

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from ppp_jax.commands.serve import ServeConfig
-from ppp_jax.sampling.scheduler import EngineConfig
+from ppp_jax.sampling.config import EngineConfig
 from ppp_jax.sampling.testing import write_tiny_serving_checkpoint
 from tests.sampling.serving import free_port, running_server
 

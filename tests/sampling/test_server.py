@@ -10,7 +10,7 @@ import pytest
 from ppp_jax.commands.serve import ServeConfig
 from ppp_jax.sampling.chat import load_tokenizer, render_chat
 from ppp_jax.sampling.params import Request, SamplingParams
-from ppp_jax.sampling.scheduler import EngineConfig
+from ppp_jax.sampling.config import EngineConfig
 from ppp_jax.sampling.testing import write_tiny_serving_checkpoint
 from ppp_jax.sampling.tool_calls import build_message, hidden_token_ids
 from tests.sampling.serving import free_port, running_server
