@@ -4,7 +4,6 @@ simulator, the engine and the rollout policy."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,8 +20,6 @@ from ppp_jax.rollout.agent_domain import PreferenceDomain
 from ppp_jax.rollout.policies import ReplicaEnginePolicy, SeededEnginePolicy
 from ppp_jax.sampling.chat import load_tokenizer
 from ppp_jax.train.engine_replicas import EngineReplicas
-
-log = logging.getLogger(__name__)
 
 
 def vocab_size_of(tokenizer: Any) -> int:
