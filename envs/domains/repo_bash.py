@@ -8,14 +8,18 @@ shell or a subprocess.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import re
 import shlex
-import time
 from typing import TYPE_CHECKING, Any
 
-from ppp_jax.envs.domains.repo_limits import BASH_COMMANDS, ToolError, WalkLimit
+import regex
+
+from ppp_jax.envs.domains.repo_limits import (BASH_COMMANDS, BinaryFile, CallBudget,
+                                              DeadlineReached, ToolError, WalkLimit,
+                                              slow_lines_note, stopped_note)
 
 if TYPE_CHECKING:
     from ppp_jax.envs.domains.repo_tools import RepoTools
@@ -35,10 +39,10 @@ class Bash:
 
     FILTERS = {"head", "tail", "wc", "grep", "sort", "uniq"}
 
-    def __init__(self, tools: RepoTools, state: dict[str, Any]):
+    def __init__(self, tools: RepoTools, state: dict[str, Any], budget: CallBudget):
         self.tools = tools
         self.state = state
-        self.deadline = time.monotonic() + tools.limits.grep_timeout_s * 2
+        self.budget = budget  # one deadline for the whole command line
         self.bytes_left = tools.limits.max_read_bytes * 2  # file bytes one command line may read
 
     @property
@@ -83,6 +87,7 @@ class Bash:
                 raise ToolError("Empty command around an operator.")
             stdin: str | None = None
             for i, argv in enumerate(pipeline):
+                self.budget.check()
                 if i > 0 and argv[0] not in self.FILTERS:
                     raise ToolError(f"'{argv[0]}' cannot read from a pipe here; pipes may feed only "
                                     f"{', '.join(sorted(self.FILTERS))}.")
@@ -299,14 +304,13 @@ class Bash:
                                 "-type f|d, -maxdepth; nothing that executes or deletes).")
             i += 2
         out: list[str] = []
-        deadline = time.monotonic() + self.tools.limits.walk_timeout_s
         for root in roots or ["."]:
             real, display = self.tools.resolve(root, self.cwd)
             if not os.path.isdir(real):
                 raise ToolError(f"find: '{root}': No such directory")
             base = real.rstrip(os.sep).count(os.sep)
             try:
-                for _, entry in self.tools.walk(real, deadline):
+                for _, entry in self.tools.walk(real, self.budget):
                     depth = entry.path.count(os.sep) - base
                     if depth > maxdepth:
                         continue
@@ -326,88 +330,432 @@ class Bash:
                         return "\n".join(out)
             except WalkLimit:
                 out.append("[find stopped: too many entries or time limit reached]")
+                break
         return "\n".join(out) + "\n" if out else ""
 
     def cmd_grep(self, args, stdin):
-        flags: set[str] = set()
-        patterns: list[str] = []
-        include = None
-        rest: list[str] = []
+        """GNU grep over the repository (see `GrepOptions` for what is supported): patterns from
+        every `-e` (or the first operand) are each translated from their syntax (-G basic, the
+        default; -E extended; -F fixed strings; -P Python/Perl) and then OR-ed, so a line matches
+        when any pattern does. Messages that GNU grep writes to stderr are shown inline."""
+        opts = GrepOptions.parse(args)
+        tools = self.tools
+        compiled = tools.compile_python_regex(opts.python_regex(tools.limits.max_pattern_chars),
+                                              opts.ignore_case)
+        operands = opts.operands
+        if not operands:
+            operands = ["."] if opts.recursive else ["-"]
+            implicit_dot = opts.recursive
+        else:
+            implicit_dot = False
+        out: list[str] = []
+        emitted = 0
+        slow = skipped = 0
+        limit = tools.limits.grep_max_matches
+        many = len(operands) > 1 or (opts.recursive and any(
+            o != "-" and os.path.isdir(self._real_or_none(o) or "") for o in operands))
+        with_name = opts.with_filename if opts.with_filename is not None else many
+
+        def message(text: str) -> None:
+            if not opts.no_messages:
+                out.append(f"grep: {text}")
+
+        def report(shown: str, text: str, binary: bool = False) -> bool:
+            """Searches one file's text and appends grep's output for it; False at the match cap."""
+            nonlocal emitted, slow
+            want_lines = not (opts.files_with_matches or opts.files_without_match or opts.count
+                              or opts.quiet)
+            scan = tools.scan_lines(compiled, text, self.budget, invert=opts.invert,
+                                    max_hits=opts.max_count if opts.max_count is not None else (
+                                        None if want_lines or opts.count else 1),
+                                    keep=want_lines and not binary)
+            slow += scan.slow_lines
+            prefix = f"{shown}:" if with_name else ""
+            if opts.quiet:
+                return True
+            if opts.files_with_matches:
+                if scan.count:
+                    out.append(shown)
+                return True
+            if opts.files_without_match:
+                if not scan.count:
+                    out.append(shown)
+                return True
+            if opts.count:
+                out.append(f"{prefix}{scan.count}")
+                return True
+            if binary:
+                if scan.count:
+                    message(f"{shown}: binary file matches")
+                return True
+            for lineno, line in scan.hits:
+                number = f"{lineno}:" if opts.line_number else ""
+                pieces = [line]
+                if opts.only_matching:
+                    pieces = self._matches_in(compiled, line)
+                for piece in pieces:
+                    if len(piece) > tools.limits.grep_max_line_chars:
+                        piece = piece[:tools.limits.grep_max_line_chars] + " ..."
+                    out.append(f"{prefix}{number}{piece}")
+                    emitted += 1
+                    if emitted >= limit:
+                        return False
+            return True
+
+        def search_file(real: str, shown: str, in_walk: bool) -> bool:
+            """Reads one file and reports it; unreadable ones get grep's message (oversized ones
+            found by a recursive walk are counted instead). False at the output cap."""
+            nonlocal skipped
+            try:
+                text = tools.read_for_grep(real, shown)
+            except BinaryFile as b:
+                return opts.binary_without_match or report(shown, b.text, binary=True)
+            except ToolError as e:
+                if in_walk and "larger than" in str(e):
+                    skipped += 1
+                else:
+                    message(f"{shown}: {e}")
+                return True
+            return report(shown, text)
+
+        try:
+            for operand in operands:
+                if operand == "-":
+                    if stdin is None:
+                        raise ToolError("grep: no file given (and nothing piped in)")
+                    if not report("(standard input)", stdin):
+                        raise _GrepCap()
+                    continue
+                try:
+                    real, _ = tools.resolve(operand, self.cwd)
+                except ToolError as e:
+                    message(f"{operand}: {e}")
+                    continue
+                if not os.path.lexists(real):
+                    message(f"{operand}: No such file or directory")
+                    continue
+                if os.path.isdir(real):
+                    if not opts.recursive:
+                        message(f"{operand}: Is a directory")
+                        continue
+                    files = tools.grep_files(real, self.budget, opts.include, opts.exclude,
+                                             opts.exclude_dir)
+                    for fpath, rel in files:
+                        shown = rel if implicit_dot else os.path.join(operand, rel)
+                        if not search_file(fpath, shown, True):
+                            raise _GrepCap()
+                    continue
+                if not search_file(real, operand, False):
+                    raise _GrepCap()
+        except _GrepCap:
+            out.append(f"[stopped after {limit} output lines; narrow the pattern or path]")
+        except (DeadlineReached, WalkLimit) as e:
+            out.append(stopped_note(self.budget, e))
+        if slow:
+            out.append(slow_lines_note(slow, tools.limits))
+        if skipped:
+            out.append(f"[{skipped} file(s) over {tools.limits.grep_max_file_bytes} bytes "
+                       "not searched]")
+        return "\n".join(out) + "\n" if out else ""
+
+    def _real_or_none(self, path: str) -> str | None:
+        try:
+            return self.tools.resolve(path, self.cwd)[0]
+        except ToolError:
+            return None
+
+    def _matches_in(self, compiled, line: str) -> list[str]:
+        """`grep -o`: the non-empty matches in one line."""
+        left = self.budget.left()
+        try:
+            return [m.group(0) for m in compiled.finditer(
+                line, timeout=min(self.tools.limits.regex_line_cpu_s, left), concurrent=True)
+                if m.group(0)]
+        except TimeoutError:
+            self.budget.check()
+            return []
+
+
+class _GrepCap(Exception):
+    """grep reached its output-line cap."""
+
+
+_GREP_FLAGS = {  # short flag -> GrepOptions field set to True (or the syntax it selects)
+    "r": "recursive", "R": "recursive", "i": "ignore_case", "y": "ignore_case",
+    "n": "line_number", "l": "files_with_matches", "L": "files_without_match", "c": "count",
+    "w": "word", "x": "line", "v": "invert", "s": "no_messages", "q": "quiet",
+    "I": "binary_without_match", "o": "only_matching",
+}
+_GREP_SYNTAX = {"G": "basic", "E": "extended", "F": "fixed", "P": "perl"}
+_GREP_LONG_FLAGS = {
+    "recursive": "r", "dereference-recursive": "R", "ignore-case": "i", "line-number": "n",
+    "files-with-matches": "l", "files-without-match": "L", "count": "c", "word-regexp": "w",
+    "line-regexp": "x", "invert-match": "v", "no-messages": "s", "quiet": "q", "silent": "q",
+    "only-matching": "o", "basic-regexp": "G", "extended-regexp": "E", "fixed-strings": "F",
+    "perl-regexp": "P", "with-filename": "H", "no-filename": "h",
+}
+_GREP_LONG_VALUES = ("regexp", "include", "exclude", "exclude-dir", "max-count", "color",
+                     "colour", "binary-files")
+
+
+@dataclasses.dataclass
+class GrepOptions:
+    """A parsed `grep` command line (GNU option syntax: clustered short flags, `-e PAT` /
+    `-ePAT`, long options with `=` or a separate value, options after operands, `--`).
+
+    Supported: -e/--regexp (repeatable), -E, -F, -G, -P (Python regex), -i, -w, -x, -v, -n, -l,
+    -L, -c, -o, -q, -s, -m NUM, -r/-R, -H/-h, -I, --include, --exclude, --exclude-dir,
+    --binary-files=without-match, --color (ignored). Context lines (-A/-B/-C) are not supported.
+    """
+
+    patterns: list[str] = dataclasses.field(default_factory=list)
+    operands: list[str] = dataclasses.field(default_factory=list)
+    syntax: str = "basic"
+    recursive: bool = False
+    ignore_case: bool = False
+    line_number: bool = False
+    files_with_matches: bool = False
+    files_without_match: bool = False
+    count: bool = False
+    word: bool = False
+    line: bool = False
+    invert: bool = False
+    no_messages: bool = False
+    quiet: bool = False
+    binary_without_match: bool = False
+    only_matching: bool = False
+    with_filename: bool | None = None
+    max_count: int | None = None
+    include: str | None = None
+    exclude: tuple[str, ...] = ()
+    exclude_dir: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, args: list[str]) -> GrepOptions:
+        opts = cls()
+        syntaxes: set[str] = set()
+        have_e = False
         i = 0
+
+        def value_after(name: str) -> str:
+            if i + 1 >= len(args):
+                raise ToolError(f"grep: option requires an argument -- '{name}'")
+            return args[i + 1]
+
+        def set_flag(c: str) -> None:
+            if c in _GREP_SYNTAX:
+                syntaxes.add(c)
+                opts.syntax = _GREP_SYNTAX[c]
+            elif c in ("H", "h"):
+                opts.with_filename = c == "H"
+            else:
+                setattr(opts, _GREP_FLAGS[c], True)
+
+        def set_value(name: str, value: str) -> None:
+            nonlocal have_e
+            if name in ("e", "regexp"):
+                opts.patterns.extend(value.split("\n"))  # GNU: a newline separates patterns
+                have_e = True
+            elif name in ("m", "max-count"):
+                if not re.fullmatch(r"-?\d+", value):
+                    raise ToolError(f"grep: invalid max count {value!r}")
+                opts.max_count = max(int(value), 0) if int(value) >= 0 else None
+            elif name == "include":
+                opts.include = value
+            elif name == "exclude":
+                opts.exclude += (value,)
+            elif name == "exclude-dir":
+                opts.exclude_dir += (value,)
+            elif name == "binary-files":
+                if value not in ("binary", "without-match"):
+                    raise ToolError(f"grep: --binary-files={value} is not supported "
+                                    "(binary or without-match)")
+                opts.binary_without_match = value == "without-match"
+            # --color / --colour: no colours here; ignored
+
         while i < len(args):
             a = args[i]
-            if a == "-e" and i + 1 < len(args):
-                patterns.append(args[i + 1])
-                i += 2
-                continue
-            if a.startswith("--include="):
-                include = a.split("=", 1)[1]
-            elif a == "--":
-                rest.extend(args[i + 1:])
+            if a == "--":
+                opts.operands.extend(args[i + 1:])
                 break
-            elif a.startswith("--"):
-                raise ToolError(f"grep: unsupported option {a!r}")
-            elif a.startswith("-") and len(a) > 1 and not rest:
-                bad = set(a[1:]) - set("rRnilcwEFHhsI")
-                if bad:
-                    raise ToolError(f"grep: unsupported option(s) -{''.join(sorted(bad))}")
-                flags |= set(a[1:])
-            else:
-                rest.append(a)
-            i += 1
-        if not patterns:
-            if not rest:
-                raise ToolError("grep: no pattern given")
-            patterns.append(rest.pop(0))
-        pattern = patterns[0] if len(patterns) == 1 else "|".join(f"(?:{p})" for p in patterns)
-        if "F" not in flags and "E" not in flags:
-            # Basic regex: `\|` is alternation and `|`, `(`, `)` are literals; map to Python syntax.
-            pattern = _bre_to_python(pattern)
-        kw = dict(ignore_case="i" in flags, fixed="F" in flags, word="w" in flags,
-                  files_only="l" in flags, count_only="c" in flags)
-        if not rest:
-            if stdin is None:
-                raise ToolError("grep: no file given (and nothing piped in)")
-            compiled = self.tools.compile_regex(pattern, kw["ignore_case"], kw["fixed"], kw["word"])
-            hits = []
-            for ln in stdin.split("\n"):
-                left = self.deadline - time.monotonic()
-                try:
-                    if left > 0 and compiled.search(ln, timeout=left, concurrent=True):
-                        hits.append(ln)
-                except TimeoutError:
-                    hits.append("[grep stopped after the time limit]")
-                    break
-            return (f"{len(hits)}\n" if kw["count_only"] else "\n".join(hits) + "\n") if hits else ""
-        outs = []
-        for p in rest:
-            real, _ = self.tools.resolve(p, self.cwd)
-            if os.path.isdir(real) and not flags & {"r", "R"}:
-                raise ToolError(f"grep: {p}: Is a directory (use -r)")
-            res = self.tools.grep(pattern, p, include, cwd=self.cwd, **kw)
-            if res.startswith("No matches for"):  # keep only the notes (time limit, skipped files)
-                notes = [ln for ln in res.split("\n")[1:] if ln.startswith("[")]
-                if notes:
-                    outs.append("\n".join(notes))
+            if a.startswith("--"):
+                name, eq, value = a[2:].partition("=")
+                if name in _GREP_LONG_FLAGS and not eq:
+                    set_flag(_GREP_LONG_FLAGS[name])
+                elif name in ("color", "colour") and not eq:
+                    pass
+                elif name in _GREP_LONG_VALUES:
+                    if not eq:
+                        value = value_after(name)
+                        i += 1
+                    set_value(name, value)
+                else:
+                    raise ToolError(f"grep: unsupported option '{a}' ({_GREP_HELP})")
+                i += 1
                 continue
-            if "n" not in flags and not kw["files_only"] and not kw["count_only"]:
-                res = "\n".join(re.sub(r"^([^:\n]*):\d+:", r"\1:", ln) for ln in res.split("\n"))
-            outs.append(res)
-        return "\n".join(outs) + "\n" if outs else ""
+            if a.startswith("-") and a != "-":
+                j = 1
+                while j < len(a):
+                    c = a[j]
+                    if c in "em":
+                        value = a[j + 1:]
+                        if not value:
+                            value = value_after(c)
+                            i += 1
+                        set_value(c, value)
+                        break
+                    if c in _GREP_FLAGS or c in _GREP_SYNTAX or c in "Hh":
+                        set_flag(c)
+                    elif c in "ABC" or c.isdigit():
+                        raise ToolError("grep: context lines (-A/-B/-C) are not supported; use "
+                                        "`grep -n` and then `sed -n 'START,ENDp' FILE`")
+                    else:
+                        raise ToolError(f"grep: unsupported option -- '{c}' ({_GREP_HELP})")
+                    j += 1
+                i += 1
+                continue
+            opts.operands.append(a)
+            i += 1
+        if len(syntaxes) > 1:
+            raise ToolError("grep: conflicting matchers specified")
+        if not have_e:
+            if not opts.operands:
+                raise ToolError("grep: no pattern given")
+            opts.patterns.extend(opts.operands.pop(0).split("\n"))
+        if opts.files_with_matches and opts.files_without_match:
+            opts.files_without_match = False  # GNU: the later one wins; keep -l
+        return opts
+
+    def python_regex(self, max_chars: int) -> str:
+        """One Python regex equivalent to OR-ing every pattern under this syntax and -w / -x."""
+        if sum(len(p) for p in self.patterns) > max_chars:
+            raise ToolError(f"Pattern is longer than {max_chars} characters.")
+        parts = []
+        for p in self.patterns:
+            if self.syntax == "fixed":
+                body = regex.escape(p)
+            elif self.syntax == "perl":
+                body = p
+            else:
+                body = posix_to_python(p, extended=self.syntax == "extended")
+            if self.line:
+                body = rf"^(?:{body})$"
+            elif self.word:
+                body = rf"(?<!\w)(?:{body})(?!\w)"
+            parts.append(f"(?:{body})")
+        return "|".join(parts)
 
 
-def _bre_to_python(pattern: str) -> str:
-    """Translates grep's basic-regex alternation/grouping (`\\|`, `\\(`, `\\)`) to Python syntax,
-    making bare `|`, `(`, `)`, `{`, `}`, `+`, `?` literal as in POSIX BRE."""
-    out = []
+_GREP_HELP = ("supported: -e -E -F -G -P -i -w -x -v -n -l -L -c -o -q -s -m NUM -r -R -H -h -I "
+              "--include= --exclude= --exclude-dir=")
+
+
+def posix_to_python(pattern: str, extended: bool) -> str:
+    """Translates one POSIX regex as GNU grep reads it (basic, or `extended`) into Python syntax.
+
+    Basic: `\\|`, `\\(`, `\\)`, `\\{`, `\\}`, `\\+`, `\\?` are the operators and the bare
+    characters are literal; `*` at the start of an expression is literal; `^` / `$` anchor only
+    at the ends of an expression. Both: `\\<` / `\\>` are word starts / ends, `\\w \\W \\s \\S
+    \\b \\B` and back-references keep their meaning, any other escaped character is literal, and
+    a backslash inside a bracket expression is literal (`[[:alpha:]]` classes are kept).
+    """
+    out: list[str] = []
+    n = len(pattern)
     i = 0
-    while i < len(pattern):
+    at_start = True  # at the start of an expression (pattern, group or alternative)
+    while i < n:
         c = pattern[i]
-        if c == "\\" and i + 1 < len(pattern):
-            nxt = pattern[i + 1]
-            out.append(nxt if nxt in "|(){}+?" else c + nxt)
-            i += 2
+        if c == "[":
+            j = _bracket_end(pattern, i)
+            out.append(_bracket_to_python(pattern[i + 1:j]))
+            i = j + 1
+            at_start = False
             continue
-        out.append("\\" + c if c in "|(){}+?" else c)
+        if c == "\\":
+            if i + 1 >= n:
+                raise ToolError("grep: Trailing backslash")
+            nxt = pattern[i + 1]
+            i += 2
+            if not extended and nxt in "|(){}+?":
+                out.append(nxt)
+                at_start = nxt in "|("
+                continue
+            at_start = False
+            if nxt == "<":
+                out.append(r"\b(?=\w)")
+            elif nxt == ">":
+                out.append(r"\b(?<=\w)")
+            elif nxt == "`":
+                out.append(r"\A")
+            elif nxt == "'":
+                out.append(r"\Z")
+            elif nxt.isdigit() or nxt in "wWsSbB":
+                out.append("\\" + nxt)
+            else:
+                out.append(regex.escape(nxt))
+            continue
         i += 1
+        if not extended:
+            if c in "|(){}+?":
+                out.append("\\" + c)
+            elif c == "*" and at_start:
+                out.append(r"\*")
+            elif c == "^" and not at_start:
+                out.append(r"\^")
+            elif c == "$" and not (i == n or pattern.startswith(("\\)", "\\|"), i)):
+                out.append(r"\$")
+            else:
+                out.append(c)
+            at_start = c == "^" and at_start
+            continue
+        if c == "*" and at_start:
+            at_start = False  # GNU -E ignores a leading `*`
+            continue
+        out.append(c)
+        at_start = c in "(|^"
+    return "".join(out)
+
+
+def _bracket_end(pattern: str, start: int) -> int:
+    """Index of the `]` closing the bracket expression opened at `start`."""
+    j = start + 1
+    if j < len(pattern) and pattern[j] == "^":
+        j += 1
+    if j < len(pattern) and pattern[j] == "]":
+        j += 1
+    while j < len(pattern):
+        if pattern[j] == "[" and j + 1 < len(pattern) and pattern[j + 1] in ":.=":
+            close = pattern.find(pattern[j + 1] + "]", j + 2)
+            if close < 0:
+                break
+            j = close + 2
+            continue
+        if pattern[j] == "]":
+            return j
+        j += 1
+    raise ToolError("grep: Unmatched [, [^, [:, [., or [=")
+
+
+def _bracket_to_python(body: str) -> str:
+    """A POSIX bracket expression's inside as a Python character class (backslash literal)."""
+    out = ["["]
+    k = 0
+    if body.startswith("^"):
+        out.append("^")
+        k = 1
+    if body[k:k + 1] == "]":
+        out.append(r"\]")
+        k += 1
+    while k < len(body):
+        ch = body[k]
+        if ch == "[" and k + 1 < len(body) and body[k + 1] in ":.=":
+            kind = body[k + 1]
+            close = body.find(kind + "]", k + 2)
+            name = body[k + 2:close]
+            out.append(f"[:{name}:]" if kind == ":" else regex.escape(name))
+            k = close + 2
+            continue
+        out.append("\\" + ch if ch in "\\[]" else ch)
+        k += 1
+    out.append("]")
     return "".join(out)

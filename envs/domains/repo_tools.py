@@ -16,32 +16,38 @@ Safety rules, all enforced in `resolve()` and `_read_bytes()`:
     FIFOs, sockets and device files are refused, so nothing can block on open.
   * Reads are capped (`Limits.max_read_bytes`); a bigger file is shown truncated with a note.
     Files with a NUL byte in their first 8 KiB are reported as binary and not shown.
-  * Regexes run in the `regex` module with a timeout (the module measures it in CPU time, so on
-    a loaded machine the wall time can be a few times longer, but it is always bounded) and
-    with the GIL released, after a parse-time check that refuses counted repetitions whose
-    expansion could exhaust memory when compiled.
-  * Directory walks do not follow symlinks, skip `.git`, and stop after a number of entries and
-    a time limit. Every output is capped.
+  * One wall-clock deadline per tool call (`Limits.call_timeout_s`, a `CallBudget`) covers all of
+    its work: every walk, every line searched, every command of an `execute_bash` line. The
+    budget can also be cancelled (the domain does so when the episode stops waiting), and the
+    work stops at its next check.
+  * Regexes run in the `regex` module with the GIL released, after a parse-time check that
+    refuses counted repetitions whose expansion could exhaust memory when compiled. The module
+    can only bound one search in CPU time, so each line's search gets at most
+    `Limits.regex_line_cpu_s` of CPU (a line that needs more is skipped and counted); that bounds
+    how far past the deadline a call can run.
+  * Directory walks do not follow symlinks, skip `.git`, and stop after a number of entries or
+    at the deadline. Every output is capped.
 Every failure becomes a plain-text observation (`RepoTools.call` never raises).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import fnmatch
 import os
 import re._parser as sre_parse
 import stat
-import time
 from typing import Any, Iterator, Mapping
 
 import regex
 
 from ppp_jax.envs.domains.base import function_tool
 from ppp_jax.envs.domains.repo_bash import Bash
-from ppp_jax.envs.domains.repo_limits import (BASH_COMMANDS, Limits, MatchLimit, ToolError,
-                                              WalkLimit)
+from ppp_jax.envs.domains.repo_limits import (BASH_COMMANDS, BinaryFile, CallBudget,
+                                              DeadlineReached, Limits, MatchLimit, ToolError,
+                                              WalkLimit, slow_lines_note, stopped_note)
 
 
 VIRTUAL_ROOTS = ("/testbed", "/workspace", "/repo")
@@ -74,6 +80,23 @@ def _regex_expansion(pattern: str) -> int:
         return worst
 
     return walk(sre_parse.parse(pattern))
+
+
+def word_regexp(pattern: str) -> str:
+    """`grep -w`: a match must be neither preceded nor followed by a word character (letter,
+    digit, underscore), which `\\b` gets wrong for patterns that start or end with a non-word
+    character."""
+    return rf"(?<!\w)(?:{pattern})(?!\w)"
+
+
+@dataclasses.dataclass
+class LineScan:
+    """What `RepoTools.scan_lines` found in one text."""
+
+    hits: list[tuple[int, str]] = dataclasses.field(default_factory=list)  # (line number, line)
+    count: int = 0  # lines selected (all of them, kept or not)
+    slow_lines: int = 0  # lines skipped: their search ran past `Limits.regex_line_cpu_s`
+    stopped: bool = False  # stopped at `max_hits`
 
 
 class RepoTools:
@@ -186,20 +209,47 @@ class RepoTools:
         text, size, note = self.read_text_parts(real, display, limit)
         return (text + "\n" + note if note else text), size
 
-    def walk(self, real_dir: str, deadline: float) -> Iterator[tuple[str, os.DirEntry]]:
-        """Yields (relative dir, entry) breadth-first without following symlinks; bounded."""
+    def budget(self) -> CallBudget:
+        """A fresh per-call budget (for direct calls of the tool methods)."""
+        return CallBudget(self.limits.call_timeout_s)
+
+    def walk(self, real_dir: str, budget: CallBudget | None = None, *,
+             depth_first: bool = False) -> Iterator[tuple[str, os.DirEntry]]:
+        """Yields (parent dir, entry) without following symlinks, names sorted, breadth-first (or
+        depth-first, pre-order: a directory's contents right after it, as `grep -r` lists them);
+        skips the insides of `.git` and `__pycache__`; raises WalkLimit at the entry cap or when
+        the call's budget runs out."""
+        budget = budget or self.budget()
         visited = 0
+
+        def entries_of(directory: str) -> list[os.DirEntry]:
+            try:
+                with os.scandir(directory) as it:
+                    return sorted(it, key=lambda e: e.name)
+            except OSError:
+                return []
+
+        if depth_first:
+            stack = [(real_dir, iter(entries_of(real_dir)))]
+            while stack:
+                parent, it = stack[-1]
+                entry = next(it, None)
+                if entry is None:
+                    stack.pop()
+                    continue
+                visited += 1
+                if visited > self.limits.walk_max_entries or budget.expired():
+                    raise WalkLimit()
+                yield parent, entry
+                if entry.is_dir(follow_symlinks=False) and entry.name not in SKIP_DIRS:
+                    stack.append((entry.path, iter(entries_of(entry.path))))
+            return
         queue = collections.deque([real_dir])
         while queue:
             current = queue.popleft()
-            try:
-                with os.scandir(current) as it:
-                    entries = sorted(it, key=lambda e: e.name)
-            except OSError:
-                continue
-            for entry in entries:
+            for entry in entries_of(current):
                 visited += 1
-                if visited > self.limits.walk_max_entries or time.monotonic() > deadline:
+                if visited > self.limits.walk_max_entries or budget.expired():
                     raise WalkLimit()
                 yield current, entry
                 if entry.is_dir(follow_symlinks=False) and entry.name not in SKIP_DIRS:
@@ -237,7 +287,8 @@ class RepoTools:
         head = f"Here's the result of running `cat -n` on {display}:"
         return "\n".join([head, body, *notes])
 
-    def list_dir(self, path: str = ".", depth: int = 2, cwd: str = "") -> str:
+    def list_dir(self, path: str = ".", depth: int = 2, cwd: str = "",
+                 budget: CallBudget | None = None) -> str:
         """Lists files and directories under `path`, `depth` levels deep (1..3), hidden ones and
         `.git` left out; directories end with `/`, symlinks show as `name@`."""
         if isinstance(depth, bool) or not isinstance(depth, int):
@@ -249,11 +300,10 @@ class RepoTools:
                 raise ToolError(f"{display} is not a directory.")
             raise ToolError(f"The path {display} does not exist.")
         out: list[str] = []
-        deadline = time.monotonic() + self.limits.walk_timeout_s
         base_depth = real.rstrip(os.sep).count(os.sep)
         stopped = False
         try:
-            for parent, entry in self.walk(real, deadline):
+            for parent, entry in self.walk(real, budget):
                 level = parent.rstrip(os.sep).count(os.sep) - base_depth + 1
                 if level > depth or entry.name.startswith(".") or any(
                         part.startswith(".") for part in os.path.relpath(parent, real).split(os.sep)
@@ -274,7 +324,8 @@ class RepoTools:
         tail = ["[listing truncated]"] if stopped else []
         return "\n".join([head, *sorted(out), *tail])
 
-    def find_files(self, pattern: str, path: str = ".", cwd: str = "") -> str:
+    def find_files(self, pattern: str, path: str = ".", cwd: str = "",
+                   budget: CallBudget | None = None) -> str:
         """Finds files whose relative path (pattern with `/`) or name (otherwise) matches a glob."""
         if not isinstance(pattern, str) or not pattern:
             raise ToolError("pattern must be a non-empty glob string.")
@@ -287,9 +338,8 @@ class RepoTools:
         use_path = "/" in pat
         results: list[str] = []
         note = ""
-        deadline = time.monotonic() + self.limits.walk_timeout_s
         try:
-            for _, entry in self.walk(real, deadline):
+            for _, entry in self.walk(real, budget):
                 rel = os.path.relpath(entry.path, self.root)
                 subject = os.path.relpath(entry.path, real) if use_path else entry.name
                 if fnmatch.fnmatchcase(subject, pat) or (
@@ -306,7 +356,8 @@ class RepoTools:
 
     def compile_regex(self, pattern: Any, ignore_case: bool = False, fixed: bool = False,
                       word: bool = False):
-        """Compiles an agent regex safely (length and repetition-expansion caps)."""
+        """Compiles an agent regex safely (length and repetition-expansion caps). `fixed`: the
+        pattern is a literal string; `word`: it must match a whole word (as `grep -w`)."""
         if not isinstance(pattern, str) or not pattern:
             raise ToolError("pattern must be a non-empty string.")
         if len(pattern) > self.limits.max_pattern_chars:
@@ -314,7 +365,12 @@ class RepoTools:
         if fixed:
             pattern = regex.escape(pattern)
         if word:
-            pattern = rf"\b(?:{pattern})\b"
+            pattern = word_regexp(pattern)
+        return self.compile_python_regex(pattern, ignore_case)
+
+    def compile_python_regex(self, pattern: str, ignore_case: bool = False):
+        """Compiles a pattern already in Python syntax, refusing ones whose counted repetitions
+        would expand past `Limits.max_repeat_expansion` copies (the caller caps its length)."""
         try:
             expansion = _regex_expansion(pattern)
         except (Exception, RecursionError) as e:  # sre rejects some syntax `regex` accepts
@@ -327,74 +383,129 @@ class RepoTools:
         except (regex.error, OverflowError, RecursionError, ValueError) as e:
             raise ToolError(f"Invalid regular expression {pattern!r}: {e}.") from None
 
+    def scan_lines(self, compiled, text: str, budget: CallBudget, *, invert: bool = False,
+                   max_hits: int | None = None, keep: bool = True) -> LineScan:
+        """The lines of `text` that `compiled` matches (or, with `invert`, does not), 1-based.
+
+        A final newline ends the last line (as in grep). Each line's search gets at most
+        `Limits.regex_line_cpu_s` of CPU (capped by the time left); a line that needs more is
+        skipped and counted in `slow_lines`. Stops after `max_hits` hits; `keep=False` only counts.
+        Raises DeadlineReached when the call's budget runs out.
+        """
+        result = LineScan()
+        if max_hits is not None and max_hits <= 0:
+            return result
+        lines = text.split("\n")
+        if text.endswith("\n"):
+            lines.pop()
+        for lineno, line in enumerate(lines, 1):
+            left = budget.left()
+            if left <= 0:
+                raise DeadlineReached()
+            try:
+                found = compiled.search(line, timeout=min(self.limits.regex_line_cpu_s, left),
+                                        concurrent=True) is not None
+            except TimeoutError:
+                budget.check()
+                result.slow_lines += 1
+                continue
+            if found != invert:
+                result.count += 1
+                if keep:
+                    result.hits.append((lineno, line))
+                if max_hits is not None and result.count >= max_hits:
+                    result.stopped = True
+                    break
+        return result
+
+    def grep_files(self, real: str, budget: CallBudget, include: str | None = None,
+                   exclude: tuple[str, ...] = (), exclude_dirs: tuple[str, ...] = ()
+                   ) -> Iterator[tuple[str, str]]:
+        """(real path, path relative to `real`) of the regular files a recursive grep of `real`
+        reads, depth-first in name order; `include`/`exclude` globs match file names,
+        `exclude_dirs` directory names. Raises WalkLimit at the entry cap or the deadline."""
+        skipped_dirs: list[str] = []
+        for parent, entry in self.walk(real, budget, depth_first=True):
+            if any(parent == d or parent.startswith(d + os.sep) for d in skipped_dirs):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                if any(fnmatch.fnmatchcase(entry.name, g) for g in exclude_dirs):
+                    skipped_dirs.append(entry.path)
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                continue  # symlinks, FIFOs, sockets: not followed, not opened
+            if include is not None and not fnmatch.fnmatchcase(entry.name, include):
+                continue
+            if any(fnmatch.fnmatchcase(entry.name, g) for g in exclude):
+                continue
+            yield entry.path, os.path.relpath(entry.path, real)
+
+    def read_for_grep(self, real: str, display: str) -> str:
+        """A file's text for searching; ToolError if it is not a regular file, is binary (a NUL
+        in its first 8 KiB) or is larger than `Limits.grep_max_file_bytes`."""
+        data, size = self._read_bytes(real, display, self.limits.grep_max_file_bytes + 1)
+        if size > self.limits.grep_max_file_bytes:
+            raise ToolError(f"{display} is larger than {self.limits.grep_max_file_bytes} bytes; "
+                            "not searched.")
+        if b"\x00" in data[:8192]:
+            raise BinaryFile(data.decode("utf-8", "replace"))
+        return data.decode("utf-8", "replace")
+
     def grep(self, pattern: str, path: str = ".", include: str | None = None,
              ignore_case: bool = False, cwd: str = "", *, fixed: bool = False, word: bool = False,
              files_only: bool = False, count_only: bool = False,
-             max_matches: int | None = None) -> str:
+             max_matches: int | None = None, budget: CallBudget | None = None) -> str:
         """Searches files under `path` (or one file) for a regex, line by line.
 
-        Output lines are `path:lineno:text`; binary files and files over
-        `Limits.grep_max_file_bytes` are skipped; the whole search stops at the time and match caps.
+        Output lines are `path:lineno:text`, paths relative to the repository root; binary files
+        and files over `Limits.grep_max_file_bytes` are skipped; the whole search stops at the
+        call's deadline and at the match cap.
         """
+        budget = budget or self.budget()
         compiled = self.compile_regex(pattern, ignore_case, fixed, word)
         real, display = self.resolve(path, cwd)
         if include is not None and not isinstance(include, str):
             raise ToolError("include must be a glob string like '*.py'.")
         limit = min(max_matches or self.limits.grep_max_matches, self.limits.grep_max_matches)
-        deadline = time.monotonic() + self.limits.grep_timeout_s
+        is_dir = os.path.isdir(real)
         out: list[str] = []
         counts: dict[str, int] = {}
         notes: list[str] = []
-        skipped = 0
-
-        def files() -> Iterator[tuple[str, str]]:
-            if os.path.isdir(real):
-                for _, entry in self.walk(real, deadline):
-                    if entry.is_file(follow_symlinks=False) and (
-                            include is None or fnmatch.fnmatchcase(entry.name, include)):
-                        yield entry.path, os.path.relpath(entry.path, self.root)
-            else:
-                yield real, display
-
+        skipped = slow = 0
+        targets = self.grep_files(real, budget, include) if is_dir else iter([(real, "")])
         try:
-            for fpath, rel in files():
+            for fpath, _ in targets:
+                rel = os.path.relpath(fpath, self.root)
                 try:
-                    data, size = self._read_bytes(fpath, rel, self.limits.grep_max_file_bytes + 1)
+                    text = self.read_for_grep(fpath, rel)
                 except ToolError:
-                    if not os.path.isdir(real):
-                        raise
-                    skipped += 1
-                    continue
-                if size > self.limits.grep_max_file_bytes or b"\x00" in data[:8192]:
-                    skipped += 1
-                    if not os.path.isdir(real):
-                        raise ToolError(f"{rel} is binary or larger than "
+                    if not is_dir:
+                        raise ToolError(f"{rel} is binary, special or larger than "
                                         f"{self.limits.grep_max_file_bytes} bytes; not searched.")
+                    skipped += 1
                     continue
-                for lineno, line in enumerate(data.decode("utf-8", "replace").split("\n"), 1):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError
-                    if compiled.search(line, timeout=left, concurrent=True):
-                        counts[rel] = counts.get(rel, 0) + 1
-                        if not files_only and not count_only:
-                            text = line if len(line) <= self.limits.grep_max_line_chars else (
-                                line[:self.limits.grep_max_line_chars] + " ...")
-                            out.append(f"{rel}:{lineno}:{text}")
-                        if len(out) >= limit:
-                            raise MatchLimit()
-        except TimeoutError:
-            notes.append(f"[grep stopped after the {self.limits.grep_timeout_s:g}s time limit; "
-                         "results are partial]")
-        except WalkLimit:
-            notes.append("[grep stopped: too many files or time limit reached; results are partial]")
+                scan = self.scan_lines(compiled, text, budget, keep=not (files_only or count_only),
+                                       max_hits=1 if files_only else None)
+                slow += scan.slow_lines
+                if scan.count:
+                    counts[rel] = scan.count
+                for lineno, line in scan.hits:
+                    text_shown = line if len(line) <= self.limits.grep_max_line_chars else (
+                        line[:self.limits.grep_max_line_chars] + " ...")
+                    out.append(f"{rel}:{lineno}:{text_shown}")
+                    if len(out) >= limit:
+                        raise MatchLimit()
+        except (DeadlineReached, WalkLimit) as e:
+            notes.append(stopped_note(budget, e))
         except MatchLimit:
             notes.append(f"[stopped after {limit} matches; narrow the pattern or path]")
         if files_only:
             out = sorted(counts)
         elif count_only:
             out = [f"{k}:{v}" for k, v in sorted(counts.items())]
-        if skipped and os.path.isdir(real):
+        if slow:
+            notes.append(slow_lines_note(slow, self.limits))
+        if skipped and is_dir:
             notes.append(f"[{skipped} binary, special or oversized files skipped]")
         if not out:
             return "\n".join([f"No matches for {pattern!r} in {display}."] + notes)
@@ -415,9 +526,11 @@ class RepoTools:
             raise ToolError(f"view_range must be a list of two integers, got {view_range!r}.")
         return self.view_file(path, view_range[0], view_range[1])
 
-    def execute_bash(self, command: str, state: dict[str, Any] | None = None) -> str:
-        """Runs a whitelisted read-only command line without a shell (see `_Bash`)."""
-        return Bash(self, state if state is not None else {}).run(command)
+    def execute_bash(self, command: str, state: dict[str, Any] | None = None,
+                     budget: CallBudget | None = None) -> str:
+        """Runs a whitelisted read-only command line without a shell (see `Bash`), all of it
+        under one budget."""
+        return Bash(self, state if state is not None else {}, budget or self.budget()).run(command)
 
     # --- dispatch -------------------------------------------------------------------------------
 
@@ -428,10 +541,13 @@ class RepoTools:
     TOOL_NAMES = ("view_file", "list_dir", "find_files", "grep", "execute_bash",
                   "str_replace_editor")
 
-    def call(self, name: str, args: Mapping[str, Any], state: dict[str, Any] | None = None) -> str:
-        """Runs one tool call to an observation string; never raises."""
+    def call(self, name: str, args: Mapping[str, Any], state: dict[str, Any] | None = None,
+             budget: CallBudget | None = None) -> str:
+        """Runs one tool call to an observation string; never raises. All its work shares one
+        `budget` (by default a fresh `Limits.call_timeout_s` deadline)."""
         state = state if state is not None else {}
         cwd = state.get("cwd", "")
+        budget = budget or self.budget()
         try:
             if not isinstance(args, Mapping):
                 raise ToolError("Tool arguments must be a mapping.")
@@ -439,21 +555,24 @@ class RepoTools:
             if name == "view_file":
                 out = self.view_file(_req(a, "path"), a.get("start_line"), a.get("end_line"), cwd)
             elif name == "list_dir":
-                out = self.list_dir(a.get("path", "."), a.get("depth", 2), cwd)
+                out = self.list_dir(a.get("path", "."), a.get("depth", 2), cwd, budget)
             elif name == "find_files":
-                out = self.find_files(_req(a, "pattern"), a.get("path", "."), cwd)
+                out = self.find_files(_req(a, "pattern"), a.get("path", "."), cwd, budget)
             elif name == "grep":
                 out = self.grep(_req(a, "pattern"), a.get("path", "."), a.get("include"),
-                                bool(a.get("ignore_case", False)), cwd)
+                                bool(a.get("ignore_case", False)), cwd, budget=budget)
             elif name == "str_replace_editor":
                 out = self.str_replace_editor(_req(a, "command"), _req(a, "path"),
                                               a.get("view_range"))
             elif name == "execute_bash":
-                out = self.execute_bash(_req(a, "command"), state)
+                out = self.execute_bash(_req(a, "command"), state, budget)
             else:
                 raise ToolError(f"Unknown tool '{name}'.")
         except ToolError as e:
             return f"ERROR: {e}"
+        except DeadlineReached:
+            return (f"ERROR: the call stopped at its {budget.seconds:g}s time limit"
+                    + (" (cancelled)." if budget.cancelled.is_set() else "."))
         except Exception as e:  # a bug here must not kill the episode
             return f"ERROR: the tool failed: {type(e).__name__}: {e}"
         if len(out) > self.limits.max_output_chars:

@@ -44,7 +44,7 @@ def repo(tmp_path):
     os.symlink("loop_b", root / "loop_a")
     os.symlink("loop_a", root / "loop_b")
     os.mkfifo(root / "fifo")  # opening a FIFO for reading would block forever
-    return RepoTools(root, Limits(grep_timeout_s=0.5, walk_timeout_s=2.0))
+    return RepoTools(root, Limits(call_timeout_s=2.0))
 
 
 def test_view_list_find_grep_work(repo):
@@ -189,10 +189,10 @@ def test_hostile_calls_get_clear_refusals(repo):
     assert "Redirection" in err("execute_bash", {"command": "cat a > b"})
     assert "read-only" in err("str_replace_editor", {"command": "create", "path": "x", "file_text": ""})
     assert "reads too much" in err("execute_bash", {"command": "cat " + " ".join(["huge_text.txt"] * 40)})
-    # Catastrophic regex: bounded by the time cap with a partial-results note, not an error.
+    # Catastrophic regex: the line is skipped after its CPU cap, with a note, not an error.
     t0 = time.monotonic()
     out = repo.call("grep", {"pattern": r"(a+)+$", "path": "long_line.txt"})
-    assert "time limit" in out and time.monotonic() - t0 < 8  # CPU-time cap; wall time varies with load
+    assert "1 line(s) not searched" in out and time.monotonic() - t0 < 8
     # Big text file: shown truncated with a note, not read whole.
     out = repo.call("view_file", {"path": "huge_text.txt", "start_line": 1, "end_line": 3})
     assert "     3\tline of text" in out and "only the first" in out
