@@ -221,6 +221,6 @@ def test_swe_rows_snapshot_and_episode(repo, tmp_path):
               render_tool_call("finish", {"answer": "\n".join(task.gold)})]
     rec = asyncio.run(run_episode(domain, task, ScriptedPolicy(script), EmbeddedUserSimulator(),
                                   preference_id="no_preference", prompt_kind="precise"))
-    assert rec.tool_calls[0].observation == "pkg/models.py:6:def plain(x):"
+    assert rec.tool_calls[0].observation == "/testbed/pkg/models.py:6:def plain(x):"  # as GNU grep names it
     assert "return a + b" in rec.tool_calls[1].observation
     assert rec.task_score == 1.0 and rec.domain == "swe_func_loc"
