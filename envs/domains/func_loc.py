@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import threading
 from typing import Any, Callable, Literal, Mapping
 
 from ppp_jax.envs.domains.base import FINISH, PromptKind, Task, function_tool, location_f1
+from ppp_jax.envs.domains.repo_limits import CallBudget
 from ppp_jax.envs.domains.repo_tools import Limits, RepoTools, repo_tool_schemas
+
+TOOL_THREAD_NAME = "repo-tool"  # the worker thread of one repository tool call
 
 ToolStyle = Literal["native", "openhands", "both"]
 
@@ -93,18 +97,49 @@ class FuncLocDomain:
 
     async def run_tool(self, task: Task, name: str, args: Mapping[str, Any],
                        state: dict[str, Any]) -> str:
-        """Runs a repository tool in a worker thread (materializing the tree, file reads and
-        regexes all block)."""
+        """Runs a repository tool in its own worker thread (materializing the tree, file reads and
+        regexes all block) under one `CallBudget` of `limits.call_timeout_s`, which starts once
+        the tree is materialized (a one-off per snapshot, shared by every episode). If the caller
+        stops waiting (the episode's tool timeout cancels this coroutine), the budget is cancelled
+        and the thread stops at its next check instead of running on."""
         if name == "think":
             return "Your thought has been recorded. Please continue your work."
-        return await asyncio.to_thread(self._call, task, name, args, state)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[str] = loop.create_future()
+        cancelled = threading.Event()
 
-    def _call(self, task: Task, name: str, args: Mapping[str, Any], state: dict[str, Any]) -> str:
+        def deliver(result: str | BaseException) -> None:
+            if done.done():
+                return
+            if isinstance(result, BaseException):
+                done.set_exception(result)
+            else:
+                done.set_result(result)
+
+        def work() -> None:
+            try:
+                result: str | BaseException = self._call(task, name, args, state, cancelled)
+            except BaseException as e:  # noqa: BLE001 -- handed to the awaiting coroutine
+                result = e
+            try:
+                loop.call_soon_threadsafe(deliver, result)
+            except RuntimeError:
+                pass  # the loop has closed: nobody is waiting
+
+        threading.Thread(target=work, name=TOOL_THREAD_NAME, daemon=True).start()
+        try:
+            return await done
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    def _call(self, task: Task, name: str, args: Mapping[str, Any], state: dict[str, Any],
+              cancelled: threading.Event | None = None) -> str:
         try:
             tools = self.tools_for(task)
         except Exception as e:  # noqa: BLE001 -- a missing checkout must not kill the episode
             return f"ERROR: the repository for this task is unavailable: {type(e).__name__}: {e}"
-        return tools.call(name, args, state)
+        return tools.call(name, args, state, CallBudget(self.limits.call_timeout_s, cancelled))
 
     async def score(self, task: Task, answer: str | None) -> float:
         return location_f1(answer, task.gold)

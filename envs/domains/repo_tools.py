@@ -39,6 +39,7 @@ import fnmatch
 import os
 import re._parser as sre_parse
 import stat
+import warnings
 from typing import Any, Iterator, Mapping
 
 import regex
@@ -79,7 +80,10 @@ def _regex_expansion(pattern: str) -> int:
                 worst = max(worst, walk(av[1]), walk(av[2]) if av[2] else 1)
         return worst
 
-    return walk(sre_parse.parse(pattern))
+    with warnings.catch_warnings():  # "possible nested set" for POSIX classes like [[:alpha:]]
+        warnings.simplefilter("ignore", FutureWarning)
+        parsed = sre_parse.parse(pattern)
+    return walk(parsed)
 
 
 def word_regexp(pattern: str) -> str:
