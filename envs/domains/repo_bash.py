@@ -432,7 +432,9 @@ class Bash:
                     message(f"{operand}: {e}")
                     continue
                 if not os.path.lexists(real):
-                    message(f"{operand}: No such file or directory")
+                    display = os.path.relpath(real, tools.root)
+                    message(f"{operand}: No such file or directory" + (
+                        f" ({tools.missing(display)})" if display in tools.omitted else ""))
                     continue
                 if os.path.isdir(real):
                     if not opts.recursive:

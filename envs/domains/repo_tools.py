@@ -36,6 +36,7 @@ import collections
 import dataclasses
 import errno
 import fnmatch
+import json
 import os
 import re._parser as sre_parse
 import stat
@@ -86,6 +87,12 @@ def _regex_expansion(pattern: str) -> int:
     return walk(parsed)
 
 
+def omitted_entries_path(root: str | os.PathLike) -> str:
+    """Where a snapshot writer lists the tree entries it left out of `root` (JSON: path -> why):
+    beside the tree, not in it."""
+    return os.fspath(root).rstrip(os.sep) + ".omitted.json"
+
+
 def word_regexp(pattern: str) -> str:
     """`grep -w`: a match must be neither preceded nor followed by a word character (letter,
     digit, underscore), which `\\b` gets wrong for patterns that start or end with a non-word
@@ -119,6 +126,14 @@ class RepoTools:
             raise ValueError(f"repository root {root!r} is not a directory")
         self.limits = limits
         self.virtual_roots = virtual_roots
+        self.omitted = _load_omitted(self.root)
+
+    def missing(self, display: str) -> str:
+        """The message for a path that does not exist, saying so when the snapshot left it out."""
+        why = self.omitted.get(display)
+        if why is not None:
+            return f"{display} was left out of this snapshot of the repository: {why}."
+        return f"The path {display} does not exist."
 
     # --- paths ----------------------------------------------------------------------------------
 
@@ -164,7 +179,7 @@ class RepoTools:
         try:
             st = os.stat(real)
         except FileNotFoundError:
-            raise ToolError(f"The path {display} does not exist.") from None
+            raise ToolError(self.missing(display)) from None
         except OSError as e:
             raise ToolError(f"Cannot access {display}: {e.strerror}.") from None
         if stat.S_ISDIR(st.st_mode):
@@ -302,7 +317,7 @@ class RepoTools:
         if not os.path.isdir(real):
             if os.path.exists(real):
                 raise ToolError(f"{display} is not a directory.")
-            raise ToolError(f"The path {display} does not exist.")
+            raise ToolError(self.missing(display))
         out: list[str] = []
         base_depth = real.rstrip(os.sep).count(os.sep)
         stopped = False
@@ -624,6 +639,20 @@ def repo_tool_schemas(style: str = "native") -> list[dict[str, Any]]:
     if style == "both":
         return native + openhands
     raise ValueError(f"unknown tool style {style!r}")
+
+
+def _load_omitted(root: str) -> dict[str, str]:
+    """The snapshot writer's list of left-out entries for `root` ({} when there is none)."""
+    try:
+        with open(omitted_entries_path(root), encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{omitted_entries_path(root)}: unreadable list of omitted entries: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{omitted_entries_path(root)}: expected a JSON object (path -> reason)")
+    return {str(k): str(v) for k, v in data.items()}
 
 
 def _req(args: dict[str, Any], key: str) -> Any:

@@ -6,9 +6,14 @@ Data: rows with the SWE-bench fields (`repo`, `instance_id`, `base_commit`, `pat
 the Hugging Face hub when online (`princeton-nlp/SWE-bench_Verified` split `test`,
 `SWE-Gym/SWE-Gym` split `train`) and from local `.jsonl` / `.json` / `.parquet` files offline.
 
-Repositories: `RepoCache` materializes `repo@base_commit` once from a local clone with
-`git archive` (no checkout, no hooks, no shell) into `<cache>/<owner>__<name>@<commit>/`, made
-read-only and shared by every episode of that instance (and every instance at that commit).
+Repositories: `RepoCache` materializes `repo@base_commit` once from a local clone into
+`<cache>/<owner>__<name>@<commit>/`, made read-only and shared by every episode of that instance
+(and every instance at that commit). The snapshot is exactly the commit's tree, read with
+`git ls-tree` and `git cat-file --batch` (no checkout, no hooks, no shell, no filters): unlike
+`git archive`, `.gitattributes` (`export-ignore`, `export-subst`) cannot change it. Entries that
+cannot be written safely (symlinks pointing outside the tree, `.git` or `..` path components)
+are left out and listed in `<snapshot>.omitted.json`, which the tools quote when the agent asks
+for one of them.
 
 Gold: `gold_functions` at the base commit (see that module); instances with no gold Python
 function are dropped and counted. Prompts: the precise prompt is the issue text; the vague prompt
@@ -20,13 +25,12 @@ hidden information is the gold file paths and `path.py:function` lines (the rele
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
+import posixpath
 import stat
 import subprocess
-import tarfile
 import tempfile
 import threading
 from pathlib import Path
@@ -36,6 +40,7 @@ from ppp_jax.envs.domains.base import Task, read_rows
 from ppp_jax.envs.domains.func_loc import FuncLocDomain, RepoToolsSection, ToolStyle
 from ppp_jax.envs.domains.gold_functions import PatchError, gold_functions
 from ppp_jax.envs.domains.registry import register_domain
+from ppp_jax.envs.domains.repo_tools import omitted_entries_path
 
 log = logging.getLogger(__name__)
 
@@ -131,23 +136,128 @@ class RepoCache:
         with lock:
             if target.is_dir():
                 return target
-            data = _git(self.clone_of(repo), "archive", "--format=tar", commit, binary=True)
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.cache_dir))
-            _safe_extract(data, tmp)
+            omitted = write_tree(self.clone_of(repo), commit, tmp)
+            if omitted:
+                log.warning("%s@%s: %d tree entries left out of the snapshot: %s", repo, commit,
+                            len(omitted), dict(list(omitted.items())[:5]))
+            # The list sits beside the snapshot (not in it), so the tree stays the commit's tree.
+            with open(omitted_entries_path(tmp), "w", encoding="utf-8") as f:
+                json.dump(omitted, f, indent=1, sort_keys=True)
             _make_read_only(tmp)
             os.chmod(tmp, 0o555)
             try:
+                os.replace(omitted_entries_path(tmp), omitted_entries_path(target))
                 os.rename(tmp, target)
             except OSError:  # another process won the race
                 if not target.is_dir():
                     raise
         return target
 
+    def omitted(self, repo: str, commit: str) -> dict[str, str]:
+        """Entries of the commit's tree left out of its snapshot: path -> why."""
+        path = omitted_entries_path(self.materialize(repo, commit))
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
 
-def _safe_extract(tar_bytes: bytes, dest: Path) -> None:
-    """Extracts regular files, directories and in-tree symlinks; skips anything else."""
-    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tf:
-        tf.extractall(dest, filter="data")
+
+def write_tree(clone: str | os.PathLike, commit: str, dest: Path) -> dict[str, str]:
+    """Writes exactly the tree of `commit` into the empty directory `dest`; returns the entries
+    left out (path -> reason).
+
+    Regular and executable files get their blob bytes (no filters, no `.gitattributes`);
+    symlinks are created only when their target stays inside the tree (checked on the path,
+    after all files are written); submodules become empty directories (as `git archive` makes
+    them); paths with a `.git`, `.` or `..` component are refused.
+    """
+    listing = _git(clone, "ls-tree", "-r", "-z", "--full-tree", commit, binary=True)
+    files: list[tuple[str, str, str]] = []  # (mode, object id, path)
+    links: list[tuple[str, str]] = []  # (object id, path)
+    omitted: dict[str, str] = {}
+    for record in listing.split(b"\0"):
+        if not record:
+            continue
+        meta, _, raw_path = record.partition(b"\t")
+        mode, kind, oid = meta.decode().split()
+        path = os.fsdecode(raw_path)
+        parts = path.split("/")
+        if any(p in ("", ".", "..") or p.lower() == ".git" for p in parts):
+            omitted[path] = "unsafe path component"
+        elif kind == "commit":
+            (dest / path).mkdir(parents=True, exist_ok=True)  # a submodule: not part of this tree
+        elif mode == "120000":
+            links.append((oid, path))
+        else:
+            files.append((mode, oid, path))
+    blobs = _read_blobs(clone, [oid for _, oid, _ in files] + [oid for oid, _ in links])
+    for mode, oid, path in files:
+        target = dest / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(blobs[oid])
+        os.chmod(target, 0o755 if mode == "100755" else 0o644)
+    for oid, path in links:
+        link_target = os.fsdecode(blobs[oid])
+        inside = posixpath.normpath(posixpath.join(posixpath.dirname(path), link_target))
+        if (posixpath.isabs(link_target) or "\0" in link_target or inside == ".."
+                or inside.startswith("../")):
+            omitted[path] = f"symbolic link to {link_target!r}, outside the repository"
+            continue
+        (dest / path).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(link_target, dest / path)
+    # A path check cannot see through links to links (`a -> .` then `b -> a/..`): resolve each
+    # created link and drop those that end outside, until none does.
+    root = os.path.realpath(dest)
+    escaping = True
+    while escaping:
+        escaping = False
+        for oid, path in links:
+            link = dest / path
+            if path in omitted or not os.path.islink(link):
+                continue
+            real = os.path.realpath(link)
+            if real != root and not real.startswith(root + os.sep):
+                os.unlink(link)
+                omitted[path] = (f"symbolic link to {os.fsdecode(blobs[oid])!r}, which resolves "
+                                 "outside the repository")
+                escaping = True
+    return omitted
+
+
+def _read_blobs(clone: str | os.PathLike, oids: list[str]) -> dict[str, bytes]:
+    """The raw contents of `oids`, read with one `git cat-file --batch` (no filters)."""
+    wanted = sorted(set(oids))
+    if not wanted:
+        return {}
+    proc = subprocess.Popen(["git", "-C", os.fspath(clone), "cat-file", "--batch"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL,
+                            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+
+    def feed() -> None:  # a separate writer, so a full stdout pipe cannot deadlock us
+        try:
+            proc.stdin.write("".join(f"{oid}\n" for oid in wanted).encode())
+        finally:
+            proc.stdin.close()
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    blobs: dict[str, bytes] = {}
+    try:
+        for oid in wanted:
+            header = proc.stdout.readline().decode().split()
+            if len(header) != 3 or header[0] != oid:
+                raise RuntimeError(f"git cat-file: unexpected reply {header!r} for {oid}")
+            size = int(header[2])
+            data = proc.stdout.read(size)
+            proc.stdout.read(1)  # the newline after each object
+            if len(data) != size:
+                raise RuntimeError(f"git cat-file: short read of {oid}")
+            blobs[oid] = data
+    finally:
+        writer.join()
+        proc.stdout.close()
+        proc.wait()
+    return blobs
 
 
 def _make_read_only(root: Path) -> None:
