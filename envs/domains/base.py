@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -165,20 +166,19 @@ def truncate_observation(text: str, max_lines: int = MAX_LINES, max_line_chars: 
 
 # --- function-localization F1 (reference section 6.1) -------------------------------------------
 
-_PREFIXES = ("./", "testbed/", "workspace/")
+# The released scorer's `clean` (envs/repo_env.py, FuncLocEnv.reward_f1): after stripping, an
+# optional `./` or `/` and then `testbed/` or `workspace/` are removed as one prefix.
+_VIRTUAL_ROOT_PREFIX = re.compile(r"^(?:\.?/)?(?:testbed/|workspace/)")
 
 
 def normalize_location(item: str) -> str:
-    """Normalizes one `path:function` answer line: strip, drop leading `/`, drop a leading `./`,
-    `testbed/` or `workspace/`, then `os.path.normpath` the path part."""
+    """Normalizes one `path:function` answer line as the released scorer does: strip whitespace,
+    drop every leading `/`, drop one `testbed/` or `workspace/` prefix (itself optionally after
+    `./` or `/`, so `/testbed/`, `./testbed/` and `/./testbed/` all go), then `os.path.normpath`
+    (which also removes a plain leading `./` and inner `.` / `..` steps)."""
     item = item.strip().lstrip("/")
-    for prefix in _PREFIXES:
-        if item.startswith(prefix):
-            item = item[len(prefix):]
-            break
-    path, sep, func = item.partition(":")
-    path = os.path.normpath(path) if path else path
-    return f"{path}{sep}{func.strip()}" if sep else path
+    item = _VIRTUAL_ROOT_PREFIX.sub("", item, count=1)
+    return os.path.normpath(item)
 
 
 def parse_location_answer(answer: str | None) -> set[str]:

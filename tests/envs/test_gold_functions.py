@@ -224,3 +224,28 @@ def test_swe_rows_snapshot_and_episode(repo, tmp_path):
     assert rec.tool_calls[0].observation == "/testbed/pkg/models.py:6:def plain(x):"  # as GNU grep names it
     assert "return a + b" in rec.tool_calls[1].observation
     assert rec.task_score == 1.0 and rec.domain == "swe_func_loc"
+
+
+# (answer line, what the released scorer's `clean` makes of it: envs/repo_env.py FuncLocEnv)
+RELEASED_CLEAN = [
+    ("./testbed/pkg/x.py:f", "pkg/x.py:f"),  # scored 0 before: only `./` was stripped
+    ("/./testbed/pkg/x.py:f", "pkg/x.py:f"),
+    ("//workspace/pkg/x.py:C.m", "pkg/x.py:C.m"),
+    ("  ./workspace/pkg/../pkg/x.py:f  ", "pkg/x.py:f"),
+    ("./pkg/x.py:f", "pkg/x.py:f"),
+    ("testbed/./pkg//x.py:f", "pkg/x.py:f"),
+    ("testbed/testbed/x.py:f", "testbed/x.py:f"),  # one prefix only, as released
+    ("/repo/pkg/x.py:f", "repo/pkg/x.py:f"),  # /repo is not a prefix the released scorer knows
+    ("pkg/x.py: f", "pkg/x.py: f"),  # the released scorer keeps inner spaces
+]
+
+
+@pytest.mark.parametrize("line, cleaned", RELEASED_CLEAN)
+def test_location_normalization_matches_the_released_scorer(line, cleaned):
+    assert normalize_location(line) == cleaned
+
+
+def test_f1_of_prefixed_answers():
+    gold = ["pkg/x.py:f", "pkg/y.py:C.m"]
+    assert location_f1("./testbed/pkg/x.py:f\n/./workspace/pkg/y.py:C.m", gold) == 1.0
+    assert location_f1("./testbed/pkg/x.py:f", gold) == pytest.approx(2 / 3)
