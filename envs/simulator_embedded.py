@@ -8,7 +8,9 @@
    non-technical questions (and never see the hidden facts);
 3. if the question asks for hidden task facts (which file / function / where / path / document /
    URL ..., or it matches a hidden line better than any prompt sentence) and there are some,
-   reveals the best-matching hidden line: effort **high**;
+   reveals the best-matching hidden line: effort **high**. A question that asks for a function
+   (method, class, routine ...) is answered with a `path:function` line, never with a bare file
+   path, even when it shares no word with any hidden line;
 4. otherwise answers with the precise-prompt sentences that best match the question under BM25,
    if at least `min_overlap` content words match: effort **low**;
 5. otherwise says it does not know: effort **medium**.
@@ -55,6 +57,19 @@ _HIDDEN_REQUEST_RE = re.compile(
     r"\bgold\b|\burl\b|\blink\b|\bsource document\b|\bhint\b",
     re.IGNORECASE,
 )
+_KINDS = r"(?:files?|functions?|methods?|class(?:es)?|modules?|routines?|procedures?|callables?)"
+# Requests phrased around the thing wanted ("which ... function", "the function to edit").
+_HIDDEN_THING_RE = re.compile(
+    rf"\b(?:which|what)\b[^?.]*?\b{_KINDS}\b|\b(?:the|a|which)\s+{_KINDS}\s+"
+    r"(?:to|that|i|we|you|should|needs?|must|where|responsible|in\s+question)\b",
+    re.IGNORECASE,
+)
+# The question wants a function-level answer (not just a file).
+_ASKS_FUNCTION_RE = re.compile(
+    r"\b(?:functions?|methods?|class(?:es)?|routines?|procedures?|callables?|def|"
+    r"function\s+names?|method\s+names?)\b", re.IGNORECASE)
+# A hidden line naming a function: `path:name` or `path:Class.method`.
+_FUNCTION_LINE_RE = re.compile(r"^[^\s:]+:[A-Za-z_][\w.]*$")
 _OPTION_SPLIT_RE = re.compile(r"(?:^|[\s(\[])([A-Ha-h])(?:\)|\]|\.(?=\s)|:(?=\s))", re.MULTILINE)
 
 
@@ -148,6 +163,7 @@ class EmbeddedUserSimulator:
             hidden = []  # amateur users are never shown the gold location (released behaviour)
         hidden_overlaps = [len(set(q_tokens) & set(content_tokens(h))) for h in hidden]
         asks_hidden = _HIDDEN_REQUEST_RE.search(question) is not None or (
+            _HIDDEN_THING_RE.search(question) is not None) or (
             max(hidden_overlaps, default=0) >= self.config.min_overlap
             and max(hidden_overlaps, default=0) > best_prompt_overlap
         )
@@ -156,7 +172,11 @@ class EmbeddedUserSimulator:
             return self._select(ctx, question, sentences, sent_tokens, hidden, asks_hidden)
 
         if asks_hidden and hidden:
-            i = max(range(len(hidden)), key=lambda j: (hidden_overlaps[j], -j))
+            candidates = range(len(hidden))
+            if _ASKS_FUNCTION_RE.search(question):
+                functions = [j for j in candidates if _FUNCTION_LINE_RE.match(hidden[j])]
+                candidates = functions or candidates  # a function, not a file, if there is one
+            i = max(candidates, key=lambda j: (hidden_overlaps[j], -j))
             item = hidden[i]
             return reply(item, "high", _hidden_level(fam, item, ctx.hint))
         if best_prompt_overlap >= self.config.min_overlap:

@@ -122,3 +122,39 @@ def test_bad_input():
 def test_bm25_prefers_matching_document():
     s = bm25_scores(["utc", "export"], [["utc", "export", "time"], ["import", "records"], []])
     assert s[0] > 0 and s[1] == 0 and s[2] == 0
+
+
+# SWE-style hidden information: the gold files first, then the gold functions.
+SWE_HIDDEN = ("reports/export.py\nreports/timeutil.py\n"
+              "reports/export.py:write_csv_row\nreports/timeutil.py:to_local")
+FUNCTION_QUESTIONS = [
+    "Which function should I change?",  # shares no word with either hidden line
+    "What method needs fixing?",
+    "Which function or method is wrong?",
+    "What is the name of the function I should edit?",
+    "Could you point me to the function to modify?",
+    "Which class method is responsible?",
+    "Which routine in the codebase should be updated?",
+]
+
+
+@pytest.mark.parametrize("question", FUNCTION_QUESTIONS)
+def test_a_function_question_gets_a_function_not_a_file(question):
+    r = ask(SIM, SimulatorContext(PRECISE, SWE_HIDDEN, "no_preference"), question)
+    assert r.effort == "high" and r.level == 5, (question, r)
+    assert r.text in ("reports/export.py:write_csv_row", "reports/timeutil.py:to_local"), r.text
+
+
+def test_function_questions_pick_the_best_matching_function_and_respect_the_preference():
+    c = SimulatorContext(PRECISE, SWE_HIDDEN, "no_preference")
+    assert ask(SIM, c, "Which function converts to local time?").text == "reports/timeutil.py:to_local"
+    # A file question may still be answered with a file path.
+    r = ask(SIM, c, "Which file should I look at?")
+    assert r.effort == "high" and r.text.startswith("reports/")
+    # Refusals per preference are unchanged: amateur users never reveal the location.
+    r = ask(SIM, SimulatorContext(PRECISE, SWE_HIDDEN, "amateur"), "Which function should I change?")
+    assert (r.effort, r.text) == ("medium", IDK_REPLY)
+    # Only files hidden: the function question falls back to the best file.
+    r = ask(SIM, SimulatorContext(PRECISE, "reports/export.py", "no_preference"),
+            "Which function should I change?")
+    assert r.text == "reports/export.py" and r.level == 4
