@@ -3,7 +3,11 @@
 Each preference says how a simulated user wants to be asked questions. The registry below is the
 single source of truth for:
 
-* a stable id (`concise_question`, `lang_ita`, ...) and the paper's order (1..20);
+* a stable id (`concise_question`, `lang_ita`, ...), written in configs, and the paper's order
+  (1..20);
+* the display name (`Concise_Question`, `Speak_Italian`, ...), the paper's name, shown in reports
+  (`DISPLAY_NAMES` maps one to the other; `preference_table_markdown()` renders the table that
+  docs/userville.md carries);
 * the split: preferences 1-12 are used in training ("train"), 13-20 are held out ("heldout");
 * `instruction`: what the simulated user is told about itself (our own wording);
 * `rubric`: the per-question rule an LLM judge (the simulated user) applies, tagging each question
@@ -252,6 +256,7 @@ _PREFERENCES: tuple[Preference, ...] = (
 
 PREFERENCES: dict[str, Preference] = {p.id: p for p in _PREFERENCES}
 PREFERENCE_IDS: tuple[str, ...] = tuple(p.id for p in _PREFERENCES)
+DISPLAY_NAMES: dict[str, str] = {p.id: p.display_name for p in _PREFERENCES}  # config id -> report name
 TRAIN_IDS: tuple[str, ...] = tuple(p.id for p in _PREFERENCES if p.split == "train")
 HELDOUT_IDS: tuple[str, ...] = tuple(p.id for p in _PREFERENCES if p.split == "heldout")
 
@@ -264,6 +269,35 @@ def get_preference(preference_id: str) -> Preference:
         raise UnknownPreferenceError(
             f"unknown preference id {preference_id!r}; valid ids: {list(PREFERENCE_IDS)}"
         ) from None
+
+
+def display_name(preference_id: str) -> str:
+    """The name reports show for a preference id (`lang_ita` -> `Speak_Italian`)."""
+    return get_preference(preference_id).display_name
+
+
+def _rule_judge_text(p: Preference) -> str:
+    if p.rule_judge == "none":
+        return "none"
+    return p.rule_judge + (" + LLM rubric" if p.rubric is not None else "")
+
+
+def _penalty_text(spec: PenaltySpec) -> str:
+    return {"per_question": f"-{spec.weight:g} per non-compliant question",
+            "answer_more": "min(asks - 3, 0)", "binary": "-1 on violation",
+            "none": "none"}[spec.kind]
+
+
+def preference_table_markdown() -> str:
+    """The preference table of docs/userville.md, generated from the registry: index, config id,
+    report display name, split, rule judge, exactness and Table-5 penalty."""
+    rows = ["| # | id (configs) | display name (reports) | split | rule judge | exact? | "
+            "penalty (paper Table 5) |",
+            "|---|---|---|---|---|---|---|"]
+    for p in _PREFERENCES:
+        rows.append(f"| {p.index} | `{p.id}` | {p.display_name} | {p.split} | {_rule_judge_text(p)} | "
+                    f"{'yes' if p.rule_exact else 'approx.'} | {_penalty_text(p.penalty_spec)} |")
+    return "\n".join(rows)
 
 
 def list_preferences(split: Split | None = None) -> tuple[Preference, ...]:
@@ -303,3 +337,7 @@ def penalty(
             raise ValueError(f"{preference_id}: a trajectory verdict is needed for its penalty")
         return 0.0 if trajectory_followed else -1.0
     raise AssertionError(spec.kind)
+
+
+if __name__ == "__main__":  # `python -m ppp_jax.envs.preferences` prints the docs table
+    print(preference_table_markdown())

@@ -82,3 +82,25 @@ def test_penalty_function_of_every_preference(pid):
 def test_penalty_rejects_negative_counts():
     with pytest.raises(ValueError):
         P.penalty("json", num_asks=-1)
+
+
+def test_display_names_map_config_ids_to_report_names():
+    assert list(P.DISPLAY_NAMES) == list(EXPECTED_IDS)
+    assert len(set(P.DISPLAY_NAMES.values())) == 20  # one name per preference
+    assert P.DISPLAY_NAMES["lang_ita"] == P.display_name("lang_ita") == "Speak_Italian"
+    assert P.DISPLAY_NAMES["commas"] == "No_Comma"
+    with pytest.raises(P.UnknownPreferenceError):
+        P.display_name("speak_klingon")
+
+
+def test_userville_doc_carries_the_generated_preference_table():
+    import pathlib
+
+    doc = (pathlib.Path(__file__).parents[2] / "docs" / "userville.md").read_text()
+    begin = doc.index("<!-- preference-table:")
+    body = doc[doc.index("\n", begin) + 1:doc.index("<!-- end preference-table -->")]
+    assert body.strip() == P.preference_table_markdown(), (
+        "docs/userville.md's preference table is stale: regenerate it with "
+        "`python -m ppp_jax.envs.preferences`")
+    for pid, name in P.DISPLAY_NAMES.items():
+        assert f"| `{pid}` | {name} |" in body
