@@ -340,8 +340,9 @@ class Bash:
         when any pattern does. Messages that GNU grep writes to stderr are shown inline."""
         opts = GrepOptions.parse(args)
         tools = self.tools
-        compiled = tools.compile_python_regex(opts.python_regex(tools.limits.max_pattern_chars),
-                                              opts.ignore_case)
+        compiled = tools.compile_python_regex(
+            opts.python_regex(tools.limits.max_pattern_chars), opts.ignore_case,
+            shown=" / ".join(repr(p) for p in opts.patterns))
         operands = opts.operands
         if not operands:
             operands = ["."] if opts.recursive else ["-"]

@@ -38,6 +38,7 @@ import errno
 import fnmatch
 import json
 import os
+import re
 import re._parser as sre_parse
 import stat
 import warnings
@@ -387,20 +388,23 @@ class RepoTools:
             pattern = word_regexp(pattern)
         return self.compile_python_regex(pattern, ignore_case)
 
-    def compile_python_regex(self, pattern: str, ignore_case: bool = False):
+    def compile_python_regex(self, pattern: str, ignore_case: bool = False,
+                             shown: str | None = None):
         """Compiles a pattern already in Python syntax, refusing ones whose counted repetitions
-        would expand past `Limits.max_repeat_expansion` copies (the caller caps its length)."""
+        would expand past `Limits.max_repeat_expansion` copies (the caller caps its length).
+        `shown`: how errors name the pattern (the agent's own spelling), if not `pattern`."""
+        shown = shown if shown is not None else repr(pattern)
         try:
             expansion = _regex_expansion(pattern)
         except (Exception, RecursionError) as e:  # sre rejects some syntax `regex` accepts
-            raise ToolError(f"Invalid regular expression {pattern!r}: {e}.") from None
+            raise ToolError(f"Invalid regular expression {shown}: {_without_position(e)}.") from None
         if expansion > self.limits.max_repeat_expansion:
-            raise ToolError(f"Regular expression {pattern!r} has nested repetition counts that "
+            raise ToolError(f"Regular expression {shown} has nested repetition counts that "
                             f"expand to {expansion} copies (limit {self.limits.max_repeat_expansion}).")
         try:
             return regex.compile(pattern, regex.IGNORECASE if ignore_case else 0)
         except (regex.error, OverflowError, RecursionError, ValueError) as e:
-            raise ToolError(f"Invalid regular expression {pattern!r}: {e}.") from None
+            raise ToolError(f"Invalid regular expression {shown}: {_without_position(e)}.") from None
 
     def scan_lines(self, compiled, text: str, budget: CallBudget, *, invert: bool = False,
                    max_hits: int | None = None, keep: bool = True) -> LineScan:
@@ -639,6 +643,11 @@ def repo_tool_schemas(style: str = "native") -> list[dict[str, Any]]:
     if style == "both":
         return native + openhands
     raise ValueError(f"unknown tool style {style!r}")
+
+
+def _without_position(error: Exception) -> str:
+    """A regex error's text without "at position N", which counts in the translated pattern."""
+    return re.sub(r" at position \d+", "", str(error))
 
 
 def _load_omitted(root: str) -> dict[str, str]:
