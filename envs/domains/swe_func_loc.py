@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import posixpath
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -105,6 +106,7 @@ class RepoCache:
         self.clones = dict(clones or {})
         self.clone_root = Path(clone_root) if clone_root else None
         self._locks: dict[str, threading.Lock] = {}
+        self._warned: set[str] = set()
         self._guard = threading.Lock()
 
     def clone_of(self, repo: str) -> Path:
@@ -130,6 +132,7 @@ class RepoCache:
         """The snapshot directory of `repo` at `commit`, created on first use (thread-safe)."""
         target = self.path_for(repo, commit)
         if target.is_dir():
+            self._warn_if_stale(target)
             return target
         with self._guard:
             lock = self._locks.setdefault(str(target), threading.Lock())
@@ -137,7 +140,11 @@ class RepoCache:
             if target.is_dir():
                 return target
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.cache_dir))
-            omitted = write_tree(self.clone_of(repo), commit, tmp)
+            try:
+                omitted = write_tree(self.clone_of(repo), commit, tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             if omitted:
                 log.warning("%s@%s: %d tree entries left out of the snapshot: %s", repo, commit,
                             len(omitted), dict(list(omitted.items())[:5]))
@@ -157,8 +164,22 @@ class RepoCache:
     def omitted(self, repo: str, commit: str) -> dict[str, str]:
         """Entries of the commit's tree left out of its snapshot: path -> why."""
         path = omitted_entries_path(self.materialize(repo, commit))
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:  # a snapshot from before the list existed
+            return {}
+
+    def _warn_if_stale(self, target: Path) -> None:
+        """Snapshots made before exact-tree snapshots (by `git archive`, which applies
+        `.gitattributes` export rules) have no list of omitted entries; say so once. They are not
+        replaced in place, since running episodes may be reading them."""
+        if str(target) in self._warned or os.path.exists(omitted_entries_path(target)):
+            return
+        self._warned.add(str(target))
+        log.warning("%s was made by an older version (git archive: .gitattributes export rules "
+                    "may have changed it); delete it to rebuild it as the exact commit tree",
+                    target)
 
 
 def write_tree(clone: str | os.PathLike, commit: str, dest: Path) -> dict[str, str]:

@@ -117,3 +117,15 @@ def test_tools_work_on_a_snapshot_with_outside_links_and_name_what_was_left_out(
     assert "left out of this snapshot" in out and "outside the repository" in out
     out = call("execute_bash", {"command": "grep x via_link"})
     assert "No such file or directory" in out and "left out of this snapshot" in out
+
+
+def test_failed_snapshot_leaves_nothing_and_old_snapshots_are_flagged(clone, tmp_path, caplog):
+    path, commit = clone
+    cache = swe_func_loc.RepoCache(tmp_path / "cache", clones={"acme/x": str(path)})
+    with pytest.raises(RuntimeError, match="git ls-tree"):
+        cache.materialize("acme/x", "0" * 40)
+    assert os.listdir(tmp_path / "cache") == []  # no half-written tree left behind
+    old = cache.path_for("acme/x", "1" * 40)
+    old.mkdir()  # as an older version (git archive, no list of omitted entries) left it
+    assert cache.materialize("acme/x", "1" * 40) == old
+    assert "delete it to rebuild" in caplog.text and cache.omitted("acme/x", "1" * 40) == {}
