@@ -36,6 +36,7 @@ import collections
 import dataclasses
 import errno
 import fnmatch
+import functools
 import json
 import os
 import re
@@ -418,8 +419,17 @@ class RepoTools:
         result = LineScan()
         if max_hits is not None and max_hits <= 0:
             return result
+        whole = None if invert else _whole_text_regex(compiled.pattern, compiled.flags)
+        if whole is not None:
+            # One search of the whole text first: most files have no match at all.
+            try:
+                if whole.search(text, timeout=min(self.limits.regex_line_cpu_s, budget.left()),
+                                concurrent=True) is None:
+                    return result
+            except TimeoutError:
+                budget.check()  # too slow as a whole: go line by line
         lines = text.split("\n")
-        if text.endswith("\n"):
+        if text.endswith("\n") or not text:  # an empty file has no line at all
             lines.pop()
         for lineno, line in enumerate(lines, 1):
             left = budget.left()
@@ -643,6 +653,18 @@ def repo_tool_schemas(style: str = "native") -> list[dict[str, Any]]:
     if style == "both":
         return native + openhands
     raise ValueError(f"unknown tool style {style!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def _whole_text_regex(pattern: str, flags: int):
+    """`pattern` in multi-line mode, for a pre-check of a whole text: it finds a match wherever
+    one line would, except with `\\A` / `\\Z` or lookarounds other than `\\w` ones (a newline
+    could then change the answer); None for those."""
+    if "\\A" in pattern or "\\Z" in pattern:
+        return None
+    if re.search(r"\(\?<?[=!]", re.sub(r"\(\?<?[=!]\\w\)", "", pattern)):
+        return None
+    return regex.compile(pattern, flags | regex.MULTILINE)
 
 
 def _without_position(error: Exception) -> str:
