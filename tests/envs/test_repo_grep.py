@@ -32,7 +32,8 @@ def tree(tmp_path_factory):
         "def util():\n    pass\n\n\ndef a_b(value):\n    return value.a.b  # a.b or a*b, -x\n")
     (root / "docs" / "notes.txt").write_text(
         "Start the engine first.\nThen STOP it.\na.b is literal; axb is not.\n*a starts a line\n"
-        "-x looks like an option\n")
+        "-x looks like an option\nends with foo\n")
+    (root / "docs" / "empty.txt").write_text("")
     (root / "data.bin").write_bytes(b"\x00\x01start\x00stop\n")
     return root
 
@@ -93,6 +94,11 @@ SAME_AS_GNU = [
     "grep -E 'a{2}|x' docs/notes.txt",
     "grep -n '^def' pkg/core.py",
     "grep -n 'engines)$' pkg/core.py",
+    "grep -n '^$' pkg/core.py",
+    "grep -c '' docs/empty.txt docs/notes.txt",  # an empty file has no line
+    "grep -P 'foo(?!\\s)' docs/notes.txt",  # a lookahead that a newline would defeat
+    "grep -P '\\bstop\\b' pkg/core.py",
+    "grep -rn -w -e Engine -e engines -e x .",
 ]
 
 
