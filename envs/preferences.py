@@ -291,8 +291,8 @@ def _penalty_text(spec: PenaltySpec) -> str:
 def preference_table_markdown() -> str:
     """The preference table of docs/userville.md, generated from the registry: index, config id,
     report display name, split, rule judge, exactness and Table-5 penalty."""
-    rows = ["| # | id (configs) | display name (reports) | split | rule judge | exact? | "
-            "penalty (paper Table 5) |",
+    rows = [("| # | id (configs) | display name (reports) | split | rule judge | exact? | "
+             "penalty (paper Table 5) |"),
             "|---|---|---|---|---|---|---|"]
     for p in _PREFERENCES:
         rows.append(f"| {p.index} | `{p.id}` | {p.display_name} | {p.split} | {_rule_judge_text(p)} | "

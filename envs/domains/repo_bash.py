@@ -17,9 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import regex
 
-from ppp_jax.envs.domains.repo_limits import (BASH_COMMANDS, BinaryFile, CallBudget,
-                                              DeadlineReached, ToolError, WalkLimit,
-                                              slow_lines_note, stopped_note)
+from ppp_jax.envs.domains.repo_limits import (
+    BASH_COMMANDS,
+    BinaryFile,
+    CallBudget,
+    DeadlineReached,
+    ToolError,
+    WalkLimit,
+    slow_lines_note,
+    stopped_note,
+)
 
 if TYPE_CHECKING:
     from ppp_jax.envs.domains.repo_tools import RepoTools

@@ -682,7 +682,7 @@ def _load_omitted(root: str) -> dict[str, str]:
     except (OSError, ValueError) as e:
         raise ValueError(f"{omitted_entries_path(root)}: unreadable list of omitted entries: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{omitted_entries_path(root)}: expected a JSON object (path -> reason)")
+        raise TypeError(f"{omitted_entries_path(root)}: expected a JSON object (path -> reason)")
     return {str(k): str(v) for k, v in data.items()}
 
 

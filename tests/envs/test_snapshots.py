@@ -58,7 +58,8 @@ def tree_files(root):
             if os.path.islink(p):
                 found[rel] = ("link", os.readlink(p))
             elif os.path.isfile(p):
-                found[rel] = ("file", open(p, "rb").read())
+                with open(p, "rb") as f:
+                    found[rel] = ("file", f.read())
     return found
 
 
@@ -94,7 +95,8 @@ def test_snapshot_is_exactly_the_commit_tree(clone, tmp_path):
     assert os.access(snap / "run.sh", os.X_OK) and not os.access(snap / "pkg" / "a.py", os.X_OK)
     assert (os.stat(snap / "pkg" / "a.py").st_mode & 0o222) == 0  # read-only
     # The list of left-out entries sits beside the tree, not in it.
-    assert json.loads(open(omitted_entries_path(snap)).read()) == omitted
+    with open(omitted_entries_path(snap), encoding="utf-8") as f:
+        assert json.load(f) == omitted
     assert not any(name.endswith(".omitted.json") for name in got)
 
 
@@ -120,7 +122,7 @@ def test_tools_work_on_a_snapshot_with_outside_links_and_name_what_was_left_out(
 
 
 def test_failed_snapshot_leaves_nothing_and_old_snapshots_are_flagged(clone, tmp_path, caplog):
-    path, commit = clone
+    path, _ = clone
     cache = swe_func_loc.RepoCache(tmp_path / "cache", clones={"acme/x": str(path)})
     with pytest.raises(RuntimeError, match="git ls-tree"):
         cache.materialize("acme/x", "0" * 40)
