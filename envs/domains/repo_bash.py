@@ -359,6 +359,7 @@ class Bash:
         out: list[str] = []
         emitted = 0
         slow = skipped = 0
+        last_group_end: list[int] = []  # context mode: a group was printed (for the `--` lines)
         limit = tools.limits.grep_max_matches
         many = len(operands) > 1 or (opts.recursive and any(
             o != "-" and os.path.isdir(self._real_or_none(o) or "") for o in operands))
@@ -396,6 +397,8 @@ class Bash:
                 if scan.count:
                     message(f"{shown}: binary file matches")
                 return True
+            if (opts.before or opts.after) and not opts.only_matching:
+                return print_with_context(shown, text, scan.hits)
             for lineno, line in scan.hits:
                 number = f"{lineno}:" if opts.line_number else ""
                 pieces = [line]
@@ -408,6 +411,36 @@ class Bash:
                     emitted += 1
                     if emitted >= limit:
                         return False
+            return True
+
+        def print_with_context(shown: str, text: str, hits: list[tuple[int, str]]) -> bool:
+            """GNU's context output: selected lines `name:N:line`, context lines `name-N-line`,
+            `--` between groups that do not touch (within and across files)."""
+            nonlocal emitted
+            lines = text.split("\n")
+            if text.endswith("\n") or not text:
+                lines.pop()
+            selected = {n for n, _ in hits}
+            printed_to = 0
+            for lineno, _ in hits:
+                start = max(1, lineno - opts.before, printed_to + 1)
+                end = min(len(lines), lineno + opts.after)
+                if start > end:
+                    continue
+                if (printed_to and start > printed_to + 1) or (not printed_to and last_group_end):
+                    out.append("--")
+                for k in range(start, end + 1):
+                    sep = ":" if k in selected else "-"
+                    line = lines[k - 1]
+                    if len(line) > tools.limits.grep_max_line_chars:
+                        line = line[:tools.limits.grep_max_line_chars] + " ..."
+                    out.append((f"{shown}{sep}" if with_name else "")
+                               + (f"{k}{sep}" if opts.line_number else "") + line)
+                    emitted += 1
+                    if emitted >= limit:
+                        return False
+                printed_to = end
+                last_group_end[:] = [end]
             return True
 
         def search_file(real: str, shown: str, in_walk: bool) -> bool:
@@ -504,7 +537,8 @@ _GREP_LONG_FLAGS = {
     "only-matching": "o", "basic-regexp": "G", "extended-regexp": "E", "fixed-strings": "F",
     "perl-regexp": "P", "with-filename": "H", "no-filename": "h",
 }
-_GREP_LONG_VALUES = ("regexp", "include", "exclude", "exclude-dir", "max-count", "color",
+_GREP_LONG_VALUES = ("regexp", "include", "exclude", "exclude-dir", "max-count", "after-context",
+                     "before-context", "context", "color",
                      "colour", "binary-files")
 
 
@@ -515,7 +549,7 @@ class GrepOptions:
 
     Supported: -e/--regexp (repeatable), -E, -F, -G, -P (Python regex), -i, -w, -x, -v, -n, -l,
     -L, -c, -o, -q, -s, -m NUM, -r/-R, -H/-h, -I, --include, --exclude, --exclude-dir,
-    --binary-files=without-match, --color (ignored). Context lines (-A/-B/-C) are not supported.
+    --binary-files=without-match, --color (ignored), context lines -A/-B/-C NUM and -NUM.
     """
 
     patterns: list[str] = dataclasses.field(default_factory=list)
@@ -536,6 +570,8 @@ class GrepOptions:
     only_matching: bool = False
     with_filename: bool | None = None
     max_count: int | None = None
+    before: int = 0  # context lines before each selected line (-B, -C)
+    after: int = 0  # context lines after it (-A, -C)
     include: str | None = None
     exclude: tuple[str, ...] = ()
     exclude_dir: tuple[str, ...] = ()
@@ -570,6 +606,14 @@ class GrepOptions:
                 if not re.fullmatch(r"-?\d+", value):
                     raise ToolError(f"grep: invalid max count {value!r}")
                 opts.max_count = max(int(value), 0) if int(value) >= 0 else None
+            elif name in ("A", "B", "C", "after-context", "before-context", "context"):
+                if not value.isdigit():
+                    raise ToolError(f"grep: {value}: invalid context length argument")
+                n = min(int(value), 10_000)
+                if name in ("A", "C", "after-context", "context"):
+                    opts.after = n
+                if name in ("B", "C", "before-context", "context"):
+                    opts.before = n
             elif name == "include":
                 opts.include = value
             elif name == "exclude":
@@ -607,7 +651,12 @@ class GrepOptions:
                 j = 1
                 while j < len(a):
                     c = a[j]
-                    if c in "em":
+                    if c.isdigit():  # -NUM: that many context lines on both sides
+                        digits = re.match(r"\d+", a[j:]).group(0)
+                        set_value("C", digits)
+                        j += len(digits)
+                        continue
+                    if c in "emABC":
                         value = a[j + 1:]
                         if not value:
                             value = value_after(c)
@@ -616,9 +665,6 @@ class GrepOptions:
                         break
                     if c in _GREP_FLAGS or c in _GREP_SYNTAX or c in "Hh":
                         set_flag(c)
-                    elif c in "ABC" or c.isdigit():
-                        raise ToolError("grep: context lines (-A/-B/-C) are not supported; use "
-                                        "`grep -n` and then `sed -n 'START,ENDp' FILE`")
                     else:
                         raise ToolError(f"grep: unsupported option -- '{c}' ({_GREP_HELP})")
                     j += 1
@@ -656,8 +702,8 @@ class GrepOptions:
         return "|".join(parts)
 
 
-_GREP_HELP = ("supported: -e -E -F -G -P -i -w -x -v -n -l -L -c -o -q -s -m NUM -r -R -H -h -I "
-              "--include= --exclude= --exclude-dir=")
+_GREP_HELP = ("supported: -e -E -F -G -P -i -w -x -v -n -l -L -c -o -q -s -m NUM -A/-B/-C NUM "
+              "-r -R -H -h -I --include= --exclude= --exclude-dir=")
 
 
 def posix_to_python(pattern: str, extended: bool) -> str:

@@ -108,6 +108,28 @@ def test_grep_output_is_gnu_grep_output(tree, command):
     assert our_grep(tree, command) == real_grep(tree, command)
 
 
+IN_ORDER_AS_GNU = [  # explicit files: the order is the command line's, compared line by line
+    "grep -n -A 1 'def stop' pkg/core.py",
+    "grep -B2 helper pkg/core.py",
+    "grep -C 1 -n return pkg/core.py",  # groups that touch merge, others are split by --
+    "grep -2 -n 'class Engine' pkg/core.py",
+    "grep -n -A1 -e start -e stop pkg/core.py pkg/sub/util.py docs/notes.txt",  # -- across files
+    "grep -m1 -A2 def pkg/core.py",  # trailing context after the last counted match
+    "grep -v -n -B1 -e return -e def pkg/core.py",
+    "grep --context=1 --line-number Engine pkg/core.py",
+    "grep -e start -e stop pkg/core.py docs/notes.txt",
+]
+
+
+@pytest.mark.skipif(GREP is None, reason="needs the grep binary to compare with")
+@pytest.mark.parametrize("command", IN_ORDER_AS_GNU)
+def test_grep_output_and_order_are_gnu_grep_s(tree, command):
+    proc = subprocess.run([GREP, *shlex.split(command)[1:]], cwd=tree, capture_output=True,
+                          text=True, check=False, env={"LC_ALL": "C.UTF-8"})
+    ours = RepoTools(tree).call("execute_bash", {"command": command})
+    assert ours == (proc.stdout.rstrip("\n") or "(no output)")
+
+
 def test_several_patterns_each_keep_their_own_syntax(tree):
     # The bug: the alternation joining several -e patterns was itself escaped as a basic regex.
     assert our_grep(tree, "grep -e 'def start' -e 'def stop' pkg/core.py") == [
@@ -126,7 +148,7 @@ def test_grep_errors_and_binary_files_as_gnu_reports_them(tree):
                                "docs/notes.txt:*a starts a line"]
     assert tools.call("execute_bash", {"command": "grep -E -F x docs"}).startswith(
         "ERROR: grep: conflicting matchers")
-    assert "context lines" in tools.call("execute_bash", {"command": "grep -A 3 stop pkg/core.py"})
+    assert "invalid context length" in tools.call("execute_bash", {"command": "grep -A x s pkg"})
     assert tools.call("execute_bash", {"command": "grep -s start nope.txt"}) == "(no output)"
 
 
