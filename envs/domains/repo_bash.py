@@ -253,7 +253,7 @@ class Bash:
                 outs.append(p)
                 continue
             if "R" in flags:
-                outs.append(self.tools.list_dir(p, 3, self.cwd))
+                outs.append(self.tools.list_dir(p, 3, self.cwd, self.budget))
                 continue
             try:
                 names = sorted(os.listdir(real))
@@ -271,7 +271,7 @@ class Bash:
 
     def cmd_tree(self, args, stdin):
         paths = [a for a in args if not a.startswith("-")]
-        return self.tools.list_dir(paths[0] if paths else ".", 3, self.cwd)
+        return self.tools.list_dir(paths[0] if paths else ".", 3, self.cwd, self.budget)
 
     def cmd_find(self, args, stdin):
         roots: list[str] = []

@@ -279,12 +279,12 @@ class RepoTools:
     # --- native tools ---------------------------------------------------------------------------
 
     def view_file(self, path: str, start_line: int | None = None, end_line: int | None = None,
-                  cwd: str = "") -> str:
+                  cwd: str = "", budget: CallBudget | None = None) -> str:
         """Shows a file with 6-wide line numbers, optionally lines [start_line, end_line] (1-based,
         inclusive; end -1 = to the end). A directory is listed two levels deep instead."""
         real, display = self.resolve(path, cwd)
         if os.path.isdir(real):
-            return self.list_dir(path, 2, cwd)
+            return self.list_dir(path, 2, cwd, budget)
         text, size, note = self.read_text_parts(real, display)
         lines = text.split("\n")
         if text.endswith("\n"):
@@ -547,17 +547,17 @@ class RepoTools:
     # --- OpenHands compatibility ----------------------------------------------------------------
 
     def str_replace_editor(self, command: str, path: str, view_range: Any = None,
-                           **_unused: Any) -> str:
+                           budget: CallBudget | None = None, **_unused: Any) -> str:
         """OpenHands' editor tool; only `view` is allowed (the environment is read-only)."""
         if command != "view":
             raise ToolError(f"Command '{command}' is not allowed: the repository is read-only; "
                             "only 'view' is available.")
         if view_range is None:
-            return self.view_file(path)
+            return self.view_file(path, budget=budget)
         if (not isinstance(view_range, list) or len(view_range) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in view_range)):
             raise ToolError(f"view_range must be a list of two integers, got {view_range!r}.")
-        return self.view_file(path, view_range[0], view_range[1])
+        return self.view_file(path, view_range[0], view_range[1], budget=budget)
 
     def execute_bash(self, command: str, state: dict[str, Any] | None = None,
                      budget: CallBudget | None = None) -> str:
@@ -586,7 +586,8 @@ class RepoTools:
                 raise ToolError("Tool arguments must be a mapping.")
             a = dict(args)
             if name == "view_file":
-                out = self.view_file(_req(a, "path"), a.get("start_line"), a.get("end_line"), cwd)
+                out = self.view_file(_req(a, "path"), a.get("start_line"), a.get("end_line"), cwd,
+                                     budget)
             elif name == "list_dir":
                 out = self.list_dir(a.get("path", "."), a.get("depth", 2), cwd, budget)
             elif name == "find_files":
@@ -596,7 +597,7 @@ class RepoTools:
                                 bool(a.get("ignore_case", False)), cwd, budget=budget)
             elif name == "str_replace_editor":
                 out = self.str_replace_editor(_req(a, "command"), _req(a, "path"),
-                                              a.get("view_range"))
+                                              a.get("view_range"), budget)
             elif name == "execute_bash":
                 out = self.execute_bash(_req(a, "command"), state, budget)
             else:

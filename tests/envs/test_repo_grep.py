@@ -195,3 +195,21 @@ def test_cancelled_tool_call_stops_its_worker_thread(slow_tree):
         assert time.monotonic() - t0 < 3.0, "the tool's worker thread kept running"
         time.sleep(0.02)
     assert time.monotonic() - t0 < 3.0  # without cancellation: 240 lines x 0.2 s of CPU
+
+
+def test_every_tool_shares_the_call_s_budget(tree):
+    # A budget already spent stops every kind of work of the call, not only grep.
+    from ppp_jax.envs.domains.repo_limits import CallBudget
+
+    tools = RepoTools(tree)
+    spent = CallBudget(0.0)
+    for name, args in [("execute_bash", {"command": "grep -rn def ."}),
+                       ("execute_bash", {"command": "ls -R pkg"}),
+                       ("execute_bash", {"command": "find . -name '*.py'"}),
+                       ("execute_bash", {"command": "tree"}),
+                       ("list_dir", {"path": "."}), ("find_files", {"pattern": "*.py"}),
+                       ("grep", {"pattern": "def"}),
+                       ("str_replace_editor", {"command": "view", "path": "pkg"})]:
+        out = tools.call(name, args, {}, spent)
+        assert "time limit" in out or "truncated" in out or "stopped" in out, (name, args, out)
+        assert "def helper" not in out and "util.py" not in out, (name, args, out)
