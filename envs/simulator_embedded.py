@@ -58,9 +58,10 @@ _HIDDEN_REQUEST_RE = re.compile(
     re.IGNORECASE,
 )
 _KINDS = r"(?:files?|functions?|methods?|class(?:es)?|modules?|routines?|procedures?|callables?)"
-# Requests phrased around the thing wanted ("which ... function", "the function to edit").
+# Requests phrased around the thing wanted ("which Python routine", "the function to edit"); a
+# question about what a function should do ("what should the function return?") is not one.
 _HIDDEN_THING_RE = re.compile(
-    rf"\b(?:which|what)\b[^?.]*?\b{_KINDS}\b|\b(?:the|a|which)\s+{_KINDS}\s+"
+    rf"\bwhich\s+(?:[\w-]+\s+){{0,2}}{_KINDS}\b|\b(?:the|a)\s+{_KINDS}\s+"
     r"(?:to|that|i|we|you|should|needs?|must|where|responsible|in\s+question)\b",
     re.IGNORECASE,
 )

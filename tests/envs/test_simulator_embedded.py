@@ -154,6 +154,11 @@ def test_function_questions_pick_the_best_matching_function_and_respect_the_pref
     # Refusals per preference are unchanged: amateur users never reveal the location.
     r = ask(SIM, SimulatorContext(PRECISE, SWE_HIDDEN, "amateur"), "Which function should I change?")
     assert (r.effort, r.text) == ("medium", IDK_REPLY)
+    # A question about what the code should do is not a request for its location.
+    for q in ("What should the function return for exported timestamps, UTC or local time?",
+              "Which value should the function write, UTC?"):
+        r = ask(SIM, c, q)
+        assert r.effort != "high" and "reports/" not in r.text, (q, r)
     # Only files hidden: the function question falls back to the best file.
     r = ask(SIM, SimulatorContext(PRECISE, "reports/export.py", "no_preference"),
             "Which function should I change?")
