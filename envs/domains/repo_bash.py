@@ -22,6 +22,7 @@ from ppp_jax.envs.domains.repo_limits import (
     BinaryFile,
     CallBudget,
     DeadlineReached,
+    FileTooLarge,
     ToolError,
     WalkLimit,
     slow_lines_note,
@@ -359,7 +360,7 @@ class Bash:
         out: list[str] = []
         emitted = 0
         slow = skipped = 0
-        last_group_end: list[int] = []  # context mode: a group was printed (for the `--` lines)
+        group_printed = False  # context mode: the next group (in any file) starts with `--`
         limit = tools.limits.grep_max_matches
         many = len(operands) > 1 or (opts.recursive and any(
             o != "-" and os.path.isdir(self._real_or_none(o) or "") for o in operands))
@@ -416,7 +417,7 @@ class Bash:
         def print_with_context(shown: str, text: str, hits: list[tuple[int, str]]) -> bool:
             """GNU's context output: selected lines `name:N:line`, context lines `name-N-line`,
             `--` between groups that do not touch (within and across files)."""
-            nonlocal emitted
+            nonlocal emitted, group_printed
             lines = text.split("\n")
             if text.endswith("\n") or not text:
                 lines.pop()
@@ -427,7 +428,7 @@ class Bash:
                 end = min(len(lines), lineno + opts.after)
                 if start > end:
                     continue
-                if (printed_to and start > printed_to + 1) or (not printed_to and last_group_end):
+                if group_printed and start > printed_to + 1:
                     out.append("--")
                 for k in range(start, end + 1):
                     sep = ":" if k in selected else "-"
@@ -440,7 +441,7 @@ class Bash:
                     if emitted >= limit:
                         return False
                 printed_to = end
-                last_group_end[:] = [end]
+                group_printed = True
             return True
 
         def search_file(real: str, shown: str, in_walk: bool) -> bool:
@@ -452,7 +453,7 @@ class Bash:
             except BinaryFile as b:
                 return opts.binary_without_match or report(shown, b.text, binary=True)
             except ToolError as e:
-                if in_walk and "larger than" in str(e):
+                if in_walk and isinstance(e, FileTooLarge):
                     skipped += 1
                 else:
                     message(f"{shown}: {e}")

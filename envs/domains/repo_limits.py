@@ -100,6 +100,10 @@ class BinaryFile(ToolError):
         self.text = text
 
 
+class FileTooLarge(ToolError):
+    """A file over `Limits.grep_max_file_bytes`, which grep does not search."""
+
+
 def stopped_note(budget: CallBudget, why: Exception) -> str:
     """The note ending a search cut short by the entry cap, the deadline or a cancellation."""
     if isinstance(why, WalkLimit) and not budget.expired():

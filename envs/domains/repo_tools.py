@@ -50,8 +50,8 @@ import regex
 from ppp_jax.envs.domains.base import function_tool
 from ppp_jax.envs.domains.repo_bash import Bash
 from ppp_jax.envs.domains.repo_limits import (BASH_COMMANDS, BinaryFile, CallBudget,
-                                              DeadlineReached, Limits, MatchLimit, ToolError,
-                                              WalkLimit, slow_lines_note, stopped_note)
+                                              DeadlineReached, FileTooLarge, Limits, MatchLimit,
+                                              ToolError, WalkLimit, slow_lines_note, stopped_note)
 
 
 VIRTUAL_ROOTS = ("/testbed", "/workspace", "/repo")
@@ -478,8 +478,8 @@ class RepoTools:
         in its first 8 KiB) or is larger than `Limits.grep_max_file_bytes`."""
         data, size = self._read_bytes(real, display, self.limits.grep_max_file_bytes + 1)
         if size > self.limits.grep_max_file_bytes:
-            raise ToolError(f"{display} is larger than {self.limits.grep_max_file_bytes} bytes; "
-                            "not searched.")
+            raise FileTooLarge(f"{display} is larger than {self.limits.grep_max_file_bytes} bytes; "
+                               "not searched.")
         if b"\x00" in data[:8192]:
             raise BinaryFile(data.decode("utf-8", "replace"))
         return data.decode("utf-8", "replace")

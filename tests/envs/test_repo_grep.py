@@ -213,3 +213,11 @@ def test_every_tool_shares_the_call_s_budget(tree):
         out = tools.call(name, args, {}, spent)
         assert "time limit" in out or "truncated" in out or "stopped" in out, (name, args, out)
         assert "def helper" not in out and "util.py" not in out, (name, args, out)
+
+
+def test_oversized_files_are_counted_in_a_walk_and_named_when_asked_for(tree):
+    tools = RepoTools(tree, Limits(grep_max_file_bytes=150))  # pkg/core.py is over 150 bytes
+    out = tools.call("execute_bash", {"command": "grep -rl def pkg"})
+    assert out.split("\n") == ["pkg/sub/util.py", "[1 file(s) over 150 bytes not searched]"]
+    out = tools.call("execute_bash", {"command": "grep def pkg/core.py"})
+    assert out == "grep: pkg/core.py: pkg/core.py is larger than 150 bytes; not searched."
