@@ -324,6 +324,10 @@ class PPPTrainer:
             metrics["rollout/steps_skipped"] = 1.0
             return state.replace(rng=rng), metrics
         t1 = time.perf_counter()
+        if self.cfg.rollout.release_engine_memory:
+            # the update gets the engines' pools and weight copies; `_sync_engine` below brings
+            # them back with the new weights
+            self.engine.release_memory()
         if self.num_processes > 1:
             batch = self._global_batch(ro.batch, shapes)
         else:
