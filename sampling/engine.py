@@ -301,6 +301,18 @@ class Engine:
 
         self._call(lambda: self._core.update_state(new_state))
 
+    def release_memory(self) -> None:
+        """Frees the K/V pools and drops the engine's reference to its weights (see
+        `EngineCore.release_memory`): for a training update on the same devices. Cached sessions
+        are forgotten. The engine must be idle; requests submitted before the next
+        `update_params` fail. `update_params` re-creates the pools and installs the weights."""
+        self._call(self._core.release_memory)
+
+    @property
+    def memory_released(self) -> bool:
+        """Whether the pools and weights are released (until the next `update_params`)."""
+        return self._core.released
+
     def weights(self) -> nnx.State:
         """The weights the engine samples with now: the model state (`nnx.split`'s, as
         `update_params` takes it), each leaf placed where the engine holds it. Read-only: swap

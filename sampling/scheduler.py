@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ppp_jax.sampling.config import EngineConfig
@@ -149,6 +150,10 @@ class EngineCore:
         """Queues a request. Errors (too long, busy session, ...) go to on_done(None, error).
         on_tokens(new_ids, new_logprobs, new_top_logprobs) follows each decode block that sampled
         tokens for it (`TokenCallback`)."""
+        if self.released:
+            on_done(None, RuntimeError("the engine's memory is released for a training update; "
+                                       "update_params brings it back"))
+            return
         try:
             seq = self._make_sequence(request, on_done, on_tokens)
         except RequestError as e:
@@ -241,9 +246,54 @@ class EngineCore:
             **{k: v for k, v in self.counters.items()},
         }
 
+    @property
+    def released(self) -> bool:
+        """Whether `release_memory` dropped the pools and weights (until `update_state`)."""
+        return self.state is None
+
+    def release_memory(self) -> None:
+        """Drops this engine's references to its K/V pools and weights, so that their device
+        memory is freed for a training update (nothing else must be running). Every cached
+        session and prefix is forgotten with the pools. The next `update_state` re-creates the
+        pools (zeros, same shape, dtype and sharding) and installs the given weights.
+
+        Weights the engine shares with someone else (the trainer's own params with
+        `engine_layout: training`) stay alive through that other holder; only the engine's
+        reference goes."""
+        if self.released:
+            return
+        if self.has_work():
+            raise RuntimeError("release_memory: requests are still running or waiting")
+        self.sessions.clear()
+        self.prefixes.clear()
+        self.allocator = PageAllocator(self.config.num_pages)  # every page free, as at start
+        k = self.k_pool
+        self._pool_layout = jax.ShapeDtypeStruct(k.shape, k.dtype, sharding=k.sharding)
+        self._state_layout = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+            if isinstance(x, jax.Array) else x, self.state)
+        self.state = None
+        self.k_pool = self.v_pool = None
+        self.counters["memory_releases"] += 1
+
+    def _restore_pools(self) -> None:
+        layout = self._pool_layout
+        make = jax.jit(lambda: jnp.zeros(layout.shape, layout.dtype), out_shardings=layout.sharding)
+        self.k_pool, self.v_pool = make(), make()
+
     def update_state(self, new_state: Any) -> None:
         """Swaps in new weights (same tree, shapes and dtypes as the current ones; leaves are
-        moved to the current leaves' shardings). Raises ValueError when they do not match."""
+        moved to the current leaves' shardings). Raises ValueError when they do not match.
+        After `release_memory` it also re-creates the K/V pools."""
+        if self.released:
+            self.state = self._state_layout  # validated and placed like the weights it had
+            try:
+                self.update_state(new_state)
+            except BaseException:
+                self.state = None
+                raise
+            self._restore_pools()
+            return
         old = self.state
         if jax.tree.structure(old) != jax.tree.structure(new_state):
             raise ValueError("update_params: the new state's tree differs from the model's")
@@ -252,7 +302,8 @@ class EngineCore:
                 raise ValueError(f"update_params: leaf {b.shape} {b.dtype} does not match "
                                  f"{a.shape} {a.dtype}")
         self.state = jax.tree.map(
-            lambda n, o: jax.device_put(n, o.sharding) if isinstance(o, jax.Array) else n,
+            lambda n, o: jax.device_put(n, o.sharding)
+            if isinstance(o, (jax.Array, jax.ShapeDtypeStruct)) else n,
             new_state, old)
 
     def cancel_all(self) -> None:

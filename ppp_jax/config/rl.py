@@ -18,6 +18,7 @@ LossAggMode = Literal[
 ]
 KLEstimator = Literal["k1", "abs", "k2", "k3"]
 Schedule = Literal["constant", "cosine", "linear"]
+OldLogprobSource = Literal["recompute", "sampler"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +130,26 @@ class RLConfig:
     optim: OptimConfig = OptimConfig()
     num_micro_batches: int = 1  # M: gradient accumulation steps per update (lax.scan)
     logprob_chunk_size: int = 1024  # tokens per chunk of the vocab projection in token_logprobs
+    # PPO updates per rollout batch (verl: train_batch_size / ppo_mini_batch_size, ppo_epochs).
+    # Each epoch splits the batch's rows into `ppo_mini_batches` mini-batches, one optimizer
+    # update each; with 1 × 1 the update is on-policy (ratio ≡ 1) and π_old is never computed.
+    ppo_mini_batches: int = 1  # K: optimizer updates per epoch over the rollout batch
+    ppo_epochs: int = 1  # E: passes over the rollout batch (K·E updates per PPP step)
+    ppo_shuffle: bool = True  # permute the rows (seeded by the step) before each epoch's split
+    # π_old when K·E > 1: "recompute" = log-probs of the weights that sampled, computed by the
+    # trainer once before the first update; "sampler" = the rollout engine's returned log-probs
+    # (no extra forward pass; the sampler/trainer gap is logged as train/logp_abs_diff*).
+    old_logprobs: OldLogprobSource = "recompute"
 
     def __post_init__(self):
         if self.num_micro_batches < 1:
             raise ValueError(f"RLConfig.num_micro_batches must be >= 1, got {self.num_micro_batches}")
+        if self.ppo_mini_batches < 1:
+            raise ValueError(f"RLConfig.ppo_mini_batches must be >= 1, got {self.ppo_mini_batches}")
+        if self.ppo_epochs < 1:
+            raise ValueError(f"RLConfig.ppo_epochs must be >= 1, got {self.ppo_epochs}")
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer updates per PPP step: ppo_mini_batches × ppo_epochs."""
+        return self.ppo_mini_batches * self.ppo_epochs

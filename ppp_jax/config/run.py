@@ -131,6 +131,11 @@ class RolloutConfig:
       `engine.mesh`'s tensor size, each its own engine with the weights in `engine.dtype` laid
       out by `SAMPLING_RULES` (heads, kv heads, mlp and vocab over tensor); each GRPO group runs
       on one replica (`ppp_jax.rollout.policies.ReplicaEnginePolicy`). See `engine_layout`.
+    release_engine_memory: around each update the engines drop their K/V pools and weight
+      copies (`Engine.release_memory`) and get them back with the new weights after it, so the
+      update has the devices' memory to itself; cached sessions do not survive an update anyway.
+      Costs a pool re-allocation per step. On where rollout and training do not fit together
+      (the 36B configs); off (default) where memory is plentiful.
     """
 
     temperature: float = 1.0
@@ -145,6 +150,7 @@ class RolloutConfig:
     rows_multiple: int = 1
     truncate_long: bool = True
     engine_layout: Literal["training", "sampling"] = "training"
+    release_engine_memory: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -92,27 +92,39 @@ def policy_logprobs(
 
 
 def make_logprob_fn(
-    graphdef: nnx.GraphDef, cfg: RLConfig
+    graphdef: nnx.GraphDef,
+    cfg: RLConfig,
+    *,
+    num_micro: int | None = None,
+    mesh: Mesh | None = None,
 ) -> Callable[[nnx.State, TokenBatch], jax.Array]:
     """A jitted `(params, batch) -> logp float32 [B, T]` (no gradient), micro-batched like the
-    step (`cfg.num_micro_batches`, `lax.map`) so its memory matches the step's forward pass.
+    step (`lax.map` over `num_micro` strided micro-batches, default `cfg.num_micro_batches`) so
+    its memory matches the step's forward pass.
 
     Use it for π_old before several updates on one batch (`batch.with_old_logprobs(...)`), or for
-    precomputed reference log-probs.
+    precomputed reference log-probs. With `mesh`, micro-batch rows are constrained over
+    ("data", "fsdp") as in the step and the result is returned with the batch's sharding.
     """
-    m = cfg.num_micro_batches
+    m = cfg.num_micro_batches if num_micro is None else num_micro
 
     def fn(params, batch):
-        micro = split_micro_batches(batch, m)
+        micro = _constrain_rows(split_micro_batches(batch, m), mesh, row_axis=1)
         logp = jax.lax.map(
             lambda mb: policy_logprobs(
-                graphdef, params, mb, temperature=cfg.loss.temperature, chunk_size=cfg.logprob_chunk_size
+                graphdef,
+                params,
+                _constrain_rows(mb, mesh, row_axis=0),
+                temperature=cfg.loss.temperature,
+                chunk_size=cfg.logprob_chunk_size,
             )[0],
             micro,
         )  # [M, B/M, T]
         return logp.swapaxes(0, 1).reshape(batch.tokens.shape)
 
-    return jax.jit(fn)
+    if mesh is None:
+        return jax.jit(fn)
+    return jax.jit(fn, out_shardings=batch_sharding(mesh))
 
 
 def split_micro_batches(batch: TokenBatch, num_micro: int) -> TokenBatch:

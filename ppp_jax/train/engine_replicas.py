@@ -97,6 +97,12 @@ class EngineReplicas:
         for engine, state in zip(self.engines, self.placed(params)):
             engine.update_params(state)
 
+    def release_memory(self) -> None:
+        """Releases every replica's pools and weights (`Engine.release_memory`);
+        `update_params` brings them back."""
+        for engine in self.engines:
+            engine.release_memory()
+
     def stats(self) -> dict[str, int]:
         """Every replica's `Engine.stats()` counters, added up (`page_size`, a setting, as is)."""
         total: dict[str, int] = {}

@@ -10,7 +10,9 @@ One step (`PPPTrainer.step_fn`), in order:
   2. the engine gets the current params if it does not have them yet (after a restore);
   3. the orchestrator rolls out G episodes per prompt, scores them, computes PPP rewards and
      advantages and assembles the token batch (`ppp_jax.rollout.orchestrator`);
-  4. the jitted train step updates params and optimizer state (`ppp_jax.rl.train_step`);
+  4. the jitted train step updates params and optimizer state (`ppp_jax.rl.train_step`): once
+     on the whole batch, or `rl.ppo_mini_batches` × `rl.ppo_epochs` times on its mini-batches
+     against a fixed π_old (`ppp_jax.rl.ppo`);
   5. the new params go to the engine (`Engine.update_params`, no recompilation).
 A step whose rollout cannot build a batch (dynamic sampling hit `max_gen_batches`, a round
 with no usable group, the data running out while refilling) is skipped and counted
@@ -66,9 +68,11 @@ from ppp_jax.model import sharding as shd
 from ppp_jax.rl import dapo
 from ppp_jax.rl.batch import TokenBatch
 from ppp_jax.rl.optim import make_optimizer
+from ppp_jax.rl.ppo import combine_update_metrics, make_row_selector, mini_batch_rows, ppo_update
 from ppp_jax.rl.train_step import TrainState as StepState
 from ppp_jax.rl.train_step import (
     batch_sharding,
+    make_logprob_fn,
     make_train_step,
     shard_batch,
     shard_train_state,
@@ -156,22 +160,31 @@ class PPPTrainer:
         # Not donated: the engine may hold the very same buffers after `update_params`.
         self.train_step = make_train_step(self.graphdef, cfg.rl, self.optimizer, mesh=self.mesh,
                                           state_shardings=self.state_shardings, donate=False)
+        # PPO mini-batches (rl.ppo_mini_batches × rl.ppo_epochs updates per step, `rl.ppo`):
+        # π_old is recomputed at the step's micro-batch size (M·K micro-batches of the batch).
+        rl = cfg.rl
+        self.select_rows = make_row_selector(self.mesh)
+        self.old_logprob_fn = (
+            make_logprob_fn(self.graphdef, rl, num_micro=rl.num_micro_batches * rl.ppo_mini_batches,
+                            mesh=self.mesh)
+            if rl.updates_per_step > 1 and rl.old_logprobs == "recompute" else None)
         train_tasks = [t for t in parts.tasks if t.split == "train"] or list(parts.tasks)
         if cfg.demo.num_train_tasks:
             train_tasks = train_tasks[: cfg.demo.num_train_tasks]
         self.train_tasks = train_tasks
         self.tasks = {t.task_id: t for t in parts.tasks}
-        # Every micro-batch's rows must split evenly over data × fsdp.
+        # Every micro-batch of every PPO mini-batch must split evenly over data × fsdp.
         dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        rows_multiple = math.lcm(cfg.rl.num_micro_batches * dp, cfg.rollout.rows_multiple)
+        row_unit = cfg.rl.num_micro_batches * cfg.rl.ppo_mini_batches * dp
+        rows_multiple = math.lcm(row_unit, cfg.rollout.rows_multiple)
         if self.num_processes > 1:
             # Each process assembles 1/P of the rows (rollout.rows_multiple counts global rows).
             nproc = self.num_processes
-            if (cfg.rl.num_micro_batches * dp) % nproc:
-                raise ValueError(f"num_micro_batches × data × fsdp = {cfg.rl.num_micro_batches * dp} "
+            if row_unit % nproc:
+                raise ValueError(f"num_micro_batches × ppo_mini_batches × data × fsdp = {row_unit} "
                                  f"must be a multiple of the {nproc} processes")
             rm = cfg.rollout.rows_multiple
-            rows_multiple = math.lcm(cfg.rl.num_micro_batches * dp // nproc,
+            rows_multiple = math.lcm(row_unit // nproc,
                                      rm // nproc if rm % nproc == 0 else rm)
         self.process_rows_multiple = rows_multiple
         self.orchestrator = RolloutOrchestrator(
@@ -311,6 +324,10 @@ class PPPTrainer:
             metrics["rollout/steps_skipped"] = 1.0
             return state.replace(rng=rng), metrics
         t1 = time.perf_counter()
+        if self.cfg.rollout.release_engine_memory:
+            # the update gets the engines' pools and weight copies; `_sync_engine` below brings
+            # them back with the new weights
+            self.engine.release_memory()
         if self.num_processes > 1:
             batch = self._global_batch(ro.batch, shapes)
         else:
@@ -321,14 +338,22 @@ class PPPTrainer:
         # single-device program is left exactly as it was.
         with (shd.using_mesh(self.mesh, self.rules) if self.mesh.size > 1
               else contextlib.nullcontext()):
-            new, tm = self.train_step(state.train, batch)
+            rl = self.cfg.rl
+            if rl.updates_per_step > 1 and rl.old_logprobs == "sampler":
+                batch = batch.with_old_logprobs(batch.sampler_logprobs)
+            rows = mini_batch_rows(batch.shape[0], rl.ppo_mini_batches, rl.ppo_epochs,
+                                   seed=seed, shuffle=rl.ppo_shuffle)
+            new, per_update = ppo_update(self.train_step, state.train, batch, rows,
+                                         select_rows=self.select_rows,
+                                         old_logprob_fn=self.old_logprob_fn)
         jax.block_until_ready(new.params)
+        tm = combine_update_metrics([_host_scalars(m) for m in per_update])
         train_s = time.perf_counter() - t1
         t2 = time.perf_counter()
         self._sync_engine(new.params)
         self._engine_step = state.step + 1
         sync_s += time.perf_counter() - t2
-        metrics.update({f"train/{k}": v for k, v in _host_scalars(tm).items()})
+        metrics.update({f"train/{k}": v for k, v in tm.items()})
         metrics.update({"time/train": train_s, "time/sync": sync_s})
         metrics.update({k.replace("perf/", "perf/train_"): v
                         for k, v in throughput(tokens, train_s).items()})

@@ -99,6 +99,58 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, tok, engine):
         assert [r[k] for r in straight] == pytest.approx([r[k] for r in resumed], rel=1e-5), k
 
 
+def test_ppo_mini_batches_and_epochs_in_the_trainer(tmp_path, tok, engine):
+    """rl.ppo_mini_batches × rl.ppo_epochs updates per PPP step, against a π_old that stays at
+    the sampling weights: the later updates see ratios away from 1."""
+    cfg = tiny_config(tmp_path, **{"rl.ppo_mini_batches": 2, "rl.ppo_epochs": 2})
+    t = make_trainer(cfg, tok, tmp_path / "a", engine)
+    assert t.process_rows_multiple % 2 == 0  # rows split into the mini-batches
+    final = t.train(num_steps=2)
+    rows = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+    assert [r["train/ppo_updates"] for r in rows] == [4.0, 4.0]
+    assert int(final.train.step) == 8  # optimizer updates attempted
+    assert all(abs(r["train/ratio_last"] - 1.0) > 1e-6 for r in rows)
+    assert t.engine_step == 2
+
+
+@pytest.mark.slow
+def test_resume_with_ppo_mini_batches_matches_uninterrupted_run(tmp_path, tok, engine):
+    cfg = tiny_config(tmp_path, **{"rl.ppo_mini_batches": 2, "rl.ppo_epochs": 2})
+    make_trainer(cfg, tok, tmp_path / "a", engine).train(num_steps=1)
+    make_trainer(cfg, tok, tmp_path / "a", engine).train(num_steps=2)
+    make_trainer(cfg, tok, tmp_path / "b", engine).train(num_steps=2)
+    resumed = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+    straight = read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    for k in KEYS + ("train/ratio_last",):
+        assert [r[k] for r in straight] == pytest.approx([r[k] for r in resumed], rel=1e-5), k
+
+
+def test_engine_memory_is_released_during_the_update(tmp_path, tok, engine):
+    """rollout.release_engine_memory: no K/V pool is alive while the update runs, and the pools
+    are back for the next rollout (the second step's rollout runs on them)."""
+    import jax
+
+    layout = engine.kv_pool_layout()
+    cfg = tiny_config(tmp_path, **{"rollout.release_engine_memory": True})
+    releases_before = engine.stats().get("memory_releases", 0)
+    t = make_trainer(cfg, tok, tmp_path / "a", engine)
+    seen, step = [], t.train_step
+
+    def spy(state, batch, **kw):
+        pools = sum(x.shape == layout.shape for x in jax.live_arrays())
+        seen.append((engine.memory_released, pools))
+        return step(state, batch, **kw)
+
+    t.train_step = spy
+    t.train(num_steps=2)
+    assert seen == [(True, 0), (True, 0)]
+    back = engine.kv_pool_layout()
+    assert not engine.memory_released and (back.shape, back.dtype) == (layout.shape, layout.dtype)
+    assert back.sharding.is_equivalent_to(layout.sharding, len(layout.shape))
+    assert engine.stats().get("memory_releases", 0) - releases_before == 2
+    assert len(read_jsonl(tmp_path / "a" / "metrics.jsonl")) == 2
+
+
 def test_sft_lowers_nll_through_the_train_step(tmp_path, tok):
     from flax import nnx
 
