@@ -4,6 +4,13 @@ Writes `<run_dir>/<name>/`: metrics.jsonl, tb/ (TensorBoard), checkpoints/ (orba
 optimizer, RNG, data position) and, at the end, policy/ (a model checkpoint that `ppp eval` reads
 and `ppp convert orbax2hf` turns into a Hugging Face directory). For the embedded stdlib domain
 with no tokenizer yet, the demo's build stage trains one first.
+
+Resumes from the newest intact checkpoint (damaged newer ones are named and moved aside). Refuses
+a run folder with history but no checkpoint, or with no intact checkpoint; `--restart` moves the
+earlier run's files into `<run>/previous-<time>/` and starts over. SIGTERM or Ctrl+C stop after
+the current step with a checkpoint (a second one stops at once, without saving).
+Exit codes: 0 done; 1 cannot start (run folder, checkpoints, data); 2 config error; 3 stopped by
+a signal after saving (run the same command to resume); 130 stopped by a second signal.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from ppp_jax.commands._common import add_config_arguments, load
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    parser.add_argument("--restart", action="store_true",
+                        help="start over at step 0: first move the earlier run's metrics.jsonl, tb/, "
+                             "policy/ and checkpoints/ into <run>/previous-<time>/ (nothing deleted)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,19 +54,32 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"ppp train: {e}", file=sys.stderr)
         return 1
+    from ppp_jax.train.checkpointing import CheckpointError
+    from ppp_jax.train.loop import RunFolderError
+
     t0 = time.perf_counter()
     trainer = PPPTrainer(cfg, parts)
     try:
-        final = trainer.train(progress=not args.no_progress)
+        final = trainer.train(progress=not args.no_progress, restart=args.restart)
         if final.step < cfg.trainer.num_steps:
-            print(f"ppp train: stopped at step {final.step} of {cfg.trainer.num_steps}; run the "
-                  "same command again to resume", file=sys.stderr)
+            print(f"ppp train: stopped at step {final.step} of {cfg.trainer.num_steps} (checkpoint "
+                  "saved); run the same command again to resume", file=sys.stderr)
             return 3
         out = trainer.save_policy(final.train.params, cfg.output_dir / "policy")
+    except (RunFolderError, CheckpointError) as e:
+        print(f"ppp train: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ppp train: stopped at once by a second signal, without saving; run the same "
+              "command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
     finally:
         trainer.engine.close()
     last = trainer.last_rollout.metrics if trainer.last_rollout is not None else {}
-    print(f"ppp train: {final.step} steps in {cfg.output_dir} ({time.perf_counter() - t0:.0f}s); "
+    ran = final.step - trainer.start_step
+    steps = (f"{ran} steps (resumed after step {trainer.start_step}, now at {final.step})"
+             if trainer.start_step else f"{ran} steps")
+    print(f"ppp train: {steps} in {cfg.output_dir} ({time.perf_counter() - t0:.0f}s); "
           f"last step reward {last.get('score/reward', float('nan')):.3f}, "
           f"ask ratio {last.get('rollout/ask_ratio', float('nan')):.2f}; policy -> {out}")
     return 0
