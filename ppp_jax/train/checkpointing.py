@@ -316,13 +316,18 @@ class CheckpointManager:
         verdict = decide() if jax.process_index() == 0 else None
         return tuple(distributed.allgather_objects(verdict)[0])
 
+    @property
+    def damaged_directory(self) -> Path:
+        """Where `set_aside_skipped` moves damaged steps: `<directory>-damaged`."""
+        return self.directory.parent / f"{self.directory.name}-damaged"
+
     def set_aside_skipped(self) -> list[Path]:
         """Moves the damaged steps the last `restore()` passed over (all newer than the step it
         restored) to `<directory>-damaged/step-<s>-<time>/`, so that saving goes on from the
         restored step; returns where they went. Nothing is deleted."""
         moved = []
         if self.skipped and jax.process_index() == 0:
-            aside = self.directory.parent / f"{self.directory.name}-damaged"
+            aside = self.damaged_directory
             aside.mkdir(parents=True, exist_ok=True)
             stamp = time.strftime("%Y%m%d-%H%M%S")
             for step, _ in self.skipped:
@@ -439,6 +444,7 @@ class CheckpointManager:
         abstract_params: Any = None,
         abstract_opt_state: Any = None,
         restore_opt_state: bool = True,
+        set_aside: bool = False,
     ) -> TrainCheckpoint:
         """Restores checkpoint `step`, or the newest intact one (verified against its manifest).
 
@@ -449,6 +455,9 @@ class CheckpointManager:
             shardings (ShapeDtypeStructs or concrete arrays; see `abstract_like`). Without a
             target the arrays come back as saved, with the saved structure (dicts/lists).
           restore_opt_state: False skips the optimizer state (evaluation, export).
+          set_aside: with `step=None`, move the damaged steps passed over out of the directory
+            (`set_aside_skipped`) before returning, so that training can save after the
+            restored step; the one log line says where they went.
 
         Raises:
           CheckpointError if there is no such checkpoint, it is damaged (`DamagedCheckpoint`;
@@ -473,9 +482,15 @@ class CheckpointManager:
                 self.skipped.append((candidate, e.reason))
                 continue
             if self.skipped:
-                log.warning("checkpoint %s damaged: %s; restored step %d instead",
-                            "step" if len(self.skipped) == 1 else "steps",
-                            "; ".join(f"step {s}: {why}" for s, why in self.skipped), candidate)
+                damaged = "; ".join(f"step {s}: {why}" for s, why in self.skipped)
+                many = len(self.skipped) > 1
+                moved = ""
+                if set_aside:
+                    self.set_aside_skipped()
+                    moved = f" (damaged steps moved to {self.damaged_directory}/)"
+                log.warning("checkpoint %s damaged: %s; restored step %d instead%s",
+                            "steps" if many else "step", damaged, candidate,
+                            moved)
             return got
         raise CheckpointError(
             f"no intact checkpoint in {self.directory}: "

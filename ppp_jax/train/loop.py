@@ -126,15 +126,14 @@ def restore_or_init(
     abstract_params, abstract_rest = split_train(abstract_state.train)
     # The newest intact step (damaged ones are logged and passed over); CheckpointError if
     # none is intact: a run never starts over on top of its checkpoints.
+    # Saving goes on from the restored step: the damaged newer steps go aside (kept).
     restored = ckpt.restore(
         None,
         abstract_params=abstract_like(abstract_params),
         abstract_opt_state=abstract_like(abstract_rest),
+        set_aside=True,
     )
     latest = restored.step
-    # Saving goes on from the restored step: the damaged newer steps go aside (kept).
-    for where in ckpt.set_aside_skipped():
-        log.warning("damaged checkpoint moved to %s", where)
     if restored.data_state is None:
         raise ValueError(f"checkpoint step {latest} has no data-iterator state; cannot resume exactly")
     data_iter.set_state(restored.data_state)
@@ -298,8 +297,8 @@ def check_run_folder(run_dir: str | Path, ckpt: CheckpointManager,
     if found:
         raise RunFolderError(
             f"{run_dir} holds {', '.join(found)} from an earlier run but {ckpt.directory} has no "
-            f"checkpoint to resume from; start over with --restart (moves them into "
-            f"{run_dir / 'previous-<time>'}/) or put the checkpoints back")
+            f"checkpoint to resume from; start over with --restart (moves the earlier run's "
+            f"files into a previous-<time>/ folder, nothing deleted) or put the checkpoints back")
 
 
 def set_aside_run(run_dir: str | Path, names: Sequence[str]) -> Path | None:

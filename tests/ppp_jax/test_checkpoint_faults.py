@@ -1,0 +1,183 @@
+"""The checkpoint fault matrix (issue 15): damage a finished run's folder, then resume it.
+
+One trained run folder (tests/ppp_jax/_resume_run.py: the real data pipeline, loop, orbax
+checkpoint manager and metrics writers on a toy problem with a 64 KiB parameter) is copied for
+every case. Each fault must end in one of two ways:
+- fallen back: training resumes from the newest intact step, with ONE warning line naming the
+  damaged step and item; the damaged step is moved aside byte for byte; metrics.jsonl keeps its
+  rows up to the restored step byte for byte, the cut rows are kept in metrics.discarded.jsonl,
+  and the resumed run reproduces the original rows;
+- refused: one line (no traceback text, no tensorstore dump) and not one file changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ppp_jax.train.checkpointing import MANIFEST, CheckpointError, CheckpointManager
+from ppp_jax.train.loop import RunFolderError
+from ppp_jax.train.metrics import read_jsonl
+from tests.ppp_jax import _resume_run
+
+ARGS = ["--steps", "6", "--save-every", "2", "--keep", "3", "--ballast", "16384", "--check-folder"]
+ITEMS = ("params", "opt_state", "rng", "data", "meta")
+
+
+def _run(run_dir: Path, *extra: str) -> None:
+    assert _resume_run.main([str(run_dir), *ARGS, *extra]) == 0
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root`, by relative path."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _deterministic(rows):
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
+
+
+def _largest_params_file(step_dir: Path) -> Path:
+    return max((p for p in (step_dir / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("trained") / "run"
+    _run(run)
+    assert CheckpointManager(run / "ckpt").all_steps() == [2, 4, 6]
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert _largest_params_file(run / "ckpt" / "6").stat().st_size > 3 * 4096
+    return run
+
+
+@pytest.fixture
+def run(trained, tmp_path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(trained, dst)
+    return dst
+
+
+def _truncate(step_dir: Path) -> str:
+    f = _largest_params_file(step_dir)
+    with f.open("r+b") as fh:
+        fh.truncate(f.stat().st_size // 2)
+    return f.relative_to(step_dir).as_posix() + ": size"
+
+
+def _zero_block(step_dir: Path) -> str:
+    f = _largest_params_file(step_dir)
+    data = bytearray(f.read_bytes())
+    mid = len(data) // 2
+    data[mid - 2048: mid + 2048] = bytes(4096)  # 4 KiB of zeros inside; the size is unchanged
+    f.write_bytes(bytes(data))
+    return f.relative_to(step_dir).as_posix() + ": contents changed"
+
+
+def _delete_item(item: str):
+    def damage(step_dir: Path) -> str:
+        shutil.rmtree(step_dir / item)
+        return f"item {item!r} missing"
+    return damage
+
+
+def _empty_step(step_dir: Path) -> str:
+    shutil.rmtree(step_dir)
+    step_dir.mkdir()
+    return "empty step directory"
+
+
+def _delete_manifest(step_dir: Path) -> str:
+    (step_dir / MANIFEST).unlink()
+    return f"no {MANIFEST}"
+
+
+FALLBACKS = {"truncate": _truncate, "zero_4k_block": _zero_block, "empty_step": _empty_step,
+             "delete_manifest": _delete_manifest,
+             **{f"delete_{item}": _delete_item(item) for item in ITEMS}}
+
+
+@pytest.mark.parametrize("fault", sorted(FALLBACKS))
+def test_damaged_latest_step_falls_back_to_the_previous_one(run, fault, caplog):
+    metrics = run / "metrics.jsonl"
+    original = metrics.read_bytes()
+    lines = original.splitlines(keepends=True)
+    original_rows = read_jsonl(metrics)
+    tb_before = _snapshot(run / "tb")
+    expected = FALLBACKS[fault](run / "ckpt" / "6")
+    damaged_before = _snapshot(run / "ckpt" / "6")
+
+    with caplog.at_level(logging.WARNING):
+        _run(run)
+
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.WARNING and r.name.startswith("ppp_jax")]
+    assert len(warnings) == 1, warnings
+    line = warnings[0]
+    assert "\n" not in line and "step 6: " in line and expected in line, line
+    assert "restored step 4 instead" in line and "ckpt-damaged" in line, line
+    # The damaged step is kept aside exactly as it was; the new step 6 is intact.
+    aside = list((run / "ckpt-damaged").glob("step-6-*"))
+    assert len(aside) == 1 and _snapshot(aside[0]) == damaged_before
+    mgr = CheckpointManager(run / "ckpt")
+    assert mgr.all_steps() == [2, 4, 6] and mgr.restore(6).step == 6 and not mgr.skipped
+    # History up to the restored step byte for byte; the cut rows kept; the rerun reproduces them.
+    now = metrics.read_bytes()
+    assert now.startswith(b"".join(lines[:4]))
+    assert (run / "metrics.discarded.jsonl").read_bytes() == b"".join(lines[4:])
+    assert _deterministic(read_jsonl(metrics)) == _deterministic(original_rows)
+    # TensorBoard: earlier event files untouched (a resumed run writes a new one).
+    tb_after = _snapshot(run / "tb")
+    assert all(tb_after.get(name) == digest for name, digest in tb_before.items())
+
+
+def _assert_refused_untouched(run: Path, before: dict[str, str], err: BaseException, pattern: str):
+    text = str(err)
+    assert "\n" not in text and "Traceback" not in text and len(text) < 1000, text
+    assert pattern in text, text
+    after = _snapshot(run)
+    assert after == before  # nothing written, moved or deleted
+
+
+def test_no_intact_step_left_is_refused_and_nothing_changes(run):
+    for step in (2, 4, 6):
+        _truncate(run / "ckpt" / str(step))
+    before = _snapshot(run)
+    with pytest.raises(CheckpointError) as err:
+        _run(run)
+    _assert_refused_untouched(run, before, err.value, "no intact checkpoint in ")
+    assert all(f"step {s}: params/" in str(err.value) for s in (2, 4, 6))
+
+
+def test_checkpoint_folder_deleted_is_refused_then_restart_sets_the_run_aside(run):
+    shutil.rmtree(run / "ckpt")
+    original_metrics = (run / "metrics.jsonl").read_bytes()
+    before = _snapshot(run)
+    with pytest.raises(RunFolderError) as err:
+        _run(run)
+    _assert_refused_untouched(run, before, err.value, "holds metrics.jsonl, tb from an earlier run")
+    assert "--restart" in str(err.value)
+    # Starting over deliberately: the old files move into previous-<time>/, nothing is deleted.
+    _run(run, "--restart")
+    previous = list(run.glob("previous-*"))
+    assert len(previous) == 1
+    assert (previous[0] / "metrics.jsonl").read_bytes() == original_metrics
+    assert {k: v for k, v in _snapshot(previous[0]).items()} == {
+        k: v for k, v in before.items() if k.startswith(("metrics.jsonl", "tb/"))}
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert _deterministic(rows) == _deterministic(read_jsonl(previous[0] / "metrics.jsonl"))
+
+
+def test_an_empty_checkpoint_folder_with_history_is_refused(run):
+    shutil.rmtree(run / "ckpt")
+    (run / "ckpt").mkdir()
+    before = _snapshot(run)
+    with pytest.raises(RunFolderError) as err:
+        _run(run)
+    _assert_refused_untouched(run, before, err.value, "has no checkpoint to resume from")
