@@ -96,10 +96,14 @@ class DamagedCheckpoint(CheckpointError):
 
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
-    """`Type: first line of the message`, cut to `limit` characters (tensorstore errors carry
-    a whole spec dump after the first line)."""
+    """`Type: first line of the message` of the innermost cause (orbax wraps the tensorstore
+    error that names the damage), without tensorstore's spec dump, cut to `limit` characters."""
+    seen = {id(e)}
+    while (inner := e.__cause__ or e.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        e = inner
     text = str(e).strip().splitlines()
-    first = text[0] if text else ""
+    first = text[0].split(" See full TensorStore details")[0] if text else ""
     if len(first) > limit:
         first = first[:limit] + "..."
     return f"{type(e).__name__}: {first}"

@@ -181,3 +181,61 @@ def test_an_empty_checkpoint_folder_with_history_is_refused(run):
     with pytest.raises(RunFolderError) as err:
         _run(run)
     _assert_refused_untouched(run, before, err.value, "has no checkpoint to resume from")
+
+
+def _toy_loop_parts():
+    import jax
+    import jax.numpy as jnp
+
+    from ppp_jax.config.data import DataConfig
+    from ppp_jax.train import loop
+    from ppp_jax.train.data import ShardInfo, make_dataset
+
+    cfg = DataConfig(batch_size=6, seed=1, vague_preferences=("a", "b", "c"))
+    ds = make_dataset(cfg, _resume_run.rows(), shard=ShardInfo(0, 1))
+    params = {"w": jnp.zeros((_resume_run.DIM,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+    zero = jnp.zeros((), jnp.int32)
+    init = loop.LoopState(0, _resume_run.ToyTrainState(params, _resume_run.OPT.init(params), zero, zero),
+                          jax.random.key(0))
+    return ds, init, _resume_run.make_step_fn(None)
+
+
+def test_ctrl_c_stops_gracefully_like_sigterm_and_twice_stops_at_once(tmp_path, caplog):
+    import os
+    import signal
+
+    from ppp_jax.train import loop
+    from ppp_jax.train.metrics import JsonlWriter
+
+    ds, init, step_fn = _toy_loop_parts()
+    starts = []
+
+    def interrupt_at(step, times):
+        def hook(state, metrics):
+            if state.step == step:
+                for _ in range(times):
+                    os.kill(os.getpid(), signal.SIGINT)
+        return hook
+
+    before = signal.getsignal(signal.SIGINT)
+    with CheckpointManager(tmp_path / "ckpt", save_every=100) as ckpt:
+        with caplog.at_level(logging.WARNING, logger="ppp_jax.train.loop"):
+            final = loop.run_loop(init, ds.iterator(), step_fn, num_steps=8, ckpt=ckpt,
+                                  writer=JsonlWriter(tmp_path / "m.jsonl"), hooks=[interrupt_at(3, 1)],
+                                  on_start=starts.append)
+        # Ctrl+C: step 3 finished, saved, returned (no KeyboardInterrupt); handler restored.
+        assert final.step == 3 and ckpt.all_steps() == [3] and starts == [0]
+        assert signal.getsignal(signal.SIGINT) == before
+        assert any("SIGINT: stopping after the current step" in r.getMessage() for r in caplog.records)
+        # Twice: the second one stops at once, without saving; the finished checkpoint stays.
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_loop(init, ds.iterator(), step_fn, num_steps=8, ckpt=ckpt,
+                          writer=JsonlWriter(tmp_path / "m.jsonl"), hooks=[interrupt_at(5, 2)],
+                          on_start=starts.append)
+        assert starts == [0, 3] and ckpt.all_steps() == [3]
+        assert signal.getsignal(signal.SIGINT) == before
+        # And the run resumes from step 3 to the end.
+        final = loop.run_loop(init, ds.iterator(), step_fn, num_steps=8, ckpt=ckpt,
+                              writer=JsonlWriter(tmp_path / "m.jsonl"), on_start=starts.append)
+        assert final.step == 8 and starts == [0, 3, 3]
+    assert [r["step"] for r in read_jsonl(tmp_path / "m.jsonl")] == list(range(1, 9))
