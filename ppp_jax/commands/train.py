@@ -76,9 +76,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         trainer.engine.close()
     last = trainer.last_rollout.metrics if trainer.last_rollout is not None else {}
-    ran = final.step - trainer.start_step
-    steps = (f"{ran} steps (resumed after step {trainer.start_step}, now at {final.step})"
-             if trainer.start_step else f"{ran} steps")
+    ran = final.step - trainer.start_step  # this invocation's steps, not the resumed ones
+    steps = f"{ran} step{'' if ran == 1 else 's'}"
+    if trainer.start_step:
+        steps += f" (resumed after step {trainer.start_step}, now at {final.step})"
     print(f"ppp train: {steps} in {cfg.output_dir} ({time.perf_counter() - t0:.0f}s); "
           f"last step reward {last.get('score/reward', float('nan')):.3f}, "
           f"ask ratio {last.get('rollout/ask_ratio', float('nan')):.2f}; policy -> {out}")

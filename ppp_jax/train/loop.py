@@ -124,9 +124,9 @@ def restore_or_init(
     if abstract_state is None:
         abstract_state = init() if callable(init) else init
     abstract_params, abstract_rest = split_train(abstract_state.train)
-    # The newest intact step (damaged ones are logged and passed over); CheckpointError if
-    # none is intact: a run never starts over on top of its checkpoints.
-    # Saving goes on from the restored step: the damaged newer steps go aside (kept).
+    # The newest intact step (damaged ones are logged and passed over, then moved aside so
+    # that saving goes on from the restored step); CheckpointError if none is intact: a run
+    # never starts over on top of its checkpoints.
     restored = ckpt.restore(
         None,
         abstract_params=abstract_like(abstract_params),
@@ -254,9 +254,8 @@ def run_loop(
                     stop.append(0)  # another process got the signal: stop at the same step
             else:
                 stopping = bool(stop)
-            if stopping:
-                name = signal.Signals(stop[0]).name if stop[0] else "another process's signal"
-                log.warning("%s: stopped after step %d", name, step)
+            if stopping:  # said once already, when the signal came (the caller says the rest)
+                log.info("stopped by a signal after step %d", step)
                 break
         if ckpt is not None and state.step != last_saved:
             save()  # stopped early (signal, data exhausted) between save points: keep the progress

@@ -239,3 +239,124 @@ def test_ctrl_c_stops_gracefully_like_sigterm_and_twice_stops_at_once(tmp_path, 
                               writer=JsonlWriter(tmp_path / "m.jsonl"), on_start=starts.append)
         assert final.step == 8 and starts == [0, 3, 3]
     assert [r["step"] for r in read_jsonl(tmp_path / "m.jsonl")] == list(range(1, 9))
+
+
+@pytest.mark.parametrize("where", ["flag", "config"])
+def test_eval_on_a_checkpoint_path_that_does_not_exist_says_what_creates_it(tmp_path, capsys, where):
+    """`ppp eval --checkpoint` (or `eval.checkpoint`) naming nothing: one line, before any build."""
+    from ppp_jax import cli
+
+    missing = tmp_path / "no_such_run" / "policy"
+    argv = ["eval", "configs/tiny_cpu.yaml", f"run_dir={tmp_path}"]
+    argv += ["--checkpoint", str(missing)] if where == "flag" else [f"eval.checkpoint={missing}"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    origin = "--checkpoint" if where == "flag" else "eval.checkpoint"
+    assert err.startswith(f"ppp eval: {origin} {missing} does not exist; `ppp train` writes <run>/policy")
+    assert "\n" not in err and "sft_policy" in err
+    assert not (tmp_path / "tiny_cpu").exists()  # refused before anything was built or written
+
+
+# ------------------------------------------------------------------ the real commands (slow)
+def _cli_config(tmp_path: Path, **changes) -> Path:
+    """The trainer tests' tiny config as a YAML file whose run goes under `tmp_path`."""
+    import json
+
+    import yaml
+
+    from tests.ppp_jax.test_trainer import TINY
+
+    data = json.loads(json.dumps(TINY))
+    data["run_dir"] = str(tmp_path)
+    for section, values in changes.items():
+        data.setdefault(section, {}).update(values)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _ppp(*argv: str, signal_when=None, sig: int | None = None,
+         timeout: float = 600) -> tuple[int, str, str]:
+    """Runs `ppp ARGV` in a subprocess; with `signal_when` (a function), sends `sig` once it
+    returns true. Returns (exit code, stdout, stderr)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).parents[2]))
+    proc = subprocess.Popen([sys.executable, "-m", "ppp_jax.cli", *argv], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if signal_when is not None:
+        deadline = time.time() + timeout
+        while proc.poll() is None and time.time() < deadline:
+            if signal_when():
+                proc.send_signal(sig)
+                break
+            time.sleep(0.05)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def _ppp_lines(err: str) -> list[str]:
+    """stderr lines of our own (not jax/libtpu start-up noise)."""
+    return [line for line in err.splitlines() if line.startswith(("ppp ", "WARNING ppp_jax"))]
+
+
+@pytest.mark.slow
+def test_ppp_train_resume_summary_fallback_refusal_restart_and_ctrl_c(tmp_path):
+    import signal
+
+    cfg = str(_cli_config(tmp_path))
+    run = tmp_path / "t"
+    rc, out, err = _ppp("train", "--no-progress", cfg, "trainer.num_steps=2")
+    assert rc == 0 and "ppp train: 2 steps in" in out, err[-3000:]
+    rc, out, err = _ppp("train", "--no-progress", cfg, "trainer.num_steps=3")
+    assert rc == 0 and "ppp train: 1 step (resumed after step 2, now at 3) in" in out, err[-3000:]
+    # A 4 KiB block zeroed inside a parameter file of the latest step: back to step 2.
+    _zero_block(run / "checkpoints" / "3")
+    rc, out, err = _ppp("train", "--no-progress", cfg, "trainer.num_steps=3")
+    assert rc == 0 and "1 step (resumed after step 2, now at 3)" in out, err[-3000:]
+    assert "Traceback" not in err
+    damaged = [line for line in err.splitlines() if "damaged" in line]
+    assert len(damaged) == 1 and "step 3: params/" in damaged[0] and "restored step 2" in damaged[0]
+    # The checkpoints folder gone: refused in one line, nothing touched.
+    shutil.move(str(run / "checkpoints"), str(tmp_path / "checkpoints.moved"))
+    before = _snapshot(run)
+    rc, out, err = _ppp("train", "--no-progress", cfg, "trainer.num_steps=3")
+    assert rc == 1 and "Traceback" not in err, err[-3000:]
+    assert _ppp_lines(err) == [line for line in err.splitlines() if line.startswith("ppp train:")]
+    assert len(_ppp_lines(err)) == 1 and "has no checkpoint to resume from" in _ppp_lines(err)[0]
+    assert "metrics.jsonl" in _ppp_lines(err)[0] and "policy" in _ppp_lines(err)[0]
+    assert _snapshot(run) == {k: v for k, v in before.items()}
+    # --restart sets the old run aside; Ctrl+C after the first step stops it with a checkpoint.
+    rc, out, err = _ppp("train", "--no-progress", "--restart", cfg, "trainer.num_steps=3",
+                        signal_when=lambda: (any(run.glob("previous-*"))
+                                             and bool(read_jsonl(run / "metrics.jsonl"))),
+                        sig=signal.SIGINT)
+    assert rc == 3 and "Traceback" not in err, err[-3000:]
+    assert "(checkpoint saved); run the same command again to resume" in err
+    previous = list(run.glob("previous-*"))
+    assert len(previous) == 1 and (previous[0] / "metrics.jsonl").exists() and (previous[0] / "policy").is_dir()
+    steps = CheckpointManager(run / "checkpoints").all_steps()
+    assert steps and steps[-1] == len(read_jsonl(run / "metrics.jsonl"))
+
+
+@pytest.mark.slow
+def test_ppp_sft_stopped_by_sigterm_or_ctrl_c_exits_cleanly_and_resumes(tmp_path):
+    import signal
+
+    cfg = str(_cli_config(tmp_path, sft={"num_episodes": 16, "num_steps": 30, "batch_size": 4,
+                                         "row_len": 512}))
+    metrics = tmp_path / "t" / "sft" / "metrics.jsonl"
+    done = 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        rc, out, err = _ppp("sft", "--no-progress", cfg, sig=sig,
+                            signal_when=lambda: len(read_jsonl(metrics)) > done)
+        assert rc == 3 and "Traceback" not in err, err[-3000:]
+        lines = [line for line in err.splitlines() if line.startswith("ppp sft:")]
+        assert len(lines) == 1 and "warm start stopped at step" in lines[0], err[-3000:]
+        rows = read_jsonl(metrics)
+        assert len(rows) > done and [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+        assert CheckpointManager(metrics.parent / "checkpoints").all_steps()[-1] == len(rows)
+        done = len(rows)
