@@ -38,6 +38,15 @@ def run(args: argparse.Namespace) -> int:
     # multi-host from the config's `distributed` section, its unset fields from PPP_*/JAX_*
     # environment variables; a no-op for one process
     distributed.initialize(cfg.distributed)
+    from ppp_jax.train.checkpointing import CheckpointError
+    from ppp_jax.train.loop import RunFolderError
+    from ppp_jax.train.trainer import preflight
+
+    try:  # a run that would be refused is refused before the model and engine are built
+        preflight(cfg.output_dir, restart=args.restart)
+    except (RunFolderError, CheckpointError) as e:
+        print(f"ppp train: {e}", file=sys.stderr)
+        return 1
     from ppp_jax.sampling.chat import load_tokenizer
     from ppp_jax.train.builders import build_parts
     from ppp_jax.train.trainer import PPPTrainer
@@ -54,13 +63,10 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"ppp train: {e}", file=sys.stderr)
         return 1
-    from ppp_jax.train.checkpointing import CheckpointError
-    from ppp_jax.train.loop import RunFolderError
-
     t0 = time.perf_counter()
     trainer = PPPTrainer(cfg, parts)
     try:
-        final = trainer.train(progress=not args.no_progress, restart=args.restart)
+        final = trainer.train(progress=not args.no_progress)
         if final.step < cfg.trainer.num_steps:
             print(f"ppp train: stopped at step {final.step} of {cfg.trainer.num_steps} (checkpoint "
                   "saved); run the same command again to resume", file=sys.stderr)

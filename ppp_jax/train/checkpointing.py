@@ -145,6 +145,17 @@ def write_manifest(step_dir: Path, step: int) -> None:
     os.replace(tmp, step_dir / MANIFEST)
 
 
+# Steps this process has verified intact, by the stat of every file (a resume checks before it
+# builds anything, then restores: the second check costs stats, not another read).
+_VERIFIED: set[tuple] = set()
+
+
+def _stat_key(step_dir: Path) -> tuple:
+    files = [MANIFEST, *_item_files(step_dir)]
+    stats = [(rel, (step_dir / rel).stat()) for rel in files]
+    return (str(step_dir),) + tuple((rel, st.st_size, st.st_mtime_ns, st.st_ino) for rel, st in stats)
+
+
 def verify_manifest(step_dir: Path) -> str | None:
     """None if every file the step's manifest lists is there with its size and sha256, else
     what is wrong ("params/d/1a2b: truncated (120 of 202 bytes)", "item 'rng' missing", ...).
@@ -299,7 +310,15 @@ class CheckpointManager:
         def decide() -> tuple[str, str]:
             step_dir = self.directory / str(step)
             if (step_dir / MANIFEST).is_file():
+                try:
+                    key = _stat_key(step_dir)
+                except OSError:
+                    key = None
+                if key is not None and key in _VERIFIED:
+                    return "ok", ""
                 problem = verify_manifest(step_dir)
+                if problem is None and key is not None:
+                    _VERIFIED.add(key)
                 return ("damaged", problem) if problem else ("ok", "")
             if not step_dir.is_dir() or not any(step_dir.iterdir()):
                 return "damaged", "empty step directory"
@@ -319,6 +338,26 @@ class CheckpointManager:
             return decide()
         verdict = decide() if jax.process_index() == 0 else None
         return tuple(distributed.allgather_objects(verdict)[0])
+
+    def newest_intact_step(self) -> int | None:
+        """The newest step that passes verification, without restoring it (None when there is
+        no step); CheckpointError, in one line, when there are steps and none is intact."""
+        self._mgr.reload()
+        bad = []
+        for step in reversed(self.all_steps()):
+            status, detail = self._verdict(step)
+            if status != "damaged":
+                return step
+            bad.append((step, detail))
+        if bad:
+            raise self._none_intact(bad)
+        return None
+
+    def _none_intact(self, bad: list[tuple[int, str]]) -> CheckpointError:
+        return CheckpointError(
+            f"no intact checkpoint in {self.directory}: "
+            + "; ".join(f"step {s}: {why}" for s, why in bad)
+            + " (nothing restored; the files are left as they are)")
 
     @property
     def damaged_directory(self) -> Path:
@@ -496,10 +535,7 @@ class CheckpointManager:
                             "steps" if many else "step", damaged, candidate,
                             moved)
             return got
-        raise CheckpointError(
-            f"no intact checkpoint in {self.directory}: "
-            + "; ".join(f"step {s}: {why}" for s, why in self.skipped)
-            + " (nothing restored; the files are left as they are)")
+        raise self._none_intact(self.skipped)
 
     def restore_latest(self, **kwargs: Any) -> TrainCheckpoint | None:
         """`restore()` of the newest intact checkpoint, or None when there is no step at all."""

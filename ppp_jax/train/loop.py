@@ -285,17 +285,19 @@ def _has_content(path: Path) -> bool:
     return path.exists() and path.stat().st_size > 0
 
 
-def check_run_folder(run_dir: str | Path, ckpt: CheckpointManager,
+def check_run_folder(run_dir: str | Path, ckpt: CheckpointManager | None,
                      history: Sequence[str] = RUN_HISTORY) -> None:
     """Refuses (`RunFolderError`) a run folder with history (`history` entries of `run_dir`
-    that are not empty) but no checkpoint step: training would start at step 0 and replace it."""
+    that are not empty) but no checkpoint step (`ckpt` None: its checkpoint folder does not
+    exist): training would start at step 0 and replace it."""
     run_dir = Path(run_dir)
-    if ckpt.all_steps():
+    if ckpt is not None and ckpt.all_steps():
         return
+    where = ckpt.directory if ckpt is not None else run_dir / "checkpoints"
     found = [name for name in history if _has_content(run_dir / name)]
     if found:
         raise RunFolderError(
-            f"{run_dir} holds {', '.join(found)} from an earlier run but {ckpt.directory} has no "
+            f"{run_dir} holds {', '.join(found)} from an earlier run but {where} has no "
             f"checkpoint to resume from; start over with --restart (moves the earlier run's "
             f"files into a previous-<time>/ folder, nothing deleted) or put the checkpoints back")
 

@@ -353,7 +353,7 @@ class PPPTrainer:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if restart:
-            loop.set_aside_run(self.run_dir, loop.RUN_HISTORY + ("checkpoints", "checkpoints-damaged"))
+            loop.set_aside_run(self.run_dir, RESTART_MOVES)
         ds = self.dataset()
         self.data_iter = ds.iterator()
         ckcfg = dataclasses.replace(cfg.checkpoint, directory=str(self.run_dir / "checkpoints"))
@@ -405,6 +405,25 @@ def _host_scalars(tree: dict[str, Any]) -> dict[str, Any]:
         return jax.device_get(tree)
     return {k: np.asarray(v.addressable_data(0)) if isinstance(v, jax.Array) else v
             for k, v in tree.items()}
+
+
+# What `PPPTrainer.train(restart=True)` moves into `<run>/previous-<time>/`.
+RESTART_MOVES = loop.RUN_HISTORY + ("checkpoints", "checkpoints-damaged")
+
+
+def preflight(run_dir: str | Path, *, restart: bool = False) -> None:
+    """What `PPPTrainer.train` would refuse, checked before anything is built: a run folder
+    with history but no checkpoint (`loop.RunFolderError`), or checkpoints none of which is
+    intact (`CheckpointError`). With `restart`, first moves the earlier run aside."""
+    run_dir = Path(run_dir)
+    if restart:
+        loop.set_aside_run(run_dir, RESTART_MOVES)
+    if not (run_dir / "checkpoints").is_dir():
+        loop.check_run_folder(run_dir, None)
+        return
+    with CheckpointManager(run_dir / "checkpoints") as ckpt:
+        loop.check_run_folder(run_dir, ckpt)
+        ckpt.newest_intact_step()
 
 
 def restore_params(run_dir: str | Path, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:

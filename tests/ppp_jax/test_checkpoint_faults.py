@@ -360,3 +360,31 @@ def test_ppp_sft_stopped_by_sigterm_or_ctrl_c_exits_cleanly_and_resumes(tmp_path
         assert len(rows) > done and [r["step"] for r in rows] == list(range(1, len(rows) + 1))
         assert CheckpointManager(metrics.parent / "checkpoints").all_steps()[-1] == len(rows)
         done = len(rows)
+
+
+def test_ppp_train_preflight_refuses_before_building_and_restart_moves_the_run(tmp_path):
+    """`ppp train` checks the run folder before it builds the model and engine."""
+    import jax
+    import jax.numpy as jnp
+
+    from ppp_jax.train.trainer import preflight
+
+    run = tmp_path / "run"
+    run.mkdir()
+    preflight(run)  # a new folder is fine
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(RunFolderError, match="holds metrics.jsonl from an earlier run"):
+        preflight(run)
+    assert not (run / "checkpoints").exists()  # refusing created nothing
+    with CheckpointManager(run / "checkpoints") as mgr:
+        mgr.save(1, params={"w": jnp.ones(2048)}, opt_state={}, rng=jax.random.key(0))
+    preflight(run)  # an intact step: fine
+    _zero_block(run / "checkpoints" / "1")
+    before = _snapshot(run)
+    with pytest.raises(CheckpointError, match=r"no intact checkpoint .* step 1: params/"):
+        preflight(run)
+    assert _snapshot(run) == before
+    preflight(run, restart=True)
+    moved = list(run.glob("previous-*"))
+    assert len(moved) == 1 and sorted(p.name for p in moved[0].iterdir()) == ["checkpoints", "metrics.jsonl"]
+    assert _snapshot(moved[0]) == before  # moved whole, byte for byte
