@@ -30,9 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _weights(cfg, override: str) -> tuple[str, Path | None]:
     """(description, path) of the weights to evaluate; path None = the model as built."""
     out = cfg.output_dir
-    for cand in (override, cfg.eval.checkpoint):
+    for cand, origin in ((override, "--checkpoint"), (cfg.eval.checkpoint, "eval.checkpoint")):
         if cand:
             p = Path(cand)
+            if not p.exists():
+                raise FileNotFoundError(
+                    f"{origin} {p} does not exist; `ppp train` writes <run>/policy (and "
+                    f"<run>/checkpoints), `ppp sft` <run>/sft_policy, `ppp convert hf2orbax` a model "
+                    f"checkpoint from a Hugging Face one (this config's run is {out})")
             if (p / "checkpoints").is_dir():
                 return "training checkpoint", p
             return "model checkpoint", p
@@ -50,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load(args, "ppp eval")
     if cfg is None:
         return 2
+    if cfg.eval.backend != "openai":
+        try:  # before anything is built: a wrong path is said at once
+            _weights(cfg, args.checkpoint)
+        except FileNotFoundError as e:
+            print(f"ppp eval: {e}", file=sys.stderr)
+            return 1
     from ppp_jax.envs.simulator_backends import make_simulator
     from ppp_jax.eval import evaluate
     from ppp_jax.sampling.chat import load_tokenizer
@@ -88,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         except FileNotFoundError as e:
             print(f"ppp eval: {e}", file=sys.stderr)
             return 1
+        from ppp_jax.train.checkpointing import CheckpointError
+
         kind, path = _weights(cfg, args.checkpoint)
         if kind == "model checkpoint":
             model = build_model(cfg, tokenizer, path=path)
@@ -96,7 +109,11 @@ def run(args: argparse.Namespace) -> int:
             if kind == "training checkpoint":
                 from flax import nnx
 
-                params, step = restore_params(path, nnx.state(model, nnx.Param))
+                try:
+                    params, step = restore_params(path, nnx.state(model, nnx.Param))
+                except CheckpointError as e:
+                    print(f"ppp eval: {e}", file=sys.stderr)
+                    return 1
                 nnx.update(model, params)
                 kind = f"training checkpoint step {step}"
         what = f"{kind} {path or ''}".strip()

@@ -4,6 +4,10 @@ Builds the tasks, runs the scripted "untrained instruct model" through the real 
 and simulator, trains the tokenizer if there is none, and fine-tunes the policy through the RL
 train step (loss on assistant tokens only). Writes `<run>/sft/` (metrics, checkpoints; resumable)
 and `<run>/sft_policy/` (the warm-started model checkpoint).
+
+Exit codes: 0 done; 1 cannot start (run folder with metrics but no checkpoint, no intact
+checkpoint); 2 config error or stale run folder; 3 stopped by SIGTERM/Ctrl+C after saving (run
+again to resume); 130 stopped by a second signal, without saving.
 """
 
 from __future__ import annotations
@@ -16,21 +20,39 @@ from ppp_jax.commands._common import add_config_arguments, load
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    parser.add_argument("--restart", action="store_true",
+                        help="start the warm start over: first move <run>/sft/ and <run>/sft_policy/ "
+                             "into <run>/previous-<time>/ (nothing deleted)")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load(args, "ppp sft")
     if cfg is None:
         return 2
-    from ppp_jax.demo import StaleRunError, build_stage, sft_stage
+    from ppp_jax.demo import Interrupted, StaleRunError, build_stage, sft_stage
     from ppp_jax.train.builders import build_model
+    from ppp_jax.train.checkpointing import CheckpointError
+    from ppp_jax.train.loop import RunFolderError, set_aside_run
 
     try:
         built = build_stage(cfg)
     except StaleRunError as e:
         print(f"ppp sft: {e}", file=sys.stderr)
         return 2
+    if args.restart:
+        set_aside_run(cfg.output_dir, ("sft", "sft_policy"))
     model = build_model(cfg, built.tokenizer)
-    sft_stage(cfg, built, model, progress=not args.no_progress)
+    try:
+        sft_stage(cfg, built, model, progress=not args.no_progress)
+    except Interrupted as e:
+        print(f"ppp sft: {e}", file=sys.stderr)
+        return 3
+    except (RunFolderError, CheckpointError) as e:
+        print(f"ppp sft: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ppp sft: stopped at once by a second signal, without saving; run the same command "
+              "again to resume from the last checkpoint", file=sys.stderr)
+        return 130
     print(f"ppp sft: warm-started policy -> {cfg.output_dir / 'sft_policy'}")
     return 0

@@ -4,6 +4,13 @@ Writes `<run_dir>/<name>/`: metrics.jsonl, tb/ (TensorBoard), checkpoints/ (orba
 optimizer, RNG, data position) and, at the end, policy/ (a model checkpoint that `ppp eval` reads
 and `ppp convert orbax2hf` turns into a Hugging Face directory). For the embedded stdlib domain
 with no tokenizer yet, the demo's build stage trains one first.
+
+Resumes from the newest intact checkpoint (damaged newer ones are named and moved aside). Refuses
+a run folder with history but no checkpoint, or with no intact checkpoint; `--restart` moves the
+earlier run's files into `<run>/previous-<time>/` and starts over. SIGTERM or Ctrl+C stop after
+the current step with a checkpoint (a second one stops at once, without saving).
+Exit codes: 0 done; 1 cannot start (run folder, checkpoints, data); 2 config error; 3 stopped by
+a signal after saving (run the same command to resume); 130 stopped by a second signal.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from ppp_jax.commands._common import add_config_arguments, load
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    parser.add_argument("--restart", action="store_true",
+                        help="start over at step 0: first move the earlier run's metrics.jsonl, tb/, "
+                             "policy/ and checkpoints/ into <run>/previous-<time>/ (nothing deleted)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,6 +38,15 @@ def run(args: argparse.Namespace) -> int:
     # multi-host from the config's `distributed` section, its unset fields from PPP_*/JAX_*
     # environment variables; a no-op for one process
     distributed.initialize(cfg.distributed)
+    from ppp_jax.train.checkpointing import CheckpointError
+    from ppp_jax.train.loop import RunFolderError
+    from ppp_jax.train.trainer import preflight
+
+    try:  # a run that would be refused is refused before the model and engine are built
+        preflight(cfg.output_dir, restart=args.restart)
+    except (RunFolderError, CheckpointError) as e:
+        print(f"ppp train: {e}", file=sys.stderr)
+        return 1
     from ppp_jax.sampling.chat import load_tokenizer
     from ppp_jax.train.builders import build_parts
     from ppp_jax.train.trainer import PPPTrainer
@@ -49,14 +68,25 @@ def run(args: argparse.Namespace) -> int:
     try:
         final = trainer.train(progress=not args.no_progress)
         if final.step < cfg.trainer.num_steps:
-            print(f"ppp train: stopped at step {final.step} of {cfg.trainer.num_steps}; run the "
-                  "same command again to resume", file=sys.stderr)
+            print(f"ppp train: stopped at step {final.step} of {cfg.trainer.num_steps} (checkpoint "
+                  "saved); run the same command again to resume", file=sys.stderr)
             return 3
         out = trainer.save_policy(final.train.params, cfg.output_dir / "policy")
+    except (RunFolderError, CheckpointError) as e:
+        print(f"ppp train: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ppp train: stopped at once by a second signal, without saving; run the same "
+              "command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
     finally:
         trainer.engine.close()
     last = trainer.last_rollout.metrics if trainer.last_rollout is not None else {}
-    print(f"ppp train: {final.step} steps in {cfg.output_dir} ({time.perf_counter() - t0:.0f}s); "
+    ran = final.step - trainer.start_step  # this invocation's steps, not the resumed ones
+    steps = f"{ran} step{'' if ran == 1 else 's'}"
+    if trainer.start_step:
+        steps += f" (resumed after step {trainer.start_step}, now at {final.step})"
+    print(f"ppp train: {steps} in {cfg.output_dir} ({time.perf_counter() - t0:.0f}s); "
           f"last step reward {last.get('score/reward', float('nan')):.3f}, "
           f"ask ratio {last.get('rollout/ask_ratio', float('nan')):.2f}; policy -> {out}")
     return 0

@@ -13,16 +13,29 @@ Order within step s (after s-1 updates):
     batch = next(data)   ->   state, m = step_fn(state, batch)   ->   write row s
       ->   if s % save_every == 0 or s == num_steps: save checkpoint s (async)
 
-Rows written after the last finished checkpoint by a killed run are removed on resume
-(`MetricsWriter.start`), then written again by the resumed run.
+Rows written after the last finished checkpoint by a killed run are cut off on resume (kept aside,
+see `MetricsWriter.start`), then written again by the resumed run.
+
+Damaged checkpoints (see `ppp_jax.train.checkpointing`): the loop resumes from the newest intact
+step and moves the damaged newer ones aside; if every step is damaged it refuses
+(`CheckpointError`) and starts nothing. It never starts from scratch over existing checkpoints.
+Run folders: `check_run_folder` refuses a folder with an earlier run's history but no checkpoint
+(the trainer and `ppp sft` call it); `set_aside_run` moves such files into
+`<run>/previous-<time>/` for a deliberate start over (`--restart`).
+
+Stopping: SIGTERM and SIGINT (Ctrl+C) finish the current step, save a checkpoint and return; a
+second signal raises KeyboardInterrupt at once (the last finished checkpoint stays).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import signal
 import threading
+import time
+from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import jax
@@ -111,11 +124,16 @@ def restore_or_init(
     if abstract_state is None:
         abstract_state = init() if callable(init) else init
     abstract_params, abstract_rest = split_train(abstract_state.train)
+    # The newest intact step (damaged ones are logged and passed over, then moved aside so
+    # that saving goes on from the restored step); CheckpointError if none is intact: a run
+    # never starts over on top of its checkpoints.
     restored = ckpt.restore(
-        latest,
+        None,
         abstract_params=abstract_like(abstract_params),
         abstract_opt_state=abstract_like(abstract_rest),
+        set_aside=True,
     )
+    latest = restored.step
     if restored.data_state is None:
         raise ValueError(f"checkpoint step {latest} has no data-iterator state; cannot resume exactly")
     data_iter.set_state(restored.data_state)
@@ -141,7 +159,8 @@ def run_loop(
     abstract_state: LoopState | None = None,
     progress: bool = False,
     hooks: Sequence[Callable[[LoopState, Mapping[str, float]], None]] = (),
-    stop_signals: Sequence[int] = (signal.SIGTERM,),
+    stop_signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+    on_start: Callable[[int], None] | None = None,
 ) -> LoopState:
     """Trains until `num_steps` updates have been applied, resuming from `ckpt` if it has any.
 
@@ -157,10 +176,13 @@ def run_loop(
       abstract_state: restore targets; see `restore_or_init`.
       progress: show a tqdm bar.
       hooks: called after each step with (state, metrics), e.g. evaluation or weight sync.
-      stop_signals: signals (default SIGTERM, what schedulers send before preempting) that stop
-        the run gracefully: the current step finishes, a checkpoint is saved, the loop returns.
-        Handlers are installed only when called from the main thread. With several processes
-        a signal on any of them stops all of them after the same step (agreed every step).
+      stop_signals: signals (default SIGTERM, what schedulers send before preempting, and
+        SIGINT, Ctrl+C) that stop the run gracefully: the current step finishes, a checkpoint is
+        saved, the loop returns. A second one raises KeyboardInterrupt at once (no save; the
+        last finished checkpoint stays). Handlers are installed only when called from the main
+        thread. With several processes a signal on any of them stops all of them after the
+        same step (agreed every step).
+      on_start: called once with the step training starts after (0, or the restored step).
 
     Returns:
       The final state (`state.step < num_steps` if stopped by a signal or the end of the data).
@@ -168,6 +190,8 @@ def run_loop(
     """
     state = restore_or_init(init, data_iter, ckpt, abstract_state=abstract_state, metadata=metadata)
     start = state.step
+    if on_start is not None:
+        on_start(start)
     if writer is not None:
         writer.start(start)
     timer = StepTimer()
@@ -187,9 +211,18 @@ def run_loop(
 
     stop: list[int] = []
     previous = {}
+
+    def on_signal(signum, frame):
+        if stop:  # the second one: stop now, without saving
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice")
+        stop.append(signum)
+        log.warning("%s: stopping after the current step (step %d) with a checkpoint; send it "
+                    "again to stop at once without saving", signal.Signals(signum).name,
+                    state.step + 1)
+
     if threading.current_thread() is threading.main_thread():
         for sig in stop_signals:
-            previous[sig] = signal.signal(sig, lambda signum, frame: stop.append(signum))
+            previous[sig] = signal.signal(sig, on_signal)
     try:
         for step in range(start + 1, num_steps + 1):
             with timer("data"):
@@ -221,8 +254,8 @@ def run_loop(
                     stop.append(0)  # another process got the signal: stop at the same step
             else:
                 stopping = bool(stop)
-            if stopping:
-                log.warning("signal %s: stopping after step %d", stop[0], step)
+            if stopping:  # said once already, when the signal came (the caller says the rest)
+                log.info("stopped by a signal after step %d", step)
                 break
         if ckpt is not None and state.step != last_saved:
             save()  # stopped early (signal, data exhausted) between save points: keep the progress
@@ -235,3 +268,60 @@ def run_loop(
         if writer is not None:
             writer.close()
     return state
+
+
+# ------------------------------------------------------------------------------- run folders
+# What a training run leaves in its folder besides checkpoints: its history.
+RUN_HISTORY = ("metrics.jsonl", "tb", "policy")
+
+
+class RunFolderError(RuntimeError):
+    """A run folder holds an earlier run's history but no checkpoint to resume from."""
+
+
+def _has_content(path: Path) -> bool:
+    if path.is_dir():
+        return any(path.iterdir())
+    return path.exists() and path.stat().st_size > 0
+
+
+def check_run_folder(run_dir: str | Path, ckpt: CheckpointManager | None,
+                     history: Sequence[str] = RUN_HISTORY) -> None:
+    """Refuses (`RunFolderError`) a run folder with history (`history` entries of `run_dir`
+    that are not empty) but no checkpoint step (`ckpt` None: its checkpoint folder does not
+    exist): training would start at step 0 and replace it."""
+    run_dir = Path(run_dir)
+    if ckpt is not None and ckpt.all_steps():
+        return
+    where = ckpt.directory if ckpt is not None else run_dir / "checkpoints"
+    found = [name for name in history if _has_content(run_dir / name)]
+    if found:
+        raise RunFolderError(
+            f"{run_dir} holds {', '.join(found)} from an earlier run but {where} has no "
+            f"checkpoint to resume from; start over with --restart (moves the earlier run's "
+            f"files into a previous-<time>/ folder, nothing deleted) or put the checkpoints back")
+
+
+def set_aside_run(run_dir: str | Path, names: Sequence[str]) -> Path | None:
+    """Moves the entries `names` of `run_dir` that exist into `<run_dir>/previous-<time>/`
+    (never deletes or overwrites); returns that folder, or None if there was nothing to move.
+    With several processes only the primary moves."""
+    run_dir = Path(run_dir)
+    present = [name for name in names if (run_dir / name).exists()]
+    aside = None
+    if present and jax.process_index() == 0:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = run_dir / f"previous-{stamp}"
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = run_dir / f"previous-{stamp}-{n}"
+        aside.mkdir(parents=True)
+        for name in present:
+            shutil.move(str(run_dir / name), str(aside / name))
+        log.warning("moved %s of the earlier run into %s", ", ".join(present), aside)
+    if jax.process_count() > 1:  # nobody opens the folder before the primary has moved it
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("ppp_jax.train.loop.set_aside_run")
+    return aside

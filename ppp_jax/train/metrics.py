@@ -11,8 +11,9 @@ Names are `group/name`, so TensorBoard groups them:
     perf/*      throughput (tokens/s)
 
 Writers append one row per step and flush it. They are resume-safe: `start(step)` is called with
-the step training resumes after (0 for a fresh run) and removes every row beyond it, so rows
-written after the last checkpoint by a killed run are replaced, not duplicated.
+the step training resumes after (0 for a fresh run) and sets every row beyond it aside (jsonl:
+into `metrics.discarded.jsonl`; TensorBoard: purged from view), so rows written after the last
+checkpoint by a killed run are replaced, not duplicated, and the rows before stay byte for byte.
 """
 
 from __future__ import annotations
@@ -138,28 +139,50 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 class JsonlWriter:
     """One JSON object per step (`{"step": s, name: value, ...}`), appended and flushed.
 
-    `start(step)` rewrites the file keeping only rows with `step <= step` (atomically: a temp
-    file renamed over the old one), so a resumed run continues the file seamlessly.
+    `start(step)` keeps the file's bytes up to the last row with `step <= step` exactly as they
+    are and cuts off the rest (rows a killed run wrote after its last checkpoint, or a line cut
+    short), after appending that tail to `<stem>.discarded.jsonl` beside it: the file is never
+    rewritten, and no row is lost. A resumed run then appends its own rows for those steps.
     """
 
     def __init__(self, path: str | Path, *, fsync: bool = False):
         self.path = Path(path)
         self.fsync = fsync
         self._f = None
-        self.dropped_rows = 0  # rows removed by start(): written after the restored checkpoint
+        self.dropped_rows = 0  # rows start() cut off: written after the restored checkpoint
+
+    @property
+    def discarded_path(self) -> Path:
+        """Where `start` keeps the rows it cuts off."""
+        return self.path.with_name(self.path.stem + ".discarded.jsonl")
+
+    def _keep_bytes(self, data: bytes, step: int) -> int:
+        """Length of the prefix of `data` made of whole rows with `row.step <= step`."""
+        keep = 0
+        lines = data.split(b"\n")
+        for i, line in enumerate(lines[:-1]):  # the last piece has no newline: a cut write
+            if line.strip():
+                try:
+                    row_step = int(json.loads(line)["step"])
+                except (ValueError, KeyError, TypeError):
+                    raise ValueError(f"{self.path}:{i + 1}: not a metrics row") from None
+                if row_step > step:
+                    break
+            keep += len(line) + 1
+        return keep
 
     def start(self, step: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        rows = read_jsonl(self.path)
-        keep = [r for r in rows if int(r["step"]) <= step]
-        self.dropped_rows = len(rows) - len(keep)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w") as f:
-            for r in keep:
-                f.write(json.dumps(r) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        data = self.path.read_bytes() if self.path.exists() else b""
+        keep = self._keep_bytes(data, step)
+        tail = data[keep:]
+        self.dropped_rows = sum(1 for line in tail.split(b"\n") if line.strip())
+        if tail:
+            with self.discarded_path.open("ab") as f:
+                f.write(tail if tail.endswith(b"\n") else tail + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.truncate(self.path, keep)
         self._f = self.path.open("a")
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:

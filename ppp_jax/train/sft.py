@@ -364,7 +364,9 @@ def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, nu
     """SFT of `model` on `views` through `make_train_step`; resumable from `<run_dir>/checkpoints`.
 
     Returns (final params (an `nnx.State`), steps done); fewer steps than `num_steps` means the
-    run was stopped (SIGTERM) and can be resumed. Metrics go to `<run_dir>/metrics.jsonl`.
+    run was stopped (SIGTERM or SIGINT) and can be resumed. Metrics go to
+    `<run_dir>/metrics.jsonl`. Raises `loop.RunFolderError` when `run_dir` has metrics but no
+    checkpoint, `CheckpointError` when no checkpoint is intact (two are kept).
     """
     import jax
     import jax.numpy as jnp
@@ -408,7 +410,9 @@ def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, nu
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
     abstract = loop.LoopState(0, TrainState(abstract_like(params), jax.eval_shape(optimizer.init, params),
                                             scalar, scalar), jax.random.key(0))
-    with CheckpointManager(run_dir / "checkpoints", save_every=save_every, keep=1) as ckpt:
+    # keep=2: a damaged latest step falls back to the one before
+    with CheckpointManager(run_dir / "checkpoints", save_every=save_every, keep=2) as ckpt:
+        loop.check_run_folder(run_dir, ckpt, history=("metrics.jsonl",))
         final = loop.run_loop(init, SFTBatches(views, batch_size, seed), step_fn,
                               num_steps=num_steps, ckpt=ckpt,
                               writer=make_writer(run_dir, tensorboard=False),

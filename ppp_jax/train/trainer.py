@@ -195,6 +195,7 @@ class PPPTrainer:
             pack=cfg.rollout.pack, drop_too_long=cfg.rollout.truncate_long,
             pad_token_id=cfg.model.build().pad_token_id)
         self.data_iter = None
+        self.start_step = 0  # the step the last `train` call started after (resumed runs: > 0)
         self._engine_step = -1  # the step whose params the engine holds (-1: unknown, sync first)
         self.last_rollout = None
 
@@ -364,29 +365,43 @@ class PPPTrainer:
 
     # -- the run ----------------------------------------------------------------------------
     def train(self, *, num_steps: int | None = None, progress: bool | None = None,
-              hooks: Sequence[Callable[[loop.LoopState, Any], None]] = ()) -> loop.LoopState:
-        """Trains to `num_steps` (default `cfg.trainer.num_steps`), resuming if possible."""
+              hooks: Sequence[Callable[[loop.LoopState, Any], None]] = (),
+              restart: bool = False) -> loop.LoopState:
+        """Trains to `num_steps` (default `cfg.trainer.num_steps`), resuming if possible.
+
+        A run folder with history (metrics.jsonl, tb/, policy/) but no checkpoint is refused
+        (`loop.RunFolderError`), and one whose checkpoints are all damaged too
+        (`CheckpointError`); `restart=True` first moves the earlier run's files into
+        `<run>/previous-<time>/` and starts at step 0. `self.start_step` is the step this call
+        started after (0, or the restored checkpoint's).
+        """
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if restart:
+            loop.set_aside_run(self.run_dir, RESTART_MOVES)
         ds = self.dataset()
         self.data_iter = ds.iterator()
         ckcfg = dataclasses.replace(cfg.checkpoint, directory=str(self.run_dir / "checkpoints"))
         ckpt = CheckpointManager.from_config(ckcfg)
-        writer = make_writer(self.run_dir, tensorboard=cfg.trainer.tensorboard)
-        meta = {"config": cfgmod.to_dict(cfg)}
         try:
+            loop.check_run_folder(self.run_dir, ckpt)
+            writer = make_writer(self.run_dir, tensorboard=cfg.trainer.tensorboard)
+            meta = {"config": cfgmod.to_dict(cfg)}
             final = loop.run_loop(self.init_state, self.data_iter, self.step_fn,
                                   num_steps=num_steps or cfg.trainer.num_steps, ckpt=ckpt,
                                   writer=writer, metadata=meta,
                                   abstract_state=self._abstract_state(),
                                   progress=cfg.trainer.progress if progress is None else progress,
-                                  hooks=hooks)
+                                  hooks=hooks, on_start=self._started)
         finally:
             ckpt.close()
         if self._engine_step != final.step:
             self._sync_engine(final.train.params)
             self._engine_step = final.step
         return final
+
+    def _started(self, step: int) -> None:
+        self.start_step = step
 
     def _abstract_state(self) -> loop.LoopState:
         # Counters replicated on the mesh: a checkpoint holds the sharding it was saved with,
@@ -415,6 +430,25 @@ def _host_scalars(tree: dict[str, Any]) -> dict[str, Any]:
         return jax.device_get(tree)
     return {k: np.asarray(v.addressable_data(0)) if isinstance(v, jax.Array) else v
             for k, v in tree.items()}
+
+
+# What `PPPTrainer.train(restart=True)` moves into `<run>/previous-<time>/`.
+RESTART_MOVES = loop.RUN_HISTORY + ("checkpoints", "checkpoints-damaged")
+
+
+def preflight(run_dir: str | Path, *, restart: bool = False) -> None:
+    """What `PPPTrainer.train` would refuse, checked before anything is built: a run folder
+    with history but no checkpoint (`loop.RunFolderError`), or checkpoints none of which is
+    intact (`CheckpointError`). With `restart`, first moves the earlier run aside."""
+    run_dir = Path(run_dir)
+    if restart:
+        loop.set_aside_run(run_dir, RESTART_MOVES)
+    if not (run_dir / "checkpoints").is_dir():
+        loop.check_run_folder(run_dir, None)
+        return
+    with CheckpointManager(run_dir / "checkpoints") as ckpt:
+        loop.check_run_folder(run_dir, ckpt)
+        ckpt.newest_intact_step()
 
 
 def restore_params(run_dir: str | Path, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:

@@ -1,7 +1,8 @@
 """A small deterministic training run for the kill-and-resume tests (run as a subprocess).
 
     python tests/ppp_jax/_resume_run.py RUN_DIR --steps N --save-every K
-        [--kill-at-step S] [--step-sleep SECONDS] [--policy toy|tiny]
+        [--kill-at-step S] [--step-sleep SECONDS] [--policy toy|tiny] [--ballast N] [--keep K]
+        [--check-folder] [--restart]
 
 It drives the real pieces: the grain data pipeline (ppp_jax.train.data), the loop (ppp_jax.train.loop), the
 orbax checkpoint manager and the jsonl + TensorBoard metrics writers, with a toy optax problem in
@@ -33,7 +34,7 @@ from ppp_jax.rollout.episode_metrics import episode_metrics
 from ppp_jax.train.metrics import make_writer
 from ppp_jax.train.checkpointing import CheckpointManager  # noqa: E402
 from ppp_jax.envs.records import EpisodeRecord, Question, TokenView
-from ppp_jax.train.loop import LoopState, run_loop
+from ppp_jax.train.loop import RUN_HISTORY, LoopState, check_run_folder, run_loop, set_aside_run
 
 DIM = 6
 W_TRUE = np.linspace(-1.0, 1.0, DIM).astype(np.float32)
@@ -88,7 +89,10 @@ def update(train: ToyTrainState, rng, x):
     y = x @ jnp.asarray(W_TRUE) + 0.1 * jax.random.normal(noise_key, (x.shape[0],))
 
     def loss_fn(p):
-        return jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
+        # "ballast" (--ballast N): a real parameter of N floats, so parameter files are large
+        # enough for the checkpoint fault tests to damage a block inside one.
+        extra = 1e-3 * jnp.mean(p["ballast"] ** 2) if "ballast" in p else 0.0
+        return jnp.mean((x @ p["w"] + p["b"] - y) ** 2) + extra
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = OPT.update(grads, opt_state, params)
@@ -151,12 +155,19 @@ def main(argv=None) -> int:
     p.add_argument("--kill-at-step", type=int, default=None)
     p.add_argument("--step-sleep", type=float, default=0.0)
     p.add_argument("--policy", choices=("toy", "tiny"), default="toy")
+    p.add_argument("--ballast", type=int, default=0, help="extra parameter floats (toy policy)")
+    p.add_argument("--keep", type=int, default=2)
+    p.add_argument("--check-folder", action="store_true",
+                   help="refuse a run folder with history but no checkpoint (as `ppp train` does)")
+    p.add_argument("--restart", action="store_true", help="set the earlier run aside first")
     args = p.parse_args(argv)
 
     cfg = DataConfig(batch_size=6, seed=11, vague_preferences=("a", "b", "c"))
     ds = make_dataset(cfg, rows(), shard=ShardInfo(0, 1))  # 20 prompts: epochs cut batches
     opt = OPT
     params = {"w": jnp.zeros((DIM,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+    if args.ballast:
+        params["ballast"] = jnp.asarray(np.random.default_rng(0).normal(size=args.ballast), jnp.float32)
     zero = jnp.zeros((), jnp.int32)
     if args.policy == "toy":
         train = ToyTrainState(params, opt.init(params), zero, zero)
@@ -171,7 +182,11 @@ def main(argv=None) -> int:
             time.sleep(args.step_sleep)
             return inner(state, batch)
 
-    ckpt = CheckpointManager(os.path.join(args.run_dir, "ckpt"), save_every=args.save_every, keep=2)
+    if args.restart:
+        set_aside_run(args.run_dir, RUN_HISTORY + ("ckpt", "ckpt-damaged"))
+    ckpt = CheckpointManager(os.path.join(args.run_dir, "ckpt"), save_every=args.save_every, keep=args.keep)
+    if args.check_folder:
+        check_run_folder(args.run_dir, ckpt)
     writer = make_writer(args.run_dir)
     state = run_loop(init, ds.iterator(), step_fn, num_steps=args.steps, ckpt=ckpt, writer=writer,
                      metadata={"config": {"seed": 11}})

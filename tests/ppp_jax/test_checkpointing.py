@@ -16,8 +16,8 @@ import pytest
 from flax import nnx
 
 from ppp_jax.config.checkpoint import CheckpointConfig
-from ppp_jax.train.checkpointing import (CheckpointError, CheckpointManager, TrainCheckpoint,
-                                         export_hf)
+from ppp_jax.train.checkpointing import (CheckpointError, CheckpointManager, DamagedCheckpoint,
+                                         TrainCheckpoint, export_hf)
 
 CHILD = Path(__file__).with_name("_ckpt_child.py")
 
@@ -100,7 +100,7 @@ def test_errors_are_clear(tmp_path):
     mgr.close()
 
 
-def test_corrupt_checkpoint_is_reported_not_used(tmp_path):
+def test_corrupt_checkpoint_is_reported_not_used(tmp_path, caplog):
     with CheckpointManager(tmp_path, async_save=False) as mgr:
         for step in (1, 2):
             params, opt_state = _train_state(step)
@@ -112,17 +112,59 @@ def test_corrupt_checkpoint_is_reported_not_used(tmp_path):
     for p in files:
         p.write_bytes(b"\x00garbage" * 8)
     mgr = CheckpointManager(tmp_path)
-    with pytest.raises(CheckpointError, match=r"checkpoint step 2, item 'params' .* corrupt"):
-        mgr.restore_latest(abstract_params=target, abstract_opt_state=target_opt)
-    # The previous checkpoint is untouched and still restores.
-    assert _leaves_equal(mgr.restore(1, abstract_params=target, restore_opt_state=False).params,
-                         _train_state(1)[0])
-    # A missing item is named as such.
+    # Asked for by number: refused, naming the step and the damaged file.
+    with pytest.raises(DamagedCheckpoint, match=r"checkpoint step 2 .* damaged: params/\S+: size 64 bytes"):
+        mgr.restore(2, abstract_params=target, abstract_opt_state=target_opt)
+    # The latest: falls back to step 1, in one log line naming step 2 and the file.
+    with caplog.at_level("WARNING", logger="ppp_jax.train.checkpointing"):
+        got = mgr.restore_latest(abstract_params=target, abstract_opt_state=target_opt)
+    assert got.step == 1 and _leaves_equal(got.params, _train_state(1)[0])
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "step 2: params/" in lines[0] and "restored step 1 instead" in lines[0]
+    assert [s for s, _ in mgr.skipped] == [2]
+    # The damaged step is moved aside, not deleted; saving goes on from step 1.
+    moved = mgr.set_aside_skipped()
+    assert [p.name.split("-")[:2] for p in moved] == [["step", "2"]]
+    assert moved[0].parent == tmp_path.parent / f"{tmp_path.name}-damaged"
+    assert mgr.all_steps() == [1] and (moved[0] / "params").is_dir()
+    # A missing item is named as such; with no intact step left, restore refuses in one line.
     import shutil
 
     shutil.rmtree(tmp_path / "1" / "meta")
-    with pytest.raises(CheckpointError, match=r"step 1 .* incomplete: missing \['meta'\]"):
+    with pytest.raises(CheckpointError, match=r"step 1 .* damaged: item 'meta' missing"):
         mgr.restore(1)
+    with pytest.raises(CheckpointError, match=r"^no intact checkpoint in .*: step 1: item 'meta' missing") as err:
+        mgr.restore()
+    assert "\n" not in str(err.value)
+
+
+def test_every_step_carries_a_manifest_and_old_steps_restore_unverified(tmp_path, caplog):
+    """Async and sync saves both publish `ppp_manifest.json`; a step saved before manifests
+    (meta format 1, no manifest) restores with a warning; a new-format step without one is damaged."""
+    import json
+
+    from ppp_jax.train.checkpointing import MANIFEST
+
+    for async_save in (True, False):
+        d = tmp_path / f"async_{async_save}"
+        with CheckpointManager(d, async_save=async_save) as mgr:
+            mgr.save(1, params={"w": jnp.arange(4.0)}, opt_state={}, rng=jax.random.key(0))
+        manifest = json.loads((d / "1" / MANIFEST).read_text())
+        assert {f.split("/")[0] for f in manifest["files"]} == {"params", "rng", "data", "meta", "opt_state"}
+        assert not list(d.glob("*tmp*"))
+    d = tmp_path / "async_False"
+    (d / "1" / MANIFEST).unlink()
+    with pytest.raises(DamagedCheckpoint, match=f"no {MANIFEST}"):
+        CheckpointManager(d).restore(1)
+    # Make it an old-format step: meta format_version 1.
+    meta_file = d / "1" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["format_version"] = 1
+    meta_file.write_text(json.dumps(meta))
+    with caplog.at_level("WARNING", logger="ppp_jax.train.checkpointing"):
+        got = CheckpointManager(d).restore(1)
+    np.testing.assert_array_equal(np.asarray(got.params["w"]), np.arange(4.0))
+    assert any("restored without verification" in r.getMessage() for r in caplog.records)
 
 
 def _child(directory: Path, mode: str) -> subprocess.Popen:

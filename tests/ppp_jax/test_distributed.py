@@ -223,6 +223,13 @@ def test_checkpoints_restore_bit_identical_across_process_counts(tmp_path):
                    str(by1): ["own_state", "bit_identical_from_1"]}
     # keep=2 kept both; only finished step directories exist (no tmp left behind)
     assert sorted(p.name for p in (by2).iterdir()) == ["1", "2"]
+    # The primary's manifest covers the files both processes wrote (it is written after all).
+    from ppp_jax.train.checkpointing import MANIFEST, _item_files
+
+    for step_dir in (by2 / "1", by2 / "2"):
+        listed = set(json.loads((step_dir / MANIFEST).read_text())["files"])
+        assert listed == set(_item_files(step_dir))
+        assert any("process_1" in f for f in listed)
 
 
 def test_run_config_distributed_section(tmp_path, monkeypatch):

@@ -140,20 +140,31 @@ def test_jsonl_writer_resume_truncates_and_handles_a_cut_line(tmp_path):
         f.write('{"step": 6, "a": 9')  # a row cut short by a kill
     rows = read_jsonl(path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and math.isnan(rows[0]["nan"])
+    original = path.read_bytes()
+    kept = b"".join(original.splitlines(keepends=True)[:3])
     w = JsonlWriter(path)
     w.start(3)  # resumed from the step-3 checkpoint
-    assert w.dropped_rows == 2
+    assert w.dropped_rows == 3  # rows 4, 5 and the cut one
+    # Rows 1-3 stay byte for byte (not re-serialized); the rest is kept aside, not lost.
+    assert path.read_bytes() == kept
+    assert w.discarded_path.read_bytes() == original[len(kept):] + b"\n"
     w.write(4, {"a": -1.0})
     w.close()
+    assert path.read_bytes().startswith(kept)
     assert [(r["step"], r["a"]) for r in read_jsonl(path)] == [(1, 1.5), (2, 3.0), (3, 4.5), (4, -1.0)]
-    # Fresh start on an old file: nothing kept.
+    # Fresh start on an old file: nothing kept in it, every row moved aside.
+    before = path.read_bytes()
     w = JsonlWriter(path)
     w.start(0)
     w.close()
     assert read_jsonl(path) == []
+    assert w.discarded_path.read_bytes().endswith(before)
     path.write_text('{"step": 1}\n{"step": 2, oops\n{"step": 3}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):
         read_jsonl(path)
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a metrics row"):
+        JsonlWriter(path).start(5)
+    assert path.read_text().count("\n") == 3  # refused without touching the file
 
 
 def test_tensorboard_and_multi_writer(tmp_path):

@@ -81,9 +81,11 @@ def test_two_ppp_steps_then_resume(tmp_path, tok, engine):
     assert all(np.isfinite(r["train/grad_norm"]) and r["train/grad_norm"] > 0 for r in rows)
     assert all(r["train/skipped"] == 0 for r in rows)
     assert a.engine_step == 2  # the engine runs the trained weights
+    assert a.start_step == 0
     # A new trainer on the same directory resumes from the step-2 checkpoint.
     a2 = make_trainer(cfg, tok, tmp_path / "a", engine)
     assert a2.train(num_steps=3).step == 3
+    assert a2.start_step == 2  # what `ppp train`'s summary subtracts: 1 step ran here
     assert [r["step"] for r in read_jsonl(tmp_path / "a" / "metrics.jsonl")] == [1, 2, 3]
 
 
