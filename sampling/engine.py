@@ -135,11 +135,17 @@ class Engine:
                         fn = self._mailbox.get(block=block, timeout=0.5 if block else None)
                     except queue.Empty:
                         break
-                    fn()
+                    try:
+                        fn()
+                    except Exception:  # noqa: BLE001 - one caller's call; the rest go on
+                        log.exception("engine call failed")
                     block = False
                 if core.has_work():
                     core.step()
-            except BaseException as e:  # keep serving; fail everything in flight
+            except BaseException as e:  # noqa: BLE001 - keep serving
+                # Per-request faults (bad values, callbacks) are failed one by one inside the
+                # step; what reaches here is the device program itself failing, which no single
+                # request can be blamed for, so everything in flight fails with it.
                 log.exception("engine step failed")
                 core.fail_all(e)
 
