@@ -67,7 +67,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from ppp_jax.sampling.chat import IncrementalDetokenizer, encode, render_chat
+from ppp_jax.sampling.chat import IncrementalDetokenizer, encode
 from ppp_jax.sampling.chat_format import DEFAULT_FORMAT, ChatFormat, get_format
 from ppp_jax.sampling.engine import Engine
 from ppp_jax.sampling.params import (MAX_TOP_LOGPROBS, GenerationResult, Request, RequestError,
@@ -199,6 +199,26 @@ def _check_text(text: str, path: str) -> None:
                             f"(U+{ord(text[e.start]):04X} at character {e.start}) cannot be "
                             "encoded as UTF-8",
                        param=_top(path)) from None
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    """`chat.encode`, through the Rust batch call when the tokenizer has one: it releases the
+    GIL, so a long text tokenized in a worker thread does not stall the event loop (the plain
+    `encode` holds it for the whole call: seconds for a megabyte)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return encode(tokenizer, text)
+    return list(backend.encode_batch([text], add_special_tokens=False)[0].ids)
+
+
+def _render_chat(tokenizer, messages: list[dict], tools: list | None, kwargs: dict) -> list[int]:
+    """`chat.render_chat` (same text, same ids) with the GIL-releasing `_encode`."""
+    try:
+        text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                             add_generation_prompt=True, **kwargs)
+    except Exception as e:  # jinja errors, wrong message shapes
+        raise ValueError(f"cannot render the chat with the checkpoint's template: {e}") from e
+    return _encode(tokenizer, text)
 
 
 class ClientDisconnected(Exception):
@@ -495,7 +515,7 @@ class OpenAIServer:
         body = await self._body(request)
         prompt = body.get("prompt")
         if isinstance(prompt, str):
-            prompt_ids = await asyncio.to_thread(encode, self.tokenizer, prompt)
+            prompt_ids = await asyncio.to_thread(_encode, self.tokenizer, prompt)
         elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             prompt_ids = list(prompt)
         else:
@@ -568,8 +588,8 @@ class OpenAIServer:
             raise APIError(400, str(e), param="messages") from None
         kwargs = self._template_kwargs(body)
         try:
-            prompt_ids = await asyncio.to_thread(render_chat, self.tokenizer, messages,
-                                                 tools=tools or None, **kwargs)
+            prompt_ids = await asyncio.to_thread(_render_chat, self.tokenizer, messages,
+                                                 tools or None, kwargs)
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
         want_logprobs = bool(_field(body, "logprobs", (bool,), False))
