@@ -30,8 +30,9 @@ server keeps serving either way. Limits at the edge (docs/reliability.md, "Servi
   * every number is range-checked here, so nothing reaches the engine that its int32 / float32
     arrays cannot hold: n in [1, max_n], max_tokens in [1, max_seq_len], top_k in [0, 2**31),
     seed in [0, 2**32), temperature finite in [0, MAX_TEMPERATURE] (below 1e-5 it is greedy),
-    top_p in (0, 1], stop_token_ids in [0, vocab) and at most `max_stop_tokens - 1` of them
-    (the EOS id the server adds is not counted), log-prob counts in [0, 20];
+    top_p in (0, 1], stop_token_ids in [0, vocab) and at most the engine's `max_stop_tokens`
+    less the one EOS id the server adds (which the client's count leaves out; `ppp serve` builds
+    its engine with one more than its config says), log-prob counts in [0, 20];
   * JSON parsing, chat-template rendering and tokenization run in worker threads, so a big
     request never stalls other routes; a client that disconnects has its generation cancelled
     (streaming or not) at the next decode block.
@@ -706,6 +707,11 @@ def build_app(engine: Engine, tokenizer, model_name: str, *, default_max_tokens:
                 return e.response()
             except RequestError as e:
                 return APIError(400, str(e)).response()
+            except asyncio.CancelledError:
+                # Only a shutdown cancels a request's own task (drain timeout or a forced
+                # exit); answer it, rather than end in a logged traceback per request.
+                return APIError(503, "the server is shutting down; this request was cut off",
+                                type="server_error", code="shutting_down").response()
             except (ClientDisconnected, ClientDisconnect):  # nobody reads this; the work is already cancelled
                 return JSONResponse({"error": {"message": "client disconnected",
                                                "type": "invalid_request_error", "param": None,

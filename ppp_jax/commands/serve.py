@@ -9,10 +9,10 @@ calls come back as `tool_calls`, reasoning as `reasoning_content`), `n` samples 
 (sharing the prompt's KV pages) and streaming. See `ppp_jax.sampling.server`.
 
 Shutdown: the first SIGTERM or SIGINT stops accepting connections and lets requests in flight
-finish for up to `drain_timeout_s` seconds (then they are cut off); a second signal exits at once.
-Ctrl+C while the model loads exits with one line. Exit status: 0 after a clean drain, 1 when
-requests in flight were cut off or start-up failed (one line on stderr), 2 for a config error,
-130 when interrupted during start-up.
+finish for up to `drain_timeout_s` seconds (then they are cut off); a second signal exits at
+once. Either signal while the model loads exits at once with one line. Exit status: 0 after a
+clean drain; 1 when requests in flight were cut off or start-up failed (one line on stderr);
+2 for a config error; 128 + the signal number (130 for Ctrl+C) when interrupted while starting.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -48,7 +49,8 @@ class ServeConfig:
       max_request_bytes: largest request body accepted; larger ones get 413 before they are
         read whole.
       drain_timeout_s: on shutdown, how long requests in flight may run before they are cut off.
-      engine: engine sizes (slots, pages, context length, ...).
+      engine: engine sizes (slots, pages, context length, ...); `max_stop_tokens` is how many
+        stop ids a client may send, the EOS id the server adds comes on top.
     """
 
     checkpoint: str
@@ -128,7 +130,9 @@ def build_server(cfg: ServeConfig):
 
         mesh, rules = make_mesh(dict(cfg.mesh)), {"rules": SAMPLING_RULES}
     logging.info("loading %s", path)
-    engine = Engine.from_pretrained(path, cfg.engine, mesh=mesh, dtype=cfg.dtype, **rules)
+    # engine.max_stop_tokens counts the client's stop ids; the EOS the server adds gets its own.
+    engine_cfg = dataclasses.replace(cfg.engine, max_stop_tokens=cfg.engine.max_stop_tokens + 1)
+    engine = Engine.from_pretrained(path, engine_cfg, mesh=mesh, dtype=cfg.dtype, **rules)
     try:
         if cfg.warmup:
             engine.warmup()
@@ -166,13 +170,20 @@ def make_uvicorn_server(app, cfg: ServeConfig):
                 self.cut_off = True
                 raise
 
-    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info",
+    # lifespan "off": the app has no start-up/shut-down hooks, and a lifespan task left
+    # waiting at a forced exit is cancelled with a logged traceback.
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info", lifespan="off",
                             timeout_graceful_shutdown=cfg.drain_timeout_s)
     return Server(config)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+def _exit_while_starting(signum, frame):
+    """SIGINT/SIGTERM while loading: one line and exit now. Exiting from the handler (rather
+    than raising KeyboardInterrupt) is what makes it reliable: a KeyboardInterrupt raised inside
+    a garbage-collection callback (JAX has one) is printed as "Exception ignored" and lost."""
+    print(f"ppp serve: interrupted ({signal.Signals(signum).name}) while starting; nothing was "
+          "served", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -184,19 +195,17 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"ppp serve: {e}", file=sys.stderr)
         return 2
-    # SIGTERM while loading ends like Ctrl+C: one line, no traceback (uvicorn takes over both
-    # signals once it runs).
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Until uvicorn takes both signals over, either one ends start-up with one line.
+    previous = {sig: signal.signal(sig, _exit_while_starting)
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         engine, app = build_server(cfg)
     except StartupError as e:
         print(f"ppp serve: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("ppp serve: interrupted while starting; nothing was served", file=sys.stderr)
-        return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     server = make_uvicorn_server(app, cfg)
     try:
         server.run()

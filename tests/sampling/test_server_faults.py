@@ -36,7 +36,7 @@ CHAIN = {"\n": "o", "o": "k", "k": "<seed:tool_call>", "<seed:tool_call>": "x",
          "x": "</seed:tool_call>", "</seed:tool_call>": "<seed:eos>", "z": "z"}
 MAX_SEQ = 4096
 LIMIT = 2**20  # max_request_bytes of the test server
-MAX_STOP = 4  # engine.max_stop_tokens: the client may send 3 besides EOS
+MAX_STOP = 4  # engine.max_stop_tokens: stop ids a client may send besides the EOS
 ENGINE = EngineConfig(num_slots=4, page_size=16, num_pages=4 * MAX_SEQ // 16 + 1,
                       max_seq_len=MAX_SEQ, decode_steps=8, prefill_chunks=(16, 64),
                       prefill_rows=(1, 4), block_pages=8, max_stop_tokens=MAX_STOP)
@@ -109,7 +109,7 @@ POISON = [
     *[("chat/completions", _chat(temperature=v), "temperature") for v in (-1, "hot", 1e300)],
     *[("completions", _completion(top_p=v), "top_p") for v in (0, 1.5, -0.1)],
     *[("completions", _completion(stop_token_ids=v), "stop_token_ids")
-      for v in ([2**40], [-1], ["a"], [True], [10, 11, 12, 13], "5")],
+      for v in ([2**40], [-1], ["a"], [True], [10, 11, 12, 13, 14], "5")],
     *[("completions", _completion(logprobs=v), "logprobs") for v in (2**40, -1, 21, True)],
     ("chat/completions", _chat(logprobs=True, top_logprobs=2**40), "top_logprobs"),
     ("chat/completions", _chat(logprobs="yes"), "logprobs"),
@@ -156,7 +156,9 @@ def test_poison_requests_fail_alone_with_a_4xx_naming_their_parameter(server):
     it, and every normal request completes in full. On the old server a top_k, max_tokens or
     stop id beyond int32 failed the whole engine step, and with it every request in flight."""
     base, engine = server
-    normal = [("plain", "completions", _completion(max_tokens=40)),
+    # The full stop-id allowance, with the EOS id listed too (it is not counted).
+    normal = [("plain", "completions", _completion(max_tokens=40,
+                                                    stop_token_ids=[2, 10, 11, 12, 13])),
               ("stream", "completions", _completion(max_tokens=40, stream=True)),
               ("chat", "chat/completions", _chat(n=2))] * 3
     jobs = [("normal", kind, route, body) for kind, route, body in normal]
@@ -408,3 +410,129 @@ def test_serve_refuses_a_checkpoint_without_tokenizer_or_template(ckpt, tmp_path
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "loading" not in proc.stderr
     assert "ppp serve:" in proc.stderr and "no chat template" in proc.stderr
+
+
+class ServeProcess:
+    """`ppp serve` in a subprocess, its stderr collected line by line."""
+
+    def __init__(self, ckpt: Path, tmp: Path, name: str, **config):
+        self.port = free_port()
+        cfg = {"checkpoint": str(ckpt), "model_name": "tiny", "port": self.port,
+               "warmup": False, **config}
+        path = tmp / f"{name}.yaml"
+        path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in cfg.items()))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "ppp_jax.cli", "serve", str(path)],
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     text=True, env=env)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True).start()
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self, timeout: float = 240.0) -> None:
+        def ready():
+            assert self.proc.poll() is None, self.stderr
+            try:
+                return httpx.get(f"http://127.0.0.1:{self.port}/v1/models", timeout=2).is_success
+            except httpx.HTTPError:
+                return False
+        assert _wait_for(ready, timeout, 0.2), "server did not start:\n" + self.stderr
+
+    def hold_a_request(self) -> socket.socket:
+        """A request in flight that never ends by itself: its body is never finished."""
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+                     b"application/json\r\ncontent-length: 100\r\n\r\n{\"model\": ")
+        time.sleep(0.3)
+        return sock
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def exit_within(self, seconds: float) -> int | None:
+        try:
+            return self.proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.mark.slow
+def test_shutdown_second_signal_drain_timeout_and_interrupted_start(ckpt, tmp_path):
+    """Three `ppp serve` processes at once (start-up dominates): a second SIGTERM exits now
+    while a request is still in flight; a drain timeout cuts a request in flight off; Ctrl+C
+    while the model loads ends with one line and no traceback. The old server waited forever
+    for the unfinished request and printed a KeyboardInterrupt traceback."""
+    forced = ServeProcess(ckpt, tmp_path, "forced", drain_timeout_s=600)
+    timed = ServeProcess(ckpt, tmp_path, "timed", drain_timeout_s=1)
+    starting = ServeProcess(ckpt, tmp_path, "starting", warmup=True)
+    try:
+        assert _wait_for(lambda: "loading" in starting.stderr, 240, 0.05), starting.stderr
+        starting.signal(signal.SIGINT)
+        assert starting.exit_within(120) == 130, starting.stderr
+        assert "Traceback" not in starting.stderr
+        assert "ppp serve: interrupted (SIGINT) while starting" in starting.stderr
+
+        forced.wait_ready()
+        timed.wait_ready()
+        held = [forced.hold_a_request(), timed.hold_a_request()]
+        forced.signal(signal.SIGTERM)
+        timed.signal(signal.SIGTERM)
+        assert timed.exit_within(30) == 1, timed.stderr  # the 1 s drain ran out
+        assert "cut off" in timed.stderr
+        assert forced.exit_within(3) is None, "exited while a request was in flight"
+        forced.signal(signal.SIGTERM)
+        assert forced.exit_within(30) == 1, forced.stderr
+        for proc in (forced, timed):
+            assert "Traceback" not in proc.stderr, proc.stderr
+        for sock in held:
+            sock.close()
+    finally:
+        for proc in (forced, timed, starting):
+            proc.kill()
+
+
+def test_session_survives_a_failed_turn(engine):
+    """A turn that fails inside a step (its callback raises) leaves its session usable: the
+    next turn runs (re-prefilling the history) instead of finding the session busy."""
+    def broken(ids, logps, tops):
+        raise RuntimeError("callback broke")
+
+    first = engine.submit(Request([3, 4, 5], SamplingParams(max_new_tokens=4, temperature=0),
+                                  session_id="s-fail"))
+    assert first.result(timeout=120).finish_reason in ("stop", "length")
+    with pytest.raises(RuntimeError):
+        engine.submit(Request([6, 7], SamplingParams(max_new_tokens=20), session_id="s-fail"),
+                      broken).result(timeout=120)
+    again = engine.submit(Request([6, 7], SamplingParams(max_new_tokens=4, temperature=0),
+                                  session_id="s-fail")).result(timeout=120)
+    assert again.finish_reason in ("stop", "length")
+    assert again.prompt_len == 3 + len(first.result().token_ids) + 2
+    engine.end_session("s-fail")
+    assert engine.stats()["pages_used"] == 0
+
+
+def test_config_errors_are_one_line(tmp_path, capsys):
+    import argparse
+
+    from ppp_jax.commands import serve
+
+    for text, expect in (("checkpoint: x\nmax_request_bytes: 0\n", "max_request_bytes must be >= 1"),
+                         ("checkpoint: x\ndrain_timeout_s: -1\n", "drain_timeout_s must be >= 0"),
+                         ("checkpoint: x\nmax_body: 5\n", "max_request_bytes")):
+        path = tmp_path / "serve.yaml"
+        path.write_text(text)
+        assert serve.run(argparse.Namespace(config=str(path), override=[])) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ppp serve:") and expect in err and "\n" not in err, err
+    path.write_text(f"checkpoint: {tmp_path / 'missing'}\n")
+    assert serve.run(argparse.Namespace(config=str(path), override=[])) == 1
+    err = capsys.readouterr().err.strip()
+    assert "does not exist" in err and "\n" not in err, err
