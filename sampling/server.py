@@ -18,7 +18,7 @@ assistant messages with `tool_calls` (JSON-string arguments) and `tool` messages
 parsed by the model's chat format (`ppp_jax.sampling.chat_format`, Seed-OSS by default) into
 `tool_calls` (finish_reason "tool_calls") and `reasoning_content`, see
 `ppp_jax.sampling.tool_calls`. tool_choice: "auto" (default) or "none"
-(the text is returned unparsed, reasoning still split off).
+(no calls are parsed, reasoning is still split off; a tool-call block ends the turn, see below).
 
 Every malformed request gets a 4xx JSON body `{"error": {"message", "type", "param", "code"}}`
 (bad JSON, unknown model, too-long prompt, bad parameters), `param` naming the field as the
@@ -32,7 +32,8 @@ server keeps serving either way. Limits at the edge (docs/reliability.md, "Servi
     seed in [0, 2**32), temperature finite in [0, MAX_TEMPERATURE] (below 1e-5 it is greedy),
     top_p in (0, 1], stop_token_ids in [0, vocab) and at most the engine's `max_stop_tokens`
     less the one EOS id the server adds (which the client's count leaves out; `ppp serve` builds
-    its engine with one more than its config says), log-prob counts in [0, 20];
+    its engine with one more than its config says), log-prob counts in [0, 20], at most
+    MAX_STOP_STRINGS `stop` strings;
   * JSON parsing, chat-template rendering and tokenization run in worker threads, so a big
     request never stalls other routes; a client that disconnects has its generation cancelled
     (streaming or not) at the next decode block.
@@ -84,6 +85,7 @@ DEFAULT_MAX_REQUEST_BYTES = 4 * 2**20
 # Deepest JSON nesting accepted (tool schemas nest a few levels; Python's parser recurses).
 MAX_JSON_DEPTH = 64
 MAX_TEMPERATURE = 100.0
+MAX_STOP_STRINGS = 16
 # Temperatures below this sample as greedy (T = 0): logits / T overflows float32 otherwise.
 GREEDY_BELOW = 1e-5
 
@@ -350,6 +352,9 @@ class OpenAIServer:
         stop = [stop] if isinstance(stop, str) else stop
         if not all(isinstance(s, str) and s for s in stop):
             raise APIError(400, "'stop' must be a non-empty string or a list of them", param="stop")
+        if len(stop) > MAX_STOP_STRINGS:  # each is searched in the text after every block
+            raise APIError(400, f"'stop' may hold at most {MAX_STOP_STRINGS} strings, got "
+                                f"{len(stop)}", param="stop")
         temperature = _float_field(body, "temperature", 0.0, MAX_TEMPERATURE, 1.0)
         params = SamplingParams(
             temperature=0.0 if temperature < GREEDY_BELOW else temperature,
