@@ -198,9 +198,15 @@ def run(args: argparse.Namespace) -> int:
     # Until uvicorn takes both signals over, either one ends start-up with one line.
     previous = {sig: signal.signal(sig, _exit_while_starting)
                 for sig in (signal.SIGINT, signal.SIGTERM)}
+    from ppp_jax.model.checkpoint import CheckpointError
+    from ppp_jax.model.config import ModelConfigError
+    from ppp_jax.model.safetensors_io import CheckpointFormatError
+    from ppp_jax.model.sharding import ShardingError
+
     try:
         engine, app = build_server(cfg)
-    except StartupError as e:
+    except (StartupError, CheckpointError, CheckpointFormatError, ModelConfigError,
+            ShardingError, FileNotFoundError) as e:  # bad checkpoint or mesh: one line
         print(f"ppp serve: {e}", file=sys.stderr)
         return 1
     finally:

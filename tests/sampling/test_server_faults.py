@@ -524,8 +524,17 @@ def test_session_survives_a_failed_turn(engine):
     assert engine.stats()["pages_used"] == 0
 
 
-def test_config_errors_are_one_line(tmp_path, capsys):
+def _one_error_line(err: str, expect: str) -> bool:
+    """stderr holds exactly one `ppp serve:` line, containing `expect`, and no traceback (INFO
+    log lines may come before it)."""
+    lines = [line for line in err.splitlines() if line.startswith("ppp serve:")]
+    assert len(lines) == 1 and expect in lines[0] and "Traceback" not in err, err
+    return True
+
+
+def test_config_and_checkpoint_errors_are_one_line(ckpt, tmp_path, capsys):
     import argparse
+    import shutil
 
     from ppp_jax.commands import serve
 
@@ -535,9 +544,15 @@ def test_config_errors_are_one_line(tmp_path, capsys):
         path = tmp_path / "serve.yaml"
         path.write_text(text)
         assert serve.run(argparse.Namespace(config=str(path), override=[])) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("ppp serve:") and expect in err and "\n" not in err, err
+        assert _one_error_line(capsys.readouterr().err, expect)
     path.write_text(f"checkpoint: {tmp_path / 'missing'}\n")
     assert serve.run(argparse.Namespace(config=str(path), override=[])) == 1
-    err = capsys.readouterr().err.strip()
-    assert "does not exist" in err and "\n" not in err, err
+    assert _one_error_line(capsys.readouterr().err, "does not exist")
+    tokenizer_only = tmp_path / "tokenizer_only"
+    tokenizer_only.mkdir()
+    for file in ckpt.iterdir():
+        if file.name.startswith(("tokenizer", "chat_template")):
+            shutil.copy(file, tokenizer_only / file.name)
+    path.write_text(f"checkpoint: {tokenizer_only}\nwarmup: false\n")
+    assert serve.run(argparse.Namespace(config=str(path), override=[])) == 1
+    assert _one_error_line(capsys.readouterr().err, "config.json")
