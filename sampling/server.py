@@ -64,6 +64,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, StreamingResponse
@@ -697,6 +698,24 @@ def _http_error(request: HTTPRequest, exc: HTTPException) -> JSONResponse:
                         status_code=exc.status_code, headers=exc.headers)
 
 
+class _QuietOnShutdown:
+    """ASGI middleware: a request task cancelled by the server's shutdown (drain timeout, forced
+    exit) ends quietly, with one log line, instead of uvicorn's "Exception in ASGI application"
+    traceback; this covers responses already streaming, which the route handler has returned."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if scope["type"] != "http":
+                raise
+            log.warning("%s %s cut off by the server's shutdown", scope.get("method"),
+                        scope.get("path"))
+
+
 def build_app(engine: Engine, tokenizer, model_name: str, *, default_max_tokens: int = 256,
               max_n: int = 64, chat_format: str | ChatFormat = DEFAULT_FORMAT,
               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Starlette:
@@ -731,7 +750,8 @@ def build_app(engine: Engine, tokenizer, model_name: str, *, default_max_tokens:
         Route("/v1/completions", guarded(server.completions), methods=["POST"]),
         Route("/v1/chat/completions", guarded(server.chat_completions), methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error},
+                     middleware=[Middleware(_QuietOnShutdown)])
 
 
 __all__ = ["APIError", "ClientDisconnected", "DEFAULT_MAX_REQUEST_BYTES", "GenerationResult",

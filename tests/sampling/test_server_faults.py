@@ -10,6 +10,7 @@ until max_tokens (a request that runs as long as a test needs).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -488,6 +489,19 @@ def test_shutdown_second_signal_drain_timeout_and_interrupted_start(ckpt, tmp_pa
         forced.wait_ready()
         timed.wait_ready()
         held = [forced.hold_a_request(), timed.hold_a_request()]
+        # ... and a response that is streaming when the forced exit comes (4000 tokens).
+        streamed = []
+
+        def stream():
+            with contextlib.suppress(httpx.HTTPError):
+                with httpx.stream("POST", f"http://127.0.0.1:{forced.port}/v1/completions",
+                                  json=_completion(max_tokens=4000, stream=True),
+                                  timeout=60) as resp:
+                    for line in resp.iter_lines():
+                        streamed.append(line)
+
+        threading.Thread(target=stream, daemon=True).start()
+        assert _wait_for(lambda: len(streamed) > 3, 60), "the stream did not start"
         forced.signal(signal.SIGTERM)
         timed.signal(signal.SIGTERM)
         assert timed.exit_within(30) == 1, timed.stderr  # the 1 s drain ran out
