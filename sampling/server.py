@@ -736,7 +736,8 @@ def build_app(engine: Engine, tokenizer, model_name: str, *, default_max_tokens:
                 # exit); answer it, rather than end in a logged traceback per request.
                 return APIError(503, "the server is shutting down; this request was cut off",
                                 type="server_error", code="shutting_down").response()
-            except (ClientDisconnected, ClientDisconnect):  # nobody reads this; the work is already cancelled
+            except (ClientDisconnected, ClientDisconnect):
+                # nobody reads this; the work is already cancelled
                 return JSONResponse({"error": {"message": "client disconnected",
                                                "type": "invalid_request_error", "param": None,
                                                "code": "client_disconnected"}}, status_code=499)

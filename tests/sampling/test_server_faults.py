@@ -101,7 +101,8 @@ def _nested(depth: int) -> str:
 
 # (route, body, expected status, expected `param`): one of every class of invalid value.
 POISON = [
-    *[("completions", _completion(max_tokens=v), "max_tokens") for v in (2**40, -1, 0, "8", 1.5, True)],
+    *[("completions", _completion(max_tokens=v), "max_tokens")
+      for v in (2**40, -1, 0, "8", 1.5, True)],
     ("chat/completions", _chat(max_completion_tokens=2**40), "max_completion_tokens"),
     ("chat/completions", _chat(max_completion_tokens=0, max_tokens=4), "max_completion_tokens"),
     *[("completions", _completion(top_k=v), "top_k") for v in (2**40, -1, "5")],
@@ -552,7 +553,8 @@ def test_config_and_checkpoint_errors_are_one_line(ckpt, tmp_path, capsys):
 
     from ppp_jax.commands import serve
 
-    for text, expect in (("checkpoint: x\nmax_request_bytes: 0\n", "max_request_bytes must be >= 1"),
+    for text, expect in (("checkpoint: x\nmax_request_bytes: 0\n",
+                          "max_request_bytes must be >= 1"),
                          ("checkpoint: x\ndrain_timeout_s: -1\n", "drain_timeout_s must be >= 0"),
                          ("checkpoint: x\nmax_body: 5\n", "max_request_bytes")):
         path = tmp_path / "serve.yaml"
