@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import queue
@@ -61,6 +62,14 @@ def _resolver(fut: concurrent.futures.Future):
             fut.set_result(result)
 
     return done
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    """`loop.call_soon_threadsafe(fn, *args)` from the engine thread, or nothing once the loop
+    is closed: its consumer is gone (e.g. a server that exited with requests in flight), and
+    raising here would only log a traceback from the engine thread."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
 
 
 def kv_pool_sharding(mesh: Mesh | None, num_kv_heads: int) -> NamedSharding | None:
@@ -135,11 +144,17 @@ class Engine:
                         fn = self._mailbox.get(block=block, timeout=0.5 if block else None)
                     except queue.Empty:
                         break
-                    fn()
+                    try:
+                        fn()
+                    except Exception:  # noqa: BLE001 - one caller's call; the rest go on
+                        log.exception("engine call failed")
                     block = False
                 if core.has_work():
                     core.step()
-            except BaseException as e:  # keep serving; fail everything in flight
+            except BaseException as e:  # noqa: BLE001 - keep serving
+                # Per-request faults (bad values, callbacks) are failed one by one inside the
+                # step; what reaches here is the device program itself failing, which no single
+                # request can be blamed for, so everything in flight fails with it.
                 log.exception("engine step failed")
                 core.fail_all(e)
 
@@ -226,11 +241,10 @@ class Engine:
         chunks: asyncio.Queue = asyncio.Queue()
 
         def on_tokens(ids, logps, tops):
-            loop.call_soon_threadsafe(chunks.put_nowait,
-                                      StreamChunk(list(ids), list(logps), top_logprobs=tops))
+            _post(loop, chunks.put_nowait, StreamChunk(list(ids), list(logps), top_logprobs=tops))
 
         fut = self.submit(request, on_tokens)
-        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(chunks.put_nowait, f))
+        fut.add_done_callback(lambda f: _post(loop, chunks.put_nowait, f))
         try:
             while True:
                 item = await chunks.get()
@@ -253,14 +267,14 @@ class Engine:
 
         def callback(i):
             def on_tokens(ids, logps, tops):
-                loop.call_soon_threadsafe(chunks.put_nowait, (i, StreamChunk(
-                    list(ids), list(logps), top_logprobs=tops)))
+                _post(loop, chunks.put_nowait, (i, StreamChunk(list(ids), list(logps),
+                                                               top_logprobs=tops)))
             return on_tokens
 
         futures = self.submit_many(requests, [callback(i) for i in range(len(requests))])
         for i, fut in enumerate(futures):
             fut.add_done_callback(
-                lambda f, i=i: loop.call_soon_threadsafe(chunks.put_nowait, (i, f)))
+                lambda f, i=i: _post(loop, chunks.put_nowait, (i, f)))
         pending = len(requests)
         try:
             while pending:

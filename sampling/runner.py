@@ -89,18 +89,47 @@ class SlotBatch:
                     temperature=zeros(np.float32), top_k=zeros(np.int32),
                     top_p=np.ones(num_slots, np.float32), seeds=zeros(np.uint32))
         for i, row in (rows or {}).items():
-            batch.page_table[i, : len(row.pages)] = row.pages
-            batch.cache_lens[i] = row.cache_len
-            batch.last_token[i] = row.last_token
-            batch.active[i] = True
-            batch.num_generated[i] = row.num_generated
-            batch.max_new_tokens[i] = row.max_new_tokens
-            batch.stop_ids[i, : len(row.stop_ids)] = row.stop_ids
-            batch.temperature[i] = row.temperature
-            batch.top_k[i] = row.top_k
-            batch.top_p[i] = row.top_p
-            batch.seeds[i] = row.seed
+            batch.set_row(i, row)
         return batch
+
+    def set_row(self, i: int, row: SlotRow) -> None:
+        """Makes slot i active with `row`'s values. Every value is converted and range-checked
+        first (ValueError / OverflowError, e.g. an id beyond int32 or more stop ids than MS), so
+        a row that does not fit leaves the batch as it was."""
+        width, num_stop = self.page_table.shape[1], self.stop_ids.shape[1]
+        if len(row.pages) > width:
+            raise ValueError(f"{len(row.pages)} pages do not fit a page-table row of {width}")
+        if len(row.stop_ids) > num_stop:
+            raise ValueError(f"{len(row.stop_ids)} stop ids, the batch holds {num_stop}")
+        pages = np.asarray(row.pages, np.int64)
+        stop_ids = np.asarray(row.stop_ids, np.int64)
+        ints = np.asarray([row.cache_len, row.last_token, row.num_generated, row.max_new_tokens,
+                           row.top_k], np.int64)
+        info = np.iinfo(np.int32)
+        for name, values in (("pages", pages), ("stop_ids", stop_ids), ("counts", ints)):
+            if values.size and (values.min() < info.min or values.max() > info.max):
+                raise OverflowError(f"{name} {values.tolist()} do not fit int32")
+        if not 0 <= row.seed < 2**32:
+            raise OverflowError(f"seed {row.seed} does not fit uint32")
+        temperature, top_p = np.float32(row.temperature), np.float32(row.top_p)
+        self.page_table[i] = 0
+        self.page_table[i, : len(pages)] = pages
+        self.stop_ids[i] = -1
+        self.stop_ids[i, : len(stop_ids)] = stop_ids
+        (self.cache_lens[i], self.last_token[i], self.num_generated[i], self.max_new_tokens[i],
+         self.top_k[i]) = ints
+        self.temperature[i], self.top_p[i], self.seeds[i] = temperature, top_p, row.seed
+        self.active[i] = True
+
+    def clear_row(self, i: int) -> None:
+        """Makes slot i idle again (as `build` leaves a slot with no row)."""
+        self.page_table[i] = 0
+        self.stop_ids[i] = -1
+        for name in ("cache_lens", "last_token", "num_generated", "max_new_tokens", "top_k",
+                     "temperature", "seeds"):
+            getattr(self, name)[i] = 0
+        self.top_p[i] = 1
+        self.active[i] = False
 
 
 class ModelRunner:

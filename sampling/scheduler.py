@@ -26,6 +26,7 @@ import collections
 import dataclasses
 import hashlib
 import logging
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +42,9 @@ from ppp_jax.sampling.params import (MAX_TOP_LOGPROBS, GenerationResult, Request
 from ppp_jax.sampling.runner import ModelRunner, SlotBatch, SlotRow
 
 log = logging.getLogger(__name__)
+
+# The decode program holds token ids, counts and top-k in int32.
+INT32_MAX = 2**31 - 1
 
 
 def _bucket(n: int, buckets: tuple[int, ...]) -> int:
@@ -72,6 +76,7 @@ class Sequence:
     slot: int | None = None
     admitted_at: int = -1
     cancelled: bool = False
+    history_len: int = 0  # tokens of session history before this request's prompt
     _key: bytes | None = None
 
     @property
@@ -132,6 +137,7 @@ class EngineCore:
         # Top log-probs are computed for MAX_TOP_LOGPROBS tokens (one compiled variant) and cut
         # per request; a vocabulary smaller than that caps it (needed only by tiny test models).
         self.max_top = min(MAX_TOP_LOGPROBS, vocab_size or MAX_TOP_LOGPROBS)
+        self.vocab_size = vocab_size
         self.state = state
         self.k_pool, self.v_pool = k_pool, v_pool
         self.config = config
@@ -147,25 +153,35 @@ class EngineCore:
     # ---- requests -------------------------------------------------------------------------
 
     def add_request(self, request: Request, on_done, on_tokens: TokenCallback | None = None) -> None:
-        """Queues a request. Errors (too long, busy session, ...) go to on_done(None, error).
-        on_tokens(new_ids, new_logprobs, new_top_logprobs) follows each decode block that sampled
-        tokens for it (`TokenCallback`)."""
+        """Queues a request. Errors (too long, busy session, out-of-range parameters, ...) go to
+        on_done(None, error) and touch nothing else. on_tokens(new_ids, new_logprobs,
+        new_top_logprobs) follows each decode block that sampled tokens for it
+        (`TokenCallback`)."""
         if self.released:
-            on_done(None, RuntimeError("the engine's memory is released for a training update; "
-                                       "update_params brings it back"))
+            self._notify(on_done, None, RuntimeError(
+                "the engine's memory is released for a training update; update_params brings "
+                "it back"))
             return
         try:
             seq = self._make_sequence(request, on_done, on_tokens)
-        except RequestError as e:
-            on_done(None, e)
+        except Exception as e:  # noqa: BLE001 - one bad request fails only itself
+            self._notify(on_done, None, e)
             return
         self.waiting.append(seq)
+
+    @staticmethod
+    def _notify(on_done, result, error) -> None:
+        try:
+            on_done(result, error)
+        except Exception:  # noqa: BLE001 - a broken callback must not stop the engine
+            log.exception("on_done callback failed")
 
     def _make_sequence(self, request: Request, on_done, on_tokens) -> Sequence:
         c = self.config
         p = request.params
         if not request.prompt_ids:
             raise RequestError("prompt_ids must not be empty")
+        self._check_fits(request)
         if len(p.stop_token_ids) > c.max_stop_tokens:
             raise RequestError(f"at most {c.max_stop_tokens} stop token ids, got {len(p.stop_token_ids)}")
         if p.top_logprobs > self.max_top:
@@ -189,7 +205,26 @@ class EngineCore:
             session.busy, session.pages, session.cached = True, [], 0  # pages move to the sequence
         seed = p.seed if p.seed is not None else self._seed_rng.getrandbits(32)
         return Sequence(request=request, tokens=tokens, prompt_len=len(tokens), seed=seed,
-                        on_tokens=on_tokens, on_done=on_done, pages=pages, cached=cached)
+                        on_tokens=on_tokens, on_done=on_done, pages=pages, cached=cached,
+                        history_len=len(history))
+
+    def _check_fits(self, request: Request) -> None:
+        """Raises RequestError when a value of the request cannot go into the device programs'
+        arrays (int32 ids and counts, float32 temperatures): checked here, at admission, so that
+        building a batch never fails for everybody because of one request."""
+        p = request.params
+        vocab = self.vocab_size or INT32_MAX + 1
+        bad = next((t for t in request.prompt_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise RequestError(f"prompt_ids: token id {bad} is outside the vocabulary [0, {vocab})")
+        for name, value in (("max_new_tokens", p.max_new_tokens), ("top_k", p.top_k)):
+            if not 0 <= value <= INT32_MAX:
+                raise RequestError(f"{name} must be at most {INT32_MAX}, got {value}")
+        bad = next((t for t in p.stop_token_ids if not 0 <= t <= INT32_MAX), None)
+        if bad is not None:
+            raise RequestError(f"stop_token_ids: {bad} is not a token id in [0, {INT32_MAX}]")
+        if not math.isfinite(p.temperature) or p.temperature > 3e38:
+            raise RequestError(f"temperature must be a finite float32, got {p.temperature}")
 
     def cancel(self, request_id: str) -> None:
         """Marks the request cancelled; the next step finishes it with reason "cancelled"."""
@@ -316,10 +351,7 @@ class EngineCore:
         """Ends every waiting and running sequence with on_done(None, error) and frees their
         pages (after a failed step). A callback that raises is logged and skipped."""
         for seq in self._in_flight():
-            try:
-                seq.on_done(None, error)
-            except Exception:  # noqa: BLE001 - a broken callback must not stop the others
-                log.exception("callback failed")
+            self._notify(seq.on_done, None, error)
         self.waiting.clear()
         for i, seq in enumerate(self.slots):
             if seq is not None:
@@ -390,7 +422,26 @@ class EngineCore:
                                   logprobs=list(seq.out_logprobs), finish_reason=reason,
                                   prompt_len=seq.prompt_len, session_id=sid, top_logprobs=top)
         self.counters[f"finished_{reason}"] += 1
-        seq.on_done(result, None)
+        self._notify(seq.on_done, result, None)
+
+    def _fail(self, seq: Sequence, error: BaseException) -> None:
+        """Ends one sequence with on_done(None, error), frees its slot and pages; the others
+        go on. A session it continued keeps its history (without this turn) and is re-prefilled
+        by its next request."""
+        if seq.slot is not None:
+            self.slots[seq.slot] = None
+            seq.slot = None
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        self._free(seq.pages)
+        seq.pages, seq.cached = [], 0
+        sid = seq.request.session_id
+        session = self.sessions.get(sid) if sid is not None else None
+        if session is not None and session.busy:
+            session.tokens, session.pages, session.cached = seq.tokens[:seq.history_len], [], 0
+            session.busy, session.last_used = False, self._tick
+        self.counters["failed"] += 1
+        self._notify(seq.on_done, None, error)
 
     def _free(self, pages: list[int]) -> None:
         if pages:
@@ -469,8 +520,8 @@ class EngineCore:
                 if key is not None and waiting_keys[key] > 0:
                     leaders[key] = seq
         if not any(s is not None for s in self.slots) and self.waiting:
-            seq = self.waiting.popleft()  # cannot happen when EngineConfig validated the pool
-            seq.on_done(None, RequestError(
+            # cannot happen when EngineConfig validated the pool
+            self._fail(self.waiting[0], RequestError(
                 f"KV pool exhausted with nothing running ({self.allocator.num_free} pages free)"))
         self._prefill(to_prefill)
         for key, seq in leaders.items():
@@ -575,11 +626,21 @@ class EngineCore:
         live = [s for s in self.slots if s is not None]
         if not live:
             return
-        batch = self._slot_batch({seq.slot: SlotRow(
-            pages=seq.pages, cache_len=seq.cached, last_token=seq.tokens[-1],
-            num_generated=len(seq.out_tokens), max_new_tokens=seq.params.max_new_tokens,
-            stop_ids=seq.params.stop_token_ids, temperature=seq.params.temperature,
-            top_k=seq.params.top_k, top_p=seq.params.top_p, seed=seq.seed) for seq in live})
+        batch = self._slot_batch()
+        for seq in live:  # a row that cannot be built fails its own request only
+            try:
+                batch.set_row(seq.slot, SlotRow(
+                    pages=seq.pages, cache_len=seq.cached, last_token=seq.tokens[-1],
+                    num_generated=len(seq.out_tokens), max_new_tokens=seq.params.max_new_tokens,
+                    stop_ids=seq.params.stop_token_ids, temperature=seq.params.temperature,
+                    top_k=seq.params.top_k, top_p=seq.params.top_p, seed=seq.seed))
+            except Exception as e:  # noqa: BLE001
+                batch.clear_row(seq.slot)
+                self._fail(seq, RequestError(f"request {seq.request.request_id} cannot be "
+                                             f"decoded: {e}"))
+        live = [s for s in live if s.slot is not None]
+        if not live:
+            return
         # A block right after admitting sequences runs one step, so their first tokens come
         # back after prefill + one step (time to first token), not after a whole block.
         fresh = any(not s.out_tokens for s in live)
@@ -615,7 +676,12 @@ class EngineCore:
                     break
             self.counters["decode_tokens"] += len(new_t)
             if seq.on_tokens is not None and new_t:
-                seq.on_tokens(new_t, new_l, new_top if k_top else None)
+                try:
+                    seq.on_tokens(new_t, new_l, new_top if k_top else None)
+                except Exception as e:  # noqa: BLE001 - the caller's callback; fail it alone
+                    log.exception("on_tokens callback failed")
+                    self._fail(seq, e)
+                    continue
             if reason:
                 self._finish(seq, reason)
 
