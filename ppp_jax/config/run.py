@@ -43,7 +43,7 @@ from ppp_jax.config.data import DataConfig
 from ppp_jax.config.distributed import DistributedConfig
 from ppp_jax.config.rl import RLConfig
 from ppp_jax.envs.domains.browsecomp import BrowseCompSection
-from ppp_jax.envs.domains.registry import get_domain
+from ppp_jax.envs.domains.registry import get_domain, registered_domains
 from ppp_jax.envs.domains.stdlib_loc import StdlibLocSection
 from ppp_jax.envs.domains.swe_func_loc import SweFuncLocSection
 from ppp_jax.envs.episode import EpisodeConfig
@@ -104,7 +104,19 @@ class DomainSection(BrowseCompSection, SweFuncLocSection, StdlibLocSection):
 
     def __post_init__(self):
         # an unknown name lists the registered domains; the domain's own section is checked too
-        get_domain(self.name).section_from(self)
+        spec = get_domain(self.name)
+        spec.section_from(self)
+        # A key of another domain's section would be silently ignored: refuse it instead.
+        own = {f.name for f in dataclasses.fields(spec.section)}
+        shared = {"name", "tools", "system_prompt", "show_preference"}
+        for f in dataclasses.fields(DomainSection):
+            if f.name in own or f.name in shared or getattr(self, f.name) == f.default:
+                continue
+            readers = [n for n in registered_domains()
+                       if f.name in {g.name for g in dataclasses.fields(get_domain(n).section)}]
+            raise cfgmod.FieldError(
+                f.name, f"set, but domain {self.name!r} does not read it (read by "
+                f"{' and '.join(readers)}); remove it or set domain.name to its domain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,6 +286,13 @@ class RunConfig:
     distributed: DistributedConfig = DistributedConfig()
 
     def __post_init__(self):
+        if self.data.train_path:
+            raise cfgmod.FieldError(
+                "data.train_path",
+                f"set to {self.data.train_path!r}, but `ppp train`, `ppp sft` and `ppp eval` take "
+                "their tasks from the `domain` section (stdlib_loc: built in; swe_func_loc: "
+                "domain.swe_rows; browsecomp_plus: domain.browsecomp_queries and "
+                "domain.browsecomp_corpus), never from a data file; remove data.train_path")
         if abs(self.rl.loss.temperature - self.rollout.temperature) > 1e-9 and self.rollout.temperature > 0:
             raise ValueError(
                 f"rl.loss.temperature ({self.rl.loss.temperature}) must equal rollout.temperature "
