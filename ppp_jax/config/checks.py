@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ppp_jax.config.checkpoint import CheckpointConfig
 from ppp_jax.config.compile import CompileSpec, EngineSpec, ModelSizes, ModelSpec
@@ -44,9 +45,7 @@ class Range:
     def allows(self, value: Any) -> bool:
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
-        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
-            return False
-        return True
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
     def describe(self) -> str:
         if self.low is not None and self.high is not None:
