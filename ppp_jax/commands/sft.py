@@ -30,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
     except StaleRunError as e:
         print(f"ppp sft: {e}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, ValueError) as e:  # a missing data file, a bad row: one line
+        print(f"ppp sft: {e}", file=sys.stderr)
+        return 1
     model = build_model(cfg, built.tokenizer)
     sft_stage(cfg, built, model, progress=not args.no_progress)
     print(f"ppp sft: warm-started policy -> {cfg.output_dir / 'sft_policy'}")
