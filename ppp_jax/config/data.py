@@ -5,6 +5,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from ppp_jax.config.rules import (
+    NON_NEGATIVE,
+    POSITIVE,
+    PRECISE_PREFERENCE,
+    PREFERENCE,
+    SEED,
+    register_rules,
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -50,3 +59,9 @@ class DataConfig:
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.vague_copies < 0 or self.precise_copies < 0:
             raise ValueError("vague_copies and precise_copies must be >= 0")
+
+
+register_rules(DataConfig, {
+    "batch_size": POSITIVE, "seed": SEED, "num_epochs": POSITIVE,
+    "vague_preferences": PREFERENCE, "vague_copies": NON_NEGATIVE,
+    "precise_preference": PRECISE_PREFERENCE, "precise_copies": NON_NEGATIVE})

@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from ppp_jax.config.rules import problem, rules_for
+
 T = TypeVar("T")
 
 
@@ -76,7 +78,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if origin is tuple:
         args = get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}", (path,))
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}",
+                              (path,))
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
@@ -91,7 +94,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {value!r}", (path,))
+            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {value!r}",
+                              (path,))
         return _build(tp, value, path)
     if tp is Any:
         return value
@@ -125,9 +129,6 @@ def _key(path: str, name: str) -> str:
 
 
 def _build(cls: type[T], data: dict[str, Any], path: str = "") -> T:
-    from ppp_jax.config.checks import checks_for, problem  # the value rules (a lazy import:
-    # checks.py imports the schemas, some of which import this module)
-
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -137,7 +138,7 @@ def _build(cls: type[T], data: dict[str, Any], path: str = "") -> T:
             f"{where}: unknown key(s) {unknown}; valid keys for {cls.__name__}: {sorted(fields)}",
             tuple(_key(path, k) for k in unknown))
     kwargs = {}
-    rules = checks_for(cls)
+    rules = rules_for(cls)
     for name, value in data.items():
         key = _key(path, name)
         kwargs[name] = value = _convert(value, hints[name], key)
@@ -158,8 +159,9 @@ def _build(cls: type[T], data: dict[str, Any], path: str = "") -> T:
         and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise ConfigError(f"{path or '<root>'}: missing required key(s) {missing} for {cls.__name__}",
-                          tuple(_key(path, n) for n in missing))
+        raise ConfigError(
+            f"{path or '<root>'}: missing required key(s) {missing} for {cls.__name__}",
+            tuple(_key(path, n) for n in missing))
     try:
         return cls(**kwargs)
     except FieldError as e:
@@ -331,17 +333,23 @@ def _blame(error: ConfigError, path: str | Path, origins: dict[str, str],
 
 
 def load_config(
-    path: str | Path, cls: type[T], overrides: list[str] | tuple[str, ...] = ()
+    path: str | Path, cls: type[T], overrides: list[str] | tuple[str, ...] = (),
+    only_sections: tuple[str, ...] | None = None,
 ) -> T:
     """Loads a YAML run config into the dataclass `cls`, with `key.sub=value` overrides.
 
     Raises ConfigError naming the bad key (dotted), what is wrong with it, and where it came
     from: `file:line` for a key written in a YAML file, `override 'k=v'` for one given on the
     command line. Unknown keys list the valid ones; values outside their allowed range
-    (`ppp_jax.config.checks`) name it.
+    (`ppp_jax.config.rules`) name it. With `only_sections`, the file's and the overrides'
+    other top-level keys are left out (a command that reads part of a run config).
     """
     origins: dict[str, str] = {}
     data = _read_yaml(Path(path), origins=origins)
+    if only_sections is not None:
+        data = {k: v for k, v in data.items() if k in only_sections}
+        overrides = [o for o in overrides
+                     if parse_override(o)[0][0] in only_sections]
     set_by_override = {check_override_key(cls, text): text for text in overrides}
     apply_overrides(data, overrides)
     try:

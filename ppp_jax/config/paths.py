@@ -5,17 +5,20 @@ or written (an output: created when missing, refused when something else is in i
 path key a command does not read is refused at load time (`data.train_path`, another domain's
 keys: `ppp_jax.config.run`), so no path is silently ignored.
 
-| key | kind | read by |
-|---|---|---|
-| `policy.path` | input: HF or orbax checkpoint directory | train, sft, demo, eval (engine) |
-| `policy.tokenizer` | input: `tokenizer.json` or a tokenizer directory; an output (trained there) for sft/demo, and for train with the stdlib domain and no `policy.path` | train, eval (engine); sft, demo |
-| `eval.checkpoint` | input: model or training-run directory (`--checkpoint` wins) | eval (engine) |
-| `domain.swe_rows` | input: `.jsonl`/`.json`/`.parquet` file, or a Hugging Face dataset name (needs `datasets`) | every command, domain swe_func_loc |
-| `domain.swe_clone_root` | input: directory of local clones | every command, domain swe_func_loc |
-| `domain.swe_cache_dir` | output: repository snapshots | every command, domain swe_func_loc |
-| `domain.browsecomp_queries`, `domain.browsecomp_corpus` | input: local data files | every command, domain browsecomp_plus |
-| `run_dir` | output: `<run_dir>/<name>/` | every command |
-| `data.train_path` | refused (no command reads it) | - |
+Inputs (must exist before the command builds anything):
+  policy.path             HF or orbax checkpoint directory: train, sft, demo, eval (engine)
+  policy.tokenizer        tokenizer.json or a tokenizer directory: train, eval (engine); an
+                          output (a tokenizer is trained there) for sft and demo, and for train
+                          with the stdlib domain and no policy.path
+  eval.checkpoint         model or training-run directory: eval (engine); --checkpoint wins
+  domain.swe_rows         .jsonl/.json/.parquet file, or a Hugging Face dataset name (needs the
+                          `datasets` package): every command, domain swe_func_loc
+  domain.swe_clone_root   directory of local clones: every command, domain swe_func_loc
+  domain.browsecomp_queries, domain.browsecomp_corpus   local data files: domain browsecomp_plus
+Outputs (created; refused when a file is in the way):
+  run_dir                 <run_dir>/<name>/: every command
+  domain.swe_cache_dir    repository snapshots: domain swe_func_loc
+Refused at load time (no command reads it): data.train_path, another domain's keys.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ppp_jax.config import checks
+from ppp_jax.config import rules
 from ppp_jax.config.loader import ConfigError
 from ppp_jax.config.paths import input_path_problems
 from ppp_jax.config.run import RunConfig, load_run_config
@@ -131,12 +131,12 @@ def test_keys_that_would_be_ignored_are_refused():
 
 
 def test_every_numeric_field_has_a_rule():
-    """A new int or float field of the run config needs a rule in ppp_jax.config.checks (or a
+    """A new int or float field of the run config needs a rule in ppp_jax.config.rules (or a
     reason in UNCHECKED): that is what keeps `x=0` from reaching the trainer."""
     missing = []
 
     def walk(cls, prefix):
-        rules = checks.checks_for(cls)
+        own = rules.rules_for(cls)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             key = f"{prefix}.{f.name}" if prefix else f.name
@@ -151,7 +151,7 @@ def test_every_numeric_field_has_a_rule():
             inner = [x for a in args for x in (typing.get_args(a) if typing.get_origin(a) is tuple
                                                else (a,))]
             numeric = any(x in (int, float) for x in inner)
-            if numeric and f.name not in rules and key not in checks.UNCHECKED:
+            if numeric and f.name not in own and key not in rules.UNCHECKED:
                 missing.append(key)
 
     walk(RunConfig, "")
