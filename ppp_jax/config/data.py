@@ -20,8 +20,10 @@ class DataConfig:
     """How task records become training batches.
 
     Attributes:
-      train_path: a `.jsonl` file of task records (one JSON object a line) or a `.json` list; ""
-        when the records are passed in code.
+      train_path: a `.jsonl` file of task records (one JSON object a line) or a `.json` list, read
+        by `ppp_jax.train.data.make_dataset` when it is called from code without records; ""
+        when the records are passed in code. No `ppp` command reads it (they take their tasks
+        from the `domain` section), so a run config that sets it is refused at load time.
       batch_size: prompts per optimizer step, over all processes (paper: 64; released script: 32).
         Each prompt is rolled out G times by the orchestrator; G is not a data setting.
       seed: shuffle seed; each epoch is reshuffled with a seed derived from it.
@@ -35,8 +37,9 @@ class DataConfig:
         the paper does not say), any preference id, or "random": one of `vague_preferences`,
         drawn per instance from `seed` (so it is fixed for the run).
       precise_copies: precise-prompt copies per instance (paper: 1).
-      on_malformed: "error" stops at the first bad row, naming it and the field; "skip" drops bad
-        rows, logs each, and counts them in `DataStats`.
+      on_malformed: for task records (`make_dataset`): "error" stops at the first bad row, naming
+        it and the field; "skip" drops bad rows, logs each, and counts them in `DataStats`. The
+        domains' own data files always refuse a malformed row (`ppp_jax.envs.domains.rows`).
     """
 
     train_path: str = ""
