@@ -29,12 +29,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ppp_jax.config.loader import ConfigError
+from ppp_jax.envs.domains.rows import DATA_SUFFIXES
 
 if TYPE_CHECKING:
     from ppp_jax.config.run import RunConfig
 
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 COMMANDS = ("train", "sft", "eval", "demo")
+
+
+class MissingPathError(ConfigError, FileNotFoundError):
+    """A path the config names is not there (or not of the right kind): a ConfigError, and a
+    FileNotFoundError for callers that catch that."""
 
 
 def looks_like_local_file(source: str) -> bool:
@@ -130,7 +135,7 @@ def input_path_problems(cfg: RunConfig, command: str, *, checkpoint_arg: str = "
 
 
 def check_input_paths(cfg: RunConfig, command: str, *, checkpoint_arg: str = "") -> None:
-    """Raises ConfigError with the first problem of `input_path_problems` (and how many more
+    """Raises MissingPathError with the first problem of `input_path_problems` (and how many more
     there are, with their keys) on one line; returns quietly when every path is in place."""
     problems = input_path_problems(cfg, command, checkpoint_arg=checkpoint_arg)
     if problems:
@@ -138,7 +143,7 @@ def check_input_paths(cfg: RunConfig, command: str, *, checkpoint_arg: str = "")
         if len(problems) > 1:
             keys = [x.split(":", 1)[0] for x in problems[1:]]
             more = f" (and {len(problems) - 1} more: {', '.join(keys)})"
-        raise ConfigError(problems[0] + more)
+        raise MissingPathError(problems[0] + more)
 
 
 def check_domain_paths(cfg: RunConfig) -> None:
@@ -146,4 +151,4 @@ def check_domain_paths(cfg: RunConfig) -> None:
     problems = domain_path_problems(cfg)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ConfigError(problems[0] + more)
+        raise MissingPathError(problems[0] + more)

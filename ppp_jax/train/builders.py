@@ -9,8 +9,7 @@ from typing import Any, Sequence
 
 from flax import nnx
 
-from ppp_jax.config.loader import ConfigError
-from ppp_jax.config.paths import check_domain_paths, input_path_problems
+from ppp_jax.config.paths import MissingPathError, check_domain_paths, input_path_problems
 from ppp_jax.config.run import RunConfig
 from ppp_jax.envs.domains.base import Task
 from ppp_jax.envs.domains.registry import get_domain
@@ -71,7 +70,8 @@ def build_tasks(cfg: RunConfig) -> tuple[list[Task], Any]:
     (`ppp_jax.envs.domains.registry`) builds them from its own config section.
 
     Raises:
-      ConfigError naming the key of a missing data file or directory (before reading anything);
+      MissingPathError (a ConfigError and a FileNotFoundError) naming the key of a missing data
+        file or directory, before reading anything;
       DataError (`ppp_jax.envs.domains.base`) naming `file:line: field: reason` for bad rows.
     """
     check_domain_paths(cfg)
@@ -116,7 +116,7 @@ def build_parts(cfg: RunConfig, *, tokenizer: Any = None, model: nnx.Module | No
         problems = [x for x in input_path_problems(cfg, "train")
                     if not (tokenizer is not None and x.startswith("policy.tokenizer"))]
         if problems:
-            raise ConfigError(problems[0])
+            raise MissingPathError(problems[0])
     tasks, inner = build_tasks(cfg)
     if tokenizer is None:
         path = cfg.policy.tokenizer or cfg.policy.path
