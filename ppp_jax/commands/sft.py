@@ -22,7 +22,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load(args, "ppp sft")
     if cfg is None:
         return 2
+    from ppp_jax.config.loader import ConfigError
     from ppp_jax.demo import StaleRunError, build_stage, sft_stage
+    from ppp_jax.envs.domains.rows import DataError
     from ppp_jax.train.builders import build_model
 
     try:
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     except StaleRunError as e:
         print(f"ppp sft: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as e:  # a missing data file, a bad row: one line
+    except (ConfigError, DataError) as e:  # a missing data file, a bad data row: one line
         print(f"ppp sft: {e}", file=sys.stderr)
         return 1
     model = build_model(cfg, built.tokenizer)

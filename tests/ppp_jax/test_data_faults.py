@@ -320,7 +320,7 @@ def test_cli_refuses_a_bad_row_in_one_line(tmp_path, capsys):
     cfg.write_text(f"name: bc\nrun_dir: {tmp_path / 'runs'}\nmodel: {{preset: tiny}}\n"
                    f"domain: {{name: browsecomp_plus, browsecomp_queries: {q}, "
                    f"browsecomp_corpus: {c}}}\n")
-    for command in ("train", "eval"):
+    for command in ("train", "eval", "sft", "demo"):
         rc = main([command, str(cfg), "--no-progress"])
         err = capsys.readouterr().err.strip()
         assert rc == 1, (command, err)
