@@ -11,7 +11,9 @@ Repositories: `RepoCache` materializes `repo@base_commit` once from a local clon
 read-only and shared by every episode of that instance (and every instance at that commit).
 
 Gold: `gold_functions` at the base commit (see that module); instances with no gold Python
-function are dropped and counted. Prompts: the precise prompt is the issue text; the vague prompt
+function, a patch that does not apply or a commit missing from the clone are dropped and counted
+(one warning), while a malformed row or a repository without a local clone refuses the whole set
+with `file:line: field: reason` (`check_swe_rows`, `envs/domains/rows.py`). Prompts: the precise prompt is the issue text; the vague prompt
 is the row's `vague_prompt` when present, else the rule vaguenizer's rewrite. The simulator's
 hidden information is the gold file paths and `path.py:function` lines (the released simulator's
 "Edit File Path" and "Edit Function Name").
