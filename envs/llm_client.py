@@ -188,7 +188,7 @@ class LLMClient:
                         kind = "non-retriable" if cause is None else f"gave up after {attempt + 1} tries"
                         raise LLMRequestError(
                             f"chat request to model {c.model!r} failed ({kind}): "
-                            f"{type(e).__name__}: {_safe_message(e, c.api_key_env)}"
+                            f"{type(e).__name__}: {_safe_message(e, self._key)}"
                         ) from None
                     self.stats["retries"] += 1
                     self.stats[f"retry_{cause}"] += 1
@@ -253,10 +253,52 @@ def _retry_cause(e: Exception) -> str | None:
     return None
 
 
-def _safe_message(e: Exception, key_env: str) -> str:
-    """A short error message with the API key scrubbed (defence in depth)."""
-    text = str(e)[:300]
-    key = os.environ.get(key_env)
-    if key:
-        text = text.replace(key, "<redacted>")
+ERROR_TEXT_LIMIT = 300  # characters of an endpoint's error text kept in LLMRequestError
+_MIN_FRAGMENT = 8  # shortest run of key characters redacted anywhere in the text
+_MIN_TAIL = 4  # shortest key prefix redacted where the text ends (a body cut mid-key)
+REDACTED = "<redacted>"
+
+
+def redact_secret(text: str, secret: str | None, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """`text` with every trace of `secret` replaced by "<redacted>", then cut to `limit` chars.
+
+    Redaction comes first: cutting first could leave a prefix of the key at the cut, where a
+    whole-key replace no longer finds it. Besides whole occurrences, any run of at least 8
+    characters that occurs inside the secret is redacted (an error body may quote the key
+    partly, or masked in the middle), and so is a prefix of the secret of at least 4
+    characters at the very end (a body that was itself cut inside the key). Pure function.
+    """
+    if secret and secret != PLACEHOLDER_KEY:
+        text = text.replace(secret, REDACTED)
+        k = min(_MIN_FRAGMENT, len(secret))
+        grams = {secret[i:i + k] for i in range(len(secret) - k + 1)}
+        covered = [False] * len(text)
+        for i in range(len(text) - k + 1):
+            if text[i:i + k] in grams:
+                covered[i:i + k] = [True] * k
+        out, i = [], 0
+        while i < len(text):
+            if covered[i]:
+                while i < len(text) and covered[i]:
+                    i += 1
+                out.append(REDACTED)
+            else:
+                out.append(text[i])
+                i += 1
+        text = "".join(out)
+        for n in range(min(len(secret), len(text)), min(_MIN_TAIL, len(secret)) - 1, -1):
+            if text.endswith(secret[:n]):
+                text = text[:-n] + REDACTED
+                break
+    if len(text) > limit:
+        text = text[:limit]
+        # a cut inside the marker would leave "<reda": drop the partial marker
+        start = text.rfind("<")
+        if start >= 0 and REDACTED.startswith(text[start:]) and text[start:] != REDACTED:
+            text = text[:start]
     return text
+
+
+def _safe_message(e: Exception, key: str | None) -> str:
+    """A short error message with the API key scrubbed (defence in depth)."""
+    return redact_secret(str(e), key)

@@ -24,11 +24,11 @@ normalization.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
-from pathlib import Path
 from typing import Any, Literal, Mapping, Protocol, Sequence, runtime_checkable
+
+from ppp_jax.envs.domains.rows import read_located_rows
 
 PromptKind = Literal["vague", "precise"]
 
@@ -205,30 +205,8 @@ def location_f1(answer: str | None, gold: Sequence[str]) -> float:
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a local `.jsonl`, `.json` (a list, or {"rows": [...]}) or `.parquet` file.
 
-    A line of a `.jsonl` file that is not JSON raises ValueError naming the file and line number.
+    Any fault of the file (missing, empty of JSON, a line that is not JSON or not an object)
+    raises `rows.DataError` naming the file and line (`rows.read_located_rows`, which also
+    keeps each row's location).
     """
-    p = Path(path)
-    if p.suffix == ".jsonl":
-        rows = []
-        with open(p, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{p}:{number}: not valid JSON ({e.msg})") from None
-        return rows
-    if p.suffix == ".json":
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not valid JSON ({e})") from None
-        return list(data if isinstance(data, list) else data.get("rows", []))
-    if p.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq  # noqa: PLC0415 -- optional dependency
-        except ImportError as e:
-            raise RuntimeError("reading parquet files needs `pip install pyarrow`") from e
-        return pq.read_table(p).to_pylist()
-    raise ValueError(f"unsupported data file {str(path)!r} (expected .jsonl, .json or .parquet)")
+    return [row for _, row in read_located_rows(path)]

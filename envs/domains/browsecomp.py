@@ -48,9 +48,17 @@ import re
 import unicodedata
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
-from ppp_jax.envs.domains.base import FINISH, PromptKind, Task, function_tool, read_rows
+from ppp_jax.envs.domains.base import FINISH, PromptKind, Task, function_tool
 from ppp_jax.envs.domains.registry import register_domain
 from ppp_jax.envs.domains.retrievers import BM25Retriever, Corpus, Retriever
+from ppp_jax.envs.domains.rows import (
+    DataError,
+    Located,
+    RowChecker,
+    load_located_rows,
+    locate,
+    read_located_rows,
+)
 from ppp_jax.envs.episode import ANSWER_OVERRIDE
 
 log = logging.getLogger(__name__)
@@ -90,12 +98,10 @@ question costs the user effort: ask only when needed, and in the way the user pr
 
 
 def load_rows(source: str, split: str | None = None) -> list[dict[str, Any]]:
-    """Rows from a local file, or a Hugging Face dataset (needs `datasets` and network)."""
-    if os.path.exists(source):
-        return read_rows(source)
-    import datasets  # noqa: PLC0415 -- online only
-
-    return [dict(r) for r in datasets.load_dataset(source, split=split or "train")]
+    """Rows from a local file (DataError naming `file:line` for any fault of it), or a Hugging
+    Face dataset (needs `datasets` and network). `rows.load_located_rows` keeps where each row
+    came from."""
+    return [row for _, row in load_located_rows(source, split or "train")]
 
 
 def _words(text: str, n: int) -> str:
@@ -104,29 +110,94 @@ def _words(text: str, n: int) -> str:
 
 
 def _docids(value: Any) -> list[tuple[str, str]]:
-    """Evidence docs as (docid, text-or-empty) pairs from ids or dicts (or a JSON string)."""
+    """Evidence docs as (docid, text-or-empty) pairs from ids or dicts (or a JSON string of a
+    list; any other string is one docid). Raises ValueError naming what is wrong with `value`."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
             value = [value]
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            value = [value]
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("expected a list of docids or {docid, text} objects, got "
+                         f"{type(value).__name__}")
     out = []
-    for v in value or []:
+    for i, v in enumerate(value):
         if isinstance(v, Mapping):
-            out.append((str(v.get("docid")), str(v.get("text") or "")))
-        else:
+            docid = v.get("docid")
+            if isinstance(docid, bool) or not isinstance(docid, (str, int)) or str(docid) == "":
+                raise ValueError(f"item {i}: expected a 'docid' (string or number), got "
+                                 f"{'nothing' if docid is None else repr(docid)}")
+            text = v.get("text")
+            if text is not None and not isinstance(text, str):
+                raise ValueError(f"item {i}: 'text' must be a string, got {type(text).__name__}")
+            out.append((str(docid), text or ""))
+        elif isinstance(v, (str, int)) and not isinstance(v, bool) and str(v) != "":
             out.append((str(v), ""))
+        else:
+            raise ValueError(f"item {i}: expected a docid or a {{docid, text}} object, got {v!r}")
     return out
 
 
-def build_tasks(rows: Iterable[Mapping[str, Any]], corpus: Corpus, split: str = "test",
-                vaguenizer: Any = None, max_snapshot_docs: int = 3) -> list[Task]:
-    """Tasks from query rows. Precise prompt: `full_query` or `query`; vague: `vague_query`,
-    else the PPP layout's `query` when `full_query` is given, else the rule vaguenizer's rewrite.
-    Hidden information: up to `max_snapshot_docs` gold documents, 50 words each, `[DOC id] ...`."""
+def _query_id(row: Mapping[str, Any], index: int) -> str:
+    return str(row.get("query_id", row.get("id", index)))
+
+
+def check_query_rows(rows: Iterable[Any], what: str = "query rows") -> list[Located]:
+    """The rows as (where, row) pairs, every one checked: `query` or `full_query` a non-empty
+    string, `vague_query` a string if given, `answer` a non-empty string or number or a
+    non-empty list of them, `evidence_docs`/`gold_docs` ids or {docid, text} objects, ids
+    unique. Raises DataError (`where: field: reason`, and how many more) for any fault."""
+    located = locate(rows)
+    check = RowChecker(what)
+    for i, (where, row) in enumerate(located):
+        if not check.row_ok(where, row):
+            continue
+        for key in ("query_id", "id"):
+            if key in row and (isinstance(row[key], bool) or not isinstance(row[key], (str, int))):
+                check.fail(where, key, f"expected a string or number, got {type(row[key]).__name__}")
+        check.unique(where, "query_id", _query_id(row, i))
+        if row.get("full_query") is not None:
+            check.text(where, row, "full_query")
+            check.text(where, row, "query", required=False)
+        else:
+            check.text(where, row, "query")
+        check.text(where, row, "vague_query", required=False)
+        answer = row.get("answer")
+        if isinstance(answer, (list, tuple)):
+            if not answer:
+                check.fail(where, "answer", "empty list")
+            for j, a in enumerate(answer):
+                if isinstance(a, bool) or not isinstance(a, (str, int, float)) or not str(a).strip():
+                    check.fail(where, f"answer[{j}]", f"expected a non-empty string, got {a!r}")
+        else:
+            check.text(where, row, "answer", allow_number=True)
+        for key in ("evidence_docs", "gold_docs"):
+            if row.get(key) is not None:
+                try:
+                    _docids(row[key])
+                except ValueError as e:
+                    check.fail(where, key, str(e))
+    check.raise_if_any()
+    return located
+
+
+def build_tasks(rows: Iterable[Any], corpus: Corpus, split: str = "test",
+                vaguenizer: Any = None, max_snapshot_docs: int = 3,
+                what: str = "query rows") -> list[Task]:
+    """Tasks from query rows (dicts, or (where, row) pairs as `load_rows` gives), all checked
+    first (`check_query_rows`: DataError naming `where: field: reason`). Precise prompt:
+    `full_query` or `query`; vague: `vague_query`, else the PPP layout's `query` when
+    `full_query` is given, else the rule vaguenizer's rewrite. Hidden information: up to
+    `max_snapshot_docs` gold documents, 50 words each, `[DOC id] ...`. Evidence docids missing
+    from the corpus are counted and reported in one warning."""
     tasks = []
-    for i, row in enumerate(rows):
-        qid = str(row.get("query_id", row.get("id", i)))
+    missing_docs: list[str] = []
+    for i, (_, row) in enumerate(check_query_rows(rows, what)):
+        qid = _query_id(row, i)
         precise = str(row.get("full_query") or row["query"])
         vague = row.get("vague_query") or (row["query"] if row.get("full_query") else None)
         if not vague:
@@ -137,6 +208,7 @@ def build_tasks(rows: Iterable[Mapping[str, Any]], corpus: Corpus, split: str = 
             vague = _drop_constraints(vaguenizer.vaguenize(precise), precise)
         answers = row["answer"] if isinstance(row["answer"], (list, tuple)) else [row["answer"]]
         evidence = _docids(row.get("evidence_docs") or row.get("gold_docs"))
+        missing_docs += [f"{qid}:{d}" for d, text in evidence if not text and corpus.get(d) is None]
         snaps = []
         for docid, text in evidence[:max_snapshot_docs]:
             doc = corpus.get(docid)
@@ -147,6 +219,10 @@ def build_tasks(rows: Iterable[Mapping[str, Any]], corpus: Corpus, split: str = 
         tasks.append(Task(f"bcp:{qid}", DOMAIN, precise, str(vague),
                           "\n".join(snaps) if snaps else "No documents available.",
                           tuple(str(a) for a in answers), split, meta))
+    if missing_docs:
+        log.warning("%s: %d evidence docid(s) not in the corpus (the simulator sees no snapshot "
+                    "of them): %s%s", what, len(missing_docs), ", ".join(missing_docs[:3]),
+                    ", ..." if len(missing_docs) > 3 else "")
     return tasks
 
 
@@ -459,16 +535,22 @@ class BrowseCompSection:
 
 def build_domain(section: BrowseCompSection) -> tuple[list[Task], BrowseCompDomain]:
     """(tasks, domain) of a `BrowseCompSection` (the registered builder): local files only, a
-    missing one is a FileNotFoundError naming its key, never a download."""
+    missing one is a FileNotFoundError naming its key, never a download; a bad or empty file or
+    row is a DataError naming `file:line: field: reason`."""
     if not (section.browsecomp_queries and section.browsecomp_corpus):
         raise ValueError("domain browsecomp_plus needs domain.browsecomp_queries and "
                          "domain.browsecomp_corpus (local .jsonl/.json/.parquet files)")
     for key in ("browsecomp_queries", "browsecomp_corpus"):
         if not os.path.isfile(getattr(section, key)):
             raise FileNotFoundError(f"domain.{key}: no such file {getattr(section, key)!r}")
-    corpus = Corpus.from_rows(load_rows(section.browsecomp_corpus))
-    tasks = build_tasks(load_rows(section.browsecomp_queries), corpus,
-                        split=section.browsecomp_split)
+    located = {}
+    for key in ("browsecomp_corpus", "browsecomp_queries"):
+        located[key] = read_located_rows(getattr(section, key))
+        if not located[key]:
+            raise DataError(getattr(section, key), "", f"no rows (domain.{key})")
+    corpus = Corpus.from_rows(located["browsecomp_corpus"], what=section.browsecomp_corpus)
+    tasks = build_tasks(located["browsecomp_queries"], corpus, split=section.browsecomp_split,
+                        what=section.browsecomp_queries)
     log.info("browsecomp_plus: %d tasks, %d documents (BM25)", len(tasks), len(corpus))
     # exact-match scoring only (no LLM judge client is configured here)
     return tasks, BrowseCompDomain(BM25Retriever(corpus))

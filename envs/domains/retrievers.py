@@ -20,9 +20,11 @@ import hashlib
 import importlib.util
 import os
 import re
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
+
+from ppp_jax.envs.domains.rows import RowChecker, locate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +32,9 @@ class Document:
     docid: str
     text: str
     url: str = ""
+
+
+_TEXT_KEYS = ("text", "contents", "content")
 
 
 class Corpus:
@@ -43,11 +48,32 @@ class Corpus:
             raise ValueError("duplicate docids in corpus")
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping]) -> Corpus:
-        """Rows with `docid`, `text` (or `contents`/`content`) and optional `url`."""
-        return cls(Document(str(r["docid"]), str(r.get("text") or r.get("contents") or
-                                                 r.get("content") or ""), str(r.get("url") or ""))
-                   for r in rows)
+    def from_rows(cls, rows: Iterable[Any], what: str = "corpus rows") -> Corpus:
+        """Rows (dicts, or (where, row) pairs as `rows.read_located_rows` gives) with `docid`
+        (a string or number), `text` (or `contents`/`content`, a string) and optional `url`.
+        Every row is checked first: DataError names `where: field: reason` (and how many more
+        rows are bad) for a missing or mistyped field or a duplicate docid."""
+        check = RowChecker(what)
+        docs = []
+        for where, r in locate(rows):
+            if not check.row_ok(where, r):
+                continue
+            ok = check.text(where, r, "docid", allow_number=True)
+            ok = check.unique(where, "docid", str(r["docid"])) if ok else False
+            text_key = next((k for k in _TEXT_KEYS if r.get(k) is not None), None)
+            if text_key is None:
+                check.fail(where, "text", f"missing (one of {', '.join(_TEXT_KEYS)} is needed)")
+                ok = False
+            elif not isinstance(r[text_key], str):
+                check.fail(where, text_key, f"expected a string, got {type(r[text_key]).__name__}")
+                ok = False
+            if r.get("url") is not None and not isinstance(r["url"], str):
+                check.fail(where, "url", f"expected a string, got {type(r['url']).__name__}")
+                ok = False
+            if ok:
+                docs.append(Document(str(r["docid"]), r[text_key], r.get("url") or ""))
+        check.raise_if_any()
+        return cls(docs)
 
     def __len__(self) -> int:
         return len(self.docs)

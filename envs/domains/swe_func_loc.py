@@ -16,7 +16,9 @@ are left out and listed in `<snapshot>.omitted.json`, which the tools quote when
 for one of them.
 
 Gold: `gold_functions` at the base commit (see that module); instances with no gold Python
-function are dropped and counted. Prompts: the precise prompt is the issue text; the vague prompt
+function, a patch that does not apply or a commit missing from the clone are dropped and counted
+(one warning), while a malformed row or a repository without a local clone refuses the whole set
+with `file:line: field: reason` (`check_swe_rows`, `envs/domains/rows.py`). Prompts: the precise prompt is the issue text; the vague prompt
 is the row's `vague_prompt` when present, else the rule vaguenizer's rewrite. The simulator's
 hidden information is the gold file paths and `path.py:function` lines (the released simulator's
 "Edit File Path" and "Edit Function Name").
@@ -37,11 +39,21 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
-from ppp_jax.envs.domains.base import Task, read_rows
+from ppp_jax.envs.domains.base import Task
 from ppp_jax.envs.domains.func_loc import FuncLocDomain, RepoToolsSection, ToolStyle
 from ppp_jax.envs.domains.gold_functions import PatchError, gold_functions
 from ppp_jax.envs.domains.registry import register_domain
 from ppp_jax.envs.domains.repo_tools import omitted_entries_path
+from ppp_jax.envs.domains.rows import (
+    DATA_SUFFIXES,
+    DataError,
+    DropReport,
+    Located,
+    RowChecker,
+    load_located_rows,
+    locate,
+    read_located_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,27 +68,34 @@ _REQUIRED = ("repo", "instance_id", "base_commit", "patch", "problem_statement")
 
 def load_swe_rows(source: str, split: str | None = None) -> list[dict[str, Any]]:
     """Rows from a local `.jsonl`/`.json`/`.parquet` file, or a Hugging Face dataset name (or the
-    aliases "verified" / "gym"), the latter needing the `datasets` package and network."""
-    if os.path.exists(source):
-        return read_rows(source)
+    aliases "verified" / "gym"), the latter needing the `datasets` package and network. Any
+    fault (a missing file, a line that is not JSON, no `datasets`) is one `DataError` line."""
+    return [row for _, row in load_located_swe_rows(source, split)]
+
+
+def load_located_swe_rows(source: str, split: str | None = None) -> list[Located]:
+    """`load_swe_rows` with where each row came from (`file:line`), for `build_swe_tasks`."""
+    if source.endswith(DATA_SUFFIXES) or os.path.exists(source):
+        return read_located_rows(source)
     name, default_split = HF_DATASETS.get(source, (source, "test"))
-    try:
-        import datasets  # noqa: PLC0415 -- optional, online only
-    except ImportError as e:
-        raise RuntimeError(f"{source!r} is not a local file, and loading it from the Hugging Face "
-                           "hub needs `pip install datasets`") from e
-    return [dict(r) for r in datasets.load_dataset(name, split=split or default_split)]
+    return load_located_rows(name, split or default_split)
 
 
 def parse_test_list(value: Any) -> list[str]:
-    """FAIL_TO_PASS / PASS_TO_PASS: a JSON string in SWE-bench (a list in some re-exports)."""
+    """FAIL_TO_PASS / PASS_TO_PASS: a JSON string in SWE-bench (a list in some re-exports).
+    Raises ValueError saying what is wrong."""
     if value is None or value == "":
         return []
     if isinstance(value, str):
-        parsed = json.loads(value)
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not a JSON list of test ids ({e.msg}): {value[:80]!r}") from None
         if not isinstance(parsed, list):
             raise ValueError(f"expected a JSON list of test ids, got {value[:80]!r}")
         return [str(x) for x in parsed]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected a list of test ids (or its JSON text), got {type(value).__name__}")
     return [str(x) for x in value]
 
 
@@ -112,11 +131,22 @@ class RepoCache:
     def clone_of(self, repo: str) -> Path:
         if repo in self.clones:
             return Path(self.clones[repo])
+        names = (repo.replace("/", "__"), repo.split("/")[-1])
         if self.clone_root is not None:
-            for name in (repo.replace("/", "__"), repo.split("/")[-1]):
+            for name in names:
                 if (self.clone_root / name).exists():
                     return self.clone_root / name
+            raise FileNotFoundError(f"no local clone of {repo!r}: neither "
+                                    f"{' nor '.join(str(self.clone_root / n) for n in names)} exists")
         raise FileNotFoundError(f"no local clone of {repo!r} (give `clones` or `clone_root`)")
+
+    def has_commit(self, repo: str, commit: str) -> bool:
+        """Whether the local clone of `repo` holds `commit`."""
+        try:
+            _git(self.clone_of(repo), "cat-file", "-e", f"{commit}^{{commit}}", timeout=60)
+        except (RuntimeError, FileNotFoundError):
+            return False
+        return True
 
     def read_file(self, repo: str, commit: str, path: str) -> str | None:
         """A file's text at a commit, None if it does not exist there."""
@@ -295,40 +325,92 @@ def _make_read_only(root: Path) -> None:
 
 @dataclasses.dataclass
 class BuildReport:
-    """Counts from building tasks (the paper's 500 -> 488 filter shows up here)."""
+    """Counts from building tasks (the paper's 500 -> 488 filter shows up here).
+
+    `drops` has every dropped instance id by reason (`rows.DropReport`); the lists below are the
+    same ids for the two reasons callers look at."""
 
     rows: int = 0
     tasks: int = 0
     dropped_no_function: list[str] = dataclasses.field(default_factory=list)
-    dropped_bad_row: list[str] = dataclasses.field(default_factory=list)
     dropped_patch_error: list[str] = dataclasses.field(default_factory=list)
     non_python_files: int = 0
+    drops: DropReport = dataclasses.field(default_factory=lambda: DropReport("swe rows"))
 
 
-def build_swe_tasks(rows: Iterable[Mapping[str, Any]], repos: RepoCache, split: str = "test",
-                    vaguenizer: Any = None) -> tuple[list[Task], BuildReport]:
-    """Tasks from SWE rows: gold functions at the base commit, prompts, hidden information."""
+NO_FUNCTION = "edits no Python function"
+PATCH_ERROR = "patch does not apply at base_commit"
+NO_COMMIT = "base_commit not in the local clone"
+
+
+def check_swe_rows(rows: Iterable[Any], repos: RepoCache | None = None,
+                   what: str = "swe rows") -> list[Located]:
+    """The rows as (where, row) pairs, every one checked: the SWE-bench fields the task needs
+    (`repo`, `instance_id`, `base_commit`, `patch`, `problem_statement`) non-empty strings,
+    `vague_prompt`/`hints_text` strings if given, the test lists JSON lists, instance ids
+    unique, and (with `repos`) a local clone for every repository. Raises DataError (`where:
+    field: reason`, and how many more) for any fault; nothing is dropped here."""
+    located = locate(rows)
+    check = RowChecker(what)
+    for where, row in located:
+        if not check.row_ok(where, row):
+            continue
+        ok = all([check.text(where, row, k) for k in _REQUIRED])
+        for key in ("vague_prompt", "hints_text"):
+            check.text(where, row, key, required=False)
+        for key in ("FAIL_TO_PASS", "PASS_TO_PASS"):
+            try:
+                parse_test_list(row.get(key))
+            except ValueError as e:
+                check.fail(where, key, str(e))
+        if ok and check.unique(where, "instance_id", row["instance_id"]) and repos is not None:
+            try:
+                repos.clone_of(row["repo"])
+            except FileNotFoundError as e:
+                check.fail(where, "repo", str(e))
+    check.raise_if_any()
+    return located
+
+
+def build_swe_tasks(rows: Iterable[Any], repos: RepoCache, split: str = "test",
+                    vaguenizer: Any = None, what: str = "swe rows"
+                    ) -> tuple[list[Task], BuildReport]:
+    """Tasks from SWE rows (dicts, or (where, row) pairs as `load_located_swe_rows` gives):
+    gold functions at the base commit, prompts, hidden information.
+
+    A malformed row, or one whose repository has no local clone, refuses the whole set
+    (`check_swe_rows`: DataError naming `where: field: reason`). Well-formed rows the task
+    definition filters out (no Python function edited, the patch does not apply, the commit is
+    not in the clone) are dropped, counted by reason in the report and logged as one warning;
+    no task left at all is a DataError with those counts."""
     if vaguenizer is None:
         from ppp_jax.envs.vaguenize import RuleVaguenizer  # noqa: PLC0415
 
         vaguenizer = RuleVaguenizer()
-    report = BuildReport()
+    located = check_swe_rows(rows, repos, what)
+    report = BuildReport(drops=DropReport(what))
     tasks = []
-    for row in rows:
+    commits: dict[tuple[str, str], bool] = {}
+    for _, row in located:
         report.rows += 1
-        iid = str(row.get("instance_id", f"row{report.rows}"))
-        if any(not row.get(k) for k in _REQUIRED):
-            report.dropped_bad_row.append(iid)
+        iid = row["instance_id"]
+        at = (row["repo"], row["base_commit"])
+        if at not in commits:
+            commits[at] = repos.has_commit(*at)
+        if not commits[at]:
+            report.drops.drop(NO_COMMIT, iid)
             continue
         try:
-            gold = gold_functions(row["patch"], lambda p: repos.read_file(
+            gold = gold_functions(row["patch"], lambda p, row=row: repos.read_file(
                 row["repo"], row["base_commit"], p))
         except (PatchError, FileNotFoundError, RuntimeError):
             report.dropped_patch_error.append(iid)
+            report.drops.drop(PATCH_ERROR, iid)
             continue
         report.non_python_files += len(gold.dropped_files)
         if not gold.functions:
             report.dropped_no_function.append(iid)
+            report.drops.drop(NO_FUNCTION, iid)
             continue
         files = sorted({g.split(":")[0] for g in gold.functions})
         precise = str(row["problem_statement"])
@@ -342,7 +424,9 @@ def build_swe_tasks(rows: Iterable[Mapping[str, Any]], repos: RepoCache, split: 
         }
         tasks.append(Task(iid, DOMAIN, precise, vague, "\n".join(files + list(gold.functions)),
                           tuple(gold.functions), split, meta))
-    report.tasks = len(tasks)
+    report.tasks = report.drops.kept = len(tasks)
+    report.drops.rows = report.rows
+    report.drops.report()
     return tasks, report
 
 
@@ -384,8 +468,11 @@ def build_domain(section: SweFuncLocSection) -> tuple[list[Task], FuncLocDomain]
         raise ValueError("domain swe_func_loc needs domain.swe_rows, domain.swe_clone_root and "
                          "domain.swe_cache_dir (SWE-bench rows and local repository clones)")
     repos = RepoCache(section.swe_cache_dir, clone_root=section.swe_clone_root)
-    tasks, report = build_swe_tasks(load_swe_rows(section.swe_rows), repos, split=section.swe_split)
-    log.info("swe_func_loc: %s", report)
+    rows = load_located_swe_rows(section.swe_rows)
+    if not rows:
+        raise DataError(section.swe_rows, "", "no rows (domain.swe_rows)")
+    tasks, report = build_swe_tasks(rows, repos, split=section.swe_split, what=section.swe_rows)
+    log.info("swe_func_loc: %d tasks from %d rows", report.tasks, report.rows)
     return tasks, make_domain(repos, section.tool_style)
 
 

@@ -18,12 +18,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def load(args: argparse.Namespace, prog: str):
     """The run config, or None after printing the config error."""
     from ppp_jax.config.loader import ConfigError
+    from ppp_jax.config.paths import check_input_paths
     from ppp_jax.config.run import load_run_config
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return load_run_config(args.config, args.overrides)
+        cfg = load_run_config(args.config, args.overrides)
+        # every path the command reads must be there before anything is built
+        check_input_paths(cfg, prog.split()[-1], checkpoint_arg=getattr(args, "checkpoint", ""))
+        return cfg
     except (ConfigError, ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return None

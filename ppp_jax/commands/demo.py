@@ -22,7 +22,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load(args, "ppp demo")
     if cfg is None:
         return 2
+    from ppp_jax.config.loader import ConfigError
     from ppp_jax.demo import Interrupted, StaleRunError, run_demo
+    from ppp_jax.envs.domains.rows import DataError
 
     try:
         summary = run_demo(cfg, progress=not args.no_progress)
@@ -32,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(f"ppp demo: {e}", file=sys.stderr)
         return 3
+    except (ConfigError, DataError) as e:  # a missing data file, a bad data row: one line
+        print(f"ppp demo: {e}", file=sys.stderr)
+        return 1
     b, a = summary["before"], summary["after"]
     for kind in ("vague", "precise"):
         if kind in b and kind in a:

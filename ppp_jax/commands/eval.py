@@ -73,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
     )
     from ppp_jax.train.trainer import restore_params
 
-    tasks, inner = build_tasks(cfg)
+    try:
+        tasks, inner = build_tasks(cfg)
+    except (FileNotFoundError, ValueError) as e:  # a missing data file, a bad row: one line
+        print(f"ppp eval: {e}", file=sys.stderr)
+        return 1
     tasks = [t for t in tasks if t.split == cfg.eval.split] or tasks
     if cfg.eval.num_tasks:
         tasks = tasks[: cfg.eval.num_tasks]

@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load(args, "ppp sft")
     if cfg is None:
         return 2
+    from ppp_jax.config.loader import ConfigError
     from ppp_jax.demo import Interrupted, StaleRunError, build_stage, sft_stage
+    from ppp_jax.envs.domains.rows import DataError
     from ppp_jax.train.builders import build_model
     from ppp_jax.train.checkpointing import CheckpointError
     from ppp_jax.train.loop import RunFolderError, set_aside_run
@@ -39,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     except StaleRunError as e:
         print(f"ppp sft: {e}", file=sys.stderr)
         return 2
+    except (ConfigError, DataError) as e:  # a missing data file, a bad data row: one line
+        print(f"ppp sft: {e}", file=sys.stderr)
+        return 1
     if args.restart:
         set_aside_run(cfg.output_dir, ("sft", "sft_policy"))
     model = build_model(cfg, built.tokenizer)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from ppp_jax.config.rules import POSITIVE, register_rules
+
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
@@ -28,3 +30,7 @@ class CheckpointConfig:
             raise ValueError(f"save_every must be >= 1, got {self.save_every}")
         if self.keep is not None and self.keep < 1:
             raise ValueError(f"keep must be >= 1 or None, got {self.keep}")
+
+
+register_rules(CheckpointConfig, {"save_every": POSITIVE, "keep": POSITIVE,
+                                  "keep_period": POSITIVE})

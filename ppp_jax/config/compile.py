@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 from ppp_jax.config import loader as cfg
 from ppp_jax.config.rl import RLConfig
+from ppp_jax.config.rules import (
+    DROPOUT,
+    DTYPE,
+    GT_ZERO,
+    NON_NEGATIVE,
+    POSITIVE,
+    Range,
+    register_rules,
+)
 from ppp_jax.model import sharding as shd
 from ppp_jax.model.config import ModelConfig, seed_oss_36b, tiny
 from ppp_jax.sampling.config import EngineConfig
@@ -115,11 +123,22 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(CompileConfig))
 
 def load_compile_config(path: str, overrides: Sequence[str] = ()) -> CompileConfig:
     """Reads the `CompileConfig` sections of a YAML run config (with `base:` files and
-    `key.sub=value` overrides); unknown keys inside those sections are ConfigErrors."""
-    data = cfg._read_yaml(Path(path))
-    cfg.apply_overrides(data, list(overrides))
-    picked = {k: v for k, v in data.items() if k in SECTIONS}
-    try:
-        return cfg.from_dict(CompileConfig, picked)
-    except cfg.ConfigError as e:
-        raise cfg.ConfigError(f"{path}: {e}") from None
+    `key.sub=value` overrides); unknown keys inside those sections and values out of range are
+    ConfigErrors naming the dotted key and its file:line or override."""
+    return cfg.load_config(path, CompileConfig, list(overrides), only_sections=SECTIONS)
+
+
+register_rules(ModelSpec, {"param_dtype": DTYPE, "dtype": DTYPE})
+register_rules(ModelSizes, {
+    "vocab_size": POSITIVE, "hidden_size": POSITIVE, "intermediate_size": POSITIVE,
+    "num_layers": POSITIVE, "num_heads": POSITIVE, "num_kv_heads": POSITIVE, "head_dim": POSITIVE,
+    "rope_theta": GT_ZERO, "rms_norm_eps": GT_ZERO, "attention_dropout": DROPOUT,
+    "residual_dropout": DROPOUT, "max_position_embeddings": POSITIVE,
+    "bos_token_id": NON_NEGATIVE, "pad_token_id": NON_NEGATIVE, "eos_token_id": NON_NEGATIVE})
+register_rules(CompileSpec, {"batch": POSITIVE, "seq_len": POSITIVE})
+# the sampling layer's EngineConfig cannot import the config layer: its rules are given here
+register_rules(EngineConfig, {
+    "num_slots": POSITIVE, "page_size": POSITIVE, "num_pages": Range(2), "max_seq_len": POSITIVE,
+    "decode_steps": POSITIVE, "prefill_chunks": POSITIVE, "prefill_rows": POSITIVE,
+    "block_pages": POSITIVE, "max_stop_tokens": POSITIVE, "kv_dtype": DTYPE})
+register_rules(EngineSpec, {"dtype": DTYPE})

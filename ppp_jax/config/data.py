@@ -5,14 +5,25 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from ppp_jax.config.rules import (
+    NON_NEGATIVE,
+    POSITIVE,
+    PRECISE_PREFERENCE,
+    PREFERENCE,
+    SEED,
+    register_rules,
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """How task records become training batches.
 
     Attributes:
-      train_path: a `.jsonl` file of task records (one JSON object a line) or a `.json` list; ""
-        when the records are passed in code.
+      train_path: a `.jsonl` file of task records (one JSON object a line) or a `.json` list, read
+        by `ppp_jax.train.data.make_dataset` when it is called from code without records; ""
+        when the records are passed in code. No `ppp` command reads it (they take their tasks
+        from the `domain` section), so a run config that sets it is refused at load time.
       batch_size: prompts per optimizer step, over all processes (paper: 64; released script: 32).
         Each prompt is rolled out G times by the orchestrator; G is not a data setting.
       seed: shuffle seed; each epoch is reshuffled with a seed derived from it.
@@ -26,8 +37,9 @@ class DataConfig:
         the paper does not say), any preference id, or "random": one of `vague_preferences`,
         drawn per instance from `seed` (so it is fixed for the run).
       precise_copies: precise-prompt copies per instance (paper: 1).
-      on_malformed: "error" stops at the first bad row, naming it and the field; "skip" drops bad
-        rows, logs each, and counts them in `DataStats`.
+      on_malformed: for task records (`make_dataset`): "error" stops at the first bad row, naming
+        it and the field; "skip" drops bad rows, logs each, and counts them in `DataStats`. The
+        domains' own data files always refuse a malformed row (`ppp_jax.envs.domains.rows`).
     """
 
     train_path: str = ""
@@ -50,3 +62,9 @@ class DataConfig:
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.vague_copies < 0 or self.precise_copies < 0:
             raise ValueError("vague_copies and precise_copies must be >= 0")
+
+
+register_rules(DataConfig, {
+    "batch_size": POSITIVE, "seed": SEED, "num_epochs": POSITIVE,
+    "vague_preferences": PREFERENCE, "vague_copies": NON_NEGATIVE,
+    "precise_preference": PRECISE_PREFERENCE, "precise_copies": NON_NEGATIVE})

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Literal
 
+from ppp_jax.config.rules import NON_NEGATIVE, POSITIVE, register_rules
+
 if TYPE_CHECKING:
     pass
 
@@ -36,3 +38,8 @@ class DistributedConfig:
     @property
     def multi_process(self) -> bool:
         return self.auto_detect or (self.num_processes or 1) > 1
+
+
+register_rules(DistributedConfig, {"num_processes": POSITIVE, "process_id": NON_NEGATIVE,
+                                   "local_device_count": POSITIVE,
+                                   "initialization_timeout_s": POSITIVE})

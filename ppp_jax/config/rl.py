@@ -12,6 +12,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from ppp_jax.config.rules import (
+    GT_ZERO,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    Range,
+    register_rules,
+)
+
 AdvantageEstimator = Literal["grpo", "drgrpo", "rloo"]
 LossAggMode = Literal[
     "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
@@ -153,3 +162,20 @@ class RLConfig:
     def updates_per_step(self) -> int:
         """Optimizer updates per PPP step: ppo_mini_batches × ppo_epochs."""
         return self.ppo_mini_batches * self.ppo_epochs
+
+
+register_rules(AdvantageConfig, {"group_size": POSITIVE, "eps": NON_NEGATIVE})
+register_rules(LossConfig, {
+    "clip_ratio_low": Range(0, 1, high_open=True), "clip_ratio_high": NON_NEGATIVE,
+    "clip_ratio_c": Range(1, low_open=True), "log_ratio_clamp": GT_ZERO,
+    "loss_scale_factor": POSITIVE, "kl_coef": NON_NEGATIVE, "tis_cap": GT_ZERO,
+    "temperature": GT_ZERO})
+register_rules(DapoConfig, {"max_gen_batches": NON_NEGATIVE, "overlong_buffer_len": POSITIVE,
+                            "overlong_penalty_factor": NON_NEGATIVE, "max_response_len": POSITIVE})
+register_rules(OptimConfig, {
+    "learning_rate": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
+    "b1": Range(0, 1, high_open=True), "b2": Range(0, 1, high_open=True), "eps": NON_NEGATIVE,
+    "warmup_steps": NON_NEGATIVE, "total_steps": POSITIVE, "final_lr_ratio": PROBABILITY,
+    "max_grad_norm": GT_ZERO})
+register_rules(RLConfig, {"num_micro_batches": POSITIVE, "logprob_chunk_size": POSITIVE,
+                           "ppo_mini_batches": POSITIVE, "ppo_epochs": POSITIVE})

@@ -42,9 +42,21 @@ from ppp_jax.config.compile import CompileSpec, EngineSpec, ModelSpec
 from ppp_jax.config.data import DataConfig
 from ppp_jax.config.distributed import DistributedConfig
 from ppp_jax.config.rl import RLConfig
+from ppp_jax.config.rules import (
+    DROPOUT,
+    GT_ZERO,
+    NON_NEGATIVE,
+    POSITIVE,
+    PREFERENCE,
+    PROBABILITY,
+    SEED,
+    Range,
+    Url,
+    register_rules,
+)
 from ppp_jax.envs.domains.browsecomp import BrowseCompSection
-from ppp_jax.envs.domains.registry import get_domain
-from ppp_jax.envs.domains.stdlib_loc import StdlibLocSection
+from ppp_jax.envs.domains.registry import get_domain, registered_domains
+from ppp_jax.envs.domains.stdlib_loc import StdlibLocConfig, StdlibLocSection
 from ppp_jax.envs.domains.swe_func_loc import SweFuncLocSection
 from ppp_jax.envs.episode import EpisodeConfig
 from ppp_jax.envs.reward import RewardConfig
@@ -104,7 +116,19 @@ class DomainSection(BrowseCompSection, SweFuncLocSection, StdlibLocSection):
 
     def __post_init__(self):
         # an unknown name lists the registered domains; the domain's own section is checked too
-        get_domain(self.name).section_from(self)
+        spec = get_domain(self.name)
+        spec.section_from(self)
+        # A key of another domain's section would be silently ignored: refuse it instead.
+        own = {f.name for f in dataclasses.fields(spec.section)}
+        shared = {"name", "tools", "system_prompt", "show_preference"}
+        for f in dataclasses.fields(DomainSection):
+            if f.name in own or f.name in shared or getattr(self, f.name) == f.default:
+                continue
+            readers = [n for n in registered_domains()
+                       if f.name in {g.name for g in dataclasses.fields(get_domain(n).section)}]
+            raise cfgmod.FieldError(
+                f.name, f"set, but domain {self.name!r} does not read it (read by "
+                f"{' and '.join(readers)}); remove it or set domain.name to its domain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +304,13 @@ class RunConfig:
     distributed: DistributedConfig = DistributedConfig()
 
     def __post_init__(self):
+        if self.data.train_path:
+            raise cfgmod.FieldError(
+                "data.train_path",
+                f"set to {self.data.train_path!r}, but `ppp train`, `ppp sft` and `ppp eval` take "
+                "their tasks from the `domain` section (stdlib_loc: built in; swe_func_loc: "
+                "domain.swe_rows; browsecomp_plus: domain.browsecomp_queries and "
+                "domain.browsecomp_corpus), never from a data file; remove data.train_path")
         if abs(self.rl.loss.temperature - self.rollout.temperature) > 1e-9 and self.rollout.temperature > 0:
             raise ValueError(
                 f"rl.loss.temperature ({self.rl.loss.temperature}) must equal rollout.temperature "
@@ -341,3 +372,35 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfi
                 "page_size, num_pages, max_seq_len, ...) into `engine`, which describes one "
                 "engine replica.") from None
         raise
+
+
+register_rules(RunConfig, {"seed": SEED})
+register_rules(PolicySection, {"init_seed": SEED, "dropout": DROPOUT})
+register_rules(RolloutConfig, {
+    "temperature": NON_NEGATIVE, "top_p": Range(0, 1, low_open=True), "top_k": NON_NEGATIVE,
+    "concurrency": POSITIVE, "max_episode_retries": NON_NEGATIVE, "row_len": POSITIVE,
+    "pad_to_multiple": POSITIVE, "rows_multiple": POSITIVE})
+register_rules(TrainerSection, {"num_steps": POSITIVE, "save_every": POSITIVE, "keep": POSITIVE})
+register_rules(EvalSection, {
+    "num_tasks": NON_NEGATIVE, "episodes_per_prompt": POSITIVE, "temperature": NON_NEGATIVE,
+    "seed": SEED, "preference_ids": PREFERENCE, "openai_base_url": Url()})
+register_rules(SFTSection, {
+    "num_episodes": POSITIVE, "num_steps": POSITIVE, "batch_size": POSITIVE, "row_len": POSITIVE,
+    "rows_multiple": POSITIVE, "learning_rate": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE,
+    "weight_decay": NON_NEGATIVE, "ask_vague": PROBABILITY, "ask_precise": PROBABILITY,
+    "follow_preference": PROBABILITY, "effort_mix": PROBABILITY, "seed": SEED})
+register_rules(DemoSection, {"tokenizer_vocab": Range(256), "num_train_tasks": NON_NEGATIVE})
+# the envs layer's schemas cannot import the config layer: their rules are given here
+register_rules(StdlibLocConfig, {
+    "num_tasks": POSITIVE, "seed": SEED, "per_file": POSITIVE, "test_fraction": PROBABILITY,
+    "min_doc_words": NON_NEGATIVE, "min_body_statements": NON_NEGATIVE,
+    "max_doc_words": POSITIVE})
+register_rules(SimulatorConfig, {
+    "max_questions": NON_NEGATIVE, "base_url": Url(), "timeout_s": GT_ZERO,
+    "max_retries": NON_NEGATIVE, "max_concurrency": POSITIVE})
+register_rules(RewardConfig, {"proactivity_weight": NON_NEGATIVE,
+                              "personalization_weight": NON_NEGATIVE,
+                              "correct_threshold": PROBABILITY})
+register_rules(EpisodeConfig, {
+    "max_turns": POSITIVE, "max_context_tokens": POSITIVE, "turn_max_new_tokens": POSITIVE,
+    "min_turn_tokens": NON_NEGATIVE, "tool_timeout_s": GT_ZERO, "simulator_timeout_s": GT_ZERO})

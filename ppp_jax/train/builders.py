@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from flax import nnx
 
+from ppp_jax.config.paths import MissingPathError, check_domain_paths, input_path_problems
 from ppp_jax.config.run import RunConfig
 from ppp_jax.envs.domains.base import Task
 from ppp_jax.envs.domains.registry import get_domain
@@ -66,7 +67,14 @@ def build_model(cfg: RunConfig, tokenizer: Any, path: str | Path | None = None,
 
 def build_tasks(cfg: RunConfig) -> tuple[list[Task], Any]:
     """(tasks, underlying domain) of `cfg.domain`: the domain registered under `cfg.domain.name`
-    (`ppp_jax.envs.domains.registry`) builds them from its own config section."""
+    (`ppp_jax.envs.domains.registry`) builds them from its own config section.
+
+    Raises:
+      MissingPathError (a ConfigError and a FileNotFoundError) naming the key of a missing data
+        file or directory, before reading anything;
+      DataError (`ppp_jax.envs.domains.base`) naming `file:line: field: reason` for bad rows.
+    """
+    check_domain_paths(cfg)
     spec = get_domain(cfg.domain.name)
     tasks, domain = spec.build(spec.section_from(cfg.domain))
     return list(tasks), domain
@@ -99,7 +107,17 @@ class Parts:
 
 def build_parts(cfg: RunConfig, *, tokenizer: Any = None, model: nnx.Module | None = None,
                 simulator: UserSimulator | None = None) -> Parts:
-    """Builds the run's tokenizer, policy, tasks, agent-side domain and simulator."""
+    """Builds the run's tokenizer, policy, tasks, agent-side domain and simulator.
+
+    Every input path is checked first, and the tasks are built before the policy, so a missing
+    file or a bad data row is reported before any weights are loaded."""
+    if model is None:
+        # the paths `ppp train` reads (a given tokenizer or model stands for its path)
+        problems = [x for x in input_path_problems(cfg, "train")
+                    if not (tokenizer is not None and x.startswith("policy.tokenizer"))]
+        if problems:
+            raise MissingPathError(problems[0])
+    tasks, inner = build_tasks(cfg)
     if tokenizer is None:
         path = cfg.policy.tokenizer or cfg.policy.path
         if not path:
@@ -107,7 +125,6 @@ def build_parts(cfg: RunConfig, *, tokenizer: Any = None, model: nnx.Module | No
         tokenizer = load_tokenizer(path)
     if model is None:
         model = build_model(cfg, tokenizer)
-    tasks, inner = build_tasks(cfg)
     return Parts(tokenizer, model, tasks, agent_domain(cfg, inner),
                  simulator if simulator is not None else make_simulator(cfg.simulator))
 

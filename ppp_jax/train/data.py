@@ -38,6 +38,7 @@ from typing import Any, Iterable, Iterator, Literal, Sequence
 import grain
 
 from ppp_jax.config.data import DataConfig
+from ppp_jax.envs.domains.rows import DataError
 
 log = logging.getLogger(__name__)
 
@@ -205,25 +206,39 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
     """Yields (where, raw row) from a `.jsonl` file (one object a line) or a `.json` list.
 
     A line that is not valid JSON is yielded as a `MalformedRecordError` instance in place of the
-    row, so the caller's error/skip policy applies to it too. Blank lines are ignored.
+    row, so the caller's error/skip policy applies to it too. Blank lines are ignored. A file
+    that is missing, not UTF-8, of another suffix, or a `.json` file that is not a JSON list
+    raises `DataError` naming it (and the line) at once: no policy makes such a file usable.
     """
     path = Path(path)
+    if path.suffix not in (".jsonl", ".json"):
+        raise DataError(str(path), "", "unsupported task-record file (expected .jsonl or .json)")
+    if not path.is_file():
+        raise DataError(str(path), "", "no such file" if not path.exists() else "not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}", "", f"not UTF-8 text ({e.reason})") from None
     if path.suffix == ".json":
-        rows = json.loads(path.read_text())
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}", "", f"not valid JSON ({e.msg} at column "
+                            f"{e.colno})") from None
         if not isinstance(rows, list):
-            raise MalformedRecordError(str(path), "", "a .json data file must hold a list of records")
+            raise DataError(str(path), "", "a .json data file must hold a list of records")
         for i, row in enumerate(rows):
             yield f"{path}[{i}]", row
         return
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, MalformedRecordError(where, "", f"not valid JSON ({e.msg} at column {e.colno})")
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as e:
+            yield where, MalformedRecordError(where, "", f"not valid JSON ({e.msg} at column {e.colno})")
 
 
 def parse_records(
@@ -416,10 +431,18 @@ class TaskDataset:
         self.items = expand_records(records, config)
         self.stats.prompts = len(self.items)
         if not self.items:
+            if self.stats.rows_dropped:
+                reasons = "; ".join(self.stats.drop_reasons[:3])
+                raise ValueError(
+                    f"no training prompts: all {self.stats.rows_dropped} task rows were dropped "
+                    f"as malformed (on_malformed=skip): {reasons}")
+            if not records:
+                raise ValueError("no training prompts: there are no task records (the data "
+                                 "source or the domain gave none)")
             raise ValueError(
-                f"no training prompts: {len(records)} valid records "
-                f"({self.stats.rows_dropped} dropped as malformed)"
-            )
+                f"no training prompts: {len(records)} task records expand to none "
+                f"(vague_copies={config.vague_copies}, include_precise={config.include_precise}, "
+                f"precise_copies={config.precise_copies})")
         ds = grain.MapDataset.source(self.items).shuffle(seed=config.seed).repeat(config.num_epochs)
         self.per_process_batch = b = config.batch_size // self.shard.count
         ds = ds.batch(config.batch_size, drop_remainder=True, batch_fn=list)
@@ -465,6 +488,7 @@ def make_dataset(
     """Builds the training dataset from `records` (raw dicts or TaskRecords) or `config.train_path`.
 
     Raises:
+      DataError for a file that is missing, unreadable or empty;
       MalformedRecordError (on_malformed="error") naming the bad row and field;
       ValueError if nothing usable remains or the settings do not fit.
     """
@@ -475,6 +499,10 @@ def make_dataset(
     else:
         rows = records
     parsed, stats = parse_records(rows, config.on_malformed)
+    if records is None and stats.rows_read == 0:
+        raise DataError(config.train_path, "", "no rows")
     if stats.rows_dropped:
-        log.warning("dropped %d of %d malformed task rows", stats.rows_dropped, stats.rows_read)
+        log.warning("dropped %d of %d malformed task rows: %s%s", stats.rows_dropped,
+                    stats.rows_read, "; ".join(stats.drop_reasons[:3]),
+                    "; ..." if stats.rows_dropped > 3 else "")
     return TaskDataset(parsed, config, shard=shard, stats=stats)

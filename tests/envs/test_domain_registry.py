@@ -72,11 +72,13 @@ def test_the_built_in_domains_are_registered_with_their_sections():
     assert get_domain("browsecomp_plus").section is browsecomp.BrowseCompSection
     # the flat YAML section holds every domain's keys, each read back into its own section
     d = from_dict(DomainSection, {"name": "swe_func_loc", "swe_rows": "r.jsonl",
-                                  "swe_split": "test", "tool_style": "openhands",
-                                  "browsecomp_corpus": "c.jsonl"})
+                                  "swe_split": "test", "tool_style": "openhands"})
     assert get_domain(d.name).section_from(d) == swe_func_loc.SweFuncLocSection(
         tool_style="openhands", swe_rows="r.jsonl", swe_split="test")
-    with pytest.raises(ValueError, match="needs domain.swe_rows"):
+    # another domain's key would be ignored, so it is refused
+    with pytest.raises(ValueError, match="browsecomp_corpus: set, but domain 'swe_func_loc'"):
+        from_dict(DomainSection, {"name": "swe_func_loc", "browsecomp_corpus": "c.jsonl"})
+    with pytest.raises(ValueError, match="domain.swe_clone_root: empty"):
         from ppp_jax.train.builders import build_tasks
 
         build_tasks(RunConfig(domain=d))

@@ -198,12 +198,15 @@ def test_swe_rows_snapshot_and_episode(repo, tmp_path):
     docs_only = dict(row, instance_id="acme__widgets-2", patch="diff --git" + "".join(
         c for c in patch.split("diff --git")[1:] if "index.rst" in c))
     data = tmp_path / "rows.jsonl"
-    swe_func_loc.rows_to_jsonl([row, docs_only, {"instance_id": "bad"}], data)
+    swe_func_loc.rows_to_jsonl([row, docs_only], data)
     rows = swe_func_loc.load_swe_rows(str(data))
     cache = swe_func_loc.RepoCache(tmp_path / "cache", clones={"acme/widgets": str(path)})
     tasks, report = swe_func_loc.build_swe_tasks(rows, cache)
-    assert report.rows == 3 and report.tasks == 1
-    assert report.dropped_no_function == ["acme__widgets-2"] and report.dropped_bad_row == ["bad"]
+    assert report.rows == 2 and report.tasks == 1
+    assert report.dropped_no_function == ["acme__widgets-2"]
+    # a malformed row refuses the set, naming the row and field (tests/ppp_jax/test_data_faults.py)
+    with pytest.raises(swe_func_loc.DataError, match=r"row 2: repo: missing"):
+        swe_func_loc.build_swe_tasks(rows + [{"instance_id": "bad"}], cache)
     task = tasks[0]
     assert task.metadata["FAIL_TO_PASS"] == ["tests/test_models.py::test_plain"]
     assert "pkg/models.py:plain" in task.gold and "pkg/models.py" in task.hidden_info.splitlines()

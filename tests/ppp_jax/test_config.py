@@ -44,7 +44,7 @@ def test_unknown_key_lists_valid_keys(tmp_path):
 
 def test_unknown_override_key(tmp_path):
     (tmp_path / "r.yaml").write_text("name: r\n")
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['sed'\].*valid keys"):
+    with pytest.raises(ConfigError, match=r"override 'sed=1': unknown key 'sed'.*valid keys"):
         load_config(tmp_path / "r.yaml", Run, ["sed=1"])
 
 

@@ -193,8 +193,10 @@ def test_empty_data_and_config_errors():
         make_dataset(_config(on_malformed="skip"), [{"task_id": "x"}], shard=_one_shard())
     with pytest.raises(ValueError, match="batch_size"):
         DataConfig(batch_size=0)
-    cfg = from_dict(DataConfig, {"batch_size": 8, "vague_preferences": ["a"], "num_epochs": None})
-    assert cfg.vague_preferences == ("a",)
+    cfg = from_dict(DataConfig, {"batch_size": 8, "vague_preferences": ["json"], "num_epochs": None})
+    assert cfg.vague_preferences == ("json",)
+    with pytest.raises(ValueError, match=r"vague_preferences\[0\]: 'a' is not allowed"):
+        from_dict(DataConfig, {"vague_preferences": ["a"]})
 
 
 def test_registry_preferences_used_when_config_is_empty():
