@@ -126,11 +126,13 @@ def input_path_problems(cfg: RunConfig, command: str, *, checkpoint_arg: str = "
         if checkpoint_arg:
             out.append(_input("--checkpoint", checkpoint_arg,
                               "a model directory (`ppp train` writes <run>/policy, `ppp sft` "
-                              "<run>/sft_policy) or a `ppp train` run directory"))
+                              "<run>/sft_policy, `ppp convert hf2orbax` one from a Hugging Face "
+                              "checkpoint) or a `ppp train` run directory"))
         elif cfg.eval.checkpoint:
             out.append(_input("eval.checkpoint", cfg.eval.checkpoint,
                               "a model directory (`ppp train` writes <run>/policy, `ppp sft` "
-                              "<run>/sft_policy) or a `ppp train` run directory"))
+                              "<run>/sft_policy, `ppp convert hf2orbax` one from a Hugging Face "
+                              "checkpoint) or a `ppp train` run directory"))
     return [x for x in out if x]
 
 

@@ -249,10 +249,11 @@ def test_eval_on_a_checkpoint_path_that_does_not_exist_says_what_creates_it(tmp_
     missing = tmp_path / "no_such_run" / "policy"
     argv = ["eval", "configs/tiny_cpu.yaml", f"run_dir={tmp_path}"]
     argv += ["--checkpoint", str(missing)] if where == "flag" else [f"eval.checkpoint={missing}"]
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2  # the config's input paths are checked when it is loaded
     err = capsys.readouterr().err.strip()
     origin = "--checkpoint" if where == "flag" else "eval.checkpoint"
-    assert err.startswith(f"ppp eval: {origin} {missing} does not exist; `ppp train` writes <run>/policy")
+    assert err.startswith(f"ppp eval: {origin}: '{missing}' does not exist")
+    assert "`ppp train` writes <run>/policy" in err and "hf2orbax" in err
     assert "\n" not in err and "sft_policy" in err
     assert not (tmp_path / "tiny_cpu").exists()  # refused before anything was built or written
 
