@@ -1,4 +1,4 @@
-"""Argument and config plumbing shared by `ppp train`, `ppp eval`, `ppp sft` and `ppp demo`."""
+"""Argument, logging and config plumbing shared by the `ppp` commands."""
 
 from __future__ import annotations
 
@@ -6,13 +6,43 @@ import argparse
 import logging
 import sys
 
+# Our loggers (model, sampling and envs install as ppp_jax subpackages, so one name covers all).
+LOGGER = "ppp_jax"
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+class UsageError(ValueError):
+    """A command-line argument is wrong; the message names it and says what to write instead."""
+
+
+def add_override_arguments(parser: argparse.ArgumentParser) -> None:
+    """The positional `KEY=VALUE` overrides every config-taking command accepts after CONFIG."""
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides (dotted keys), e.g. trainer.num_steps=3 "
+                             "rl.optim.learning_rate=1e-5; options may come before or after")
+
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """CONFIG, overrides, --no-progress and --verbose (train, eval, sft, demo)."""
     parser.add_argument("config", help="YAML run config (e.g. configs/tiny_cpu.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. trainer.num_steps=3 rl.optim.learning_rate=1e-5")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--verbose", action="store_true", help="log at INFO level")
+    add_override_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (when stderr is not a terminal, progress is "
+                             "logged every 30 s instead of drawn)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="log ppp_jax's INFO messages (resume, dropped rows, ...)")
+
+
+def configure_logging(verbose: bool) -> None:
+    """WARNING and above from everything; with `verbose`, INFO from ppp_jax's own loggers too.
+
+    Libraries imported before the command runs may already have put a handler on the root logger
+    (absl does, through orbax), which made a plain `logging.basicConfig` a silent no-op and
+    `--verbose` useless; the root is therefore reconfigured with force=True. Other libraries'
+    INFO (orbax logs each checkpoint write in dozens of lines) stays hidden.
+    """
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    logging.getLogger(LOGGER).setLevel(logging.INFO if verbose else logging.NOTSET)
 
 
 def load(args: argparse.Namespace, prog: str):
@@ -20,8 +50,7 @@ def load(args: argparse.Namespace, prog: str):
     from ppp_jax.config.loader import ConfigError
     from ppp_jax.config.run import load_run_config
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         return load_run_config(args.config, args.overrides)
     except (ConfigError, ValueError) as e:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from ppp_jax.commands._common import add_config_arguments, load
@@ -28,11 +27,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _weights(cfg, override: str) -> tuple[str, Path | None]:
-    """(description, path) of the weights to evaluate; path None = the model as built."""
+    """(description, path) of the weights to evaluate; path None = the model as built.
+
+    Raises:
+      FileNotFoundError when --checkpoint or eval.checkpoint names a path that does not exist,
+      saying what writes one.
+    """
     out = cfg.output_dir
-    for cand in (override, cfg.eval.checkpoint):
+    for cand, name in ((override, "--checkpoint"), (cfg.eval.checkpoint, "eval.checkpoint")):
         if cand:
             p = Path(cand)
+            if not p.exists():
+                raise FileNotFoundError(
+                    f"{name} {p.absolute()} does not exist; model checkpoints are written by "
+                    f"`ppp sft` (<run>/sft_policy), `ppp train` (<run>/policy) and `ppp convert`, "
+                    f"and a training run directory (with checkpoints/) by `ppp train`")
             if (p / "checkpoints").is_dir():
                 return "training checkpoint", p
             return "model checkpoint", p
@@ -62,6 +71,16 @@ def run(args: argparse.Namespace) -> int:
     )
     from ppp_jax.train.trainer import restore_params
 
+    from ppp_jax.commands._policy import tokenizer_candidates
+    from ppp_jax.sampling.chat import find_tokenizer
+
+    tokenizer_source = None
+    if cfg.eval.backend != "openai":
+        # Weights and tokenizer are found (or refused) before anything is built.
+        kind, path = _weights(cfg, args.checkpoint)
+        beside = (path if kind == "model checkpoint" else
+                  path / "policy" if path is not None else None)
+        tokenizer_source = find_tokenizer(tokenizer_candidates(cfg, beside))
     tasks, inner = build_tasks(cfg)
     tasks = [t for t in tasks if t.split == cfg.eval.split] or tasks
     if cfg.eval.num_tasks:
@@ -80,15 +99,7 @@ def run(args: argparse.Namespace) -> int:
         policy = OpenAIPolicy(client)
         what = f"OpenAI-compatible model {cfg.eval.openai_model}"
     else:
-        from ppp_jax.demo import tokenizer_path
-
-        tok = tokenizer_path(cfg) if tokenizer_path(cfg).exists() else Path(cfg.policy.tokenizer or cfg.policy.path)
-        try:
-            tokenizer = load_tokenizer(tok)
-        except FileNotFoundError as e:
-            print(f"ppp eval: {e}", file=sys.stderr)
-            return 1
-        kind, path = _weights(cfg, args.checkpoint)
+        tokenizer = load_tokenizer(tokenizer_source)
         if kind == "model checkpoint":
             model = build_model(cfg, tokenizer, path=path)
         else:
