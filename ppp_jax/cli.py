@@ -45,7 +45,8 @@ COMMANDS: dict[str, Command] = {
         needs="a run config (configs/tiny_cpu.yaml); nothing else (offline)",
         writes="runs/<name>/: tokenizer.json, sft_policy/, ppp/, eval_before.json, "
                "eval_after.json, report.md, summary.json, PNG plots",
-        typical_time="4-7 min on a 2-core CPU (tiny_cpu); reruns reuse finished stages"),
+        typical_time="4-7 min on a 2-core CPU (tiny_cpu); reruns reuse finished stages",
+        exit_codes="3 a stage was stopped by a signal (rerun to resume)"),
     "convert": Command(
         "ppp_jax.commands.convert",
         "convert checkpoints: Hugging Face <-> orbax (tokenizer and chat template travel along)",
@@ -60,7 +61,8 @@ COMMANDS: dict[str, Command] = {
         needs="a run config; the tokenizer is trained into <run>/tokenizer.json if missing",
         writes="<run>/sft/ (metrics, checkpoints; resumable), <run>/sft_policy/ (model checkpoint "
                "+ tokenizer, which `ppp train` on the same config starts from)",
-        typical_time="1-2 min (tiny_cpu)"),
+        typical_time="1-2 min (tiny_cpu)",
+        exit_codes="3 stopped by a signal (rerun to resume)"),
     "train": Command(
         "ppp_jax.commands.train",
         "PPP reinforcement learning on a run config (resumable)",
@@ -156,9 +158,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def epilog(cmd: Command) -> str:
     """The `--help` epilog: prerequisites, outputs, typical time and exit codes."""
     codes = COMMON_EXIT_CODES + (f"; {cmd.exit_codes}" if cmd.exit_codes else "")
-    if cmd.takes_overrides:
-        codes += "; 3 stopped before the end (rerun the same command to resume)" \
-            if "3 " not in codes else ""
     fields = (("needs", cmd.needs), ("writes", cmd.writes), ("typical time", cmd.typical_time),
               ("exit codes", codes))
     return "\n".join(textwrap.fill(f"{label}: {text}", width=100, subsequent_indent="    ")

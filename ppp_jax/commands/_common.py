@@ -36,13 +36,30 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def configure_logging(verbose: bool) -> None:
     """WARNING and above from everything; with `verbose`, INFO from ppp_jax's own loggers too.
 
-    Libraries imported before the command runs may already have put a handler on the root logger
-    (absl does, through orbax), which made a plain `logging.basicConfig` a silent no-op and
-    `--verbose` useless; the root is therefore reconfigured with force=True. Other libraries'
-    INFO (orbax logs each checkpoint write in dozens of lines) stays hidden.
+    A library imported before the command runs may already have configured the root logger
+    (absl does, through orbax) at WARNING, which made `logging.basicConfig(level=INFO)` a silent
+    no-op and `--verbose` useless. So the level is set on the `ppp_jax` logger itself, whose
+    records then pass through whatever handlers the root has (a handler of our own is added when
+    none of them lets INFO through). Other libraries' INFO (orbax logs each checkpoint write in
+    dozens of lines) stays hidden, and handlers that are already there (pytest's) are kept.
     """
-    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr, force=True)
-    logging.getLogger(LOGGER).setLevel(logging.INFO if verbose else logging.NOTSET)
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+    ours = logging.getLogger(LOGGER)
+    ours.setLevel(logging.INFO if verbose else logging.NOTSET)
+    passes_info = any(h.level <= logging.INFO for h in root.handlers)
+    mine = [h for h in ours.handlers if getattr(h, "_ppp_verbose", False)]
+    if verbose and not passes_info and not mine:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler._ppp_verbose = True  # marks the handler this function added
+        ours.addHandler(handler)
+        ours.propagate = False  # the root's handlers would drop INFO anyway; no duplicates
+    elif not verbose:
+        for h in mine:
+            ours.removeHandler(h)
+        ours.propagate = True
 
 
 def load(args: argparse.Namespace, prog: str):

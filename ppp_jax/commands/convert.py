@@ -127,11 +127,11 @@ def run(args: argparse.Namespace) -> int:
                       progress=not args.quiet, extra=add_tokenizer if tokenizer else None)
         if fallback and fallback[0]:
             note = "; chat template: the built-in Seed-OSS one (the tokenizer had none)"
-    if tokenizer is None:
+    if tokenizer is None and args.direction == "orbax2hf":
         print(f"ppp convert: warning: no tokenizer beside {Path(args.src).absolute()}; the "
               f"export has weights only (`ppp serve` and `ppp eval` need one: pass "
               f"--tokenizer PATH)", file=sys.stderr)
-    else:
+    elif tokenizer is not None:
         note = f"; tokenizer from {tokenizer}" + note
     print(f"ppp convert {args.direction}: wrote {out} "
           f"({config.param_count():,} parameters, {time.perf_counter() - start:.1f}s{note})")
