@@ -312,3 +312,49 @@ def test_no_libtpu_noise_on_a_machine_without_tpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for noise in ("TPU_WORKER_HOSTNAMES", "libtpu.so", "lockfile", "InitGoogle"):
         assert noise not in proc.stderr, proc.stderr[-3000:]
+
+
+# ---- the chain, end to end ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sft_train_convert_then_eval_and_serve(tmp_path, capsys):
+    """`ppp sft` -> `ppp train` (from the warm start, found by itself) -> `ppp convert orbax2hf`
+    -> `ppp eval --checkpoint EXPORT` and `ppp serve` on the export, with no file copied by hand."""
+    import httpx
+
+    from ppp_jax.commands.serve import ServeConfig
+    from ppp_jax.config.loader import load_config
+    from tests.sampling.serving import free_port, running_server
+
+    run = [f"run_dir={tmp_path}", "sft.num_episodes=40", "sft.num_steps=2", "sft.batch_size=4"]
+    assert cli.main(["sft", str(TINY), *run, "--no-progress"]) == 0
+    warm = tmp_path / "tiny_cpu" / "sft_policy"
+    assert (warm / "tokenizer.json").exists()
+    capsys.readouterr()
+
+    assert cli.main(["train", str(TINY), *run, "trainer.num_steps=1", "trainer.save_every=1",
+                     "data.batch_size=1", "rl.advantage.group_size=2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"starting from the SFT warm start {warm}" in out, out
+    policy = tmp_path / "tiny_cpu" / "policy"
+    assert (policy / "tokenizer.json").exists()
+
+    export = tmp_path / "export"
+    assert cli.main(["convert", "orbax2hf", str(policy), str(export), "--quiet"]) == 0
+    assert (export / "config.json").exists() and (export / "tokenizer_config.json").exists()
+
+    assert cli.main(["eval", str(TINY), *run, "--checkpoint", str(export), "eval.num_tasks=1",
+                     "eval.prompt_kinds=[vague]", "--name", "export_eval", "--no-progress"]) == 0
+    result = json.loads((tmp_path / "tiny_cpu" / "export_eval.json").read_text())
+    assert result["policy"] == f"model checkpoint {export}"
+
+    cfg = load_config(ROOT / "configs" / "serve_tiny.yaml", ServeConfig,
+                      [f"checkpoint={export}", "warmup=false", f"port={free_port()}",
+                       "build_tiny_if_missing=false"])
+    with running_server(cfg) as (base, _):
+        reply = httpx.post(f"{base}/chat/completions", timeout=120, json={
+            "model": cfg.model_name, "max_tokens": 8,
+            "messages": [{"role": "user", "content": "Which file?"}]})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["role"] == "assistant"
