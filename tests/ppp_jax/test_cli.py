@@ -360,3 +360,23 @@ def test_sft_train_convert_then_eval_and_serve(tmp_path, capsys):
             "messages": [{"role": "user", "content": "Which file?"}]})
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_ctrl_c_ends_in_one_line_not_a_traceback(tmp_path):
+    """SIGINT during `ppp sft` (which has no signal handler of its own): one line, exit 130."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "ppp_jax.cli", "sft", str(TINY),
+                             f"run_dir={tmp_path}", "sft.num_episodes=40", "--no-progress"],
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=_subprocess_env(JAX_PLATFORMS="cpu"))
+    try:
+        for line in proc.stdout:  # wait until it is working
+            if "scripted warm-start episodes" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "ppp sft: interrupted" in err, err[-3000:]
