@@ -68,8 +68,8 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def save_checkpoint(model_or_params, config: ModelConfig, path: str | Path, *, overwrite: bool = False,
-                    extra: Callable[[Path], None] | None = None) -> Path:
+def save_checkpoint(model_or_params, config: ModelConfig, path: str | Path, *,
+                    overwrite: bool = False, extra: Callable[[Path], None] | None = None) -> Path:
     """Saves parameters (a SeedOssForCausalLM, its Param state, or {path: array}) and `config`.
 
     extra: writes more files (e.g. the tokenizer) into the directory before it appears.

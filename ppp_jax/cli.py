@@ -246,7 +246,8 @@ def default_jax_platforms(environ: dict[str, str] | None = None, sys_root: str =
         return None
     cuda = any(importlib.util.find_spec(m) is not None
                for m in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
-    nvidia = any(os.path.exists(f"{sys_root.rstrip('/')}{d}") for d in ("/dev/nvidia0", "/dev/nvidiactl"))
+    root = sys_root.rstrip("/")
+    nvidia = any(os.path.exists(f"{root}{d}") for d in ("/dev/nvidia0", "/dev/nvidiactl"))
     return "cuda,cpu" if cuda and nvidia else "cpu"
 
 

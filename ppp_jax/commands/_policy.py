@@ -31,15 +31,19 @@ def starting_policy(cfg):
     is randomly initialized, which the line says, with how to warm-start instead."""
     from ppp_jax.config.loader import replace
 
+    ckpts = cfg.output_dir / "checkpoints"
+    resume = (f"; a checkpoint in {ckpts.absolute()} takes precedence (resume)"
+              if ckpts.is_dir() and any(ckpts.iterdir()) else "")
     if cfg.policy.path:
-        return cfg, f"starting from {Path(cfg.policy.path).absolute()} (policy.path)"
+        return cfg, f"starting from {Path(cfg.policy.path).absolute()} (policy.path){resume}"
     sft = cfg.output_dir / SFT_POLICY
     if has_model(sft):
         return (replace(cfg, policy=replace(cfg.policy, path=str(sft))),
-                f"starting from the SFT warm start {sft.absolute()} (written by `ppp sft`)")
+                f"starting from the SFT warm start {sft.absolute()} (written by `ppp sft`)"
+                f"{resume}")
     return cfg, (f"starting from RANDOM weights: policy.path is empty and there is no "
                  f"{sft.absolute()} (run `ppp sft CONFIG` first for a warm start, or set "
-                 f"policy.path=DIR)")
+                 f"policy.path=DIR){resume}")
 
 
 def tokenizer_candidates(cfg, *weights: Path | str | None) -> list[tuple[Path | str | None, str]]:

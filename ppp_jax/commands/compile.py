@@ -1,5 +1,5 @@
-"""`ppp compile CONFIG [KEY=VALUE ...] --topology v5p:4x4x4`: ahead-of-time compile of the PPP train step and the
-engine's prefill/decode for a named TPU slice, from any machine (shapes only, no weights).
+"""`ppp compile CONFIG [KEY=VALUE ...] --topology v5p:4x4x4`: ahead-of-time compile of the PPP
+train step and the engine's prefill/decode for a named TPU slice, from any machine (shapes only, no weights).
 
 Prints per-chip argument / output / temporary memory against the chip's HBM, FLOPs per step and
 compile times. A line is printed as each step starts compiling and every minute while it

@@ -1,6 +1,7 @@
 """`ppp convert`: Hugging Face safetensors <-> ppp_jax orbax checkpoints.
 
-    ppp convert hf2orbax SRC_HF_DIR DST_ORBAX_DIR [--param-dtype bfloat16] [--mesh data=1,fsdp=-1,tensor=1]
+    ppp convert hf2orbax SRC_HF_DIR DST_ORBAX_DIR [--param-dtype bfloat16]
+                         [--mesh data=1,fsdp=-1,tensor=1]
     ppp convert orbax2hf SRC_ORBAX_DIR DST_HF_DIR [--dtype bfloat16] [--max-shard-size 5GB]
 
 Tensors stream one at a time (progress bar over tensors); the parameters are sharded over the

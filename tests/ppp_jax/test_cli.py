@@ -172,6 +172,10 @@ def test_train_says_random_weights_or_picks_the_sft_policy(tmp_path):
     assert warm.policy.path == str(sft) and "SFT warm start" in line
     explicit, line = starting_policy(_cfg(tmp_path, f"policy.path={tmp_path / 'w'}"))
     assert explicit.policy.path == str(tmp_path / "w") and "policy.path" in line
+    assert "takes precedence" not in line
+    (cfg.output_dir / "checkpoints" / "4").mkdir(parents=True)
+    _, line = starting_policy(cfg)
+    assert "SFT warm start" in line and "checkpoints takes precedence (resume)" in line
 
 
 def test_tokenizer_found_beside_weights_else_named_with_resolved_paths(tmp_path, monkeypatch):
@@ -305,7 +309,8 @@ def test_no_libtpu_noise_on_a_machine_without_tpu(tmp_path):
 
     import glob
 
-    if importlib.util.find_spec("libtpu") is None or glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+    tpu_devices = glob.glob("/dev/accel*") + glob.glob("/dev/vfio/[0-9]*")
+    if importlib.util.find_spec("libtpu") is None or tpu_devices:
         pytest.skip("needs libtpu installed on a machine without a TPU")
     src = write_tiny_hf_checkpoint(tmp_path / "hf", seed=1)
     proc = subprocess.run([sys.executable, "-m", "ppp_jax.cli", "convert", "hf2orbax", str(src),
