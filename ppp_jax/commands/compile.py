@@ -1,10 +1,12 @@
 """`ppp compile CONFIG [KEY=VALUE ...] --topology v5p:4x4x4`: ahead-of-time compile of the PPP
-train step and the engine's prefill/decode for a named TPU slice, from any machine (shapes only, no weights).
+train step and the engine's prefill/decode for a named TPU slice, from any machine (shapes only,
+no weights).
 
 Prints per-chip argument / output / temporary memory against the chip's HBM, FLOPs per step and
-compile times. A line is printed as each step starts compiling and every minute while it
-compiles (a 36B step takes minutes), so cluster logs show it is alive. Exit status: 0 every step fits; 1 some step does not fit (the message says how much
-it needs and what the chip has); 2 the config, mesh or topology is invalid or libtpu is missing.
+compile times. A line is printed as each step starts compiling and every minute while it compiles
+(a 36B step takes minutes), so cluster logs show it is alive. Exit status: 0 every step fits;
+1 some step does not fit (the message says how much it needs and what the chip has); 2 the
+config, mesh or topology is invalid or libtpu is missing.
 """
 
 from __future__ import annotations
