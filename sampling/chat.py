@@ -104,14 +104,62 @@ def copy_tokenizer(src: str | Path, dst_dir: str | Path) -> list[str]:
     return names
 
 
+def export_chat_template() -> str:
+    """The chat template written into an export whose tokenizer has none (the demo's bare BPE).
+
+    The cut-down Seed-OSS template of `ppp_jax.sampling.testing` for every turn, except that the
+    first system turn is rendered exactly as `seed_oss.render_system` renders it: that is the text
+    a policy trained through `ChatTokenizer` without a template saw, and an exported tokenizer
+    with a template renders its system turn through the template (a different system text moved
+    the tiny demo policy's ask ratio from 0.76 to 0.30).
+    """
+    from ppp_jax.sampling.chat_format import seed_oss
+    from ppp_jax.sampling.testing import CHAT_TEMPLATE
+
+    tail = seed_oss.render_tool_doc([])[2:]  # "\n<format line>\n<example call>"
+    assert "'" not in tail
+    types = "{'string': 'str', 'number': 'int', 'integer': 'int', 'boolean': 'bool', 'array': 'list'}"
+    system = (
+        "{%- set ns = namespace(first=0) -%}"
+        "{%- set types = " + types + " -%}"
+        "{%- if tools -%}"
+        "{{ '<seed:bos>system\n' }}"
+        "{%- if messages[0]['role'] == 'system' -%}{{ messages[0]['content'] }}"
+        "{%- set ns.first = 1 -%}{%- else -%}{{ 'you may call one or more functions.' }}{%- endif -%}"
+        "{%- for tool in tools -%}"
+        "{%- set fn = tool['function'] if tool['function'] is defined else tool -%}"
+        "{%- set params = fn['parameters'] if fn['parameters'] is defined and fn['parameters'] "
+        "else {} -%}"
+        "{%- set props = params['properties'] if params['properties'] is defined and "
+        "params['properties'] else {} -%}"
+        "{%- set required = params['required'] if params['required'] is defined and "
+        "params['required'] else [] -%}"
+        "{{ '\n\nFunction:\ndef ' + fn['name'] + '(' }}"
+        "{%- for k, v in props.items() -%}{{ k + ': ' + types.get(v.get('type'), 'Any') }}"
+        "{%- if not loop.last -%}{{ ',' }}{%- endif -%}{%- endfor -%}"
+        "{{ '):\n    \"\"\"\n    ' + (fn['description'] if fn['description'] is defined "
+        "else '') + '\n\n    Args:\n' }}"
+        "{%- for k, v in props.items() -%}"
+        "{{ '    - ' + k + ' (' + types.get(v.get('type'), 'Any') + ') [' + "
+        "('必填' if k in required else '选填') + ']: ' + (v.get('description', '') | string) }}"
+        "{%- if not loop.last -%}{{ '\n' }}{%- endif -%}{%- endfor -%}"
+        "{{ '\n\n    \"\"\"' }}"
+        "{%- endfor -%}"
+        "{{ '" + tail + "' }}"
+        "{{ '<seed:eos>' }}"
+        "{%- endif -%}"
+    )
+    turns = CHAT_TEMPLATE[CHAT_TEMPLATE.index("{%- for message in messages[ns.first:]"):]
+    return system + turns
+
+
 def save_serving_tokenizer(src: str | Path, dst_dir: str | Path) -> bool:
     """Writes the tokenizer at `src` into `dst_dir` as a transformers tokenizer with a chat
     template, which `ppp serve` needs. A bare `tokenizers` tokenizer (the demo's) is wrapped with
     the Seed-OSS special tokens and the cut-down Seed-OSS template of
-    `ppp_jax.sampling.testing`; a tokenizer that has its own template keeps it. Returns True
-    when the fallback template was used."""
-    from ppp_jax.sampling.testing import CHAT_TEMPLATE
-
+    `ppp_jax.sampling.testing`, its system turn as the policy saw it in training
+    (`export_chat_template`); a tokenizer that has its own template keeps it. Returns True when
+    the fallback template was used."""
     tok = load_tokenizer(src)
     fallback = False
     if not hasattr(tok, "apply_chat_template"):
@@ -123,7 +171,7 @@ def save_serving_tokenizer(src: str | Path, dst_dir: str | Path) -> bool:
                     if tok.token_to_id(v) is not None}
         tok = PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
     if not getattr(tok, "chat_template", None):
-        tok.chat_template = CHAT_TEMPLATE
+        tok.chat_template = export_chat_template()
         fallback = True
     tok.save_pretrained(str(dst_dir))
     return fallback

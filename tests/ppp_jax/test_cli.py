@@ -385,3 +385,29 @@ def test_ctrl_c_ends_in_one_line_not_a_traceback(tmp_path):
         proc.kill()
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "ppp sft: interrupted" in err, err[-3000:]
+
+
+def test_export_template_renders_the_system_turn_the_policy_was_trained_on(tmp_path):
+    """A tokenizer exported without a template of its own gets one whose system turn is exactly
+    the tokenizer-free rendering `ChatTokenizer` used in training (with and without tools), so a
+    policy evaluated or served from the export sees the same text."""
+    from ppp_jax.config.run import load_run_config
+    from ppp_jax.envs.domains.base import ask_user_schema
+    from ppp_jax.sampling.chat import ChatTokenizer, load_tokenizer, save_serving_tokenizer
+    from ppp_jax.train.builders import agent_domain, build_tasks
+
+    assert save_serving_tokenizer(_raw_tokenizer_json(tmp_path), tmp_path / "export")
+    exported = ChatTokenizer(load_tokenizer(tmp_path / "export"))
+    trained = ChatTokenizer(load_tokenizer(_raw_tokenizer_json(tmp_path)))
+    assert exported._hf and not trained._hf
+    cfg = load_run_config(TINY, [f"run_dir={tmp_path}", "domain.stdlib.num_tasks=4"])
+    tasks, inner = build_tasks(cfg)
+    domain = agent_domain(cfg, inner)
+    demo_tools = list(domain.tool_schemas(tasks[0])) + [ask_user_schema()]
+    every_type = [{"type": "function", "function": {
+        "name": "probe", "description": "all types",
+        "parameters": {"type": "object", "required": ["a"], "properties": {
+            "a": {"type": "string", "description": "x"}, "b": {"type": "integer"},
+            "c": {"type": "boolean", "description": "z"}, "d": {"type": "object"}}}}}]
+    for tools in (demo_tools, every_type, demo_tools + every_type, []):
+        assert exported.render_system("Be brief.", tools) == trained.render_system("Be brief.", tools)
