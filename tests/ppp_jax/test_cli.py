@@ -355,6 +355,12 @@ def test_sft_train_convert_then_eval_and_serve(tmp_path, capsys):
                      "eval.prompt_kinds=[vague]", "--name", "export_eval", "--no-progress"]) == 0
     result = json.loads((tmp_path / "tiny_cpu" / "export_eval.json").read_text())
     assert result["policy"] == f"model checkpoint {export}"
+    # The export is the same policy with the same text around it: the same episodes.
+    assert cli.main(["eval", str(TINY), *run, "eval.num_tasks=1", "eval.prompt_kinds=[vague]",
+                     "--name", "policy_eval", "--no-progress"]) == 0
+    direct = json.loads((tmp_path / "tiny_cpu" / "policy_eval.json").read_text())
+    assert direct["policy"] == f"model checkpoint {policy}"
+    assert direct["vague"] == result["vague"] and direct["avg"] == result["avg"]
 
     cfg = load_config(ROOT / "configs" / "serve_tiny.yaml", ServeConfig,
                       [f"checkpoint={export}", "warmup=false", f"port={free_port()}",
