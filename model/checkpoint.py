@@ -17,7 +17,7 @@ Saving is atomic: DIR is written under a temporary sibling name and renamed when
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -68,8 +68,11 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def save_checkpoint(model_or_params, config: ModelConfig, path: str | Path, *, overwrite: bool = False) -> Path:
+def save_checkpoint(model_or_params, config: ModelConfig, path: str | Path, *,
+                    overwrite: bool = False, extra: Callable[[Path], None] | None = None) -> Path:
     """Saves parameters (a SeedOssForCausalLM, its Param state, or {path: array}) and `config`.
+
+    extra: writes more files (e.g. the tokenizer) into the directory before it appears.
 
     Arrays are saved as they are sharded; nothing is gathered onto one host.
     """
@@ -80,6 +83,8 @@ def save_checkpoint(model_or_params, config: ModelConfig, path: str | Path, *, o
             ckptr.save(tmp / PARAMS_DIR, _nested(params))
             ckptr.wait_until_finished()
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+        if extra is not None:
+            extra(tmp)
     return path
 
 

@@ -409,6 +409,7 @@ def save_hf(
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     progress: bool = False,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Writes a Hugging Face Seed-OSS checkpoint (`config.json` + safetensors) to `out_dir`.
 
@@ -416,8 +417,13 @@ def save_hf(
     dtype:           stored dtype (default: the parameters' own, so the round trip is bit-exact).
     max_shard_size:  bytes or "5GB"-style; above it the tensors are split over several files
                      listed by `model.safetensors.index.json`.
-    The directory appears atomically: written under a temporary name, then renamed.
+    extra:           writes more files (e.g. the tokenizer) into the directory before it appears.
+    The directory appears atomically: written under a temporary name, then renamed. An existing
+    `out_dir` is refused (unless `overwrite`) before any tensor is converted.
     """
+    if Path(out_dir).exists() and not overwrite:
+        raise FileExistsError(f"{Path(out_dir).absolute()} already exists; pass overwrite=True "
+                              "(ppp convert: --overwrite) to replace it")
     params = params_of(model_or_params)
     maps = tensor_maps(config)
     shapes = param_shapes(config)
@@ -457,6 +463,8 @@ def save_hf(
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+        if extra is not None:
+            extra(tmp)
     bar.close()
     return Path(out_dir)
 

@@ -22,24 +22,159 @@ from typing import Any, Mapping, Sequence
 from ppp_jax.sampling.chat_format import DEFAULT_FORMAT, ChatFormat, get_format
 
 
+# Files a tokenizer directory may hold (transformers' names); copied together when a checkpoint's
+# tokenizer travels with it.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json",
+                   "tokenizer.model", "vocab.json", "merges.txt")
+
+
+class TokenizerNotFound(FileNotFoundError):
+    """No tokenizer where one was looked for; the message names every place tried."""
+
+
+def has_tokenizer(path: str | Path) -> bool:
+    """True when `path` is a tokenizer `.json` file or a directory holding a tokenizer."""
+    path = Path(path)
+    if path.suffix == ".json":
+        return path.is_file()
+    return (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()
+
+
 def load_tokenizer(path: str | Path) -> Any:
     """A `tokenizers.Tokenizer` from a `.json` file or a directory with only `tokenizer.json`;
-    else the transformers tokenizer of a checkpoint directory (with its chat template)."""
+    else the transformers tokenizer of a checkpoint directory (with its chat template).
+
+    Raises:
+      TokenizerNotFound naming the resolved path when there is no tokenizer there.
+    """
     path = Path(path)
+    if not has_tokenizer(path):
+        raise TokenizerNotFound(f"no tokenizer at {path.absolute()} (expected a tokenizer.json "
+                                "file or a directory holding tokenizer.json)")
     if path.suffix == ".json":
         from tokenizers import Tokenizer
 
         return Tokenizer.from_file(str(path))
-    if (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists():
-        if not (path / "tokenizer_config.json").exists():
-            from tokenizers import Tokenizer
+    if not (path / "tokenizer_config.json").exists():
+        from tokenizers import Tokenizer
 
-            return Tokenizer.from_file(str(path / "tokenizer.json"))
-        from transformers import AutoTokenizer
+        return Tokenizer.from_file(str(path / "tokenizer.json"))
+    from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(path))
-    raise FileNotFoundError(f"no tokenizer at {path} (expected tokenizer.json or a tokenizer "
-                            "directory)")
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def find_tokenizer(candidates: Sequence[tuple[str | Path | None, str]]) -> Path:
+    """The first candidate path that holds a tokenizer.
+
+    candidates: (path, what puts a tokenizer there) pairs, e.g.
+      (run_dir / "tokenizer.json", "written by `ppp sft`"); empty paths are skipped.
+    Raises:
+      TokenizerNotFound listing every resolved path tried and what would have written it.
+    """
+    tried = []
+    for path, source in candidates:
+        if not path or str(path) in ("", "."):
+            continue
+        if has_tokenizer(path):
+            return Path(path)
+        tried.append(f"{Path(path).absolute()} ({source})")
+    if not tried:
+        raise TokenizerNotFound("no tokenizer: set policy.tokenizer=PATH (a tokenizer.json or "
+                                "a Hugging Face tokenizer directory)")
+    raise TokenizerNotFound("no tokenizer at " + "; nor at ".join(tried)
+                            + "; set policy.tokenizer=PATH to name one")
+
+
+def copy_tokenizer(src: str | Path, dst_dir: str | Path) -> list[str]:
+    """Copies the tokenizer at `src` (a `.json` file or a tokenizer directory) into `dst_dir`
+    unchanged, so that a checkpoint carries the exact tokenizer it was trained with. Returns the
+    file names written."""
+    import shutil
+
+    src, dst_dir = Path(src), Path(dst_dir)
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    if src.suffix == ".json":
+        shutil.copyfile(src, dst_dir / "tokenizer.json")
+        return ["tokenizer.json"]
+    names = [n for n in TOKENIZER_FILES if (src / n).is_file()]
+    for name in names:
+        shutil.copyfile(src / name, dst_dir / name)
+    return names
+
+
+def export_chat_template() -> str:
+    """The chat template written into an export whose tokenizer has none (the demo's bare BPE).
+
+    The cut-down Seed-OSS template of `ppp_jax.sampling.testing` for every turn, except that the
+    first system turn is rendered exactly as `seed_oss.render_system` renders it: that is the text
+    a policy trained through `ChatTokenizer` without a template saw, and an exported tokenizer
+    with a template renders its system turn through the template (a different system text moved
+    the tiny demo policy's ask ratio from 0.76 to 0.30).
+    """
+    from ppp_jax.sampling.chat_format import seed_oss
+    from ppp_jax.sampling.testing import CHAT_TEMPLATE
+
+    tail = seed_oss.render_tool_doc([])[2:]  # "\n<format line>\n<example call>"
+    assert "'" not in tail
+    types = "{'string': 'str', 'number': 'int', 'integer': 'int', 'boolean': 'bool', 'array': 'list'}"
+    system = (
+        "{%- set ns = namespace(first=0) -%}"
+        "{%- set types = " + types + " -%}"
+        "{%- if tools -%}"
+        "{{ '<seed:bos>system\n' }}"
+        "{%- if messages[0]['role'] == 'system' -%}{{ messages[0]['content'] }}"
+        "{%- set ns.first = 1 -%}{%- else -%}{{ 'you may call one or more functions.' }}{%- endif -%}"
+        "{%- for tool in tools -%}"
+        "{%- set fn = tool['function'] if tool['function'] is defined else tool -%}"
+        "{%- set params = fn['parameters'] if fn['parameters'] is defined and fn['parameters'] "
+        "else {} -%}"
+        "{%- set props = params['properties'] if params['properties'] is defined and "
+        "params['properties'] else {} -%}"
+        "{%- set required = params['required'] if params['required'] is defined and "
+        "params['required'] else [] -%}"
+        "{{ '\n\nFunction:\ndef ' + fn['name'] + '(' }}"
+        "{%- for k, v in props.items() -%}{{ k + ': ' + types.get(v.get('type'), 'Any') }}"
+        "{%- if not loop.last -%}{{ ',' }}{%- endif -%}{%- endfor -%}"
+        "{{ '):\n    \"\"\"\n    ' + (fn['description'] if fn['description'] is defined "
+        "else '') + '\n\n    Args:\n' }}"
+        "{%- for k, v in props.items() -%}"
+        "{{ '    - ' + k + ' (' + types.get(v.get('type'), 'Any') + ') [' + "
+        "('必填' if k in required else '选填') + ']: ' + (v.get('description', '') | string) }}"
+        "{%- if not loop.last -%}{{ '\n' }}{%- endif -%}{%- endfor -%}"
+        "{{ '\n\n    \"\"\"' }}"
+        "{%- endfor -%}"
+        "{{ '" + tail + "' }}"
+        "{{ '<seed:eos>' }}"
+        "{%- endif -%}"
+    )
+    turns = CHAT_TEMPLATE[CHAT_TEMPLATE.index("{%- for message in messages[ns.first:]"):]
+    return system + turns
+
+
+def save_serving_tokenizer(src: str | Path, dst_dir: str | Path) -> bool:
+    """Writes the tokenizer at `src` into `dst_dir` as a transformers tokenizer with a chat
+    template, which `ppp serve` needs. A bare `tokenizers` tokenizer (the demo's) is wrapped with
+    the Seed-OSS special tokens and the cut-down Seed-OSS template of
+    `ppp_jax.sampling.testing`, its system turn as the policy saw it in training
+    (`export_chat_template`); a tokenizer that has its own template keeps it. Returns True when
+    the fallback template was used."""
+    tok = load_tokenizer(src)
+    fallback = False
+    if not hasattr(tok, "apply_chat_template"):
+        from transformers import PreTrainedTokenizerFast
+
+        fmt = get_format(DEFAULT_FORMAT)
+        specials = {k: v for k, v in (("bos_token", fmt.bos), ("eos_token", fmt.eos),
+                                      ("pad_token", "<seed:pad>"))
+                    if tok.token_to_id(v) is not None}
+        tok = PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = export_chat_template()
+        fallback = True
+    tok.save_pretrained(str(dst_dir))
+    return fallback
 
 
 def render_chat(tokenizer, messages: list[dict[str, Any]], *, tools: list[dict] | None = None,

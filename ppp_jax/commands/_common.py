@@ -1,4 +1,4 @@
-"""Argument and config plumbing shared by `ppp train`, `ppp eval`, `ppp sft` and `ppp demo`."""
+"""Argument, logging and config plumbing shared by the `ppp` commands."""
 
 from __future__ import annotations
 
@@ -6,13 +6,60 @@ import argparse
 import logging
 import sys
 
+# Our loggers (model, sampling and envs install as ppp_jax subpackages, so one name covers all).
+LOGGER = "ppp_jax"
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+class UsageError(ValueError):
+    """A command-line argument is wrong; the message names it and says what to write instead."""
+
+
+def add_override_arguments(parser: argparse.ArgumentParser) -> None:
+    """The positional `KEY=VALUE` overrides every config-taking command accepts after CONFIG."""
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides (dotted keys), e.g. trainer.num_steps=3 "
+                             "rl.optim.learning_rate=1e-5; options may come before or after")
+
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """CONFIG, overrides, --no-progress and --verbose (train, eval, sft, demo)."""
     parser.add_argument("config", help="YAML run config (e.g. configs/tiny_cpu.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. trainer.num_steps=3 rl.optim.learning_rate=1e-5")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--verbose", action="store_true", help="log at INFO level")
+    add_override_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (when stderr is not a terminal, progress is "
+                             "logged every 30 s instead of drawn)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="log ppp_jax's INFO messages (resume, dropped rows, ...)")
+
+
+def configure_logging(verbose: bool) -> None:
+    """WARNING and above from everything; with `verbose`, INFO from ppp_jax's own loggers too.
+
+    A library imported before the command runs may already have configured the root logger
+    (absl does, through orbax) at WARNING, which made `logging.basicConfig(level=INFO)` a silent
+    no-op and `--verbose` useless. So the level is set on the `ppp_jax` logger itself, whose
+    records then pass through whatever handlers the root has (a handler of our own is added when
+    none of them lets INFO through). Other libraries' INFO (orbax logs each checkpoint write in
+    dozens of lines) stays hidden, and handlers that are already there (pytest's) are kept.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+    ours = logging.getLogger(LOGGER)
+    ours.setLevel(logging.INFO if verbose else logging.NOTSET)
+    passes_info = any(h.level <= logging.INFO for h in root.handlers)
+    mine = [h for h in ours.handlers if getattr(h, "_ppp_verbose", False)]
+    if verbose and not passes_info and not mine:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler._ppp_verbose = True  # marks the handler this function added
+        ours.addHandler(handler)
+        ours.propagate = False  # the root's handlers would drop INFO anyway; no duplicates
+    elif not verbose:
+        for h in mine:
+            ours.removeHandler(h)
+        ours.propagate = True
 
 
 def load(args: argparse.Namespace, prog: str):
@@ -21,8 +68,7 @@ def load(args: argparse.Namespace, prog: str):
     from ppp_jax.config.paths import check_input_paths
     from ppp_jax.config.run import load_run_config
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         cfg = load_run_config(args.config, args.overrides)
         # every path the command reads must be there before anything is built

@@ -1,21 +1,34 @@
-"""`ppp compile CONFIG --topology v5p:4x4x4`: ahead-of-time compile of the PPP train step and the
-engine's prefill/decode for a named TPU slice, from any machine (shapes only, no weights).
+"""`ppp compile CONFIG [KEY=VALUE ...] --topology v5p:4x4x4`: ahead-of-time compile of the PPP
+train step and the engine's prefill/decode for a named TPU slice, from any machine (shapes only,
+no weights).
 
 Prints per-chip argument / output / temporary memory against the chip's HBM, FLOPs per step and
-compile times. Exit status: 0 every step fits; 1 some step does not fit (the message says how much
-it needs and what the chip has); 2 the config, mesh or topology is invalid or libtpu is missing.
+compile times. A line is printed as each step starts compiling and every minute while it compiles
+(a 36B step takes minutes), so cluster logs show it is alive. Exit status: 0 every step fits;
+1 some step does not fit (the message says how much it needs and what the chip has); 2 the
+config, mesh or topology is invalid or libtpu is missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import threading
+import time
+from typing import Iterator
+
+from ppp_jax.commands._common import add_override_arguments
+
+# Seconds between "still compiling" lines.
+HEARTBEAT_S = 60.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML run config (sections model, sharding, compile, engine, rl)")
+    add_override_arguments(parser)
     parser.add_argument("--topology", help="TPU slice, e.g. v5p:4x4x4, v5p:4x4x8, v6e:16x16")
     parser.add_argument("--mesh", help="train mesh, e.g. data=1,fsdp=64,tensor=1 (-1 = the rest)")
     parser.add_argument("--engine-mesh", help="engine mesh, e.g. data=16,tensor=4")
@@ -25,12 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, help="sequences per optimizer update (B)")
     parser.add_argument("--steps", help="comma-separated subset of train,prefill,decode")
     parser.add_argument("--json", metavar="PATH", help="also write the reports as JSON here")
-    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. -o rl.num_micro_batches=2 (repeatable)")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    out = list(args.override)
+    out = list(args.overrides)
     flags = {"topology": "compile.topology", "remat": "model.remat",
              "attention": "model.attention_impl", "seq_len": "compile.seq_len",
              "batch": "compile.batch"}
@@ -48,6 +59,28 @@ def _write_json(args: argparse.Namespace, reports: list) -> None:
         with open(args.json, "w") as f:
             json.dump({"config": args.config, "reports": [r.to_dict() for r in reports]}, f,
                       indent=1)
+
+
+@contextlib.contextmanager
+def heartbeat(what: str, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+    """Prints "compiling WHAT ..." now and "still compiling WHAT (N s)" every `every_s` seconds
+    until the block ends, so a log shows progress through a compile that takes minutes."""
+    start = time.perf_counter()
+    done = threading.Event()
+    print(f"ppp compile: compiling {what} ...", flush=True)
+
+    def beat() -> None:
+        while not done.wait(every_s):
+            print(f"ppp compile: still compiling {what} ({time.perf_counter() - start:.0f} s)",
+                  flush=True)
+
+    thread = threading.Thread(target=beat, name="compile-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         # One step at a time, printed and saved as soon as it is compiled (a 36B step takes
         # minutes; a later step's failure must not lose an earlier step's figures).
         try:
-            report = compile_steps(replace(cc, compile=replace(cc.compile, steps=(name,))),
+            with heartbeat(f"step {name!r}"):
+                report = compile_steps(replace(cc, compile=replace(cc.compile, steps=(name,))),
                                        devices)[0]
         except (ConfigError, ShardingError, AotError, ValueError) as e:
             print(f"ppp compile: error in step {name!r}: {e}", file=sys.stderr)
@@ -105,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                       f"{mfu:.0%} MFU ({chip.peak_bf16_flops / 1e12:g} TFLOP/s bf16 per chip)")
         _write_json(args, reports)
     try:
-        check_fits(reports)
+        check_fits(reports, remat=cc.model.remat)
     except DoesNotFit as e:
         print(f"ppp compile: {e}", file=sys.stderr)
         return 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from ppp_jax.commands._common import add_config_arguments, load
@@ -28,16 +27,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _weights(cfg, override: str) -> tuple[str, Path | None]:
-    """(description, path) of the weights to evaluate; path None = the model as built."""
+    """(description, path) of the weights to evaluate; path None = the model as built.
+
+    Raises:
+      FileNotFoundError when --checkpoint or eval.checkpoint names a path that does not exist,
+      saying what writes one.
+    """
     out = cfg.output_dir
-    for cand, origin in ((override, "--checkpoint"), (cfg.eval.checkpoint, "eval.checkpoint")):
+    for cand, name in ((override, "--checkpoint"), (cfg.eval.checkpoint, "eval.checkpoint")):
         if cand:
             p = Path(cand)
             if not p.exists():
                 raise FileNotFoundError(
-                    f"{origin} {p} does not exist; `ppp train` writes <run>/policy (and "
-                    f"<run>/checkpoints), `ppp sft` <run>/sft_policy, `ppp convert hf2orbax` a model "
-                    f"checkpoint from a Hugging Face one (this config's run is {out})")
+                    f"{name} {p.absolute()} does not exist; model checkpoints are written by "
+                    f"`ppp sft` (<run>/sft_policy), `ppp train` (<run>/policy) and `ppp convert`, "
+                    f"and a training run directory (with checkpoints/) by `ppp train`")
             if (p / "checkpoints").is_dir():
                 return "training checkpoint", p
             return "model checkpoint", p
@@ -73,6 +77,16 @@ def run(args: argparse.Namespace) -> int:
     )
     from ppp_jax.train.trainer import restore_params
 
+    from ppp_jax.commands._policy import tokenizer_candidates
+    from ppp_jax.sampling.chat import find_tokenizer
+
+    tokenizer_source = None
+    if cfg.eval.backend != "openai":
+        # Weights and tokenizer are found (or refused) before anything is built.
+        kind, path = _weights(cfg, args.checkpoint)
+        beside = (path if kind == "model checkpoint" else
+                  path / "policy" if path is not None else None)
+        tokenizer_source = find_tokenizer(tokenizer_candidates(cfg, beside))
     try:
         tasks, inner = build_tasks(cfg)
     except (FileNotFoundError, ValueError) as e:  # a missing data file, a bad row: one line
@@ -95,17 +109,9 @@ def run(args: argparse.Namespace) -> int:
         policy = OpenAIPolicy(client)
         what = f"OpenAI-compatible model {cfg.eval.openai_model}"
     else:
-        from ppp_jax.demo import tokenizer_path
-
-        tok = tokenizer_path(cfg) if tokenizer_path(cfg).exists() else Path(cfg.policy.tokenizer or cfg.policy.path)
-        try:
-            tokenizer = load_tokenizer(tok)
-        except FileNotFoundError as e:
-            print(f"ppp eval: {e}", file=sys.stderr)
-            return 1
+        tokenizer = load_tokenizer(tokenizer_source)
         from ppp_jax.train.checkpointing import CheckpointError
 
-        kind, path = _weights(cfg, args.checkpoint)
         if kind == "model checkpoint":
             model = build_model(cfg, tokenizer, path=path)
         else:

@@ -1,7 +1,7 @@
 """`ppp serve CONFIG`: the sampling engine behind an OpenAI-compatible HTTP API.
 
     ppp serve configs/serve_tiny.yaml                    # tiny random model, builds it if missing
-    ppp serve my_serve.yaml -o port=9000 -o engine.num_slots=32
+    ppp serve my_serve.yaml port=9000 engine.num_slots=32    # overrides: KEY=VALUE
 
 Then any OpenAI client works against http://HOST:PORT/v1 (`/v1/chat/completions`,
 `/v1/completions`, `/v1/models`), including tool calling (`tools`, `tool_choice` auto/none;
@@ -26,6 +26,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ppp_jax.commands._common import add_override_arguments
 from ppp_jax.config.loader import load_config
 from ppp_jax.sampling.config import EngineConfig
 
@@ -78,8 +79,7 @@ class ServeConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="serve config YAML (see configs/serve_tiny.yaml)")
-    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. -o port=9000 (repeatable)")
+    add_override_arguments(parser)
 
 
 class StartupError(Exception):
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_config(args.config, ServeConfig, args.override)
+        cfg = load_config(args.config, ServeConfig, args.overrides)
     except ConfigError as e:
         print(f"ppp serve: {e}", file=sys.stderr)
         return 2

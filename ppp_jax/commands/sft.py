@@ -3,7 +3,8 @@
 Builds the tasks, runs the scripted "untrained instruct model" through the real episode runner
 and simulator, trains the tokenizer if there is none, and fine-tunes the policy through the RL
 train step (loss on assistant tokens only). Writes `<run>/sft/` (metrics, checkpoints; resumable)
-and `<run>/sft_policy/` (the warm-started model checkpoint).
+and `<run>/sft_policy/` (the warm-started model checkpoint and its tokenizer), which `ppp train` on
+the same config starts from.
 
 Exit codes: 0 done; 1 cannot start (run folder with metrics but no checkpoint, no intact
 checkpoint); 2 config error or stale run folder; 3 stopped by SIGTERM/Ctrl+C after saving (run
@@ -29,9 +30,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = load(args, "ppp sft")
     if cfg is None:
         return 2
+    from ppp_jax.commands._policy import SFT_POLICY
     from ppp_jax.config.loader import ConfigError
-    from ppp_jax.demo import Interrupted, StaleRunError, build_stage, sft_stage
+    from ppp_jax.demo import Interrupted, StaleRunError, build_stage, sft_stage, tokenizer_path
     from ppp_jax.envs.domains.rows import DataError
+    from ppp_jax.sampling.chat import copy_tokenizer
     from ppp_jax.train.builders import build_model
     from ppp_jax.train.checkpointing import CheckpointError
     from ppp_jax.train.loop import RunFolderError, set_aside_run
@@ -59,5 +62,9 @@ def run(args: argparse.Namespace) -> int:
         print("ppp sft: stopped at once by a second signal, without saving; run the same command "
               "again to resume from the last checkpoint", file=sys.stderr)
         return 130
-    print(f"ppp sft: warm-started policy -> {cfg.output_dir / 'sft_policy'}")
+    out = cfg.output_dir / SFT_POLICY
+    # The warm-started policy carries its tokenizer, so `ppp train` (and `ppp convert`) on it
+    # need nothing else.
+    copy_tokenizer(tokenizer_path(cfg), out)
+    print(f"ppp sft: warm-started policy -> {out}; `ppp train` on the same config starts from it")
     return 0

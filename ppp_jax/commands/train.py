@@ -2,8 +2,10 @@
 
 Writes `<run_dir>/<name>/`: metrics.jsonl, tb/ (TensorBoard), checkpoints/ (orbax: params,
 optimizer, RNG, data position) and, at the end, policy/ (a model checkpoint that `ppp eval` reads
-and `ppp convert orbax2hf` turns into a Hugging Face directory). For the embedded stdlib domain
-with no tokenizer yet, the demo's build stage trains one first.
+and `ppp convert orbax2hf` turns into a Hugging Face directory), with the tokenizer beside it.
+The starting weights are `policy.path`, else `<run>/sft_policy` (what `ppp sft` on the same config
+writes), else random (the first line says which). For the embedded stdlib domain with no tokenizer
+yet, the demo's build stage trains one first.
 
 Resumes from the newest intact checkpoint (damaged newer ones are named and moved aside). Refuses
 a run folder with history but no checkpoint, or with no intact checkpoint; `--restart` moves the
@@ -47,22 +49,22 @@ def run(args: argparse.Namespace) -> int:
     except (RunFolderError, CheckpointError) as e:
         print(f"ppp train: {e}", file=sys.stderr)
         return 1
-    from ppp_jax.sampling.chat import load_tokenizer
+    from ppp_jax.commands._policy import starting_policy, tokenizer_candidates
+    from ppp_jax.sampling.chat import copy_tokenizer, find_tokenizer, has_tokenizer, load_tokenizer
     from ppp_jax.train.builders import build_parts
     from ppp_jax.train.trainer import PPPTrainer
 
-    tokenizer = None
-    if not cfg.policy.path and cfg.domain.name == "stdlib_loc":
-        from ppp_jax.demo import build_stage, tokenizer_path
+    base_cfg = cfg
+    cfg, start_line = starting_policy(cfg)
+    print(f"ppp train: {start_line}", flush=True)
+    candidates = tokenizer_candidates(cfg, cfg.policy.path)
+    if (not base_cfg.policy.path and cfg.domain.name == "stdlib_loc"
+            and not any(p and has_tokenizer(p) for p, _ in candidates)):
+        from ppp_jax.demo import build_stage
 
-        if not tokenizer_path(cfg).exists():
-            build_stage(cfg)  # trains <run>/tokenizer.json
-        tokenizer = load_tokenizer(tokenizer_path(cfg))
-    try:
-        parts = build_parts(cfg, tokenizer=tokenizer)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"ppp train: {e}", file=sys.stderr)
-        return 1
+        build_stage(base_cfg)  # trains <run>/tokenizer.json
+    tokenizer_source = find_tokenizer(candidates)
+    parts = build_parts(cfg, tokenizer=load_tokenizer(tokenizer_source))
     t0 = time.perf_counter()
     trainer = PPPTrainer(cfg, parts)
     try:
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
                   "saved); run the same command again to resume", file=sys.stderr)
             return 3
         out = trainer.save_policy(final.train.params, cfg.output_dir / "policy")
+        copy_tokenizer(tokenizer_source, out)  # the policy carries its tokenizer to eval/convert
     except (RunFolderError, CheckpointError) as e:
         print(f"ppp train: {e}", file=sys.stderr)
         return 1

@@ -138,8 +138,19 @@ def compile_lowered(lowered):
                           compiler_error=line.strip())
 
 
-def check_fits(reports: Sequence[StepReport]) -> None:
-    """Raises DoesNotFit naming every step that needs more HBM per chip than the chip has."""
+def fit_hints(remat: str | None = None) -> str:
+    """What to try when a step does not fit; `remat=full` only when it is not already full
+    (None: unknown, suggest it)."""
+    tries = ["more chips", "a larger fsdp/tensor axis"]
+    if remat != "full":
+        tries.append("remat=full")
+    return f"try {', '.join(tries)}, or a smaller batch / seq_len"
+
+
+def check_fits(reports: Sequence[StepReport], remat: str | None = None) -> None:
+    """Raises DoesNotFit naming every step that needs more HBM per chip than the chip has.
+
+    remat: the model's remat policy, so that the advice leaves out what is already done."""
     bad = [r for r in reports if not r.fits]
     if bad:
         chip = chip_of(bad[0].topology)
@@ -148,5 +159,4 @@ def check_fits(reports: Sequence[StepReport]) -> None:
                  + (" (the TPU compiler ran out of HBM)" if r.compiler_error else "") for r in bad]
         raise DoesNotFit(f"does not fit: {'; '.join(parts)}, {chip.name} has "
                          f"{chip.limit_gib:g} GiB usable HBM per chip ({bad[0].topology}, mesh "
-                         f"{bad[0].mesh}); try more chips, a larger fsdp/tensor axis, remat=full, "
-                         f"or a smaller batch / seq_len")
+                         f"{bad[0].mesh}); {fit_hints(remat)}")

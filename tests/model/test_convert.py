@@ -35,11 +35,11 @@ def test_hf_to_orbax_to_hf(tmp_path, capsys):
         np.testing.assert_array_equal(c[k], a[k].astype(c[k].dtype), err_msg=k)
 
 
-def test_errors_exit_1_with_a_message(tmp_path, capsys):
-    assert main(["convert", "hf2orbax", str(tmp_path / "nope"), str(tmp_path / "out"), "--quiet"]) == 1
-    assert "no Hugging Face config" in capsys.readouterr().err
+def test_errors_exit_2_with_one_line(tmp_path, capsys):
+    assert main(["convert", "hf2orbax", str(tmp_path / "nope"), str(tmp_path / "out"), "--quiet"]) == 2
+    assert "no such checkpoint directory" in capsys.readouterr().err
     src = write_tiny_hf_checkpoint(tmp_path / "hf", seed=12)
     (tmp_path / "taken").mkdir()
-    assert main(["convert", "hf2orbax", str(src), str(tmp_path / "taken"), "--quiet"]) == 1
-    assert "already exists; pass overwrite=True (--overwrite)" in capsys.readouterr().err
+    assert main(["convert", "hf2orbax", str(src), str(tmp_path / "taken"), "--quiet"]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert main(["convert", "hf2orbax", str(src), str(tmp_path / "taken"), "--quiet", "--overwrite"]) == 0
