@@ -73,7 +73,7 @@ def shell_lines(path: Path) -> list[str]:
 
 def ppp_commands(line: str) -> list[list[str]]:
     """The argv (after `ppp`) of every `ppp` command in a shell line, looking inside quoted
-    strings too (`$on_all '... ppp train ...'`); words up to a shell separator."""
+    strings too (`on_all '... ppp train ...'`); words up to a shell separator."""
     try:
         words = shlex.split(line, comments=True)
     except ValueError as e:
@@ -119,7 +119,7 @@ def test_shell_blocks_are_found():
     """The extraction itself: a continuation line and a quoted remote command."""
     assert ppp_commands("ppp eval cfg.yaml --checkpoint x   # comment") == [
         ["eval", "cfg.yaml", "--checkpoint", "x"]]
-    assert ppp_commands("$on_all 'cd a && .venv/bin/ppp train c.yaml k=v'") == [
+    assert ppp_commands("on_all 'cd a && .venv/bin/ppp train c.yaml k=v'") == [
         ["train", "c.yaml", "k=v"]]
 
 
