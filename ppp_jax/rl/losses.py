@@ -36,13 +36,15 @@ that have at least one loss token (padding rows and fully masked episodes are no
   seq-mean-token-sum        m_t            N_seq             (1/N_seq) Σ_i Σ_t m·o
   seq-mean-token-sum-norm   m_t            N_seq · L_norm    (1/N_seq) Σ_i (1/L_norm) Σ_t m·o (Dr.GRPO)
 
-L_norm is `LossConfig.loss_scale_factor` (default: the row length T of the batch). verl's legacy
-`agg_loss` normalizes each micro-batch by its own counts and then scales by 1/(number of
-micro-batches); the first three modes here are the global quantities that approximates, equal to it
-for a single micro-batch. For seq-mean-token-sum-norm verl's legacy form is Σ/L_norm per
-micro-batch (no 1/N_seq); ours is the Dr.GRPO paper's (1/(G·L_max)) Σ_i Σ_t, i.e. it differs from
-that by the constant factor N_seq. A "sequence" is a segment: in a packed row (segment ids 1..k,
-0 = padding) each segment is its own sequence.
+L_norm is `LossConfig.loss_scale_factor` (default: the row length T of the batch). verl 0.9.1's
+`agg_loss`, given the global batch's token count and sequence count, computes the same J for all
+four modes, seq-mean-token-sum-norm included (Σ / N_seq / loss_scale_factor); its `dp_size` factor
+undoes the averaging of gradients over data-parallel ranks, which one global sum does not need.
+Without them (one rank) verl uses the micro-batch's own counts, which equals J for a single
+micro-batch. Older verl (e.g. main in January 2026) divided seq-mean-token-sum-norm by
+loss_scale_factor alone, without 1/N_seq; ours keeps the Dr.GRPO paper's (1/(G·L_max)) Σ_i Σ_t.
+A "sequence" is a segment: in a packed row (segment ids 1..k, 0 = padding) each segment is its
+own sequence.
 """
 
 from __future__ import annotations
