@@ -38,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, help="sequences per optimizer update (B)")
     parser.add_argument("--steps", help="comma-separated subset of train,prefill,decode")
     parser.add_argument("--json", metavar="PATH", help="also write the reports as JSON here")
+    parser.add_argument("--estimate", action="store_true",
+                        help="print the cost model of one PPP step and of the run "
+                             "(ppp_jax/scale/estimate.py: rollout, pi_old, updates, sync; stated "
+                             "assumptions) for this config and topology instead of compiling")
+    parser.add_argument("--episodes", type=int,
+                        help="episodes per PPP step for --estimate (default: the config's "
+                             "data.batch_size x rl.advantage.group_size)")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -83,6 +90,26 @@ def heartbeat(what: str, every_s: float = HEARTBEAT_S) -> Iterator[None]:
         thread.join()
 
 
+def _estimate(args: argparse.Namespace, cc) -> str:
+    """`--estimate`: the PPP step cost model for the config's model, engine and slice."""
+    from ppp_jax.config.run import load_run_config
+    from ppp_jax.scale.chips import chip_of, topology_chips
+    from ppp_jax.scale.estimate import Deployment, StepAssumptions, estimate_step, estimate_table
+
+    run_cfg = load_run_config(args.config, args.overrides)
+    episodes = args.episodes or run_cfg.data.batch_size * run_cfg.rl.advantage.group_size
+    steps = run_cfg.trainer.num_steps
+    mesh = dict(zip(cc.engine.mesh.axes, cc.engine.mesh.shape))
+    replica_chips = max(1, mesh.get("tensor", 1)) * max(1, mesh.get("fsdp", 1))
+    dep = Deployment(chip_of(cc.compile.topology), topology_chips(cc.compile.topology),
+                     replica_chips, cc.engine.num_slots)
+    assumptions = StepAssumptions()
+    est = estimate_step(cc.model.build(), dep, episodes=episodes,
+                        ppo_mini_batches=cc.rl.ppo_mini_batches, ppo_epochs=cc.rl.ppo_epochs,
+                        a=assumptions)
+    return estimate_table(est, steps, assumptions)
+
+
 def run(args: argparse.Namespace) -> int:
     # Compiling for TPU needs only the host CPU backend plus libtpu's compiler; set this before
     # any JAX backend starts (see ppp_jax.scale.chips.quiet_libtpu_env for the libtpu lock).
@@ -115,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
               f"{cc.compile.topology} ({topology_chips(cc.compile.topology)} chips, "
               f"{chip.limit_gib:g} GiB usable HBM each); steps {list(cc.compile.steps)}; "
               f"train batch {cc.compile.batch} x {cc.compile.seq_len} tokens", flush=True)
+        if args.estimate:
+            print(_estimate(args, cc))
+            return 0
         devices = tpu_devices(cc.compile.topology)
     except (ConfigError, ShardingError, AotError, ValueError) as e:
         print(f"ppp compile: error: {e}", file=sys.stderr)

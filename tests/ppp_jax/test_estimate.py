@@ -57,3 +57,18 @@ def test_scaling_and_chip_hours():
     assert more_slots.phases[0].seconds < base.phases[0].seconds
     table = estimate_table(base, 200, A)
     assert f"dominant: {base.dominant.name}" in table and "chip-hours" in table
+
+
+def test_ppp_compile_estimate_reads_the_config(capsys):
+    """`ppp compile CONFIG --estimate`: the config's episodes, engine replicas and slots, no
+    compilation (no libtpu needed)."""
+    from ppp_jax import cli
+
+    assert cli.main(["compile", "configs/seed_oss_36b_funcloc.yaml", "--estimate"]) == 0
+    out = capsys.readouterr().out
+    assert "512 episodes on 64 v5p chips (16 replicas x 4 chips, 8 slots each)" in out
+    assert "200 steps:" in out and "chip-hours" in out
+    assert cli.main(["compile", "configs/seed_oss_36b_funcloc.yaml", "--estimate",
+                     "--episodes", "256", "rl.ppo_mini_batches=4"]) == 0
+    out = capsys.readouterr().out
+    assert "256 episodes" in out and "4 update(s)" in out and "pi_old pass" in out
