@@ -272,7 +272,7 @@ def test_verbose_shows_our_info_even_when_a_library_configured_logging_first(tmp
         "logging.basicConfig(level=logging.WARNING, format='%(name)s| %(message)s')\n"
         "from ppp_jax.commands._common import load\n"
         f"ns = argparse.Namespace(verbose=sys.argv[1] == '1', config={str(TINY)!r}, overrides=[])\n"
-        "assert load(ns, 'ppp test') is not None\n"
+        "assert load(ns, 'ppp train') is not None\n"
         "logging.getLogger('ppp_jax.train.loop').info('resumed from checkpoint step 7')\n"
         "logging.getLogger('absl').info('orbax chatter')\n")
     runs = {v: subprocess.run([sys.executable, "-c", script, v], cwd=ROOT, text=True,
