@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     from ppp_jax.commands._policy import starting_policy, tokenizer_candidates
     from ppp_jax.sampling.chat import copy_tokenizer, find_tokenizer, has_tokenizer, load_tokenizer
+    from ppp_jax.config.loader import ConfigError
+    from ppp_jax.envs.domains.rows import DataError
     from ppp_jax.train.builders import build_parts
     from ppp_jax.train.trainer import PPPTrainer
 
@@ -64,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
 
         build_stage(base_cfg)  # trains <run>/tokenizer.json
     tokenizer_source = find_tokenizer(candidates)
-    parts = build_parts(cfg, tokenizer=load_tokenizer(tokenizer_source))
+    try:
+        parts = build_parts(cfg, tokenizer=load_tokenizer(tokenizer_source))
+    except (ConfigError, DataError) as e:  # a missing data file, a bad data row: one line
+        print(f"ppp train: {e}", file=sys.stderr)
+        return 1
     t0 = time.perf_counter()
     trainer = PPPTrainer(cfg, parts)
     try:

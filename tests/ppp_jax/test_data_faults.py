@@ -320,6 +320,11 @@ def test_cli_refuses_a_bad_row_in_one_line(tmp_path, capsys):
     cfg.write_text(f"name: bc\nrun_dir: {tmp_path / 'runs'}\nmodel: {{preset: tiny}}\n"
                    f"domain: {{name: browsecomp_plus, browsecomp_queries: {q}, "
                    f"browsecomp_corpus: {c}}}\n")
+    # a tokenizer where `ppp train` looks for one, so that the data is what it refuses
+    from ppp_jax.envs.testing import tiny_seed_tokenizer
+
+    (tmp_path / "runs" / "bc").mkdir(parents=True)
+    tiny_seed_tokenizer().save(str(tmp_path / "runs" / "bc" / "tokenizer.json"))
     for command in ("train", "eval", "sft", "demo"):
         rc = main([command, str(cfg), "--no-progress"])
         err = capsys.readouterr().err.strip()

@@ -136,13 +136,20 @@ def test_engine_memory_is_released_during_the_update(tmp_path, tok, engine):
     cfg = tiny_config(tmp_path, **{"rollout.release_engine_memory": True})
     releases_before = engine.stats().get("memory_releases", 0)
     t = make_trainer(cfg, tok, tmp_path / "a", engine)
-    seen, step = [], t.train_step
+    seen, step, released_ids = [], t.train_step, set()
+    release = engine.release_memory
+
+    def recording_release():  # the pools the engine held when it released them
+        released_ids.clear()
+        released_ids.update({id(engine._core.k_pool), id(engine._core.v_pool)})
+        release()
 
     def spy(state, batch, **kw):
-        pools = sum(x.shape == layout.shape for x in jax.live_arrays())
+        pools = sum(id(x) in released_ids and x.shape == layout.shape for x in jax.live_arrays())
         seen.append((engine.memory_released, pools))
         return step(state, batch, **kw)
 
+    engine.release_memory = recording_release
     t.train_step = spy
     t.train(num_steps=2)
     assert seen == [(True, 0), (True, 0)]

@@ -36,7 +36,7 @@ from tests.sampling.serving import free_port, running_server
 CHAIN = {"\n": "o", "o": "k", "k": "<seed:tool_call>", "<seed:tool_call>": "x",
          "x": "</seed:tool_call>", "</seed:tool_call>": "<seed:eos>", "z": "z"}
 MAX_SEQ = 4096
-LIMIT = 2**20  # max_request_bytes of the test server
+LIMIT = 4 * 2**20  # max_request_bytes of the test server
 MAX_STOP = 4  # engine.max_stop_tokens: stop ids a client may send besides the EOS
 ENGINE = EngineConfig(num_slots=4, page_size=16, num_pages=4 * MAX_SEQ // 16 + 1,
                       max_seq_len=MAX_SEQ, decode_steps=8, prefill_chunks=(16, 64),
@@ -293,11 +293,11 @@ def test_oversized_body_is_refused_before_it_is_read(server):
 
 
 def test_models_probe_stays_fast_during_a_big_request(server):
-    """Tokenizing a ~0.5 MB prompt takes seconds here; it runs in a worker thread (through the
+    """Tokenizing a ~2 MB prompt (under the test server's 4 MiB limit) takes seconds here; it runs in a worker thread (through the
     tokenizer call that releases the GIL), so /v1/models answers meanwhile. On the old server
     the probe waited for the whole tokenization."""
     base, _ = server
-    big = _completion(prompt="the user asks a question and the assistant answers it. " * 9000)
+    big = _completion(prompt="the user asks a question and the assistant answers it. " * 36000)
     result = {}
 
     def send_big():
@@ -559,10 +559,10 @@ def test_config_and_checkpoint_errors_are_one_line(ckpt, tmp_path, capsys):
                          ("checkpoint: x\nmax_body: 5\n", "max_request_bytes")):
         path = tmp_path / "serve.yaml"
         path.write_text(text)
-        assert serve.run(argparse.Namespace(config=str(path), override=[])) == 2
+        assert serve.run(argparse.Namespace(config=str(path), overrides=[])) == 2
         assert _one_error_line(capsys.readouterr().err, expect)
     path.write_text(f"checkpoint: {tmp_path / 'missing'}\n")
-    assert serve.run(argparse.Namespace(config=str(path), override=[])) == 1
+    assert serve.run(argparse.Namespace(config=str(path), overrides=[])) == 1
     assert _one_error_line(capsys.readouterr().err, "does not exist")
     tokenizer_only = tmp_path / "tokenizer_only"
     tokenizer_only.mkdir()
@@ -570,5 +570,5 @@ def test_config_and_checkpoint_errors_are_one_line(ckpt, tmp_path, capsys):
         if file.name.startswith(("tokenizer", "chat_template")):
             shutil.copy(file, tokenizer_only / file.name)
     path.write_text(f"checkpoint: {tokenizer_only}\nwarmup: false\n")
-    assert serve.run(argparse.Namespace(config=str(path), override=[])) == 1
+    assert serve.run(argparse.Namespace(config=str(path), overrides=[])) == 1
     assert _one_error_line(capsys.readouterr().err, "config.json")
