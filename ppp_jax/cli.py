@@ -89,11 +89,13 @@ COMMANDS: dict[str, Command] = {
         typical_time="starts in about a minute (tiny: compiles every prefill bucket first)"),
     "compile": Command(
         "ppp_jax.commands.compile",
-        "AOT-compile the train step and engine for a TPU topology; memory/FLOPs per chip",
+        "AOT-compile a PPP iteration (train step, pi_old pass, engine) for a TPU topology; "
+        "memory per phase and FLOPs per chip",
         needs="a run config and libtpu (the test extra); no TPU and no weights",
         writes="stdout report; --json PATH",
         typical_time="seconds (tiny); 2-6 min per step for 36B",
-        exit_codes="1 some step does not fit in HBM (the message says by how much)"),
+        exit_codes="1 some step, or a phase of the iteration, does not fit in HBM (the message "
+                   "says by how much)"),
 }
 
 COMMON_EXIT_CODES = ("0 done; 1 refused or failed: a run folder, checkpoint or data file that "

@@ -1,12 +1,21 @@
 """`ppp compile CONFIG [KEY=VALUE ...] --topology v5p:4x4x4`: ahead-of-time compile of the PPP
-train step and the engine's prefill/decode for a named TPU slice, from any machine (shapes only,
-no weights).
+train step, the π_old pass and the engine's prefill/decode for a named TPU slice, from any
+machine (shapes only, no weights).
+
+For a run config (one with the trainer's sections) what is compiled is what `ppp train` runs:
+rows per update, micro-batches, PPO mini-batches and T come from the trainer's own fields
+(`ppp_jax.scale.iteration`), and the whole PPP iteration is checked phase by phase — rollout
+(prefill, decode) with the trainer's state resident, the π_old pass, the updates with the rollout
+batch and, unless released, the engine's weights and pools resident. A compile section whose
+batch / seq_len disagree with the trainer makes the run a per-program study (said so; the
+iteration is not checked).
 
 Prints per-chip argument / output / temporary memory against the chip's HBM, FLOPs per step and
-compile times. A line is printed as each step starts compiling and every minute while it compiles
-(a 36B step takes minutes), so cluster logs show it is alive. Exit status: 0 every step fits;
-1 some step does not fit (the message says how much it needs and what the chip has); 2 the
-config, mesh or topology is invalid or libtpu is missing.
+compile times. A line is printed as each step starts compiling and every minute while it
+compiles (a 36B step takes minutes), so cluster logs show it is alive. Exit status: 0 every step
+(and, for a run config, the whole iteration) fits; 1 some step or phase does not fit (the
+message says how much it needs and what the chip has); 2 the config, mesh or topology is
+invalid or libtpu is missing.
 """
 
 from __future__ import annotations
@@ -61,11 +70,16 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _write_json(args: argparse.Namespace, reports: list) -> None:
+def _write_json(args: argparse.Namespace, reports: list, phases: list = ()) -> None:
     if args.json:
+        out = {"config": args.config, "reports": [r.to_dict() for r in reports]}
+        if phases:
+            out["iteration"] = [dict(name=p.name, program=p.program,
+                                     program_bytes=p.program_bytes, resident=p.resident,
+                                     total_bytes=p.total_bytes, hbm_bytes=p.hbm_bytes,
+                                     fits=p.fits) for p in phases]
         with open(args.json, "w") as f:
-            json.dump({"config": args.config, "reports": [r.to_dict() for r in reports]}, f,
-                      indent=1)
+            json.dump(out, f, indent=1)
 
 
 @contextlib.contextmanager
@@ -110,6 +124,25 @@ def _estimate(args: argparse.Namespace, cc) -> str:
     return estimate_table(est, steps, assumptions)
 
 
+def _trainer_shape(args: argparse.Namespace, cc):
+    """(TrainerShape or None, [mismatches]): what `ppp train` runs with this file, when it has
+    the trainer's sections, and what of its compile section disagrees with that."""
+    import math
+
+    from ppp_jax.config.loader import file_sections
+    from ppp_jax.config.run import load_run_config
+    from ppp_jax.scale.chips import topology_chips
+    from ppp_jax.scale.iteration import trainer_mismatch, trainer_shape
+
+    if not {"data", "rollout"} & file_sections(args.config):
+        return None, []
+    run_cfg = load_run_config(args.config, _overrides(args))
+    sizes = dict(zip(cc.sharding.mesh.axes,
+                     cc.sharding.mesh.resolved_shape(topology_chips(cc.compile.topology))))
+    shape = trainer_shape(run_cfg, math.prod(sizes.get(a, 1) for a in ("data", "fsdp")))
+    return shape, trainer_mismatch(cc, shape)
+
+
 def run(args: argparse.Namespace) -> int:
     # Compiling for TPU needs only the host CPU backend plus libtpu's compiler; set this before
     # any JAX backend starts (see ppp_jax.scale.chips.quiet_libtpu_env for the libtpu lock).
@@ -126,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         tpu_devices,
     )
     from ppp_jax.scale.compile import compile_steps
+    from ppp_jax.scale.iteration import iteration_phases, iteration_table, with_trainer_shape
     from ppp_jax.scale.mesh import parse_mesh
     from ppp_jax.scale.step_report import StepReport, check_fits
 
@@ -137,11 +171,25 @@ def run(args: argparse.Namespace) -> int:
         if args.engine_mesh:
             cc = replace(cc, engine=replace(cc.engine, mesh=parse_mesh(args.engine_mesh)))
         chip = chip_of(cc.compile.topology)
+        shape, mismatch = _trainer_shape(args, cc)
+        cc = with_trainer_shape(cc, shape)
+        # The iteration is checked when the programs are the trainer's own: a run config whose
+        # compile section agrees with its trainer (or leaves batch / seq_len to it).
+        iteration = shape if shape is not None and not mismatch else None
+        if iteration is not None and iteration.pi_old_pass and "logprob" not in cc.compile.steps:
+            cc = replace(cc, compile=replace(cc.compile, steps=("logprob", *cc.compile.steps)))
         print(f"ppp compile: {cc.model.preset} ({cc.model.param_dtype} params, {cc.model.dtype} "
               f"compute, remat={cc.model.remat}, attention={cc.model.attention_impl}) for "
               f"{cc.compile.topology} ({topology_chips(cc.compile.topology)} chips, "
               f"{chip.limit_gib:g} GiB usable HBM each); steps {list(cc.compile.steps)}; "
               f"train batch {cc.compile.batch} x {cc.compile.seq_len} tokens", flush=True)
+        if iteration is not None:
+            print(f"ppp compile: what `ppp train` runs: {iteration.describe()}", flush=True)
+        elif mismatch:
+            print(f"ppp compile: a per-program study, not what `ppp train` runs with this file: "
+                  f"{'; '.join(mismatch)}. The whole iteration is not checked; leave "
+                  f"compile.batch / compile.seq_len out to compile the trainer's shapes.",
+                  flush=True)
         if args.estimate:
             print(_estimate(args, cc))
             return 0
@@ -156,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             with heartbeat(f"step {name!r}"):
                 report = compile_steps(replace(cc, compile=replace(cc.compile, steps=(name,))),
-                                       devices)[0]
+                                       devices, donate=iteration is None)[0]
         except (ConfigError, ShardingError, AotError, ValueError) as e:
             print(f"ppp compile: error in step {name!r}: {e}", file=sys.stderr)
             _write_json(args, reports)
@@ -173,5 +221,27 @@ def run(args: argparse.Namespace) -> int:
     except DoesNotFit as e:
         print(f"ppp compile: {e}", file=sys.stderr)
         return 1
-    print("ppp compile: every step fits")
+    if iteration is None:
+        print("ppp compile: every step fits")
+        return 0
+    compiled = {r.step for r in reports}
+    missing = [s for s in ("train", "prefill", "decode") if s not in compiled]
+    if missing:
+        print(f"ppp compile: every step fits; the whole iteration is not checked (compile.steps "
+              f"leaves out {missing})")
+        return 0
+    sizes = dict(zip(cc.sharding.mesh.axes,
+                     cc.sharding.mesh.resolved_shape(topology_chips(cc.compile.topology))))
+    phases = iteration_phases(iteration, reports, sizes.get("data", 1) * sizes.get("fsdp", 1))
+    print(iteration_table(iteration, phases), flush=True)
+    _write_json(args, reports, phases)
+    bad = [p for p in phases if not p.fits]
+    if bad:
+        print("ppp compile: the iteration does not fit: "
+              + "; ".join(f"{p.name} needs {p.total_bytes / 2**30:.2f} GiB per chip" for p in bad)
+              + f", of {bad[0].hbm_bytes / 2**30:.2f}; try rollout.release_engine_memory: true, "
+                f"more rl.num_micro_batches, fewer engine slots or pages, or more chips",
+              file=sys.stderr)
+        return 1
+    print("ppp compile: every step fits, and the whole iteration fits")
     return 0

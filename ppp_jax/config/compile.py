@@ -23,7 +23,7 @@ from ppp_jax.model.config import ModelConfig, seed_oss_36b, tiny
 from ppp_jax.sampling.config import EngineConfig
 
 ModelPreset = Literal["seed_oss_36b", "tiny"]
-StepName = Literal["train", "prefill", "decode"]
+StepName = Literal["train", "logprob", "prefill", "decode"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +102,12 @@ class CompileSpec:
 
     topology: str = "v5p:4x4x4"
     steps: tuple[StepName, ...] = ("train",)
-    batch: int = 64  # B, sequences per optimizer update (split into rl.num_micro_batches)
-    seq_len: int = 40960  # T, tokens per sequence (prompt 8192 + response 32768 for Func-Loc)
+    # B, sequences per optimizer update (split into rl.num_micro_batches), and T, tokens per
+    # sequence. 0: derived from the trainer's sections (data, rl, rollout) of a run config, so
+    # that what is compiled is what `ppp train` runs (ppp_jax/scale/iteration.py); a value that
+    # disagrees makes the compile a per-program study and the iteration is not checked.
+    batch: int = 0
+    seq_len: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +139,7 @@ register_rules(ModelSizes, {
     "rope_theta": GT_ZERO, "rms_norm_eps": GT_ZERO, "attention_dropout": DROPOUT,
     "residual_dropout": DROPOUT, "max_position_embeddings": POSITIVE,
     "bos_token_id": NON_NEGATIVE, "pad_token_id": NON_NEGATIVE, "eos_token_id": NON_NEGATIVE})
-register_rules(CompileSpec, {"batch": POSITIVE, "seq_len": POSITIVE})
+register_rules(CompileSpec, {"batch": NON_NEGATIVE, "seq_len": NON_NEGATIVE})
 # the sampling layer's EngineConfig cannot import the config layer: its rules are given here
 register_rules(EngineConfig, {
     "num_slots": POSITIVE, "page_size": POSITIVE, "num_pages": Range(2), "max_seq_len": POSITIVE,

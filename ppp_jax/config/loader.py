@@ -358,6 +358,11 @@ def load_config(
         raise ConfigError(_blame(e, path, origins, set_by_override), e.keys) from None
 
 
+def file_sections(path: str | Path) -> set[str]:
+    """The top-level keys of a YAML config, its `base:` chain merged (which sections it writes)."""
+    return set(_read_yaml(Path(path)))
+
+
 def replace(config: T, **changes: Any) -> T:
     """`dataclasses.replace` re-exported, for frozen configs."""
     return dataclasses.replace(config, **changes)

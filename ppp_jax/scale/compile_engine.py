@@ -52,6 +52,7 @@ from ppp_jax.model.config import ModelConfig
 from ppp_jax.scale.chips import AotError, hbm_per_device, topology_chips
 from ppp_jax.scale.compile_train import seed_oss_model
 from ppp_jax.scale.flops import forward_model_flops
+from ppp_jax.scale.iteration import per_chip_bytes
 from ppp_jax.scale.mesh import make_mesh_for, with_shardings
 from ppp_jax.scale.step_report import StepReport, compile_lowered, report_of
 
@@ -232,4 +233,7 @@ def compile_engine_step(cc: CompileConfig, devices: Sequence[jax.Device],
     # report_of divides the slice's HBM by the devices of the mesh it is given; the replica's
     # chips are chips of the slice, each with one chip's HBM.
     chip_hbm = hbm_per_device(topology, topology_chips(topology))
-    return dataclasses.replace(report, hbm_bytes=chip_hbm, note=describe_plan(plan))
+    resident = {"weights": per_chip_bytes(abstract_weights(plan)[1]),
+                "kv_pools": per_chip_bytes(abstract_pools(plan))}
+    return dataclasses.replace(report, hbm_bytes=chip_hbm, note=describe_plan(plan),
+                               resident_bytes=resident)

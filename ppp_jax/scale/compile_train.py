@@ -11,6 +11,8 @@ What is compiled (`CompileSpec.steps`):
 
 - "train":   one optimizer update of `ppp_jax.rl.train_step` (micro-batch scan, forward, chunked
              log-probs, clipped policy-gradient objective, backward, AdamW) on a [B, T] batch.
+- "logprob": the π_old pass (`ppp_jax.rl.train_step.make_logprob_fn`) over the whole rollout
+             batch, when the trainer runs it (several PPO updates per step, π_old recomputed).
 - "prefill": the paged engine's chunked prefill (`sampling.runner.ModelRunner`) of T_p-token
              chunks into the K/V page pools, one engine replica (`ppp_jax.scale.compile_engine`).
 - "decode":  the paged engine's decode block (`decode_steps` steps with sampling) over its slots.
@@ -36,7 +38,8 @@ from ppp_jax.model import sharding as shd
 from ppp_jax.model import splash
 from ppp_jax.model.config import ModelConfig
 from ppp_jax.scale.chips import AotError, hbm_per_device
-from ppp_jax.scale.flops import train_model_flops
+from ppp_jax.scale.flops import forward_model_flops, train_model_flops
+from ppp_jax.scale.iteration import per_chip_bytes
 from ppp_jax.scale.mesh import make_mesh_for, with_shardings
 from ppp_jax.scale.step_report import StepReport, compile_lowered, report_of
 
@@ -54,55 +57,113 @@ def abstract_token_batch(batch: int, seq_len: int, mesh) -> Any:
                       old_logprobs=f32())
 
 
-def compile_train(cc: CompileConfig, devices: Sequence[jax.Device]) -> StepReport:
-    """AOT-compiles one optimizer update of `ppp_jax.rl.train_step` (the real PPP step: micro-batch
-    scan, chunked log-probs, clipped objective, AdamW) for `devices`."""
+@dataclasses.dataclass(frozen=True)
+class _TrainSetup:
+    """The abstract pieces both train-side programs are lowered with."""
+
+    mcfg: ModelConfig
+    mesh: Any
+    graphdef: Any
+    params: Any  # ShapeDtypeStructs with their shardings
+    state: Any  # TrainState of ShapeDtypeStructs with their shardings
+    state_shardings: Any
+    optimizer: Any
+
+
+def _train_setup(cc: CompileConfig, devices: Sequence[jax.Device], batch: int,
+                 num_micro: int) -> _TrainSetup:
     from ppp_jax.rl import train_step as ts
     from ppp_jax.rl.optim import make_optimizer
 
-    spec, rl = cc.compile, cc.rl
     mcfg = cc.model.build()
     mesh = make_mesh_for(devices, cc.sharding.mesh)
-    rules = cc.sharding.rules
-    rows = math.prod(mesh.shape[a] for a in ts.BATCH_AXES) * rl.num_micro_batches
-    if spec.batch % rows:
-        raise AotError(f"compile.batch={spec.batch} must be a multiple of data x fsdp x "
-                       f"rl.num_micro_batches = {rows} (mesh {dict(mesh.shape)})")
+    rows = math.prod(mesh.shape[a] for a in ts.BATCH_AXES) * num_micro
+    if batch % rows:
+        raise AotError(f"a batch of {batch} rows must be a multiple of data x fsdp x "
+                       f"micro-batches = {rows} (mesh {dict(mesh.shape)})")
     abstract = shd.abstract_model(lambda: seed_oss_model(mcfg))
     graphdef, params_abs, rest = nnx.split(abstract, nnx.Param, ...)
     if jax.tree.leaves(rest):
         raise AotError("the model holds non-Param state; the train step updates only nnx.Param")
     try:
-        param_sh = shd.state_shardings(params_abs, mesh, rules)
+        param_sh = shd.state_shardings(params_abs, mesh, cc.sharding.rules)
     except shd.ShardingError as e:
         raise AotError(f"sharding rules do not fit the model on mesh {dict(mesh.shape)}: {e}") from None
-    optimizer = make_optimizer(rl.optim)
+    optimizer = make_optimizer(cc.rl.optim)
     state_abs = jax.eval_shape(lambda p: ts.init_train_state(p, optimizer), params_abs)
     state_sh = ts.train_state_shardings(state_abs, param_sh, optimizer, mesh)
     state = with_shardings(state_abs, state_sh)
-    batch = abstract_token_batch(spec.batch, spec.seq_len, mesh)
-    jitted = ts.make_train_step(graphdef, rl, optimizer, mesh=mesh)
+    return _TrainSetup(mcfg, mesh, graphdef, state.params, state, state_sh, optimizer)
+
+
+def _report(compiled, *, step: str, cc: CompileConfig, devices, mesh, flops: float,
+            tokens: int, lower_s: float, compile_s: float, **extra) -> StepReport:
+    topology = cc.compile.topology
+    if isinstance(compiled, StepReport):
+        report = dataclasses.replace(compiled, step=step, topology=topology,
+                                     mesh={str(k): int(v) for k, v in mesh.shape.items()},
+                                     hbm_bytes=hbm_per_device(topology, len(devices)),
+                                     model_flops=flops, tokens=tokens, lower_s=lower_s,
+                                     compile_s=compile_s)
+    else:
+        report = report_of(compiled, step=step, topology=topology, mesh=mesh, model_flops=flops,
+                           tokens=tokens, lower_s=lower_s, compile_s=compile_s)
+    return dataclasses.replace(report, **extra)
+
+
+def compile_train(cc: CompileConfig, devices: Sequence[jax.Device], *,
+                  donate: bool = True) -> StepReport:
+    """AOT-compiles one optimizer update of `ppp_jax.rl.train_step` (the real PPP step: micro-batch
+    scan, chunked log-probs, clipped objective, AdamW) on [compile.batch, compile.seq_len] for
+    `devices`. donate: whether the state is donated (`ppp train` does not donate it, so its new
+    state is a separate output; the iteration check compiles it that way)."""
+    from ppp_jax.rl import train_step as ts
+
+    spec, rl = cc.compile, cc.rl
+    setup = _train_setup(cc, devices, spec.batch, rl.num_micro_batches)
+    batch = abstract_token_batch(spec.batch, spec.seq_len, setup.mesh)
+    jitted = ts.make_train_step(setup.graphdef, rl, setup.optimizer, mesh=setup.mesh)
     # Re-jit the step's Python function with the state's shardings pinned on the way out too, so
     # the compiler cannot pick another layout for the new params (and aliasing is exact).
     fn = getattr(jitted, "__wrapped__", None)
     if fn is not None:
-        jitted = jax.jit(fn, out_shardings=(state_sh, None), donate_argnums=(0,))
-    with shd.using_mesh(mesh, rules), splash.tpu_target():
+        jitted = jax.jit(fn, out_shardings=(setup.state_shardings, None),
+                         donate_argnums=(0,) if donate else ())
+    with shd.using_mesh(setup.mesh, cc.sharding.rules), splash.tpu_target():
         t0 = time.perf_counter()
-        lowered = jitted.lower(state, batch)
+        lowered = jitted.lower(setup.state, batch)
         t1 = time.perf_counter()
         compiled = compile_lowered(lowered)
         t2 = time.perf_counter()
-    flops = train_model_flops(mcfg, spec.batch, spec.seq_len, len(devices))
-    if isinstance(compiled, StepReport):
-        return dataclasses.replace(compiled, step="train", topology=spec.topology,
-                                   mesh={str(k): int(v) for k, v in mesh.shape.items()},
-                                   hbm_bytes=hbm_per_device(spec.topology, len(devices)),
-                                   model_flops=flops, tokens=spec.batch * spec.seq_len,
-                                   lower_s=t1 - t0, compile_s=t2 - t1)
-    return report_of(compiled, step="train", topology=spec.topology, mesh=mesh,
-                     model_flops=flops, tokens=spec.batch * spec.seq_len, lower_s=t1 - t0,
-                     compile_s=t2 - t1)
+    resident = {"params": per_chip_bytes(setup.state.params),
+                "optimizer": per_chip_bytes(setup.state.opt_state)}
+    return _report(compiled, step="train", cc=cc, devices=devices, mesh=setup.mesh,
+                   flops=train_model_flops(setup.mcfg, spec.batch, spec.seq_len, len(devices)),
+                   tokens=spec.batch * spec.seq_len, lower_s=t1 - t0, compile_s=t2 - t1,
+                   resident_bytes=resident,
+                   note="" if donate else "state not donated (as `ppp train` runs the step)")
+
+
+def compile_logprob(cc: CompileConfig, devices: Sequence[jax.Device], *, rows: int,
+                    num_micro: int) -> StepReport:
+    """AOT-compiles the π_old pass (`ppp_jax.rl.train_step.make_logprob_fn`, as the trainer builds
+    it: `num_micro` micro-batches, rows over data x fsdp) over a rollout batch of `rows` x
+    compile.seq_len tokens."""
+    from ppp_jax.rl import train_step as ts
+
+    spec = cc.compile
+    setup = _train_setup(cc, devices, rows, num_micro)
+    batch = abstract_token_batch(rows, spec.seq_len, setup.mesh)
+    jitted = ts.make_logprob_fn(setup.graphdef, cc.rl, num_micro=num_micro, mesh=setup.mesh)
+    with shd.using_mesh(setup.mesh, cc.sharding.rules), splash.tpu_target():
+        t0 = time.perf_counter()
+        lowered = jitted.lower(setup.params, batch)
+        t1 = time.perf_counter()
+        compiled = compile_lowered(lowered)
+        t2 = time.perf_counter()
+    flops = forward_model_flops(setup.mcfg, rows, spec.seq_len, spec.seq_len / 2, len(devices))
+    return _report(compiled, step="logprob", cc=cc, devices=devices, mesh=setup.mesh,
+                   flops=flops, tokens=rows * spec.seq_len, lower_s=t1 - t0, compile_s=t2 - t1)
 
 
 def seed_oss_model(cfg: ModelConfig):

@@ -35,6 +35,9 @@ class StepReport:
     hbm_bytes: float  # per device
     compiler_error: str = ""  # set when the TPU compiler itself refused (out of HBM)
     note: str = ""  # how the step is laid out on the slice (e.g. engine replicas), if not obvious
+    # per-chip bytes of the arguments that stay resident between calls, by kind (train:
+    # params / optimizer; engine: weights / kv_pools), for the iteration check (scale/iteration.py)
+    resident_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def fits(self) -> bool:

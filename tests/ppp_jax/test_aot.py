@@ -7,6 +7,7 @@ libtpu (`pip install -e ".[test]"` installs it) and are skipped with the reason 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,6 +18,15 @@ import pytest
 import yaml
 
 from ppp_jax.scale.chips import AotError, DoesNotFit, chip_of, libtpu_available, topology_chips
+from ppp_jax.config.run import load_run_config
+from ppp_jax.scale.iteration import (
+    TrainerShape,
+    iteration_phases,
+    iteration_table,
+    trainer_mismatch,
+    trainer_shape,
+    with_trainer_shape,
+)
 from ppp_jax.scale.step_report import StepReport, check_fits, oom_bytes
 from ppp_jax.config.compile import load_compile_config
 from ppp_jax.scale.mesh import parse_mesh
@@ -75,6 +85,83 @@ def test_tiny_train_prefill_decode_compile_for_v5p(tmp_path):
     # Donated params and optimizer state come back in place.
     assert train["alias_bytes"] > 0
     assert train["tokens"] == 8 * 512
+
+
+# TINY as a run config: the trainer's sections decide what is compiled. 4 prompts x 4 episodes =
+# 16 rows of 512 tokens (a multiple of 1 micro-batch x 2 mini-batches x fsdp 8), 2 PPO updates of
+# 8 rows each, π_old recomputed first.
+TINY_RUN = {**json.loads(json.dumps(TINY)),
+            "data": {"batch_size": 4},
+            "rollout": {"row_len": 512, "rows_multiple": 1, "engine_layout": "sampling",
+                        "release_engine_memory": True}}
+TINY_RUN["compile"] = {"topology": "v5p:2x2x2", "steps": ["train", "prefill", "decode"]}
+TINY_RUN["rl"] = {"logprob_chunk_size": 128, "ppo_mini_batches": 2,
+                  "advantage": {"group_size": 4}}
+
+
+@needs_libtpu
+def test_run_config_compiles_what_train_runs_and_checks_the_iteration(tmp_path):
+    proc, report = _ppp_compile(tmp_path, TINY_RUN)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "train batch 8 x 512 tokens" in out  # derived: 16 rows / 2 mini-batches
+    assert "16 episodes -> 16 rows x 512 tokens; 2 update(s)" in out
+    assert "pi_old recomputed over the batch first" in out
+    assert "every step fits, and the whole iteration fits" in out
+    steps = {r["step"]: r for r in report["reports"]}
+    assert list(steps) == ["logprob", "train", "prefill", "decode"]  # the π_old pass added
+    assert steps["logprob"]["tokens"] == 16 * 512 and steps["train"]["tokens"] == 8 * 512
+    # The trainer does not donate its state: the new state is not aliased to the old.
+    assert steps["train"]["alias_bytes"] == 0
+    assert "state not donated" in steps["train"]["note"]
+    train_res, engine_res = steps["train"]["resident_bytes"], steps["decode"]["resident_bytes"]
+    # Exact shard sizes: the f32 params split over 8 chips (a few small tensors replicated) and
+    # AdamW's two moments of the same shape; the engine's pools and bf16 weights over tensor=2.
+    from ppp_jax.config.compile import load_compile_config as load
+    cfg_path = tmp_path / "run.yaml"
+    n = load(cfg_path).model.build().param_count()
+    assert n * 4 / 8 <= train_res["params"] < n * 4 / 2
+    assert train_res["optimizer"] >= 2 * train_res["params"]
+    assert n * 2 / 2 <= engine_res["weights"] <= n * 2
+    assert engine_res["kv_pools"] > 0
+    phases = {p["name"]: p for p in report["iteration"]}
+    assert list(phases) == ["rollout prefill", "rollout decode", "pi_old pass", "update (x2)"]
+    for p in phases.values():
+        assert p["total_bytes"] == p["program_bytes"] + sum(p["resident"].values())
+        assert p["fits"]
+    assert phases["rollout decode"]["program_bytes"] == steps["decode"]["peak_bytes"]
+    assert set(phases["rollout decode"]["resident"]) == {"trainer params (f32 masters)",
+                                                         "optimizer state"}
+    # Released: no engine memory beside the update; the whole batch stays (K = 2).
+    assert phases["update (x2)"]["resident"] == {"rollout batch [R, T]": 8 * 4 * 2 * 512}
+    assert "engine weights" not in phases["pi_old pass"]["resident"]
+
+    # Kept: the engine's weights and pools sit beside the π_old pass and the update.
+    kept = json.loads(json.dumps(TINY_RUN))
+    kept["rollout"]["release_engine_memory"] = False
+    proc, report = _ppp_compile(tmp_path, kept, "--steps", "train,prefill,decode")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    update = {p["name"]: p for p in report["iteration"]}["update (x2)"]
+    assert update["resident"]["engine weights"] == engine_res["weights"]
+    assert update["resident"]["engine K/V pools"] == engine_res["kv_pools"]
+
+
+@needs_libtpu
+def test_compile_section_that_disagrees_with_the_trainer_is_a_study(tmp_path):
+    study = json.loads(json.dumps(TINY_RUN))
+    study["compile"].update(batch=16, steps=["train"])
+    proc, report = _ppp_compile(tmp_path, study)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ("a per-program study, not what `ppp train` runs with this file: compile.batch=16, "
+            "but `ppp train` runs 8") in proc.stdout
+    assert "whole iteration" not in proc.stdout.splitlines()[-1]
+    assert "iteration" not in report and [r["step"] for r in report["reports"]] == ["train"]
+    # A compile-only config must give the shapes itself.
+    bare = json.loads(json.dumps(TINY))
+    del bare["compile"]["batch"]
+    proc, _ = _ppp_compile(tmp_path, bare)
+    assert proc.returncode == 2
+    assert "compile.batch is not set, and this config has no trainer sections" in proc.stderr
 
 
 @needs_libtpu
@@ -156,10 +243,71 @@ def test_check_fits_message_and_estimates():
 def test_funcloc_config_loads():
     cc = load_compile_config(ROOT / "configs" / "seed_oss_36b_funcloc.yaml")
     assert cc.model.build().param_count() == 36_151_104_512
-    assert cc.compile.topology == "v5p:4x4x4" and cc.compile.seq_len == 40960
+    # batch and T are the trainer's: 64 prompts x 8 episodes = 512 rows of 40960 tokens in one
+    # update of 8 micro-batches (one row per chip of the 64-chip FSDP mesh each)
+    assert cc.compile.topology == "v5p:4x4x4" and (cc.compile.batch, cc.compile.seq_len) == (0, 0)
+    run = load_run_config(ROOT / "configs" / "seed_oss_36b_funcloc.yaml")
+    shape = trainer_shape(run, data_parallel=64)
+    assert (shape.episodes, shape.rows, shape.rows_per_update, shape.seq_len) == (512, 512, 512,
+                                                                                 40960)
+    assert shape.micro_batches == 8 and shape.release and not shape.pi_old_pass
+    assert with_trainer_shape(cc, shape).compile.batch == 512
+    assert trainer_mismatch(cc, shape) == []
     assert cc.sharding.mesh.shape == (1, -1, 1)
     over = load_compile_config(ROOT / "configs" / "seed_oss_36b_funcloc.yaml",
                                    ["compile.batch=128", "model.remat=save_dots"])
     assert over.compile.batch == 128 and over.model.remat == "save_dots"
     with pytest.raises(ConfigError, match="unknown key"):
         load_compile_config(ROOT / "configs" / "seed_oss_36b_funcloc.yaml", ["compile.nope=1"])
+
+
+def _shape(**kw) -> TrainerShape:
+    base = dict(episodes=512, rows=512, seq_len=40960, micro_batches=8, mini_batches=1, epochs=1,
+                pi_old_pass=False, release=True, engine_layout="sampling", pack=False)
+    return TrainerShape(**{**base, **kw})
+
+
+def _program(step: str, peak_gib: float, **resident_gib) -> StepReport:
+    return dataclasses.replace(_report(peak_gib), step=step, resident_bytes={
+        k: int(v * 2**30) for k, v in resident_gib.items()})
+
+
+def test_iteration_fits_only_when_every_phase_fits_with_what_is_resident():
+    # Each program fits on its own (70, 60, 60 GiB of 95); the engine's 40 GiB of weights and
+    # pools beside the 70 GiB update do not, unless released.
+    reports = [_program("train", 70, params=2.25, optimizer=4.5),
+               _program("prefill", 60, weights=18, kv_pools=22),
+               _program("decode", 60, weights=18, kv_pools=22)]
+    check_fits(reports)
+    released = iteration_phases(_shape(), reports, data_parallel=64)
+    assert [p.name for p in released] == ["rollout prefill", "rollout decode", "update (x1)"]
+    assert all(p.fits for p in released)
+    decode = released[1]
+    assert decode.total_bytes == int(60 * 2**30) + int(6.75 * 2**30)
+    assert released[2].resident == {}  # one update on the whole batch: nothing beside it
+    kept = iteration_phases(_shape(release=False), reports, data_parallel=64)
+    assert [p.fits for p in kept] == [True, True, False]
+    assert kept[2].total_bytes == int(70 * 2**30) + int(18 * 2**30) + int(22 * 2**30)
+    table = iteration_table(_shape(release=False), kept)
+    assert "update (x1)" in table and "<- DOES NOT FIT" in table
+    assert "peak of the iteration 110.00 GiB per chip in 'update (x1)'" in table
+    assert "FITS" in iteration_table(_shape(), released).splitlines()[-1]
+    # K = 4 with π_old recomputed: the pass is a phase, the whole batch sits beside each update.
+    pi = _shape(mini_batches=4, pi_old_pass=True)
+    phases = iteration_phases(pi, reports + [_program("logprob", 30)], data_parallel=64)
+    assert [p.name for p in phases][-2:] == ["pi_old pass", "update (x4)"]
+    assert phases[-1].resident == {"rollout batch [R, T]": 8 * 4 * 8 * 40960}
+    with pytest.raises(ValueError, match="missing \\['logprob'\\]"):
+        iteration_phases(pi, reports, data_parallel=64)
+
+
+def test_trainer_shape_rounds_rows_as_the_trainer_does():
+    run = load_run_config(ROOT / "configs" / "seed_oss_36b_funcloc.yaml",
+                          ["data.batch_size=5", "rl.ppo_mini_batches=4", "rollout.rows_multiple=1"])
+    shape = trainer_shape(run, data_parallel=8)
+    # 40 episodes up to a multiple of 8 micro x 4 mini x 8 = 256
+    assert (shape.episodes, shape.rows, shape.rows_per_update) == (40, 256, 64)
+    assert shape.pi_old_pass
+    with pytest.raises(ConfigError, match="rollout.row_len is null"):
+        trainer_shape(load_run_config(ROOT / "configs" / "seed_oss_36b_funcloc.yaml",
+                                      ["rollout.row_len=null"]), data_parallel=8)

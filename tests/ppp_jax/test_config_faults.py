@@ -68,7 +68,7 @@ TINY = CONFIGS / "tiny_cpu.yaml"
     ("eval.openai_base_url=ftp://host", "eval.openai_base_url", "an http:// or https:// URL"),
     ("domain.stdlib.test_fraction=1.5", "domain.stdlib.test_fraction", "in [0, 1]"),
     ("domain.stdlib.num_tasks=0", "domain.stdlib.num_tasks", ">= 1"),
-    ("compile.batch=0", "compile.batch", ">= 1"),
+    ("compile.batch=-1", "compile.batch", ">= 0"),
     ("demo.tokenizer_vocab=10", "demo.tokenizer_vocab", ">= 256"),
     ("distributed.num_processes=0", "distributed.num_processes", ">= 1"),
     ("distributed.initialization_timeout_s=0", "distributed.initialization_timeout_s", ">= 1"),
