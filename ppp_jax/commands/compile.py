@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, help="sequences per optimizer update (B)")
     parser.add_argument("--steps", help="comma-separated subset of train,prefill,decode")
     parser.add_argument("--json", metavar="PATH", help="also write the reports as JSON here")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="trace every step and lay it out on the slice without compiling: "
+                             "a shape and sharding check in seconds (no memory figures)")
     parser.add_argument("--estimate", action="store_true",
                         help="print the cost model of one PPP step and of the run "
                              "(ppp_jax/scale/estimate.py: rollout, pi_old, updates, sync; stated "
@@ -83,16 +86,16 @@ def _write_json(args: argparse.Namespace, reports: list, phases: list = ()) -> N
 
 
 @contextlib.contextmanager
-def heartbeat(what: str, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+def heartbeat(what: str, every_s: float = HEARTBEAT_S, verb: str = "compiling") -> Iterator[None]:
     """Prints "compiling WHAT ..." now and "still compiling WHAT (N s)" every `every_s` seconds
     until the block ends, so a log shows progress through a compile that takes minutes."""
     start = time.perf_counter()
     done = threading.Event()
-    print(f"ppp compile: compiling {what} ...", flush=True)
+    print(f"ppp compile: {verb} {what} ...", flush=True)
 
     def beat() -> None:
         while not done.wait(every_s):
-            print(f"ppp compile: still compiling {what} ({time.perf_counter() - start:.0f} s)",
+            print(f"ppp compile: still {verb} {what} ({time.perf_counter() - start:.0f} s)",
                   flush=True)
 
     thread = threading.Thread(target=beat, name="compile-heartbeat", daemon=True)
@@ -202,20 +205,27 @@ def run(args: argparse.Namespace) -> int:
         # One step at a time, printed and saved as soon as it is compiled (a 36B step takes
         # minutes; a later step's failure must not lose an earlier step's figures).
         try:
-            with heartbeat(f"step {name!r}"):
+            with heartbeat(f"step {name!r}", verb="lowering" if args.dry_run else "compiling"):
                 report = compile_steps(replace(cc, compile=replace(cc.compile, steps=(name,))),
-                                       devices, donate=iteration is None)[0]
+                                       devices, donate=iteration is None,
+                                       lower_only=args.dry_run)[0]
         except (ConfigError, ShardingError, AotError, ValueError) as e:
             print(f"ppp compile: error in step {name!r}: {e}", file=sys.stderr)
             _write_json(args, reports)
             return 2
         reports.append(report)
         print(report.summary(), flush=True)
+        if args.dry_run:
+            continue
         if report.step == "train" and report.fits:
             for mfu in (0.3, 0.4, 0.5):
                 print(f"  est. step    {report.step_seconds(chip.peak_bf16_flops, mfu):.1f} s at "
                       f"{mfu:.0%} MFU ({chip.peak_bf16_flops / 1e12:g} TFLOP/s bf16 per chip)")
         _write_json(args, reports)
+    if args.dry_run:
+        print(f"ppp compile: dry run: every step traces and lays out on {cc.compile.topology} "
+              f"(nothing compiled; run without --dry-run for memory figures)")
+        return 0
     try:
         check_fits(reports, remat=cc.model.remat)
     except DoesNotFit as e:

@@ -206,14 +206,14 @@ def describe_plan(plan: EnginePlan) -> str:
 
 
 def compile_engine_step(cc: CompileConfig, devices: Sequence[jax.Device],
-                        name: str) -> StepReport:
+                        name: str, *, lower_only: bool = False) -> StepReport:
     """AOT-compiles the engine's "prefill" (one chunk of Bp rows x C tokens into the page pools)
     or "decode" (a block of `decode_steps` steps over the replica's slots, with sampling) for one
     engine replica of the slice `devices`; the report is per chip."""
     t0 = time.perf_counter()
     plan, _, lowered = lower_engine_step(cc, devices, name)
     t1 = time.perf_counter()
-    compiled = compile_lowered(lowered)
+    compiled = compile_lowered(lowered, lower_only)
     t2 = time.perf_counter()
     c, m = plan.config, plan.model_config
     t = plan.mesh.devices.size

@@ -112,10 +112,10 @@ def _report(compiled, *, step: str, cc: CompileConfig, devices, mesh, flops: flo
 
 
 def compile_train(cc: CompileConfig, devices: Sequence[jax.Device], *,
-                  donate: bool = True) -> StepReport:
+                  donate: bool = True, lower_only: bool = False) -> StepReport:
     """AOT-compiles one optimizer update of `ppp_jax.rl.train_step` (the real PPP step: micro-batch
     scan, chunked log-probs, clipped objective, AdamW) on [compile.batch, compile.seq_len] for
-    `devices`. donate: whether the state is donated (`ppp train` does not donate it, so its new
+    `devices` (lower_only: traced, not compiled). donate: whether the state is donated (`ppp train` does not donate it, so its new
     state is a separate output; the iteration check compiles it that way)."""
     from ppp_jax.rl import train_step as ts
 
@@ -133,7 +133,7 @@ def compile_train(cc: CompileConfig, devices: Sequence[jax.Device], *,
         t0 = time.perf_counter()
         lowered = jitted.lower(setup.state, batch)
         t1 = time.perf_counter()
-        compiled = compile_lowered(lowered)
+        compiled = compile_lowered(lowered, lower_only)
         t2 = time.perf_counter()
     resident = {"params": per_chip_bytes(setup.state.params),
                 "optimizer": per_chip_bytes(setup.state.opt_state)}
@@ -145,7 +145,7 @@ def compile_train(cc: CompileConfig, devices: Sequence[jax.Device], *,
 
 
 def compile_logprob(cc: CompileConfig, devices: Sequence[jax.Device], *, rows: int,
-                    num_micro: int) -> StepReport:
+                    num_micro: int, lower_only: bool = False) -> StepReport:
     """AOT-compiles the π_old pass (`ppp_jax.rl.train_step.make_logprob_fn`, as the trainer builds
     it: `num_micro` micro-batches, rows over data x fsdp) over a rollout batch of `rows` x
     compile.seq_len tokens."""
@@ -159,7 +159,7 @@ def compile_logprob(cc: CompileConfig, devices: Sequence[jax.Device], *, rows: i
         t0 = time.perf_counter()
         lowered = jitted.lower(setup.params, batch)
         t1 = time.perf_counter()
-        compiled = compile_lowered(lowered)
+        compiled = compile_lowered(lowered, lower_only)
         t2 = time.perf_counter()
     flops = forward_model_flops(setup.mcfg, rows, spec.seq_len, spec.seq_len / 2, len(devices))
     return _report(compiled, step="logprob", cc=cc, devices=devices, mesh=setup.mesh,

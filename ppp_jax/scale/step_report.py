@@ -38,10 +38,12 @@ class StepReport:
     # per-chip bytes of the arguments that stay resident between calls, by kind (train:
     # params / optimizer; engine: weights / kv_pools), for the iteration check (scale/iteration.py)
     resident_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
+    lowered_only: bool = False  # `ppp compile --dry-run`: traced and laid out, not compiled
 
     @property
     def fits(self) -> bool:
-        return not self.compiler_error and self.peak_bytes <= self.hbm_bytes
+        return (not self.lowered_only and not self.compiler_error
+                and self.peak_bytes <= self.hbm_bytes)
 
     @property
     def tight(self) -> bool:
@@ -56,6 +58,9 @@ class StepReport:
         head = f"[{self.step}] {self.topology} mesh {self.mesh}"
         if self.note:
             head += f"\n  layout       {self.note}"
+        if self.lowered_only:
+            return (f"{head}\n  lowered in {self.lower_s:.1f} s: shapes and shardings agree "
+                    f"(--dry-run: not compiled, no memory figures)")
         if self.compiler_error:
             return (f"{head}\n  DOES NOT FIT: the TPU "
                     f"compiler ran out of HBM after {self.compile_s:.1f} s: {self.compiler_error}")
@@ -122,10 +127,16 @@ def oom_bytes(message: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else 0
 
 
-def compile_lowered(lowered):
+def compile_lowered(lowered, lower_only: bool = False):
     """`lowered.compile()`, or — when the TPU compiler itself refuses because the program needs
     more HBM than the chip has — a placeholder StepReport carrying the compiler's message and the
-    memory it asked for (the caller fills in step, topology and timings)."""
+    memory it asked for (the caller fills in step, topology and timings). lower_only: nothing is
+    compiled; a placeholder marked `lowered_only` is returned (`ppp compile --dry-run`)."""
+    if lower_only:
+        return StepReport(step="", topology="", mesh={}, argument_bytes=0, output_bytes=0,
+                          alias_bytes=0, temp_bytes=0, peak_bytes=0, compiler_peak_bytes=0,
+                          generated_code_bytes=0, flops=float("nan"), model_flops=float("nan"),
+                          tokens=0, lower_s=0.0, compile_s=0.0, hbm_bytes=0.0, lowered_only=True)
     try:
         return lowered.compile()
     except Exception as e:  # JaxRuntimeError: RESOURCE_EXHAUSTED
