@@ -37,6 +37,22 @@ TRAIN_KEYS = ("score/reward", "score/r_prod", "score/r_proact", "score/r_pers",
               "score/productivity", "score/proactivity", "score/personalization")
 
 
+def run_environment() -> dict[str, str]:
+    """The interpreter and numeric packages a report was made with. The demo's stdlib tasks are
+    drawn from the running Python's own standard library (`envs.domains.stdlib_loc`), so another
+    Python version means other tasks and other figures."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "machine": platform.machine()}
+    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "tokenizers"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
 def _kinds(result: Mapping[str, Any]) -> dict[str, Any]:
     return {kind: {k: result[kind].get(k) for k in SCORE_KEYS} for kind in ("vague", "precise")
             if kind in result}
@@ -137,6 +153,7 @@ def write_report(out: str | Path, cfg: Any, before: Mapping[str, Any], after: Ma
         "settings": {"config": cfgmod.to_dict(cfg) if cfg is not None else {},
                      "eval": after.get("settings", {})},
         "plots": {k: p.name for k, p in plots.items() if p is not None},
+        "environment": run_environment(),
     }
     md = [f"# PPP in miniature: run `{getattr(cfg, 'name', '')}`", ""]
     if model_info:
@@ -148,6 +165,8 @@ def write_report(out: str | Path, cfg: Any, before: Mapping[str, Any], after: Ma
     md += [f"Evaluation: {es.get('tasks', '?')} held-out tasks × preferences "
            f"{', '.join(es.get('preferences', []))}; prompt kinds {', '.join(es.get('prompt_kinds', []))}; "
            f"temperature {es.get('temperature')}; scores in %.", "",
+           f"Made with Python {summary['environment']['python']} (the tasks are drawn from its "
+           f"standard library), jax {summary['environment']['jax']}.", "",
            "## Before vs after PPP", "", compare_table(before, after), ""]
     for name, label in (("reward", "Reward components"), ("ask", "Ask ratio"),
                         ("effort", "Questions by effort")):
