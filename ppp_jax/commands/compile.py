@@ -139,10 +139,17 @@ def _trainer_shape(args: argparse.Namespace, cc):
 
     if not {"data", "rollout"} & file_sections(args.config):
         return None, []
+    from ppp_jax.config.loader import ConfigError
+
     run_cfg = load_run_config(args.config, _overrides(args))
     sizes = dict(zip(cc.sharding.mesh.axes,
                      cc.sharding.mesh.resolved_shape(topology_chips(cc.compile.topology))))
-    shape = trainer_shape(run_cfg, math.prod(sizes.get(a, 1) for a in ("data", "fsdp")))
+    try:
+        shape = trainer_shape(run_cfg, math.prod(sizes.get(a, 1) for a in ("data", "fsdp")))
+    except ConfigError as e:
+        if cc.compile.batch and cc.compile.seq_len:  # the compile section gives the shapes
+            return None, [str(e)]
+        raise
     return shape, trainer_mismatch(cc, shape)
 
 
