@@ -181,9 +181,10 @@ def test_the_shipped_configs_are_the_ones_checked_here():
 
 
 def test_serve_config_loads():
-    from ppp_jax.sampling.server import load_serve_config
+    from ppp_jax.commands.serve import ServeConfig
+    from ppp_jax.config.loader import load_config
 
-    cfg = load_serve_config(str(ROOT / "configs" / "serve_tiny.yaml"))
+    cfg = load_config(ROOT / "configs" / "serve_tiny.yaml", ServeConfig)
     assert cfg.engine.num_slots > 0 and cfg.engine.max_seq_len > 0
 
 
