@@ -29,6 +29,13 @@ ATTENTION_IMPLS = ("xla", "cudnn", "splash")
 
 _HF_MODEL_TYPE = "seed_oss"
 _HF_ARCHITECTURE = "SeedOssForCausalLM"
+# The decoder families of the same shape (pre-norm, GQA, half-split RoPE, SwiGLU): Hugging Face
+# model_type -> architecture. They differ only in which projections carry biases (below) and in
+# config spelling; their weight names are the same.
+FAMILIES = {"seed_oss": "SeedOssForCausalLM", "llama": "LlamaForCausalLM",
+            "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+# RoPE variants implemented (transformers' rope_type names); others are refused by name.
+ROPE_TYPES = ("default", "linear", "llama3")
 
 
 class ModelConfigError(ValueError):
@@ -67,6 +74,17 @@ class ModelConfig:
     dtype: str = "float32"  # compute (activation) dtype; norms, softmax, silu run in fp32 inside
     remat: Literal["none", "full", "save_dots"] = "none"  # jax.checkpoint policy of each layer
     attention_impl: Literal["xla", "cudnn", "splash"] = "xla"
+    # The Hugging Face family the weights came from and go back to (`FAMILIES`); the forward
+    # pass is the same for all of them, given the bias flags above.
+    family: str = "seed_oss"
+    # Scaled RoPE (transformers' rope_type): "linear" divides every frequency by rope_factor;
+    # "llama3" divides the low frequencies by rope_factor and interpolates the middle band
+    # between rope_low_freq_factor and rope_high_freq_factor of rope_original_max_position.
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position: int = 8192
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -97,6 +115,21 @@ class ModelConfig:
             raise ModelConfigError(f"ModelConfig.rope_theta must be positive, got {self.rope_theta!r}")
         if not self.rms_norm_eps > 0:
             raise ModelConfigError(f"ModelConfig.rms_norm_eps must be positive, got {self.rms_norm_eps!r}")
+        if self.family not in FAMILIES:
+            raise ModelConfigError(
+                f"ModelConfig.family={self.family!r} is not one of {sorted(FAMILIES)}")
+        if self.rope_type not in ROPE_TYPES:
+            raise ModelConfigError(
+                f"ModelConfig.rope_type={self.rope_type!r} is not one of {list(ROPE_TYPES)}")
+        if not self.rope_factor >= 1.0:
+            raise ModelConfigError(f"ModelConfig.rope_factor must be >= 1, got {self.rope_factor!r}")
+        if self.rope_type == "llama3" and not (
+                0 < self.rope_low_freq_factor < self.rope_high_freq_factor
+                and self.rope_original_max_position > 0):
+            raise ModelConfigError(
+                "ModelConfig: llama3 RoPE needs 0 < rope_low_freq_factor < rope_high_freq_factor "
+                f"and rope_original_max_position > 0, got {self.rope_low_freq_factor!r}, "
+                f"{self.rope_high_freq_factor!r}, {self.rope_original_max_position!r}")
 
     # ---- derived sizes -------------------------------------------------------------------
     @property
@@ -164,24 +197,31 @@ class ModelConfig:
         off. `overrides` (e.g. `dtype="bfloat16"`, `remat="full"`) are applied last.
         """
         model_type = d.get("model_type")
-        if model_type != _HF_MODEL_TYPE:
+        if model_type not in FAMILIES:
             raise ModelConfigError(
-                f"unsupported model_type {model_type!r}: ppp_jax.model implements only "
-                f"{_HF_MODEL_TYPE!r} (Seed-OSS)")
+                f"unsupported model_type {model_type!r}: ppp_jax.model implements "
+                f"{sorted(FAMILIES)} (Seed-OSS and the decoders of the same shape)")
         archs = d.get("architectures")
         if archs is not None:
-            bad = [a for a in archs if a != _HF_ARCHITECTURE]
+            bad = [a for a in archs if a != FAMILIES[model_type]]
             if bad or not archs:
                 raise ModelConfigError(
-                    f"unsupported architectures {archs!r}: ppp_jax.model implements only "
-                    f"[{_HF_ARCHITECTURE!r}]")
+                    f"unsupported architectures {archs!r} for model_type {model_type!r}: "
+                    f"ppp_jax.model implements [{FAMILIES[model_type]!r}]")
+        if model_type == "mistral" and d.get("sliding_window") is not None:
+            raise ModelConfigError(
+                f"sliding_window={d['sliding_window']!r}: sliding-window attention is not "
+                "implemented; only Mistral checkpoints with sliding_window null load")
+        if model_type == "qwen2" and d.get("use_sliding_window"):
+            raise ModelConfigError(
+                "use_sliding_window=true: sliding-window attention is not implemented")
         act = d.get("hidden_act", "silu")
         if act != "silu":
             raise ModelConfigError(f"unsupported hidden_act {act!r}: Seed-OSS uses 'silu'")
         if d.get("pretraining_tp", 1) not in (1, None):
             raise ModelConfigError(f"unsupported pretraining_tp {d['pretraining_tp']!r} (only 1)")
 
-        theta = _parse_rope_theta(d)
+        rope = _parse_rope(d)
         required = {"vocab_size": "vocab_size", "hidden_size": "hidden_size",
                     "intermediate_size": "intermediate_size", "num_layers": "num_hidden_layers",
                     "num_heads": "num_attention_heads"}
@@ -192,12 +232,14 @@ class ModelConfig:
         kw["num_kv_heads"] = d.get("num_key_value_heads") or d["num_attention_heads"]
         head_dim = d.get("head_dim")
         kw["head_dim"] = head_dim if head_dim is not None else d["hidden_size"] // d["num_attention_heads"]
-        kw["rope_theta"] = theta
-        for key in ("rms_norm_eps", "attention_bias", "attention_out_bias", "mlp_bias",
-                    "tie_word_embeddings", "attention_dropout", "residual_dropout",
-                    "max_position_embeddings", "bos_token_id", "pad_token_id"):
+        kw.update(rope)
+        kw["family"] = model_type
+        for key in ("rms_norm_eps", "tie_word_embeddings", "attention_dropout",
+                    "residual_dropout", "max_position_embeddings", "bos_token_id",
+                    "pad_token_id"):
             if d.get(key) is not None:
                 kw[key] = d[key]
+        kw.update(_family_biases(model_type, d))
         eos = d.get("eos_token_id")
         if isinstance(eos, list):
             eos = eos[0] if eos else None
@@ -222,13 +264,22 @@ class ModelConfig:
         return cls.from_hf_dict(d, **overrides)
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """A dict `transformers.SeedOssConfig(**d)` accepts and `config.json` export can write.
+        """A dict the family's transformers config (`SeedOssConfig`, `LlamaConfig`,
+        `Qwen2Config`, `MistralConfig`) accepts and `config.json` export can write.
 
-        Uses the 5.x `rope_parameters` spelling. `dtype` records the parameter dtype.
+        Uses the 5.x `rope_parameters` spelling. `dtype` records the parameter dtype. Refuses
+        bias flags the family cannot express (e.g. an o_proj bias without q/k/v biases in Llama).
         """
-        return {
-            "architectures": [_HF_ARCHITECTURE],
-            "model_type": _HF_MODEL_TYPE,
+        rope: dict[str, Any] = {"rope_type": self.rope_type, "rope_theta": self.rope_theta}
+        if self.rope_type in ("linear", "llama3"):
+            rope["factor"] = self.rope_factor
+        if self.rope_type == "llama3":
+            rope.update(low_freq_factor=self.rope_low_freq_factor,
+                        high_freq_factor=self.rope_high_freq_factor,
+                        original_max_position_embeddings=self.rope_original_max_position)
+        out = {
+            "architectures": [FAMILIES[self.family]],
+            "model_type": self.family,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -239,46 +290,93 @@ class ModelConfig:
             "hidden_act": "silu",
             "max_position_embeddings": self.max_position_embeddings,
             "rms_norm_eps": self.rms_norm_eps,
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
-            "attention_bias": self.attention_bias,
-            "attention_out_bias": self.attention_out_bias,
-            "mlp_bias": self.mlp_bias,
+            "rope_parameters": rope,
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_dropout": self.attention_dropout,
-            "residual_dropout": self.residual_dropout,
             "bos_token_id": self.bos_token_id,
             "pad_token_id": self.pad_token_id,
             "eos_token_id": self.eos_token_id,
             "dtype": self.param_dtype,
         }
+        biases = (self.attention_bias, self.attention_out_bias, self.mlp_bias)
+        if self.family == "seed_oss":
+            out.update(attention_bias=self.attention_bias,
+                       attention_out_bias=self.attention_out_bias, mlp_bias=self.mlp_bias,
+                       residual_dropout=self.residual_dropout)
+            return out
+        allowed = {"llama": {(False, False, False), (True, True, False), (False, False, True),
+                             (True, True, True)},
+                   "qwen2": {(True, False, False)}, "mistral": {(False, False, False)}}
+        if biases not in allowed[self.family]:
+            raise ModelConfigError(
+                f"family {self.family!r} cannot express attention_bias={biases[0]}, "
+                f"attention_out_bias={biases[1]}, mlp_bias={biases[2]}")
+        if self.residual_dropout:
+            raise ModelConfigError(f"family {self.family!r} has no residual dropout")
+        if self.family == "llama":
+            out.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
+        if self.family in ("mistral", "qwen2"):
+            out["sliding_window"] = None
+        return out
 
 
-def _parse_rope_theta(d: dict[str, Any]) -> float:
-    """RoPE theta from either spelling; refuses scaled RoPE variants by name."""
+def _family_biases(model_type: str, d: dict[str, Any]) -> dict[str, bool]:
+    """Which projections carry a bias, as each family's transformers modeling builds them."""
+    if model_type == "seed_oss":
+        return {k: d[k] for k in ("attention_bias", "attention_out_bias", "mlp_bias")
+                if d.get(k) is not None}
+    if model_type == "llama":  # attention_bias covers q, k, v and o
+        bias = bool(d.get("attention_bias", False))
+        return {"attention_bias": bias, "attention_out_bias": bias,
+                "mlp_bias": bool(d.get("mlp_bias", False)), "residual_dropout": 0.0}
+    if model_type == "qwen2":  # q, k, v biased; o and the MLP not
+        return {"attention_bias": True, "attention_out_bias": False, "mlp_bias": False,
+                "residual_dropout": 0.0}
+    return {"attention_bias": False, "attention_out_bias": False, "mlp_bias": False,
+            "residual_dropout": 0.0}  # mistral
+
+
+def _parse_rope(d: dict[str, Any]) -> dict[str, Any]:
+    """RoPE fields of ModelConfig from either spelling (5.x `rope_parameters`, 4.x `rope_theta` +
+    `rope_scaling`); refuses variants outside ROPE_TYPES, naming the field and the type."""
     params = d.get("rope_parameters")
     scaling = d.get("rope_scaling")
+    where = "rope_parameters"
     if params is not None:
         if not isinstance(params, dict):
             raise ModelConfigError(f"rope_parameters must be a mapping, got {params!r}")
-        rope_type = params.get("rope_type", params.get("type", "default"))
-        theta = params.get("rope_theta", d.get("rope_theta"))
+        spec = dict(params)
+        theta = spec.get("rope_theta", d.get("rope_theta"))
     else:
-        rope_type = "default"
-        if scaling is not None:
-            if not isinstance(scaling, dict):
-                raise ModelConfigError(f"rope_scaling must be a mapping or null, got {scaling!r}")
-            rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+        where = "rope_scaling"
+        if scaling is not None and not isinstance(scaling, dict):
+            raise ModelConfigError(f"rope_scaling must be a mapping or null, got {scaling!r}")
+        spec = dict(scaling or {})
         theta = d.get("rope_theta")
-    if rope_type != "default":
+    rope_type = spec.get("rope_type", spec.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
         raise ModelConfigError(
-            f"unsupported RoPE type {rope_type!r}: Seed-OSS uses plain RoPE ('default'); "
-            "scaled variants (linear, dynamic, yarn, llama3, ...) are not implemented")
+            f"unsupported RoPE type {rope_type!r} ({where}.rope_type): implemented are "
+            f"{list(ROPE_TYPES)}")
     if theta is None:
         # transformers would silently fall back to 1e4 here; Seed-OSS needs 1e7, so refuse.
         raise ModelConfigError(
             "config.json has no rope_theta (neither top-level nor in rope_parameters); refusing "
             "to guess (transformers' default 1e4 would be wrong for Seed-OSS, which uses 1e7)")
-    return float(theta)
+    out: dict[str, Any] = {"rope_theta": float(theta), "rope_type": rope_type}
+    if rope_type in ("linear", "llama3"):
+        if "factor" not in spec:
+            raise ModelConfigError(f"{where}: RoPE type {rope_type!r} needs 'factor'")
+        out["rope_factor"] = float(spec["factor"])
+    if rope_type == "llama3":
+        missing = [k for k in ("low_freq_factor", "high_freq_factor",
+                               "original_max_position_embeddings") if k not in spec]
+        if missing:
+            raise ModelConfigError(f"{where}: llama3 RoPE needs {missing}")
+        out.update(rope_low_freq_factor=float(spec["low_freq_factor"]),
+                   rope_high_freq_factor=float(spec["high_freq_factor"]),
+                   rope_original_max_position=int(spec["original_max_position_embeddings"]))
+    return out
 
 
 def seed_oss_36b(**overrides: Any) -> ModelConfig:

@@ -20,6 +20,8 @@ the same module class, so the per-layer code never sees the L axis.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import jax
@@ -149,15 +151,40 @@ class RMSNorm(nnx.Module):
 # ---- RoPE ------------------------------------------------------------------------------------
 
 
-def rope_inv_freq(head_dim: int, theta: float) -> jax.Array:
-    """float32 [H/2]: 1 / theta^(2j/H). Written exactly like this it equals torch's bitwise."""
-    return 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=F32) / head_dim))
+def rope_inv_freq(head_dim: int, theta: float, rope_type: str = "default", factor: float = 1.0,
+                  low_freq_factor: float = 1.0, high_freq_factor: float = 4.0,
+                  original_max_position: int = 8192) -> jax.Array:
+    """float32 [H/2]: 1 / theta^(2j/H), scaled as transformers scales it for `rope_type`.
+
+    "linear": every frequency / factor. "llama3": wavelengths longer than
+    original_max_position / low_freq_factor are divided by factor, shorter than
+    original_max_position / high_freq_factor kept, the band between interpolated. Written in
+    transformers' order of float32 operations (the default equals torch's bitwise).
+    """
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=F32) / head_dim))
+    if rope_type == "linear":
+        return inv_freq / factor
+    if rope_type == "llama3":
+        low_wavelen = original_max_position / low_freq_factor
+        high_wavelen = original_max_position / high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (original_max_position / wavelen - low_freq_factor) / (
+            high_freq_factor - low_freq_factor)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return jnp.where(medium, smoothed, scaled)
+    if rope_type != "default":
+        raise ValueError(f"unknown rope_type {rope_type!r}")
+    return inv_freq
 
 
 def rope_tables(positions: jax.Array, head_dim: int, theta: float,
-                dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
-    """positions int [B, T] -> (cos, sin), each [B, T, H] in `dtype` (computed in float32)."""
-    inv_freq = rope_inv_freq(head_dim, theta)
+                dtype: jnp.dtype, inv_freq: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """positions int [B, T] -> (cos, sin), each [B, T, H] in `dtype` (computed in float32).
+    inv_freq: float32 [H/2] (default: plain RoPE of `theta`; see `rope_inv_freq`)."""
+    if inv_freq is None:
+        inv_freq = rope_inv_freq(head_dim, theta)
     ang = positions.astype(F32)[..., None] * inv_freq  # [B, T, H/2]
     emb = jnp.concatenate([ang, ang], axis=-1)  # [B, T, H]
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)

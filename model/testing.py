@@ -24,21 +24,24 @@ _TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float
 
 def write_tiny_hf_checkpoint(path: str | Path, seed: int = 0, dtype: str = "float32",
                              **config_overrides: Any) -> Path:
-    """Writes a random `SeedOssForCausalLM` with `save_pretrained` into `path`; returns `path`.
+    """Writes a random `SeedOssForCausalLM` (or, with `family=...`, that family's transformers
+    model) with `save_pretrained` into `path`; returns `path`.
 
     The architecture is `config.tiny(**config_overrides)` (ModelConfig field names, e.g.
-    `num_kv_heads=2`, `mlp_bias=True`). Weights are random with larger-than-default scales, and
+    `num_kv_heads=2`, `mlp_bias=True`, `family="qwen2"`). Weights are random with larger-than-default scales, and
     norm weights and biases are random too (not ones/zeros), so that a wrong cast, transpose,
     missing bias or mask shows up in the logits. `dtype` is the stored dtype ("float32" or
     "bfloat16").
     """
     import torch
-    from transformers import SeedOssConfig, SeedOssForCausalLM
+    import transformers
 
     cfg = tiny(**{"param_dtype": dtype, **config_overrides})
-    hf_cfg = SeedOssConfig(**cfg.to_hf_dict())
+    arch = cfg.to_hf_dict()["architectures"][0]  # the family's class, e.g. LlamaForCausalLM
+    config_class = getattr(transformers, arch.replace("ForCausalLM", "Config"))
+    hf_cfg = config_class(**cfg.to_hf_dict())
     torch.manual_seed(seed)
-    model = SeedOssForCausalLM(hf_cfg).eval()
+    model = getattr(transformers, arch)(hf_cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -56,15 +59,16 @@ def write_tiny_hf_checkpoint(path: str | Path, seed: int = 0, dtype: str = "floa
 
 
 def load_hf_reference(path: str | Path, dtype: str = "float32"):
-    """The torch `SeedOssForCausalLM` at `path`, eager attention, in eval mode.
+    """The torch model at `path` (its family's class, by config.json), eager attention, in eval
+    mode.
 
     Loaded with `from_pretrained(dtype=...)`, never cast afterwards (`.to(bf16)` would round the
     RoPE inv_freq buffer and change the reference; seed_oss.md §2.8).
     """
     import torch
-    from transformers import SeedOssForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    model = SeedOssForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         path, dtype=getattr(torch, _TORCH_DTYPES[dtype]), attn_implementation="eager")
     return model.eval()
 

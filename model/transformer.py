@@ -44,7 +44,15 @@ from ppp_jax.model import axes as ax
 from ppp_jax.model import sharding as shd
 from ppp_jax.model.attention import Attention
 from ppp_jax.model.config import ModelConfig
-from ppp_jax.model.layers import MLP, Embed, Linear, RMSNorm, dtype_of, rope_tables
+from ppp_jax.model.layers import (
+    MLP,
+    Embed,
+    Linear,
+    RMSNorm,
+    dtype_of,
+    rope_inv_freq,
+    rope_tables,
+)
 
 if TYPE_CHECKING:
     from ppp_jax.model.kv_cache import KVCache
@@ -159,7 +167,10 @@ class SeedOssForCausalLM(nnx.Module):
         positions = positions.astype(jnp.int32)
         segment_ids = segment_ids.astype(jnp.int32)
         x = shd.constrain(self.embed(tokens), ax.ACT_BTD, name="embeddings")  # [B, T, D]
-        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta, dtype_of(c.dtype))
+        inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_type, c.rope_factor,
+                                 c.rope_low_freq_factor, c.rope_high_freq_factor,
+                                 c.rope_original_max_position)
+        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta, dtype_of(c.dtype), inv_freq)
         graphdef, params = nnx.split(self.layers)
         states = cache.layer_states() if cache is not None else None
         keys = jax.random.split(dropout_key, c.num_layers) if dropout_key is not None else None

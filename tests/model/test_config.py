@@ -67,18 +67,24 @@ def test_wrong_architecture_is_refused_by_name(field, value, needle):
 
 @pytest.mark.parametrize("rope", [
     {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
-    {"rope_scaling": {"type": "linear", "factor": 2.0}},
+    {"rope_scaling": {"type": "dynamic", "factor": 2.0}},
 ])
-def test_scaled_rope_is_refused_legacy(rope):
+def test_unimplemented_scaled_rope_is_refused_legacy(rope):
     with pytest.raises(ModelConfigError, match="unsupported RoPE type"):
         ModelConfig.from_hf_dict(dict(LEGACY, **rope))
 
 
-def test_scaled_rope_is_refused_new_spelling():
+def test_scaled_rope_new_spelling_needs_its_parameters():
     d = new_spelling()
     d["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}
-    with pytest.raises(ModelConfigError, match="'llama3'"):
+    with pytest.raises(ModelConfigError, match="llama3 RoPE needs"):
         ModelConfig.from_hf_dict(d)
+    d["rope_parameters"].update(low_freq_factor=1.0, high_freq_factor=4.0,
+                                original_max_position_embeddings=8192)
+    c = ModelConfig.from_hf_dict(d)
+    assert (c.rope_type, c.rope_factor, c.rope_original_max_position) == ("llama3", 8.0, 8192)
+    legacy = ModelConfig.from_hf_dict(dict(LEGACY, rope_scaling={"type": "linear", "factor": 2.0}))
+    assert (legacy.rope_type, legacy.rope_factor) == ("linear", 2.0)
 
 
 def test_missing_theta_is_refused_not_defaulted():

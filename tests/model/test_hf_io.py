@@ -171,12 +171,12 @@ def test_bad_tensors_are_named(fp32_ckpt, tmp_path, change, pattern):
 
 
 def test_wrong_architecture_is_refused_by_name(fp32_ckpt, tmp_path):
-    bad = tmp_path / "llama"
+    bad = tmp_path / "gemma"
     shutil.copytree(fp32_ckpt, bad)
     cfg = json.loads((bad / "config.json").read_text())
-    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"])
+    cfg.update(model_type="gemma", architectures=["GemmaForCausalLM"])
     (bad / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelConfigError, match="'llama'"):
+    with pytest.raises(ModelConfigError, match="'gemma'"):
         api.load_pretrained(bad)
 
 

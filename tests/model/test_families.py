@@ -1,0 +1,135 @@
+"""The Llama, Qwen2 and Mistral families beside Seed-OSS: checkpoints written by transformers' own
+classes load through our Hugging Face loader (`load_hf`, the path every command uses) and give
+transformers' logits; RoPE scaling (linear, llama3) at positions beyond the original context;
+export writes the family's own format back; what is not implemented is refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ppp_jax.model import testing as mt
+from ppp_jax.model.config import ModelConfig, ModelConfigError
+from ppp_jax.model.hf_io import load_hf, save_hf
+from tests.model.test_parity import compare, fp32_bound, hf_forward, jax_forward, padded_batch
+
+# Odd sizes (tiny defaults V=67, D=24, H=10 != D/N): GQA 1 and GQA 4, tied and untied.
+FAMILIES = {
+    "llama_gqa4_tied": dict(family="llama", attention_bias=False, attention_out_bias=False,
+                            tie_word_embeddings=True),
+    "llama_bias_gqa1": dict(family="llama", num_heads=3, num_kv_heads=3, attention_bias=True,
+                            attention_out_bias=True, mlp_bias=True),
+    "qwen2_gqa2": dict(family="qwen2", num_heads=4, num_kv_heads=2, attention_bias=True,
+                       attention_out_bias=False, rope_theta=1e6),
+    "mistral_gqa4": dict(family="mistral", attention_bias=False, attention_out_bias=False),
+    "llama3_rope": dict(family="llama", attention_bias=False, attention_out_bias=False,
+                        rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1.0,
+                        rope_high_freq_factor=4.0, rope_original_max_position=16,
+                        rope_theta=5e5),
+    "linear_rope": dict(family="llama", attention_bias=False, attention_out_bias=False,
+                        rope_type="linear", rope_factor=4.0),
+}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_loads_through_load_hf_and_matches_transformers(name, hf_checkpoint):
+    path = hf_checkpoint(name, **FAMILIES[name])
+    written = json.loads((path / "config.json").read_text())
+    assert written["model_type"] == FAMILIES[name]["family"]
+    model, config = load_hf(path)
+    assert config.family == FAMILIES[name]["family"]
+    for key in ("attention_bias", "attention_out_bias", "rope_type"):
+        if key in FAMILIES[name]:
+            assert getattr(config, key) == FAMILIES[name][key], key
+    ref = mt.load_hf_reference(path, "float32")
+    compare(name, model, ref, None)
+
+
+def test_scaled_rope_beyond_the_original_context(hf_checkpoint):
+    """llama3 and linear scaling at positions 0..95, past rope_original_max_position (16): the
+    scaled frequencies are what make these logits differ from plain RoPE's."""
+    for name in ("llama3_rope", "linear_rope"):
+        path = hf_checkpoint(name, **FAMILIES[name])
+        model, config = load_hf(path)
+        ref = mt.load_hf_reference(path, "float32")
+        rng = np.random.RandomState(7)
+        tokens = rng.randint(3, config.vocab_size, size=(1, 96)).astype(np.int32)
+        positions = np.arange(96, dtype=np.int32)[None]
+        mask = np.ones_like(tokens)
+        theirs, _ = hf_forward(ref, tokens, positions, mask)
+        ours, _ = jax_forward(model, tokens, positions, mask)
+        tol = fp32_bound(config, 96, float(np.abs(theirs).max()))
+        assert float(np.abs(ours - theirs).max()) <= tol, name
+        plain, _ = jax_forward(_with_plain_rope(model), tokens, positions, mask)
+        assert float(np.abs(plain - theirs).max()) > 100 * tol, f"{name}: scaling had no effect"
+
+
+def _with_plain_rope(model):
+    """The same weights under plain RoPE."""
+    return _rebuild(model, model.config.replace(rope_type="default"))
+
+
+def _rebuild(model, config):
+    from flax import nnx
+
+    from ppp_jax.model.transformer import SeedOssForCausalLM
+
+    other = SeedOssForCausalLM(config, rngs=nnx.Rngs(0))
+    nnx.update(other, nnx.state(model, nnx.Param))
+    return other
+
+
+@pytest.mark.parametrize("name", ["llama_bias_gqa1", "qwen2_gqa2", "llama3_rope"])
+def test_export_writes_the_family_format_back(name, hf_checkpoint, tmp_path):
+    path = hf_checkpoint(name, **FAMILIES[name])
+    model, config = load_hf(path)
+    out = save_hf(model, config, tmp_path / "export")
+    written = json.loads((out / "config.json").read_text())
+    assert written["model_type"] == config.family
+    assert written["architectures"] == [mt_arch(config.family)]
+    again = mt.load_hf_reference(out, "float32")  # transformers reads it as its own family
+    assert type(again).__name__ == mt_arch(config.family)
+    tokens, positions, mask = padded_batch(config.vocab_size)
+    first, _ = hf_forward(mt.load_hf_reference(path, "float32"), tokens, positions, mask)
+    second, _ = hf_forward(again, tokens, positions, mask)
+    np.testing.assert_array_equal(first, second)  # same weights, same class: same program
+
+
+def mt_arch(family: str) -> str:
+    return {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+            "mistral": "MistralForCausalLM", "seed_oss": "SeedOssForCausalLM"}[family]
+
+
+BASE = {"vocab_size": 67, "hidden_size": 24, "intermediate_size": 40, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "rope_theta": 1e4}
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"model_type": "gemma", "architectures": ["GemmaForCausalLM"]}, "unsupported model_type 'gemma'"),
+    ({"model_type": "llama", "architectures": ["Qwen2ForCausalLM"]}, "for model_type 'llama'"),
+    ({"model_type": "mistral", "sliding_window": 4096}, "sliding_window=4096"),
+    ({"model_type": "qwen2", "use_sliding_window": True}, "use_sliding_window=true"),
+    ({"model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+     r"unsupported RoPE type 'yarn' \(rope_scaling.rope_type\)"),
+    ({"model_type": "llama", "rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4,
+                                                 "factor": 2.0}},
+     r"unsupported RoPE type 'dynamic' \(rope_parameters.rope_type\)"),
+    ({"model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+     r"llama3 RoPE needs \['low_freq_factor'"),
+])
+def test_what_is_not_implemented_is_refused_by_name(extra, message):
+    with pytest.raises(ModelConfigError, match=message):
+        ModelConfig.from_hf_dict({**BASE, **extra})
+
+
+def test_family_bias_rules_follow_transformers():
+    qwen = ModelConfig.from_hf_dict({**BASE, "model_type": "qwen2", "attention_bias": False})
+    assert (qwen.attention_bias, qwen.attention_out_bias, qwen.mlp_bias) == (True, False, False)
+    llama = ModelConfig.from_hf_dict({**BASE, "model_type": "llama", "attention_bias": True})
+    assert (llama.attention_bias, llama.attention_out_bias) == (True, True)
+    mistral = ModelConfig.from_hf_dict({**BASE, "model_type": "mistral", "sliding_window": None})
+    assert not (mistral.attention_bias or mistral.attention_out_bias or mistral.mlp_bias)
+    with pytest.raises(ModelConfigError, match="cannot express"):
+        qwen.replace(attention_out_bias=True).to_hf_dict()
