@@ -35,7 +35,7 @@ from flax import nnx
 from ppp_jax.model import axes as ax
 from ppp_jax.model import sharding as shd
 from ppp_jax.model import splash
-from ppp_jax.model.layers import F32, Linear, apply_rope
+from ppp_jax.model.layers import F32, Linear, RMSNorm, apply_rope
 
 if TYPE_CHECKING:
     from ppp_jax.model.kv_cache import KVCache
@@ -119,13 +119,14 @@ class Attention(nnx.Module):
     """Seed-OSS GQA attention: q/k/v projections (+bias), RoPE, attention, o_proj (+opt. bias).
 
     Params: q_proj.kernel [D, N, H], k_proj/v_proj.kernel [D, K, H], biases [N, H]/[K, H] iff
-    attention_bias; o_proj.kernel [N, H, D], bias [D] iff attention_out_bias.
+    attention_bias; o_proj.kernel [N, H, D], bias [D] iff attention_out_bias; with qk_norm
+    (Qwen3) q_norm.scale / k_norm.scale [H], an RMSNorm of each head's q and k before RoPE.
     """
 
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  qkv_bias: bool, out_bias: bool, impl: str, dropout_rate: float,
                  dtype: jnp.dtype, param_dtype: jnp.dtype, stack: int | None = None,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, qk_norm: bool = False, norm_eps: float = 1e-6):
         kw = dict(dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
         self.impl = impl
         self.q_proj = Linear((dim,), (num_heads, head_dim), (ax.EMBED,), (ax.HEADS, ax.HEAD_DIM),
@@ -137,6 +138,12 @@ class Attention(nnx.Module):
         self.o_proj = Linear((num_heads, head_dim), (dim,), (ax.HEADS, ax.HEAD_DIM), (ax.EMBED,),
                              use_bias=out_bias, **kw)
         self.dropout = nnx.Dropout(dropout_rate)
+        self.qk_norm = qk_norm
+        if qk_norm:
+            norm = dict(eps=norm_eps, dtype=dtype, param_dtype=param_dtype, stack=stack,
+                        axis=ax.HEAD_DIM)
+            self.q_norm = RMSNorm(head_dim, **norm)
+            self.k_norm = RMSNorm(head_dim, **norm)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, positions: jax.Array,
                  segment_ids: jax.Array, *, cache: KVCache | None = None, layer_state=None,
@@ -145,8 +152,11 @@ class Attention(nnx.Module):
 
         Returns (out [B, T, D] in `dtype`, new layer cache state or None).
         """
-        q = apply_rope(self.q_proj(x), cos, sin)  # [B, T, N, H]; bias is rotated too
-        k = apply_rope(self.k_proj(x), cos, sin)  # [B, T, K, H]
+        q, k = self.q_proj(x), self.k_proj(x)  # [B, T, N, H], [B, T, K, H]
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q, cos, sin)  # bias (and norm) rotated too
+        k = apply_rope(k, cos, sin)
         v = self.v_proj(x)  # [B, T, K, H]
         if cache is None:
             # Context parallelism (no-op off-mesh): queries keep their T shard, k/v are gathered.

@@ -33,7 +33,8 @@ _HF_ARCHITECTURE = "SeedOssForCausalLM"
 # model_type -> architecture. They differ only in which projections carry biases (below) and in
 # config spelling; their weight names are the same.
 FAMILIES = {"seed_oss": "SeedOssForCausalLM", "llama": "LlamaForCausalLM",
-            "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+            "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM",
+            "qwen3": "Qwen3ForCausalLM"}
 # RoPE variants implemented (transformers' rope_type names); others are refused by name.
 ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -77,6 +78,7 @@ class ModelConfig:
     # The Hugging Face family the weights came from and go back to (`FAMILIES`); the forward
     # pass is the same for all of them, given the bias flags above.
     family: str = "seed_oss"
+    qk_norm: bool = False  # Qwen3: RMSNorm of each head's q and k (weights [H]) before RoPE
     # Scaled RoPE (transformers' rope_type): "linear" divides every frequency by rope_factor;
     # "llama3" divides the low frequencies by rope_factor and interpolates the middle band
     # between rope_low_freq_factor and rope_high_freq_factor of rope_original_max_position.
@@ -151,7 +153,7 @@ class ModelConfig:
         if self.attention_out_bias:
             attn += d
         mlp = 3 * d * f + ((2 * f + d) if self.mlp_bias else 0)
-        per_layer = attn + mlp + 2 * d
+        per_layer = attn + mlp + 2 * d + (2 * h if self.qk_norm else 0)
         total = self.num_layers * per_layer + v * d + d  # layers, embedding, final norm
         if not self.tie_word_embeddings:
             total += d * v
@@ -212,7 +214,7 @@ class ModelConfig:
             raise ModelConfigError(
                 f"sliding_window={d['sliding_window']!r}: sliding-window attention is not "
                 "implemented; only Mistral checkpoints with sliding_window null load")
-        if model_type == "qwen2" and d.get("use_sliding_window"):
+        if model_type in ("qwen2", "qwen3") and d.get("use_sliding_window"):
             raise ModelConfigError(
                 "use_sliding_window=true: sliding-window attention is not implemented")
         act = d.get("hidden_act", "silu")
@@ -299,6 +301,8 @@ class ModelConfig:
             "dtype": self.param_dtype,
         }
         biases = (self.attention_bias, self.attention_out_bias, self.mlp_bias)
+        if self.qk_norm != (self.family == "qwen3"):
+            raise ModelConfigError(f"family {self.family!r} cannot express qk_norm={self.qk_norm}")
         if self.family == "seed_oss":
             out.update(attention_bias=self.attention_bias,
                        attention_out_bias=self.attention_out_bias, mlp_bias=self.mlp_bias,
@@ -306,7 +310,8 @@ class ModelConfig:
             return out
         allowed = {"llama": {(False, False, False), (True, True, False), (False, False, True),
                              (True, True, True)},
-                   "qwen2": {(True, False, False)}, "mistral": {(False, False, False)}}
+                   "qwen2": {(True, False, False)}, "mistral": {(False, False, False)},
+                   "qwen3": {(False, False, False), (True, True, False)}}
         if biases not in allowed[self.family]:
             raise ModelConfigError(
                 f"family {self.family!r} cannot express attention_bias={biases[0]}, "
@@ -315,7 +320,9 @@ class ModelConfig:
             raise ModelConfigError(f"family {self.family!r} has no residual dropout")
         if self.family == "llama":
             out.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
-        if self.family in ("mistral", "qwen2"):
+        if self.family == "qwen3":
+            out.update(attention_bias=self.attention_bias, use_sliding_window=False)
+        if self.family in ("mistral", "qwen2", "qwen3"):
             out["sliding_window"] = None
         return out
 
@@ -332,6 +339,10 @@ def _family_biases(model_type: str, d: dict[str, Any]) -> dict[str, bool]:
     if model_type == "qwen2":  # q, k, v biased; o and the MLP not
         return {"attention_bias": True, "attention_out_bias": False, "mlp_bias": False,
                 "residual_dropout": 0.0}
+    if model_type == "qwen3":  # attention_bias covers q, k, v and o; per-head q/k norm
+        bias = bool(d.get("attention_bias", False))
+        return {"attention_bias": bias, "attention_out_bias": bias, "mlp_bias": False,
+                "residual_dropout": 0.0, "qk_norm": True}
     return {"attention_bias": False, "attention_out_bias": False, "mlp_bias": False,
             "residual_dropout": 0.0}  # mistral
 

@@ -129,6 +129,9 @@ def tensor_maps(config: ModelConfig) -> list[TensorMap]:
         ]
     if config.attention_out_bias:
         per_layer.append(("self_attn.o_proj.bias", "attn.o_proj.bias", (D,), (D,), False))
+    if config.qk_norm:
+        per_layer += [("self_attn.q_norm.weight", "attn.q_norm.scale", (H,), (H,), False),
+                      ("self_attn.k_norm.weight", "attn.k_norm.scale", (H,), (H,), False)]
     if config.mlp_bias:
         per_layer += [
             ("mlp.gate_proj.bias", "mlp.gate_proj.bias", (F,), (F,), False),

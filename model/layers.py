@@ -136,10 +136,10 @@ class RMSNorm(nnx.Module):
     """HF/Llama RMSNorm: `scale * cast(x32 * rsqrt(mean(x32^2) + eps))`, `scale [D]` ("embed")."""
 
     def __init__(self, dim: int, *, eps: float, dtype: jnp.dtype, param_dtype: jnp.dtype,
-                 stack: int | None = None, rngs: nnx.Rngs | None = None):
+                 stack: int | None = None, rngs: nnx.Rngs | None = None, axis: str = ax.EMBED):
         self.eps = eps
         self.dtype = dtype
-        self.scale = make_param(rngs, (dim,), (ax.EMBED,), param_dtype, init="ones", stack=stack)
+        self.scale = make_param(rngs, (dim,), (axis,), param_dtype, init="ones", stack=stack)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [..., D] (any float dtype) -> [..., D] in `dtype`."""

@@ -108,6 +108,9 @@ def copy_torch_weights(model, torch_model) -> None:
         per_layer[("attn", "v_proj", "bias")] = ("self_attn.v_proj.bias", lambda b: b.reshape(k, h))
     if c.attention_out_bias:
         per_layer[("attn", "o_proj", "bias")] = ("self_attn.o_proj.bias", lambda b: b)
+    if c.qk_norm:
+        per_layer[("attn", "q_norm", "scale")] = ("self_attn.q_norm.weight", lambda w: w)
+        per_layer[("attn", "k_norm", "scale")] = ("self_attn.k_norm.weight", lambda w: w)
     if c.mlp_bias:
         for proj in ("gate_proj", "up_proj", "down_proj"):
             per_layer[("mlp", proj, "bias")] = (f"mlp.{proj}.bias", lambda b: b)

@@ -1,4 +1,4 @@
-"""The Llama, Qwen2 and Mistral families beside Seed-OSS: checkpoints written by transformers' own
+"""The Llama, Qwen2, Qwen3 (dense) and Mistral families beside Seed-OSS: checkpoints written by transformers' own
 classes load through our Hugging Face loader (`load_hf`, the path every command uses) and give
 transformers' logits; RoPE scaling (linear, llama3) at positions beyond the original context;
 export writes the family's own format back; what is not implemented is refused by name."""
@@ -24,6 +24,11 @@ FAMILIES = {
     "qwen2_gqa2": dict(family="qwen2", num_heads=4, num_kv_heads=2, attention_bias=True,
                        attention_out_bias=False, rope_theta=1e6),
     "mistral_gqa4": dict(family="mistral", attention_bias=False, attention_out_bias=False),
+    # Qwen3 dense: per-head q/k RMSNorm before RoPE (random norm weights), untied, GQA 2.
+    "qwen3_qknorm": dict(family="qwen3", qk_norm=True, num_heads=4, num_kv_heads=2,
+                         attention_bias=False, attention_out_bias=False, rope_theta=1e6),
+    "qwen3_bias_gqa1": dict(family="qwen3", qk_norm=True, num_heads=2, num_kv_heads=2,
+                            attention_bias=True, attention_out_bias=True, tie_word_embeddings=True),
     "llama3_rope": dict(family="llama", attention_bias=False, attention_out_bias=False,
                         rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1.0,
                         rope_high_freq_factor=4.0, rope_original_max_position=16,
@@ -81,7 +86,7 @@ def _rebuild(model, config):
     return other
 
 
-@pytest.mark.parametrize("name", ["llama_bias_gqa1", "qwen2_gqa2", "llama3_rope"])
+@pytest.mark.parametrize("name", ["llama_bias_gqa1", "qwen2_gqa2", "llama3_rope", "qwen3_qknorm"])
 def test_export_writes_the_family_format_back(name, hf_checkpoint, tmp_path):
     path = hf_checkpoint(name, **FAMILIES[name])
     model, config = load_hf(path)
@@ -98,7 +103,7 @@ def test_export_writes_the_family_format_back(name, hf_checkpoint, tmp_path):
 
 
 def mt_arch(family: str) -> str:
-    return {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+    return {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
             "mistral": "MistralForCausalLM", "seed_oss": "SeedOssForCausalLM"}[family]
 
 
@@ -111,6 +116,7 @@ BASE = {"vocab_size": 67, "hidden_size": 24, "intermediate_size": 40, "num_hidde
     ({"model_type": "llama", "architectures": ["Qwen2ForCausalLM"]}, "for model_type 'llama'"),
     ({"model_type": "mistral", "sliding_window": 4096}, "sliding_window=4096"),
     ({"model_type": "qwen2", "use_sliding_window": True}, "use_sliding_window=true"),
+    ({"model_type": "qwen3", "use_sliding_window": True}, "use_sliding_window=true"),
     ({"model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
      r"unsupported RoPE type 'yarn' \(rope_scaling.rope_type\)"),
     ({"model_type": "llama", "rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4,
@@ -133,3 +139,12 @@ def test_family_bias_rules_follow_transformers():
     assert not (mistral.attention_bias or mistral.attention_out_bias or mistral.mlp_bias)
     with pytest.raises(ModelConfigError, match="cannot express"):
         qwen.replace(attention_out_bias=True).to_hf_dict()
+    qwen3 = ModelConfig.from_hf_dict({**BASE, "model_type": "qwen3", "head_dim": 8})
+    assert qwen3.qk_norm and not qwen3.attention_bias and qwen3.head_dim == 8
+    with pytest.raises(ModelConfigError, match="qk_norm=True"):
+        qwen3.replace(family="llama").to_hf_dict()
+    # q_norm and k_norm are 2 x H parameters per layer, as transformers counts them
+    import transformers
+
+    hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**qwen3.to_hf_dict()))
+    assert qwen3.param_count() == sum(p.numel() for p in hf.parameters())

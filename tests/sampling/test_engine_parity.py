@@ -112,3 +112,40 @@ def test_bf16_logprobs_within_stated_bound(tiny_ckpt):
         worst = max(worst, float(np.max(np.abs(np.asarray(result.logprobs) - ref))))
     print(f"bf16 worst |engine - teacher forcing| = {worst:.4g}")
     assert worst < BF16_LOGPROB_BOUND, worst
+
+
+@pytest.mark.parametrize("family", [
+    # Qwen3: per-head q/k RMSNorm before RoPE, in the paged prefill and decode programs too
+    dict(family="qwen3", qk_norm=True, num_heads=4, num_kv_heads=2, attention_bias=False,
+         attention_out_bias=False, rope_theta=1e6),
+    # Llama 3.x: scaled RoPE (llama3) past the original context of 16 positions
+    dict(family="llama", attention_bias=False, attention_out_bias=False, rope_type="llama3",
+         rope_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+         rope_original_max_position=16, rope_theta=5e5),
+], ids=["qwen3", "llama3_rope"])
+def test_other_family_greedy_matches_transformers_generate(family, tmp_path):
+    """The engine on a checkpoint of another family (loaded by `load_pretrained` from the
+    family's own transformers files) decodes what transformers' `generate` decodes."""
+    import torch
+
+    from ppp_jax.model import api
+    from ppp_jax.sampling.engine import Engine
+
+    from .conftest import SMALL_ENGINE, TINY
+
+    path = mt.write_tiny_hf_checkpoint(tmp_path / "ckpt", seed=2, **{**TINY, **family})
+    hf = mt.load_hf_reference(path)
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 1
+    engine = Engine(api.load_pretrained(path), SMALL_ENGINE)
+    try:
+        prompts = PROMPTS[1:3]
+        results = engine.generate_batch(
+            [Request(p, SamplingParams(temperature=0.0, max_new_tokens=24)) for p in prompts])
+    finally:
+        engine.close()
+    for prompt, result in zip(prompts, results):
+        with torch.no_grad():
+            out = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                              max_new_tokens=24, min_new_tokens=24, do_sample=False)
+        assert result.token_ids == out[0, len(prompt):].tolist(), f"prompt of {len(prompt)} tokens"
