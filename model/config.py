@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +37,7 @@ FAMILIES = {"seed_oss": "SeedOssForCausalLM", "llama": "LlamaForCausalLM",
             "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM",
             "qwen3": "Qwen3ForCausalLM"}
 # RoPE variants implemented (transformers' rope_type names); others are refused by name.
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 class ModelConfigError(ValueError):
@@ -87,6 +88,13 @@ class ModelConfig:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_max_position: int = 8192
+    # "yarn": frequencies ramp from extrapolated (dims rotating more than rope_beta_fast times
+    # over the original context) to interpolated (fewer than rope_beta_slow), and cos/sin are
+    # multiplied by rope_attention_factor (derived from the factor when the file gives none).
+    rope_beta_fast: float = 32.0
+    rope_beta_slow: float = 1.0
+    rope_attention_factor: float = 1.0
+    rope_truncate: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -273,8 +281,13 @@ class ModelConfig:
         bias flags the family cannot express (e.g. an o_proj bias without q/k/v biases in Llama).
         """
         rope: dict[str, Any] = {"rope_type": self.rope_type, "rope_theta": self.rope_theta}
-        if self.rope_type in ("linear", "llama3"):
+        if self.rope_type in ("linear", "llama3", "yarn"):
             rope["factor"] = self.rope_factor
+        if self.rope_type == "yarn":
+            rope.update(original_max_position_embeddings=self.rope_original_max_position,
+                        beta_fast=self.rope_beta_fast, beta_slow=self.rope_beta_slow,
+                        attention_factor=self.rope_attention_factor,
+                        truncate=self.rope_truncate)
         if self.rope_type == "llama3":
             rope.update(low_freq_factor=self.rope_low_freq_factor,
                         high_freq_factor=self.rope_high_freq_factor,
@@ -375,6 +388,31 @@ def _parse_rope(d: dict[str, Any]) -> dict[str, Any]:
             "config.json has no rope_theta (neither top-level nor in rope_parameters); refusing "
             "to guess (transformers' default 1e4 would be wrong for Seed-OSS, which uses 1e7)")
     out: dict[str, Any] = {"rope_theta": float(theta), "rope_type": rope_type}
+    if rope_type == "yarn":
+        original = spec.get("original_max_position_embeddings",
+                            d.get("original_max_position_embeddings", d.get("max_position_embeddings")))
+        if original is None:
+            raise ModelConfigError(f"{where}: yarn RoPE needs original_max_position_embeddings")
+        factor = spec.get("factor")
+        if factor is None:
+            factor = d["max_position_embeddings"] / original
+        factor = float(factor)
+
+        def mscale(scale: float, m: float = 1.0) -> float:  # transformers' get_mscale
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        attention = spec.get("attention_factor")
+        if attention is None:
+            m, m_all = spec.get("mscale"), spec.get("mscale_all_dim")
+            attention = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+        out.update(rope_factor=factor, rope_original_max_position=int(original),
+                   rope_beta_fast=float(spec.get("beta_fast") or 32),
+                   rope_beta_slow=float(spec.get("beta_slow") or 1),
+                   rope_attention_factor=float(attention),
+                   rope_truncate=bool(spec.get("truncate", True)))
+        if spec.get("partial_rotary_factor", 1.0) != 1.0:
+            raise ModelConfigError(f"{where}: partial_rotary_factor is not implemented")
+        return out
     if rope_type in ("linear", "llama3"):
         if "factor" not in spec:
             raise ModelConfigError(f"{where}: RoPE type {rope_type!r} needs 'factor'")

@@ -153,7 +153,8 @@ class RMSNorm(nnx.Module):
 
 def rope_inv_freq(head_dim: int, theta: float, rope_type: str = "default", factor: float = 1.0,
                   low_freq_factor: float = 1.0, high_freq_factor: float = 4.0,
-                  original_max_position: int = 8192) -> jax.Array:
+                  original_max_position: int = 8192, beta_fast: float = 32.0,
+                  beta_slow: float = 1.0, truncate: bool = True) -> jax.Array:
     """float32 [H/2]: 1 / theta^(2j/H), scaled as transformers scales it for `rope_type`.
 
     "linear": every frequency / factor. "llama3": wavelengths longer than
@@ -174,19 +175,47 @@ def rope_inv_freq(head_dim: int, theta: float, rope_type: str = "default", facto
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
         return jnp.where(medium, smoothed, scaled)
+    if rope_type == "yarn":
+        low, high = yarn_correction_range(beta_fast, beta_slow, head_dim, theta,
+                                          original_max_position, truncate)
+        if low == high:
+            high += 0.001  # as transformers: no zero-width ramp
+        ramp = jnp.clip((jnp.arange(head_dim // 2, dtype=F32) - low) / (high - low), 0, 1)
+        extrapolation = 1 - ramp
+        interpolated = 1.0 / (factor * (theta ** (jnp.arange(0, head_dim, 2, dtype=F32) / head_dim)))
+        return interpolated * (1 - extrapolation) + inv_freq * extrapolation
     if rope_type != "default":
         raise ValueError(f"unknown rope_type {rope_type!r}")
     return inv_freq
 
 
+def yarn_correction_range(beta_fast: float, beta_slow: float, head_dim: int, theta: float,
+                          original_max_position: int, truncate: bool) -> tuple[float, float]:
+    """The rotary dims between which yarn ramps from extrapolation to interpolation: those that
+    turn beta_fast and beta_slow times over the original context (transformers' formula)."""
+    def dim_of(rotations: float) -> float:
+        return (head_dim * math.log(original_max_position / (rotations * 2 * math.pi))) / (
+            2 * math.log(theta))
+
+    low, high = dim_of(beta_fast), dim_of(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    return max(low, 0), min(high, head_dim - 1)
+
+
 def rope_tables(positions: jax.Array, head_dim: int, theta: float,
-                dtype: jnp.dtype, inv_freq: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                dtype: jnp.dtype, inv_freq: jax.Array | None = None,
+                attention_factor: float = 1.0) -> tuple[jax.Array, jax.Array]:
     """positions int [B, T] -> (cos, sin), each [B, T, H] in `dtype` (computed in float32).
-    inv_freq: float32 [H/2] (default: plain RoPE of `theta`; see `rope_inv_freq`)."""
+    inv_freq: float32 [H/2] (default: plain RoPE of `theta`; see `rope_inv_freq`).
+    attention_factor: cos and sin are multiplied by it in float32 (yarn's scaling)."""
     if inv_freq is None:
         inv_freq = rope_inv_freq(head_dim, theta)
     ang = positions.astype(F32)[..., None] * inv_freq  # [B, T, H/2]
     emb = jnp.concatenate([ang, ang], axis=-1)  # [B, T, H]
+    if attention_factor != 1.0:
+        return ((jnp.cos(emb) * attention_factor).astype(dtype),
+                (jnp.sin(emb) * attention_factor).astype(dtype))
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
 

@@ -169,8 +169,11 @@ class SeedOssForCausalLM(nnx.Module):
         x = shd.constrain(self.embed(tokens), ax.ACT_BTD, name="embeddings")  # [B, T, D]
         inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_type, c.rope_factor,
                                  c.rope_low_freq_factor, c.rope_high_freq_factor,
-                                 c.rope_original_max_position)
-        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta, dtype_of(c.dtype), inv_freq)
+                                 c.rope_original_max_position, c.rope_beta_fast,
+                                 c.rope_beta_slow, c.rope_truncate)
+        scale = c.rope_attention_factor if c.rope_type == "yarn" else 1.0
+        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta, dtype_of(c.dtype), inv_freq,
+                               scale)
         graphdef, params = nnx.split(self.layers)
         states = cache.layer_states() if cache is not None else None
         keys = jax.random.split(dropout_key, c.num_layers) if dropout_key is not None else None

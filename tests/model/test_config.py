@@ -66,7 +66,7 @@ def test_wrong_architecture_is_refused_by_name(field, value, needle):
 
 
 @pytest.mark.parametrize("rope", [
-    {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+    {"rope_scaling": {"rope_type": "longrope", "factor": 4.0}},
     {"rope_scaling": {"type": "dynamic", "factor": 2.0}},
 ])
 def test_unimplemented_scaled_rope_is_refused_legacy(rope):

@@ -6,6 +6,7 @@ export writes the family's own format back; what is not implemented is refused b
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -35,6 +36,12 @@ FAMILIES = {
                         rope_theta=5e5),
     "linear_rope": dict(family="llama", attention_bias=False, attention_out_bias=False,
                         rope_type="linear", rope_factor=4.0),
+    # Qwen2.5/Qwen3 long context: yarn, factor 4 over an original context of 16 positions
+    # (attention factor 0.1 ln 4 + 1, as transformers derives it when the file gives none)
+    "yarn_rope": dict(family="qwen2", num_heads=4, num_kv_heads=2, attention_bias=True,
+                      attention_out_bias=False, rope_type="yarn", rope_factor=4.0,
+                      rope_original_max_position=16, rope_attention_factor=0.1 * math.log(4) + 1,
+                      head_dim=16, rope_theta=1e4),
 }
 
 
@@ -53,9 +60,9 @@ def test_family_loads_through_load_hf_and_matches_transformers(name, hf_checkpoi
 
 
 def test_scaled_rope_beyond_the_original_context(hf_checkpoint):
-    """llama3 and linear scaling at positions 0..95, past rope_original_max_position (16): the
+    """llama3, linear and yarn scaling at positions 0..95, past rope_original_max_position (16): the
     scaled frequencies are what make these logits differ from plain RoPE's."""
-    for name in ("llama3_rope", "linear_rope"):
+    for name in ("llama3_rope", "linear_rope", "yarn_rope"):
         path = hf_checkpoint(name, **FAMILIES[name])
         model, config = load_hf(path)
         ref = mt.load_hf_reference(path, "float32")
@@ -117,8 +124,8 @@ BASE = {"vocab_size": 67, "hidden_size": 24, "intermediate_size": 40, "num_hidde
     ({"model_type": "mistral", "sliding_window": 4096}, "sliding_window=4096"),
     ({"model_type": "qwen2", "use_sliding_window": True}, "use_sliding_window=true"),
     ({"model_type": "qwen3", "use_sliding_window": True}, "use_sliding_window=true"),
-    ({"model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
-     r"unsupported RoPE type 'yarn' \(rope_scaling.rope_type\)"),
+    ({"model_type": "llama", "rope_scaling": {"rope_type": "longrope", "factor": 4.0}},
+     r"unsupported RoPE type 'longrope' \(rope_scaling.rope_type\)"),
     ({"model_type": "llama", "rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4,
                                                  "factor": 2.0}},
      r"unsupported RoPE type 'dynamic' \(rope_parameters.rope_type\)"),
@@ -148,3 +155,17 @@ def test_family_bias_rules_follow_transformers():
 
     hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**qwen3.to_hf_dict()))
     assert qwen3.param_count() == sum(p.numel() for p in hf.parameters())
+
+
+def test_yarn_parameters_are_derived_as_transformers_derives_them():
+    d = {**BASE, "model_type": "qwen2", "max_position_embeddings": 131072,
+         "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                          "original_max_position_embeddings": 32768}}
+    c = ModelConfig.from_hf_dict(d)
+    assert (c.rope_type, c.rope_factor, c.rope_original_max_position) == ("yarn", 4.0, 32768)
+    assert c.rope_attention_factor == pytest.approx(0.1 * math.log(4.0) + 1.0, rel=1e-12)
+    assert (c.rope_beta_fast, c.rope_beta_slow, c.rope_truncate) == (32.0, 1.0, True)
+    deepseek_style = dict(d, rope_scaling={**d["rope_scaling"], "mscale": 1.0,
+                                           "mscale_all_dim": 0.5})
+    m = ModelConfig.from_hf_dict(deepseek_style).rope_attention_factor
+    assert m == pytest.approx((0.1 * math.log(4) + 1) / (0.05 * math.log(4) + 1), rel=1e-12)
