@@ -415,19 +415,23 @@ class OpenAISession(SessionDefaults):
 
 
 class ScriptedPolicy:
-    """Replays raw assistant texts (Seed-OSS format), the same script for every episode."""
+    """Replays raw assistant texts, the same script for every episode, written in `chat_format`
+    (Seed-OSS by default; the episode runner parses them with it)."""
 
-    def __init__(self, replies: Sequence[str]):
+    def __init__(self, replies: Sequence[str], chat_format: str | ChatFormat = DEFAULT_FORMAT):
         self.replies = list(replies)
+        self.chat_format = get_format(chat_format)
 
     def start(self, episode_id: str) -> ScriptedSession:
-        return ScriptedSession(self.replies)
+        return ScriptedSession(self.replies, self.chat_format)
 
 
 class ScriptedSession(SessionDefaults):
-    def __init__(self, replies: Sequence[str]):
+    def __init__(self, replies: Sequence[str], chat_format: ChatFormat | None = None):
         self.replies = iter(replies)
         self.stats: dict[str, int] = {}
+        if chat_format is not None:
+            self.chat_format = chat_format
 
     async def step(self, messages, tools, max_new_tokens: int) -> PolicyTurn:
         text = next(self.replies, "I have nothing more to do.")

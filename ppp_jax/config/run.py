@@ -78,6 +78,8 @@ class PolicySection:
       (rounded up to a multiple of 8), overriding `model.sizes.vocab_size`.
     dropout: attention and residual dropout of the policy, overriding the checkpoint's config
       (RL wants 0: the sampler runs without dropout and the PPO ratio must compare that policy).
+    chat_format: how the policy writes chats and tool calls (`ppp_jax.sampling.chat_format`):
+      "seed_oss", "hermes" (Qwen2.5 / Qwen3); "" = told by the tokenizer's special tokens.
     """
 
     path: str = ""
@@ -85,6 +87,7 @@ class PolicySection:
     init_seed: int = 0
     vocab_from_tokenizer: bool = True
     dropout: float = 0.0
+    chat_format: Literal["", "seed_oss", "hermes"] = ""
 
 
 @dataclasses.dataclass(frozen=True)

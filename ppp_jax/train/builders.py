@@ -135,13 +135,23 @@ def make_engine(cfg: RunConfig, model: nnx.Module) -> Any:
     return Engine(model, cfg.engine.replica_config())
 
 
+def chat_format_of(cfg: RunConfig, tokenizer: Any) -> str:
+    """`policy.chat_format`, or the format the tokenizer's special tokens identify."""
+    from ppp_jax.sampling.chat_format import detect_format
+
+    return cfg.policy.chat_format or detect_format(tokenizer)
+
+
 def make_policy(cfg: RunConfig, engine: Any, tokenizer: Any, temperature: float | None = None
                 ) -> SeededEnginePolicy:
     """The rollout policy over `engine`: a `SeededEnginePolicy`, or for `EngineReplicas` a
-    `ReplicaEnginePolicy` that sends each episode to one replica."""
+    `ReplicaEnginePolicy` that sends each episode to one replica; chats in `chat_format_of`."""
+    from ppp_jax.sampling.chat import ChatTokenizer
+
     r = cfg.rollout
     t = r.temperature if temperature is None else temperature
     sampling = EngineSampling(t, r.top_p, r.top_k)
+    chat = ChatTokenizer(tokenizer, chat_format_of(cfg, tokenizer))
     if isinstance(engine, EngineReplicas):
-        return ReplicaEnginePolicy(engine.engines, tokenizer, sampling, cfg.seed)
-    return SeededEnginePolicy(engine, tokenizer, sampling, cfg.seed)
+        return ReplicaEnginePolicy(engine.engines, chat, sampling, cfg.seed)
+    return SeededEnginePolicy(engine, chat, sampling, cfg.seed)

@@ -17,7 +17,7 @@ ChatFormat(...)`), and add one entry to `FORMATS`.
 
 from __future__ import annotations
 
-from ppp_jax.sampling.chat_format import seed_oss
+from ppp_jax.sampling.chat_format import hermes, seed_oss
 from ppp_jax.sampling.chat_format.base import (
     BAD_ARGUMENT,
     BAD_NAME,
@@ -40,8 +40,27 @@ from ppp_jax.sampling.chat_format.base import (
 
 FORMATS: dict[str, ChatFormat] = {
     "seed_oss": seed_oss.FORMAT,
+    "hermes": hermes.FORMAT,  # Qwen2.5 / Qwen3: ChatML turns, <tool_call>{json}</tool_call>
 }
 DEFAULT_FORMAT = "seed_oss"
+
+
+# Special tokens that identify a format in a tokenizer's vocabulary (all must be present).
+_SIGNATURES = {"seed_oss": ("<seed:bos>", "<seed:eos>"),
+               "hermes": ("<|im_start|>", "<|im_end|>", "<tool_call>")}
+
+
+def detect_format(tokenizer) -> str:
+    """The registered format whose special tokens the tokenizer has (`get_vocab()`), for a
+    checkpoint that does not say; raises ValueError naming what was looked for otherwise."""
+    vocab = tokenizer.get_vocab()
+    found = [name for name, tokens in _SIGNATURES.items() if all(t in vocab for t in tokens)]
+    if len(found) != 1:
+        wanted = "; ".join(f"{n}: {', '.join(t)}" for n, t in _SIGNATURES.items())
+        raise ValueError(
+            f"cannot tell the chat format from the tokenizer's special tokens (found "
+            f"{found or 'none'} of {wanted}); set policy.chat_format to one of {sorted(FORMATS)}")
+    return found[0]
 
 
 def get_format(name: str | ChatFormat = DEFAULT_FORMAT) -> ChatFormat:
@@ -57,5 +76,5 @@ def get_format(name: str | ChatFormat = DEFAULT_FORMAT) -> ChatFormat:
 __all__ = ["BAD_ARGUMENT", "BAD_NAME", "DEFAULT_FORMAT", "DUPLICATE_PARAMETER", "FORMATS",
            "MISSING_PARAMETER", "NO_FUNCTION", "UNKNOWN_PARAMETER", "UNKNOWN_TOOL",
            "UNTERMINATED_BLOCK", "UNTERMINATED_FUNCTION", "UNTERMINATED_PARAMETER", "ChatFormat",
-           "ParsedCall", "ParsedTurn", "ToolCallError", "convert_value", "get_format",
+           "ParsedCall", "ParsedTurn", "ToolCallError", "convert_value", "detect_format", "get_format",
            "schema_index", "validate_call"]

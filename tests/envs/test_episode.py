@@ -69,6 +69,34 @@ def test_scripted_policy_solves_without_asking(task, domain):
     assert rec.stats["malformed_calls"] == rec.stats["tool_errors"] == 0
 
 
+def test_hermes_format_policy_runs_its_tools_as_the_seed_oss_one_does(task, domain):
+    """The same script written as Qwen's Hermes `<tool_call>{json}</tool_call>` calls gives the
+    same tool calls, observations, answer and score as in the Seed-OSS format."""
+    from ppp_jax.sampling.chat_format import hermes
+
+    seed_script = solve_script(task, ask=False)
+    path, qual = task.gold[0].split(":")
+    name = qual.split(".")[-1]
+    lineno = task.metadata["lineno"]
+    hermes_script = [
+        "<think>Look for it.</think>Searching.\n"
+        + hermes.render_tool_call("grep", {"pattern": rf"def {name}\(", "path": path}),
+        hermes.render_tool_call("view_file", {"path": path, "start_line": lineno,
+                                              "end_line": lineno + 3}),
+        hermes.render_tool_call("finish", {"answer": f"{path}:{qual}"}),
+    ]
+    records = [run(run_episode(domain, task, ScriptedPolicy(script, chat_format=fmt),
+                               EmbeddedUserSimulator(), preference_id="no_ask",
+                               prompt_kind="precise"))
+               for script, fmt in ((seed_script, "seed_oss"), (hermes_script, "hermes"))]
+    seed_rec, hermes_rec = records
+    assert hermes_rec.finish_reason == "finish" and hermes_rec.task_score == 1.0
+    assert [(c.name, c.arguments, c.observation) for c in hermes_rec.tool_calls] == \
+        [(c.name, c.arguments, c.observation) for c in seed_rec.tool_calls]
+    assert hermes_rec.answer == seed_rec.answer and hermes_rec.num_turns == seed_rec.num_turns
+    assert hermes_rec.stats["malformed_calls"] == 0
+
+
 def test_scripted_policy_solves_with_ask_user(task, domain):
     rec = run(run_episode(domain, task, ScriptedPolicy(solve_script(task, ask=True)),
                           EmbeddedUserSimulator(), preference_id="no_ask", prompt_kind="vague"))

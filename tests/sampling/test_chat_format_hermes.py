@@ -1,0 +1,119 @@
+"""The Hermes format of Qwen2.5 / Qwen3 (`ppp_jax.sampling.chat_format.hermes`): rendering and
+parsing of JSON tool calls, held to the same schema checks as the Seed-OSS format."""
+
+from ppp_jax.sampling.chat_format import (
+    BAD_ARGUMENT,
+    MISSING_PARAMETER,
+    NO_FUNCTION,
+    UNKNOWN_TOOL,
+    UNTERMINATED_BLOCK,
+    get_format,
+)
+from ppp_jax.sampling.chat_format import hermes, seed_oss
+
+TOOLS = [{"type": "function", "function": {
+    "name": "view_file", "description": "Show lines of a file.",
+    "parameters": {"type": "object", "properties": {
+        "path": {"type": "string"}, "start_line": {"type": "integer"},
+        "flags": {"type": "array"}}, "required": ["path"]}}},
+    {"type": "function", "function": {"name": "finish", "parameters": {
+        "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}}]
+
+
+def test_registered_and_renders_the_qwen_layout():
+    fmt = get_format("hermes")
+    assert fmt is hermes.FORMAT and fmt.call_markers == ("<tool_call>",)
+    assert fmt.render_turn("user", "hi") == "<|im_start|>user\nhi<|im_end|>\n"
+    assert fmt.render_turn("tool", "3 lines") == (
+        "<|im_start|>user\n<tool_response>\n3 lines\n</tool_response><|im_end|>\n")
+    assert fmt.generation_prompt() == "<|im_start|>assistant\n"
+    system = fmt.render_system("Be brief.", TOOLS)
+    assert system.startswith("<|im_start|>system\nBe brief.\n\n# Tools\n")
+    assert '{"type": "function", "function": {"name": "view_file"' in system
+    assert system.endswith("</tool_call><|im_end|>\n")
+    assert fmt.render_tool_call("finish", {"answer": "a.py:f"}) == (
+        '<tool_call>\n{"name": "finish", "arguments": {"answer": "a.py:f"}}\n</tool_call>')
+
+
+def test_rendered_calls_parse_back_with_typed_arguments():
+    fmt = hermes.FORMAT
+    args = {"path": "a/b.py", "start_line": 12, "flags": ["-n", "x"]}
+    text = (fmt.render_assistant_text("Looking.", [("view_file", args), ("finish", {"answer": "x"})],
+                                      reasoning="think first") + "<|im_end|>")
+    turn = fmt.parse_turn(text, TOOLS)
+    assert turn.reasoning == "think first" and turn.content == "Looking."
+    assert [c.name for c in turn.calls] == ["view_file", "finish"]
+    assert turn.calls[0].arguments == args and all(c.ok for c in turn.calls)
+    assert turn.errors == ()
+
+
+def test_same_calls_as_seed_oss_for_the_same_arguments():
+    """Both formats hand the arguments to the same schema check: same values, same errors."""
+    cases = [("view_file", {"path": "a.py", "start_line": 3}),
+             ("view_file", {"start_line": 3}),               # missing required path
+             ("view_file", {"path": "a.py", "start_line": "three"}),  # not an integer
+             ("grep", {"pattern": "x"})]                      # unknown tool
+    for name, args in cases:
+        ours = hermes.parse_turn(hermes.render_tool_call(name, args), TOOLS).calls[0]
+        seed = seed_oss.parse_turn(seed_oss.render_tool_call(name, args), TOOLS).calls[0]
+        assert (ours.name, ours.arguments) == (seed.name, seed.arguments)
+        assert (ours.error and ours.error.kind) == (seed.error and seed.error.kind), (name, args)
+    kinds = [hermes.parse_turn(hermes.render_tool_call(n, a), TOOLS).calls[0].error
+             for n, a in cases]
+    assert [k.kind if k else None for k in kinds] == [None, MISSING_PARAMETER, BAD_ARGUMENT,
+                                                       UNKNOWN_TOOL]
+
+
+def test_malformed_text_becomes_errors_never_exceptions():
+    fmt = hermes.FORMAT
+    bad_json = fmt.parse_turn('<tool_call>\n{"name": "finish", "arguments": {answer: 1}}\n</tool_call>', TOOLS)
+    assert bad_json.calls == () and bad_json.errors[0].kind == BAD_ARGUMENT
+    assert "not valid JSON" in bad_json.errors[0].message
+    no_name = fmt.parse_turn('<tool_call>{"arguments": {}}</tool_call>', TOOLS)
+    assert no_name.errors[0].kind == NO_FUNCTION
+    cut = fmt.parse_turn('Sure.\n<tool_call>\n{"name": "finish", "argu', TOOLS)
+    assert cut.content == "Sure." and cut.errors[0].kind == UNTERMINATED_BLOCK
+    # arguments written as a JSON string are accepted
+    as_string = fmt.parse_turn('<tool_call>{"name": "finish", "arguments": "{\\"answer\\": \\"q\\"}"}'
+                               '</tool_call>', TOOLS)
+    assert as_string.calls[0].ok and as_string.calls[0].arguments == {"answer": "q"}
+    # a call drafted inside the reasoning is counted, not run
+    drafted = fmt.parse_turn("<think>maybe " + fmt.render_tool_call("finish", {"answer": "x"})
+                             + "</think>I am not sure yet.", TOOLS)
+    assert drafted.calls == () and drafted.calls_in_thinking == 1
+    assert fmt.parse_turn("<think>still thinking", TOOLS).thinking_unclosed
+
+
+def _tokenizer(specials):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["hello world"], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=list(specials), show_progress=False))
+    return tok
+
+
+def test_the_format_is_told_by_the_tokenizer_or_set_in_the_config(tmp_path):
+    import pytest
+
+    from ppp_jax.config import loader as cfgmod
+    from ppp_jax.config.run import load_run_config
+    from ppp_jax.envs.testing import tiny_seed_tokenizer
+    from ppp_jax.sampling.chat_format import detect_format
+    from ppp_jax.train.builders import chat_format_of, make_policy
+
+    seed = tiny_seed_tokenizer()
+    qwen = _tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>",
+                       "</tool_call>", "<think>", "</think>"])
+    assert detect_format(seed) == "seed_oss" and detect_format(qwen) == "hermes"
+    with pytest.raises(ValueError, match="set policy.chat_format"):
+        detect_format(_tokenizer(["<s>", "</s>"]))
+    cfg = load_run_config("configs/tiny_cpu.yaml")
+    assert chat_format_of(cfg, qwen) == "hermes"
+    forced = load_run_config("configs/tiny_cpu.yaml", ["policy.chat_format=seed_oss"])
+    assert chat_format_of(forced, qwen) == "seed_oss"
+    with pytest.raises(cfgmod.ConfigError, match="policy.chat_format"):
+        load_run_config("configs/tiny_cpu.yaml", ["policy.chat_format=llama3"])
+    policy = make_policy(cfg, engine=object(), tokenizer=qwen)
+    assert policy.chat.format.name == "hermes"
