@@ -52,6 +52,8 @@ class ServeConfig:
       drain_timeout_s: on shutdown, how long requests in flight may run before they are cut off.
       engine: engine sizes (slots, pages, context length, ...); `max_stop_tokens` is how many
         stop ids a client may send, the EOS id the server adds comes on top.
+      chat_format: the checkpoint's tool-call format ("seed_oss", "hermes"); "" = told by the
+        tokenizer's special tokens.
     """
 
     checkpoint: str
@@ -66,6 +68,7 @@ class ServeConfig:
     max_request_bytes: int = 4 * 2**20
     drain_timeout_s: float = 30.0
     engine: EngineConfig = EngineConfig()
+    chat_format: str = ""
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -123,6 +126,14 @@ def build_server(cfg: ServeConfig):
         logging.info("writing a random tiny checkpoint into %s", path)
         write_tiny_serving_checkpoint(path)
     tokenizer = check_tokenizer(path)
+    from ppp_jax.sampling.chat_format import FORMATS, detect_format
+
+    if cfg.chat_format and cfg.chat_format not in FORMATS:
+        raise StartupError(f"chat_format {cfg.chat_format!r} is not one of {sorted(FORMATS)}")
+    try:
+        chat_format = cfg.chat_format or detect_format(tokenizer)
+    except ValueError as e:
+        raise StartupError(str(e).replace("policy.chat_format", "chat_format")) from None
     mesh = None
     rules = {}
     if cfg.mesh:
@@ -138,7 +149,7 @@ def build_server(cfg: ServeConfig):
             engine.warmup()
         app = build_app(engine, tokenizer, cfg.model_name,
                         default_max_tokens=cfg.default_max_tokens,
-                        max_request_bytes=cfg.max_request_bytes)
+                        max_request_bytes=cfg.max_request_bytes, chat_format=chat_format)
     except BaseException:
         engine.close()
         raise

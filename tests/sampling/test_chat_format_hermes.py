@@ -117,3 +117,14 @@ def test_the_format_is_told_by_the_tokenizer_or_set_in_the_config(tmp_path):
         load_run_config("configs/tiny_cpu.yaml", ["policy.chat_format=llama3"])
     policy = make_policy(cfg, engine=object(), tokenizer=qwen)
     assert policy.chat.format.name == "hermes"
+
+
+def test_serve_refuses_an_unknown_format_before_loading(tmp_path):
+    import pytest
+
+    from ppp_jax.commands.serve import ServeConfig, StartupError, build_server
+    from ppp_jax.sampling.testing import write_tiny_serving_checkpoint
+
+    path = write_tiny_serving_checkpoint(tmp_path / "tiny")
+    with pytest.raises(StartupError, match=r"chat_format 'llama3' is not one of \['hermes', 'seed_oss'\]"):
+        build_server(ServeConfig(checkpoint=str(path), chat_format="llama3", warmup=False))
