@@ -225,6 +225,25 @@ def _render_chat(tokenizer, messages: list[dict], tools: list | None, kwargs: di
     return _encode(tokenizer, text)
 
 
+_PROBE_TOOL = {"type": "function", "function": {
+    "name": "probe_tool_7f3a", "description": "probe", "parameters": {
+        "type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}}}
+
+
+def _template_renders_tools(tokenizer) -> bool:
+    """Whether the chat template puts a request's `tools` into the prompt: a probe chat rendered
+    with one tool must differ from the same chat without it (many templates ignore `tools`)."""
+    messages = [{"role": "user", "content": "hi"}]
+    try:
+        with_tool = tokenizer.apply_chat_template(messages, tools=[_PROBE_TOOL], tokenize=False,
+                                                  add_generation_prompt=True)
+        without = tokenizer.apply_chat_template(messages, tokenize=False,
+                                                add_generation_prompt=True)
+    except Exception:  # a template that cannot render the probe cannot render tools either
+        return False
+    return with_tool != without
+
+
 class ClientDisconnected(Exception):
     """The client went away before its response was ready (its generation is cancelled)."""
 
@@ -257,6 +276,7 @@ class OpenAIServer:
             self.reserved_template_kwargs |= {
                 name for name, p in inspect.signature(render).parameters.items()
                 if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        self.renders_tools = self.has_chat_template and _template_renders_tools(tokenizer)
 
     # ---- parsing -------------------------------------------------------------------------
 
@@ -588,6 +608,11 @@ class OpenAIServer:
         if tool_choice not in ("auto", "none"):
             raise APIError(400, "only tool_choice 'auto' and 'none' are supported (the model's "
                                 "output is not constrained)", param="tool_choice")
+        if tools and not self.renders_tools:
+            raise APIError(400, "this checkpoint's chat template does not render 'tools' (the "
+                                "model would never see them); send the tool documentation in the "
+                                "messages, or serve a checkpoint whose template takes tools",
+                           param="tools")
         parse_calls = bool(tools) and tool_choice == "auto"
         try:
             messages = prepare_messages(messages, self.chat_format)

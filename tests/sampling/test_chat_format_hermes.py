@@ -128,3 +128,30 @@ def test_serve_refuses_an_unknown_format_before_loading(tmp_path):
     path = write_tiny_serving_checkpoint(tmp_path / "tiny")
     with pytest.raises(StartupError, match=r"chat_format 'llama3' is not one of \['hermes', 'seed_oss'\]"):
         build_server(ServeConfig(checkpoint=str(path), chat_format="llama3", warmup=False))
+
+
+def test_serve_refuses_tools_the_template_would_drop(tmp_path):
+    """A checkpoint whose chat template ignores `tools` answers 400 naming `tools` instead of
+    serving a prompt without them; the same chat without tools is served."""
+    import httpx
+
+    from ppp_jax.commands.serve import ServeConfig
+    from ppp_jax.sampling.config import EngineConfig
+    from ppp_jax.sampling.testing import write_tiny_serving_checkpoint
+    from tests.sampling.serving import free_port, running_server
+
+    path = write_tiny_serving_checkpoint(tmp_path / "tiny")
+    (path / "chat_template.jinja").write_text(
+        "{% for m in messages %}<seed:bos>{{ m['role'] }}\n{{ m['content'] }}<seed:eos>"
+        "{% endfor %}{% if add_generation_prompt %}<seed:bos>assistant\n{% endif %}")
+    cfg = ServeConfig(checkpoint=str(path), model_name="tiny", port=free_port(), warmup=False,
+                      default_max_tokens=4,
+                      engine=EngineConfig(num_slots=2, page_size=16, num_pages=33, max_seq_len=256,
+                                          decode_steps=4, prefill_chunks=(64,), prefill_rows=(1,)))
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with running_server(cfg) as (base, _engine):
+        refused = httpx.post(f"{base}/chat/completions", json={**chat, "tools": TOOLS}, timeout=60)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["param"] == "tools" and "does not render 'tools'" in error["message"]
+        assert httpx.post(f"{base}/chat/completions", json=chat, timeout=60).status_code == 200
