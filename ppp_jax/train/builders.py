@@ -136,10 +136,17 @@ def make_engine(cfg: RunConfig, model: nnx.Module) -> Any:
 
 
 def chat_format_of(cfg: RunConfig, tokenizer: Any) -> str:
-    """`policy.chat_format`, or the format the tokenizer's special tokens identify."""
+    """`policy.chat_format`, or the format the tokenizer's special tokens identify (a
+    ConfigError naming policy.chat_format when they identify none)."""
+    from ppp_jax.config.loader import ConfigError
     from ppp_jax.sampling.chat_format import detect_format
 
-    return cfg.policy.chat_format or detect_format(tokenizer)
+    if cfg.policy.chat_format:
+        return cfg.policy.chat_format
+    try:
+        return detect_format(tokenizer)
+    except ValueError as e:
+        raise ConfigError(f"policy.chat_format: {e}", ["policy.chat_format"]) from None
 
 
 def make_policy(cfg: RunConfig, engine: Any, tokenizer: Any, temperature: float | None = None

@@ -107,8 +107,12 @@ def test_the_format_is_told_by_the_tokenizer_or_set_in_the_config(tmp_path):
     qwen = _tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>",
                        "</tool_call>", "<think>", "</think>"])
     assert detect_format(seed) == "seed_oss" and detect_format(qwen) == "hermes"
+    plain = _tokenizer(["<s>", "</s>"])
     with pytest.raises(ValueError, match="set policy.chat_format"):
-        detect_format(_tokenizer(["<s>", "</s>"]))
+        detect_format(plain)
+    # in a run: a config error naming the key (`ppp train` reports it in one line, exit 2)
+    with pytest.raises(cfgmod.ConfigError, match="policy.chat_format: cannot tell the chat format"):
+        chat_format_of(load_run_config("configs/tiny_cpu.yaml"), plain)
     cfg = load_run_config("configs/tiny_cpu.yaml")
     assert chat_format_of(cfg, qwen) == "hermes"
     forced = load_run_config("configs/tiny_cpu.yaml", ["policy.chat_format=seed_oss"])
