@@ -127,14 +127,22 @@ def _estimate(args: argparse.Namespace, cc) -> str:
     return estimate_table(est, steps, assumptions)
 
 
+def _data_parallel(cc) -> int:
+    """data x fsdp of the training mesh, its -1 resolved over the compile topology's chips."""
+    import math
+
+    from ppp_jax.scale.chips import topology_chips
+
+    sizes = dict(zip(cc.sharding.mesh.axes,
+                     cc.sharding.mesh.resolved_shape(topology_chips(cc.compile.topology))))
+    return math.prod(sizes.get(a, 1) for a in ("data", "fsdp"))
+
+
 def _trainer_shape(args: argparse.Namespace, cc):
     """(TrainerShape or None, [mismatches]): what `ppp train` runs with this file, when it has
     the trainer's sections, and what of its compile section disagrees with that."""
-    import math
-
     from ppp_jax.config.loader import file_sections
     from ppp_jax.config.run import load_run_config
-    from ppp_jax.scale.chips import topology_chips
     from ppp_jax.scale.iteration import trainer_mismatch, trainer_shape
 
     if not {"data", "rollout"} & file_sections(args.config):
@@ -142,10 +150,8 @@ def _trainer_shape(args: argparse.Namespace, cc):
     from ppp_jax.config.loader import ConfigError
 
     run_cfg = load_run_config(args.config, _overrides(args))
-    sizes = dict(zip(cc.sharding.mesh.axes,
-                     cc.sharding.mesh.resolved_shape(topology_chips(cc.compile.topology))))
     try:
-        shape = trainer_shape(run_cfg, math.prod(sizes.get(a, 1) for a in ("data", "fsdp")))
+        shape = trainer_shape(run_cfg, _data_parallel(cc))
     except ConfigError as e:
         if cc.compile.batch and cc.compile.seq_len:  # the compile section gives the shapes
             return None, [str(e)]
@@ -247,9 +253,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"ppp compile: every step fits; the whole iteration is not checked (compile.steps "
               f"leaves out {missing})")
         return 0
-    sizes = dict(zip(cc.sharding.mesh.axes,
-                     cc.sharding.mesh.resolved_shape(topology_chips(cc.compile.topology))))
-    phases = iteration_phases(iteration, reports, sizes.get("data", 1) * sizes.get("fsdp", 1))
+    phases = iteration_phases(iteration, reports, _data_parallel(cc))
     print(iteration_table(iteration, phases), flush=True)
     _write_json(args, reports, phases)
     bad = [p for p in phases if not p.fits]

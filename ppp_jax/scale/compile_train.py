@@ -96,6 +96,19 @@ def _train_setup(cc: CompileConfig, devices: Sequence[jax.Device], batch: int,
     return _TrainSetup(mcfg, mesh, graphdef, state.params, state, state_sh, optimizer)
 
 
+def _lower_and_compile(setup: _TrainSetup, cc: CompileConfig, jitted, args: tuple,
+                       lower_only: bool) -> tuple[Any, float, float]:
+    """(executable or placeholder report, lower seconds, compile seconds) of `jitted(*args)`,
+    traced under the setup's mesh and rules for the TPU target."""
+    with shd.using_mesh(setup.mesh, cc.sharding.rules), splash.tpu_target():
+        t0 = time.perf_counter()
+        lowered = jitted.lower(*args)
+        t1 = time.perf_counter()
+        compiled = compile_lowered(lowered, lower_only)
+        t2 = time.perf_counter()
+    return compiled, t1 - t0, t2 - t1
+
+
 def _report(compiled, *, step: str, cc: CompileConfig, devices, mesh, flops: float,
             tokens: int, lower_s: float, compile_s: float, **extra) -> StepReport:
     topology = cc.compile.topology
@@ -129,17 +142,13 @@ def compile_train(cc: CompileConfig, devices: Sequence[jax.Device], *,
     if fn is not None:
         jitted = jax.jit(fn, out_shardings=(setup.state_shardings, None),
                          donate_argnums=(0,) if donate else ())
-    with shd.using_mesh(setup.mesh, cc.sharding.rules), splash.tpu_target():
-        t0 = time.perf_counter()
-        lowered = jitted.lower(setup.state, batch)
-        t1 = time.perf_counter()
-        compiled = compile_lowered(lowered, lower_only)
-        t2 = time.perf_counter()
+    compiled, lower_s, compile_s = _lower_and_compile(setup, cc, jitted, (setup.state, batch),
+                                                      lower_only)
     resident = {"params": per_chip_bytes(setup.state.params),
                 "optimizer": per_chip_bytes(setup.state.opt_state)}
     return _report(compiled, step="train", cc=cc, devices=devices, mesh=setup.mesh,
                    flops=train_model_flops(setup.mcfg, spec.batch, spec.seq_len, len(devices)),
-                   tokens=spec.batch * spec.seq_len, lower_s=t1 - t0, compile_s=t2 - t1,
+                   tokens=spec.batch * spec.seq_len, lower_s=lower_s, compile_s=compile_s,
                    resident_bytes=resident,
                    note="" if donate else "state not donated (as `ppp train` runs the step)")
 
@@ -155,15 +164,11 @@ def compile_logprob(cc: CompileConfig, devices: Sequence[jax.Device], *, rows: i
     setup = _train_setup(cc, devices, rows, num_micro)
     batch = abstract_token_batch(rows, spec.seq_len, setup.mesh)
     jitted = ts.make_logprob_fn(setup.graphdef, cc.rl, num_micro=num_micro, mesh=setup.mesh)
-    with shd.using_mesh(setup.mesh, cc.sharding.rules), splash.tpu_target():
-        t0 = time.perf_counter()
-        lowered = jitted.lower(setup.params, batch)
-        t1 = time.perf_counter()
-        compiled = compile_lowered(lowered, lower_only)
-        t2 = time.perf_counter()
+    compiled, lower_s, compile_s = _lower_and_compile(setup, cc, jitted, (setup.params, batch),
+                                                      lower_only)
     flops = forward_model_flops(setup.mcfg, rows, spec.seq_len, spec.seq_len / 2, len(devices))
     return _report(compiled, step="logprob", cc=cc, devices=devices, mesh=setup.mesh,
-                   flops=flops, tokens=rows * spec.seq_len, lower_s=t1 - t0, compile_s=t2 - t1)
+                   flops=flops, tokens=rows * spec.seq_len, lower_s=lower_s, compile_s=compile_s)
 
 
 def seed_oss_model(cfg: ModelConfig):

@@ -156,6 +156,26 @@ class ChatFormat:
     parse_turn: Callable[..., ParsedTurn]
 
 
+def split_think(text: str, think_open: str, think_close: str) -> tuple[str, str, bool]:
+    """Splits raw assistant text at the first `think_close` (the formats' `split_reasoning`).
+
+    Returns:
+      (reasoning, rest, unclosed): reasoning without its tags; the text after the close tag;
+      unclosed is True when a think block was opened and never closed (then rest is "").
+      Text with no think tags at all is all `rest`.
+    """
+    close = text.find(think_close)
+    if close < 0:
+        open_ = text.find(think_open)
+        if open_ >= 0:
+            return text[open_ + len(think_open):].strip(), "", True
+        return "", text, False
+    head = text[:close]
+    open_ = head.find(think_open)
+    reasoning = head[open_ + len(think_open):] if open_ >= 0 else head
+    return reasoning.strip(), text[close + len(think_close):], False
+
+
 def schema_index(tools: Tools | None) -> dict[str, Mapping[str, Any]] | None:
     """Maps tool name -> its `parameters` schema, accepting OpenAI `{"type": "function", ...}` dicts."""
     if tools is None:

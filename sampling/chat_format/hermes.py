@@ -42,6 +42,7 @@ from ppp_jax.sampling.chat_format.base import (
     ParsedTurn,
     ToolCallError,
     schema_index,
+    split_think,
     validate_call,
 )
 
@@ -124,17 +125,8 @@ def render_assistant_text(content: str = "", calls: Sequence[tuple[str, Mapping[
 
 
 def split_reasoning(text: str) -> tuple[str, str, bool]:
-    """(reasoning, rest, unclosed), split at the first `</think>` (see `seed_oss.split_reasoning`)."""
-    close = text.find(THINK_CLOSE)
-    if close < 0:
-        open_ = text.find(THINK_OPEN)
-        if open_ >= 0:
-            return text[open_ + len(THINK_OPEN):].strip(), "", True
-        return "", text, False
-    head = text[:close]
-    open_ = head.find(THINK_OPEN)
-    reasoning = head[open_ + len(THINK_OPEN):] if open_ >= 0 else head
-    return reasoning.strip(), text[close + len(THINK_CLOSE):], False
+    """(reasoning, rest, unclosed), split at the first `</think>` (`base.split_think`)."""
+    return split_think(text, THINK_OPEN, THINK_CLOSE)
 
 
 def _raw_value(value: Any) -> str:

@@ -61,6 +61,7 @@ from ppp_jax.sampling.chat_format.base import (
     ToolCallError,
     convert_value,
     schema_index,
+    split_think,
     validate_call,
 )
 
@@ -192,16 +193,7 @@ def split_reasoning(text: str) -> tuple[str, str, bool]:
       unclosed is True when a think block was opened and never closed (then rest is "").
       Text with no think tags at all is all `rest`.
     """
-    close = text.find(THINK_CLOSE)
-    if close < 0:
-        open_ = text.find(THINK_OPEN)
-        if open_ >= 0:
-            return text[open_ + len(THINK_OPEN):].strip(), "", True
-        return "", text, False
-    head = text[:close]
-    open_ = head.find(THINK_OPEN)
-    reasoning = head[open_ + len(THINK_OPEN):] if open_ >= 0 else head
-    return reasoning.strip(), text[close + len(THINK_CLOSE):], False
+    return split_think(text, THINK_OPEN, THINK_CLOSE)
 
 
 def strip_one_newline(value: str) -> str:

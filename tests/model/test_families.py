@@ -110,8 +110,9 @@ def test_export_writes_the_family_format_back(name, hf_checkpoint, tmp_path):
 
 
 def mt_arch(family: str) -> str:
-    return {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-            "mistral": "MistralForCausalLM", "seed_oss": "SeedOssForCausalLM"}[family]
+    from ppp_jax.model.config import FAMILIES as ARCHITECTURES
+
+    return ARCHITECTURES[family]
 
 
 BASE = {"vocab_size": 67, "hidden_size": 24, "intermediate_size": 40, "num_hidden_layers": 2,
