@@ -52,22 +52,28 @@ from typing import Literal
 
 from ppp_jax.envs.preferences import get_preference
 from ppp_jax.envs.records import EpisodeRecord
-from ppp_jax.envs.scoring import _task_score, compliance, scored_questions
-from ppp_jax.envs.simulator import DEFAULT_LEVEL, TaskFamily
+from ppp_jax.envs.scoring import (  # noqa: F401 -- the released constants, re-exported
+    RELEASED_LOW_BONUS,
+    RELEASED_NO_ASK_WRONG,
+    RELEASED_SEARCH_L2_COST,
+    RELEASED_SEARCH_L3_COST,
+    RELEASED_SEARCH_PRECISE_PER_LEVEL,
+    RELEASED_SWE_PRECISE_PER_LEVEL,
+    RELEASED_SWE_VAGUE_PER_LEVEL,
+    _task_score,
+    compliance,
+    record_family,
+    released_cost_reward,
+    released_levels,
+    scored_questions,
+    task_family,
+)
 
 # Paper constants.
 PAPER_LOW_BONUS = 0.05
 PAPER_MEDIUM_COST = 0.1
 PAPER_HIGH_COST = 0.5
 PREFERENCE_BONUS = 0.05
-# Released-code constants.
-RELEASED_SWE_VAGUE_PER_LEVEL = 0.1
-RELEASED_SWE_PRECISE_PER_LEVEL = 0.2
-RELEASED_SEARCH_L2_COST = 0.05
-RELEASED_SEARCH_L3_COST = 0.9
-RELEASED_SEARCH_PRECISE_PER_LEVEL = 0.1
-RELEASED_LOW_BONUS = 0.05
-RELEASED_NO_ASK_WRONG = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,25 +105,6 @@ class RewardBreakdown:
     total: float
 
 
-def task_family(domain: str, markers: tuple[str, ...] = ("search", "browsecomp")) -> TaskFamily:
-    """"search" if the domain name contains a marker, else "swe" (the fallback of
-    `record_family` for records that carry no family)."""
-    d = domain.lower()
-    return "search" if any(m in d for m in markers) else "swe"
-
-
-def record_family(record: EpisodeRecord, markers: tuple[str, ...] = ("search", "browsecomp")
-                  ) -> TaskFamily:
-    """The episode's task family: the one its domain declared (`record.task_family`, set by the
-    episode runner from `domain.task_family`), else from the domain name by `markers`."""
-    if record.task_family is not None:
-        if record.task_family not in DEFAULT_LEVEL:
-            raise ValueError(f"record {record.task_id!r}: unknown task family "
-                             f"{record.task_family!r} (expected one of {sorted(DEFAULT_LEVEL)})")
-        return record.task_family  # type: ignore[return-value]
-    return task_family(record.domain, markers)
-
-
 def _paper_proactivity(record: EpisodeRecord) -> float:
     qs = scored_questions(record)
     vague = record.prompt_kind == "vague"
@@ -136,45 +123,6 @@ def _paper_personalization(record: EpisodeRecord) -> float:
     vague = record.prompt_kind == "vague"
     bonus = PREFERENCE_BONUS if (vague and comp.followed and scored_questions(record)) else 0.0
     return comp.penalty + bonus
-
-
-def released_levels(record: EpisodeRecord, family: TaskFamily) -> list[int | None]:
-    """Each scored question's raw level as the released code would have counted it (None =
-    untagged: past the cap). Malformed replies are left out (not counted in q either)."""
-    out: list[int | None] = []
-    for q in scored_questions(record):
-        if not q.answered:
-            out.append(None)
-        elif q.level is not None:
-            out.append(q.level)
-        else:
-            out.append(DEFAULT_LEVEL[family][q.effort])
-    return out
-
-
-def _released_proactivity(record: EpisodeRecord, family: TaskFamily, s: float, thr: float) -> float:
-    levels = released_levels(record, family)
-    q = len(levels)
-    counts = {k: sum(1 for lv in levels if lv == k) for k in range(1, 6)}
-    lsum = sum(lv for lv in levels if lv is not None)
-    vague = record.prompt_kind == "vague"
-    if family == "swe":
-        if vague:
-            r = -RELEASED_SWE_VAGUE_PER_LEVEL * (lsum - q)
-            if counts[1] > 0 and lsum - q == 0:
-                r += RELEASED_LOW_BONUS
-        else:
-            r = -RELEASED_SWE_PRECISE_PER_LEVEL * lsum
-    else:
-        r = -(RELEASED_SEARCH_L2_COST * counts[2] + RELEASED_SEARCH_L3_COST * counts[3])
-        if vague:
-            if counts[1] > 0:
-                r += RELEASED_LOW_BONUS
-        else:
-            r -= RELEASED_SEARCH_PRECISE_PER_LEVEL * lsum
-    if vague and not record.questions and s < thr:  # asked nothing (malformed replies count)
-        r -= RELEASED_NO_ASK_WRONG
-    return r
 
 
 def _released_personalization(record: EpisodeRecord) -> float:
@@ -199,7 +147,7 @@ def reward_breakdown(record: EpisodeRecord, cfg: RewardConfig = RewardConfig()) 
         pers = _paper_personalization(record)
     else:
         family = record_family(record, cfg.search_domain_markers)
-        proact = _released_proactivity(record, family, s, cfg.correct_threshold)
+        proact = released_cost_reward(record, family, s, cfg.correct_threshold)
         pers = _released_personalization(record)
     total = s + cfg.proactivity_weight * proact + cfg.personalization_weight * pers
     final = min(max(total, 0.0), 1.0) if cfg.clip else total

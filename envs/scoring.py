@@ -6,6 +6,11 @@ All functions are pure functions of `EpisodeRecord`s (paper section 6.3, referen
 * proactivity = 1 iff the session effort is low. Session effort = the maximum effort over the
   episode's scored questions; with no question at all it is **high** if the prompt was vague and
   the answer was wrong (task score < `correct_threshold`), else low;
+* proactivity has two rules (`proactivity_rule`): `"paper"` (default) as above; `"released"`
+  (the released code's `ask_ok`): 1 iff the released cost reward (`released_cost_reward`,
+  including its +0.05 bonus and its -0.1 for a vague episode that asked nothing and got the
+  task wrong) is >= 0, so one level-1 answer's bonus can offset a level-2 (hint) answer's -0.1 in
+  SWE-vague, and in search any level-1 answer offsets one level-2 answer's -0.05;
 * personalization = 1 iff the preference was followed. Two rules (`personalization_rule`):
   `"paper"` (default; paper section 6.3): defined only for episodes with at least one question;
   `"released"` (the released code): also defined for episodes whose preference penalty is non-zero
@@ -43,11 +48,35 @@ from typing import Literal
 from ppp_jax.envs import judges
 from ppp_jax.envs.preferences import get_preference, penalty
 from ppp_jax.envs.records import EpisodeRecord, ToolCall
-from ppp_jax.envs.simulator import max_effort
+from ppp_jax.envs.simulator import DEFAULT_LEVEL, TaskFamily, max_effort
 
 CORRECT_THRESHOLD = 1.0  # a task score below this is a wrong answer (released: s < 1)
 PersonalizationRule = Literal["paper", "released"]
 PERSONALIZATION_RULES = ("paper", "released")
+ProactivityRule = Literal["paper", "released"]
+SEARCH_DOMAIN_MARKERS = ("search", "browsecomp")
+
+# The released code's cost-reward constants (its `UserReward.calculate_cost_reward`).
+RELEASED_SWE_VAGUE_PER_LEVEL = 0.1
+RELEASED_SWE_PRECISE_PER_LEVEL = 0.2
+RELEASED_SEARCH_L2_COST = 0.05
+RELEASED_SEARCH_L3_COST = 0.9
+RELEASED_SEARCH_PRECISE_PER_LEVEL = 0.1
+RELEASED_LOW_BONUS = 0.05
+RELEASED_NO_ASK_WRONG = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+    """Which definition each evaluation metric follows (the run config's `metrics` section).
+
+    proactivity: "paper" (session effort low) or "released" (released cost reward >= 0).
+    personalization: "paper" (defined only with >= 1 question) or "released" (also defined, as a
+      failure, for an episode with a non-zero preference penalty and no question).
+    """
+
+    proactivity: ProactivityRule = "paper"
+    personalization: PersonalizationRule = "paper"
 
 
 def scored_questions(record: EpisodeRecord):
@@ -119,6 +148,75 @@ def _task_score(record: EpisodeRecord) -> float:
     return float(s)
 
 
+def task_family(domain: str, markers: tuple[str, ...] = SEARCH_DOMAIN_MARKERS) -> TaskFamily:
+    """"search" if the domain name contains a marker, else "swe" (the fallback of
+    `record_family` for records that carry no family)."""
+    d = domain.lower()
+    return "search" if any(m in d for m in markers) else "swe"
+
+
+def record_family(record: EpisodeRecord, markers: tuple[str, ...] = SEARCH_DOMAIN_MARKERS
+                  ) -> TaskFamily:
+    """The episode's task family: the one its domain declared (`record.task_family`, set by the
+    episode runner from `domain.task_family`), else from the domain name by `markers`."""
+    if record.task_family is not None:
+        if record.task_family not in DEFAULT_LEVEL:
+            raise ValueError(f"record {record.task_id!r}: unknown task family "
+                             f"{record.task_family!r} (expected one of {sorted(DEFAULT_LEVEL)})")
+        return record.task_family  # type: ignore[return-value]
+    return task_family(record.domain, markers)
+
+
+def released_levels(record: EpisodeRecord, family: TaskFamily) -> list[int | None]:
+    """Each scored question's raw level as the released code would have counted it (None =
+    untagged: past the cap). Malformed replies are left out (not counted in q either)."""
+    out: list[int | None] = []
+    for q in scored_questions(record):
+        if not q.answered:
+            out.append(None)
+        elif q.level is not None:
+            out.append(q.level)
+        else:
+            out.append(DEFAULT_LEVEL[family][q.effort])
+    return out
+
+
+def released_cost_reward(record: EpisodeRecord, family: TaskFamily, s: float,
+                         correct_threshold: float = CORRECT_THRESHOLD) -> float:
+    """The released code's proactivity ("cost") reward of one episode, a float <= 0.05.
+
+    With q questions, L_k answers at raw level k (`released_levels`), Lsum = sum k * L_k and task
+    score s (envs.reward's module docstring has the table):
+      SWE vague:      -0.1 * (Lsum - q), +0.05 if L_1 > 0 and Lsum == q
+      SWE precise:    -0.2 * Lsum
+      search vague:   -(0.05 * L_2 + 0.9 * L_3), +0.05 if L_1 > 0
+      search precise: -(0.05 * L_2 + 0.9 * L_3) - 0.1 * Lsum
+      vague, no question asked and s < correct_threshold: a further -0.1.
+    """
+    levels = released_levels(record, family)
+    q = len(levels)
+    counts = {k: sum(1 for lv in levels if lv == k) for k in range(1, 6)}
+    lsum = sum(lv for lv in levels if lv is not None)
+    vague = record.prompt_kind == "vague"
+    if family == "swe":
+        if vague:
+            r = -RELEASED_SWE_VAGUE_PER_LEVEL * (lsum - q)
+            if counts[1] > 0 and lsum - q == 0:
+                r += RELEASED_LOW_BONUS
+        else:
+            r = -RELEASED_SWE_PRECISE_PER_LEVEL * lsum
+    else:
+        r = -(RELEASED_SEARCH_L2_COST * counts[2] + RELEASED_SEARCH_L3_COST * counts[3])
+        if vague:
+            if counts[1] > 0:
+                r += RELEASED_LOW_BONUS
+        else:
+            r -= RELEASED_SEARCH_PRECISE_PER_LEVEL * lsum
+    if vague and not record.questions and s < correct_threshold:  # malformed replies count
+        r -= RELEASED_NO_ASK_WRONG
+    return r
+
+
 def session_effort(record: EpisodeRecord, correct_threshold: float = CORRECT_THRESHOLD) -> str:
     """Max effort over the scored questions; with no question, high iff vague prompt and a wrong
     answer; low when every question was malformed (see the module docstring)."""
@@ -147,18 +245,25 @@ class EpisodeScores:
     num_malformed: int = 0  # questions with a malformed simulator reply (excluded from scoring)
 
 
-def _check_rule(rule: str) -> None:
+def _check_rule(rule: str, name: str = "personalization_rule") -> None:
     if rule not in PERSONALIZATION_RULES:
-        raise ValueError(f"personalization_rule must be 'paper' or 'released', got {rule!r}")
+        raise ValueError(f"{name} must be 'paper' or 'released', got {rule!r}")
 
 
 def episode_scores(record: EpisodeRecord, correct_threshold: float = CORRECT_THRESHOLD, *,
-                   personalization_rule: PersonalizationRule = "paper") -> EpisodeScores:
+                   personalization_rule: PersonalizationRule = "paper",
+                   proactivity_rule: ProactivityRule = "paper") -> EpisodeScores:
     """Productivity, proactivity and personalization of one episode (see the module docstring
-    for `personalization_rule`)."""
+    for `personalization_rule` and `proactivity_rule`)."""
     _check_rule(personalization_rule)
+    _check_rule(proactivity_rule, "proactivity_rule")
     prod = _task_score(record)
     eff = session_effort(record, correct_threshold)
+    if proactivity_rule == "paper":
+        proactive = eff == "low"
+    else:
+        proactive = released_cost_reward(record, record_family(record), prod,
+                                         correct_threshold) >= 0.0
     comp = compliance(record)
     n_q = len(record.questions)
     if comp.followed is None:
@@ -175,7 +280,7 @@ def episode_scores(record: EpisodeRecord, correct_threshold: float = CORRECT_THR
         counts[q.effort] += 1
     return EpisodeScores(
         productivity=prod,
-        proactivity=1.0 if eff == "low" else 0.0,
+        proactivity=1.0 if proactive else 0.0,
         personalization=pers,
         asked=n_q > 0,
         num_questions=n_q,
@@ -209,9 +314,11 @@ def _mean(xs: Sequence[float]) -> float:
 
 
 def aggregate(records: Sequence[EpisodeRecord], correct_threshold: float = CORRECT_THRESHOLD, *,
-              personalization_rule: PersonalizationRule = "paper") -> ScoreSummary:
+              personalization_rule: PersonalizationRule = "paper",
+              proactivity_rule: ProactivityRule = "paper") -> ScoreSummary:
     """The three scores and the ask statistics over a list of episodes."""
-    scores = [episode_scores(r, correct_threshold, personalization_rule=personalization_rule)
+    scores = [episode_scores(r, correct_threshold, personalization_rule=personalization_rule,
+                             proactivity_rule=proactivity_rule)
               for r in records]
     pers = [s.personalization for s in scores if s.personalization is not None]
     counts = {"low": 0, "medium": 0, "high": 0}

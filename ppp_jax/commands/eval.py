@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load(args, "ppp eval")
     if cfg is None:
         return 2
+    from ppp_jax.config.loader import to_dict
+    from ppp_jax.config.profiles import profile_summary
+
+    print(f"ppp eval: {profile_summary(cfg.profile, to_dict(cfg))}", flush=True)
     if cfg.eval.backend != "openai":
         try:  # before anything is built: a wrong path is said at once
             _weights(cfg, args.checkpoint)
@@ -133,11 +137,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = evaluate.evaluate(policy, domain, simulator, tasks, cfg.eval,
                                    episode=cfg.rollout.episode, concurrency=cfg.rollout.concurrency,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, metrics=cfg.metrics)
     finally:
         if engine is not None:
             engine.close()
     result["policy"] = what
+    result["profile"] = cfg.profile
+    result["profile_summary"] = profile_summary(cfg.profile, to_dict(cfg))
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

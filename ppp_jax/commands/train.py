@@ -56,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
     from ppp_jax.train.builders import build_parts
     from ppp_jax.train.trainer import PPPTrainer
 
+    from ppp_jax.config.loader import to_dict
+    from ppp_jax.config.profiles import profile_summary
+
+    # the resolved config (with its profile) is also recorded in every checkpoint's metadata
+    print(f"ppp train: {profile_summary(cfg.profile, to_dict(cfg))}", flush=True)
     base_cfg = cfg
     cfg, start_line = starting_policy(cfg)
     print(f"ppp train: {start_line}", flush=True)

@@ -16,7 +16,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, Callable, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
@@ -335,6 +335,7 @@ def _blame(error: ConfigError, path: str | Path, origins: dict[str, str],
 def load_config(
     path: str | Path, cls: type[T], overrides: list[str] | tuple[str, ...] = (),
     only_sections: tuple[str, ...] | None = None,
+    resolve: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> T:
     """Loads a YAML run config into the dataclass `cls`, with `key.sub=value` overrides.
 
@@ -342,7 +343,9 @@ def load_config(
     from: `file:line` for a key written in a YAML file, `override 'k=v'` for one given on the
     command line. Unknown keys list the valid ones; values outside their allowed range
     (`ppp_jax.config.rules`) name it. With `only_sections`, the file's and the overrides'
-    other top-level keys are left out (a command that reads part of a run config).
+    other top-level keys are left out (a command that reads part of a run config). `resolve`,
+    if given, is applied to the merged data (file + overrides) before the schema builds it: it
+    may fill keys the data leaves unset (`ppp_jax.config.profiles.resolve_profile`).
     """
     origins: dict[str, str] = {}
     data = _read_yaml(Path(path), origins=origins)
@@ -352,6 +355,8 @@ def load_config(
                      if parse_override(o)[0][0] in only_sections]
     set_by_override = {check_override_key(cls, text): text for text in overrides}
     apply_overrides(data, overrides)
+    if resolve is not None:
+        data = resolve(data)
     try:
         return _build(cls, data)
     except ConfigError as e:

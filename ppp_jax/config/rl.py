@@ -149,6 +149,10 @@ class RLConfig:
     # trainer once before the first update; "sampler" = the rollout engine's returned log-probs
     # (no extra forward pass; the sampler/trainer gap is logged as train/logp_abs_diff*).
     old_logprobs: OldLogprobSource = "recompute"
+    # Episodes cut off by the token budget (finish_reason "token_limit") get loss mask 0 on every
+    # token, so they contribute no gradient; they still count in their group's advantage
+    # statistics (the released verl overlay's `algorithm.mask_overlong`; the paper is silent).
+    mask_overlong: bool = False
 
     def __post_init__(self):
         if self.num_micro_batches < 1:

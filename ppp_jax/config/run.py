@@ -19,6 +19,7 @@ Sections of the trainer, the evaluator and the demo:
     data       the grain pipeline (`ppp_jax.config.data.DataConfig`: batch = prompts per step)
     simulator  the user simulator (`ppp_jax.envs.simulator_backends.SimulatorConfig`)
     reward     the PPP reward (`ppp_jax.envs.reward.RewardConfig`)
+    metrics    which definition each evaluation metric follows (`ppp_jax.envs.scoring.MetricsConfig`)
     rollout    sampling settings, episode limits, concurrency, retries, token-batch layout
     trainer    steps, checkpoint cadence, logging
     eval       the Table-2 evaluation protocol
@@ -26,8 +27,11 @@ Sections of the trainer, the evaluator and the demo:
     demo       the `make run` pipeline's sizes (tokenizer, task counts)
     distributed  multi-host: coordinator, process count and id (`ppp_jax.scale.distributed`; unset
                fields come from PPP_*/JAX_* environment variables)
+    compile_cache  where compiled XLA programs are kept between runs
+               (`ppp_jax.config.compile_cache.CompileCacheConfig`; "" = off)
 
-The group size G lives in one place only: `rl.advantage.group_size`.
+The group size G lives in one place only: `rl.advantage.group_size`. The top-level `profile`
+(`paper` | `released`) fills a set of the keys above at load time (`ppp_jax.config.profiles`).
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ from typing import Literal, Sequence
 
 from ppp_jax.config import loader as cfgmod
 from ppp_jax.config.checkpoint import CheckpointConfig
+from ppp_jax.config.compile_cache import CompileCacheConfig
 from ppp_jax.config.compile import CompileSpec, EngineSpec, ModelSpec
 from ppp_jax.config.data import DataConfig
 from ppp_jax.config.distributed import DistributedConfig
+from ppp_jax.config.profiles import Profile, resolve_profile
 from ppp_jax.config.rl import RLConfig
 from ppp_jax.config.rules import (
     DROPOUT,
@@ -60,6 +66,7 @@ from ppp_jax.envs.domains.stdlib_loc import StdlibLocConfig, StdlibLocSection
 from ppp_jax.envs.domains.swe_func_loc import SweFuncLocSection
 from ppp_jax.envs.episode import EpisodeConfig
 from ppp_jax.envs.reward import RewardConfig
+from ppp_jax.envs.scoring import MetricsConfig
 from ppp_jax.envs.simulator_backends import SimulatorConfig
 from ppp_jax.model.sharding import MeshConfig, ShardingConfig
 
@@ -286,6 +293,8 @@ class RunConfig:
     name: str = "run"
     seed: int = 0
     run_dir: str = "runs"
+    # fidelity profile: fills a set of settings at load time (`ppp_jax.config.profiles`)
+    profile: Profile = "paper"
     # shared with `ppp compile`
     model: ModelSpec = ModelSpec()
     sharding: ShardingConfig = ShardingConfig(mesh=MeshConfig(shape=(1, -1, 1)))
@@ -298,6 +307,7 @@ class RunConfig:
     data: DataConfig = DataConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     reward: RewardConfig = RewardConfig()
+    metrics: MetricsConfig = MetricsConfig()
     rollout: RolloutConfig = RolloutConfig()
     trainer: TrainerSection = TrainerSection()
     eval: EvalSection = EvalSection()
@@ -305,6 +315,8 @@ class RunConfig:
     demo: DemoSection = DemoSection()
     # multi-host: unset fields come from PPP_*/JAX_* environment variables (ppp_jax.scale.distributed)
     distributed: DistributedConfig = DistributedConfig()
+    # JAX's persistent compilation cache, applied by every command before its first compile
+    compile_cache: CompileCacheConfig = CompileCacheConfig()
 
     def __post_init__(self):
         if self.data.train_path:
@@ -367,7 +379,7 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfi
     """Reads a YAML run config with `key.sub=value` overrides; raises `ConfigError` naming the
     offending key."""
     try:
-        return cfgmod.load_config(path, RunConfig, list(overrides))
+        return cfgmod.load_config(path, RunConfig, list(overrides), resolve=resolve_profile)
     except cfgmod.ConfigError as e:
         if "unknown key(s) ['sampler'" in str(e):  # configs written before the two engine sections were merged
             raise cfgmod.ConfigError(

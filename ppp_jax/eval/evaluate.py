@@ -67,11 +67,14 @@ def _nan_to_none(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
-def summarize(records: Sequence[EpisodeRecord]) -> dict[str, Any]:
-    """The scores of a set of episodes (see the module docstring); None where undefined."""
+def summarize(records: Sequence[EpisodeRecord],
+              metrics: scoring.MetricsConfig = scoring.MetricsConfig()) -> dict[str, Any]:
+    """The scores of a set of episodes (see the module docstring; `metrics` picks the paper's or
+    the released code's definitions); None where undefined."""
     if not records:
         return {"n": 0, **{k: None for k in SCORE_KEYS}}
-    s = scoring.aggregate(records)
+    s = scoring.aggregate(records, personalization_rule=metrics.personalization,
+                          proactivity_rule=metrics.proactivity)
     nq = sum(s.effort_counts.values())
     return {
         "n": s.n,
@@ -94,19 +97,20 @@ def _mean(xs: Sequence[float | None]) -> float | None:
 
 
 def result_of(records: Sequence[EpisodeRecord], counters: RolloutCounters | None = None,
-              settings: dict[str, Any] | None = None) -> dict[str, Any]:
+              settings: dict[str, Any] | None = None,
+              metrics: scoring.MetricsConfig = scoring.MetricsConfig()) -> dict[str, Any]:
     """The evaluation result (JSON-able) of a set of episodes."""
     out: dict[str, Any] = {"n_episodes": len(records), "settings": settings or {}}
     for kind in ("vague", "precise"):
         rs = [r for r in records if r.prompt_kind == kind]
         if rs:
-            out[kind] = summarize(rs)
+            out[kind] = summarize(rs, metrics)
     vague = [r for r in records if r.prompt_kind == "vague"]
     per_pref: dict[str, Any] = {}
     for pref in sorted({r.preference_id for r in vague}, key=lambda p: get_preference(p).index):
         p = get_preference(pref)
         per_pref[pref] = {"split": "seen" if p.split == "train" else "held-out", "name": p.display_name,
-                          **summarize([r for r in vague if r.preference_id == pref])}
+                          **summarize([r for r in vague if r.preference_id == pref], metrics)}
     out["per_preference"] = per_pref
     for split, label in (("seen", "seen"), ("held-out", "heldout")):
         rows = [v for v in per_pref.values() if v["split"] == split]
@@ -122,7 +126,8 @@ def result_of(records: Sequence[EpisodeRecord], counters: RolloutCounters | None
 
 def evaluate(policy: Any, domain: Any, simulator: Any, tasks: Sequence[Task], cfg: EvalSection, *,
              episode: EpisodeConfig = EpisodeConfig(), concurrency: int = 64, progress: bool = True,
-             desc: str = "eval") -> dict[str, Any]:
+             desc: str = "eval",
+             metrics: scoring.MetricsConfig = scoring.MetricsConfig()) -> dict[str, Any]:
     """Runs the protocol and returns the result dict (`result_of`).
 
     Sampling seeds derive from `cfg.seed`, so an evaluation is repeatable for a fixed policy.
@@ -144,8 +149,10 @@ def evaluate(policy: Any, domain: Any, simulator: Any, tasks: Sequence[Task], cf
     records = [r for g in groups for r in g]
     settings = {"split": cfg.split, "tasks": len(tasks), "preferences": list(eval_preferences(cfg)),
                 "prompt_kinds": list(cfg.prompt_kinds), "episodes_per_prompt": cfg.episodes_per_prompt,
-                "temperature": cfg.temperature, "seed": cfg.seed}
-    return result_of(records, counters, settings)
+                "temperature": cfg.temperature, "seed": cfg.seed,
+                "metrics": {"proactivity": metrics.proactivity,
+                            "personalization": metrics.personalization}}
+    return result_of(records, counters, settings, metrics)
 
 
 # ------------------------------------------------------------------------------------------------

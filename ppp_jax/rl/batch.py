@@ -82,6 +82,7 @@ def assemble_batch(
     rows_multiple: int = 1,
     pack: bool = False,
     pad_token_id: int = 0,
+    loss_weights: Sequence[float] | np.ndarray | None = None,
 ) -> TokenBatch:
     """Builds a TokenBatch (numpy arrays) from episodes' token views and per-episode advantages.
 
@@ -90,11 +91,18 @@ def assemble_batch(
     row_len: T; None = the longest episode (S − 1 positions) rounded up to `pad_to_multiple`.
     rows_multiple: B is rounded up to a multiple of this (num_micro_batches × data shards) with
     empty rows. pack: first-fit packing of episodes into rows of length T.
+    loss_weights: optional 0/1 per episode, float [N]; an episode with weight 0 keeps its tokens
+    (same rows and shapes) but gets loss mask 0 everywhere, so it adds nothing to the loss, its
+    denominator or the gradient (`rl.mask_overlong`). None = all 1.
     Raises ValueError if an episode does not fit in T.
     """
     adv = np.asarray(advantages, dtype=np.float32)
     if adv.shape != (len(views),):
         raise ValueError(f"got {len(views)} views but advantages of shape {adv.shape}")
+    keep = (np.ones(len(views), np.float32) if loss_weights is None
+            else np.asarray(loss_weights, dtype=np.float32))
+    if keep.shape != (len(views),) or not np.all((keep == 0) | (keep == 1)):
+        raise ValueError(f"loss_weights must be 0/1 with shape ({len(views)},), got {keep!r}")
     if not views:
         raise ValueError("no episodes to assemble")
     eps = [_episode_arrays(v, i) for i, v in enumerate(views)]
@@ -136,6 +144,7 @@ def assemble_batch(
         start = 0
         for seg, i in enumerate(members, start=1):
             inp, tgt, m, slp = eps[i]
+            m, slp = m * keep[i], slp * keep[i]
             sl = slice(start, start + len(inp))
             tokens[r, sl] = inp
             targets[r, sl] = tgt

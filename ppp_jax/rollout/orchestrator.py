@@ -14,7 +14,9 @@ One PPP step's host side (SPEC "The data flow of one PPP training step"):
       -> DAPO overlong shaping (optional, on the unclipped reward; one [0, 1] clip afterwards
          when `reward.clip` or `advantage.clip_reward_01`)
       -> GRPO / Dr.GRPO / RLOO advantages over each item's group
-      -> token batch (`ppp_jax.rl.batch.assemble_batch`): only sampled tokens carry loss mask 1
+      -> token batch (`ppp_jax.rl.batch.assemble_batch`): only sampled tokens carry loss mask 1;
+         with `rl.mask_overlong`, an episode cut off by the token budget (finish_reason
+         "token_limit") carries none (it still counts in its group's advantages)
 
 Determinism: each episode's sampling seed is a hash of (step seed, item uid, sample index,
 attempt), never a counter, so results do not depend on the order in which concurrent episodes
@@ -42,6 +44,7 @@ from ppp_jax.envs.domains.base import PromptKind, Task, TaskDomain
 from ppp_jax.envs.episode import EpisodeConfig, run_episode
 from ppp_jax.envs.records import EpisodeRecord
 from ppp_jax.envs.reward import RewardConfig, reward_breakdown
+from ppp_jax.envs.scoring import MetricsConfig
 from ppp_jax.envs.simulator import UserSimulator
 from ppp_jax.rl import dapo
 from ppp_jax.rl.advantages import compute_advantages
@@ -144,6 +147,13 @@ async def run_requests(requests: Sequence[EpisodeRequest], domain: TaskDomain, p
     return out
 
 
+def overlong_loss_weights(records: Sequence[EpisodeRecord], mask_overlong: bool) -> np.ndarray:
+    """Per-episode loss weights, float32 [N]: 0 for an episode the token budget cut off
+    (finish_reason "token_limit") when `mask_overlong`, else 1."""
+    return np.asarray([0.0 if (mask_overlong and r.finish_reason == "token_limit") else 1.0
+                       for r in records], np.float32)
+
+
 class RolloutOrchestrator:
     """Runs a step's episodes and turns them into a token batch (see the module docstring).
 
@@ -153,6 +163,7 @@ class RolloutOrchestrator:
       simulator: the user simulator.
       rl: the algorithm config (group size, advantage estimator, DAPO).
       reward: the PPP reward config.
+      metrics: which definition each per-episode metric follows.
       episode: per-episode limits.
       concurrency / max_retries: see `RolloutConfig`.
       row_len / pad_to_multiple / rows_multiple / pack / drop_too_long: token-batch layout.
@@ -160,7 +171,8 @@ class RolloutOrchestrator:
     """
 
     def __init__(self, domain: TaskDomain, policy: Any, simulator: UserSimulator, *, rl: RLConfig,
-                 reward: RewardConfig, episode: EpisodeConfig, concurrency: int = 64,
+                 reward: RewardConfig, episode: EpisodeConfig,
+                 metrics: MetricsConfig = MetricsConfig(), concurrency: int = 64,
                  max_retries: int = 2, row_len: int | None = None, pad_to_multiple: int = 512,
                  rows_multiple: int = 1, pack: bool = False, drop_too_long: bool = True,
                  pad_token_id: int = 0):
@@ -169,6 +181,7 @@ class RolloutOrchestrator:
         self.simulator = TimedSimulator(simulator)
         self.rl = rl
         self.reward = reward
+        self.metrics = metrics
         self.episode = episode
         self.concurrency = concurrency
         self.max_retries = max_retries
@@ -282,15 +295,17 @@ class RolloutOrchestrator:
         for item, group in pairs:
             records.extend(group)
             groups.extend([item.uid] * len(group))
-        scores = [score_row(r, self.reward) for r in records]
+        scores = [score_row(r, self.reward, self.metrics) for r in records]
         rewards = self.rewards_of(records)
         adv = compute_advantages(rewards, groups, self.rl.advantage) if records else rewards
+        weights = overlong_loss_weights(records, self.rl.mask_overlong)
+        counters.overlong_masked += int(len(weights) - weights.sum())
         batch = None
         if records:
             batch = assemble_batch([r.tokens for r in records], adv, row_len=self.row_len,
                                    pad_to_multiple=self.pad_to_multiple,
                                    rows_multiple=self.rows_multiple, pack=self.pack,
-                                   pad_token_id=self.pad_token_id)
+                                   pad_token_id=self.pad_token_id, loss_weights=weights)
         m = rollout_metrics(records, scores, rewards, adv, groups, counters=counters.metrics(),
                             extra=extra, rollout_s=rollout_s,
                             simulator_seconds=self.simulator.seconds,

@@ -25,6 +25,7 @@ class RolloutCounters:
     groups_dropped_empty: int = 0
     groups_dropped_small: int = 0
     dropped_small_group: int = 0
+    overlong_masked: int = 0  # kept for the advantages, loss mask 0 (`rl.mask_overlong`)
 
     def metrics(self) -> dict[str, float]:
         return {f"rollout/{k}": float(v) for k, v in dataclasses.asdict(self).items()}

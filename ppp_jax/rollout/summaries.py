@@ -15,9 +15,13 @@ from ppp_jax.rollout.episode_metrics import episode_metrics
 from ppp_jax.rollout.results import RolloutBatch
 
 
-def score_row(record: EpisodeRecord, reward_cfg: RewardConfig) -> dict[str, float | None]:
-    """Per-episode scores and the reward with its components (keys of `episode_metrics.SCORE_KEYS`)."""
-    s = scoring.episode_scores(record, reward_cfg.correct_threshold)
+def score_row(record: EpisodeRecord, reward_cfg: RewardConfig,
+              metrics: scoring.MetricsConfig = scoring.MetricsConfig()) -> dict[str, float | None]:
+    """Per-episode scores (by the `metrics` rules) and the reward with its components (keys of
+    `episode_metrics.SCORE_KEYS`)."""
+    s = scoring.episode_scores(record, reward_cfg.correct_threshold,
+                               personalization_rule=metrics.personalization,
+                               proactivity_rule=metrics.proactivity)
     r = reward_breakdown(record, reward_cfg)
     return {"reward": r.total, "r_prod": r.productivity, "r_proact": r.proactivity,
             "r_pers": r.personalization, "productivity": s.productivity,

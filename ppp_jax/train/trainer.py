@@ -189,7 +189,7 @@ class PPPTrainer:
         self.process_rows_multiple = rows_multiple
         self.orchestrator = RolloutOrchestrator(
             parts.domain, self.policy, parts.simulator, rl=cfg.rl, reward=cfg.reward,
-            episode=cfg.rollout.episode, concurrency=cfg.rollout.concurrency,
+            metrics=cfg.metrics, episode=cfg.rollout.episode, concurrency=cfg.rollout.concurrency,
             max_retries=cfg.rollout.max_episode_retries, row_len=cfg.rollout.row_len,
             pad_to_multiple=cfg.rollout.pad_to_multiple, rows_multiple=rows_multiple,
             pack=cfg.rollout.pack, drop_too_long=cfg.rollout.truncate_long,
