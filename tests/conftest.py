@@ -8,6 +8,10 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+# JAX's switch for the persistent compilation cache, which `ppp` commands otherwise turn on
+# (`compile_cache`): no test, nor a `ppp` subprocess it starts, loads a program an earlier run
+# compiled. Tests of the cache itself set it back to true in their subprocesses.
+os.environ.setdefault("JAX_ENABLE_COMPILATION_CACHE", "false")
 
 # PPP_TEST_DEVICES=N runs the pytest process with N fake CPU devices (default: XLA's, 1), which
 # changes XLA:CPU's kernel choices: a portability check of the suite's float32 bounds

@@ -63,7 +63,8 @@ def configure_logging(verbose: bool) -> None:
 
 
 def load(args: argparse.Namespace, prog: str):
-    """The run config, or None after printing the config error."""
+    """The run config, or None after printing the config error. Sets up the persistent
+    compilation cache from its `compile_cache` section."""
     from ppp_jax.config.loader import ConfigError
     from ppp_jax.config.paths import check_input_paths
     from ppp_jax.config.run import load_run_config
@@ -73,7 +74,19 @@ def load(args: argparse.Namespace, prog: str):
         cfg = load_run_config(args.config, args.overrides)
         # every path the command reads must be there before anything is built
         check_input_paths(cfg, prog.split()[-1], checkpoint_arg=getattr(args, "checkpoint", ""))
-        return cfg
     except (ConfigError, ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return None
+    from ppp_jax.commands._compile_cache import use_compile_cache
+
+    use_compile_cache(cfg.compile_cache)  # before anything is compiled
+    return cfg
+
+
+def log_compile_stats() -> None:
+    """Logs (INFO, shown with --verbose) how many programs this process compiled and how many
+    it loaded from the persistent compilation cache."""
+    from ppp_jax.commands._compile_cache import current_stats
+
+    if (stats := current_stats()) is not None:
+        logging.getLogger(LOGGER).info(stats.summary())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ppp_jax.commands._common import add_config_arguments, load
+from ppp_jax.commands._common import add_config_arguments, load, log_compile_stats
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, DataError) as e:  # a missing data file, a bad data row: one line
         print(f"ppp demo: {e}", file=sys.stderr)
         return 1
+    log_compile_stats()
     b, a = summary["before"], summary["after"]
     for kind in ("vague", "precise"):
         if kind in b and kind in a:

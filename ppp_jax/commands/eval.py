@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from ppp_jax.commands._common import add_config_arguments, load
+from ppp_jax.commands._common import add_config_arguments, load, log_compile_stats
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if engine is not None:
             engine.close()
+        log_compile_stats()
     result["policy"] = what
     result["profile"] = cfg.profile
     result["profile_summary"] = profile_summary(cfg.profile, to_dict(cfg))

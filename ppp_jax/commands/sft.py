@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ppp_jax.commands._common import add_config_arguments, load
+from ppp_jax.commands._common import add_config_arguments, load, log_compile_stats
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         print("ppp sft: stopped at once by a second signal, without saving; run the same command "
               "again to resume from the last checkpoint", file=sys.stderr)
         return 130
+    log_compile_stats()
     out = cfg.output_dir / SFT_POLICY
     # The warm-started policy carries its tokenizer, so `ppp train` (and `ppp convert`) on it
     # need nothing else.

@@ -21,7 +21,7 @@ import argparse
 import sys
 import time
 
-from ppp_jax.commands._common import add_config_arguments, load
+from ppp_jax.commands._common import add_config_arguments, load, log_compile_stats
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         trainer.engine.close()
+        log_compile_stats()
     last = trainer.last_rollout.metrics if trainer.last_rollout is not None else {}
     ran = final.step - trainer.start_step  # this invocation's steps, not the resumed ones
     steps = f"{ran} step{'' if ran == 1 else 's'}"
