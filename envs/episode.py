@@ -45,7 +45,10 @@ the turn limit, or the token budget. Per turn:
     `finish_overridden`. A hook that raises accepts the finish unchanged and is counted in
     `finish_check_errors`;
   * tool outputs are truncated by the reference's rules (`domain_base.truncate_observation`) and
-    returned in the `tool` role;
+    returned in the `tool` role (or as `user` messages: `EpisodeConfig.interface`, which also
+    names the ask tool, shows the tools as system-prompt text, and can run only a turn's first
+    call; see `envs.interface`; the text forms are for engine policies, an API policy needs
+    the template's tools);
   * a turn without any call gets a nudge (as a tool-role message for engine policies, a user
     message for API ones).
 
@@ -64,8 +67,9 @@ import logging
 from typing import Any, Mapping, Sequence
 
 from ppp_jax.envs import judges
-from ppp_jax.envs.domains.base import (ASK_USER, FINISH, PromptKind, Task, TaskDomain,
-                                       ask_user_schema, truncate_observation)
+from ppp_jax.envs.domains.base import (FINISH, PromptKind, Task, TaskDomain,
+                                       truncate_observation)
+from ppp_jax.envs.interface import AgentInterface, ask_schema, openhands_tool_text, with_finish_message
 from ppp_jax.envs.policy import Policy, PolicyTurn
 from ppp_jax.envs.records import EpisodeRecord, Question, ToolCall
 from ppp_jax.envs.simulator import SimulatorContext, UserSimulator, history_reply, to_question
@@ -100,6 +104,8 @@ class EpisodeConfig:
       tool_timeout_s: wall-clock limit of one tool call (released: 120 s).
       simulator_timeout_s: wall-clock limit of one simulator answer.
       truncate: apply the observation truncation rules to tool outputs.
+      interface: the agent's tool names, tool rendering, observation role and calls run per
+        turn (`envs.interface.AgentInterface`; the `released` profile switches it).
     """
 
     max_turns: int = 30
@@ -109,6 +115,7 @@ class EpisodeConfig:
     tool_timeout_s: float = 120.0
     simulator_timeout_s: float = 300.0
     truncate: bool = True
+    interface: AgentInterface = AgentInterface()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +144,7 @@ class EpisodeStats:
     no_call_turns: int = 0
     calls_in_thinking: int = 0  # calls written inside a think block (ignored)
     dropped_after_finish: int = 0
+    dropped_extra_calls: int = 0  # calls after the first, with interface.calls_per_turn "first"
     tool_errors: int = 0
     tool_timeouts: int = 0
     simulator_errors: int = 0  # the user could not be reached (the orchestrator re-runs these)
@@ -199,9 +207,18 @@ class _EpisodeRun:
         self.domain, self.task, self.simulator = domain, task, simulator
         self.preference_id, self.prompt_kind, self.config = preference_id, prompt_kind, config
         self.episode_id = episode_id
-        self.tools = list(domain.tool_schemas(task)) + [ask_user_schema()]
+        face = config.interface
+        self.tools = list(domain.tool_schemas(task)) + [ask_schema(face)]
+        if face.finish_message:
+            self.tools = with_finish_message(self.tools)
+        system = domain.system_prompt(task)
+        # the tools the chat template renders: none when they are text in the system prompt
+        self.template_tools = self.tools if face.tools_in == "template" else []
+        if face.tools_in == "system_text":
+            system = f"{system}\n\n{openhands_tool_text(self.tools)}"
+        self.obs_role = face.observation_role
         self.messages: list[dict[str, Any]] = [
-            {"role": "system", "content": domain.system_prompt(task)},
+            {"role": "system", "content": system},
             {"role": "user", "content": domain.first_message(task, prompt_kind)},
         ]
         self.stats = EpisodeStats()
@@ -235,7 +252,7 @@ class _EpisodeRun:
         """One agent turn and its tool calls; True when the episode is over."""
         budget = self.max_context - self.context_tokens
         try:
-            pending = int(self.session.prompt_tokens(self.messages, self.tools))
+            pending = int(self.session.prompt_tokens(self.messages, self.template_tools))
         except Exception as e:  # noqa: BLE001 -- e.g. a message the template cannot render
             return self._policy_failed(e)
         if budget - pending < self.config.min_turn_tokens:
@@ -244,7 +261,8 @@ class _EpisodeRun:
             return True
         try:
             turn: PolicyTurn = await self.session.step(
-                self.messages, self.tools, min(self.config.turn_max_new_tokens, budget - pending))
+                self.messages, self.template_tools,
+                min(self.config.turn_max_new_tokens, budget - pending))
         except Exception as e:  # noqa: BLE001 -- the episode ends, the batch goes on
             return self._policy_failed(e)
         self.turns += 1
@@ -254,12 +272,12 @@ class _EpisodeRun:
         calls, ids, errors, api = self._add_assistant_message(turn)
         for err in errors:  # block-level parse errors (no call id)
             self.stats.malformed_calls += 1
-            self.messages.append({"role": "tool", "tool_call_id": None,
-                                  "content": f"ERROR: {err.message}"})
+            self.messages.append(self._observation(None, None, f"ERROR: {err.message}"))
         if not calls and not errors:
             self.stats.no_call_turns += 1
-            self.messages.append({"role": "tool" if not api else "user", "tool_call_id": None,
-                                  "content": NO_CALL_NUDGE})
+            nudge = NO_CALL_NUDGE.replace("ask_user", self.config.interface.ask_tool)
+            self.messages.append(self._observation(None, None, nudge) if not api
+                                 else {"role": "user", "tool_call_id": None, "content": nudge})
             return False
         return await self._run_calls(calls, ids)
 
@@ -293,9 +311,12 @@ class _EpisodeRun:
         """Runs the turn's calls in order up to an accepted `finish` (later ones are dropped,
         counted); True when the agent finished."""
         finished = False
-        for cid, call in zip(ids, calls):
+        for k, (cid, call) in enumerate(zip(ids, calls)):
             if finished:
                 self.stats.dropped_after_finish += 1
+                continue
+            if k > 0 and self.config.interface.calls_per_turn == "first":
+                self.stats.dropped_extra_calls += 1
                 continue
             self.stats.tool_calls += 1
             obs, error = await self._run_call(call)
@@ -308,9 +329,16 @@ class _EpisodeRun:
                 self.finish_reason = "finish"
             self.tool_calls.append(ToolCall(call.name, dict(call.arguments), self.turns - 1, obs,
                                             error))
-            self.messages.append({"role": "tool", "tool_call_id": cid, "name": call.name,
-                                  "content": obs})
+            self.messages.append(self._observation(cid, call.name, obs))
         return finished
+
+    def _observation(self, call_id: str | None, name: str | None, content: str) -> dict[str, Any]:
+        """A tool output (or nudge, or error) as a message in the interface's observation role."""
+        if self.obs_role == "user":
+            return {"role": "user", "content": content}
+        if name is None:
+            return {"role": "tool", "tool_call_id": call_id, "content": content}
+        return {"role": "tool", "tool_call_id": call_id, "name": name, "content": content}
 
     async def _run_call(self, call: ParsedCall) -> tuple[str, str | None]:
         """Runs one parsed call to (observation, error or None)."""
@@ -324,8 +352,9 @@ class _EpisodeRun:
             else:
                 stats.malformed_calls += 1
             return f"ERROR: {call.error.message}", kind
-        if call.name == ASK_USER:
-            return await self._ask(str(call.arguments.get("question", "")))
+        face = config.interface
+        if call.name == face.ask_tool:
+            return await self._ask(str(call.arguments.get(face.ask_argument, "")))
         if call.name == FINISH:
             if not str(call.arguments.get("answer", "")).strip():
                 stats.empty_finish += 1

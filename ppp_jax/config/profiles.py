@@ -39,6 +39,15 @@ _SETTINGS: dict[str, tuple[Any, Any]] = {
     "rl.mask_overlong": (False, True),
     # what the agent sees: envs/userville.py returns the simulator's reply with its tags
     "simulator.show_tags_to_agent": (False, True),
+    # the interface PPP-36B learned (envs/interface.py): envs/userville.py dispatches
+    # `ask_question` with `query`, runs `fn_call[0]` only and (agents/ppp_agent.py) appends every
+    # observation as a user message; envs/repo_env.py's finish(message, answer) and its
+    # OpenHands-style tools written into the system prompt
+    "rollout.episode.interface.ask_tool": ("ask_user", "ask_question"),
+    "rollout.episode.interface.finish_message": (False, True),
+    "rollout.episode.interface.tools_in": ("template", "system_text"),
+    "rollout.episode.interface.observation_role": ("tool", "user"),
+    "rollout.episode.interface.calls_per_turn": ("all", "first"),
 }
 
 
