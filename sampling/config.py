@@ -13,6 +13,12 @@ class EngineConfig:
 
     Attributes:
       num_slots: B, sequences decoded together (continuous batching fills freed slots).
+      decode_rows: row-count buckets of the decode block, ascending, at most num_slots: a block
+        runs over the smallest bucket that holds the live sequences (packed into its first
+        rows), so its cost follows the live slots, not num_slots. () = the powers of two below
+        num_slots, then num_slots; num_slots is always the last bucket. One decode program is
+        compiled per bucket (per top-log-prob variant); `[num_slots]` gives the single program
+        of a fixed batch.
       page_size: S, tokens per KV page.
       num_pages: P, pages in the pool (page 0 is reserved); memory = 2 * L * P * S * K * H * bytes.
       max_seq_len: longest sequence (context + generation) one slot can hold.
@@ -33,6 +39,7 @@ class EngineConfig:
     """
 
     num_slots: int = 8
+    decode_rows: tuple[int, ...] = ()
     page_size: int = 16
     num_pages: int = 1024
     max_seq_len: int = 4096
@@ -53,6 +60,10 @@ class EngineConfig:
             v = getattr(self, name)
             if not v or list(v) != sorted(set(v)) or v[0] < 1:
                 raise ValueError(f"EngineConfig.{name} must be ascending positive ints, got {v}")
+        rows = self.decode_rows
+        if rows and (list(rows) != sorted(set(rows)) or rows[0] < 1 or rows[-1] > self.num_slots):
+            raise ValueError(f"EngineConfig.decode_rows must be ascending positive ints of at most "
+                             f"num_slots={self.num_slots}, got {rows}")
         if self.num_pages - 1 < self.pages_per_seq:
             raise ValueError(
                 f"EngineConfig: the pool ({self.num_pages} pages, one reserved) must hold one "
@@ -62,6 +73,13 @@ class EngineConfig:
     @property
     def pages_per_seq(self) -> int:
         return -(-self.max_seq_len // self.page_size)
+
+    @property
+    def decode_buckets(self) -> tuple[int, ...]:
+        """The decode block's row counts, ascending, the last num_slots (see `decode_rows`)."""
+        rows = self.decode_rows or tuple(2**i for i in range(self.num_slots.bit_length())
+                                         if 2**i < self.num_slots)
+        return tuple(r for r in rows if r < self.num_slots) + (self.num_slots,)
 
     @property
     def table_width(self) -> int:

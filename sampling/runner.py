@@ -6,11 +6,12 @@ donated to every program and come back updated, so they are never copied.
 
 Compilations (counted in `ModelRunner.traces`):
   prefill  once per (rows bucket, chunk bucket), e.g. (1, 256)
-  decode   once (fixed number of slots B, fixed page-table width W, fixed steps per block),
-           plus once more with top-log-prob outputs, the first time a request asks for them
+  decode   once per row bucket B (`EngineConfig.decode_buckets`: the live sequences packed
+           into the smallest bucket; fixed page-table width W, fixed steps per block), plus once
+           more per bucket with top-log-prob outputs, the first time a request asks for them
   copy     once per number-of-pages bucket (copy-on-write of shared prefixes)
 
-Shapes: B slots, W page-table width, k decode steps per block, MS max stop ids per request.
+Shapes: B rows of a decode block (a bucket of live slots), W page-table width, k decode steps per block, MS max stop ids per request.
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@
   2. admit waiting sequences into free slots (FCFS): give each the KV pages of everything it has
      not cached yet, share a prompt prefix that another sequence is prefilling or has prefilled
      (GRPO groups), then prefill what is still uncached in chunks, all but the last token;
-  3. run one decode block (`decode_steps` steps) over all slots; the first step of a new
-     sequence feeds its last prompt token and samples its first new token.
+  3. run one decode block (`decode_steps` steps) over the occupied slots, packed into the first
+     rows of the smallest `EngineConfig.decode_buckets` row count that holds them (a block's
+     cost follows the live sequences, not num_slots); the first step of a new sequence feeds
+     its last prompt token and samples its first new token.
 
 Invariant of a sequence in a slot: `cached == len(tokens) - 1`; tokens[-1] is the next token to
 feed. A sequence's K/V live in its `pages` (page j holds positions [j*S, (j+1)*S)).
@@ -244,8 +246,9 @@ class EngineCore:
         del self.sessions[session_id]
 
     def warmup(self, top_logprobs: bool = False) -> None:
-        """Compiles every prefill bucket and the decode block now, on all-padding inputs (they
-        write only to the trash page), so no request waits for a compilation later.
+        """Compiles every prefill bucket and the decode block of every row bucket now, on
+        all-padding inputs (they write only to the trash page), so no request waits for a
+        compilation later.
         top_logprobs: also the decode variant that returns top log-probs (otherwise compiled
         by the first request that asks for them)."""
         c = self.config
@@ -255,10 +258,11 @@ class EngineCore:
                 self.k_pool, self.v_pool = self.runner.prefill(
                     self.state, self.k_pool, self.v_pool, z, z, z,
                     np.zeros((rows, c.table_width), np.int32), np.zeros(rows, np.int32))
-        batch = self._slot_batch()
-        for num_top in (0, self.max_top) if top_logprobs else (0,):
-            self.k_pool, self.v_pool, *_ = self.runner.decode(self.state, self.k_pool, self.v_pool,
-                                                              batch, 1, num_top)
+        for rows in c.decode_buckets:
+            batch = self._slot_batch(rows)
+            for num_top in (0, self.max_top) if top_logprobs else (0,):
+                self.k_pool, self.v_pool, *_ = self.runner.decode(
+                    self.state, self.k_pool, self.v_pool, batch, 1, num_top)
         self._copy_pages([(0, 0)])
 
     def has_work(self) -> bool:
@@ -381,7 +385,7 @@ class EngineCore:
 
     def lower_decode(self, num_top: int = 0):
         """The decode program lowered (a `jax.stages.Lowered`, not run) for the current weights
-        and pools and an all-idle batch: the default program, or with `num_top` > 0 the
+        and pools and an all-idle batch of num_slots rows (the largest bucket): the default program, or with `num_top` > 0 the
         top-log-prob variant. E.g. `.as_text()` is its HLO."""
         return self.runner.lower_decode(self.state, self.k_pool, self.v_pool, self._slot_batch(),
                                         num_top)
@@ -604,9 +608,10 @@ class EngineCore:
 
     # ---- decode -----------------------------------------------------------------------------
 
-    def _slot_batch(self, rows: dict[int, SlotRow] | None = None) -> SlotBatch:
+    def _slot_batch(self, num_rows: int | None = None) -> SlotBatch:
+        """An all-idle batch of `num_rows` rows (default num_slots)."""
         c = self.config
-        return SlotBatch.build(c.num_slots, c.table_width, c.max_stop_tokens, rows)
+        return SlotBatch.build(num_rows or c.num_slots, c.table_width, c.max_stop_tokens)
 
     def _decode_block(self) -> None:
         c = self.config
@@ -626,16 +631,20 @@ class EngineCore:
         live = [s for s in self.slots if s is not None]
         if not live:
             return
-        batch = self._slot_batch()
+        # Row r of the block is live[r]: the occupied slots packed into the first rows of the
+        # smallest bucket. A row's results depend only on its own inputs (per-request seeds),
+        # so packing changes no token; the K/V pages are reached through the page table.
+        batch = self._slot_batch(_bucket(len(live), c.decode_buckets))
+        row_of = {id(seq): r for r, seq in enumerate(live)}
         for seq in live:  # a row that cannot be built fails its own request only
             try:
-                batch.set_row(seq.slot, SlotRow(
+                batch.set_row(row_of[id(seq)], SlotRow(
                     pages=seq.pages, cache_len=seq.cached, last_token=seq.tokens[-1],
                     num_generated=len(seq.out_tokens), max_new_tokens=seq.params.max_new_tokens,
                     stop_ids=seq.params.stop_token_ids, temperature=seq.params.temperature,
                     top_k=seq.params.top_k, top_p=seq.params.top_p, seed=seq.seed))
             except Exception as e:  # noqa: BLE001
-                batch.clear_row(seq.slot)
+                batch.clear_row(row_of[id(seq)])
                 self._fail(seq, RequestError(f"request {seq.request.request_id} cannot be "
                                              f"decoded: {e}"))
         live = [s for s in live if s.slot is not None]
@@ -652,8 +661,9 @@ class EngineCore:
         if num_top:
             top_ids, top_lps = np.asarray(top_ids), np.asarray(top_lps)
         self.counters["decode_blocks"] += 1
+        self.counters["decode_rows"] += batch.active.shape[0]  # rows computed, idle ones too
         for seq in live:
-            i = seq.slot
+            i = row_of[id(seq)]
             k_top = seq.params.top_logprobs
             new_t, new_l, new_top, reason = [], [], [], None
             for j in range(int(nvalid[i])):

@@ -142,7 +142,8 @@ register_rules(ModelSizes, {
 register_rules(CompileSpec, {"batch": NON_NEGATIVE, "seq_len": NON_NEGATIVE})
 # the sampling layer's EngineConfig cannot import the config layer: its rules are given here
 register_rules(EngineConfig, {
-    "num_slots": POSITIVE, "page_size": POSITIVE, "num_pages": Range(2), "max_seq_len": POSITIVE,
-    "decode_steps": POSITIVE, "prefill_chunks": POSITIVE, "prefill_rows": POSITIVE,
-    "block_pages": POSITIVE, "max_stop_tokens": POSITIVE, "kv_dtype": DTYPE})
+    "num_slots": POSITIVE, "decode_rows": POSITIVE, "page_size": POSITIVE, "num_pages": Range(2),
+    "max_seq_len": POSITIVE, "decode_steps": POSITIVE, "prefill_chunks": POSITIVE,
+    "prefill_rows": POSITIVE, "block_pages": POSITIVE, "max_stop_tokens": POSITIVE,
+    "kv_dtype": DTYPE})
 register_rules(EngineSpec, {"dtype": DTYPE})

@@ -36,11 +36,13 @@ needs_libtpu = pytest.mark.skipif(not HAVE_LIBTPU, reason=WHY_NO_LIBTPU or "libt
 CPU_MODEL = {"preset": "tiny", "param_dtype": "float32",
              "sizes": {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 48,
                        "num_layers": 2, "num_heads": 8, "num_kv_heads": 4, "head_dim": 8}}
-CPU_ENGINE = {"num_slots": 4, "prefill_rows": [2], "prefill_chunks": [16], "max_seq_len": 64,
+CPU_ENGINE = {"num_slots": 4, "decode_rows": [4], "prefill_rows": [2], "prefill_chunks": [16],
+              "max_seq_len": 64,
               "num_pages": 65, "kv_dtype": "float32",
               "dtype": "float32", "page_size": 4, "decode_steps": 4, "block_pages": 4,
               "mesh": {"axes": ["data", "fsdp", "tensor"], "shape": [2, 1, 4]}}
-# Per replica: 4 slots, 2 prefill rows of 16 tokens, 1 + 4 * 64/4 = 65 pages, W = 16.
+# Per replica: 4 slots (one decode bucket, the AOT program's), 2 prefill rows of 16 tokens,
+# 1 + 4 * 64/4 = 65 pages, W = 16.
 # Prompts longer than the 16-token chunk are prefilled in several calls; 6 requests > 4 slots.
 PROMPTS = [[5], [3, 14, 15, 92, 65, 35, 8, 9, 79], list(range(10, 31)), list(range(40, 73)),
            [7, 7, 8, 9, 11], [60, 2, 13, 40, 41, 1, 17, 20, 21, 22, 23, 30]]

@@ -172,8 +172,8 @@ def test_update_params_swaps_weights_without_recompiling(engine, tiny_model):
     engine.update_params(state)
     restored = engine.generate_batch([req()])[0]
     assert engine.compilations == compiled
-    # One decode program; at most one prefill program per (rows, chunk) bucket.
-    assert compiled["decode"] == 1
+    # At most one decode program per row bucket; one prefill program per (rows, chunk) bucket.
+    assert compiled["decode"] <= len(SMALL_ENGINE.decode_buckets)
     assert compiled["prefill"] <= len(SMALL_ENGINE.prefill_rows) * len(SMALL_ENGINE.prefill_chunks)
     assert changed.logprobs != base.logprobs
     _same(restored, base, atol=0)  # the same program, weights (bit for bit) and request
