@@ -45,6 +45,10 @@ TaskFamily = Literal["swe", "search"]
 
 CAP_REPLY = "I've already answered all the questions I'm going to. Please carry on by yourself."
 IDK_REPLY = "I don't know."
+# The released code's canned refusal, sent once its simulator chat holds 10 messages (after 4
+# answers); quoted from envs/userville.py so `profile: released` shows the agent the same text.
+RELEASED_CAP_REPLY = "I have already answered 10 questions. I cannot answer more. Do it yourself."
+AmateurHidden = Literal["all", "swe"]
 DEFAULT_MAX_QUESTIONS = 4
 
 # Raw level -> effort, per task family (the released code's scales).
@@ -135,10 +139,11 @@ class UserSimulator(Protocol):
         ...
 
 
-def cap_reply(ctx: SimulatorContext) -> SimulatorReply:
-    """The canned reply for a question beyond the cap (effort medium, not answered)."""
+def cap_reply(ctx: SimulatorContext, text: str = CAP_REPLY) -> SimulatorReply:
+    """The canned reply `text` for a question beyond the cap (effort medium, not answered, no
+    tags: as in the released code, whose refusal is `RELEASED_CAP_REPLY`)."""
     return SimulatorReply(
-        text=CAP_REPLY, effort="medium", followed=None, answered=False, raw=CAP_REPLY
+        text=text, effort="medium", followed=None, answered=False, raw=text
     )
 
 

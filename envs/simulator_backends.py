@@ -7,7 +7,7 @@ import dataclasses
 from typing import Literal
 
 from ppp_jax.envs.llm_client import LLMClientConfig
-from ppp_jax.envs.simulator import DEFAULT_MAX_QUESTIONS, UserSimulator
+from ppp_jax.envs.simulator import CAP_REPLY, DEFAULT_MAX_QUESTIONS, AmateurHidden, UserSimulator
 from ppp_jax.envs.simulator_embedded import EmbeddedSimulatorConfig, EmbeddedUserSimulator
 from ppp_jax.envs.simulator_llm import LLMSimulatorConfig, LLMUserSimulator
 
@@ -29,14 +29,18 @@ class SimulatorConfig:
     timeout_s: float = 120.0
     max_retries: int = 3
     max_concurrency: int = 32
-    show_tags_to_agent: bool = False
+    show_tags_to_agent: bool = False  # the agent sees the [Cost N]/[Reward k] tags (released)
+    cap_reply: str = CAP_REPLY  # the refusal past max_questions (released: RELEASED_CAP_REPLY)
+    amateur_hidden: AmateurHidden = "all"  # "swe": the gold stays visible in search (released)
     compliance_judge: Literal["llm", "rule", "both"] = "llm"
 
 
 def make_simulator(cfg: SimulatorConfig) -> UserSimulator:
     """Builds the configured simulator (embedded, or LLM over an OpenAI-compatible endpoint)."""
     if cfg.backend == "embedded":
-        return EmbeddedUserSimulator(EmbeddedSimulatorConfig(max_questions=cfg.max_questions))
+        return EmbeddedUserSimulator(EmbeddedSimulatorConfig(
+            max_questions=cfg.max_questions, show_tags_to_agent=cfg.show_tags_to_agent,
+            cap_reply=cfg.cap_reply, amateur_hidden=cfg.amateur_hidden))
     if cfg.backend == "llm":
         client = LLMClientConfig(
             model=cfg.model,
@@ -51,6 +55,8 @@ def make_simulator(cfg: SimulatorConfig) -> UserSimulator:
                 client=client,
                 max_questions=cfg.max_questions,
                 show_tags_to_agent=cfg.show_tags_to_agent,
+                cap_reply=cfg.cap_reply,
+                amateur_hidden=cfg.amateur_hidden,
                 compliance_judge=cfg.compliance_judge,
             )
         )

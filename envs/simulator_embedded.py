@@ -30,8 +30,10 @@ import re
 from ppp_jax.envs import judges
 from ppp_jax.envs.preferences import get_preference
 from ppp_jax.envs.simulator import (
+    CAP_REPLY,
     DEFAULT_MAX_QUESTIONS,
     IDK_REPLY,
+    AmateurHidden,
     SimulatorContext,
     SimulatorReply,
     cap_reply,
@@ -119,6 +121,9 @@ class EmbeddedSimulatorConfig:
     max_questions: int = DEFAULT_MAX_QUESTIONS  # answers at most this many questions per episode
     min_overlap: int = 2  # content words a prompt sentence must share with a low-effort question
     max_answer_sentences: int = 2  # prompt sentences quoted in a low-effort answer
+    show_tags_to_agent: bool = False  # append [Cost N] (and [Reward k]) lines, as the released code
+    cap_reply: str = CAP_REPLY  # the untagged refusal past `max_questions`
+    amateur_hidden: AmateurHidden = "all"  # families hiding the gold from `amateur` ("swe": released)
 
     def __post_init__(self):
         if self.max_questions < 0 or self.min_overlap < 1 or self.max_answer_sentences < 1:
@@ -135,11 +140,21 @@ class EmbeddedUserSimulator:
         return self.answer_sync(ctx, question)
 
     def answer_sync(self, ctx: SimulatorContext, question: str) -> SimulatorReply:
-        """The synchronous core of `answer` (the simulator does no I/O)."""
+        """The synchronous core of `answer` (the simulator does no I/O); with
+        `show_tags_to_agent`, the text carries the released code's tag lines."""
+        out = self._answer(ctx, question)
+        if not self.config.show_tags_to_agent or not out.answered or out.level is None:
+            return out
+        text = f"{out.text}\n[Cost {out.level}]"
+        if get_preference(ctx.preference_id).rubric is not None and out.followed is not None:
+            text += f"\n[Reward {int(out.followed)}]"
+        return dataclasses.replace(out, text=text, raw=text)
+
+    def _answer(self, ctx: SimulatorContext, question: str) -> SimulatorReply:
         check_question(question)
         pref = get_preference(ctx.preference_id)
         if ctx.questions_answered >= self.config.max_questions:
-            return cap_reply(ctx)
+            return cap_reply(ctx, self.config.cap_reply)
         followed = judges.judge_question(pref.id, question)
         fam = ctx.task_family
         idk_level = 3 if fam == "swe" else 2
@@ -160,8 +175,8 @@ class EmbeddedUserSimulator:
         best_prompt_overlap = max(overlaps, default=0)
 
         hidden = [ln.strip() for ln in (ctx.hint + "\n" + ctx.hidden_info).splitlines() if ln.strip()]
-        if pref.id == "amateur":
-            hidden = []  # amateur users are never shown the gold location (released behaviour)
+        if pref.id == "amateur" and (fam == "swe" or self.config.amateur_hidden == "all"):
+            hidden = []  # amateur users are not shown the gold location (released: SWE only)
         hidden_overlaps = [len(set(q_tokens) & set(content_tokens(h))) for h in hidden]
         asks_hidden = _HIDDEN_REQUEST_RE.search(question) is not None or (
             _HIDDEN_THING_RE.search(question) is not None) or (

@@ -37,8 +37,10 @@ from ppp_jax.envs.llm_client import LLMClient, LLMClientConfig, LLMRequestError
 from ppp_jax.envs.preferences import Preference, get_preference
 from ppp_jax.envs.records import Effort
 from ppp_jax.envs.simulator import (
+    CAP_REPLY,
     DEFAULT_MAX_QUESTIONS,
     IDK_REPLY,
+    AmateurHidden,
     LEVEL_EFFORT,
     SimulatorContext,
     SimulatorReply,
@@ -59,6 +61,10 @@ class LLMSimulatorConfig:
     client: LLMClientConfig = LLMClientConfig()
     max_questions: int = DEFAULT_MAX_QUESTIONS  # answers at most this many per episode
     show_tags_to_agent: bool = False  # True = agent sees [Cost N]/[Reward k] (released behaviour)
+    cap_reply: str = CAP_REPLY  # the untagged refusal past `max_questions`
+    # which task families hide the gold location from the `amateur` user: "all" (ours), "swe"
+    # (the released code blanks it for SWE only; its search simulator keeps the documents)
+    amateur_hidden: AmateurHidden = "all"
     format_retries: int = 2  # re-requests after an unparseable reply
     malformed_effort: Effort = "medium"  # effort recorded for a reply that never parsed
     # Where `followed` comes from: the LLM's [Reward] tag, the rule judge, or the LLM's tag with
@@ -95,14 +101,15 @@ def _rubric_line(pref: Preference, judge: ComplianceJudge) -> str | None:
     return pref.rubric if (pref.rubric is not None and judge in ("llm", "both")) else None
 
 
-def build_system_prompt(ctx: SimulatorContext, judge: ComplianceJudge = "llm") -> str:
+def build_system_prompt(ctx: SimulatorContext, judge: ComplianceJudge = "llm",
+                        amateur_hidden: AmateurHidden = "all") -> str:
     """The simulator's system prompt for one episode (pure function of the context)."""
     pref = get_preference(ctx.preference_id)
     rubric = _rubric_line(pref, judge)
     swe = ctx.task_family == "swe"
     hidden = ctx.hidden_info.strip()
-    if pref.id == "amateur":
-        hidden = ""  # amateur users do not know where the change goes (released behaviour)
+    if pref.id == "amateur" and (swe or amateur_hidden == "all"):
+        hidden = ""  # amateur users do not know where the change goes (released: SWE only)
     if swe:
         info = (
             "You know, from least to most sensitive: the full issue description; a hint; the "
@@ -168,9 +175,10 @@ def build_question_message(question: str) -> str:
     )
 
 
-def build_messages(ctx: SimulatorContext, question: str, judge: ComplianceJudge = "llm"):
+def build_messages(ctx: SimulatorContext, question: str, judge: ComplianceJudge = "llm",
+                   amateur_hidden: AmateurHidden = "all"):
     """The full chat: system prompt, the episode's earlier Q/A pairs, then this question."""
-    msgs = [{"role": "system", "content": build_system_prompt(ctx, judge)}]
+    msgs = [{"role": "system", "content": build_system_prompt(ctx, judge, amateur_hidden)}]
     for q, a in ctx.history:
         msgs.append({"role": "user", "content": build_question_message(q)})
         msgs.append({"role": "assistant", "content": a})
@@ -259,11 +267,11 @@ class LLMUserSimulator:
         self.stats["questions"] += 1
         if ctx.questions_answered >= self.config.max_questions:
             self.stats["capped"] += 1
-            return cap_reply(ctx)
+            return cap_reply(ctx, self.config.cap_reply)
         judge = self.config.compliance_judge
         expects_reward = _rubric_line(pref, judge) is not None
         rule_verdict = judges.judge_question(pref.id, question) if judge != "llm" else None
-        messages = build_messages(ctx, question, judge)
+        messages = build_messages(ctx, question, judge, self.config.amateur_hidden)
         raw = ""
         request_retries = 0
         for attempt in range(self.config.format_retries + 1):

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from ppp_jax.envs.simulator import CAP_REPLY, RELEASED_CAP_REPLY
+
 Profile = Literal["paper", "released"]
 PROFILE_NAMES: tuple[str, ...] = ("paper", "released")
 
@@ -39,6 +41,10 @@ _SETTINGS: dict[str, tuple[Any, Any]] = {
     "rl.mask_overlong": (False, True),
     # what the agent sees: envs/userville.py returns the simulator's reply with its tags
     "simulator.show_tags_to_agent": (False, True),
+    # envs/userville.py: the canned, untagged refusal once the simulator chat holds 10 messages;
+    # the amateur preference blanks the edit file/function for SWE only
+    "simulator.cap_reply": (CAP_REPLY, RELEASED_CAP_REPLY),
+    "simulator.amateur_hidden": ("all", "swe"),
     # the interface PPP-36B learned (envs/interface.py): envs/userville.py dispatches
     # `ask_question` with `query`, runs `fn_call[0]` only and (agents/ppp_agent.py) appends every
     # observation as a user message; envs/repo_env.py's finish(message, answer) and its
