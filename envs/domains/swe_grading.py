@@ -90,7 +90,7 @@ def parse_pytest_summary(output: str) -> dict[str, str]:
     return statuses
 
 
-def test_files(test_ids: Sequence[str]) -> list[str]:
+def files_of_tests(test_ids: Sequence[str]) -> list[str]:
     """The files of pytest node ids (`tests/test_a.py::TestX::test_y[p]` -> `tests/test_a.py`),
     in first-seen order: the local backend runs whole files and reads the ids it needs."""
     return list(dict.fromkeys(t.split("::", 1)[0] for t in test_ids if t.strip()))
@@ -146,7 +146,7 @@ def grade_patch(patch: str, *, snapshot: str | os.PathLike, work_root: str | os.
         why = box.apply(patch, "patch") or box.apply(test_patch, "test_patch")
         if why:
             return failed(why)
-        files = test_files(f2p + p2p)
+        files = files_of_tests(f2p + p2p)
         if not files:
             return failed("the instance lists no FAIL_TO_PASS or PASS_TO_PASS tests")
         command = test_command.replace("{tests}", " ".join(shlex.quote(f) for f in files))

@@ -124,9 +124,9 @@ class EnvironmentCache:
             lines = [MOUNT]
             if (snapshot / "src").is_dir() and not (snapshot / "src" / "__init__.py").exists():
                 lines.append(MOUNT + "/src")
-            Path(site[0], "_ppp_testbed.pth").write_text("\n".join(lines) + "\n")
+            Path(site[0], "_ppp_0_testbed.pth").write_text("\n".join(lines) + "\n")
             if self.settings.inherit_site_packages:
-                Path(site[0], "_ppp_inherited.pth").write_text(
+                Path(site[0], "_ppp_1_inherited.pth").write_text(
                     "\n".join(_site_packages(self.python)) + "\n")
             if self.settings.setup_command:
                 self._run_setup(target, snapshot)

@@ -187,7 +187,7 @@ class LocalSandbox:
             elif os.path.isdir(top):
                 argv += ["--ro-bind", top, top]
         argv += ["--proc", "/proc", "--dev", "/dev",
-                 "--size", str(lim.tmp_bytes), "--tmpfs", "/tmp",
+                 "--perms", "1777", "--size", str(lim.tmp_bytes), "--tmpfs", "/tmp",
                  "--perms", "0755", "--dir", "/etc"]
         for name in _SETUP_FILES:
             argv += ["--ro-bind", str(self.home / "etc" / name), f"/etc/{name}"]
