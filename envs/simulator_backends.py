@@ -32,6 +32,10 @@ class SimulatorConfig:
     show_tags_to_agent: bool = False  # the agent sees the [Cost N]/[Reward k] tags (released)
     cap_reply: str = CAP_REPLY  # the refusal past max_questions (released: RELEASED_CAP_REPLY)
     amateur_hidden: AmateurHidden = "all"  # "swe": the gold stays visible in search (released)
+    # the released data files (.parquet/.jsonl/.json) whose rows carry extra_info.preference: the
+    # LLM user is then told the released preference and rule strings instead of ours
+    # (envs.preference_texts); empty = ours
+    preference_texts: tuple[str, ...] = ()
     compliance_judge: Literal["llm", "rule", "both"] = "llm"
 
 
@@ -50,6 +54,9 @@ def make_simulator(cfg: SimulatorConfig) -> UserSimulator:
             max_retries=cfg.max_retries,
             max_concurrency=cfg.max_concurrency,
         )
+        from ppp_jax.envs.preference_texts import read_preference_texts
+
+        texts = read_preference_texts(cfg.preference_texts) if cfg.preference_texts else None
         return LLMUserSimulator(
             LLMSimulatorConfig(
                 client=client,
@@ -58,6 +65,7 @@ def make_simulator(cfg: SimulatorConfig) -> UserSimulator:
                 cap_reply=cfg.cap_reply,
                 amateur_hidden=cfg.amateur_hidden,
                 compliance_judge=cfg.compliance_judge,
-            )
+            ),
+            texts=texts,
         )
     raise ValueError(f"unknown simulator backend {cfg.backend!r}; expected 'embedded' or 'llm'")

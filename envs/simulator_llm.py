@@ -30,10 +30,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from typing import Literal
+from typing import Literal, Mapping
 
 from ppp_jax.envs import judges
 from ppp_jax.envs.llm_client import LLMClient, LLMClientConfig, LLMRequestError
+from ppp_jax.envs.preference_texts import PreferenceText, with_texts
 from ppp_jax.envs.preferences import Preference, get_preference
 from ppp_jax.envs.records import Effort
 from ppp_jax.envs.simulator import (
@@ -102,9 +103,11 @@ def _rubric_line(pref: Preference, judge: ComplianceJudge) -> str | None:
 
 
 def build_system_prompt(ctx: SimulatorContext, judge: ComplianceJudge = "llm",
-                        amateur_hidden: AmateurHidden = "all") -> str:
-    """The simulator's system prompt for one episode (pure function of the context)."""
-    pref = get_preference(ctx.preference_id)
+                        amateur_hidden: AmateurHidden = "all",
+                        texts: Mapping[str, PreferenceText] | None = None) -> str:
+    """The simulator's system prompt for one episode (pure function of the context); `texts`:
+    the released data's preference strings, used instead of ours where given."""
+    pref = with_texts(get_preference(ctx.preference_id), texts)
     rubric = _rubric_line(pref, judge)
     swe = ctx.task_family == "swe"
     hidden = ctx.hidden_info.strip()
@@ -176,9 +179,11 @@ def build_question_message(question: str) -> str:
 
 
 def build_messages(ctx: SimulatorContext, question: str, judge: ComplianceJudge = "llm",
-                   amateur_hidden: AmateurHidden = "all"):
+                   amateur_hidden: AmateurHidden = "all",
+                   texts: Mapping[str, PreferenceText] | None = None):
     """The full chat: system prompt, the episode's earlier Q/A pairs, then this question."""
-    msgs = [{"role": "system", "content": build_system_prompt(ctx, judge, amateur_hidden)}]
+    msgs = [{"role": "system",
+             "content": build_system_prompt(ctx, judge, amateur_hidden, texts)}]
     for q, a in ctx.history:
         msgs.append({"role": "user", "content": build_question_message(q)})
         msgs.append({"role": "assistant", "content": a})
@@ -246,8 +251,10 @@ class LLMUserSimulator:
     failures.
     """
 
-    def __init__(self, config: LLMSimulatorConfig = LLMSimulatorConfig(), client: LLMClient | None = None):
+    def __init__(self, config: LLMSimulatorConfig = LLMSimulatorConfig(), client: LLMClient | None = None,
+                 texts: Mapping[str, PreferenceText] | None = None):
         self.config = config
+        self.texts = dict(texts or {})  # the released preference strings (envs.preference_texts)
         self.client = client if client is not None else LLMClient(config.client)
         self.stats: dict[str, int] = {
             "questions": 0,
@@ -263,7 +270,7 @@ class LLMUserSimulator:
 
     async def answer(self, ctx: SimulatorContext, question: str) -> SimulatorReply:
         check_question(question)
-        pref = get_preference(ctx.preference_id)
+        pref = with_texts(get_preference(ctx.preference_id), self.texts)
         self.stats["questions"] += 1
         if ctx.questions_answered >= self.config.max_questions:
             self.stats["capped"] += 1
@@ -271,7 +278,7 @@ class LLMUserSimulator:
         judge = self.config.compliance_judge
         expects_reward = _rubric_line(pref, judge) is not None
         rule_verdict = judges.judge_question(pref.id, question) if judge != "llm" else None
-        messages = build_messages(ctx, question, judge, self.config.amateur_hidden)
+        messages = build_messages(ctx, question, judge, self.config.amateur_hidden, self.texts)
         raw = ""
         request_retries = 0
         for attempt in range(self.config.format_retries + 1):

@@ -15,6 +15,8 @@ Inputs (must exist before the command builds anything):
                           `datasets` package): every command, domain swe_func_loc
   domain.swe_clone_root   directory of local clones: every command, domain swe_func_loc
   domain.browsecomp_queries, domain.browsecomp_corpus   local data files: domain browsecomp_plus
+  simulator.preference_texts  the released data files with the preference strings: every
+                          command, LLM simulator (envs.preference_texts)
 Outputs (created; refused when a file is in the way):
   run_dir                 <run_dir>/<name>/: every command
   domain.swe_cache_dir    repository snapshots: domain swe_func_loc
@@ -133,6 +135,11 @@ def input_path_problems(cfg: RunConfig, command: str, *, checkpoint_arg: str = "
                               "a model directory (`ppp train` writes <run>/policy, `ppp sft` "
                               "<run>/sft_policy, `ppp convert hf2orbax` one from a Hugging Face "
                               "checkpoint) or a `ppp train` run directory"))
+    if cfg.simulator.backend == "llm":
+        for i, f in enumerate(cfg.simulator.preference_texts):
+            out.append(_input(f"simulator.preference_texts[{i}]", f, "a released data file "
+                              "(.parquet/.jsonl/.json) whose rows carry extra_info.preference",
+                              "file"))
     return [x for x in out if x]
 
 

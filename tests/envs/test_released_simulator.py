@@ -56,3 +56,56 @@ def test_amateur_hides_the_gold_for_swe_and_by_setting_for_search():
     hid = answer(SimulatorConfig(), c, q)
     assert (kept.text, kept.effort, kept.level) == (docs, "high", 3)
     assert (hid.text, hid.effort) == ("I don't know.", "medium")
+
+
+def test_released_preference_strings_replace_ours(tmp_path, fake, monkeypatch):
+    """Rows shaped like the released parquet files: the LLM user is told their strings, a
+    `[function]` rule means no [Reward] tag, and a conflicting or unknown entry is refused."""
+    import json
+
+    import pytest
+
+    from ppp_jax.envs.domains.rows import DataError
+    from ppp_jax.envs.preference_texts import read_preference_texts
+
+    concise = {"preference": "RELEASED-CONCISE: the user wants very short questions.",
+               "reward": "RELEASED-RULE: one short sentence -> [Reward 1]."}
+    rows = [
+        {"extra_info": {"preference": {"concise_question": concise, "no_ask": None}}},
+        {"extra_info": json.dumps({"preference": {
+            "preference_name": "answer_more",
+            "answer_more": {"preference": "RELEASED-MORE", "reward": "[function] ask_more"}}})},
+        {"extra_info": {"is_vague": False}},  # no preference: skipped
+    ]
+    path = tmp_path / "test_id.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts = read_preference_texts([str(path)])
+    assert texts["concise_question"].instruction.startswith("RELEASED-CONCISE")
+    assert texts["answer_more"].rubric is None and set(texts) == {"concise_question", "answer_more"}
+
+    prompt = build_system_prompt(ctx(), texts=texts)
+    assert "RELEASED-CONCISE" in prompt and "RELEASED-RULE" in prompt
+    assert "RELEASED" not in build_system_prompt(ctx())  # ours without the files
+
+    monkeypatch.setenv("PPP_TEST_TEXTS_KEY", "sk-test")
+    cfg = SimulatorConfig(backend="llm", model="fake-model", base_url=fake.base_url,
+                          api_key_env="PPP_TEST_TEXTS_KEY", max_retries=0,
+                          preference_texts=(str(path),))
+    from tests.envs.fake_openai_server import reply
+
+    fake.push(reply("Sure, more than three is fine.\n[Cost 1]"))
+    r = answer(cfg, ctx("answer_more"), "Can I ask you a few things?")
+    assert r.level == 1 and not r.malformed  # no [Reward] line expected: "[function]" rule
+    sent = fake.requests[-1]["body"]["messages"][0]["content"]
+    assert "RELEASED-MORE" in sent
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"extra_info": {"preference": {"concise_question": {
+        "preference": "other text", "reward": "None"}}}}) + "\n")
+    with pytest.raises(DataError, match="differs from an earlier row"):
+        read_preference_texts([str(path), str(bad)])
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text(json.dumps({"extra_info": {"preference": {"be_nice": {
+        "preference": "x", "reward": "None"}}}}) + "\n")
+    with pytest.raises(DataError, match="unknown preference 'be_nice'"):
+        read_preference_texts([str(unknown)])
