@@ -35,7 +35,8 @@ the turn limit, or the token budget. Per turn:
   * other tools go to `domain.run_tool` under a timeout; blocking work runs in threads, so a slow
     tool or simulator call never blocks other episodes; exceptions become observations;
   * `finish(answer, ...)`: an empty answer is refused with a re-submission message (counted in
-    `empty_finish`). Then the domain's `check_finish(task, args, state) -> str | None` (sync or
+    `empty_finish`), unless the domain sets `finish_needs_answer = False` (its answer is made by
+    `check_finish`, e.g. SWE-Full's diff). Then the domain's `check_finish(task, args, state) -> str | None` (sync or
     async; `state` is the episode's per-episode dict that `run_tool` also sees; domains without a
     rule return None) is asked before the episode ends: a string is
     returned to the agent as the observation and the finish is refused (error "finish_rejected",
@@ -165,6 +166,7 @@ class EpisodeStats:
     simulator_error: str | None = None
     finish_check_error: str | None = None
     score_error: str | None = None
+    score_details: dict[str, Any] | None = None  # the domain's explanation of the score
     trajectory_error: str | None = None
     policy: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -195,6 +197,7 @@ async def run_episode(domain: TaskDomain, task: Task, policy: Policy, simulator:
             await run.session.close()
         except Exception:  # noqa: BLE001
             pass
+        await run.close_domain_state()
     return await run.record()
 
 
@@ -356,7 +359,9 @@ class _EpisodeRun:
         if call.name == face.ask_tool:
             return await self._ask(str(call.arguments.get(face.ask_argument, "")))
         if call.name == FINISH:
-            if not str(call.arguments.get("answer", "")).strip():
+            # a domain whose answer is not text (SWE-Full submits its repository diff) says so
+            needs_answer = getattr(self.domain, "finish_needs_answer", True)
+            if needs_answer and not str(call.arguments.get("answer", "")).strip():
                 stats.empty_finish += 1
                 return EMPTY_FINISH_MESSAGE, "empty_answer"
             rejection = await self._check_finish(call.arguments)
@@ -425,13 +430,33 @@ class _EpisodeRun:
         questions.append(to_question(question, reply, self.turns - 1))
         return reply.text, None
 
+    async def close_domain_state(self) -> None:
+        """The domain's `close_episode(task, state)`, if it has one (e.g. removing a sandbox);
+        a failure there is logged, never raised."""
+        close = getattr(self.domain, "close_episode", None)
+        if close is None:
+            return
+        try:
+            result = close(self.task, self.state)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as e:  # noqa: BLE001 -- cleanup must not lose the episode
+            log.warning("close_episode failed in %s: %s", self.episode_id, _error_text(e))
+
     async def record(self) -> EpisodeRecord:
         """Scores the finish answer, judges the trajectory and builds the record."""
         stats, task = self.stats, self.task
         stats.simulator_malformed = sum(q.malformed for q in self.questions)
         try:
-            score = (float(await self.domain.score(task, self.answer))
-                     if self.answer is not None else 0.0)
+            details_of = getattr(self.domain, "score_details", None)
+            if self.answer is None:
+                score = 0.0
+            elif details_of is not None:  # a score with its explanation (e.g. SWE-Full's grade)
+                score, details = await details_of(task, self.answer)
+                score = float(score)
+                stats.score_details = dict(details) if details else None
+            else:
+                score = float(await self.domain.score(task, self.answer))
         except Exception as e:  # noqa: BLE001 -- a judge failure scores 0 and is counted
             stats.score_error = _error_text(e)
             score = 0.0

@@ -12,10 +12,9 @@ import os
 import re
 import shlex
 import subprocess
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ppp_jax.envs.sandbox.base import SandboxLimits
+from ppp_jax.envs.sandbox.base import SandboxLimits, is_test_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,21 +46,6 @@ class Grade:
         return {"resolved": self.resolved, "reason": self.reason,
                 "fail_to_pass_share": self.fail_to_pass_share,
                 "fail_to_pass": dict(self.fail_to_pass), "pass_to_pass": dict(self.pass_to_pass)}
-
-
-_TEST_DIRS = frozenset({"test", "tests", "testing"})
-
-
-def is_test_path(path: str) -> bool:
-    """Whether a repository path is a test file, whose edits the agent's patch leaves out
-    (the instance's `test_patch` supplies the tests): a `test`/`tests`/`testing` directory on
-    the path, or a file named `test_*.py`, `*_test.py` or `conftest.py`."""
-    parts = path.replace("\\", "/").strip("/").split("/")
-    name = parts[-1]
-    if any(p in _TEST_DIRS for p in parts[:-1]):
-        return True
-    return name.startswith("test_") and name.endswith(".py") or name.endswith("_test.py") \
-        or name == "conftest.py"
 
 
 # --- the local backend's grading ------------------------------------------------------------

@@ -77,3 +77,18 @@ class Sandbox(Protocol):
     def close(self) -> None:
         """Kills anything still running and removes the copy; idempotent."""
         ...
+
+
+_TEST_DIRS = frozenset({"test", "tests", "testing"})
+
+
+def is_test_path(path: str) -> bool:
+    """Whether a repository path is a test file, whose edits the agent's patch leaves out
+    (the instance's `test_patch` supplies the tests): a `test`/`tests`/`testing` directory on
+    the path, or a file named `test_*.py`, `*_test.py` or `conftest.py`."""
+    parts = path.replace("\\", "/").strip("/").split("/")
+    name = parts[-1]
+    if any(p in _TEST_DIRS for p in parts[:-1]):
+        return True
+    return name.startswith("test_") and name.endswith(".py") or name.endswith("_test.py") \
+        or name == "conftest.py"

@@ -29,11 +29,17 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Protocol
 
 from ppp_jax.envs.domains.swe_grading import Grade
-from ppp_jax.envs.sandbox.base import MOUNT, CommandResult, SandboxLimits, SandboxUnavailable
+from ppp_jax.envs.sandbox.base import (
+    MOUNT,
+    CommandResult,
+    SandboxLimits,
+    SandboxUnavailable,
+    is_test_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +77,6 @@ _TEST_LOG_MARKERS = (
 # Lines the harness's logger starts (logger.py: "%(asctime)s - %(levelname)s - %(message)s").
 _LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - [A-Z]+ - ")
 
-_TEST_DIRS = frozenset({"tests", "test", "testing"})
 _DIFF_HEADER = "diff --git "
 
 
@@ -166,17 +171,6 @@ def image_name(instance_id: str, settings: DockerSettings = DockerSettings()) ->
     if settings.namespace is not None:
         key = f"{settings.namespace}/{key}".replace("__", "_1776_")
     return key.lower()
-
-
-def is_test_path(path: str) -> bool:
-    """Whether `path` (relative to the repository root) is a test file: it lies under a `tests/`,
-    `test/` or `testing/` directory, or is named `test_*.py` or `*_test.py`."""
-    parts = PurePosixPath(path).parts
-    if not parts:
-        return False
-    name = parts[-1]
-    return (any(part in _TEST_DIRS for part in parts[:-1])
-            or (name.startswith("test_") and name.endswith(".py")) or name.endswith("_test.py"))
 
 
 def split_diff(diff: str) -> list[tuple[str, str]]:

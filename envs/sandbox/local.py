@@ -40,7 +40,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ppp_jax.envs.sandbox.base import MOUNT, CommandResult, SandboxLimits, SandboxUnavailable
+from ppp_jax.envs.sandbox.base import (
+    MOUNT,
+    CommandResult,
+    SandboxLimits,
+    SandboxUnavailable,
+    is_test_path,
+)
 
 # One id per sandbox when running as root: high, random per process, so parallel sandboxes (and
 # parallel test processes) get distinct users and cannot signal or out-count each other.
@@ -285,8 +291,6 @@ class LocalSandbox:
     def diff(self, exclude_tests: bool = True) -> str:
         """The copy's changes against base_commit as a git patch (new files, deletions and
         binaries included), leaving out test files when `exclude_tests` (`is_test_path`)."""
-        from ppp_jax.envs.domains.swe_grading import is_test_path  # noqa: PLC0415
-
         self.git("add", "-A", "--force")
         names = [n for n in self.git("diff", "--cached", "--name-only", "-z", "--no-renames",
                                      "HEAD").decode("utf-8", "surrogateescape").split("\0") if n]

@@ -63,6 +63,7 @@ from ppp_jax.config.rules import (
 from ppp_jax.envs.domains.browsecomp import BrowseCompSection
 from ppp_jax.envs.domains.registry import get_domain, registered_domains
 from ppp_jax.envs.domains.stdlib_loc import StdlibLocConfig, StdlibLocSection
+from ppp_jax.envs.domains.swe_full import SweFullSection
 from ppp_jax.envs.domains.swe_func_loc import SweFuncLocSection
 from ppp_jax.envs.episode import EpisodeConfig
 from ppp_jax.envs.reward import RewardConfig
@@ -98,17 +99,19 @@ class PolicySection:
 
 
 @dataclasses.dataclass(frozen=True)
-class DomainSection(BrowseCompSection, SweFuncLocSection, StdlibLocSection):
+class DomainSection(BrowseCompSection, SweFullSection, SweFuncLocSection, StdlibLocSection):
     """The task domain: one flat YAML section, `name` plus the keys of every registered domain.
 
     name: a registered domain (`ppp_jax.envs.domains.registry`): "stdlib_loc" (embedded,
-      offline), "swe_func_loc" (needs task rows and repo clones) or "browsecomp_plus" (deep
+      offline), "swe_func_loc" (needs task rows and repo clones), "swe_full" (the same data; the
+      agent edits a sandboxed copy and the instance's tests grade it) or "browsecomp_plus" (deep
       research over a local corpus with a BM25 retriever; needs the browsecomp_* files). An
       unknown name is rejected with the list of registered ones.
     Each domain's own keys live in its section dataclass, this class's bases: `stdlib`,
       `tool_style` (`envs.domains.stdlib_loc.StdlibLocSection`); `swe_rows`, `swe_split`,
       `swe_clone_root`, `swe_cache_dir`, `tool_style` (`envs.domains.swe_func_loc.
-      SweFuncLocSection`); `browsecomp_queries`, `browsecomp_corpus`, `browsecomp_split`
+      SweFuncLocSection`); the same data keys plus `swe_full_*` (`envs.domains.swe_full.
+      SweFullSection`); `browsecomp_queries`, `browsecomp_corpus`, `browsecomp_split`
       (`envs.domains.browsecomp.BrowseCompSection`). The domain's registered builder reads only
       its own section (`ppp_jax.train.builders.build_tasks`).
     tools: keep only these domain tools (finish is always kept; ask_user is added by the runner);

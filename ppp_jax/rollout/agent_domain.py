@@ -5,6 +5,7 @@ untouched precise prompt."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Mapping, Sequence
 
 from ppp_jax.envs.domains.base import FINISH, PromptKind, Task, TaskDomain
@@ -29,6 +30,7 @@ class PreferenceDomain:
         self.inner = domain
         self.name = domain.name
         self.task_family = domain.task_family
+        self.finish_needs_answer = getattr(domain, "finish_needs_answer", True)
         self.tools = tuple(tools)
         self._system_prompt = system_prompt
         self.show_preference = show_preference
@@ -58,6 +60,21 @@ class PreferenceDomain:
 
     async def score(self, task: Task, answer: str | None) -> float:
         return await self.inner.score(task, answer)
+
+    async def score_details(self, task: Task, answer: str | None) -> tuple[float, Any]:
+        """The inner domain's (score, details) when it explains its scores, else (score, None)."""
+        inner = getattr(self.inner, "score_details", None)
+        if inner is not None:
+            return await inner(task, answer)
+        return await self.inner.score(task, answer), None
+
+    async def close_episode(self, task: Task, state: dict[str, Any]) -> None:
+        """The inner domain's end-of-episode cleanup, if it has one."""
+        close = getattr(self.inner, "close_episode", None)
+        if close is not None:
+            result = close(task, state)
+            if inspect.isawaitable(result):
+                await result
 
     def check_finish(self, task: Task, args: Mapping[str, Any], state: dict[str, Any]) -> Any:
         return self.inner.check_finish(task, args, state)

@@ -107,6 +107,16 @@ def episode_metrics(
     for k, v in sorted(counters.items()):
         out[f"rollout/stats_{k}"] = v
 
+    # The domain's score details (SWE-Full: resolved, the FAIL_TO_PASS share): means over the
+    # episodes that have them.
+    details: dict[str, list[float]] = collections.defaultdict(list)
+    for r in records:
+        for k, v in (r.stats.get("score_details") or {}).items():
+            if isinstance(v, (int, float)):
+                details[k].append(float(v))
+    for k, vals in sorted(details.items()):
+        out[f"rollout/score_{k}_mean"] = _mean(vals)
+
     # Task score by prompt kind (the paper's precise-vs-vague comparison).
     for kind in ("vague", "precise"):
         ts = [r.task_score for r in records if r.prompt_kind == kind and r.task_score is not None]

@@ -109,8 +109,8 @@ def test_unknown_name_lists_the_registered_domains(toy):
     with pytest.raises(ValueError, match=registered):
         get_domain("nope")
     with pytest.raises(ConfigError, match=r"domain: unknown domain 'nope'; registered domains: "
-                                          r"\['browsecomp_plus', 'stdlib_loc', 'swe_func_loc', "
-                                          r"'toy_echo'\]"):
+                                          r"\['browsecomp_plus', 'stdlib_loc', 'swe_full', "
+                                          r"'swe_func_loc', 'toy_echo'\]"):
         from_dict(RunConfig, {"domain": {"name": "nope"}})
     # unknown keys are still rejected with the valid ones
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['swe_rowz'\]; valid keys for "

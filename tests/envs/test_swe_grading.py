@@ -17,11 +17,10 @@ from ppp_jax.envs.domains.swe_full_example import CLONE_NAME, REPO, build_exampl
 from ppp_jax.envs.domains.swe_func_loc import RepoCache
 from ppp_jax.envs.domains.swe_grading import (
     grade_patch,
-    is_test_path,
     parse_pytest_summary,
     files_of_tests,
 )
-from ppp_jax.envs.sandbox.base import SandboxLimits, SandboxUnavailable
+from ppp_jax.envs.sandbox.base import SandboxLimits, SandboxUnavailable, is_test_path
 from ppp_jax.envs.sandbox.environment import EnvironmentCache, EnvironmentSettings
 from ppp_jax.envs.sandbox.local import check_bwrap
 
