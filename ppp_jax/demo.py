@@ -174,7 +174,8 @@ def build_stage(cfg: RunConfig) -> Built:
     _say(f"{len(records)} scripted warm-start episodes")
     tok_path = tokenizer_path(cfg)
     if not tok_path.exists():
-        texts = list(sft.episode_texts(records, domain, by_id))
+        texts = list(sft.episode_texts(records, domain, by_id,
+                                       interface=cfg.rollout.episode.interface))
         texts += [t.precise_prompt for t in tasks] + [t.vague_prompt for t in tasks]
         tok = train_tokenizer(texts, cfg.demo.tokenizer_vocab)
         tok_path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +183,8 @@ def build_stage(cfg: RunConfig) -> Built:
         tok.save(str(tmp))
         tmp.replace(tok_path)
     tokenizer = load_tokenizer(tok_path)
-    views = sft.token_views(records, domain, by_id, ChatTokenizer(tokenizer))
+    views = sft.token_views(records, domain, by_id, ChatTokenizer(tokenizer),
+                            interface=cfg.rollout.episode.interface)
     _say(f"tokenizer {tok_path}: {tokenizer.get_vocab_size()} ids; warm-start sequences "
          f"{sum(len(v.token_ids) for v in views) / max(len(views), 1):.0f} tokens on average")
     return Built(tasks, domain, simulator, records, tokenizer, views)

@@ -27,7 +27,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ppp_jax.envs.domains.base import ASK_USER, FINISH, Task, ask_user_schema
+from ppp_jax.envs.domains.base import FINISH, Task
+from ppp_jax.envs.interface import AgentInterface, ask_schema, with_finish_message
 from ppp_jax.envs.episode import EpisodeConfig
 from ppp_jax.envs.policy import PolicyTurn, SessionDefaults
 from ppp_jax.envs.preferences import HELDOUT_IDS, TRAIN_IDS
@@ -208,8 +209,10 @@ class InstructBehaviour:
     """
 
     def __init__(self, tasks: Mapping[str, Task], cfg: BehaviourConfig, guess: str = GUESS,
-                 chat_format: str | ChatFormat = DEFAULT_FORMAT):
+                 chat_format: str | ChatFormat = DEFAULT_FORMAT,
+                 interface: AgentInterface = AgentInterface()):
         self.tasks = tasks
+        self.interface = interface  # the ask tool's name and argument the script writes
         self.cfg = cfg
         self.guess = guess
         self.format = get_format(chat_format)
@@ -235,7 +238,9 @@ class _Script(SessionDefaults):
         for _ in range(n_questions if ask else 0):
             bucket = rng.choices((LOW_QUESTIONS, MEDIUM_QUESTIONS, HIGH_QUESTIONS), c.effort_mix)[0]
             intent = rng.choice(bucket)
-            self.plan.append((ASK_USER, styled_question(intent, pref, self.follow, task.vague_prompt)))
+            self.plan.append((owner.interface.ask_tool,
+                              styled_question(intent, pref, self.follow, task.vague_prompt)))
+        self.ask_argument = owner.interface.ask_argument
         self.guess = owner.guess
         self.format = self.chat_format = owner.format
         self.seen = ""
@@ -245,7 +250,7 @@ class _Script(SessionDefaults):
         self.seen = "\n".join(str(m.get("content") or "") for m in messages if m["role"] != "system")
         if self.plan:
             name, question = self.plan.pop(0)
-            return PolicyTurn(self.format.render_tool_call(name, {"question": question}))
+            return PolicyTurn(self.format.render_tool_call(name, {self.ask_argument: question}))
         answer = find_location(self.seen) or self.guess
         return PolicyTurn(self.format.render_tool_call(FINISH, {"answer": answer}))
 
@@ -279,7 +284,8 @@ def generate_scripted_episodes(tasks: Sequence[Task], domain: Any, simulator: An
     import asyncio
 
     prefs = list(TRAIN_IDS) + (list(HELDOUT_IDS) if include_heldout_styles else [])
-    policy = InstructBehaviour({t.task_id: t for t in tasks}, behaviour, chat_format=chat_format)
+    policy = InstructBehaviour({t.task_id: t for t in tasks}, behaviour, chat_format=chat_format,
+                               interface=episode.interface)
     reqs = scripted_requests(tasks, num_episodes, behaviour.seed, prefs)
     groups = asyncio.run(run_requests(reqs, domain, policy, simulator, episode=episode,
                                       concurrency=32, max_retries=0, seed=behaviour.seed,
@@ -287,23 +293,30 @@ def generate_scripted_episodes(tasks: Sequence[Task], domain: Any, simulator: An
     return [r for g in groups for r in g]
 
 
-def episode_tools(domain: Any, task: Task) -> list[dict[str, Any]]:
-    """The tool list of an episode, as the runner builds it."""
-    return list(domain.tool_schemas(task)) + [ask_user_schema()]
+def episode_tools(domain: Any, task: Task,
+                  interface: AgentInterface = AgentInterface()) -> list[dict[str, Any]]:
+    """The tools the chat template rendered in an episode, as the runner builds them: none when
+    the interface writes them into the system prompt (that text is in the recorded messages)."""
+    if interface.tools_in == "system_text":
+        return []
+    tools = list(domain.tool_schemas(task)) + [ask_schema(interface)]
+    return with_finish_message(tools) if interface.finish_message else tools
 
 
 def token_views(records: Sequence[EpisodeRecord], domain: Any, tasks: Mapping[str, Task],
-                chat: ChatTokenizer) -> list[TokenView]:
-    """Token views of recorded (text-policy) episodes."""
-    return [render_token_view(r.messages, episode_tools(domain, tasks[r.task_id]), chat)
+                chat: ChatTokenizer, interface: AgentInterface = AgentInterface()) -> list[TokenView]:
+    """Token views of recorded (text-policy) episodes run with `interface`."""
+    return [render_token_view(r.messages, episode_tools(domain, tasks[r.task_id], interface), chat)
             for r in records]
 
 
 def episode_texts(records: Sequence[EpisodeRecord], domain: Any, tasks: Mapping[str, Task],
-                  chat_format: str | ChatFormat = DEFAULT_FORMAT) -> Iterator[str]:
+                  chat_format: str | ChatFormat = DEFAULT_FORMAT,
+                  interface: AgentInterface = AgentInterface()) -> Iterator[str]:
     """Each record's whole conversation as chat-format text (a tokenizer-training corpus)."""
     for r in records:
-        yield render_text(r.messages, episode_tools(domain, tasks[r.task_id]), chat_format)
+        yield render_text(r.messages, episode_tools(domain, tasks[r.task_id], interface),
+                          chat_format)
 
 
 # ------------------------------------------------------------------------------------------------
