@@ -29,9 +29,12 @@ class RepoToolsSection:
     """Config key shared by the function-localization domains (stdlib_loc, swe_func_loc).
 
     tool_style: "native" | "openhands" | "both" repository tools.
+    shell_whitelist: execute_bash's commands: "paper" (ours) or "released" (adds cut, a subset
+      of awk, and git, as the released server allows; `repo_limits.BASH_WHITELISTS`).
     """
 
     tool_style: ToolStyle = "native"
+    shell_whitelist: Literal["paper", "released"] = "paper"
 
 
 SYSTEM_PROMPT = """You are a software engineering agent that localizes problems in a code base.

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import regex
 
 from ppp_jax.envs.domains.repo_limits import (
-    BASH_COMMANDS,
     BinaryFile,
     CallBudget,
     DeadlineReached,
@@ -45,7 +44,7 @@ class Bash:
     execute or wait (`find -exec/-delete`, `sed -i`, `tail -f`).
     """
 
-    FILTERS = {"head", "tail", "wc", "grep", "sort", "uniq"}
+    FILTERS = {"head", "tail", "wc", "grep", "sort", "uniq", "cut", "awk"}
 
     def __init__(self, tools: RepoTools, state: dict[str, Any], budget: CallBudget):
         self.tools = tools
@@ -106,9 +105,10 @@ class Bash:
 
     def dispatch(self, argv: list[str], stdin: str | None) -> str:
         name = argv[0]
-        if name not in BASH_COMMANDS:
+        allowed = self.tools.limits.bash_commands
+        if name not in allowed:
             raise ToolError(f"Command '{name}' is not allowed. Allowed read-only commands: "
-                            f"{', '.join(BASH_COMMANDS)}.")
+                            f"{', '.join(allowed)}.")
         return getattr(self, f"cmd_{name}")(argv[1:], stdin)
 
     # Each command: (args, stdin) -> stdout text. Options are parsed strictly.
@@ -213,6 +213,92 @@ class Bash:
         lines = (stdin or "").rstrip("\n").split("\n")
         lines = sorted(set(lines) if "-u" in args else lines, reverse="-r" in args)
         return "\n".join(lines) + "\n"
+
+    def cmd_cut(self, args, stdin):
+        """`cut -d SEP -f LIST` or `cut -c LIST` (LIST: N, N-M, N-, -M, comma-separated)."""
+        delim, fields, chars, paths = "\t", None, None, []
+        it = iter(args)
+        for a in it:
+            if a in ("-d", "-f", "-c"):
+                v = next(it, None)
+                if v is None:
+                    raise ToolError(f"cut: option {a} needs a value")
+                a = a + v
+            if a.startswith("-d"):
+                delim = a[2:]
+                if len(delim) != 1:
+                    raise ToolError("cut: the delimiter must be a single character")
+            elif a.startswith("-f"):
+                fields = _cut_ranges(a[2:])
+            elif a.startswith("-c"):
+                chars = _cut_ranges(a[2:])
+            elif a.startswith("-") and a != "-":
+                raise ToolError(f"cut: unsupported option {a} (only -d, -f, -c)")
+            else:
+                paths.append(a)
+        if (fields is None) == (chars is None):
+            raise ToolError("cut: give exactly one of -f LIST or -c LIST")
+        out = []
+        for _, text in self._inputs(paths, stdin):
+            for ln in text.rstrip("\n").split("\n"):
+                if chars is not None:
+                    out.append("".join(c for i, c in enumerate(ln, 1) if _in_ranges(i, chars)))
+                elif delim not in ln:
+                    out.append(ln)  # GNU cut prints lines without the delimiter whole
+                else:
+                    parts = ln.split(delim)
+                    out.append(delim.join(p for i, p in enumerate(parts, 1)
+                                          if _in_ranges(i, fields)))
+        return "\n".join(out) + "\n"
+
+    def cmd_awk(self, args, stdin):
+        """A subset of awk: `awk [-F SEP] '[/REGEX/] {print ITEM, ...}' [FILE...]`, ITEM one of
+        $0, $N, $NF, NR, NF or a "string"; anything else is refused with a message."""
+        sep, it, prog, paths = None, iter(args), None, []
+        for a in it:
+            if a == "-F":
+                sep = next(it, None)
+            elif a.startswith("-F"):
+                sep = a[2:]
+            elif prog is None:
+                prog = a
+            else:
+                paths.append(a)
+        m = re.fullmatch(r"\s*(?:/((?:[^/\\]|\\.)*)/)?\s*\{\s*print\s*(.*?)\s*;?\s*\}\s*", prog or "")
+        if not m:
+            raise ToolError("awk: only `awk [-F SEP] '[/REGEX/] {print $N, ...}' FILE` is supported")
+        pattern = re.compile(m.group(1)) if m.group(1) is not None else None
+        items = [x.strip() for x in re.split(r",(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)", m.group(2))
+                 if x.strip()] or ["$0"]
+        for x in items:
+            if not re.fullmatch(r'\$(?:\d+|NF)|NR|NF|"[^"]*"', x):
+                raise ToolError(f"awk: unsupported print item {x!r} ($N, $NF, NR, NF, \"text\")")
+        out, nr = [], 0
+        for _, text in self._inputs(paths, stdin):
+            for ln in text.rstrip("\n").split("\n"):
+                nr += 1
+                if pattern is not None and not pattern.search(ln):
+                    continue
+                fs = ln.split(sep) if sep else ln.split()
+                vals = []
+                for x in items:
+                    if x == "NR":
+                        vals.append(str(nr))
+                    elif x == "NF":
+                        vals.append(str(len(fs)))
+                    elif x.startswith('"'):
+                        vals.append(x[1:-1])
+                    elif x == "$0":
+                        vals.append(ln)
+                    else:
+                        k = len(fs) if x == "$NF" else int(x[1:])
+                        vals.append(fs[k - 1] if 0 < k <= len(fs) else "")
+                out.append(" ".join(vals))
+        return "\n".join(out) + ("\n" if out else "")
+
+    def cmd_git(self, args, stdin):
+        # The snapshot has no history, like the released `git archive` export.
+        return "fatal: not a git repository (or any of the parent directories): .git"
 
     def cmd_uniq(self, args, stdin):
         if args:
@@ -816,3 +902,21 @@ def _bracket_to_python(body: str) -> str:
         k += 1
     out.append("]")
     return "".join(out)
+
+
+def _cut_ranges(spec: str) -> list[tuple[int, int]]:
+    """`cut`'s LIST ("1,3-5,7-") as inclusive (start, end) pairs, end 10**9 when open."""
+    out = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"(\d*)-(\d*)|(\d+)", part)
+        if not m or part == "-":
+            raise ToolError(f"cut: invalid list {spec!r}")
+        if m.group(3):
+            out.append((int(m.group(3)), int(m.group(3))))
+        else:
+            out.append((int(m.group(1) or 1), int(m.group(2) or 10**9)))
+    return out
+
+
+def _in_ranges(i: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(a <= i <= b for a, b in ranges)

@@ -12,6 +12,15 @@ class ToolError(Exception):
     """A refused or failed tool call; its message is the observation shown to the agent."""
 
 
+BASH_COMMANDS = ("ls", "cat", "head", "tail", "wc", "grep", "find", "pwd", "cd", "echo", "sed",
+                 "sort", "uniq", "tree")
+# The released server also allows these (envs/repo_server.py of PPP-Agent; its list is longer:
+# see docs/fidelity.md). `cut`, a subset of `awk` and `git` (which meets a snapshot without
+# history, as the released `git archive` export does) are emulated (`repo_bash.Bash`).
+RELEASED_BASH_COMMANDS = BASH_COMMANDS + ("cut", "awk", "git")
+BASH_WHITELISTS = {"paper": BASH_COMMANDS, "released": RELEASED_BASH_COMMANDS}
+
+
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """Caps on what one tool call may read, scan or print."""
@@ -36,6 +45,7 @@ class Limits:
     list_max_entries: int = 1000
     max_command_chars: int = 1000
     max_output_chars: int = 100_000
+    bash_commands: tuple[str, ...] = BASH_COMMANDS  # execute_bash's whitelist (`BASH_WHITELISTS`)
 
     def __post_init__(self):
         if not (self.call_timeout_s > 0 and self.regex_line_cpu_s > 0):
@@ -43,8 +53,6 @@ class Limits:
                              f"{self.call_timeout_s} and {self.regex_line_cpu_s}")
 
 
-BASH_COMMANDS = ("ls", "cat", "head", "tail", "wc", "grep", "find", "pwd", "cd", "echo", "sed",
-                 "sort", "uniq", "tree")
 
 
 class WalkLimit(Exception):

@@ -35,6 +35,7 @@ import sysconfig
 from ppp_jax.envs.domains.base import Task
 from ppp_jax.envs.domains.func_loc import FuncLocDomain, RepoToolsSection, ToolStyle
 from ppp_jax.envs.domains.registry import register_domain
+from ppp_jax.envs.domains.repo_limits import BASH_WHITELISTS, Limits
 
 DOMAIN = "stdlib_loc"
 SKIP_DIRS = frozenset({"test", "tests", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip",
@@ -231,10 +232,12 @@ def split_tasks(tasks: tuple[Task, ...], split: str) -> list[Task]:
     return [t for t in tasks if t.split == split]
 
 
-def make_domain(root: str | None = None, tool_style: ToolStyle = "native") -> FuncLocDomain:
+def make_domain(root: str | None = None, tool_style: ToolStyle = "native",
+                shell_whitelist: str = "paper") -> FuncLocDomain:
     """The stdlib domain: every task reads the (read-only) stdlib directory."""
     real = os.path.realpath(root or stdlib_root())
-    return FuncLocDomain(DOMAIN, lambda task: real, tool_style)
+    return FuncLocDomain(DOMAIN, lambda task: real, tool_style,
+                         Limits(bash_commands=BASH_WHITELISTS[shell_whitelist]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,7 +253,8 @@ class StdlibLocSection(RepoToolsSection):
 
 def build_domain(section: StdlibLocSection) -> tuple[list[Task], FuncLocDomain]:
     """(tasks, domain) of a `StdlibLocSection` (the registered builder)."""
-    return list(build_tasks(section.stdlib)), make_domain(tool_style=section.tool_style)
+    return list(build_tasks(section.stdlib)), make_domain(tool_style=section.tool_style,
+                                                          shell_whitelist=section.shell_whitelist)
 
 
 register_domain(DOMAIN, StdlibLocSection, build_domain)

@@ -43,6 +43,7 @@ from ppp_jax.envs.domains.base import Task
 from ppp_jax.envs.domains.func_loc import FuncLocDomain, RepoToolsSection, ToolStyle
 from ppp_jax.envs.domains.gold_functions import PatchError, gold_functions
 from ppp_jax.envs.domains.registry import register_domain
+from ppp_jax.envs.domains.repo_limits import BASH_WHITELISTS, Limits
 from ppp_jax.envs.domains.repo_tools import omitted_entries_path
 from ppp_jax.envs.domains.rows import (
     DATA_SUFFIXES,
@@ -430,11 +431,12 @@ def build_swe_tasks(rows: Iterable[Any], repos: RepoCache, split: str = "test",
     return tasks, report
 
 
-def make_domain(repos: RepoCache, tool_style: ToolStyle = "openhands") -> FuncLocDomain:
+def make_domain(repos: RepoCache, tool_style: ToolStyle = "openhands",
+                shell_whitelist: str = "paper") -> FuncLocDomain:
     """The SWE-Func-Loc domain: each task reads its repository snapshot at the base commit."""
     return FuncLocDomain(DOMAIN, lambda t: str(repos.materialize(t.metadata["repo"],
                                                                   t.metadata["base_commit"])),
-                         tool_style)
+                         tool_style, Limits(bash_commands=BASH_WHITELISTS[shell_whitelist]))
 
 
 def rows_to_jsonl(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
@@ -473,7 +475,7 @@ def build_domain(section: SweFuncLocSection) -> tuple[list[Task], FuncLocDomain]
         raise DataError(section.swe_rows, "", "no rows (domain.swe_rows)")
     tasks, report = build_swe_tasks(rows, repos, split=section.swe_split, what=section.swe_rows)
     log.info("swe_func_loc: %d tasks from %d rows", report.tasks, report.rows)
-    return tasks, make_domain(repos, section.tool_style)
+    return tasks, make_domain(repos, section.tool_style, section.shell_whitelist)
 
 
 register_domain(DOMAIN, SweFuncLocSection, build_domain)

@@ -54,6 +54,8 @@ _SETTINGS: dict[str, tuple[Any, Any]] = {
     "rollout.episode.interface.tools_in": ("template", "system_text"),
     "rollout.episode.interface.observation_role": ("tool", "user"),
     "rollout.episode.interface.calls_per_turn": ("all", "first"),
+    # envs/repo_server.py's read-only whitelist: also cut, awk, git (emulated: repo_bash.Bash)
+    "domain.shell_whitelist": ("paper", "released"),
 }
 
 

@@ -133,7 +133,8 @@ class DomainSection(BrowseCompSection, SweFullSection, SweFuncLocSection, Stdlib
         spec.section_from(self)
         # A key of another domain's section would be silently ignored: refuse it instead.
         own = {f.name for f in dataclasses.fields(spec.section)}
-        shared = {"name", "tools", "system_prompt", "show_preference"}
+        # shell_whitelist: set by `profile` for every domain; read by those with a read-only bash
+        shared = {"name", "tools", "system_prompt", "show_preference", "shell_whitelist"}
         for f in dataclasses.fields(DomainSection):
             if f.name in own or f.name in shared or getattr(self, f.name) == f.default:
                 continue

@@ -1,0 +1,46 @@
+"""execute_bash's released whitelist: cut, a subset of awk, and git (a snapshot without history,
+like the released `git archive` export); refused under the paper whitelist."""
+
+import pytest
+
+from ppp_jax.envs.domains.repo_limits import BASH_WHITELISTS, Limits, ToolError
+from ppp_jax.envs.domains.repo_tools import RepoTools
+
+TEXT = "alpha,1,x\nbeta,22,y\ngamma,333,z\nno delimiter here\n"
+
+
+@pytest.fixture
+def tools(tmp_path):
+    (tmp_path / "data.csv").write_text(TEXT)
+    (tmp_path / "mod.py").write_text("def f(a, b):\n    return a\nclass K:\n    def g(self):\n        pass\n")
+    return {w: RepoTools(tmp_path, Limits(bash_commands=BASH_WHITELISTS[w]))
+            for w in ("paper", "released")}
+
+
+def bash(tools, cmd, which="released"):
+    return tools[which].execute_bash(cmd, {})
+
+
+def test_cut(tools):
+    assert bash(tools, "cut -d , -f 2 data.csv") == "1\n22\n333\nno delimiter here"
+    assert bash(tools, "cut -d, -f1,3 data.csv").split("\n")[:2] == ["alpha,x", "beta,y"]
+    assert bash(tools, "cut -c 1-3 data.csv").split("\n")[:2] == ["alp", "bet"]
+    assert bash(tools, "grep -n def mod.py | cut -d : -f 1") == "1\n4"
+    with pytest.raises(ToolError, match="exactly one of -f"):
+        bash(tools, "cut data.csv")
+
+
+def test_awk_subset(tools):
+    # line 4 has no comma: $2 is empty (a blank last line, trimmed by execute_bash)
+    assert bash(tools, "awk -F , '{print $2}' data.csv") == "1\n22\n333"
+    assert bash(tools, "awk -F, '/^b/ {print NR, $1, $NF}' data.csv") == "2 beta y"
+    assert bash(tools, "awk '/def/ {print $2}' mod.py") == "f(a,\ng(self):"
+    with pytest.raises(ToolError, match="only `awk"):
+        bash(tools, "awk 'BEGIN {x=1} {print x}' data.csv")
+
+
+def test_git_meets_a_tree_without_history_and_paper_refuses(tools):
+    assert bash(tools, "git log -3").startswith("fatal: not a git repository")
+    for cmd in ("cut -d , -f 2 data.csv", "awk '{print $1}' data.csv", "git log"):
+        with pytest.raises(ToolError, match="is not allowed"):
+            bash(tools, cmd, "paper")
