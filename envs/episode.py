@@ -70,7 +70,8 @@ from typing import Any, Mapping, Sequence
 from ppp_jax.envs import judges
 from ppp_jax.envs.domains.base import (FINISH, PromptKind, Task, TaskDomain,
                                        truncate_observation)
-from ppp_jax.envs.interface import AgentInterface, ask_schema, openhands_tool_text, with_finish_message
+from ppp_jax.envs.interface import (AgentInterface, ask_schema, calls_to_run, openhands_tool_text,
+                                    with_finish_message)
 from ppp_jax.envs.policy import Policy, PolicyTurn
 from ppp_jax.envs.records import EpisodeRecord, Question, ToolCall
 from ppp_jax.envs.simulator import SimulatorContext, UserSimulator, history_reply, to_question
@@ -145,7 +146,7 @@ class EpisodeStats:
     no_call_turns: int = 0
     calls_in_thinking: int = 0  # calls written inside a think block (ignored)
     dropped_after_finish: int = 0
-    dropped_extra_calls: int = 0  # calls after the first, with interface.calls_per_turn "first"
+    dropped_extra_calls: int = 0  # calls not run under interface.calls_per_turn "first"/"released"
     tool_errors: int = 0
     tool_timeouts: int = 0
     simulator_errors: int = 0  # the user could not be reached (the orchestrator re-runs these)
@@ -314,11 +315,13 @@ class _EpisodeRun:
         """Runs the turn's calls in order up to an accepted `finish` (later ones are dropped,
         counted); True when the agent finished."""
         finished = False
+        run = calls_to_run([c.name for c in calls], self.config.interface,
+                           self.domain.task_family)
         for k, (cid, call) in enumerate(zip(ids, calls)):
             if finished:
                 self.stats.dropped_after_finish += 1
                 continue
-            if k > 0 and self.config.interface.calls_per_turn == "first":
+            if not run[k]:
                 self.stats.dropped_extra_calls += 1
                 continue
             self.stats.tool_calls += 1

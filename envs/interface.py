@@ -39,20 +39,38 @@ class AgentInterface:
     tools_in: "template" (the chat template's `tools`) or "system_text" (OpenHands-style text
       appended to the system prompt; the template gets no tools).
     observation_role: the role of tool outputs, simulator replies and nudges: "tool" or "user".
-    calls_per_turn: "all" (every call, up to finish) or "first" (only the first call runs; the
-      rest are dropped and counted in `record.stats["dropped_extra_calls"]`).
+    calls_per_turn: "all" (every call, up to finish), "first" (only the first call runs) or
+      "released" (the released environments: the first call alone when it is the ask tool or
+      the task is SWE; in search every call but the ask calls). Calls not run are dropped and
+      counted in `record.stats["dropped_extra_calls"]` (see `calls_to_run`).
     """
 
     ask_tool: Literal["ask_user", "ask_question"] = "ask_user"
     finish_message: bool = False
     tools_in: Literal["template", "system_text"] = "template"
     observation_role: Literal["tool", "user"] = "tool"
-    calls_per_turn: Literal["all", "first"] = "all"
+    calls_per_turn: Literal["all", "first", "released"] = "all"
 
     @property
     def ask_argument(self) -> str:
         """The ask tool's one argument: "question" or "query"."""
         return "question" if self.ask_tool == ASK_USER else "query"
+
+
+def calls_to_run(names: Sequence[str], interface: AgentInterface, task_family: str) -> list[bool]:
+    """Which of a message's calls (by tool name, in order) run under `interface.calls_per_turn`.
+
+    "released" follows envs/userville.py (`fn_call[0]` is an ask_question: only it runs), then
+    the base environment: envs/repo_env.py runs the first call only, envs/search_env.py loops
+    over every call and has no branch for ask_question (so later ask calls do nothing).
+    """
+    mode = interface.calls_per_turn
+    if mode == "all" or not names:
+        return [True] * len(names)
+    first_only = [True] + [False] * (len(names) - 1)
+    if mode == "first" or names[0] == interface.ask_tool or task_family != "search":
+        return first_only
+    return [n != interface.ask_tool for n in names]
 
 
 def ask_schema(interface: AgentInterface) -> dict[str, Any]:

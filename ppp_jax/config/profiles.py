@@ -53,7 +53,7 @@ _SETTINGS: dict[str, tuple[Any, Any]] = {
     "rollout.episode.interface.finish_message": (False, True),
     "rollout.episode.interface.tools_in": ("template", "system_text"),
     "rollout.episode.interface.observation_role": ("tool", "user"),
-    "rollout.episode.interface.calls_per_turn": ("all", "first"),
+    "rollout.episode.interface.calls_per_turn": ("all", "released"),
     # envs/repo_server.py's read-only whitelist: also cut, awk, git (emulated: repo_bash.Bash)
     "domain.shell_whitelist": ("paper", "released"),
 }

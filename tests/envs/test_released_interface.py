@@ -180,3 +180,31 @@ def test_search_vague_episode(setup, fake, corpus, bm25, rows, profile):  # noqa
     assert rec.finish_reason == "finish" and rec.task_family == "search"
     assert [q.level for q in rec.questions] == [1, 2]
     assert values(rec, cfg) == SEARCH_VAGUE[profile]
+
+
+def test_which_calls_run_per_mode():
+    from ppp_jax.envs.interface import AgentInterface, calls_to_run
+
+    names = ["search", "ask_question", "open_page", "finish"]
+    rel = AgentInterface(ask_tool="ask_question", calls_per_turn="released")
+    assert calls_to_run(names, rel, "search") == [True, False, True, True]  # search loops over all
+    assert calls_to_run(names, rel, "swe") == [True, False, False, False]  # repo_env: fn_call[0]
+    assert calls_to_run(["ask_question", "search"], rel, "search") == [True, False]  # ask first
+    first = AgentInterface(calls_per_turn="first")
+    assert calls_to_run(names, first, "search") == [True, False, False, False]
+    assert calls_to_run(names, AgentInterface(), "search") == [True] * 4
+    assert calls_to_run([], rel, "search") == []
+
+
+def test_search_message_with_several_calls_runs_them_under_released(setup, fake, corpus, bm25,  # noqa: F811
+                                                                     rows):
+    cfg, sim = setup("released")
+    task = bc.build_tasks(rows, corpus)[0]
+    script = [openhands("search", query="lighthouse Varnholm") + "\n"
+              + openhands("open_page", docid="d01") + "\n" + openhands("ask_question", query="Hm?"),
+              finish("released", "Ottilie Brask")]
+    rec, _ = episode(cfg, sim, bc.BrowseCompDomain(bm25), task, script, "precise",
+                     pref="no_preference")
+    assert [c.name for c in rec.tool_calls] == ["search", "open_page", "finish"]
+    assert rec.stats["dropped_extra_calls"] == 1 and rec.questions == ()
+    assert rec.task_score == 1.0
