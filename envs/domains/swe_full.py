@@ -149,8 +149,9 @@ class SweFullDomain:
                 function_tool("think", "Write down a thought; it has no effect.",
                               {"content": {"type": "string"}}, ["content"]),
                 function_tool(FINISH, "End the task: your edits to /testbed are submitted. "
-                              "`message`: an optional summary of what you changed.",
-                              {"message": {"type": "string"}}, [])]
+                              "`message`: an optional summary of what you changed; `answer`: "
+                              "optional notes (not graded: the repository's changes are).",
+                              {"message": {"type": "string"}, "answer": {"type": "string"}}, [])]
 
     # --- the sandbox of one episode ---------------------------------------------------------
 

@@ -22,6 +22,7 @@ The policy is anything the episode runner accepts: our checkpoint through the sa
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 from typing import Any, Sequence
 
@@ -88,7 +89,22 @@ def summarize(records: Sequence[EpisodeRecord],
         "questions_by_effort": dict(s.effort_counts),
         "unanswered_questions": s.num_unanswered,
         "finished": float(np.mean([r.finish_reason == "finish" for r in records])),
+        **_graded(records),
     }
+
+
+def _graded(records: Sequence[EpisodeRecord]) -> dict[str, Any]:
+    """For domains whose score comes with details (SWE-Full's grade): the resolved rate, the
+    mean FAIL_TO_PASS share and the count of each reason a patch was not resolved."""
+    details = [r.stats.get("score_details") for r in records]
+    graded = [d for d in details if isinstance(d, dict) and "resolved" in d]
+    if not graded:
+        return {}
+    reasons = collections.Counter((d.get("reason") or "").split(":")[0] for d in graded
+                                  if not d["resolved"])
+    return {"graded": len(graded), "resolved": float(np.mean([bool(d["resolved"]) for d in graded])),
+            "fail_to_pass_share": _mean([d.get("fail_to_pass_share") for d in graded]),
+            "unresolved_reasons": dict(reasons.most_common())}
 
 
 def _mean(xs: Sequence[float | None]) -> float | None:
@@ -188,6 +204,16 @@ def to_markdown(result: dict[str, Any], title: str = "Evaluation") -> str:
                          f"{_pct(r['low_effort_share'])} | {'–' if q is None else f'{q:.2f}'} |")
     if result.get("avg") is not None:
         lines += ["", f"Avg (vague productivity, proactivity, personalization): {_pct(result['avg'])}"]
+    graded = [(kind, result[kind]) for kind in ("vague", "precise")
+              if kind in result and "resolved" in result[kind]]
+    if graded:  # SWE-Full: productivity is the resolved rate
+        lines += ["", "Graded by the instances' tests (productivity = resolved rate):", "",
+                  "| prompts | graded | Resolved | FAIL_TO_PASS passing (mean share) | "
+                  "not resolved, by reason |", "|---|---|---|---|---|"]
+        for kind, r in graded:
+            why = ", ".join(f"{k or 'unknown'}: {n}" for k, n in r["unresolved_reasons"].items())
+            lines.append(f"| {kind} | {r['graded']} | {_pct(r['resolved'])} | "
+                         f"{_pct(r['fail_to_pass_share'])} | {why or '–'} |")
     if result.get("per_preference"):
         lines += ["", "Vague prompts, per preference:", "",
                   "| preference | split | episodes | Personalization | Proactivity | Productivity | Ask ratio |",

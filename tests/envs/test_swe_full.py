@@ -167,3 +167,28 @@ def test_parallel_episodes_do_not_see_each_other(built):
         assert f"mine_{i}.txt" in listing and f"mine_{1 - i}.txt" not in listing
         assert f"+{i}" in rec.answer  # each diff has only its own file
     assert os.listdir(domain.work_dir / "episodes") == []
+
+
+def test_eval_reports_the_resolved_rate(built):
+    """`ppp eval`'s protocol on SWE-Full: a scripted engine policy that fixes bug 1 (and cannot
+    apply the same edit to bug 2): resolved 50%, the reasons in the Markdown report."""
+    from ppp_jax.config.run import EvalSection
+    from ppp_jax.envs.policy import EnginePolicy, ScriptedEngine
+    from ppp_jax.envs.testing import tiny_seed_tokenizer
+    from ppp_jax.eval import evaluate
+    from ppp_jax.rollout.agent_domain import PreferenceDomain
+
+    tasks, domain = built
+    tok = tiny_seed_tokenizer()
+    script = [call("str_replace_editor", command="str_replace", path=ENCODER,
+                   old_str="_item_sort_key = itemgetter(1)", new_str="_item_sort_key = itemgetter(0)"),
+              call("finish", answer="done")]
+    policy = EnginePolicy(ScriptedEngine(tok, script), tok)
+    cfg = EvalSection(preference_ids=("no_preference",), prompt_kinds=("vague",))
+    r = evaluate.evaluate(policy, PreferenceDomain(domain), EmbeddedUserSimulator(),
+                          sorted(tasks.values(), key=lambda t: t.task_id), cfg, progress=False)
+    v = r["vague"]
+    assert v["graded"] == 2 and v["resolved"] == 0.5 and v["productivity"] == 0.5
+    assert v["unresolved_reasons"] == {"empty patch": 1}
+    md = evaluate.to_markdown(r)
+    assert "| vague | 2 | 50.0 |" in md and "empty patch: 1" in md
