@@ -11,6 +11,11 @@ information the user simulator may reveal. A `TaskDomain` is what the episode ru
     await domain.run_tool(task, name, args, state) -> str (never raises: errors are observations)
     await domain.score(task, answer)    -> float in [0, 1]
 
+Optional, used when present: `check_finish` (below), `async score_details(task, answer) ->
+(score, details)` (a score with its explanation, recorded in `stats["score_details"]`),
+`close_episode(task, state)` (sync or async; per-episode cleanup, called once when the episode
+ends) and `finish_needs_answer = False` (finish without an `answer`: the domain makes it).
+
 `state` is a dict owned by the runner, one per episode, for per-episode tool state (the pages
 a search agent has already seen, a shell's working directory). Tool work that blocks (file I/O,
 regexes, retrieval) runs in a worker thread so concurrent episodes keep going.
