@@ -15,10 +15,13 @@ class EngineConfig:
       num_slots: B, sequences decoded together (continuous batching fills freed slots).
       decode_rows: row-count buckets of the decode block, ascending, at most num_slots: a block
         runs over the smallest bucket that holds the live sequences (packed into its first
-        rows), so its cost follows the live slots, not num_slots. () = the powers of two below
-        num_slots, then num_slots; num_slots is always the last bucket. One decode program is
-        compiled per bucket (per top-log-prob variant); `[num_slots]` gives the single program
-        of a fixed batch.
+        rows), so its cost follows the live slots, not num_slots. () = the powers of two from 8
+        below num_slots, then num_slots (32 slots: 8, 16, 32); num_slots is always the last
+        bucket. One decode program is compiled per bucket (and per top-log-prob variant), so
+        each bucket is one more compile at start-up. No bucket below 8 by default: on an
+        accelerator a step of fewer rows reads the same weights and costs about the same; on a
+        CPU, where small batches are cheaper, list them (`[1, 2, 4]`). `[num_slots]` gives the
+        single program of a fixed batch.
       page_size: S, tokens per KV page.
       num_pages: P, pages in the pool (page 0 is reserved); memory = 2 * L * P * S * K * H * bytes.
       max_seq_len: longest sequence (context + generation) one slot can hold.
@@ -77,7 +80,7 @@ class EngineConfig:
     @property
     def decode_buckets(self) -> tuple[int, ...]:
         """The decode block's row counts, ascending, the last num_slots (see `decode_rows`)."""
-        rows = self.decode_rows or tuple(2**i for i in range(self.num_slots.bit_length())
+        rows = self.decode_rows or tuple(2**i for i in range(3, self.num_slots.bit_length())
                                          if 2**i < self.num_slots)
         return tuple(r for r in rows if r < self.num_slots) + (self.num_slots,)
 

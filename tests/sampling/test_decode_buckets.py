@@ -13,7 +13,9 @@ from ppp_jax.sampling.params import Request, SamplingParams
 from .conftest import SMALL_ENGINE, logprob_atol
 
 SLOTS = 8
-BUCKETED = EngineConfig(**{**SMALL_ENGINE.__dict__, "num_slots": SLOTS})  # buckets 1, 2, 4, 8
+# CPU-style buckets below 8 rows, so the 8 slots run buckets 1, 2, 4 and 8; FIXED: always 8.
+BUCKETED = EngineConfig(**{**SMALL_ENGINE.__dict__, "num_slots": SLOTS,
+                           "decode_rows": (1, 2, 4)})
 FIXED = EngineConfig(**{**SMALL_ENGINE.__dict__, "num_slots": SLOTS, "decode_rows": (SLOTS,)})
 
 
@@ -31,10 +33,13 @@ def _requests():
     return out
 
 
-def test_buckets_are_powers_of_two_then_num_slots():
+def test_buckets_are_powers_of_two_from_8_then_num_slots():
+    assert EngineConfig(num_slots=32).decode_buckets == (8, 16, 32)
+    assert EngineConfig(num_slots=12).decode_buckets == (8, 12)
+    assert EngineConfig(num_slots=8).decode_buckets == (8,)
+    assert EngineConfig(num_slots=4).decode_buckets == (4,)
     assert BUCKETED.decode_buckets == (1, 2, 4, 8)
     assert FIXED.decode_buckets == (8,)
-    assert EngineConfig(num_slots=12).decode_buckets == (1, 2, 4, 8, 12)
     assert EngineConfig(num_slots=12, decode_rows=(3, 6)).decode_buckets == (3, 6, 12)
     for bad in ((4, 2), (0, 4), (16,)):
         with pytest.raises(ValueError, match="decode_rows"):
