@@ -175,9 +175,11 @@ SMALL_SLICE = ["--topology", "v5e:2x2", "--mesh", "data=1,fsdp=-1,tensor=1",
 
 
 def test_the_shipped_configs_are_the_ones_checked_here():
-    assert CONFIGS == ["eval_seed_oss_36b_funcloc.yaml", "eval_tiny_cpu.yaml",
-                       "seed_oss_36b_browsecomp.yaml", "seed_oss_36b_funcloc.yaml",
-                       "serve_tiny.yaml", "tiny_cpu.yaml"]
+    assert CONFIGS == ["eval_released_ppp36b_browsecomp.yaml", "eval_released_ppp36b_funcloc.yaml",
+                       "eval_seed_oss_36b_funcloc.yaml", "eval_seed_oss_36b_swefull.yaml",
+                       "eval_tiny_cpu.yaml", "seed_oss_36b_browsecomp.yaml",
+                       "seed_oss_36b_funcloc.yaml", "seed_oss_36b_swefull.yaml",
+                       "serve_tiny.yaml", "tiny_cpu.yaml", "tiny_cpu_swefull.yaml"]
 
 
 def test_serve_config_loads():
