@@ -90,7 +90,7 @@ class FuncLocDomain:
         return task.prompt(kind)
 
     def tool_schemas(self, task: Task) -> list[dict[str, Any]]:
-        schemas = repo_tool_schemas(self.tool_style)
+        schemas = repo_tool_schemas(self.tool_style, self.limits.bash_commands)
         if self.tool_style != "native":
             schemas.append(function_tool("think", "Write down a thought; it has no effect.",
                                          {"content": {"type": "string"}}, ["content"]))

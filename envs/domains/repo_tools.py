@@ -569,7 +569,7 @@ class RepoTools:
 
     def schemas(self, style: str = "native") -> list[dict[str, Any]]:
         """Tool schemas (see `repo_tool_schemas`)."""
-        return repo_tool_schemas(style)
+        return repo_tool_schemas(style, self.limits.bash_commands)
 
     TOOL_NAMES = ("view_file", "list_dir", "find_files", "grep", "execute_bash",
                   "str_replace_editor")
@@ -614,9 +614,13 @@ class RepoTools:
         return out
 
 
-def repo_tool_schemas(style: str = "native") -> list[dict[str, Any]]:
+def repo_tool_schemas(style: str = "native",
+                      bash_commands: tuple[str, ...] = BASH_COMMANDS) -> list[dict[str, Any]]:
     """Tool schemas: "native" (view_file, list_dir, find_files, grep), "openhands"
-    (execute_bash, str_replace_editor) or "both"."""
+    (execute_bash, str_replace_editor) or "both"; `bash_commands` is the whitelist that
+    execute_bash's description lists (`Limits.bash_commands`)."""
+    filters = "/".join(c for c in ("head", "tail", "wc", "grep", "sort", "uniq", "cut", "awk")
+                       if c in bash_commands)
     native = [
         function_tool("view_file", "Show a file of the repository with line numbers. Paths are "
                       "relative to the repository root. Optionally a 1-based inclusive line "
@@ -637,7 +641,7 @@ def repo_tool_schemas(style: str = "native") -> list[dict[str, Any]]:
     ]
     openhands = [
         function_tool("execute_bash", "Run a read-only command in the repository (no shell): "
-                      f"{', '.join(BASH_COMMANDS)}; `|` pipes into head/tail/wc/grep/sort/uniq; "
+                      f"{', '.join(bash_commands)}; `|` pipes into {filters}; "
                       "`&&` chains. The repository is at /testbed.",
                       {"command": {"type": "string"}}, ["command"]),
         function_tool("str_replace_editor", "View a file or directory (read-only: only the "

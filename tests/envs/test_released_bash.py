@@ -44,3 +44,12 @@ def test_git_meets_a_tree_without_history_and_paper_refuses(tools):
     for cmd in ("cut -d , -f 2 data.csv", "awk '{print $1}' data.csv", "git log"):
         with pytest.raises(ToolError, match="is not allowed"):
             bash(tools, cmd, "paper")
+
+
+def test_execute_bash_description_lists_the_whitelist(tools):
+    def desc(which):
+        return next(s["function"]["description"] for s in tools[which].schemas("openhands")
+                    if s["function"]["name"] == "execute_bash")
+
+    assert "tree, cut, awk, git;" in desc("released") and "uniq/cut/awk;" in desc("released")
+    assert "cut" not in desc("paper") and "tree; `|` pipes into head/tail/wc/grep/sort/uniq;" in desc("paper")
