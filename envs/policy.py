@@ -326,12 +326,17 @@ def to_openai_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
     Assistant tool calls get JSON-string arguments (the raw string the API returned when known).
     A tool message whose id answers no call of the previous assistant message (an error about
     unparseable output, a nudge) is sent as a user message, since the API requires ids to match.
+    An assistant turn written as text (it has `raw`: its calls were parsed from the text, as with
+    tools described in the system prompt) is sent as that text, without API tool calls.
     """
     out: list[dict[str, Any]] = []
     open_ids: set[str] = set()
     for m in messages:
         role = m["role"]
-        if role == "assistant":
+        if role == "assistant" and "raw" in m:
+            open_ids = set()
+            out.append({"role": "assistant", "content": m["raw"]})
+        elif role == "assistant":
             msg: dict[str, Any] = {"role": "assistant", "content": m.get("content") or None}
             calls = []
             for c in m.get("tool_calls") or ():
@@ -395,9 +400,11 @@ class OpenAISession(SessionDefaults):
         self.stats: dict[str, int] = {}
 
     async def step(self, messages, tools, max_new_tokens: int) -> PolicyTurn:
-        result = await self.policy.client.chat(to_openai_messages(messages), tools=list(tools),
-                                               **self.policy.params)
-        calls = tuple(_api_call(c, tools) for c in result.tool_calls)
+        result = await self.policy.client.chat(to_openai_messages(messages),
+                                               tools=list(tools) or None, **self.policy.params)
+        # No API tools (they are text in the system prompt): the reply is text whose calls the
+        # runner parses (tool_calls None), as for an engine policy.
+        calls = tuple(_api_call(c, tools) for c in result.tool_calls) if tools else None
         usage = getattr(result.response, "usage", None)
         total = getattr(usage, "total_tokens", 0) or 0
         completion = getattr(usage, "completion_tokens", 0) or 0

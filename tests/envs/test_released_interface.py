@@ -208,3 +208,29 @@ def test_search_message_with_several_calls_runs_them_under_released(setup, fake,
     assert [c.name for c in rec.tool_calls] == ["search", "open_page", "finish"]
     assert rec.stats["dropped_extra_calls"] == 1 and rec.questions == ()
     assert rec.task_score == 1.0
+
+
+def test_api_model_under_the_released_text_interface(setup, fake, swe_task):
+    """An OpenAI-compatible model under `profile: released`: no API tools are sent, its text calls
+    are parsed like the checkpoint's, and its earlier turns go back as their text (no dangling
+    API tool calls before the user-role observations)."""
+    from ppp_jax.envs.policy import OpenAIPolicy
+
+    cfg, sim = setup("released")
+    fake.push(reply(openhands("ask_question", query="Which module is it?")),
+              reply("Module noted.\n[Cost 1]\n[Reward 1]"),  # the simulator's answer
+              reply("Found it.\n" + finish("released", swe_task.gold[0])))
+    policy = OpenAIPolicy(LLMClient(LLMClientConfig(model="fake-model", base_url=fake.base_url,
+                                                    api_key_env=KEY_ENV, max_retries=0)))
+    rec = asyncio.run(run_episode(stdlib_loc.make_domain(), swe_task, policy, sim,
+                                  preference_id="concise_question", prompt_kind="vague",
+                                  config=cfg.rollout.episode))
+    assert rec.finish_reason == "finish" and rec.task_score == 1.0
+    assert [q.level for q in rec.questions] == [1]
+    agent_requests = [r["body"] for r in fake.requests if "tools" in r["body"] or
+                      "BEGIN FUNCTION" in r["body"]["messages"][0]["content"]]
+    assert agent_requests and all("tools" not in b for b in agent_requests)
+    last = agent_requests[-1]["messages"]
+    assert [m["role"] for m in last] == ["system", "user", "assistant", "user"]
+    assert last[2]["content"].startswith("<function=ask_question>") and "tool_calls" not in last[2]
+    assert last[3]["content"].endswith("[Cost 1]\n[Reward 1]")
