@@ -47,9 +47,9 @@ the turn limit, or the token budget. Per turn:
     `finish_check_errors`;
   * tool outputs are truncated by the reference's rules (`domain_base.truncate_observation`) and
     returned in the `tool` role (or as `user` messages: `EpisodeConfig.interface`, which also
-    names the ask tool, shows the tools as system-prompt text, and can run only a turn's first
-    call; see `envs.interface`; the text forms are for engine policies, an API policy needs
-    the template's tools);
+    names the ask tool, shows the tools as system-prompt text, and picks which of a turn's
+    calls run; see `envs.interface`; with the tools as text an API policy's reply is parsed
+    as text too);
   * a turn without any call gets a nudge (as a tool-role message for engine policies, a user
     message for API ones).
 
