@@ -24,6 +24,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from ppp_jax.envs.llm_client import LLMClient
 
@@ -101,41 +102,191 @@ def strip_specifics(text: str) -> str:
     return t
 
 
+_ERROR_LINE = re.compile(r"\b((?:[A-Z]\w*\.)*[A-Z]\w*(?:Error|Exception|Warning|Exit)):[ \t]*"
+                         r"([^\n`]*[^\s`.:])")
+_TITLE_MAX_WORDS = 25
+
+
+def _title(precise: str) -> str | None:
+    """The first line of an issue when it reads as a title: short, prose, not a template
+    heading or code; None otherwise."""
+    for line in _HTML_COMMENT.sub(" ", precise.replace("\r\n", "\n")).split("\n"):
+        line = line.strip().lstrip("#").strip()
+        if not line:
+            continue
+        if (line.startswith(("```", ">>>", "$", "- ", "* ")) or len(line.split()) > _TITLE_MAX_WORDS
+                or len(re.findall(r"[^\W\d_]{2,}", line)) < 3):
+            return None
+        return line.rstrip(" .:")
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class RuleVaguenizer:
-    """Deterministic offline vaguenizer (see the module docstring)."""
+    """Deterministic offline vaguenizer (see the module docstring).
+
+    style: "strip" keeps the first statement of intent with every specific removed (the
+      embedded domains' vague prompts); "paper" writes what the paper's example keeps: the
+      issue's title and the exact error line it quotes (`Title: ... gives "ValueError: ..."`),
+      falling back to "strip" when there is no title line; in both styles, a rewrite that keeps
+      80% or more of the precise text's words is cut to its first half, so a short statement
+      never comes back unchanged.
+    """
 
     min_words: int = 3  # a statement of intent has at least this many words
     max_sentences: int = 1  # sentences of intent kept
+    style: Literal["strip", "paper"] = "strip"
 
     def vaguenize(self, precise: str) -> str:
         """The vague version of `precise`; never empty (falls back to a generic request)."""
         if not isinstance(precise, str):
             raise TypeError(f"precise prompt must be str, got {type(precise).__name__}")
-        kept = []
-        for s in _sentences(strip_specifics(precise)):
-            s = s.strip(" \t-*#:;,>")
-            if len(re.findall(r"[^\W\d_]{2,}", s)) >= self.min_words:
-                kept.append(s)
-            if len(kept) >= self.max_sentences:
-                break
-        if not kept:
-            return "Something is not working as expected; please look into it."
-        out = " ".join(kept)
+        out = self._paper(precise) if self.style == "paper" else None
+        if out is None:
+            kept = []
+            for s in _sentences(strip_specifics(precise)):
+                s = s.strip(" \t-*#:;,>")
+                if len(re.findall(r"[^\W\d_]{2,}", s)) >= self.min_words:
+                    kept.append(s)
+                if len(kept) >= self.max_sentences:
+                    break
+            if not kept:
+                return "Something is not working as expected; please look into it."
+            out = " ".join(kept)
+        words, total = out.split(), len(precise.split())
+        if self.style == "paper" and total >= 4 and len(words) >= 0.8 * total:
+            out = " ".join(words[: max(3, total // 2)]).rstrip(" ,;:") + " ..."
         return out[0].upper() + out[1:]
+
+    @staticmethod
+    def _paper(precise: str) -> str | None:
+        title = _title(precise)
+        if title is None:
+            return None
+        body = precise.split("\n", 1)[1] if "\n" in precise else ""
+        m = _ERROR_LINE.search(body) or _ERROR_LINE.search(title)
+        if m is None or m.group(0) in title:
+            return title
+        return f'{title}, with the error "{m.group(1)}: {m.group(2).strip()}"'
 
 
 # ---------------------------------------------------------------------------------------------
 # LLM vaguenizer with a crash-safe cache.
 
-PROMPT_VERSION = "v1"
+PROMPT_VERSION = "v2"
+
+# The paper's published example (Fig. 3 / Fig. 12): SWE-bench Verified astropy__astropy-13033.
+# The paper prints the precise issue abbreviated; its text here is the instance's problem
+# statement with the HTML comments of the issue template left out. The vague side is the
+# paper's, verbatim.
+PAPER_EXAMPLE_PRECISE = """TimeSeries: misleading exception when required column check fails.
+
+### Description
+
+For a `TimeSeries` object that has additional required columns (in addition to `time`), when codes mistakenly try to remove a required column, the exception it produces is misleading.
+
+### Expected behavior
+
+An exception that informs the users required columns are missing.
+
+### Actual behavior
+
+The actual exception message is confusing:
+`ValueError: TimeSeries object is invalid - expected 'time' as the first columns but found 'time'`
+
+### Steps to Reproduce
+
+```python
+from astropy.time import Time
+from astropy.timeseries import TimeSeries
+
+time=Time(np.arange(100000, 100003), format='jd')
+ts = TimeSeries(time=time, data = {"flux": [99.9, 99.8, 99.7]})
+ts._required_columns = ["time", "flux"]
+ts.remove_column("flux")
+```
+
+### System Details
+
+```
+Windows-10-10.0.22000-SP0
+Python 3.9.10 | packaged by conda-forge | (main, Feb  1 2022, 21:21:54) [MSC v.1916 64 bit (AMD64)]
+Numpy 1.22.3
+pyerfa 2.0.0.1
+astropy 5.0.3
+Scipy 1.8.0
+Matplotlib 3.5.1
+```"""
+PAPER_EXAMPLE_VAGUE = ("TimeSeries: removing column gives confusing error \"ValueError: TimeSeries "
+                       "object is invalid - expected 'time' as the first columns but found "
+                       "'time'\"")
+
+# The two principles of the paper (section 4.1), then its example. The example sits in the
+# system message (not as extra turns), so the request is always [system, user=precise text].
 _SYSTEM = (
-    "You rewrite task descriptions into vague versions, the way a hurried user would first state "
-    "the task. Two rules: (1) keep exactly the same goal as the original; (2) keep only part of "
-    "the information, and make specifics general: leave out file names, paths, function and "
-    "class names, code, stack traces, exact error text, versions and numbers. Write one or two "
-    "plain sentences. Output only the rewritten text."
+    "You rewrite a precise task description into the vague first message a busy user would "
+    "actually send. Follow two principles:\n"
+    "1. Keep the same goal as the original: the rewrite asks for exactly the same thing.\n"
+    "2. Keep only part of the information, and make the specifics general: keep the gist (for "
+    "an issue report, its title and, if there is one, the exact error message the user saw), "
+    "and leave out the reproduction code, stack traces, expected/actual details, file paths, "
+    "versions and environment details. For a research question, keep what is asked but drop "
+    "most of the identifying constraints (dates, numbers, places, names), so that the question "
+    "alone no longer pins down the answer.\n"
+    "Write one or two plain sentences in the user's voice, shorter than the original. Output "
+    "only the rewritten text, with no preamble, quotes or explanation.\n\n"
+    "Example. Original:\n<<<\n" + PAPER_EXAMPLE_PRECISE + "\n>>>\nRewrite:\n"
+    + PAPER_EXAMPLE_VAGUE
 )
+
+
+def prompt_record() -> dict[str, str]:
+    """The vaguenization prompt as the manifest records it: version, full text and its sha256."""
+    return {"version": PROMPT_VERSION, "system": _SYSTEM,
+            "sha256": hashlib.sha256(_SYSTEM.encode("utf-8")).hexdigest(),
+            "user": "the precise prompt, verbatim"}
+
+
+class RewriteRejected(ValueError):
+    """The model's reply is not a usable vague prompt; `why` says what is wrong with it."""
+
+    def __init__(self, why: str, reply: str):
+        self.why = why
+        super().__init__(f"vaguenizer model returned an unusable rewrite ({why}): {reply[:80]!r}")
+
+
+_LABEL = re.compile(r"^\s*(?:\*\*)?(?:vague(?: prompt| version)?|rewrite|rewritten(?: text| "
+                    r"prompt)?|answer|output)(?:\*\*)?\s*:\s*", re.IGNORECASE)
+_COMMENTARY = re.compile(r"^\s*(?:sure\b|certainly\b|here(?:'s| is)\b|i (?:can(?:no|')t|am "
+                         r"sorry|'m sorry|apologi[sz]e)|as an ai\b)", re.IGNORECASE)
+_SPECIAL = re.compile(r"<\|[^|>]*\|>|</?s>|\[/?INST\]|<\|?im_(?:start|end)")
+
+
+def clean_rewrite(reply: str) -> str:
+    """The reply with a leading label ("Rewrite:") and wrapping quotes or backticks removed."""
+    text = _LABEL.sub("", reply.strip()).strip()
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'`":
+        text = text[1:-1].strip()
+    return text
+
+
+def check_rewrite(precise: str, vague: str, min_words: int = 3) -> str | None:
+    """Why `vague` is not a usable rewrite of `precise` (None when it is): empty, fewer than
+    `min_words` words, the same as the precise text, not shorter than it, chat-template tokens,
+    or commentary/refusal instead of a rewrite."""
+    if not vague.strip():
+        return "empty"
+    if _SPECIAL.search(vague):
+        return "chat-template tokens in the reply"
+    if _COMMENTARY.match(vague):
+        return "commentary or a refusal instead of a rewrite"
+    if len(re.findall(r"[^\W\d_]+", vague)) < min_words:
+        return f"fewer than {min_words} words"
+    if " ".join(vague.split()) == " ".join(precise.split()):
+        return "the same as the precise prompt"
+    if len(vague.split()) >= len(precise.split()) and len(vague) >= len(precise):
+        return "not shorter than the precise prompt"
+    return None
 
 
 def cache_key(precise: str, model: str, prompt_version: str = PROMPT_VERSION) -> str:
@@ -209,10 +360,11 @@ class LLMVaguenizer:
         result = await self.client.chat(
             [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": precise}]
         )
-        vague = result.text.strip()
-        if not vague or vague == precise.strip():
+        vague = clean_rewrite(result.text)
+        why = check_rewrite(precise, vague)
+        if why is not None:
             self.stats["rejected"] += 1
-            raise ValueError(f"vaguenizer model returned an unusable rewrite: {vague[:80]!r}")
+            raise RewriteRejected(why, result.text)
         self.cache.put(key, vague)
         return vague
 

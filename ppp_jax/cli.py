@@ -55,6 +55,21 @@ COMMANDS: dict[str, Command] = {
         writes="DST (created atomically; an existing DST is refused unless --overwrite)",
         typical_time="seconds (tiny); minutes for 36B (one tensor at a time)",
         takes_overrides=False),
+    "data": Command(
+        "ppp_jax.commands.data",
+        "prepare a benchmark for training and evaluation: `ppp data swe` (SWE-bench / SWE-Gym rows "
+        "+ clones) or `ppp data browsecomp` (queries + corpus): checks, vague prompts (LLM or "
+        "rule vaguenizer), indexes, train/test split",
+        needs="a data config (configs/data_*.yaml) naming local row files (or Hugging Face "
+              "datasets when online) and, for swe, a folder of clones; an OpenAI-compatible "
+              "endpoint for vaguenizer.backend: llm",
+        writes="<output>/ (rows, train.jsonl, test.jsonl, dropped.json, manifest.json; "
+               "browsecomp: corpus.jsonl, bm25/, dense/), all at once; "
+               "<output>.vague_cache.jsonl (the LLM rewrites, for resuming)",
+        typical_time="seconds to minutes; the LLM vaguenizer about 1 s per row at 8 in flight; "
+                     "the dense index about 100 documents/s on a CPU (MiniLM)",
+        exit_codes="1 the data cannot be used (malformed row, missing clone, too many failed "
+                   "rewrites, existing output): nothing written, rerun resumes"),
     "sft": Command(
         "ppp_jax.commands.sft",
         "supervised warm start on scripted episodes (the first step before `ppp train`)",

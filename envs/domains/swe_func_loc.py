@@ -37,7 +37,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from ppp_jax.envs.domains.base import Task
 from ppp_jax.envs.domains.func_loc import FuncLocDomain, RepoToolsSection, ToolStyle
@@ -374,7 +374,8 @@ def check_swe_rows(rows: Iterable[Any], repos: RepoCache | None = None,
 
 
 def build_swe_tasks(rows: Iterable[Any], repos: RepoCache, split: str = "test",
-                    vaguenizer: Any = None, what: str = "swe rows"
+                    vaguenizer: Any = None, what: str = "swe rows",
+                    on_row: Callable[[], None] | None = None
                     ) -> tuple[list[Task], BuildReport]:
     """Tasks from SWE rows (dicts, or (where, row) pairs as `load_located_swe_rows` gives):
     gold functions at the base commit, prompts, hidden information.
@@ -383,7 +384,8 @@ def build_swe_tasks(rows: Iterable[Any], repos: RepoCache, split: str = "test",
     (`check_swe_rows`: DataError naming `where: field: reason`). Well-formed rows the task
     definition filters out (no Python function edited, the patch does not apply, the commit is
     not in the clone) are dropped, counted by reason in the report and logged as one warning;
-    no task left at all is a DataError with those counts."""
+    no task left at all is a DataError with those counts. `on_row()` is called after each row
+    (a progress bar)."""
     if vaguenizer is None:
         from ppp_jax.envs.vaguenize import RuleVaguenizer  # noqa: PLC0415
 
@@ -393,6 +395,8 @@ def build_swe_tasks(rows: Iterable[Any], repos: RepoCache, split: str = "test",
     tasks = []
     commits: dict[tuple[str, str], bool] = {}
     for _, row in located:
+        if on_row is not None and report.rows:
+            on_row()
         report.rows += 1
         iid = row["instance_id"]
         at = (row["repo"], row["base_commit"])
@@ -425,6 +429,8 @@ def build_swe_tasks(rows: Iterable[Any], repos: RepoCache, split: str = "test",
         }
         tasks.append(Task(iid, DOMAIN, precise, vague, "\n".join(files + list(gold.functions)),
                           tuple(gold.functions), split, meta))
+    if on_row is not None and report.rows:
+        on_row()
     report.tasks = report.drops.kept = len(tasks)
     report.drops.rows = report.rows
     report.drops.report()

@@ -7,7 +7,19 @@ import json
 import pytest
 
 from ppp_jax.envs.llm_client import LLMClient, LLMClientConfig, LLMRequestError
-from ppp_jax.envs.vaguenize import LLMVaguenizer, RuleVaguenizer, VagueCache, cache_key, strip_specifics
+from ppp_jax.envs.vaguenize import (
+    PAPER_EXAMPLE_PRECISE,
+    PAPER_EXAMPLE_VAGUE,
+    LLMVaguenizer,
+    RewriteRejected,
+    RuleVaguenizer,
+    VagueCache,
+    cache_key,
+    check_rewrite,
+    clean_rewrite,
+    prompt_record,
+    strip_specifics,
+)
 from tests.envs.fake_openai_server import error, reply
 
 # Real-looking issue texts and the specifics that must not survive.
@@ -131,6 +143,19 @@ def test_rule_vaguenizer_fallback_and_bad_input():
 # --- LLM vaguenizer -----------------------------------------------------------------------
 
 
+P1 = ("The CSV export writes timestamps in UTC even when the user picked another zone; see "
+      "export.py line 40 and the attached traceback")
+P2 = "Startup takes 40 s since version 2.3 because the plugin scan walks every directory twice"
+
+
+def _precise(i):
+    return f"issue {i}: the widget number {i} renders blank with a long traceback and more detail"
+
+
+def _vague(i):
+    return f"widget number {i} renders blank"
+
+
 def _client(server, **kw):
     cfg = LLMClientConfig(model="fake-model", base_url=server.base_url, api_key_env="PPP_UNSET_KEY",
                           backoff_base_s=0.01, max_retries=1, **kw)
@@ -148,13 +173,13 @@ def asynctest(fn):
 @asynctest
 async def test_cache_hit_and_miss(fake, tmp_path):
     path = tmp_path / "vague.jsonl"
-    fake.push(reply("Export writes the wrong time zone."), reply("Startup is slow."))
+    fake.push(reply("Export writes the wrong time zone."), reply("Startup is slow now."))
     async with _client(fake) as client:
         v = LLMVaguenizer(client, path)
-        a = await v.vaguenize("precise one")
+        a = await v.vaguenize(P1)
         assert a == "Export writes the wrong time zone."
-        assert await v.vaguenize("precise one") == a  # hit: no request
-        assert await v.vaguenize("precise two") == "Startup is slow."
+        assert await v.vaguenize(P1) == a  # hit: no request
+        assert await v.vaguenize(P2) == "Startup is slow now."
         assert v.stats == {"hits": 1, "misses": 2, "rejected": 0}
         assert len(fake.requests) == 2
         sys_msg = fake.requests[0]["body"]["messages"][0]["content"]
@@ -162,17 +187,17 @@ async def test_cache_hit_and_miss(fake, tmp_path):
     # A new process reads the cache from disk: all hits.
     async with _client(fake) as client:
         v2 = LLMVaguenizer(client, path)
-        assert await v2.vaguenize_many(["precise two", "precise one"]) == ["Startup is slow.", a]
+        assert await v2.vaguenize_many([P2, P1]) == ["Startup is slow now.", a]
         assert v2.stats["hits"] == 2 and len(fake.requests) == 2
         # A different prompt version or model is a different key.
-        assert cache_key("p", "m1") != cache_key("p", "m2") != cache_key("p", "m2", "v2")
+        assert cache_key("p", "m1") != cache_key("p", "m2") != cache_key("p", "m2", "v1")
 
 
 @asynctest
 async def test_crash_resume(fake, tmp_path):
     path = tmp_path / "vague.jsonl"
-    texts = [f"precise {i}" for i in range(4)]
-    fake.push(reply("vague 0"), reply("vague 1"), error(400, "boom"))  # crash on the third
+    texts = [_precise(i) for i in range(4)]
+    fake.push(reply(_vague(0)), reply(_vague(1)), error(400, "boom"))  # crash on the third
     async with _client(fake) as client:
         v = LLMVaguenizer(client, path)
         with pytest.raises(LLMRequestError):
@@ -182,12 +207,12 @@ async def test_crash_resume(fake, tmp_path):
     # Simulate a crash mid-write: a torn, half-written last line.
     with path.open("a") as f:
         f.write('{"key": "deadbeef", "vag')
-    fake.push(reply("vague 2"), reply("vague 3"))
+    fake.push(reply(_vague(2)), reply(_vague(3)))
     async with _client(fake) as client:
         v = LLMVaguenizer(client, path)
         assert v.cache.corrupt_lines == 1
         out = [await v.vaguenize(t) for t in texts]
-    assert out == ["vague 0", "vague 1", "vague 2", "vague 3"]
+    assert out == [_vague(i) for i in range(4)]
     assert v.stats == {"hits": 2, "misses": 2, "rejected": 0}
     assert len(fake.requests) == 3 + 2
     # The file is readable again after the new appends (the torn line stays isolated).
@@ -199,11 +224,11 @@ async def test_crash_resume(fake, tmp_path):
 
 @asynctest
 async def test_unusable_rewrite_is_rejected_not_cached(fake, tmp_path):
-    fake.push(reply("precise x"))
+    fake.push(reply(P1))
     async with _client(fake) as client:
         v = LLMVaguenizer(client, tmp_path / "c.jsonl")
         with pytest.raises(ValueError, match="unusable"):
-            await v.vaguenize("precise x")
+            await v.vaguenize(P1)
         assert v.stats["rejected"] == 1 and v.cache.entries == {}
         with pytest.raises(ValueError):
             await v.vaguenize("  ")
@@ -213,10 +238,73 @@ async def test_unusable_rewrite_is_rejected_not_cached(fake, tmp_path):
 async def test_vaguenize_many_caches_the_successes_before_raising(fake, tmp_path):
     path = tmp_path / "many.jsonl"
     fake.responder = lambda body: (
-        error(400, "no") if body["messages"][1]["content"] == "bad" else reply("vague " + body["messages"][1]["content"])
+        error(400, "no") if body["messages"][1]["content"] == _precise(1)
+        else reply(body["messages"][1]["content"].split(" with ")[0])
     )
     async with _client(fake) as client:
         v = LLMVaguenizer(client, path)
         with pytest.raises(LLMRequestError):
-            await v.vaguenize_many(["a", "bad", "c"])
-    assert sorted(VagueCache(path).entries.values()) == ["vague a", "vague c"]
+            await v.vaguenize_many([_precise(0), _precise(1), _precise(2)])
+    assert sorted(VagueCache(path).entries.values()) == [_precise(0).split(" with ")[0],
+                                                         _precise(2).split(" with ")[0]]
+
+
+# --- the paper's principles and example -----------------------------------------------------
+
+
+def test_prompt_states_both_principles_and_carries_the_papers_example():
+    rec = prompt_record()
+    system = rec["system"]
+    assert "same goal" in system and "only part of the information" in system
+    assert PAPER_EXAMPLE_PRECISE in system and system.endswith(PAPER_EXAMPLE_VAGUE)
+    # the paper keeps the title and the exact error text: the prompt must not forbid them
+    assert "exact error message" in system and "leave out file names" not in system
+
+
+def test_papers_own_rewrite_passes_the_reply_check_and_garbage_does_not():
+    assert check_rewrite(PAPER_EXAMPLE_PRECISE, PAPER_EXAMPLE_VAGUE) is None
+    bad = {
+        "": "empty",
+        "ok": "fewer than",
+        PAPER_EXAMPLE_PRECISE: "same as the precise",
+        PAPER_EXAMPLE_PRECISE + " And more words here.": "not shorter",
+        "Sure! Here is the vague version of the issue.": "commentary",
+        "TimeSeries error<|im_end|><|im_start|>assistant": "chat-template",
+    }
+    for reply_text, why in bad.items():
+        assert why in (check_rewrite(PAPER_EXAMPLE_PRECISE, reply_text) or ""), reply_text
+    assert clean_rewrite('Rewrite: "TimeSeries gives a confusing error"') == (
+        "TimeSeries gives a confusing error")
+
+
+def test_paper_style_rule_keeps_title_and_exact_error_like_the_papers_example():
+    out = RuleVaguenizer(style="paper").vaguenize(PAPER_EXAMPLE_PRECISE)
+    assert out.startswith("TimeSeries: misleading exception when required column check fails")
+    error_text = PAPER_EXAMPLE_VAGUE.split('"')[1]
+    assert error_text in out  # the exact error, as the paper keeps it
+    for gone in ("remove_column", "Numpy 1.22.3", "99.9", "Steps to Reproduce"):
+        assert gone not in out
+    assert check_rewrite(PAPER_EXAMPLE_PRECISE, out) is None
+    # the old style drops both title and error (the issue's complaint)
+    assert error_text not in RuleVaguenizer().vaguenize(PAPER_EXAMPLE_PRECISE)
+
+
+def test_paper_style_never_returns_a_short_statement_unchanged():
+    short = "Fix the parser so that it accepts trailing commas in lists"
+    out = RuleVaguenizer(style="paper").vaguenize(short)
+    assert out != short and len(out.split()) < len(short.split())
+    assert check_rewrite(short, out) is None
+
+
+@asynctest
+async def test_llm_reply_is_cleaned_and_checked_and_the_example_is_sent(fake, tmp_path):
+    fake.push(reply('Vague prompt: "widget number 0 renders blank"'),
+              reply("Sure, here is a rewrite: the widget is broken"))
+    async with _client(fake) as client:
+        v = LLMVaguenizer(client, tmp_path / "c.jsonl")
+        assert await v.vaguenize(_precise(0)) == _vague(0)
+        with pytest.raises(RewriteRejected, match="commentary"):
+            await v.vaguenize(_precise(1))
+    msgs = fake.requests[0]["body"]["messages"]
+    assert [m["role"] for m in msgs] == ["system", "user"]
+    assert msgs[1]["content"] == _precise(0) and PAPER_EXAMPLE_VAGUE in msgs[0]["content"]
