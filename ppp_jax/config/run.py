@@ -414,6 +414,9 @@ register_rules(StdlibLocConfig, {
     "num_tasks": POSITIVE, "seed": SEED, "per_file": POSITIVE, "test_fraction": PROBABILITY,
     "min_doc_words": NON_NEGATIVE, "min_body_statements": NON_NEGATIVE,
     "max_doc_words": POSITIVE})
+register_rules(SweFullSection, {
+    "swe_full_command_timeout_s": GT_ZERO, "swe_full_max_command_timeout_s": GT_ZERO,
+    "swe_full_grade_timeout_s": GT_ZERO, "swe_full_memory_gb": GT_ZERO})
 register_rules(SimulatorConfig, {
     "max_questions": NON_NEGATIVE, "base_url": Url(), "timeout_s": GT_ZERO,
     "max_retries": NON_NEGATIVE, "max_concurrency": POSITIVE})
