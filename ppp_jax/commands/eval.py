@@ -56,6 +56,40 @@ def _weights(cfg, override: str) -> tuple[str, Path | None]:
     return "random init", None
 
 
+def run_setup(cfg, domain) -> dict:
+    """What the report records about the run's parts: the domain, its retriever and answer judge
+    (the domain's optional `describe_setup` hook, with the judge's counters), and the user
+    simulator's backend and model."""
+    sim = cfg.simulator
+    setup = {"domain": cfg.domain.name,
+             "simulator": {"backend": sim.backend,
+                           **({"model": sim.model, "base_url": sim.base_url}
+                              if sim.backend == "llm" else {})}}
+    describe = getattr(domain, "describe_setup", None)  # an optional domain hook
+    if describe is not None:
+        setup.update(describe())
+    return setup
+
+
+def setup_markdown(setup: dict) -> str:
+    """The report's "Setup" section: one line per part."""
+    lines = ["", "## Setup", "", f"- domain: {setup['domain']}"]
+    sim = setup["simulator"]
+    lines.append(f"- user simulator: {sim['backend']}"
+                 + (f" ({sim['model']} at {sim['base_url'] or 'api.openai.com'})"
+                    if sim["backend"] == "llm" else ""))
+    if "retriever" in setup:
+        detail = setup.get("retriever_detail") or {}
+        extra = ", ".join(f"{k}={v}" for k, v in detail.items() if k != "kind" and v is not None)
+        lines.append(f"- retriever: {setup['retriever']}" + (f" ({extra})" if extra else ""))
+    if "judge" in setup:
+        stats = ", ".join(f"{k} {v}" for k, v in (setup.get("judge_stats") or {}).items())
+        lines.append(f"- answer judge: {setup['judge']}"
+                     + (f", re-judge {setup['rejudge']}" if setup.get("rejudge") else "")
+                     + (f" ({stats})" if stats else ""))
+    return "\n".join(lines) + "\n"
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load(args, "ppp eval")
     if cfg is None:
@@ -143,12 +177,14 @@ def run(args: argparse.Namespace) -> int:
             engine.close()
         log_compile_stats()
     result["policy"] = what
+    result["setup"] = run_setup(cfg, inner)
     result["profile"] = cfg.profile
     result["profile_summary"] = profile_summary(cfg.profile, to_dict(cfg))
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    (out / f"{args.name}.md").write_text(evaluate.to_markdown(result, f"Evaluation of {what}"))
-    print(evaluate.to_markdown(result, f"Evaluation of {what}"))
+    text = evaluate.to_markdown(result, f"Evaluation of {what}") + setup_markdown(result["setup"])
+    (out / f"{args.name}.md").write_text(text)
+    print(text)
     print(f"ppp eval: wrote {out / (args.name + '.json')} and {out / (args.name + '.md')}")
     return 0

@@ -101,6 +101,10 @@ def domain_path_problems(cfg: RunConfig) -> list[str]:
             else:
                 out.append(_input(f"domain.{key}", value, f"{what}: .jsonl, .json or .parquet",
                                   "file"))
+        if d.browsecomp_index:
+            out.append(_input("domain.browsecomp_index", d.browsecomp_index,
+                              "a folder `ppp data browsecomp` wrote (manifest.json, bm25/, dense/)",
+                              "dir"))
     out.append(_output_dir("run_dir", cfg.run_dir))
     return [p for p in out if p]
 

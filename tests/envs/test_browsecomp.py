@@ -134,13 +134,18 @@ def test_llm_judge_through_fake_server(corpus, bm25, rows):
             client = LLMClient(LLMClientConfig(model="judge", base_url=server.base_url, max_retries=0))
             dom = bc.BrowseCompDomain(bm25, judge_client=client)
             try:
-                return [await dom.score(task, a) for a in
-                        ("Ottilie Brask", "Miss Brask of Norway", "Someone", "Kareli")], dom.judge_stats
+                out = []
+                for a in ("Ottilie Brask", "Miss Brask of Norway", "Someone", "Kareli"):
+                    try:
+                        out.append(await dom.score(task, a))
+                    except bc.JudgeUnparsed:  # never silently 0: the episode records an error
+                        out.append(None)
+                return out, dom.judge_stats
             finally:
                 await client.close()
 
         scores, stats = asyncio.run(go())
-        assert scores == [1.0, 1.0, 0.0, 0.0]
+        assert scores == [1.0, 1.0, None, 0.0]
         assert stats == {"em": 1, "judge_calls": 3, "judge_yes": 1, "judge_unparsed": 1,
                          "rejudge_calls": 0, "rejudge_yes": 0}
         assert "Ottilie Brask" in server.requests[0]["body"]["messages"][0]["content"]

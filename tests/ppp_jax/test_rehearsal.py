@@ -175,7 +175,8 @@ SMALL_SLICE = ["--topology", "v5e:2x2", "--mesh", "data=1,fsdp=-1,tensor=1",
 
 
 def test_the_shipped_configs_are_the_ones_checked_here():
-    assert CONFIGS == ["eval_released_ppp36b_browsecomp.yaml", "eval_released_ppp36b_funcloc.yaml",
+    assert CONFIGS == ["data_browsecomp_plus.yaml", "data_swe_gym.yaml",
+                       "eval_released_ppp36b_browsecomp.yaml", "eval_released_ppp36b_funcloc.yaml",
                        "eval_seed_oss_36b_funcloc.yaml", "eval_seed_oss_36b_swefull.yaml",
                        "eval_tiny_cpu.yaml", "seed_oss_36b_browsecomp.yaml",
                        "seed_oss_36b_funcloc.yaml", "seed_oss_36b_swefull.yaml",
@@ -191,7 +192,7 @@ def test_serve_config_loads():
 
 
 @pytest.mark.skipif(not HAVE_LIBTPU, reason=WHY_NO_LIBTPU or "libtpu present")
-@pytest.mark.parametrize("name", [c for c in CONFIGS if not c.startswith("serve_")])
+@pytest.mark.parametrize("name", [c for c in CONFIGS if not c.startswith(("serve_", "data_"))])
 def test_shipped_run_config_passes_the_shape_check(name, tmp_path):
     """`ppp compile --dry-run`: the config loads as a run config, and every program `ppp train`
     runs with it (train step at the trainer's own batch and T, π_old pass when it runs, engine
