@@ -13,6 +13,7 @@ import fnmatch
 import os
 import re
 import shlex
+import sys
 from typing import TYPE_CHECKING, Any
 
 import regex
@@ -295,6 +296,44 @@ class Bash:
                         vals.append(fs[k - 1] if 0 < k <= len(fs) else "")
                 out.append(" ".join(vals))
         return "\n".join(out) + ("\n" if out else "")
+
+    # `python -c "print..."` and `pip list|show|...`: the released server ran these for real (its
+    # whitelist: prefixes `python -c "print`, `pip list`, ...). Here they run in the bubblewrap
+    # sandbox over the read-only snapshot, as the agent's own user, without network.
+    PIP_READ_ONLY = ("list", "show", "freeze", "check", "--version", "-V")
+
+    def cmd_python(self, args, stdin):
+        if len(args) != 2 or args[0] != "-c" or not args[1].lstrip().startswith("print"):
+            raise ToolError('python: only `python -c "print(...)"` is allowed here.')
+        return self._sandboxed([sys.executable, "-c", args[1]])
+
+    cmd_python3 = cmd_python
+
+    def cmd_pip(self, args, stdin):
+        if not args or args[0] not in self.PIP_READ_ONLY:
+            raise ToolError(f"pip: only {', '.join(self.PIP_READ_ONLY)} are allowed here.")
+        return self._sandboxed([sys.executable, "-m", "pip", "--disable-pip-version-check",
+                                "--no-input", *args])
+
+    def _sandboxed(self, argv: list[str]) -> str:
+        from ppp_jax.envs.sandbox.base import SandboxLimits, SandboxUnavailable  # noqa: PLC0415
+        from ppp_jax.envs.sandbox.local import LocalSandbox, running_python_paths  # noqa: PLC0415
+
+        wall = max(1.0, min(30.0, self.budget.left()))
+        try:
+            box = LocalSandbox.over_read_only(
+                self.tools.root, ro_paths=(sys.prefix, *running_python_paths()),
+                limits=SandboxLimits(wall_s=wall, memory_bytes=2 << 30, max_processes=64,
+                                     max_output_bytes=256 << 10, tmp_bytes=64 << 20))
+        except SandboxUnavailable as e:
+            raise ToolError(f"{argv[0]}: cannot run here: {e}") from None
+        try:
+            result = box.run(shlex.join(argv), cwd="/testbed" + ("/" + self.cwd if self.cwd else ""))
+        finally:
+            box.close()
+        if result.timed_out:
+            raise ToolError(f"the command timed out after {wall:g} s.")
+        return result.output
 
     def cmd_git(self, args, stdin):
         # The snapshot has no history, like the released `git archive` export.

@@ -16,8 +16,10 @@ BASH_COMMANDS = ("ls", "cat", "head", "tail", "wc", "grep", "find", "pwd", "cd",
                  "sort", "uniq", "tree")
 # The released server also allows these (envs/repo_server.py of PPP-Agent; its list is longer:
 # see docs/fidelity.md). `cut`, a subset of `awk` and `git` (which meets a snapshot without
-# history, as the released `git archive` export does) are emulated (`repo_bash.Bash`).
-RELEASED_BASH_COMMANDS = BASH_COMMANDS + ("cut", "awk", "git")
+# history, as the released `git archive` export does) are emulated (`repo_bash.Bash`);
+# `python -c "print..."`, `python3 -c "print..."` and `pip list|show|freeze|check|--version`
+# run for real, in the bubblewrap sandbox over the read-only snapshot (no network, no writes).
+RELEASED_BASH_COMMANDS = BASH_COMMANDS + ("cut", "awk", "git", "python", "python3", "pip")
 BASH_WHITELISTS = {"paper": BASH_COMMANDS, "released": RELEASED_BASH_COMMANDS}
 
 

@@ -110,12 +110,19 @@ class LocalSandbox:
       network: keep the host network (only for building environments, never for agent commands).
     """
 
-    def __init__(self, home: Path, *, limits: SandboxLimits = SandboxLimits(),
+    def __init__(self, home: Path | None, *, limits: SandboxLimits = SandboxLimits(),
                  ro_paths: Sequence[str] = (), path_prefix: Sequence[str] = (),
-                 writable_paths: Sequence[str] = (), network: bool = False):
-        self.home = Path(home)
-        self.tree = self.home / "testbed"
-        self.git_dir = self.home / "git"
+                 writable_paths: Sequence[str] = (), network: bool = False,
+                 read_only_tree: str | os.PathLike | None = None):
+        self.read_only = read_only_tree is not None
+        if self.read_only:  # an existing tree, seen read-only: nothing copied, nothing removed
+            self.home = None
+            self.tree = Path(read_only_tree)
+            self.git_dir = None
+        else:
+            self.home = Path(home)
+            self.tree = self.home / "testbed"
+            self.git_dir = self.home / "git"
         self.limits = limits
         self.ro_paths = tuple(os.path.abspath(p) for p in ro_paths)
         self.path_prefix = tuple(path_prefix)
@@ -124,9 +131,16 @@ class LocalSandbox:
         self.bwrap = check_bwrap()
         self.as_root = os.geteuid() == 0
         self.uid = self._read_uid()
-        self.base_bytes = tree_bytes(self.tree) if self.tree.exists() else 0
+        self.base_bytes = 0 if self.read_only or not self.tree.exists() else tree_bytes(self.tree)
         self.closed = False
         self.spoiled = ""  # set when the copy went over its disk quota; every later run refuses
+
+    @classmethod
+    def over_read_only(cls, tree: str | os.PathLike, **kwargs) -> "LocalSandbox":
+        """A sandbox whose /testbed is an existing tree mounted read-only (e.g. a Func-Loc
+        snapshot, for the released whitelist's `python -c "print..."`): no copy, no git
+        directory, and `close()` leaves the tree alone. kwargs go to the constructor."""
+        return cls(None, read_only_tree=tree, **kwargs)
 
     # --- creation -------------------------------------------------------------------------
 
@@ -172,6 +186,8 @@ class LocalSandbox:
             return _UID_BASE + next(_UIDS) % 1000
 
     def _read_uid(self) -> int:
+        if self.home is None:
+            return self._new_uid() if os.geteuid() == 0 else os.getuid()
         try:
             return int((self.home / "uid").read_text())
         except (OSError, ValueError):
@@ -195,7 +211,7 @@ class LocalSandbox:
         argv += ["--proc", "/proc", "--dev", "/dev",
                  "--perms", "1777", "--size", str(lim.tmp_bytes), "--tmpfs", "/tmp",
                  "--perms", "0755", "--dir", "/etc"]
-        for name in _SETUP_FILES:
+        for name in _SETUP_FILES if self.home is not None else ():
             argv += ["--ro-bind", str(self.home / "etc" / name), f"/etc/{name}"]
         for extra in ("/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime"):
             argv += ["--ro-bind-try", extra, extra]
@@ -210,7 +226,11 @@ class LocalSandbox:
             argv += ["--ro-bind", path, path]
         for path in self.writable_paths:
             argv += ["--bind", path, path]
-        argv += ["--bind", str(self.tree), MOUNT, "--ro-bind", str(self.git_dir), MOUNT + "/.git"]
+        if self.read_only:
+            argv += ["--ro-bind", str(self.tree), MOUNT]
+        else:
+            argv += ["--bind", str(self.tree), MOUNT, "--ro-bind", str(self.git_dir),
+                     MOUNT + "/.git"]
         argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                  "--hostname", "sandbox", "--die-with-parent", "--new-session", "--clearenv",
                  "--chdir", cwd]
@@ -249,7 +269,7 @@ class LocalSandbox:
         reader = _OutputReader(proc.stdout, self.limits.max_output_bytes)
         reader.start()
         deadline = time.monotonic() + wall
-        free_at_start = _free_bytes(self.tree)
+        free_at_start = _free_bytes(self.tree) if not self.read_only else 0
         timed_out, over_disk = False, False
         while True:
             try:
@@ -259,7 +279,8 @@ class LocalSandbox:
                 pass
             if time.monotonic() >= deadline:
                 timed_out = True
-            elif free_at_start - _free_bytes(self.tree) > self.limits.max_tree_growth_bytes:
+            elif (not self.read_only
+                  and free_at_start - _free_bytes(self.tree) > self.limits.max_tree_growth_bytes):
                 over_disk = True
             if timed_out or over_disk:
                 _kill_group(proc)
@@ -269,7 +290,7 @@ class LocalSandbox:
         note = ""
         if timed_out:
             note = f"\n[command timed out after {wall:g} s; every process it started was killed]"
-        grown = tree_bytes(self.tree) - self.base_bytes
+        grown = 0 if self.read_only else tree_bytes(self.tree) - self.base_bytes
         if over_disk or grown > self.limits.max_tree_growth_bytes:
             self.spoiled = (f"the working copy grew by {grown} bytes, over the sandbox's disk quota "
                             f"of {self.limits.max_tree_growth_bytes}; no further commands run")
@@ -326,6 +347,8 @@ class LocalSandbox:
         if self.closed:
             return
         self.closed = True
+        if self.home is None:
+            return
         _make_writable(self.home)
         shutil.rmtree(self.home, ignore_errors=True)
 

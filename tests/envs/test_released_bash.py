@@ -51,5 +51,40 @@ def test_execute_bash_description_lists_the_whitelist(tools):
         return next(s["function"]["description"] for s in tools[which].schemas("openhands")
                     if s["function"]["name"] == "execute_bash")
 
-    assert "tree, cut, awk, git;" in desc("released") and "uniq/cut/awk;" in desc("released")
+    assert "tree, cut, awk, git, python, python3, pip;" in desc("released") and "uniq/cut/awk;" in desc("released")
     assert "cut" not in desc("paper") and "tree; `|` pipes into head/tail/wc/grep/sort/uniq;" in desc("paper")
+
+
+def _have_bwrap():
+    from ppp_jax.envs.sandbox.base import SandboxUnavailable
+    from ppp_jax.envs.sandbox.local import check_bwrap
+    try:
+        check_bwrap()
+        return ""
+    except SandboxUnavailable as e:
+        return str(e)
+
+
+_NO_BWRAP = _have_bwrap()
+
+
+@pytest.mark.skipif(bool(_NO_BWRAP), reason=f"no sandbox here: {_NO_BWRAP}")
+def test_python_print_and_pip_run_sandboxed_over_the_read_only_snapshot(tools, tmp_path):
+    tmp_path.chmod(0o755)  # as a snapshot is: world-readable (pytest's tmp dirs are 0700)
+    assert bash(tools, 'python -c "print(6 * 7)"') == "42"
+    # it sees the snapshot at /testbed (cwd carried by cd), and cannot write to it
+    assert bash(tools, "python3 -c \"print(open('data.csv').read().split()[0])\"") == "alpha,1,x"
+    out = bash(tools, "python -c \"print(open('x.txt', 'w'))\"")
+    assert "Read-only file system" in out and not (tmp_path / "x.txt").exists()
+    out = bash(tools, "python -c \"print(__import__('socket').create_connection(('1.1.1.1', 80), 2))\"")
+    assert "Network is unreachable" in out or "Errno" in out
+    assert "pytest" in bash(tools, "pip list")
+    assert bash(tools, "pip show pytest").startswith("Name: pytest")
+    with pytest.raises(ToolError, match="only `python -c"):
+        bash(tools, "python -c \"import os; os.system('id')\"")
+    with pytest.raises(ToolError, match="only `python -c"):
+        bash(tools, "python script.py")
+    with pytest.raises(ToolError, match="pip: only"):
+        bash(tools, "pip install requests")
+    with pytest.raises(ToolError, match="not allowed"):
+        bash(tools, 'python -c "print(1)"', which="paper")
