@@ -246,7 +246,7 @@ class EngineSession:
         s = self.policy.sampling
         params = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                 max_new_tokens=max(1, max_new_tokens),
-                                stop_token_ids=(chat.eos_id,), seed=self.seed)
+                                stop_token_ids=chat.end_ids, seed=self.seed)
         result = await self.policy.engine.generate(
             Request(prompt_ids=prompt, params=params, session_id=self.session_id))
         if result.prompt_len != len(self.ids):
@@ -254,7 +254,7 @@ class EngineSession:
         self.turn_starts.append(len(self.ids))
         self._append(result.token_ids, 1, result.logprobs)
         ids = list(result.token_ids)
-        ended = bool(ids) and ids[-1] == chat.eos_id
+        ended = bool(ids) and ids[-1] in chat.end_ids
         self._open_turn = not ended
         self._seen = len(messages) + 1  # + the assistant message the runner appends for this turn
         text = self.policy.generation_prefix + chat.decode(ids[:-1] if ended else ids)
@@ -278,7 +278,8 @@ class ScriptedEngine:
     tokenized by a real tokenizer, with `<seed:eos>` appended and fake log-probs (-0.5 each).
 
     `replies`: session-independent list of raw assistant texts, consumed per session in order.
-    A reply ending in `"<cut>"` is returned without `<seed:eos>` (finish reason "length").
+    A reply ending in `"<cut>"` is returned without `<seed:eos>` (finish reason "length", unless
+    it ends in another of the format's turn ends, e.g. Llama 3's `<|eom_id|>`).
     `max_seq_len` (optional) mimics the real engine's limit: a request whose session context plus
     prompt reaches it raises ValueError, and generation stops at it.
     """
@@ -310,7 +311,7 @@ class ScriptedEngine:
         if self.max_seq_len is not None:
             ids = ids[:self.max_seq_len - prompt_len]
         self.sessions[sid] = prompt_len + len(ids)
-        reason = "stop" if ids and ids[-1] == self.chat.eos_id else "length"
+        reason = "stop" if ids and ids[-1] in self.chat.end_ids else "length"
         return GenerationResult(request.request_id, ids, [-0.5] * len(ids), reason, prompt_len, sid)
 
     def end_session(self, session_id: str) -> None:

@@ -255,6 +255,16 @@ class ChatTokenizer:
         self._hf = hasattr(tokenizer, "apply_chat_template")
         self.eos_id = self.token_id(self.format.eos)
         self.bos_id = self.token_id(self.format.bos)
+        # every id that ends an assistant turn: eos, then the format's other turn ends present in
+        # the vocabulary (Llama 3: <|eom_id|>)
+        self.end_ids: tuple[int, ...] = (self.eos_id,) + tuple(
+            i for i in (self._maybe_id(t) for t in self.format.stop_tokens) if i is not None)
+
+    def _maybe_id(self, token: str) -> int | None:
+        try:
+            return self.token_id(token)
+        except ValueError:
+            return None
 
     def token_id(self, token: str) -> int:
         tid = self.tok.convert_tokens_to_ids(token) if self._hf else self.tok.token_to_id(token)
@@ -277,6 +287,6 @@ class ChatTokenizer:
         if self._hf and getattr(self.tok, "chat_template", None):
             text = self.tok.apply_chat_template(
                 [{"role": "system", "content": system}], tools=list(tools) or None, tokenize=False,
-                add_generation_prompt=False)
+                add_generation_prompt=False, **dict(self.format.system_template_kwargs))
             return text
         return self.format.render_system(system, tools)

@@ -266,6 +266,11 @@ class OpenAIServer:
         self.max_n = max_n
         self.max_request_bytes = max_request_bytes
         self.eos_id = getattr(tokenizer, "eos_token_id", None)
+        # turn ends besides EOS that the format names (Llama 3: <|eom_id|>), when in the vocabulary
+        vocab = tokenizer.get_vocab()
+        self.end_ids = list(dict.fromkeys(
+            ([self.eos_id] if self.eos_id is not None else [])
+            + [vocab[t] for t in self.chat_format.stop_tokens if t in vocab]))
         self.hidden_ids = frozenset(hidden_token_ids(tokenizer, self.chat_format))
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
         # Names the server itself gives the chat template; chat_template_kwargs may not repeat
@@ -359,13 +364,13 @@ class OpenAIServer:
             if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
                 raise APIError(400, f"'stop_token_ids[{i}]' must be a token id in [0, {vocab}), "
                                     f"got {_short(t)}", param="stop_token_ids")
-        own = [t for t in dict.fromkeys(stop_ids) if t != self.eos_id]
-        room = self.engine.config.max_stop_tokens - (self.eos_id is not None)
+        own = [t for t in dict.fromkeys(stop_ids) if t not in self.end_ids]
+        room = self.engine.config.max_stop_tokens - len(self.end_ids)
         if len(own) > room:
-            eos = " besides the EOS id the server adds" if self.eos_id is not None else ""
+            eos = " besides the end-of-turn ids the server adds" if self.end_ids else ""
             raise APIError(400, f"'stop_token_ids' may hold at most {room} distinct ids{eos}, "
                                 f"got {len(own)}", param="stop_token_ids")
-        return ([self.eos_id] if self.eos_id is not None else []) + own
+        return self.end_ids + own
 
     def _params(self, body: dict, top_logprobs: int = 0) -> tuple[SamplingParams, list[str]]:
         max_tokens = self._max_tokens(body)
@@ -428,9 +433,8 @@ class OpenAIServer:
 
     def _call_marker_at(self, text: str) -> int | None:
         """Where the format's tool-call block marker starts in `text` outside the reasoning."""
-        marker = self.chat_format.call_markers[0]
         _, rest, unclosed = self.chat_format.split_reasoning(text)
-        at = -1 if unclosed else rest.find(marker)
+        at = -1 if unclosed else self.chat_format.call_block_at(rest)
         return None if at < 0 else len(text) - len(rest) + at
 
     async def _run(self, prompt_ids: list[int], params: list[SamplingParams], stop: list[str],

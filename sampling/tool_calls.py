@@ -25,8 +25,9 @@ uses) into reasoning (`<seed:think>...</seed:think>` for Seed-OSS, returned as
   * Calls drafted inside the reasoning are never returned (`parse_turn`'s rule).
 
 Streaming (`ChatStreamParser`): reasoning and content are sent as they grow, holding back trailing
-whitespace and any suffix that could begin a tag; from the first tool-call marker on, the text is
-buffered, and the calls are sent as one delta each when the generation ends. The concatenated
+whitespace and any suffix that could begin a tag; from where the format's calls begin
+(`ChatFormat.find_call`: the first tool-call marker, or for Llama 3 a `{` opening the turn or
+`<|python_tag|>`) the text is buffered, and the calls are sent as one delta each when the generation ends. The concatenated
 deltas equal the non-streaming message, with one documented exception: a stray `</seed:think>`
 with no opening tag turns the text before it into reasoning after the fact (that is how
 `parse_turn` reads a turn whose think block was pre-filled by the prompt); text already streamed
@@ -152,13 +153,17 @@ def build_message(text: str, tools: Sequence[Mapping[str, Any]] | None, *, parse
     """
     fmt = get_format(chat_format)
     if not parse_calls:
-        reasoning, rest, _ = fmt.split_reasoning(text.replace(fmt.eos, ""))
+        for token in (fmt.eos, *fmt.stop_tokens):
+            text = text.replace(token, "")
+        reasoning, rest, _ = fmt.split_reasoning(text)
         return ParsedMessage(reasoning, rest, (), ())
     turn = fmt.parse_turn(text, tools)
     content = turn.content
     extra = [c.raw for c in turn.calls if not c.name]
     calls = [c for c in turn.calls if c.name]
-    if turn.errors:  # unterminated block or function: show the unparsed tail
+    if turn.unparsed:  # the format says what it could not read
+        extra.append(turn.unparsed)
+    elif turn.errors:  # unterminated block or function: show the unparsed tail
         _, rest, _ = fmt.split_reasoning(text.replace(fmt.eos, ""))
         marker = next((m for m in fmt.call_markers if m in rest), fmt.call_markers[-1])
         extra.append(rest[rest.rfind(marker):])
@@ -204,12 +209,17 @@ class ChatStreamParser:
         self.sent_content = ""
 
     def _view(self, text: str) -> tuple[str, str]:
-        """(reasoning, content) of `text` that no later text can change (see module docstring)."""
+        """(reasoning, content) of `text` that no later text can change (see module docstring).
+        A format without think tags (Llama 3) has no reasoning: all of the text is `rest`."""
         fmt = self.format
-        text = text.replace(fmt.eos, "")
-        close = text.find(fmt.think_close)
+        for token in (fmt.eos, *fmt.stop_tokens):
+            text = text.replace(token, "")
+        tags = [fmt.eos, *fmt.stop_tokens]
+        close = text.find(fmt.think_close) if fmt.think_close else -1
         if close >= 0:
             reasoning, rest, _ = fmt.split_reasoning(text)
+        elif not fmt.think_open:
+            reasoning, rest = "", text
         else:
             start = text.find(fmt.think_open)
             if start >= 0:
@@ -218,11 +228,11 @@ class ChatStreamParser:
             if fmt.think_open.startswith(text.lstrip()):
                 return "", ""  # may still become a think block
             reasoning, rest = "", text
-        tags = [fmt.eos] + ([fmt.think_close] if close < 0 else [])
+            tags.append(fmt.think_close)  # a stray close tag may still come
         if self.parse_calls:
-            cuts = [i for i in (rest.find(m) for m in fmt.call_markers) if i >= 0]
-            if cuts:
-                return reasoning, rest[: min(cuts)].strip()
+            cut = fmt.find_call(rest)
+            if cut >= 0:
+                return reasoning, rest[:cut].strip()
             return reasoning, _stable(rest, tags + list(fmt.call_markers)).lstrip()
         rest = rest[: len(rest) - _held_back(rest, tags)]
         return reasoning, rest

@@ -54,7 +54,7 @@ class ServeConfig:
       drain_timeout_s: on shutdown, how long requests in flight may run before they are cut off.
       engine: engine sizes (slots, pages, context length, ...); `max_stop_tokens` is how many
         stop ids a client may send, the EOS id the server adds comes on top.
-      chat_format: the checkpoint's tool-call format ("seed_oss", "hermes"); "" = told by the
+      chat_format: the checkpoint's tool-call format ("seed_oss", "hermes", "llama3"); "" = told by the
         tokenizer's special tokens.
       compile_cache: JAX's persistent compilation cache (`dir: ""` turns it off), so a second
         start loads the warmed-up programs instead of compiling them.
@@ -131,7 +131,7 @@ def build_server(cfg: ServeConfig):
         logging.info("writing a random tiny checkpoint into %s", path)
         write_tiny_serving_checkpoint(path)
     tokenizer = check_tokenizer(path)
-    from ppp_jax.sampling.chat_format import FORMATS, detect_format
+    from ppp_jax.sampling.chat_format import FORMATS, detect_format, get_format
 
     if cfg.chat_format and cfg.chat_format not in FORMATS:
         raise StartupError(f"chat_format {cfg.chat_format!r} is not one of {sorted(FORMATS)}")
@@ -146,8 +146,11 @@ def build_server(cfg: ServeConfig):
 
         mesh, rules = make_mesh(dict(cfg.mesh)), {"rules": SAMPLING_RULES}
     logging.info("loading %s", path)
-    # engine.max_stop_tokens counts the client's stop ids; the EOS the server adds gets its own.
-    engine_cfg = dataclasses.replace(cfg.engine, max_stop_tokens=cfg.engine.max_stop_tokens + 1)
+    # engine.max_stop_tokens counts the client's stop ids; the end-of-turn ids the server adds
+    # (EOS, and the format's other turn ends: Llama 3's <|eom_id|>) get their own.
+    own_ends = 1 + len(get_format(chat_format).stop_tokens)
+    engine_cfg = dataclasses.replace(cfg.engine,
+                                     max_stop_tokens=cfg.engine.max_stop_tokens + own_ends)
     engine = Engine.from_pretrained(path, engine_cfg, mesh=mesh, dtype=cfg.dtype, **rules)
     try:
         if cfg.warmup:

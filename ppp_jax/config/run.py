@@ -87,7 +87,8 @@ class PolicySection:
     dropout: attention and residual dropout of the policy, overriding the checkpoint's config
       (RL wants 0: the sampler runs without dropout and the PPO ratio must compare that policy).
     chat_format: how the policy writes chats and tool calls (`ppp_jax.sampling.chat_format`):
-      "seed_oss", "hermes" (Qwen2.5 / Qwen3); "" = told by the tokenizer's special tokens.
+      "seed_oss", "hermes" (Qwen2.5 / Qwen3), "llama3" (Llama 3.1 / 3.2 / 3.3); "" = told by
+      the tokenizer's special tokens.
     """
 
     path: str = ""
@@ -95,7 +96,7 @@ class PolicySection:
     init_seed: int = 0
     vocab_from_tokenizer: bool = True
     dropout: float = 0.0
-    chat_format: Literal["", "seed_oss", "hermes"] = ""
+    chat_format: Literal["", "seed_oss", "hermes", "llama3"] = ""
 
 
 @dataclasses.dataclass(frozen=True)

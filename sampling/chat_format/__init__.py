@@ -17,7 +17,7 @@ ChatFormat(...)`), and add one entry to `FORMATS`.
 
 from __future__ import annotations
 
-from ppp_jax.sampling.chat_format import hermes, seed_oss
+from ppp_jax.sampling.chat_format import hermes, llama3, seed_oss
 from ppp_jax.sampling.chat_format.base import (
     BAD_ARGUMENT,
     BAD_NAME,
@@ -41,25 +41,43 @@ from ppp_jax.sampling.chat_format.base import (
 FORMATS: dict[str, ChatFormat] = {
     "seed_oss": seed_oss.FORMAT,
     "hermes": hermes.FORMAT,  # Qwen2.5 / Qwen3: ChatML turns, <tool_call>{json}</tool_call>
+    "llama3": llama3.FORMAT,  # Llama 3.1 / 3.2 / 3.3: header turns, {"name", "parameters"} JSON
 }
 DEFAULT_FORMAT = "seed_oss"
 
 
 # Special tokens that identify a format in a tokenizer's vocabulary (all must be present).
 _SIGNATURES = {"seed_oss": ("<seed:bos>", "<seed:eos>"),
-               "hermes": ("<|im_start|>", "<|im_end|>", "<tool_call>")}
+               "hermes": ("<|im_start|>", "<|im_end|>", "<tool_call>"),
+               "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                          "<|python_tag|>")}
+
+
+# Text that only a format's chat template writes (a template that renders tool calls).
+_TEMPLATE_SIGNATURES = {"seed_oss": ("<seed:tool_call>",),
+                        "hermes": ("<tool_call>", "<|im_start|>"),
+                        "llama3": ("<|start_header_id|>", '"parameters": ')}
 
 
 def detect_format(tokenizer) -> str:
-    """The registered format whose special tokens the tokenizer has (`get_vocab()`), for a
-    checkpoint that does not say; raises ValueError naming what was looked for otherwise."""
+    """The registered format of a checkpoint that does not say: the one whose special tokens the
+    tokenizer has (`get_vocab()`), else the one whose call layout its chat template writes (a
+    template is inspected only when the vocabulary alone does not tell). Raises ValueError
+    naming what was looked for otherwise."""
     vocab = tokenizer.get_vocab()
     found = [name for name, tokens in _SIGNATURES.items() if all(t in vocab for t in tokens)]
+    template = getattr(tokenizer, "chat_template", None)
+    if len(found) != 1 and isinstance(template, str):
+        by_template = [name for name, marks in _TEMPLATE_SIGNATURES.items()
+                       if all(m in template for m in marks)]
+        if len(by_template) == 1:
+            return by_template[0]
     if len(found) != 1:
         wanted = "; ".join(f"{n}: {', '.join(t)}" for n, t in _SIGNATURES.items())
         raise ValueError(
             f"cannot tell the chat format from the tokenizer's special tokens (found "
-            f"{found or 'none'} of {wanted}); set policy.chat_format to one of {sorted(FORMATS)}")
+            f"{found or 'none'} of {wanted}) or its chat template; set policy.chat_format to one "
+            f"of {sorted(FORMATS)}")
     return found[0]
 
 

@@ -85,6 +85,8 @@ class ParsedTurn:
       errors: errors not tied to one call (e.g. an unterminated tool-call block).
       calls_in_thinking: how many call openings appeared inside the reasoning (ignored).
       thinking_unclosed: True when a think block was opened and never closed.
+      unparsed: raw text the parser could not read as calls, from the failure on ("" when the
+        format leaves this to the caller, see `tool_calls.build_message`).
     """
 
     reasoning: str
@@ -93,6 +95,7 @@ class ParsedTurn:
     errors: tuple[ToolCallError, ...] = ()
     calls_in_thinking: int = 0
     thinking_unclosed: bool = False
+    unparsed: str = ""
 
     @property
     def valid_calls(self) -> tuple[ParsedCall, ...]:
@@ -110,9 +113,11 @@ class ChatFormat:
     Token strings:
       name: the registry name.
       bos, eos: the strings that open and close every turn (single vocabulary entries).
-      think_open, think_close: the reasoning block's tags.
+      think_open, think_close: the reasoning block's tags ("" for a format without one).
       call_markers: text that begins a tool call in raw output, the format's own block marker
-        first (streaming holds text back from the first one found).
+        first (streaming holds text back from the first one found, or from `locate_call`'s
+        answer when the format has one).
+      stop_tokens: tokens besides `eos` that end an assistant turn (Llama 3: `<|eom_id|>`).
       markup_tokens: special tokens that are part of the visible format (kept when decoding a
         chat completion, since parsing needs them).
       control_tokens: special tokens dropped from a decoded chat completion (bos, eos, pad).
@@ -131,9 +136,15 @@ class ChatFormat:
       template_arguments(arguments): a call's arguments in the form the checkpoint's chat
         template expects in an assistant message's `tool_calls`.
 
+      system_template_kwargs: (name, value) pairs passed to a tokenizer's chat template when it
+        renders the system block alone (`ChatTokenizer.render_system`), for the layout
+        `render_system` writes.
+
     Parsing:
       split_reasoning(text) -> (reasoning, rest, unclosed).
       parse_turn(text, tools=None) -> ParsedTurn; never raises on malformed text.
+      locate_call(rest) -> int: where the calls begin in the text after the reasoning, -1 if
+        nowhere; None: at the first of `call_markers` (see `find_call`).
     """
 
     name: str
@@ -154,6 +165,23 @@ class ChatFormat:
     template_arguments: Callable[[Mapping[str, Any]], dict[str, Any]]
     split_reasoning: Callable[[str], tuple[str, str, bool]]
     parse_turn: Callable[..., ParsedTurn]
+    locate_call: Callable[[str], int] | None = None
+    stop_tokens: tuple[str, ...] = ()
+    system_template_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def find_call(self, rest: str) -> int:
+        """Index in `rest` (text after the reasoning) where tool calls begin; -1 if none."""
+        if self.locate_call is not None:
+            return self.locate_call(rest)
+        cuts = [i for i in (rest.find(m) for m in self.call_markers) if i >= 0]
+        return min(cuts) if cuts else -1
+
+    def call_block_at(self, rest: str) -> int:
+        """Index in `rest` of the format's own call block (`call_markers[0]`, or `locate_call`);
+        -1 if none. Where a request that may not call tools is cut."""
+        if self.locate_call is not None:
+            return self.locate_call(rest)
+        return rest.find(self.call_markers[0])
 
 
 def split_think(text: str, think_open: str, think_close: str) -> tuple[str, str, bool]:

@@ -97,6 +97,35 @@ def test_hermes_format_policy_runs_its_tools_as_the_seed_oss_one_does(task, doma
     assert hermes_rec.stats["malformed_calls"] == 0
 
 
+def test_llama3_format_policy_runs_its_tools_as_the_seed_oss_one_does(task, domain):
+    """The same script written as Llama 3's JSON calls (after text with `<|python_tag|>`, ended by
+    `<|eom_id|>`; bare, ended by `<|eot_id|>`) gives the same tool calls, observations, answer
+    and score as in the Seed-OSS format."""
+    from ppp_jax.sampling.chat_format import llama3
+
+    seed_script = solve_script(task, ask=False)
+    path, qual = task.gold[0].split(":")
+    name = qual.split(".")[-1]
+    lineno = task.metadata["lineno"]
+    llama_script = [
+        "Searching.<|python_tag|>"
+        + llama3.render_tool_call("grep", {"pattern": rf"def {name}\(", "path": path}) + "<|eom_id|>",
+        llama3.render_tool_call("view_file", {"path": path, "start_line": lineno,
+                                              "end_line": lineno + 3}) + "<|eot_id|>",
+        llama3.render_tool_call("finish", {"answer": f"{path}:{qual}"}),
+    ]
+    records = [run(run_episode(domain, task, ScriptedPolicy(script, chat_format=fmt),
+                               EmbeddedUserSimulator(), preference_id="no_ask",
+                               prompt_kind="precise"))
+               for script, fmt in ((seed_script, "seed_oss"), (llama_script, "llama3"))]
+    seed_rec, llama_rec = records
+    assert llama_rec.finish_reason == "finish" and llama_rec.task_score == 1.0
+    assert [(c.name, c.arguments, c.observation) for c in llama_rec.tool_calls] == \
+        [(c.name, c.arguments, c.observation) for c in seed_rec.tool_calls]
+    assert llama_rec.answer == seed_rec.answer and llama_rec.num_turns == seed_rec.num_turns
+    assert llama_rec.stats["malformed_calls"] == 0
+
+
 def test_scripted_policy_solves_with_ask_user(task, domain):
     rec = run(run_episode(domain, task, ScriptedPolicy(solve_script(task, ask=True)),
                           EmbeddedUserSimulator(), preference_id="no_ask", prompt_kind="vague"))

@@ -118,7 +118,7 @@ def test_the_format_is_told_by_the_tokenizer_or_set_in_the_config(tmp_path):
     forced = load_run_config("configs/tiny_cpu.yaml", ["policy.chat_format=seed_oss"])
     assert chat_format_of(forced, qwen) == "seed_oss"
     with pytest.raises(cfgmod.ConfigError, match="policy.chat_format"):
-        load_run_config("configs/tiny_cpu.yaml", ["policy.chat_format=llama3"])
+        load_run_config("configs/tiny_cpu.yaml", ["policy.chat_format=llama3x"])
     policy = make_policy(cfg, engine=object(), tokenizer=qwen)
     assert policy.chat.format.name == "hermes"
 
@@ -130,8 +130,8 @@ def test_serve_refuses_an_unknown_format_before_loading(tmp_path):
     from ppp_jax.sampling.testing import write_tiny_serving_checkpoint
 
     path = write_tiny_serving_checkpoint(tmp_path / "tiny")
-    with pytest.raises(StartupError, match=r"chat_format 'llama3' is not one of \['hermes', 'seed_oss'\]"):
-        build_server(ServeConfig(checkpoint=str(path), chat_format="llama3", warmup=False))
+    with pytest.raises(StartupError, match=r"chat_format 'llama3x' is not one of \[.hermes., .llama3., .seed_oss.\]"):
+        build_server(ServeConfig(checkpoint=str(path), chat_format="llama3x", warmup=False))
 
 
 def test_serve_refuses_tools_the_template_would_drop(tmp_path):
