@@ -303,6 +303,8 @@ class LocalSandbox:
     def git(self, *args: str, input: bytes | None = None, timeout: float = 120) -> bytes:
         """Host-side git on the sandbox's git directory and copy (hooks, filters and user config
         off); raises RuntimeError with git's message."""
+        if self.git_dir is None:
+            raise RuntimeError("a read-only sandbox has no git directory (no diff, no apply)")
         argv = ["git", "--git-dir", str(self.git_dir), "--work-tree", str(self.tree), *_GIT_SAFE,
                 *args]
         # cwd = the copy: `git apply` resolves patch paths against the current directory
