@@ -76,6 +76,8 @@ class VaguenizerSpec:
     cache: the JSON-lines cache of finished rewrites; "" = `<output>.vague_cache.jsonl`.
     max_failed_fraction: the share of rows whose rewrite may fail (dropped and counted) before
       the whole set is refused.
+    rewrite_tries: replies `vaguenize.check_rewrite` refuses are asked again (at temperature
+      1.0) up to this many tries in all, before the row is dropped.
     """
 
     backend: Literal["rule", "llm"] = "rule"
@@ -90,13 +92,15 @@ class VaguenizerSpec:
     max_tokens: int | None = 256
     cache: str = ""
     max_failed_fraction: float = 0.05
+    rewrite_tries: int = 2
 
     def __post_init__(self):
         if not 0.0 <= self.max_failed_fraction <= 1.0:
             raise ValueError("vaguenizer.max_failed_fraction must be in [0, 1], got "
                              f"{self.max_failed_fraction}")
-        if self.max_concurrency < 1 or self.max_retries < 0:
-            raise ValueError("vaguenizer needs max_concurrency >= 1 and max_retries >= 0")
+        if self.max_concurrency < 1 or self.max_retries < 0 or self.rewrite_tries < 1:
+            raise ValueError("vaguenizer needs max_concurrency >= 1, max_retries >= 0 and "
+                             "rewrite_tries >= 1")
 
     def client_config(self) -> LLMClientConfig:
         return LLMClientConfig(model=self.model, base_url=self.base_url,
@@ -168,8 +172,8 @@ def vaguenize_rows(items: Sequence[tuple[str, str, str | None]], spec: Vaguenize
     Rows with their own vague text keep it (with `keep_row_vague`); the rule backend never
     fails; the LLM backend asks the endpoint for what the cache does not hold, at most
     `max_concurrency` at a time, and records each failure (after the client's retries) as the
-    row's reason instead of raising. `stats`: rows, from_row, rule, cache_hits, asked (requests
-    made by the vaguenizer, retries not counted), rejected, failed, plus the client's counters
+    row's reason instead of raising. `stats`: rows, from_row, rule, cache_hits, asked (rows sent
+    to the endpoint), rejected (replies refused), rewrite_retries, failed, plus the client's counters
     (requests, retries, ...) prefixed `client_`. `bar(total, desc)` makes the progress bar.
     """
     vague: dict[str, str] = {}
@@ -182,7 +186,7 @@ def vaguenize_rows(items: Sequence[tuple[str, str, str | None]], spec: Vaguenize
         else:
             todo.append((rid, precise))
     stats = {"rows": len(items), "from_row": len(items) - len(todo), "rule": 0, "cache_hits": 0,
-             "asked": 0, "rejected": 0, "failed": 0}
+             "asked": 0, "rejected": 0, "rewrite_retries": 0, "failed": 0}
     if spec.backend == "rule":
         rule = RuleVaguenizer(style="paper")
         for rid, precise in todo:
@@ -192,7 +196,7 @@ def vaguenize_rows(items: Sequence[tuple[str, str, str | None]], spec: Vaguenize
 
     own_client = client is None
     client = client or LLMClient(spec.client_config())
-    vaguenizer = LLMVaguenizer(client, cache_path)
+    vaguenizer = LLMVaguenizer(client, cache_path, tries=spec.rewrite_tries)
 
     async def run_all() -> None:
         with (bar(len(todo), "vaguenize") if todo else NullBar()) as progress:
@@ -214,7 +218,8 @@ def vaguenize_rows(items: Sequence[tuple[str, str, str | None]], spec: Vaguenize
 
     asyncio.run(run_all())
     stats.update(cache_hits=vaguenizer.stats["hits"], asked=vaguenizer.stats["misses"],
-                 rejected=vaguenizer.stats["rejected"], failed=len(failed))
+                 rejected=vaguenizer.stats["rejected"], rewrite_retries=vaguenizer.stats["retried"],
+                 failed=len(failed))
     stats.update({f"client_{k}": v for k, v in client.stats.items() if k != "loop_rebinds"})
     return VagueOutcome(vague, source, failed, stats)
 

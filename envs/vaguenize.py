@@ -338,17 +338,21 @@ class VagueCache:
 class LLMVaguenizer:
     """Rewrites precise prompts with an LLM; results cached on disk (see the module docstring)."""
 
-    def __init__(self, client: LLMClient, cache_path: str | Path, prompt_version: str = PROMPT_VERSION):
+    def __init__(self, client: LLMClient, cache_path: str | Path, prompt_version: str = PROMPT_VERSION,
+                 tries: int = 1, retry_temperature: float = 1.0):
         self.client = client
         self.cache = VagueCache(cache_path)
         self.prompt_version = prompt_version
-        self.stats = {"hits": 0, "misses": 0, "rejected": 0}
+        self.tries, self.retry_temperature = max(1, tries), retry_temperature
+        self.stats = {"hits": 0, "misses": 0, "rejected": 0, "retried": 0}
 
     def _key(self, precise: str) -> str:
         return cache_key(precise, self.client.config.model, self.prompt_version)
 
     async def vaguenize(self, precise: str) -> str:
-        """The vague version of `precise`, from the cache or the model (then cached)."""
+        """The vague version of `precise`, from the cache or the model (then cached). A reply
+        `check_rewrite` refuses is asked again (at `retry_temperature`) up to `tries` times in
+        all; then RewriteRejected says why the last one was refused."""
         if not isinstance(precise, str) or not precise.strip():
             raise ValueError("precise prompt must be a non-empty string")
         key = self._key(precise)
@@ -357,16 +361,19 @@ class LLMVaguenizer:
             self.stats["hits"] += 1
             return hit
         self.stats["misses"] += 1
-        result = await self.client.chat(
-            [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": precise}]
-        )
-        vague = clean_rewrite(result.text)
-        why = check_rewrite(precise, vague)
-        if why is not None:
+        messages = [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": precise}]
+        for attempt in range(self.tries):
+            if attempt:
+                self.stats["retried"] += 1
+            params = {"temperature": self.retry_temperature} if attempt else {}
+            result = await self.client.chat(messages, **params)
+            vague = clean_rewrite(result.text)
+            why = check_rewrite(precise, vague)
+            if why is None:
+                self.cache.put(key, vague)
+                return vague
             self.stats["rejected"] += 1
-            raise RewriteRejected(why, result.text)
-        self.cache.put(key, vague)
-        return vague
+        raise RewriteRejected(why, result.text)
 
     async def vaguenize_many(self, texts: Sequence[str]) -> list[str]:
         """Rewrites all `texts` concurrently (bounded by the client's limit), in input order.

@@ -3,6 +3,7 @@
     ppp convert hf2orbax SRC_HF_DIR DST_ORBAX_DIR [--param-dtype bfloat16]
                          [--mesh data=1,fsdp=-1,tensor=1]
     ppp convert orbax2hf SRC_ORBAX_DIR DST_HF_DIR [--dtype bfloat16] [--max-shard-size 5GB]
+    ppp convert gguf2hf SRC.gguf DST_HF_DIR      (a Llama GGUF, dequantized; needs `gguf`)
 
 Tensors stream one at a time (progress bar over tensors); the parameters are sharded over the
 mesh (default: every local device on the fsdp axis), so a model larger than one device converts
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from ppp_jax.commands._common import UsageError
 
-DIRECTIONS = ("hf2orbax", "orbax2hf")
+DIRECTIONS = ("hf2orbax", "orbax2hf", "gguf2hf")
 DEFAULT_MESH = "data=1,fsdp=-1,tensor=1"
 
 
@@ -32,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("direction", choices=DIRECTIONS,
                         help="hf2orbax: Hugging Face directory -> orbax checkpoint; orbax2hf: "
                              "orbax checkpoint (ppp sft's sft_policy/, ppp train's policy/) -> "
-                             "Hugging Face directory")
-    parser.add_argument("src", help="source directory")
+                             "Hugging Face directory; gguf2hf: a GGUF file (llama.cpp) -> Hugging "
+                             "Face directory (model.gguf_io)")
+    parser.add_argument("src", help="source directory (gguf2hf: the .gguf file)")
     parser.add_argument("dst", help="destination directory to create")
     parser.add_argument("--param-dtype", choices=("float32", "bfloat16", "float16"),
                         help="hf2orbax: stored parameter dtype (default: the checkpoint's)")
@@ -99,6 +101,17 @@ def run(args: argparse.Namespace) -> int:
     # Everything that can be checked without loading a tensor is checked first.
     mesh_sizes = parse_convert_mesh(args.mesh)
     _check_destination(args.dst, args.overwrite)
+    if args.direction == "gguf2hf":
+        from ppp_jax.model.gguf_io import GGUFError, gguf_to_hf
+
+        start = time.perf_counter()
+        try:
+            out = gguf_to_hf(args.src, args.dst, overwrite=args.overwrite)
+        except GGUFError as e:
+            print(f"ppp convert gguf2hf: error: {e}", file=sys.stderr)
+            return 1
+        print(f"ppp convert gguf2hf: wrote {out} ({time.perf_counter() - start:.1f}s)")
+        return 0
     if not Path(args.src).is_dir():
         raise FileNotFoundError(f"{Path(args.src).absolute()}: no such checkpoint directory")
     tokenizer = _tokenizer_source(args)

@@ -278,4 +278,8 @@ def test_endpoint_errors_and_garbage_are_counted_drops_or_a_refusal(tmp_path, hi
     assert dropped["vaguenizer failed: unusable reply"]["ids"] == ["w-size"]
     manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
     assert manifest["counts"]["kept"] == 2 and manifest["counts"]["dropped"] == 4
-    assert manifest["vaguenizer"]["stats"]["rejected"] == 1
+    # asked twice (rewrite_tries=2, the retry at temperature 1.0), refused twice
+    assert manifest["vaguenizer"]["stats"]["rejected"] == 2
+    assert manifest["vaguenizer"]["stats"]["rewrite_retries"] == 1
+    retry = [r["body"] for r in fake.requests if "Box.size" in r["body"]["messages"][1]["content"]]
+    assert [b.get("temperature") for b in retry] == [0.0, 1.0]

@@ -180,7 +180,7 @@ async def test_cache_hit_and_miss(fake, tmp_path):
         assert a == "Export writes the wrong time zone."
         assert await v.vaguenize(P1) == a  # hit: no request
         assert await v.vaguenize(P2) == "Startup is slow now."
-        assert v.stats == {"hits": 1, "misses": 2, "rejected": 0}
+        assert v.stats == {"hits": 1, "misses": 2, "rejected": 0, "retried": 0}
         assert len(fake.requests) == 2
         sys_msg = fake.requests[0]["body"]["messages"][0]["content"]
         assert "same goal" in sys_msg and "only part of the information" in sys_msg
@@ -213,7 +213,7 @@ async def test_crash_resume(fake, tmp_path):
         assert v.cache.corrupt_lines == 1
         out = [await v.vaguenize(t) for t in texts]
     assert out == [_vague(i) for i in range(4)]
-    assert v.stats == {"hits": 2, "misses": 2, "rejected": 0}
+    assert v.stats == {"hits": 2, "misses": 2, "rejected": 0, "retried": 0}
     assert len(fake.requests) == 3 + 2
     # The file is readable again after the new appends (the torn line stays isolated).
     reloaded = VagueCache(path)
