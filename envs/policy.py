@@ -182,6 +182,8 @@ class EngineSession:
         fmt = chat.format
         parts = []
         start = self._seen
+        if start > 0:  # after the session's own assistant turn, what the template writes next
+            parts.append(fmt.turn_separator)
         if start == 0:
             if not messages or messages[0]["role"] != "system":
                 raise ValueError("an engine episode must start with a system message")

@@ -56,7 +56,7 @@ def render_pieces(messages: Sequence[Mapping[str, Any]], system_block: str,
         if msg["role"] == "assistant":
             pieces.append((pending + fmt.generation_prompt(), 0))
             pieces.append((msg.get("raw", msg.get("content") or ""), 1))
-            pending = ""
+            pending = fmt.turn_separator
         else:
             pending += fmt.render_turn(msg["role"], msg["content"])
     return pieces

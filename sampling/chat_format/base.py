@@ -118,6 +118,8 @@ class ChatFormat:
         first (streaming holds text back from the first one found, or from `locate_call`'s
         answer when the format has one).
       stop_tokens: tokens besides `eos` that end an assistant turn (Llama 3: `<|eom_id|>`).
+      turn_separator: text the template writes after an assistant turn's closing eos (Hermes:
+        "\n"); the engine stops at the eos, so the next prompt starts with it.
       markup_tokens: special tokens that are part of the visible format (kept when decoding a
         chat completion, since parsing needs them).
       control_tokens: special tokens dropped from a decoded chat completion (bos, eos, pad).
@@ -167,6 +169,7 @@ class ChatFormat:
     parse_turn: Callable[..., ParsedTurn]
     locate_call: Callable[[str], int] | None = None
     stop_tokens: tuple[str, ...] = ()
+    turn_separator: str = ""
     system_template_kwargs: tuple[tuple[str, Any], ...] = ()
 
     def find_call(self, rest: str) -> int:

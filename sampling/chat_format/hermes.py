@@ -204,7 +204,7 @@ FORMAT = ChatFormat(
     generation_prompt=generation_prompt, render_tool_doc=render_tool_doc,
     render_system=render_system, render_tool_call=render_tool_call,
     render_assistant_text=render_assistant_text, template_arguments=template_arguments,
-    split_reasoning=split_reasoning, parse_turn=parse_turn)
+    split_reasoning=split_reasoning, parse_turn=parse_turn, turn_separator="\n")
 
 __all__ = ["FORMAT", "BOS", "EOS", "END_OF_TEXT", "THINK_OPEN", "THINK_CLOSE", "CALL_OPEN",
            "CALL_CLOSE", "RESPONSE_OPEN", "RESPONSE_CLOSE", "MARKUP_TOKENS", "CONTROL_TOKENS",

@@ -159,3 +159,59 @@ def test_serve_refuses_tools_the_template_would_drop(tmp_path):
         error = refused.json()["error"]
         assert error["param"] == "tools" and "does not render 'tools'" in error["message"]
         assert httpx.post(f"{base}/chat/completions", json=chat, timeout=60).status_code == 200
+
+
+def test_an_episode_renders_as_the_released_qwen2_5_template_token_for_token():
+    """A conversation with tools, rendered the way an engine episode and SFT render it (system
+    block, then turn by turn, each assistant turn ending at the eos the engine stops on), is the
+    Qwen2.5 Instruct template's rendering, token for token, with one tool result per assistant
+    turn. Two differences, each asserted exactly below: the template ends a history assistant
+    turn with `<|im_end|>\\n`, and an episode's last sampled turn stops at `<|im_end|>`; and the
+    template merges consecutive tool results into one user turn, which per-turn rendering writes
+    as one user turn each."""
+    from ppp_jax.sampling.chat import ChatTokenizer
+    from ppp_jax.train.sft import render_token_view
+    from tests.sampling.chat_templates import qwen_tokenizer
+
+    tok = qwen_tokenizer()
+    chat = ChatTokenizer(tok, "hermes")
+    fmt = hermes.FORMAT
+    calls = [("view_file", {"path": "ü/a.py", "start_line": 3, "flags": ["-n"]}),
+             ("finish", {"answer": "a.py:f"})]
+
+    def assistant(content, calls):
+        return {"role": "assistant", "content": content,
+                "raw": fmt.render_assistant_text(content, calls),
+                "tool_calls": [{"type": "function", "function": {"name": n, "arguments": a}}
+                               for n, a in calls] or None}
+
+    messages = [{"role": "system", "content": "Find the function."},
+                {"role": "user", "content": "Where is f?"},
+                assistant("Looking.", calls[:1]),
+                {"role": "tool", "content": "3: def f():"},
+                assistant("", calls[1:]),
+                {"role": "tool", "content": "done"},
+                assistant("It is a.py:f.", [])]
+
+    def template(msgs):
+        msgs = [{k: v for k, v in m.items() if k != "raw" and v is not None} for m in msgs]
+        return tok.apply_chat_template(msgs, tools=TOOLS, tokenize=False)
+
+    ref = template(messages)
+    view = render_token_view(messages, TOOLS, chat)
+    ours = chat.decode(view.token_ids)
+    assert ours + "\n" == ref  # the one difference: the template's "\n" after the last turn
+    assert list(view.token_ids) + chat.encode("\n") == chat.encode(ref)
+    # the system block without a template (render_system) is the template's too
+    assert ref.startswith(fmt.render_system("Find the function.", TOOLS))
+    # the generation prompt after a tool result, as an episode sends it
+    prompt = tok.apply_chat_template(
+        [{k: v for k, v in m.items() if k != "raw" and v is not None} for m in messages[:4]],
+        tools=TOOLS, tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith(fmt.eos + "\n" + fmt.render_turn("tool", "3: def f():")
+                           + fmt.generation_prompt())
+    # two results in a row: the template merges them into one user turn
+    two = messages[:3] + [{"role": "tool", "content": "a"}, {"role": "tool", "content": "b"}]
+    merged = "<|im_start|>user\n<tool_response>\na\n</tool_response>\n<tool_response>\nb\n</tool_response><|im_end|>\n"
+    assert template(two).endswith(merged)
+    assert fmt.render_turn("tool", "a") + fmt.render_turn("tool", "b") != merged
