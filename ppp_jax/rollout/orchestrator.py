@@ -86,6 +86,15 @@ def _affected(record: EpisodeRecord) -> bool:
     return record.task_score is None or not math.isfinite(record.task_score)
 
 
+def _count_simulator(record: EpisodeRecord, counters: RolloutCounters) -> None:
+    """Adds the episode's simulator and scorer counts to `counters` (every episode run)."""
+    s = record.stats
+    for key in ("simulator_questions", "simulator_malformed", "simulator_format_retries",
+                "simulator_request_retries", "simulator_errors"):
+        setattr(counters, key, getattr(counters, key) + int(s.get(key) or 0))
+    counters.score_errors += int(bool(s.get("score_error")))
+
+
 def _clamp_task_score(record: EpisodeRecord, counters: RolloutCounters) -> EpisodeRecord:
     """The record with a finite task score outside [0, 1] clamped into it (counted)."""
     s = record.task_score
@@ -125,6 +134,7 @@ async def run_requests(requests: Sequence[EpisodeRequest], domain: TaskDomain, p
                     rec = None
             counters.episodes_run += 1
             if rec is not None:
+                _count_simulator(rec, counters)
                 rec = _clamp_task_score(rec, counters)
             if on_episode is not None:
                 on_episode()

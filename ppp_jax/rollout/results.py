@@ -26,6 +26,14 @@ class RolloutCounters:
     groups_dropped_small: int = 0
     dropped_small_group: int = 0
     overlong_masked: int = 0  # kept for the advantages, loss mask 0 (`rl.mask_overlong`)
+    # summed over every episode run (kept, re-run or dropped): what the user simulator and the
+    # scorer went through, so a flaky LLM user is visible in the metrics
+    simulator_questions: int = 0
+    simulator_malformed: int = 0  # replies that never parsed (after the format retries)
+    simulator_format_retries: int = 0
+    simulator_request_retries: int = 0
+    simulator_errors: int = 0
+    score_errors: int = 0  # e.g. an answer judge that gave no verdict
 
     def metrics(self) -> dict[str, float]:
         return {f"rollout/{k}": float(v) for k, v in dataclasses.asdict(self).items()}

@@ -62,8 +62,13 @@ def _statement(title: str) -> str:
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
-    """A real repository with a history (clone root + upstream copy) and rows from it."""
-    base = tmp_path_factory.mktemp("swe_prepare")
+    return build_history(tmp_path_factory.mktemp("swe_prepare"))
+
+
+def build_history(base: Path) -> dict:
+    """A real repository with a history under `base` (clone root + upstream copy) and SWE rows
+    from it: 3 that pass the checks (one with its own vague prompt), one editing no Python
+    function, one at a commit the clone lacks, one whose patch does not apply."""
     upstream = base / "upstream" / REPO
     upstream.mkdir(parents=True)
     _git(upstream, "init", "-q", "-b", "main")

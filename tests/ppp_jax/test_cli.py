@@ -18,7 +18,7 @@ from ppp_jax import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
-WORKFLOW = ["demo", "convert", "sft", "train", "eval", "serve", "compile"]
+WORKFLOW = ["demo", "convert", "data", "sft", "train", "eval", "serve", "compile"]
 
 
 def _subprocess_env(**extra: str) -> dict[str, str]:

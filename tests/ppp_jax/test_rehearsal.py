@@ -180,7 +180,8 @@ def test_the_shipped_configs_are_the_ones_checked_here():
                        "eval_seed_oss_36b_funcloc.yaml", "eval_seed_oss_36b_swefull.yaml",
                        "eval_tiny_cpu.yaml", "seed_oss_36b_browsecomp.yaml",
                        "seed_oss_36b_funcloc.yaml", "seed_oss_36b_swefull.yaml",
-                       "serve_tiny.yaml", "tiny_cpu.yaml", "tiny_cpu_swefull.yaml"]
+                       "serve_smollm2.yaml", "serve_tiny.yaml", "tiny_cpu.yaml",
+                       "tiny_cpu_swefull.yaml"]
 
 
 def test_serve_config_loads():
