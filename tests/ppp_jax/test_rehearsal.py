@@ -178,7 +178,8 @@ def test_the_shipped_configs_are_the_ones_checked_here():
     assert CONFIGS == ["data_browsecomp_plus.yaml", "data_swe_gym.yaml",
                        "eval_released_ppp36b_browsecomp.yaml", "eval_released_ppp36b_funcloc.yaml",
                        "eval_seed_oss_36b_funcloc.yaml", "eval_seed_oss_36b_swefull.yaml",
-                       "eval_tiny_cpu.yaml", "seed_oss_36b_browsecomp.yaml",
+                       "eval_tiny_cpu.yaml", "rehearsal_smollm2.yaml",
+                       "seed_oss_36b_browsecomp.yaml",
                        "seed_oss_36b_funcloc.yaml", "seed_oss_36b_swefull.yaml",
                        "serve_smollm2.yaml", "serve_tiny.yaml", "tiny_cpu.yaml",
                        "tiny_cpu_swefull.yaml"]
@@ -198,7 +199,7 @@ def test_shipped_run_config_passes_the_shape_check(name, tmp_path):
     """`ppp compile --dry-run`: the config loads as a run config, and every program `ppp train`
     runs with it (train step at the trainer's own batch and T, π_old pass when it runs, engine
     prefill and decode) traces and lays out on its slice."""
-    extra = SMALL_SLICE if "tiny" in name else []
+    extra = SMALL_SLICE if "tiny" in name or "rehearsal" in name else []  # one-CPU configs
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-m", "ppp_jax.cli", "compile", f"configs/{name}",
                            "--dry-run", "--steps", "train,prefill,decode", *extra], cwd=ROOT,
