@@ -358,11 +358,12 @@ class Engine:
         (`SessionKV`: cached tokens, pages held, k and v [L, cached, K, H])."""
         return self._call(lambda: self._core.session_kv(session_id))
 
-    def lower_decode(self, num_top: int = 0) -> jax.stages.Lowered:
+    def lower_decode(self, num_top: int = 0, rows: int | None = None) -> jax.stages.Lowered:
         """The decode program lowered for the current weights and pools (not run, nothing
-        compiled): the default program, or the top-log-prob variant for `num_top` > 0.
+        compiled): the default program, or the top-log-prob variant for `num_top` > 0; for a
+        block of `rows` rows (one of `config.decode_buckets`; default num_slots).
         `.as_text()` is its HLO."""
-        return self._call(lambda: self._core.lower_decode(num_top))
+        return self._call(lambda: self._core.lower_decode(num_top, rows))
 
     @property
     def closed(self) -> bool:

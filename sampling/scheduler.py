@@ -383,12 +383,13 @@ class EngineCore:
         return SessionKV(cached=session.cached, num_pages=len(pages), k=context(k_pool),
                          v=context(v_pool))
 
-    def lower_decode(self, num_top: int = 0):
+    def lower_decode(self, num_top: int = 0, rows: int | None = None):
         """The decode program lowered (a `jax.stages.Lowered`, not run) for the current weights
-        and pools and an all-idle batch of num_slots rows (the largest bucket): the default program, or with `num_top` > 0 the
-        top-log-prob variant. E.g. `.as_text()` is its HLO."""
-        return self.runner.lower_decode(self.state, self.k_pool, self.v_pool, self._slot_batch(),
-                                        num_top)
+        and pools and an all-idle batch of `rows` rows (a decode bucket; default num_slots, the
+        largest): the default program, or with `num_top` > 0 the top-log-prob variant. E.g.
+        `.as_text()` is its HLO."""
+        return self.runner.lower_decode(self.state, self.k_pool, self.v_pool,
+                                        self._slot_batch(rows), num_top)
 
     # ---- one round -------------------------------------------------------------------------
 

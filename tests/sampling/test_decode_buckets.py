@@ -85,3 +85,13 @@ def test_one_request_on_many_slots_runs_one_row(tiny_model):
         stats = eng.stats()
     assert len(res.token_ids) == 20
     assert stats["decode_rows"] == stats["decode_blocks"]  # every block: a bucket of one row
+
+
+def test_a_bucket_runs_the_program_of_an_engine_that_size(tiny_model, engine):
+    """4 live requests on the 8-slot engine run the very program of a 4-slot engine (the
+    session's SMALL_ENGINE: same pool, same page tables): the cost of the bucket, not of the
+    engine's size. Lowered only, nothing compiled."""
+    assert engine.config.num_slots == 4 and 4 in BUCKETED.decode_buckets
+    with Engine(tiny_model, BUCKETED) as big:
+        assert big.lower_decode(rows=4).as_text() == engine.lower_decode().as_text()
+        assert big.lower_decode(rows=8).as_text() != engine.lower_decode().as_text()
