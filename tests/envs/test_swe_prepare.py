@@ -288,3 +288,18 @@ def test_endpoint_errors_and_garbage_are_counted_drops_or_a_refusal(tmp_path, hi
     assert manifest["vaguenizer"]["stats"]["rewrite_retries"] == 1
     retry = [r["body"] for r in fake.requests if "Box.size" in r["body"]["messages"][1]["content"]]
     assert [b.get("temperature") for b in retry] == [0.0, 1.0]
+
+
+def test_a_run_config_naming_the_prepared_split_uses_its_vague_prompts(tmp_path, history):
+    from ppp_jax.envs.domains.swe_func_loc import SweFuncLocSection, build_domain
+
+    assert _run(_config(tmp_path, history, split={"test_fraction": 0.0})) == 0
+    prepared = {r["instance_id"]: r for r in _rows(tmp_path / "prepared" / "train.jsonl")}
+    section = SweFuncLocSection(swe_rows=str(tmp_path / "prepared" / "train.jsonl"),
+                                swe_clone_root=str(history["clones"]),
+                                swe_cache_dir=str(tmp_path / "snapshots"))
+    tasks, _ = build_domain(section)
+    assert {t.task_id: t.vague_prompt for t in tasks} == {
+        i: r["vague_prompt"] for i, r in prepared.items()}
+    assert {t.task_id: list(t.gold) for t in tasks} == {
+        i: r["gold_functions"] for i, r in prepared.items()}
