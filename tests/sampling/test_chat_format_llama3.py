@@ -216,3 +216,41 @@ def test_an_engine_episode_ends_a_turn_at_eom_and_sends_the_template_text(tok):
                 + llama3.render_turn("tool", "1: x = 1") + llama3.generation_prompt()
                 + "Done.<|eot_id|>")
     assert text == expected
+
+
+def test_serve_detects_llama3_renders_tools_and_stops_at_eom(tok, tmp_path):
+    """`ppp serve` on a tiny random Llama checkpoint with a Llama 3 tokenizer and the released
+    3.1 template: the format is detected, `tools` are accepted (the template renders them into
+    the first user turn), and the server sends both <|eot_id|> and <|eom_id|> as stop ids of its
+    own (not counted against the client's `max_stop_tokens`)."""
+    import httpx
+
+    from ppp_jax.commands.serve import ServeConfig
+    from ppp_jax.model import testing as mt
+    from ppp_jax.sampling.config import EngineConfig
+    from tests.sampling.serving import free_port, running_server
+
+    path = mt.write_tiny_hf_checkpoint(tmp_path / "tiny_llama", family="llama",
+                                       vocab_size=len(tok), attention_bias=False,
+                                       attention_out_bias=False)
+    tok.save_pretrained(str(path))
+    cfg = ServeConfig(checkpoint=str(path), model_name="tiny", port=free_port(), warmup=False,
+                      default_max_tokens=4,
+                      engine=EngineConfig(num_slots=2, page_size=16, num_pages=129, max_seq_len=1024,
+                                          decode_steps=4, prefill_chunks=(1024,), prefill_rows=(1,),
+                                          max_stop_tokens=2))
+    tool = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+            "tools": tool}
+    ends = sorted({tok.convert_tokens_to_ids("<|eot_id|>"), tok.convert_tokens_to_ids("<|eom_id|>")})
+    with running_server(cfg) as (base, _engine):
+        reply = httpx.post(f"{base}/chat/completions", json=chat, timeout=120)
+        assert reply.status_code == 200, reply.text
+        # the server adds both turn ends itself: the client's room (2) is not used by them ...
+        own = httpx.post(f"{base}/chat/completions", timeout=120,
+                         json={**chat, "stop_token_ids": ends + [10, 11]})
+        assert own.status_code == 200, own.text
+        # ... and a third id of the client's is one too many
+        over = httpx.post(f"{base}/chat/completions", timeout=120,
+                          json={**chat, "stop_token_ids": [10, 11, 12]})
+        assert over.status_code == 400 and "end-of-turn ids" in over.json()["error"]["message"]
