@@ -14,10 +14,12 @@ Decode time per step: the best of `--repeats` runs of `--new` tokens minus the b
 runs of 1 token (prefill and the first token, the same programs in every engine), divided by
 new - 1 (per-block host work included). The runs are interleaved across engines (every engine
 once per round) so a change of the machine's load hits all of them. The tokens of every engine
-are checked to be the same. The "vs live-size engine" column divides by the bucketed engine with
-as many slots as live requests (the goal: within 1.15). With as many slots as live requests
-the two settings are the same program, so the difference between those two rows is the
-measurement's noise.
+are checked to be the same. CPU time (`time.process_time`, all threads of the process) is
+measured the same way beside the wall time: with `--single-thread` it is the work done, which
+the other jobs of a shared machine change much less than the wall time. The "vs live-size
+engine" columns divide by the bucketed engine with as many slots as live requests (the goal:
+within 1.15). With as many slots as live requests the two settings are the same program, so
+the difference between those two rows is the measurement's noise.
 """
 
 from __future__ import annotations
@@ -76,17 +78,22 @@ def main() -> None:
            .as_text() for k, eng in engines.items()}
     same_program = all(hlo[(s, True)] == hlo[(args.live, True)] for s in args.slots)
     tokens = {}
-    first, whole = ({k: float("inf") for k in engines} for _ in range(2))
+    # best wall and CPU seconds (the whole process: the engine's thread and XLA's) of a run of
+    # 1 token and of `--new` tokens, per engine
+    first, whole, cpu_first, cpu_whole = ({k: float("inf") for k in engines} for _ in range(4))
     for _ in range(args.repeats):
         for key, eng in engines.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             eng.generate_batch(requests(1))
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             out = eng.generate_batch(requests(args.new))
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
             first[key], whole[key] = min(first[key], t1 - t0), min(whole[key], t2 - t1)
+            cpu_first[key] = min(cpu_first[key], c1 - c0)
+            cpu_whole[key] = min(cpu_whole[key], c2 - c1)
             tokens[key] = [r.token_ids for r in out]
     best = {k: (whole[k] - first[k]) / (args.new - 1) for k in engines}
+    cpu = {k: (cpu_whole[k] - cpu_first[k]) / (args.new - 1) for k in engines}
     for eng in engines.values():
         eng.close()
     reference = tokens[(args.slots[0], True)]
@@ -97,14 +104,17 @@ def main() -> None:
           f"engine: {same}; bucketed engines run the same decode program as the "
           f"{args.live}-slot engine: {same_program}")
     base = {b: best.get((args.live, b)) for b in (True, False)}
-    print("| slots | decode rows | ms per decode step | tokens/s | vs live-size engine |")
-    print("|---:|---|---:|---:|---:|")
-    for (slots, bucketed), per_token in best.items():
+    cpu_base = cpu.get((args.live, True))
+    print("| slots | decode rows | wall ms per decode step | tokens/s | vs live-size engine | "
+          "CPU ms per decode step | CPU vs live-size engine |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for (slots, bucketed), per_step in best.items():
         ref = base[True]
-        ratio = f"{per_token / ref:.2f}x" if ref else "-"
+        ratio = f"{per_step / ref:.2f}x" if ref else "-"
+        cpu_ratio = f"{cpu[(slots, bucketed)] / cpu_base:.2f}x" if cpu_base else "-"
         rows = "bucket of the live slots" if bucketed else "all slots (`decode_rows: [num_slots]`)"
-        print(f"| {slots} | {rows} | {per_token * 1e3:.1f} | {args.live / per_token:.0f} | "
-              f"{ratio} |")
+        print(f"| {slots} | {rows} | {per_step * 1e3:.1f} | {args.live / per_step:.0f} | "
+              f"{ratio} | {cpu[(slots, bucketed)] * 1e3:.1f} | {cpu_ratio} |")
 
 
 if __name__ == "__main__":

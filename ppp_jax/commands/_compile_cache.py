@@ -4,7 +4,8 @@ Every command that compiles (`ppp serve`, `train`, `eval`, `sft`, `demo`) calls
 `use_compile_cache` right after its config is loaded, before anything is traced, and logs
 `CompileStats.summary()` once it is up (serve) or done (the others):
 
-    compile cache /root/.cache/ppp_jax/xla: 14 programs, 14 loaded from the cache, 0 compiled (XLA 0.9 s)
+    compile cache /root/.cache/ppp_jax/xla: 24 programs, 24 loaded from the cache, 0 compiled
+        (XLA 0.6 s)
 
 What JAX 0.10 does with the settings (jax/_src/compilation_cache.py, lru_cache.py, compiler.py):
   - `jax_compilation_cache_dir` turns the cache on; an entry is written after a program compiles
