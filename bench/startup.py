@@ -4,6 +4,8 @@ directory, the second loads from it.
 
     uptime; .venv/bin/python bench/startup.py; uptime         # about 6 minutes on 2 CPU cores
     .venv/bin/python bench/startup.py --only serve --repeats 3
+    .venv/bin/python bench/startup.py --only serve --serve-checkpoint \
+        "$(.venv/bin/python -m ppp_jax.model.smollm2)" --serve-override chat_format=hermes
 
 Each measurement is a fresh `python -m ppp_jax.cli ...` process, timed from its launch:
   serve  configs/serve_tiny.yaml (8 slots, warm-up compiles every prefill bucket and every decode
@@ -70,13 +72,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_start(ckpt: Path, cache: Path) -> dict:
+def serve_start(ckpt: Path, cache: Path, overrides: list[str]) -> dict:
     """Seconds from launching `ppp serve` until /v1/models answers, and its compile line."""
     port = _free_port()
     log = tempfile.TemporaryFile(mode="w+")
     t0 = time.perf_counter()
     proc = subprocess.Popen(_ppp("serve", "configs/serve_tiny.yaml", f"checkpoint={ckpt}",
-                                 f"port={port}", f"compile_cache.dir={cache}"),
+                                 f"port={port}", f"compile_cache.dir={cache}", *overrides),
                             cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
     try:
         while True:
@@ -133,18 +135,23 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--only", choices=["serve", "train_eval"], default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the raw runs here")
+    ap.add_argument("--serve-checkpoint", type=Path, default=None,
+                    help="serve this checkpoint directory instead of a random tiny one")
+    ap.add_argument("--serve-override", action="append", default=[], metavar="KEY=VALUE",
+                    help="more `ppp serve` overrides (repeatable), e.g. chat_format=hermes")
     args = ap.parse_args()
     from ppp_jax.sampling.testing import write_tiny_serving_checkpoint
 
     runs: dict[str, list] = {"serve": [], "train": [], "eval": []}
     base = Path(tempfile.mkdtemp(prefix="ppp_startup_"))
     try:
-        ckpt = write_tiny_serving_checkpoint(base / "serve_ckpt")
+        ckpt = args.serve_checkpoint or write_tiny_serving_checkpoint(base / "serve_ckpt")
         for r in range(args.repeats):
             work = base / f"repeat{r}"
             if args.only in (None, "serve"):
                 cache = work / "xla_serve"
-                runs["serve"].append([serve_start(ckpt, cache) for _ in range(2)])
+                runs["serve"].append([serve_start(ckpt, cache, args.serve_override)
+                                      for _ in range(2)])
             if args.only in (None, "train_eval"):
                 both = train_and_eval(work)
                 runs["train"].append(both["train"])

@@ -104,7 +104,7 @@ def use_compile_cache(cfg: CompileCacheConfig) -> CompileStats:
     if path and not jax.config.jax_enable_compilation_cache:
         log.info("compile cache off: JAX_ENABLE_COMPILATION_CACHE is false")
         path = ""
-    if path != (jax.config.jax_compilation_cache_dir or ""):
+    if jax.config.jax_compilation_cache_dir and path != jax.config.jax_compilation_cache_dir:
         cc.reset_cache()  # JAX opens its cache once per process, at the first compile
     if path:
         Path(path).mkdir(parents=True, exist_ok=True)
