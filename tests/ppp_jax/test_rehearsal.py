@@ -175,7 +175,7 @@ SMALL_SLICE = ["--topology", "v5e:2x2", "--mesh", "data=1,fsdp=-1,tensor=1",
 
 
 def test_the_shipped_configs_are_the_ones_checked_here():
-    assert CONFIGS == ["data_browsecomp_plus.yaml", "data_swe_gym.yaml",
+    assert CONFIGS == ["data_browsecomp_plus.yaml", "data_swe_gym.yaml", "data_swe_verified.yaml",
                        "eval_released_ppp36b_browsecomp.yaml", "eval_released_ppp36b_funcloc.yaml",
                        "eval_seed_oss_36b_funcloc.yaml", "eval_seed_oss_36b_swefull.yaml",
                        "eval_tiny_cpu.yaml", "rehearsal_smollm2.yaml",
