@@ -248,7 +248,7 @@ def check_failures(outcome: VagueOutcome, spec: VaguenizerSpec, drops: DropRepor
 def vaguenizer_record(spec: VaguenizerSpec, outcome: VagueOutcome, cache_path: Path) -> dict:
     """What made the vague prompts, for the manifest (never the API key)."""
     rec: dict[str, Any] = {"backend": spec.backend, "keep_row_vague": spec.keep_row_vague,
-                           "stats": outcome.stats,
+                           "stats": outcome.stats, "failures": dict(sorted(outcome.failed.items())),
                            "sources": {s: sum(1 for v in outcome.source.values() if v == s)
                                        for s in sorted(set(outcome.source.values()))}}
     if spec.backend == "llm":
