@@ -184,6 +184,14 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     text = evaluate.to_markdown(result, f"Evaluation of {what}") + setup_markdown(result["setup"])
+    if not result.get("n_episodes"):
+        c = result.get("counters", {})
+        why = (f"no episode was kept: {c.get('episodes_run', 0)} run, {c.get('retried', 0)} re-run, "
+               f"{c.get('dropped_errors', 0)} dropped after errors (simulator malformed "
+               f"{c.get('simulator_malformed', 0)}, score errors {c.get('score_errors', 0)}); the "
+               "table is empty, nothing was scored")
+        text += f"\n**{why}**\n"
+        print(f"ppp eval: warning: {why}", file=sys.stderr)
     (out / f"{args.name}.md").write_text(text)
     print(text)
     print(f"ppp eval: wrote {out / (args.name + '.json')} and {out / (args.name + '.md')}")

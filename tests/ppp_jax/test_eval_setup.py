@@ -26,8 +26,7 @@ QUERIES = [
 ]
 
 
-def test_eval_records_retriever_and_judge(tmp_path, server, capsys):
-    server.reset()
+def _prepare(tmp_path) -> Path:
     q, c = tmp_path / "q.jsonl", tmp_path / "c.jsonl"
     q.write_text("".join(json.dumps(r) + "\n" for r in QUERIES))
     c.write_text("".join(json.dumps({"docid": k, "text": v}) + "\n" for k, v in DOCS.items()))
@@ -37,30 +36,43 @@ def test_eval_records_retriever_and_judge(tmp_path, server, capsys):
         "dense": {"model": "hashing"}, "vaguenizer": {"backend": "rule"},
         "split": {"test_fraction": 1.0}}))
     assert cli.main(["data", "browsecomp", str(data), "--no-progress"]) == 0
-    bcp = tmp_path / "bcp"
+    return tmp_path / "bcp"
 
+
+def _responder(verdict: str):
     def responder(body):
         if body["model"] == "judge-model":
-            return reply("extracted_final_answer: release 4.2\nreasoning: same\ncorrect: yes")
+            return reply(verdict)
         if not any(m["role"] == "tool" or "Search Results" in str(m.get("content"))
                    for m in body["messages"]):
             return tool_call_reply("search", {"query": "exporter KX-7Q93 release"})
         return tool_call_reply("finish", {"answer": "release 4.2", "explanation": "changelog",
                                           "confidence": "90%"})
+    return responder
 
-    server.responder = responder
-    run = tmp_path / "runs"
-    overrides = [
+
+def _overrides(run: Path, bcp: Path, url: str) -> list[str]:
+    server_url = url
+    return [
         f"run_dir={run}", "name=bc", "eval.backend=openai", "eval.openai_model=policy-model",
-        f"eval.openai_base_url={server.base_url}", "eval.openai_api_key_env=PPP_UNSET_KEY",
+        f"eval.openai_base_url={server_url}", "eval.openai_api_key_env=PPP_UNSET_KEY",
         "eval.num_tasks=1", "eval.preference_ids=[no_preference]", "eval.prompt_kinds=[precise]",
         "domain.name=browsecomp_plus", "domain.stdlib={}", "domain.tools=[]",
         "domain.system_prompt=", f"domain.browsecomp_queries={bcp / 'test.jsonl'}",
         f"domain.browsecomp_corpus={bcp / 'corpus.jsonl'}", f"domain.browsecomp_index={bcp}",
         "domain.browsecomp_split=test", "domain.browsecomp_retriever=hybrid",
         "domain.browsecomp_judge=llm", "domain.browsecomp_judge_model=judge-model",
-        f"domain.browsecomp_judge_base_url={server.base_url}",
+        f"domain.browsecomp_judge_base_url={server_url}",
         "domain.browsecomp_judge_api_key_env=PPP_UNSET_KEY"]
+
+
+def test_eval_records_retriever_and_judge(tmp_path, server, capsys):
+    server.reset()
+    bcp = _prepare(tmp_path)
+    server.responder = _responder("extracted_final_answer: release 4.2\nreasoning: same\n"
+                                  "correct: yes")
+    run = tmp_path / "runs"
+    overrides = _overrides(run, bcp, server.base_url)
     rc = cli.main(["eval", str(ROOT / "configs" / "eval_tiny_cpu.yaml"), *overrides,
                    "--no-progress"])
     out, err = capsys.readouterr()
@@ -77,3 +89,20 @@ def test_eval_records_retriever_and_judge(tmp_path, server, capsys):
     assert "- retriever: hybrid" in md and "- answer judge: llm:judge-model" in md
     assert result["precise"]["productivity"] == 1.0  # "release 4.2" is right only by the judge
     assert {r["body"]["model"] for r in server.requests} == {"policy-model", "judge-model"}
+
+
+def test_a_judge_without_verdicts_scores_nothing_and_says_so(tmp_path, server, capsys):
+    server.reset()
+    bcp = _prepare(tmp_path)
+    server.responder = _responder("I am not sure.")
+    run = tmp_path / "runs"
+    rc = cli.main(["eval", str(ROOT / "configs" / "eval_tiny_cpu.yaml"),
+                   *_overrides(run, bcp, server.base_url), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0, err  # the run goes on
+    result = json.loads((run / "bc" / "eval.json").read_text())
+    c = result["counters"]
+    assert result["n_episodes"] == 0 and c["dropped_errors"] == 1  # 1 episode: run, re-run, dropped
+    assert c["score_errors"] == c["episodes_run"] == c["retried"] + 1
+    assert result["setup"]["judge_stats"]["judge_unparsed"] == c["episodes_run"]
+    assert "no episode was kept" in err and "nothing was scored" in (run / "bc" / "eval.md").read_text()
