@@ -51,8 +51,9 @@ def _responder(verdict: str):
     return responder
 
 
-def _overrides(run: Path, bcp: Path, url: str) -> list[str]:
-    server_url = url
+def _overrides(run: Path, bcp: Path, server_url: str) -> list[str]:
+    """`ppp eval` overrides: BrowseComp-Plus from the prepared folder, hybrid retrieval, the LLM
+    judge and the scripted policy at `server_url`, one precise episode."""
     return [
         f"run_dir={run}", "name=bc", "eval.backend=openai", "eval.openai_model=policy-model",
         f"eval.openai_base_url={server_url}", "eval.openai_api_key_env=PPP_UNSET_KEY",
