@@ -66,8 +66,9 @@ COMMANDS: dict[str, Command] = {
         writes="<output>/ (rows, train.jsonl, test.jsonl, dropped.json, manifest.json; "
                "browsecomp: corpus.jsonl, bm25/, dense/), all at once; "
                "<output>.vague_cache.jsonl (the LLM rewrites, for resuming)",
-        typical_time="seconds to minutes; the LLM vaguenizer about 1 s per row at 8 in flight; "
-                     "the dense index about 100 documents/s on a CPU (MiniLM)",
+        typical_time="seconds without the LLM (the tests' repository); the LLM vaguenizer: one "
+                     "request per row (27 s each with SmolLM2-135M on 2 CPU cores); the dense "
+                     "index: 7 documents/s with MiniLM on 2 shared CPU cores (256 tokens each)",
         exit_codes="1 the data cannot be used (malformed row, missing clone, too many failed "
                    "rewrites, existing output): nothing written, rerun resumes"),
     "sft": Command(
