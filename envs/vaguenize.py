@@ -176,8 +176,10 @@ class RuleVaguenizer:
 PROMPT_VERSION = "v2"
 
 # The paper's published example (Fig. 3 / Fig. 12): SWE-bench Verified astropy__astropy-13033.
-# The paper prints the precise issue abbreviated; its text here is the instance's problem
-# statement with the HTML comments of the issue template left out. The vague side is the
+# The paper prints the precise issue abbreviated. The text here was written without network
+# access, from recollection of that instance's problem statement (HTML comments of the issue
+# template left out): it has not been checked against the SWE-bench row and may differ in
+# detail; replace it with the row's `problem_statement` when online. The vague side is the
 # paper's, verbatim.
 PAPER_EXAMPLE_PRECISE = """TimeSeries: misleading exception when required column check fails.
 
