@@ -217,13 +217,14 @@ def test_infinite_loop_is_killed_at_the_deadline(snapshot, tmp_path):
 def test_background_processes_die_with_the_command(snapshot, tmp_path):
     box = make(snapshot, tmp_path)
     try:
-        r = box.run("(sleep 300 &) ; nohup sleep 301 >/dev/null 2>&1 & echo started")
+        # durations no other process on the machine uses, so `ps` finds only ours
+        r = box.run("(sleep 3017.25 &) ; nohup sleep 3019.75 >/dev/null 2>&1 & echo started")
         assert "started" in r.output
         time.sleep(0.5)
         if os.geteuid() == 0:
             assert host_processes_of(box.uid) == []
         out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-        assert "sleep 300" not in out and "sleep 301" not in out
+        assert "sleep 3017.25" not in out and "sleep 3019.75" not in out
     finally:
         box.close()
 
