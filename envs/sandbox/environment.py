@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from ppp_jax.envs.sandbox.base import MOUNT, SandboxLimits, SandboxUnavailable
-from ppp_jax.envs.sandbox.local import LocalSandbox, running_python_paths
+from ppp_jax.envs.sandbox.local import LocalSandbox, chown_tree, running_python_paths
 
 _DONE = ".ppp-environment-ok"
 
@@ -150,13 +150,13 @@ class EnvironmentCache:
                                       path_prefix=[str(target / "bin")],
                                       network=self.settings.setup_network)
             if os.geteuid() == 0:  # the sandbox user writes into the venv
-                _chown(target, box.uid)
+                chown_tree(target, box.uid)
             try:
                 result = box.run(self.settings.setup_command)
             finally:
                 box.close()
                 if os.geteuid() == 0:
-                    _chown(target, 0)
+                    chown_tree(target, 0)
             if result.exit_code != 0:
                 tail = "\n".join(result.output.strip().splitlines()[-15:])
                 raise RuntimeError(
@@ -164,15 +164,6 @@ class EnvironmentCache:
                     f"(exit {result.exit_code}{', timed out' if result.timed_out else ''}):\n{tail}")
         finally:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _chown(root: Path, uid: int) -> None:
-    for d, dirs, files in os.walk(root):
-        for p in [d, *(os.path.join(d, s) for s in dirs + files)]:
-            try:
-                os.lchown(p, uid, uid)
-            except OSError:
-                pass
 
 
 def _query(python: str, code: str) -> str:

@@ -173,7 +173,7 @@ class LocalSandbox:
             (etc / "passwd").write_text(_PASSWD.format(uid=uid))
             (etc / "group").write_text(_GROUP.format(uid=uid))
             if os.geteuid() == 0:
-                _chown_tree(tree, uid)
+                chown_tree(tree, uid)
                 os.chown(tree / ".git", 0, 0)
             return cls(home, **kwargs)
         except BaseException:
@@ -340,7 +340,7 @@ class LocalSandbox:
             first = str(e).strip().splitlines()
             return f"{what} does not apply: {first[0] if first else e}"[:300]
         if os.geteuid() == 0:
-            _chown_tree(self.tree, self.uid)
+            chown_tree(self.tree, self.uid)
             os.chown(self.tree / ".git", 0, 0)
         return ""
 
@@ -440,7 +440,7 @@ def _make_writable(root: Path) -> None:
                     pass
 
 
-def _chown_tree(root: Path, uid: int) -> None:
+def chown_tree(root: Path, uid: int) -> None:
     for d, dirs, files in os.walk(root):
         for p in [d, *(os.path.join(d, s) for s in dirs + files)]:
             try:
