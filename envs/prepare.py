@@ -245,6 +245,42 @@ def check_failures(outcome: VagueOutcome, spec: VaguenizerSpec, drops: DropRepor
             "only for the others"))
 
 
+@dataclasses.dataclass
+class VagueSplit:
+    """`vaguenize_and_split`'s result."""
+
+    outcome: VagueOutcome
+    cache_path: Path  # the vaguenizer's cache (for `vaguenizer_record`)
+    kept: list[str]  # the ids that got a vague prompt, in the items' order
+    sides: dict[str, str]  # kept id -> "train" | "test"
+
+
+def vaguenize_and_split(items: Sequence[tuple[str, str, str | None]], spec: VaguenizerSpec,
+                        split: SplitSpec, output: str | os.PathLike, drops: DropReport, what: str,
+                        *, bar: BarFactory = NullBar, client: LLMClient | None = None
+                        ) -> VagueSplit:
+    """The steps every preparation ends with: vague prompts for `items` (`vaguenize_rows`, cached
+    at `spec.cache` or beside `output`), the failures counted in `drops` (`check_failures`),
+    `drops.kept` set, and the kept ids split (`assign_splits`). DataError naming `what` when
+    the failures are too many or no row is left."""
+    cache_path = Path(spec.cache) if spec.cache else default_cache_path(output)
+    outcome = vaguenize_rows(items, spec, cache_path, bar=bar, client=client)
+    check_failures(outcome, spec, drops, what)
+    kept = [rid for rid, _, _ in items if rid in outcome.vague]
+    drops.kept = len(kept)
+    if not kept:
+        raise DataError(what, "", "no usable rows: " + drops.summary())
+    return VagueSplit(outcome, cache_path, kept, assign_splits(kept, split))
+
+
+def split_counts(out_rows: Sequence[Mapping[str, Any]], drops: DropReport) -> dict[str, Any]:
+    """The manifest's `counts`: rows read, kept, dropped (also by reason), train and test."""
+    return {"rows": drops.rows, "kept": drops.kept, "dropped": drops.num_dropped,
+            "train": sum(1 for r in out_rows if r["split"] == "train"),
+            "test": sum(1 for r in out_rows if r["split"] == "test"),
+            "dropped_by_reason": {r: len(ids) for r, ids in drops.dropped.items()}}
+
+
 def vaguenizer_record(spec: VaguenizerSpec, outcome: VagueOutcome, cache_path: Path) -> dict:
     """What made the vague prompts, for the manifest (never the API key)."""
     rec: dict[str, Any] = {"backend": spec.backend, "keep_row_vague": spec.keep_row_vague,
@@ -303,6 +339,12 @@ class PreparedFolder:
                 f.write(json.dumps(dict(r), ensure_ascii=False, sort_keys=True) + "\n")
         self.files[name] = {"rows": len(rows)}
         return p
+
+    def write_splits(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """`name` with every row, and `train.jsonl` / `test.jsonl` with the rows of each split."""
+        self.write_jsonl(name, rows)
+        for side in SPLITS:
+            self.write_jsonl(f"{side}.jsonl", [r for r in rows if r["split"] == side])
 
     def write_json(self, name: str, data: Any) -> Path:
         p = self.path / name

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any
 
 from ppp_jax.envs.domains.browsecomp import (
@@ -47,12 +46,10 @@ from ppp_jax.envs.prepare import (
     PreparedFolder,
     SplitSpec,
     VaguenizerSpec,
-    assign_splits,
-    check_failures,
-    default_cache_path,
     drops_record,
     file_sha256,
-    vaguenize_rows,
+    split_counts,
+    vaguenize_and_split,
     vaguenizer_record,
 )
 
@@ -108,35 +105,24 @@ def prepare_browsecomp(src: BrowseCompSource, dense: DenseSpec, vague: Vaguenize
         precise = str(row.get("full_query") or row["query"])
         own = row.get("vague_query") or (row["query"] if row.get("full_query") else None)
         items.append((qid, precise, own))
-    cache_path = Path(vague.cache) if vague.cache else default_cache_path(output)
-    outcome = vaguenize_rows(items, vague, cache_path, bar=bar, client=client)
-    check_failures(outcome, vague, drops, src.queries)
-    kept = [qid for qid in rows if qid in outcome.vague]
-    drops.kept = len(kept)
-    if not kept:
-        raise DataError(src.queries, "", "no usable rows: " + drops.summary())
-    sides = assign_splits(kept, split)
+    done = vaguenize_and_split(items, vague, split, output, drops, src.queries, bar=bar,
+                               client=client)
+    outcome = done.outcome
     out_rows = []
-    for qid in kept:
+    for qid in done.kept:
         row = dict(rows[qid])
         precise = str(row.get("full_query") or row["query"])
         row.update(query_id=qid, full_query=precise, query=outcome.vague[qid],
                    vague_query=outcome.vague[qid], vague_source=outcome.source[qid],
-                   split=sides[qid])
+                   split=done.sides[qid])
         out_rows.append(row)
-    counts = {"rows": drops.rows, "kept": len(kept), "dropped": drops.num_dropped,
-              "train": sum(1 for r in out_rows if r["split"] == "train"),
-              "test": sum(1 for r in out_rows if r["split"] == "test"),
-              "documents": len(corpus),
-              "dropped_by_reason": {r: len(ids) for r, ids in drops.dropped.items()}}
+    counts = {**split_counts(out_rows, drops), "documents": len(corpus)}
     source = {"queries": src.queries, "corpus": src.corpus}
     for key in ("queries", "corpus"):
         if os.path.isfile(getattr(src, key)):
             source[f"{key}_sha256"] = file_sha256(getattr(src, key))
     with PreparedFolder(output, overwrite=overwrite) as folder:
-        folder.write_jsonl("queries.jsonl", out_rows)
-        for side in ("train", "test"):
-            folder.write_jsonl(f"{side}.jsonl", [r for r in out_rows if r["split"] == side])
+        folder.write_splits("queries.jsonl", out_rows)
         folder.write_jsonl("corpus.jsonl", [{"docid": d.docid, "text": d.text, "url": d.url}
                                             for d in corpus.docs])
         write_bm25_index(corpus, folder.path)
@@ -146,7 +132,7 @@ def prepare_browsecomp(src: BrowseCompSource, dense: DenseSpec, vague: Vaguenize
                 folder.add_file(f"{sub}/{f.name}")
         folder.write_json("dropped.json", drops_record(drops))
         manifest = {"kind": "browsecomp", "counts": counts, "source": source,
-                    "vaguenizer": vaguenizer_record(vague, outcome, cache_path),
+                    "vaguenizer": vaguenizer_record(vague, outcome, done.cache_path),
                     "split": dataclasses.asdict(split), "dense": dense_info,
                     "bm25": {"library": "bm25s", "k1": 0.9, "b": 0.4, "stopwords": "en"},
                     "config": config or {}}

@@ -42,12 +42,10 @@ from ppp_jax.envs.prepare import (
     PreparedFolder,
     SplitSpec,
     VaguenizerSpec,
-    assign_splits,
-    check_failures,
-    default_cache_path,
     drops_record,
     file_sha256,
-    vaguenize_rows,
+    split_counts,
+    vaguenize_and_split,
     vaguenizer_record,
 )
 
@@ -171,38 +169,28 @@ def prepare_swe(src: SweSource, vague: VaguenizerSpec, split: SplitSpec, output:
         if not src.snapshot_dir:
             _remove_read_only(snapshots)
     rows_by_id = {row["instance_id"]: row for _, row in located}
-    cache_path = Path(vague.cache) if vague.cache else default_cache_path(output)
-    outcome = vaguenize_rows(
+    done = vaguenize_and_split(
         [(t.task_id, t.precise_prompt, rows_by_id[t.task_id].get("vague_prompt")) for t in tasks],
-        vague, cache_path, bar=bar, client=client)
-    check_failures(outcome, vague, drops, src.rows)
-    kept = [t for t in tasks if t.task_id in outcome.vague]
-    drops.kept = len(kept)
-    if not kept:
-        raise DataError(src.rows, "", "no usable rows: " + drops.summary())
-    sides = assign_splits([t.task_id for t in kept], split)
+        vague, split, output, drops, src.rows, bar=bar, client=client)
+    outcome = done.outcome
+    gold = {t.task_id: t.gold for t in tasks}
     out_rows = []
-    for t in kept:
-        row = dict(rows_by_id[t.task_id])
-        row.update(vague_prompt=outcome.vague[t.task_id], vague_source=outcome.source[t.task_id],
-                   gold_functions=list(t.gold), split=sides[t.task_id])
+    for tid in done.kept:
+        row = dict(rows_by_id[tid])
+        row.update(vague_prompt=outcome.vague[tid], vague_source=outcome.source[tid],
+                   gold_functions=list(gold[tid]), split=done.sides[tid])
         out_rows.append(row)
-    counts = {"rows": drops.rows, "kept": len(kept), "dropped": drops.num_dropped,
-              "train": sum(1 for r in out_rows if r["split"] == "train"),
-              "test": sum(1 for r in out_rows if r["split"] == "test"),
-              "dropped_by_reason": {r: len(ids) for r, ids in drops.dropped.items()}}
+    counts = split_counts(out_rows, drops)
     source = {"rows": src.rows, "hf_split": src.hf_split, "clone_root": src.clone_root,
               "cloned": cloned, "repos": sorted({r["repo"] for r in out_rows})}
     if os.path.isfile(src.rows):
         source["sha256"] = file_sha256(src.rows)
     manifest = {"kind": "swe", "counts": counts, "source": source,
-                "vaguenizer": vaguenizer_record(vague, outcome, cache_path),
+                "vaguenizer": vaguenizer_record(vague, outcome, done.cache_path),
                 "split": dataclasses.asdict(split), "config": config or {},
                 "snapshot_dir": src.snapshot_dir}
     with PreparedFolder(output, overwrite=overwrite) as folder:
-        folder.write_jsonl("rows.jsonl", out_rows)
-        for side in ("train", "test"):
-            folder.write_jsonl(f"{side}.jsonl", [r for r in out_rows if r["split"] == side])
+        folder.write_splits("rows.jsonl", out_rows)
         folder.write_json("dropped.json", drops_record(drops))
         folder.commit(manifest)
     log.warning("%s", drops.summary())
