@@ -53,6 +53,7 @@ from typing import Literal
 from ppp_jax.envs.preferences import get_preference
 from ppp_jax.envs.records import EpisodeRecord
 from ppp_jax.envs.scoring import (  # noqa: F401 -- the released constants, re-exported
+    CORRECT_THRESHOLD,
     RELEASED_LOW_BONUS,
     RELEASED_NO_ASK_WRONG,
     RELEASED_SEARCH_L2_COST,
@@ -60,6 +61,7 @@ from ppp_jax.envs.scoring import (  # noqa: F401 -- the released constants, re-e
     RELEASED_SEARCH_PRECISE_PER_LEVEL,
     RELEASED_SWE_PRECISE_PER_LEVEL,
     RELEASED_SWE_VAGUE_PER_LEVEL,
+    SEARCH_DOMAIN_MARKERS,
     _task_score,
     compliance,
     record_family,
@@ -86,8 +88,8 @@ class RewardConfig:
     clip: bool = True  # clip the total to [0, 1] (the paper's advantage input)
     # Fallback for records without a `task_family` (hand-built or older records): a domain whose
     # name contains any of these uses the search constants (released variant).
-    search_domain_markers: tuple[str, ...] = ("search", "browsecomp")
-    correct_threshold: float = 1.0  # task score below this = wrong answer (released: s < 1)
+    search_domain_markers: tuple[str, ...] = SEARCH_DOMAIN_MARKERS
+    correct_threshold: float = CORRECT_THRESHOLD  # a task score below it is a wrong answer
 
     def __post_init__(self):
         if self.variant not in ("paper", "released"):

@@ -352,15 +352,16 @@ class SweFullSection:
     swe_clone_root: str = ""
     swe_cache_dir: str = ""
     swe_full_example: bool = False
-    swe_full_backend: Literal["local", "docker"] = "local"
-    swe_full_work_dir: str = ""
-    swe_full_command_timeout_s: float = 120.0
-    swe_full_max_command_timeout_s: float = 600.0
-    swe_full_grade_timeout_s: float = 1800.0
-    swe_full_memory_gb: float = 8.0
-    swe_full_test_command: str = DEFAULT_TEST_COMMAND
-    swe_full_env_setup_command: str = ""
-    swe_full_env_setup_network: bool = False
+    # `SweFullSettings`' fields, prefixed; the defaults are its own (one place to change them)
+    swe_full_backend: Literal["local", "docker"] = SweFullSettings.backend
+    swe_full_work_dir: str = SweFullSettings.work_dir
+    swe_full_command_timeout_s: float = SweFullSettings.command_timeout_s
+    swe_full_max_command_timeout_s: float = SweFullSettings.max_command_timeout_s
+    swe_full_grade_timeout_s: float = SweFullSettings.grade_timeout_s
+    swe_full_memory_gb: float = SweFullSettings.memory_gb
+    swe_full_test_command: str = SweFullSettings.test_command
+    swe_full_env_setup_command: str = SweFullSettings.env_setup_command
+    swe_full_env_setup_network: bool = SweFullSettings.env_setup_network
 
     def settings(self) -> SweFullSettings:
         prefix = "swe_full_"
