@@ -5,6 +5,7 @@ import pytest
 
 from ppp_jax.envs.domains.repo_limits import BASH_WHITELISTS, Limits, ToolError
 from ppp_jax.envs.domains.repo_tools import RepoTools
+from tests.envs.bwrap import needs_bwrap
 
 TEXT = "alpha,1,x\nbeta,22,y\ngamma,333,z\nno delimiter here\n"
 
@@ -55,20 +56,7 @@ def test_execute_bash_description_lists_the_whitelist(tools):
     assert "cut" not in desc("paper") and "tree; `|` pipes into head/tail/wc/grep/sort/uniq;" in desc("paper")
 
 
-def _have_bwrap():
-    from ppp_jax.envs.sandbox.base import SandboxUnavailable
-    from ppp_jax.envs.sandbox.local import check_bwrap
-    try:
-        check_bwrap()
-        return ""
-    except SandboxUnavailable as e:
-        return str(e)
-
-
-_NO_BWRAP = _have_bwrap()
-
-
-@pytest.mark.skipif(bool(_NO_BWRAP), reason=f"no sandbox here: {_NO_BWRAP}")
+@needs_bwrap
 def test_python_print_and_pip_run_sandboxed_over_the_read_only_snapshot(tools, tmp_path):
     tmp_path.chmod(0o755)  # as a snapshot is: world-readable (pytest's tmp dirs are 0700)
     assert bash(tools, 'python -c "print(6 * 7)"') == "42"

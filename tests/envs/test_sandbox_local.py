@@ -17,14 +17,9 @@ import pytest
 
 from ppp_jax.envs.sandbox.base import MOUNT, SandboxLimits, SandboxUnavailable
 from ppp_jax.envs.sandbox.local import LocalSandbox, check_bwrap, running_python_paths
+from tests.envs.bwrap import needs_bwrap
 
-try:
-    check_bwrap()
-    _NO_BWRAP = ""
-except SandboxUnavailable as e:
-    _NO_BWRAP = str(e)
-
-pytestmark = pytest.mark.skipif(bool(_NO_BWRAP), reason=f"no sandbox here: {_NO_BWRAP}")
+pytestmark = needs_bwrap
 
 SECRET = "ppp-host-secret-4711"
 

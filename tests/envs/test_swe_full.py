@@ -13,18 +13,11 @@ from ppp_jax.envs.domains.swe_full import SweFullSection, build_domain
 from ppp_jax.envs.episode import EpisodeConfig, EpisodeSpec, run_episode, run_episodes
 from ppp_jax.envs.policy import ScriptedPolicy
 from ppp_jax.envs.reward import RewardConfig, reward_breakdown
-from ppp_jax.envs.sandbox.base import SandboxUnavailable
-from ppp_jax.envs.sandbox.local import check_bwrap
 from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
 from ppp_jax.sampling.chat_format.seed_oss import render_tool_call
+from tests.envs.bwrap import needs_bwrap
 
-try:
-    check_bwrap()
-    _NO_BWRAP = ""
-except SandboxUnavailable as e:
-    _NO_BWRAP = str(e)
-
-pytestmark = pytest.mark.skipif(bool(_NO_BWRAP), reason=f"no sandbox here: {_NO_BWRAP}")
+pytestmark = needs_bwrap
 
 ENCODER = "/testbed/simplejson/encoder.py"
 

@@ -20,15 +20,9 @@ from ppp_jax.envs.domains.swe_grading import (
     parse_pytest_summary,
     files_of_tests,
 )
-from ppp_jax.envs.sandbox.base import SandboxLimits, SandboxUnavailable, is_test_path
+from ppp_jax.envs.sandbox.base import SandboxLimits, is_test_path
 from ppp_jax.envs.sandbox.environment import EnvironmentCache, EnvironmentSettings
-from ppp_jax.envs.sandbox.local import check_bwrap
-
-try:
-    check_bwrap()
-    _NO_BWRAP = ""
-except SandboxUnavailable as e:
-    _NO_BWRAP = str(e)
+from tests.envs.bwrap import needs_bwrap
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +87,6 @@ def test_pytest_summary_parsing():
     assert is_test_path("pkg/tests/test_a.py") and is_test_path("test_b.py")
     assert is_test_path("conftest.py") and not is_test_path("pkg/testing_utils.py")
     assert not is_test_path("pkg/core.py")
-
-
-needs_bwrap = pytest.mark.skipif(bool(_NO_BWRAP), reason=f"no sandbox here: {_NO_BWRAP}")
 
 
 @needs_bwrap
