@@ -189,10 +189,9 @@ class EngineSession:
                 raise ValueError("an engine episode must start with a system message")
             parts.append(chat.render_system(messages[0]["content"], tools))
             start = 1
-        for msg in messages[start:]:
-            if msg["role"] == "assistant":
-                raise ValueError("EngineSession cannot render assistant messages it did not sample")
-            parts.append(fmt.render_turn(msg["role"], msg["content"]))
+        if any(msg["role"] == "assistant" for msg in messages[start:]):
+            raise ValueError("EngineSession cannot render assistant messages it did not sample")
+        parts.append(fmt.render_turns(messages[start:]))  # consecutive tool results merged
         parts.append(fmt.generation_prompt() + self.policy.generation_prefix)
         return "".join(parts)
 

@@ -52,13 +52,14 @@ def render_pieces(messages: Sequence[Mapping[str, Any]], system_block: str,
     fmt = get_format(chat_format)
     pieces: list[tuple[str, int]] = []
     pending = system_block
+    run: list[Mapping[str, Any]] = []  # the non-assistant messages since the last assistant turn
     for msg in messages[1:]:
         if msg["role"] == "assistant":
-            pieces.append((pending + fmt.generation_prompt(), 0))
+            pieces.append((pending + fmt.render_turns(run) + fmt.generation_prompt(), 0))
             pieces.append((msg.get("raw", msg.get("content") or ""), 1))
-            pending = fmt.turn_separator
+            pending, run = fmt.turn_separator, []
         else:
-            pending += fmt.render_turn(msg["role"], msg["content"])
+            run.append(msg)
     return pieces
 
 

@@ -129,6 +129,9 @@ class ChatFormat:
     Rendering (the model's template layout; `render_system` is the tokenizer-free approximation
     of the template's first system turn):
       render_turn(role, content): one complete non-assistant turn.
+      render_tool_results(contents): a run of consecutive tool results as the template writes
+        them together (Hermes: one user turn of `<tool_response>` blocks); None: each result is
+        its own `render_turn("tool", ...)`. Used through `render_turns`.
       generation_prompt(): what opens the assistant's turn.
       render_tool_doc(tools): the tool documentation appended to the system text.
       render_system(system, tools): the whole first system turn, tool documentation included.
@@ -168,9 +171,29 @@ class ChatFormat:
     split_reasoning: Callable[[str], tuple[str, str, bool]]
     parse_turn: Callable[..., ParsedTurn]
     locate_call: Callable[[str], int] | None = None
+    render_tool_results: Callable[[Sequence[str]], str] | None = None
     stop_tokens: tuple[str, ...] = ()
     turn_separator: str = ""
     system_template_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def render_turns(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """Consecutive non-assistant messages (`role`, `content`) as the template renders them:
+        each by `render_turn`, except that a run of `tool` messages goes to
+        `render_tool_results` as one piece when the format has it."""
+        out: list[str] = []
+        i = 0
+        while i < len(messages):
+            role = messages[i]["role"]
+            if role == "tool" and self.render_tool_results is not None:
+                j = i
+                while j < len(messages) and messages[j]["role"] == "tool":
+                    j += 1
+                out.append(self.render_tool_results([m["content"] for m in messages[i:j]]))
+                i = j
+                continue
+            out.append(self.render_turn(role, messages[i]["content"]))
+            i += 1
+        return "".join(out)
 
     def find_call(self, rest: str) -> int:
         """Index in `rest` (text after the reasoning) where tool calls begin; -1 if none."""

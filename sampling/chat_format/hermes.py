@@ -2,7 +2,8 @@
 
 Turns: `<|im_start|>{role}\\n{content}<|im_end|>\\n`; the generation prompt is
 `<|im_start|>assistant\\n`. Tool results are rendered as the Qwen templates render the `tool`
-role: a `user` turn whose content is wrapped in `<tool_response>...</tool_response>`. The first
+role: a `user` turn whose content is wrapped in `<tool_response>...</tool_response>`, several
+results in a row sharing ONE user turn (`render_tool_results`, `ChatFormat.render_turns`). The first
 system turn carries the tool documentation: each tool's JSON schema on its own line inside
 `<tools></tools>`, then the instruction to answer with
 
@@ -72,10 +73,18 @@ _TOOLS_OUTRO = ("\n</tools>\n\nFor each function call, return a json object with
 # --- rendering ------------------------------------------------------------------------------------
 
 
+def render_tool_results(contents: Sequence[str]) -> str:
+    """Consecutive tool results as the Qwen2.5 / Qwen3 templates render them: ONE user turn,
+    each result in its own `<tool_response>` block."""
+    blocks = "".join(f"\n{RESPONSE_OPEN}\n{c}\n{RESPONSE_CLOSE}" for c in contents)
+    return f"{BOS}user{blocks}{EOS}\n"
+
+
 def render_turn(role: str, content: str) -> str:
-    """One complete non-assistant turn (a `tool` turn as the Qwen templates render it)."""
+    """One complete non-assistant turn (a lone `tool` result as the Qwen templates render it;
+    several in a row: `render_tool_results`)."""
     if role == "tool":
-        return f"{BOS}user\n{RESPONSE_OPEN}\n{content}\n{RESPONSE_CLOSE}{EOS}\n"
+        return render_tool_results([content])
     return f"{BOS}{role}\n{content}{EOS}\n"
 
 
@@ -204,10 +213,11 @@ FORMAT = ChatFormat(
     generation_prompt=generation_prompt, render_tool_doc=render_tool_doc,
     render_system=render_system, render_tool_call=render_tool_call,
     render_assistant_text=render_assistant_text, template_arguments=template_arguments,
-    split_reasoning=split_reasoning, parse_turn=parse_turn, turn_separator="\n")
+    split_reasoning=split_reasoning, parse_turn=parse_turn, turn_separator="\n",
+    render_tool_results=render_tool_results)
 
 __all__ = ["FORMAT", "BOS", "EOS", "END_OF_TEXT", "THINK_OPEN", "THINK_CLOSE", "CALL_OPEN",
            "CALL_CLOSE", "RESPONSE_OPEN", "RESPONSE_CLOSE", "MARKUP_TOKENS", "CONTROL_TOKENS",
-           "NO_THINKING_PREFIX", "render_turn", "generation_prompt", "render_tool_doc",
-           "render_system", "render_tool_call", "render_assistant_text", "template_arguments",
-           "split_reasoning", "parse_turn"]
+           "NO_THINKING_PREFIX", "render_turn", "render_tool_results", "generation_prompt",
+           "render_tool_doc", "render_system", "render_tool_call", "render_assistant_text",
+           "template_arguments", "split_reasoning", "parse_turn"]

@@ -211,6 +211,45 @@ def test_token_record_masks_exactly_the_policy_tokens(task, domain):
     assert rec.stats["policy_prompt_len_mismatch"] == 0
 
 
+def test_hermes_engine_episode_merges_consecutive_results_and_masks_only_sampled_tokens(task, domain):
+    """A Qwen-format engine episode whose turn makes two calls: both results come back as ONE
+    user turn of `<tool_response>` blocks (as the Qwen templates merge them), the loss mask
+    covers exactly the sampled replies, and SFT's rendering of the record is the same tokens."""
+    from ppp_jax.sampling.chat_format import hermes
+    from ppp_jax.train.sft import episode_tools, render_token_view
+    from tests.sampling.chat_templates import qwen_tokenizer
+
+    path, qual = task.gold[0].split(":")
+    name = qual.split(".")[-1]
+    lineno = task.metadata["lineno"]
+    script = [
+        "<think>Look for it.</think>Searching.\n"
+        + hermes.render_tool_call("grep", {"pattern": rf"def {name}\(", "path": path}) + "\n"
+        + hermes.render_tool_call("view_file", {"path": path, "start_line": lineno,
+                                              "end_line": lineno + 3}),
+        hermes.render_tool_call("finish", {"answer": f"{path}:{qual}"}),
+    ]
+    ct = chat.ChatTokenizer(qwen_tokenizer(), "hermes")
+    engine = ScriptedEngine(ct, script)
+    rec = run(run_episode(domain, task, EnginePolicy(engine, ct), EmbeddedUserSimulator(),
+                          preference_id="no_ask", prompt_kind="precise"))
+    assert rec.finish_reason == "finish" and rec.task_score == 1.0
+    assert [m["role"] for m in rec.messages[2:]] == ["assistant", "tool", "tool", "assistant",
+                                                     "tool"]
+    spans = masked_spans(rec)
+    view = rec.tokens
+    policy = [(a, b) for a, b, m in spans if m == 1]
+    assert [ct.decode(view.token_ids[a:b]) for a, b in policy] == [s + "<|im_end|>" for s in script]
+    grep_obs, view_obs = (c.observation for c in rec.tool_calls[:2])
+    between = ct.decode(view.token_ids[slice(*[(a, b) for a, b, m in spans if m == 0][1])])
+    assert between == (f"\n<|im_start|>user\n<tool_response>\n{grep_obs}\n</tool_response>\n"
+                       f"<tool_response>\n{view_obs}\n</tool_response><|im_end|>\n"
+                       "<|im_start|>assistant\n")
+    sft = render_token_view(rec.messages, episode_tools(domain, task), ct)
+    assert sft.token_ids == view.token_ids and sft.loss_mask == view.loss_mask
+    assert rec.stats["policy_prompt_len_mismatch"] == 0
+
+
 def test_engine_policy_generation_prefix_is_template_not_policy(task, domain):
     from ppp_jax.sampling.chat_format.seed_oss import THINKING_BUDGET_0_PREFIX
 

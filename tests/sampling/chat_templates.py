@@ -3,10 +3,19 @@
 `templates/llama3_1_instruct.jinja` is the chat template of Meta's Llama 3.1 Instruct checkpoints
 (`tokenizer_config.json`'s `chat_template`; 3.2 / 3.3 differ only in taking today's date from
 `strftime_now` when no `date_string` is given, and 3.2 drops the builtin-tool lines);
-`templates/qwen2_5_instruct.jinja` is Qwen2.5 Instruct's. Both are the released text, kept verbatim
-so that our formats are compared with what the models were trained on; no tokenizer or weights
-are downloaded: `template_tokenizer` trains a byte-level BPE on a few words and wraps it as a
-transformers tokenizer with the family's special tokens and the template.
+`templates/qwen2_5_instruct.jinja` is Qwen2.5 Instruct's. The two Qwen3 templates are the released
+text as copied into public repositories (no network here; the stored copies were found with the
+code search):
+  * `templates/qwen3_hybrid.jinja`: Qwen3's first release (the hybrid thinking models, e.g.
+    Qwen3-0.6B / -8B; `enable_thinking` switch), from the `qwen3_chat_template` string of
+    github.com/wangling03/BioReason `bioreason/models/dl/chat_template_dl.py` (commit 9153dfb).
+  * `templates/qwen3_thinking.jinja`: the later revision (`message.content is string`,
+    `reasoning_content is string`) of a Qwen3-4B 2507 thinking checkpoint, whose generation
+    prompt opens `<think>`, from the `chat_template` of the `tokenizer_config.json` quoted in
+    github.com/akougkas/warpio-cli `warpio-docs/ai-docs/model_cards/qwen3:4b.md` (commit 8dde6d2).
+All are kept verbatim so that our formats are compared with what the models were trained on; no
+tokenizer or weights are downloaded: `template_tokenizer` trains a byte-level BPE on a few words
+and wraps it as a transformers tokenizer with the family's special tokens and the template.
 """
 
 from __future__ import annotations
@@ -60,4 +69,14 @@ def llama3_tokenizer():
 def qwen_tokenizer():
     """A local tokenizer with Qwen2.5's special tokens and the Qwen2.5 Instruct template."""
     return template_tokenizer(QWEN_SPECIALS, template_text("qwen2_5_instruct"), bos=None,
+                              eos="<|im_end|>", pad="<|endoftext|>")
+
+
+QWEN3_SPECIALS = QWEN_SPECIALS + ("<think>", "</think>")
+
+
+def qwen3_tokenizer(template: str = "qwen3_hybrid"):
+    """A local tokenizer with Qwen3's special tokens and a Qwen3 template (`qwen3_hybrid` or
+    `qwen3_thinking`)."""
+    return template_tokenizer(QWEN3_SPECIALS, template_text(template), bos=None,
                               eos="<|im_end|>", pad="<|endoftext|>")

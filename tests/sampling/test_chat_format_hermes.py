@@ -161,57 +161,116 @@ def test_serve_refuses_tools_the_template_would_drop(tmp_path):
         assert httpx.post(f"{base}/chat/completions", json=chat, timeout=60).status_code == 200
 
 
+def _assistant(content, calls, reasoning=None):
+    """An episode's assistant message: the raw sampled text (`raw`, what the session holds) and
+    the parsed fields a chat template renders."""
+    msg = {"role": "assistant", "content": content,
+           "raw": hermes.render_assistant_text(content, calls, reasoning=reasoning),
+           "tool_calls": [{"type": "function", "function": {"name": n, "arguments": a}}
+                          for n, a in calls] or None}
+    if reasoning:
+        msg["reasoning_content"] = reasoning
+    return msg
+
+
+def _template(tok, msgs, **kwargs):
+    """The checkpoint template's rendering of `msgs` (our `raw` field and unset fields dropped)."""
+    msgs = [{k: v for k, v in m.items() if k != "raw" and v is not None} for m in msgs]
+    return tok.apply_chat_template(msgs, tools=TOOLS, tokenize=False, **kwargs)
+
+
+_CALLS = [("view_file", {"path": "ü/a.py", "start_line": 3, "flags": ["-n"]}),
+          ("view_file", {"path": "b.py"}), ("finish", {"answer": "a.py:f"})]
+
+
+def _episode(reasoning=(None, None, None)):
+    """System, user, then: two calls answered by two tool results in a row, one call and its
+    result, and a closing answer (`reasoning[i]`: the i-th assistant turn's think text)."""
+    return [{"role": "system", "content": "Find the function."},
+            {"role": "user", "content": "Where is f?"},
+            _assistant("Looking.", _CALLS[:2], reasoning[0]),
+            {"role": "tool", "content": "3: def f():"},
+            {"role": "tool", "content": "1: import os"},
+            _assistant("", _CALLS[2:], reasoning[1]),
+            {"role": "tool", "content": "done"},
+            _assistant("It is a.py:f.", [], reasoning[2])]
+
+
+def _episode_text(tok, messages):
+    """(decoded text, token ids) of `messages` as an engine episode and SFT render them."""
+    from ppp_jax.sampling.chat import ChatTokenizer
+    from ppp_jax.train.sft import render_token_view
+
+    chat = ChatTokenizer(tok, "hermes")
+    view = render_token_view(messages, TOOLS, chat)
+    return chat.decode(view.token_ids), list(view.token_ids), chat
+
+
 def test_an_episode_renders_as_the_released_qwen2_5_template_token_for_token():
     """A conversation with tools, rendered the way an engine episode and SFT render it (system
     block, then turn by turn, each assistant turn ending at the eos the engine stops on), is the
-    Qwen2.5 Instruct template's rendering, token for token, with one tool result per assistant
-    turn. Two differences, each asserted exactly below: the template ends a history assistant
-    turn with `<|im_end|>\\n`, and an episode's last sampled turn stops at `<|im_end|>`; and the
-    template merges consecutive tool results into one user turn, which per-turn rendering writes
-    as one user turn each."""
-    from ppp_jax.sampling.chat import ChatTokenizer
-    from ppp_jax.train.sft import render_token_view
+    Qwen2.5 Instruct template's rendering, token for token, two tool results in a row included
+    (the template merges them into ONE user turn of `<tool_response>` blocks; so do we). One
+    difference, asserted exactly: the template ends a history assistant turn with
+    `<|im_end|>\\n`, and an episode's last sampled turn stops at `<|im_end|>`."""
     from tests.sampling.chat_templates import qwen_tokenizer
 
     tok = qwen_tokenizer()
-    chat = ChatTokenizer(tok, "hermes")
     fmt = hermes.FORMAT
-    calls = [("view_file", {"path": "ü/a.py", "start_line": 3, "flags": ["-n"]}),
-             ("finish", {"answer": "a.py:f"})]
-
-    def assistant(content, calls):
-        return {"role": "assistant", "content": content,
-                "raw": fmt.render_assistant_text(content, calls),
-                "tool_calls": [{"type": "function", "function": {"name": n, "arguments": a}}
-                               for n, a in calls] or None}
-
-    messages = [{"role": "system", "content": "Find the function."},
-                {"role": "user", "content": "Where is f?"},
-                assistant("Looking.", calls[:1]),
-                {"role": "tool", "content": "3: def f():"},
-                assistant("", calls[1:]),
-                {"role": "tool", "content": "done"},
-                assistant("It is a.py:f.", [])]
-
-    def template(msgs):
-        msgs = [{k: v for k, v in m.items() if k != "raw" and v is not None} for m in msgs]
-        return tok.apply_chat_template(msgs, tools=TOOLS, tokenize=False)
-
-    ref = template(messages)
-    view = render_token_view(messages, TOOLS, chat)
-    ours = chat.decode(view.token_ids)
+    messages = _episode()
+    ref = _template(tok, messages)
+    ours, ids, chat = _episode_text(tok, messages)
     assert ours + "\n" == ref  # the one difference: the template's "\n" after the last turn
-    assert list(view.token_ids) + chat.encode("\n") == chat.encode(ref)
+    assert ids + chat.encode("\n") == chat.encode(ref)
     # the system block without a template (render_system) is the template's too
     assert ref.startswith(fmt.render_system("Find the function.", TOOLS))
-    # the generation prompt after a tool result, as an episode sends it
-    prompt = tok.apply_chat_template(
-        [{k: v for k, v in m.items() if k != "raw" and v is not None} for m in messages[:4]],
-        tools=TOOLS, tokenize=False, add_generation_prompt=True)
-    assert prompt.endswith(fmt.eos + "\n" + fmt.render_turn("tool", "3: def f():")
-                           + fmt.generation_prompt())
-    # two results in a row: the template merges them into one user turn
-    two = messages[:3] + [{"role": "tool", "content": "a"}, {"role": "tool", "content": "b"}]
-    merged = "<|im_start|>user\n<tool_response>\na\n</tool_response>\n<tool_response>\nb\n</tool_response><|im_end|>\n"
-    assert template(two).endswith(merged)
-    assert fmt.render_turn("tool", "a") + fmt.render_turn("tool", "b") != merged
+    # the generation prompt after the two results, as an episode sends it
+    prompt = _template(tok, messages[:5], add_generation_prompt=True)
+    merged = ("<|im_start|>user\n<tool_response>\n3: def f():\n</tool_response>\n"
+              "<tool_response>\n1: import os\n</tool_response><|im_end|>\n")
+    assert prompt.endswith(fmt.eos + "\n" + merged + fmt.generation_prompt())
+    assert fmt.render_turns(messages[3:5]) == merged
+    assert fmt.render_turns(messages[6:7]) == fmt.render_turn("tool", "done")
+
+
+def test_an_episode_renders_as_the_released_qwen3_templates():
+    """The same episode against both Qwen3 templates (`chat_templates.py` names the copies used):
+    with reasoning in every assistant turn (as a thinking model writes it) our rendering is the
+    template's token for token, merged tool results included. Where Qwen3 differs, asserted
+    below: (a) a last assistant turn without reasoning gets an empty think block from the
+    template; (b) the template drops the reasoning of assistant turns before the last real user
+    message, while a session keeps every sampled token (append-only; episodes answer through
+    `tool` messages, so this bites only when observations come as `user` messages); (c) the
+    generation prompt: the hybrid template's is ours, with `enable_thinking=False` ours plus
+    `no_thinking_prefix`; the 2507 thinking template's opens `<think>\\n` (a run sets that as
+    the policy's generation prefix)."""
+    from tests.sampling.chat_templates import qwen3_tokenizer
+
+    fmt = hermes.FORMAT
+    for name in ("qwen3_hybrid", "qwen3_thinking"):
+        tok = qwen3_tokenizer(name)
+        messages = _episode(("look at a.py first", None, "found it"))
+        ref = _template(tok, messages)
+        ours, ids, chat = _episode_text(tok, messages)
+        assert ours + "\n" == ref, name
+        assert ids + chat.encode("\n") == chat.encode(ref), name
+        assert ref.startswith(fmt.render_system("Find the function.", TOOLS))
+        # (a) a closing answer without reasoning
+        plain = _episode(("look at a.py first", None, None))
+        assert _template(tok, plain).endswith(
+            "<|im_start|>assistant\n<think>\n\n</think>\n\nIt is a.py:f.<|im_end|>\n")
+        assert _episode_text(tok, plain)[0].endswith(
+            "<|im_start|>assistant\nIt is a.py:f.<|im_end|>")
+        # (b) a user message after a turn with reasoning: the template drops that reasoning
+        asked = messages[:5] + [{"role": "user", "content": "Hurry."}]
+        assert "look at a.py first" in _episode_text(tok, asked + [messages[-1]])[0]
+        assert "look at a.py first" not in _template(tok, asked + [messages[-1]])
+        # (c) the generation prompt
+        prompt = _template(tok, messages[:5], add_generation_prompt=True)
+        closed = _template(tok, messages[:5], add_generation_prompt=True, enable_thinking=False)
+        head = _template(tok, messages[:5])
+        if name == "qwen3_hybrid":
+            assert prompt == head + fmt.generation_prompt()
+            assert closed == head + fmt.generation_prompt() + fmt.no_thinking_prefix
+        else:
+            assert prompt == closed == head + fmt.generation_prompt() + "<think>\n"
