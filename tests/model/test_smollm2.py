@@ -16,16 +16,6 @@ PROMPTS = [[{"role": "user", "content": "What is the capital of France?"}],
             {"role": "user", "content": "Write one sentence about the sea, please. Then stop."}]]
 
 
-@pytest.fixture(scope="module")
-def smollm2_path():
-    from ppp_jax.model.smollm2 import SmolLM2Unavailable, smollm2_checkpoint
-
-    try:
-        return smollm2_checkpoint()
-    except SmolLM2Unavailable as e:
-        pytest.skip(str(e))
-
-
 def test_logits_as_close_to_float64_as_transformers_float32(smollm2_path):
     """On two chat prompts (the model's own template), at every position and vocabulary entry.
 

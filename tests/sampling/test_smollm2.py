@@ -22,16 +22,6 @@ WEATHER = [{"type": "function", "function": {
         "city": {"type": "string", "description": "The city name"}}, "required": ["city"]}}}]
 
 
-@pytest.fixture(scope="module")
-def smollm2_path():
-    from ppp_jax.model.smollm2 import SmolLM2Unavailable, smollm2_checkpoint
-
-    try:
-        return smollm2_checkpoint()
-    except SmolLM2Unavailable as e:
-        pytest.skip(str(e))
-
-
 def test_engine_greedy_chat_replies_equal_transformers_generate(smollm2_path):
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
