@@ -27,14 +27,11 @@ from jax.sharding import Mesh
 
 from ppp_jax.model._fsutil import atomic_directory
 from ppp_jax.model.config import ModelConfig
-from ppp_jax.model.hf_io import model_init_fn, params_of
+from ppp_jax.model.hf_io import build_model, fill_state, params_of
 from ppp_jax.model.sharding import (
     FSDP_TP_RULES,
     Rule,
-    make_mesh,
-    materialize_rest,
     path_name,
-    split_abstract,
     state_shardings,
 )
 
@@ -136,11 +133,7 @@ def restore_params(
         raise CheckpointError(f"{path} does not match the model:\n  " + "\n  ".join(problems))
     with ocp.StandardCheckpointer() as ckptr:
         restored = _flat(ckptr.restore(path / PARAMS_DIR, _nested(target)))
-
-    def fill(p, var):
-        return var.replace(restored[path_name(p)])
-
-    return jax.tree_util.tree_map_with_path(fill, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return fill_state(abstract_params, restored)
 
 
 def load_checkpoint(
@@ -164,9 +157,6 @@ def load_checkpoint(
     if dtype:
         changes["dtype"] = dtype
     config = config.replace(**changes)
-    if mesh is None:
-        mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    init_fn = model_init_fn(config)
-    graphdef, abs_params, abs_rest = split_abstract(init_fn)
-    params = restore_params(path, abs_params, mesh, rules)
-    return nnx.merge(graphdef, params, materialize_rest(init_fn, abs_rest, mesh)), config
+    model = build_model(config, mesh, lambda abstract, mesh: restore_params(path, abstract, mesh,
+                                                                              rules))
+    return model, config

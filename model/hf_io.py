@@ -327,16 +327,29 @@ def load_hf(
     check_checkpoint(files, config)
     param_dtype = param_dtype or checkpoint_dtype(files)
     config = config.replace(param_dtype=param_dtype, dtype=dtype or param_dtype, **config_overrides)
+
+    def load(abs_params: nnx.State, mesh: Mesh) -> nnx.State:
+        shardings = {path_name(p): v.get_value()
+                     for p, v in nnx.to_flat_state(state_shardings(abs_params, mesh, rules))}
+        _check_against_model(abs_params, config)
+        params = load_hf_params(directory, config, shardings, files=files, progress=progress)
+        return fill_state(abs_params, params)
+
+    return build_model(config, mesh, load), config
+
+
+def build_model(config: ModelConfig, mesh: Mesh | None,
+                load_params: Callable[[nnx.State, Mesh], nnx.State]):
+    """A `SeedOssForCausalLM(config)` on `mesh` (default: a 1x1x1 mesh on the first device) whose
+    Param state is `load_params(abstract Param state, mesh)`; no parameter is initialized first.
+    The other state (RoPE tables, ...) is materialized on `mesh`. Shared by `load_hf` and
+    `checkpoint.load_checkpoint`."""
     if mesh is None:
         mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     init_fn = model_init_fn(config)
     graphdef, abs_params, abs_rest = split_abstract(init_fn)
-    shardings = {path_name(p): v.get_value() for p, v in nnx.to_flat_state(state_shardings(abs_params, mesh, rules))}
-    _check_against_model(abs_params, config)
-    params = load_hf_params(directory, config, shardings, files=files, progress=progress)
-    param_state = _fill_state(abs_params, params)
-    rest = materialize_rest(init_fn, abs_rest, mesh)
-    return nnx.merge(graphdef, param_state, rest), config
+    params = load_params(abs_params, mesh)
+    return nnx.merge(graphdef, params, materialize_rest(init_fn, abs_rest, mesh))
 
 
 def _check_against_model(abs_params: nnx.State, config: ModelConfig) -> None:
@@ -352,7 +365,10 @@ def _check_against_model(abs_params: nnx.State, config: ModelConfig) -> None:
         raise AssertionError(f"the HF name map and SeedOssForCausalLM disagree: {diff}")
 
 
-def _fill_state(abstract: nnx.State, arrays: dict[str, jax.Array]) -> nnx.State:
+def fill_state(abstract: nnx.State, arrays: Mapping[str, jax.Array]) -> nnx.State:
+    """`abstract` (an nnx State of abstract Variables) with each value replaced by
+    `arrays[dotted path]`."""
+
     def fill(path, var):
         return var.replace(arrays[path_name(path)])
 
