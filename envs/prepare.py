@@ -82,11 +82,12 @@ class VaguenizerSpec:
 
     backend: Literal["rule", "llm"] = "rule"
     keep_row_vague: bool = True
-    model: str = "gpt-5-nano"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = 120.0
-    max_retries: int = 3
+    # the endpoint: `LLMClientConfig`'s fields, with its defaults
+    model: str = LLMClientConfig.model
+    base_url: str | None = LLMClientConfig.base_url
+    api_key_env: str = LLMClientConfig.api_key_env
+    timeout_s: float = LLMClientConfig.timeout_s
+    max_retries: int = LLMClientConfig.max_retries
     max_concurrency: int = 8
     temperature: float | None = 0.0
     max_tokens: int | None = 256

@@ -22,12 +22,12 @@ class SimulatorConfig:
 
     backend: Literal["embedded", "llm"] = "embedded"
     max_questions: int = DEFAULT_MAX_QUESTIONS
-    # LLM backend only:
-    model: str = "gpt-5-nano"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = 120.0
-    max_retries: int = 3
+    # LLM backend only; the endpoint's fields take `LLMClientConfig`'s defaults:
+    model: str = LLMClientConfig.model
+    base_url: str | None = LLMClientConfig.base_url
+    api_key_env: str = LLMClientConfig.api_key_env
+    timeout_s: float = LLMClientConfig.timeout_s
+    max_retries: int = LLMClientConfig.max_retries
     max_concurrency: int = 32
     show_tags_to_agent: bool = False  # the agent sees the [Cost N]/[Reward k] tags (released)
     cap_reply: str = CAP_REPLY  # the refusal past max_questions (released: RELEASED_CAP_REPLY)
