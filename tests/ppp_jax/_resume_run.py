@@ -117,6 +117,17 @@ def make_step_fn(kill_at: int | None):
     return step_fn
 
 
+def toy_loop_parts():
+    """(dataset, initial LoopState, step_fn) of the toy problem, for tests that run the loop in
+    their own process (5 rows, batch 6, seed 1, rng key 0; no kill)."""
+    cfg = DataConfig(batch_size=6, seed=1, vague_preferences=("a", "b", "c"))
+    ds = make_dataset(cfg, rows(), shard=ShardInfo(0, 1))
+    params = {"w": jnp.zeros((DIM,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+    zero = jnp.zeros((), jnp.int32)
+    init = LoopState(0, ToyTrainState(params, OPT.init(params), zero, zero), jax.random.key(0))
+    return ds, init, make_step_fn(None)
+
+
 def make_real_policy(kill_at: int | None):
     """The real train step (`ppp_jax.rl.train_step`, donating its state) on the tiny Seed-OSS policy.
 

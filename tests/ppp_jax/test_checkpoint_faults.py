@@ -183,23 +183,6 @@ def test_an_empty_checkpoint_folder_with_history_is_refused(run):
     _assert_refused_untouched(run, before, err.value, "has no checkpoint to resume from")
 
 
-def _toy_loop_parts():
-    import jax
-    import jax.numpy as jnp
-
-    from ppp_jax.config.data import DataConfig
-    from ppp_jax.train import loop
-    from ppp_jax.train.data import ShardInfo, make_dataset
-
-    cfg = DataConfig(batch_size=6, seed=1, vague_preferences=("a", "b", "c"))
-    ds = make_dataset(cfg, _resume_run.rows(), shard=ShardInfo(0, 1))
-    params = {"w": jnp.zeros((_resume_run.DIM,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
-    zero = jnp.zeros((), jnp.int32)
-    init = loop.LoopState(0, _resume_run.ToyTrainState(params, _resume_run.OPT.init(params), zero, zero),
-                          jax.random.key(0))
-    return ds, init, _resume_run.make_step_fn(None)
-
-
 def test_ctrl_c_stops_gracefully_like_sigterm_and_twice_stops_at_once(tmp_path, caplog):
     import os
     import signal
@@ -207,7 +190,7 @@ def test_ctrl_c_stops_gracefully_like_sigterm_and_twice_stops_at_once(tmp_path, 
     from ppp_jax.train import loop
     from ppp_jax.train.metrics import JsonlWriter
 
-    ds, init, step_fn = _toy_loop_parts()
+    ds, init, step_fn = _resume_run.toy_loop_parts()
     starts = []
 
     def interrupt_at(step, times):

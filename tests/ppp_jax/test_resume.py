@@ -207,21 +207,11 @@ def test_kill_and_resume_with_the_real_train_step(tmp_path, cache_dir):
 
 
 def test_sigterm_stops_gracefully_with_a_checkpoint(tmp_path):
-    import jax
-    import jax.numpy as jnp
-
-    from ppp_jax.config.data import DataConfig
-    from ppp_jax.train.data import ShardInfo, make_dataset
     from ppp_jax.train import loop
     from ppp_jax.train.checkpointing import CheckpointManager
     from ppp_jax.train.metrics import JsonlWriter
 
-    cfg = DataConfig(batch_size=6, seed=1, vague_preferences=("a", "b", "c"))
-    ds = make_dataset(cfg, _resume_run.rows(), shard=ShardInfo(0, 1))
-    params = {"w": jnp.zeros((_resume_run.DIM,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
-    zero = jnp.zeros((), jnp.int32)
-    init = loop.LoopState(0, _resume_run.ToyTrainState(params, _resume_run.OPT.init(params), zero, zero),
-                          jax.random.key(0))
+    ds, init, step_fn = _resume_run.toy_loop_parts()
 
     def preempt(state, metrics):
         if state.step == 4:
@@ -229,11 +219,11 @@ def test_sigterm_stops_gracefully_with_a_checkpoint(tmp_path):
 
     before = signal.getsignal(signal.SIGTERM)
     with CheckpointManager(tmp_path / "ckpt", save_every=100) as ckpt:
-        final = loop.run_loop(init, ds.iterator(), _resume_run.make_step_fn(None), num_steps=6, ckpt=ckpt,
+        final = loop.run_loop(init, ds.iterator(), step_fn, num_steps=6, ckpt=ckpt,
                               writer=JsonlWriter(tmp_path / "m.jsonl"), hooks=[preempt])
         assert final.step == 4 and ckpt.all_steps() == [4]
         assert signal.getsignal(signal.SIGTERM) == before  # handler restored
-        final = loop.run_loop(init, ds.iterator(), _resume_run.make_step_fn(None), num_steps=6, ckpt=ckpt,
+        final = loop.run_loop(init, ds.iterator(), step_fn, num_steps=6, ckpt=ckpt,
                               writer=JsonlWriter(tmp_path / "m.jsonl"))
         assert final.step == 6 and ckpt.all_steps() == [4, 6]
     assert [r["step"] for r in read_jsonl(tmp_path / "m.jsonl")] == [1, 2, 3, 4, 5, 6]
