@@ -54,7 +54,8 @@ class ServeConfig:
       drain_timeout_s: on shutdown, how long requests in flight may run before they are cut off.
       engine: engine sizes (slots, pages, context length, ...); `max_stop_tokens` is how many
         stop ids a client may send, the EOS id the server adds comes on top.
-      chat_format: the checkpoint's tool-call format ("seed_oss", "hermes", "llama3"); "" = told by the
+      chat_format: the checkpoint's tool-call format ("seed_oss", "hermes", "llama3",
+        "llama3_pythonic"); "" = told by the
         tokenizer's special tokens.
       compile_cache: JAX's persistent compilation cache (`dir: ""` turns it off), so a second
         start loads the warmed-up programs instead of compiling them.

@@ -87,8 +87,9 @@ class PolicySection:
     dropout: attention and residual dropout of the policy, overriding the checkpoint's config
       (RL wants 0: the sampler runs without dropout and the PPO ratio must compare that policy).
     chat_format: how the policy writes chats and tool calls (`ppp_jax.sampling.chat_format`):
-      "seed_oss", "hermes" (Qwen2.5 / Qwen3), "llama3" (Llama 3.1 / 3.2 / 3.3); "" = told by
-      the tokenizer's special tokens.
+      "seed_oss", "hermes" (Qwen2.5 / Qwen3), "llama3" (Llama 3.1 / 3.2 / 3.3, JSON calls),
+      "llama3_pythonic" (Llama 3.2 1B / 3B's `[f(a=1)]` call lists); "" = told by the
+      tokenizer's special tokens (and, for a Llama 3 variant, its chat template).
     """
 
     path: str = ""
@@ -96,7 +97,7 @@ class PolicySection:
     init_seed: int = 0
     vocab_from_tokenizer: bool = True
     dropout: float = 0.0
-    chat_format: Literal["", "seed_oss", "hermes", "llama3"] = ""
+    chat_format: Literal["", "seed_oss", "hermes", "llama3", "llama3_pythonic"] = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,31 +17,16 @@ ChatFormat(...)`), and add one entry to `FORMATS`.
 
 from __future__ import annotations
 
-from ppp_jax.sampling.chat_format import hermes, llama3, seed_oss
-from ppp_jax.sampling.chat_format.base import (
-    BAD_ARGUMENT,
-    BAD_NAME,
-    DUPLICATE_PARAMETER,
-    MISSING_PARAMETER,
-    NO_FUNCTION,
-    UNKNOWN_PARAMETER,
-    UNKNOWN_TOOL,
-    UNTERMINATED_BLOCK,
-    UNTERMINATED_FUNCTION,
-    UNTERMINATED_PARAMETER,
-    ChatFormat,
-    ParsedCall,
-    ParsedTurn,
-    ToolCallError,
-    convert_value,
-    schema_index,
-    validate_call,
-)
+from ppp_jax.sampling.chat_format import base, hermes, llama3, seed_oss
+from ppp_jax.sampling.chat_format.base import *  # noqa: F401,F403 -- `base.__all__`
+from ppp_jax.sampling.chat_format.base import ChatFormat
 
 FORMATS: dict[str, ChatFormat] = {
     "seed_oss": seed_oss.FORMAT,
     "hermes": hermes.FORMAT,  # Qwen2.5 / Qwen3: ChatML turns, <tool_call>{json}</tool_call>
     "llama3": llama3.FORMAT,  # Llama 3.1 / 3.2 / 3.3: header turns, {"name", "parameters"} JSON
+    # Llama 3.2 1B / 3B: the same turns, calls as a Python list [f(a="v"), g(x=1)]
+    "llama3_pythonic": llama3.PYTHONIC_FORMAT,
 }
 DEFAULT_FORMAT = "seed_oss"
 
@@ -56,20 +41,31 @@ _SIGNATURES = {"seed_oss": ("<seed:bos>", "<seed:eos>"),
 # Text that only a format's chat template writes (a template that renders tool calls).
 _TEMPLATE_SIGNATURES = {"seed_oss": ("<seed:tool_call>",),
                         "hermes": ("<tool_call>", "<|im_start|>"),
-                        "llama3": ("<|start_header_id|>", '"parameters": ')}
+                        "llama3": ("<|start_header_id|>", '"parameters": '),
+                        "llama3_pythonic": ("<|start_header_id|>", llama3.PYTHONIC_TEMPLATE_MARK)}
+
+# A format the vocabulary tells, refined by its chat template: (variant, text the template writes).
+_TEMPLATE_VARIANTS = {"llama3": ("llama3_pythonic", llama3.PYTHONIC_TEMPLATE_MARK)}
 
 
 def detect_format(tokenizer) -> str:
     """The registered format of a checkpoint that does not say: the one whose special tokens the
     tokenizer has (`get_vocab()`), else the one whose call layout its chat template writes (a
-    template is inspected only when the vocabulary alone does not tell). Raises ValueError
-    naming what was looked for otherwise."""
+    template is inspected only when the vocabulary alone does not tell, or to pick a variant:
+    a Llama 3 template that asks for `[func_name1(...)]` lists is `llama3_pythonic`). Raises
+    ValueError naming what was looked for otherwise."""
     vocab = tokenizer.get_vocab()
     found = [name for name, tokens in _SIGNATURES.items() if all(t in vocab for t in tokens)]
     template = getattr(tokenizer, "chat_template", None)
+    if len(found) == 1 and found[0] in _TEMPLATE_VARIANTS and isinstance(template, str):
+        variant, mark = _TEMPLATE_VARIANTS[found[0]]
+        if mark in template:
+            return variant
     if len(found) != 1 and isinstance(template, str):
         by_template = [name for name, marks in _TEMPLATE_SIGNATURES.items()
                        if all(m in template for m in marks)]
+        by_template = [name for name in by_template  # a variant's template also names its base's
+                       if _TEMPLATE_VARIANTS.get(name, ("",))[0] not in by_template]
         if len(by_template) == 1:
             return by_template[0]
     if len(found) != 1:
@@ -91,8 +87,4 @@ def get_format(name: str | ChatFormat = DEFAULT_FORMAT) -> ChatFormat:
         raise ValueError(f"unknown chat format {name!r}; known: {', '.join(sorted(FORMATS))}") from None
 
 
-__all__ = ["BAD_ARGUMENT", "BAD_NAME", "DEFAULT_FORMAT", "DUPLICATE_PARAMETER", "FORMATS",
-           "MISSING_PARAMETER", "NO_FUNCTION", "UNKNOWN_PARAMETER", "UNKNOWN_TOOL",
-           "UNTERMINATED_BLOCK", "UNTERMINATED_FUNCTION", "UNTERMINATED_PARAMETER", "ChatFormat",
-           "ParsedCall", "ParsedTurn", "ToolCallError", "convert_value", "detect_format", "get_format",
-           "schema_index", "validate_call"]
+__all__ = [*base.__all__, "DEFAULT_FORMAT", "FORMATS", "detect_format", "get_format"]

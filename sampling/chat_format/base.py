@@ -22,6 +22,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 Tools = Sequence[Mapping[str, Any]]
 
+# What `ppp_jax.sampling.chat_format` re-exports (the format-independent API).
+__all__ = ["BAD_ARGUMENT", "BAD_NAME", "DUPLICATE_PARAMETER", "MISSING_PARAMETER", "NO_FUNCTION",
+           "UNKNOWN_PARAMETER", "UNKNOWN_TOOL", "UNTERMINATED_BLOCK", "UNTERMINATED_FUNCTION",
+           "UNTERMINATED_PARAMETER", "ChatFormat", "ParsedCall", "ParsedTurn", "ToolCallError",
+           "convert_value", "schema_index", "validate_call"]
+
 # Error kinds (ToolCallError.kind).
 UNTERMINATED_BLOCK = "unterminated_block"
 NO_FUNCTION = "no_function"
@@ -292,6 +298,34 @@ def convert_value(raw: str, schema: Mapping[str, Any] | None) -> Any:
         return value
     except (json.JSONDecodeError, ValueError):
         return raw
+
+
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")  # a function name the formats accept
+
+
+def raw_value(value: Any) -> str:
+    """A decoded argument value as the raw text `validate_call` converts by the schema type:
+    strings as they are, anything else its JSON text."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def call_from_json(name: Any, args: Any, raw: str, schemas: dict[str, Mapping[str, Any]] | None,
+                   field: str) -> ParsedCall:
+    """A call whose name and arguments were decoded from JSON (Hermes' `"arguments"`, Llama 3's
+    `"parameters"`, named by `field` in the error): the name checked, arguments written as a
+    JSON string decoded, then `validate_call`."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        return ParsedCall(str(name), {}, {}, raw, ToolCallError(
+            BAD_NAME, f"Malformed function name {name!r} in tool call.", None))
+    if isinstance(args, str):  # arguments written as a JSON string
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError:
+            pass
+    if not isinstance(args, dict):
+        return ParsedCall(name, {}, {}, raw, ToolCallError(
+            BAD_ARGUMENT, f'The "{field}" of the call to {name!r} must be a JSON object.', name))
+    return validate_call(name, {k: raw_value(v) for k, v in args.items()}, raw, schemas)
 
 
 def validate_call(name: str, raw_args: dict[str, str], raw: str,

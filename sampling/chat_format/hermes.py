@@ -35,16 +35,15 @@ from typing import Any, Mapping, Sequence
 
 from ppp_jax.sampling.chat_format.base import (
     BAD_ARGUMENT,
-    BAD_NAME,
     NO_FUNCTION,
     UNTERMINATED_BLOCK,
     ChatFormat,
     ParsedCall,
     ParsedTurn,
     ToolCallError,
+    call_from_json,
     schema_index,
     split_think,
-    validate_call,
 )
 
 BOS = "<|im_start|>"
@@ -138,11 +137,6 @@ def split_reasoning(text: str) -> tuple[str, str, bool]:
     return split_think(text, THINK_OPEN, THINK_CLOSE)
 
 
-def _raw_value(value: Any) -> str:
-    # validate_call converts raw text by the schema type: strings as they are, the rest as JSON
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
 def _parse_call(body: str, raw: str, schemas) -> ParsedCall | ToolCallError:
     try:
         obj = json.loads(body)
@@ -152,20 +146,7 @@ def _parse_call(body: str, raw: str, schemas) -> ParsedCall | ToolCallError:
                                            '{"name": ..., "arguments": {...}}.')
     if not isinstance(obj, dict) or "name" not in obj:
         return ToolCallError(NO_FUNCTION, 'A <tool_call> must hold a JSON object with a "name".')
-    name = obj["name"]
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", name):
-        return ParsedCall(str(name), {}, {}, raw, ToolCallError(
-            BAD_NAME, f"Malformed function name {name!r} in tool call.", None))
-    args = obj.get("arguments", {})
-    if isinstance(args, str):  # arguments written as a JSON string
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError:
-            pass
-    if not isinstance(args, dict):
-        return ParsedCall(name, {}, {}, raw, ToolCallError(
-            BAD_ARGUMENT, f'The "arguments" of the call to {name!r} must be a JSON object.', name))
-    return validate_call(name, {k: _raw_value(v) for k, v in args.items()}, raw, schemas)
+    return call_from_json(obj["name"], obj.get("arguments", {}), raw, schemas, "arguments")
 
 
 def parse_turn(text: str, tools: Sequence[Mapping[str, Any]] | None = None) -> ParsedTurn:

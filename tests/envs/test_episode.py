@@ -69,61 +69,63 @@ def test_scripted_policy_solves_without_asking(task, domain):
     assert rec.stats["malformed_calls"] == rec.stats["tool_errors"] == 0
 
 
-def test_hermes_format_policy_runs_its_tools_as_the_seed_oss_one_does(task, domain):
-    """The same script written as Qwen's Hermes `<tool_call>{json}</tool_call>` calls gives the
-    same tool calls, observations, answer and score as in the Seed-OSS format."""
-    from ppp_jax.sampling.chat_format import hermes
-
-    seed_script = solve_script(task, ask=False)
-    path, qual = task.gold[0].split(":")
-    name = qual.split(".")[-1]
-    lineno = task.metadata["lineno"]
-    hermes_script = [
-        "<think>Look for it.</think>Searching.\n"
-        + hermes.render_tool_call("grep", {"pattern": rf"def {name}\(", "path": path}),
-        hermes.render_tool_call("view_file", {"path": path, "start_line": lineno,
-                                              "end_line": lineno + 3}),
-        hermes.render_tool_call("finish", {"answer": f"{path}:{qual}"}),
-    ]
-    records = [run(run_episode(domain, task, ScriptedPolicy(script, chat_format=fmt),
+def _runs_as_seed_oss(task, domain, script, chat_format):
+    """Runs `solve_script` in the Seed-OSS format and `script` (the same steps) in `chat_format`
+    and checks both give the same tool calls, observations, answer and score."""
+    records = [run(run_episode(domain, task, ScriptedPolicy(steps, chat_format=fmt),
                                EmbeddedUserSimulator(), preference_id="no_ask",
                                prompt_kind="precise"))
-               for script, fmt in ((seed_script, "seed_oss"), (hermes_script, "hermes"))]
-    seed_rec, hermes_rec = records
-    assert hermes_rec.finish_reason == "finish" and hermes_rec.task_score == 1.0
-    assert [(c.name, c.arguments, c.observation) for c in hermes_rec.tool_calls] == \
+               for steps, fmt in ((solve_script(task, ask=False), "seed_oss"),
+                                  (script, chat_format))]
+    seed_rec, rec = records
+    assert rec.finish_reason == "finish" and rec.task_score == 1.0
+    assert [(c.name, c.arguments, c.observation) for c in rec.tool_calls] == \
         [(c.name, c.arguments, c.observation) for c in seed_rec.tool_calls]
-    assert hermes_rec.answer == seed_rec.answer and hermes_rec.num_turns == seed_rec.num_turns
-    assert hermes_rec.stats["malformed_calls"] == 0
+    assert rec.answer == seed_rec.answer and rec.num_turns == seed_rec.num_turns
+    assert rec.stats["malformed_calls"] == 0
+
+
+def _steps(task):
+    """(grep arguments, view_file arguments, finish arguments) of `solve_script`."""
+    path, qual = task.gold[0].split(":")
+    lineno = task.metadata["lineno"]
+    return ({"pattern": rf"def {qual.split('.')[-1]}\(", "path": path},
+            {"path": path, "start_line": lineno, "end_line": lineno + 3},
+            {"answer": f"{path}:{qual}"})
+
+
+def test_hermes_format_policy_runs_its_tools_as_the_seed_oss_one_does(task, domain):
+    """The same script written as Qwen's Hermes `<tool_call>{json}</tool_call>` calls."""
+    from ppp_jax.sampling.chat_format import hermes
+
+    grep, view, finish = _steps(task)
+    _runs_as_seed_oss(task, domain, [
+        "<think>Look for it.</think>Searching.\n" + hermes.render_tool_call("grep", grep),
+        hermes.render_tool_call("view_file", view), hermes.render_tool_call("finish", finish)],
+        "hermes")
 
 
 def test_llama3_format_policy_runs_its_tools_as_the_seed_oss_one_does(task, domain):
     """The same script written as Llama 3's JSON calls (after text with `<|python_tag|>`, ended by
-    `<|eom_id|>`; bare, ended by `<|eot_id|>`) gives the same tool calls, observations, answer
-    and score as in the Seed-OSS format."""
+    `<|eom_id|>`; bare, ended by `<|eot_id|>`)."""
     from ppp_jax.sampling.chat_format import llama3
 
-    seed_script = solve_script(task, ask=False)
-    path, qual = task.gold[0].split(":")
-    name = qual.split(".")[-1]
-    lineno = task.metadata["lineno"]
-    llama_script = [
-        "Searching.<|python_tag|>"
-        + llama3.render_tool_call("grep", {"pattern": rf"def {name}\(", "path": path}) + "<|eom_id|>",
-        llama3.render_tool_call("view_file", {"path": path, "start_line": lineno,
-                                              "end_line": lineno + 3}) + "<|eot_id|>",
-        llama3.render_tool_call("finish", {"answer": f"{path}:{qual}"}),
-    ]
-    records = [run(run_episode(domain, task, ScriptedPolicy(script, chat_format=fmt),
-                               EmbeddedUserSimulator(), preference_id="no_ask",
-                               prompt_kind="precise"))
-               for script, fmt in ((seed_script, "seed_oss"), (llama_script, "llama3"))]
-    seed_rec, llama_rec = records
-    assert llama_rec.finish_reason == "finish" and llama_rec.task_score == 1.0
-    assert [(c.name, c.arguments, c.observation) for c in llama_rec.tool_calls] == \
-        [(c.name, c.arguments, c.observation) for c in seed_rec.tool_calls]
-    assert llama_rec.answer == seed_rec.answer and llama_rec.num_turns == seed_rec.num_turns
-    assert llama_rec.stats["malformed_calls"] == 0
+    grep, view, finish = _steps(task)
+    _runs_as_seed_oss(task, domain, [
+        "Searching.<|python_tag|>" + llama3.render_tool_call("grep", grep) + "<|eom_id|>",
+        llama3.render_tool_call("view_file", view) + "<|eot_id|>",
+        llama3.render_tool_call("finish", finish)], "llama3")
+
+
+def test_llama3_pythonic_policy_runs_its_tools_as_the_seed_oss_one_does(task, domain):
+    """The same script written as Llama 3.2's pythonic call lists."""
+    from ppp_jax.sampling.chat_format import llama3
+
+    grep, view, finish = _steps(task)
+    _runs_as_seed_oss(task, domain, [
+        llama3.render_assistant_text_pythonic("Searching.", [("grep", grep)]) + "<|eom_id|>",
+        llama3.render_tool_call_pythonic("view_file", view) + "<|eot_id|>",
+        llama3.render_tool_call_pythonic("finish", finish)], "llama3_pythonic")
 
 
 def test_scripted_policy_solves_with_ask_user(task, domain):

@@ -24,6 +24,15 @@ from pathlib import Path
 
 TEMPLATES = Path(__file__).parent / "templates"
 
+# The tools the chat-format tests render and parse calls against (OpenAI function-tool dicts).
+TOOLS = [{"type": "function", "function": {
+    "name": "view_file", "description": "Show lines of a file.",
+    "parameters": {"type": "object", "properties": {
+        "path": {"type": "string"}, "start_line": {"type": "integer"},
+        "flags": {"type": "array"}}, "required": ["path"]}}},
+    {"type": "function", "function": {"name": "finish", "parameters": {
+        "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}}]
+
 LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                    "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>",
                    "<|finetune_right_pad_id|>")

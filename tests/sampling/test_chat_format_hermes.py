@@ -10,14 +10,7 @@ from ppp_jax.sampling.chat_format import (
     get_format,
 )
 from ppp_jax.sampling.chat_format import hermes, seed_oss
-
-TOOLS = [{"type": "function", "function": {
-    "name": "view_file", "description": "Show lines of a file.",
-    "parameters": {"type": "object", "properties": {
-        "path": {"type": "string"}, "start_line": {"type": "integer"},
-        "flags": {"type": "array"}}, "required": ["path"]}}},
-    {"type": "function", "function": {"name": "finish", "parameters": {
-        "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}}]
+from tests.sampling.chat_templates import TOOLS
 
 
 def test_registered_and_renders_the_qwen_layout():
@@ -130,7 +123,8 @@ def test_serve_refuses_an_unknown_format_before_loading(tmp_path):
     from ppp_jax.sampling.testing import write_tiny_serving_checkpoint
 
     path = write_tiny_serving_checkpoint(tmp_path / "tiny")
-    with pytest.raises(StartupError, match=r"chat_format 'llama3x' is not one of \[.hermes., .llama3., .seed_oss.\]"):
+    with pytest.raises(StartupError, match=r"chat_format 'llama3x' is not one of \[.hermes., "
+                       r".llama3., .llama3_pythonic., .seed_oss.\]"):
         build_server(ServeConfig(checkpoint=str(path), chat_format="llama3x", warmup=False))
 
 

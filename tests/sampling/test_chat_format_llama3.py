@@ -16,15 +16,9 @@ from ppp_jax.sampling.chat_format import (
 )
 from ppp_jax.sampling.chat import ChatTokenizer
 from ppp_jax.sampling.tool_calls import ChatStreamParser, build_message
-from tests.sampling.chat_templates import llama3_tokenizer, template_text, template_tokenizer
+from tests.sampling.chat_templates import (TOOLS, llama3_tokenizer, template_text,
+                                           template_tokenizer)
 
-TOOLS = [{"type": "function", "function": {
-    "name": "view_file", "description": "Show lines of a file.",
-    "parameters": {"type": "object", "properties": {
-        "path": {"type": "string"}, "start_line": {"type": "integer"},
-        "flags": {"type": "array"}}, "required": ["path"]}}},
-    {"type": "function", "function": {"name": "finish", "parameters": {
-        "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}}]
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +114,10 @@ def test_malformed_text_becomes_errors_never_exceptions():
     assert msg.content == '{"name": "view_f' and msg.finish_reason("stop") == "tool_calls"
 
 
-def _stream(text: str, tools) -> tuple[str, list]:
+def _stream(text: str, tools, chat_format: str = "llama3") -> tuple[str, list]:
     """Feeds every UTF-8 byte prefix of `text` (an incomplete character held back, as the
     detokenizer does) and returns the concatenated content and the tool calls."""
-    parser = ChatStreamParser(tools, parse_calls=True, chat_format="llama3")
+    parser = ChatStreamParser(tools, parse_calls=True, chat_format=chat_format)
     data = text.encode()
     content, calls = "", []
     for i in range(1, len(data)):
