@@ -283,8 +283,11 @@ class ChatTokenizer:
         return self.tok.decode(list(ids), skip_special_tokens=False)
 
     def render_system(self, system: str, tools: Sequence[Mapping[str, Any]]) -> str:
-        """The first system block, through the model's template when the tokenizer has one."""
-        if self._hf and getattr(self.tok, "chat_template", None):
+        """The first system block, through the model's template when the tokenizer has one (and
+        it writes the format's call layout: `ChatFormat.system_template_mark`)."""
+        template = getattr(self.tok, "chat_template", None) if self._hf else None
+        mark = self.format.system_template_mark
+        if template and (not mark or (isinstance(template, str) and mark in template)):
             text = self.tok.apply_chat_template(
                 [{"role": "system", "content": system}], tools=list(tools) or None, tokenize=False,
                 add_generation_prompt=False, **dict(self.format.system_template_kwargs))

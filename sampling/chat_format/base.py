@@ -150,6 +150,10 @@ class ChatFormat:
       system_template_kwargs: (name, value) pairs passed to a tokenizer's chat template when it
         renders the system block alone (`ChatTokenizer.render_system`), for the layout
         `render_system` writes.
+      system_template_mark: text a tokenizer's chat template must contain for
+        `ChatTokenizer.render_system` to use it ("" = any template); a template without it
+        documents another call layout, so the format's own `render_system` is used instead
+        (`llama3_pythonic` on a Llama 3.2 checkpoint whose template asks for JSON calls).
 
     Parsing:
       split_reasoning(text) -> (reasoning, rest, unclosed).
@@ -181,6 +185,7 @@ class ChatFormat:
     stop_tokens: tuple[str, ...] = ()
     turn_separator: str = ""
     system_template_kwargs: tuple[tuple[str, Any], ...] = ()
+    system_template_mark: str = ""
 
     def render_turns(self, messages: Sequence[Mapping[str, Any]]) -> str:
         """Consecutive non-assistant messages (`role`, `content`) as the template renders them:

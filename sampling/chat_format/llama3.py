@@ -38,7 +38,9 @@ Instruct's zero-shot calls, `[func_name(arg1="v", arg2=3), other(x=1)]`, as Meta
 `models/llama3/prompt_templates/system_prompts.py`'s `PythonListCustomToolGenerator`). The
 checkpoints' released chat template still writes the JSON calls above; the variant is chosen by
 `policy.chat_format` or by a chat template that asks for the list (`detect_format`). Turns,
-tool results and stop tokens are the JSON variant's. A turn is a call list when it starts (after
+tool results and stop tokens are the JSON variant's; the system block is the template's only when
+the template asks for lists (`ChatFormat.system_template_mark`), else `render_system_pythonic`
+(Meta's list instruction), so the policy is never told to answer in JSON. A turn is a call list when it starts (after
 whitespace) with `[` or holds `<|python_tag|>` (text before the tag is content); several lists
 in a row are read one after another (Meta's reference encoder writes one list per call). Rules:
   * The list is read with Python's `ast` (never evaluated): each element must be a call of a
@@ -459,7 +461,7 @@ PYTHONIC_FORMAT = dataclasses.replace(
     render_tool_doc=render_tool_doc_pythonic, render_system=render_system_pythonic,
     render_tool_call=render_tool_call_pythonic,
     render_assistant_text=render_assistant_text_pythonic, parse_turn=parse_turn_pythonic,
-    locate_call=find_call_pythonic)
+    locate_call=find_call_pythonic, system_template_mark=PYTHONIC_TEMPLATE_MARK)
 
 __all__ = ["FORMAT", "BEGIN", "HEADER_OPEN", "HEADER_CLOSE", "EOT", "EOM", "END_OF_TEXT",
            "PYTHON_TAG", "TOOL_ROLE", "MARKUP_TOKENS", "CONTROL_TOKENS", "DATE_STRING",

@@ -237,7 +237,8 @@ def test_an_episode_renders_as_the_released_qwen3_templates():
     `tool` messages, so this bites only when observations come as `user` messages); (c) the
     generation prompt: the hybrid template's is ours, with `enable_thinking=False` ours plus
     `no_thinking_prefix`; the 2507 thinking template's opens `<think>\\n` (a run sets that as
-    the policy's generation prefix)."""
+    the policy's generation prefix); (d) a history turn answered after `no_thinking_prefix`
+    loses that empty think block in the template, while a session keeps the prefix it sent."""
     from tests.sampling.chat_templates import qwen3_tokenizer
 
     fmt = hermes.FORMAT
@@ -268,3 +269,8 @@ def test_an_episode_renders_as_the_released_qwen3_templates():
             assert closed == head + fmt.generation_prompt() + fmt.no_thinking_prefix
         else:
             assert prompt == closed == head + fmt.generation_prompt() + "<think>\n"
+        # (d) a turn sampled after `no_thinking_prefix`: the template drops the empty think
+        # block from history (a session keeps the prefix it sent)
+        quiet = [*messages[:2], {**messages[2], "raw": None, "reasoning_content": None,
+                                 "content": fmt.no_thinking_prefix + "Looking."}, *messages[3:]]
+        assert "<|im_start|>assistant\nLooking.\n<tool_call>" in _template(tok, quiet)

@@ -169,3 +169,20 @@ def test_chosen_by_a_template_that_asks_for_lists_or_by_config():
 
     cfg = load_run_config("configs/tiny_cpu.yaml", ["policy.chat_format=llama3_pythonic"])
     assert chat_format_of(cfg, object()) == "llama3_pythonic"
+
+
+def test_the_system_block_never_asks_a_pythonic_policy_for_json():
+    """On a checkpoint whose template asks for JSON calls (the released Llama 3.2 one), the
+    episode's system block is the format's own (Meta's list instruction); a template that asks
+    for lists renders it itself."""
+    from ppp_jax.sampling.chat import ChatTokenizer
+
+    tok = chat_templates.llama3_tokenizer()
+    chat = ChatTokenizer(tok, "llama3_pythonic")
+    assert chat.render_system("Be brief.", TOOLS) == FMT.render_system("Be brief.", TOOLS)
+    assert "[func_name1(" in chat.render_system("Be brief.", TOOLS)
+    assert '{"name": function name' in ChatTokenizer(tok, "llama3").render_system("Be brief.", TOOLS)
+    tok.chat_template = tok.chat_template.replace("Do not use variables.", "Do not use variables. "
+                                                  "Or answer [func_name1(params)].")
+    assert ChatTokenizer(tok, "llama3_pythonic").render_system("Be brief.", TOOLS) == \
+        ChatTokenizer(tok, "llama3").render_system("Be brief.", TOOLS)
