@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any, Mapping, Sequence
 
 from ppp_jax.envs.domains.rows import DataError, read_located_rows
@@ -59,17 +60,31 @@ def _preference_entry(where: str, pref: Mapping[str, Any]) -> tuple[str, Prefere
     return str(name), PreferenceText(entry["preference"], rubric)
 
 
-def read_preference_texts(paths: Sequence[str]) -> dict[str, PreferenceText]:
+def read_preference_texts(paths: Sequence[str | os.PathLike] | str | os.PathLike
+                          ) -> dict[str, PreferenceText]:
     """{preference id: its released strings} over the rows of the given data files
-    (.parquet/.jsonl/.json). Rows without a preference are skipped; a preference written two
-    different ways is a DataError, as is an id our registry does not know."""
+    (.parquet/.jsonl/.json; one path or several). Rows without a preference are skipped; a
+    DataError for a preference written two different ways, an id our registry does not know, an
+    `extra_info.preference` that is not an object (or its JSON text), and files none of whose
+    rows names a preference (not the released data files: the simulator would silently fall
+    back to our texts)."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     out: dict[str, PreferenceText] = {}
     for path in paths:
-        for where, row in read_located_rows(path):
+        for where, row in read_located_rows(str(path)):
             info = _extra_info(where, row)
             pref = info.get("preference") if info else None
-            if not isinstance(pref, Mapping):
+            if isinstance(pref, str):
+                try:
+                    pref = json.loads(pref)
+                except json.JSONDecodeError:
+                    raise DataError(where, "extra_info.preference", "a string that is not JSON") \
+                        from None
+            if pref is None:
                 continue
+            if not isinstance(pref, Mapping):
+                raise DataError(where, "extra_info.preference", "expected an object {NAME: "
+                                f"{{preference, reward}}}}, got {type(pref).__name__}")
             found = _preference_entry(where, pref)
             if found is None:
                 continue
@@ -82,6 +97,10 @@ def read_preference_texts(paths: Sequence[str]) -> dict[str, PreferenceText]:
                 raise DataError(where, f"extra_info.preference.{name}",
                                 "differs from an earlier row's text for the same preference")
             out[name] = text
+    if not out:
+        raise DataError(", ".join(str(p) for p in paths), "extra_info.preference",
+                        "no row names a preference (simulator.preference_texts wants the "
+                        "released data files: train_12n1, test_id, test_ood)")
     return out
 
 
