@@ -101,14 +101,37 @@ class PagedKVCache:
         kvh = k.shape[2]
         dtype = q.dtype
         scale = F32(h ** -0.5)
-        qg = q.reshape(b, t, kvh, n // kvh, h)  # [B, T, K, G, H]
+        g = n // kvh
+        if t == 1:  # decode: one query per row
+            qg = q.reshape(b, t, kvh, g, h)  # [B, T, K, G, H]
+
+            def dot_qk(keys):  # keys [B, S', K, H] -> f32 [B, K, G, T, S']
+                return jnp.einsum("btkgh,bskh->bkgts", qg, keys, preferred_element_type=F32)
+
+            def pv(p, values):  # p f32 [B, K, G, T, S'], values [B, S', K, H] -> [B, K, G, T, H]
+                return jnp.einsum("bkgts,bskh->bkgth", p, values.astype(F32))
+        else:
+            # Prefill: the queries once as [B, K, G*T, H], the keys and values of a block as
+            # [B, K, S', H] (a small copy fused into their gather), so both dots are plain
+            # batched matmuls over (B, K) with no transposes of the [B, K, G, T, S'] scores or
+            # of the output inside the loop over cached blocks: about twice as fast on a CPU
+            # (docs/benchmarks.md). The same products as decode's [B, T, K, G, H] layout; XLA's
+            # CPU dot may sum them in another order for some shapes (float32 rounding).
+            qk = q.reshape(b, t, kvh, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, h)
+
+            def dot_qk(keys):
+                s = jnp.einsum("bkqh,bksh->bkqs", qk, keys.transpose(0, 2, 1, 3),
+                               preferred_element_type=F32)
+                return s.reshape(b, kvh, g, t, keys.shape[1])
+
+            def pv(p, values):
+                out = jnp.einsum("bkqs,bksh->bkqh", p.reshape(b, kvh, g * t, -1),
+                                 values.astype(F32).transpose(0, 2, 1, 3))
+                return out.reshape(b, kvh, g, t, h)
 
         def scores(keys):  # keys [B, S', K, H] -> f32 [B, K, G, T, S'], model cast points
-            s = jnp.einsum("btkgh,bskh->bkgts", qg, keys, preferred_element_type=F32).astype(dtype)
+            s = dot_qk(keys).astype(dtype)
             return (s.astype(F32) * scale).astype(dtype).astype(F32)
-
-        def pv(p, values):  # p f32 [B, K, G, T, S'], values [B, S', K, H] -> f32 [B, K, G, T, H]
-            return jnp.einsum("bkgts,bskh->bkgth", p, values.astype(F32))
 
         # New tokens of this call: causal by position, padding excluded.
         valid_new = ((q_positions[:, None, :] <= q_positions[:, :, None])

@@ -69,6 +69,35 @@ def test_greedy_matches_transformers_generate(tiny_ckpt, greedy_results):
         assert result.token_ids == expected, f"prompt of {len(prompt)} tokens diverged"
 
 
+def test_session_turn_greedy_matches_transformers_generate(tiny_ckpt, engine):
+    # A later turn prefills only its appended tokens, over the session's cached pages (the
+    # prefill layout of `PagedKVCache.attend` across several blocks of cached context); its
+    # greedy tokens must be those of `generate` on the whole conversation.
+    import torch
+
+    hf = mt.load_hf_reference(tiny_ckpt)
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 1
+    rng = np.random.default_rng(7)
+    new = 16
+    for i, (first, obs) in enumerate(((37, 45), (9, 70))):
+        sid = f"parity-turns-{i}"
+        conv = rng.integers(2, 97, first).tolist()
+        got = engine.generate_batch([Request(conv, SamplingParams(temperature=0.0,
+                                                                  max_new_tokens=new),
+                                             session_id=sid)])[0]
+        appended = rng.integers(2, 97, obs).tolist()
+        conv = conv + got.token_ids + appended
+        second = engine.generate_batch([Request(appended, SamplingParams(
+            temperature=0.0, max_new_tokens=new), session_id=sid)])[0]
+        engine.end_session(sid)
+        with torch.no_grad():
+            out = hf.generate(torch.tensor([conv]), attention_mask=torch.ones(1, len(conv),
+                                                                              dtype=torch.long),
+                              max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        assert second.token_ids == out[0, len(conv):].tolist(), f"session {i} diverged"
+
+
 def test_greedy_logprobs_equal_teacher_forcing_fp32(tiny_model, greedy_results):
     for prompt, result in zip(PROMPTS, greedy_results):
         ref = teacher_forced(tiny_model, prompt, result.token_ids)  # greedy: T = 1

@@ -100,3 +100,93 @@ def test_allocator_refcounts_and_counters():
         pass
     else:
         raise AssertionError("double free must raise")
+
+
+def _attend_one_layout(cache, layer, q, k, v, q_positions, q_segment_ids):
+    """The cached attention as it was computed before the prefill layout (queries kept as
+    [B, T, K, G, H] in every dot, as decode still does): the reference of the prefill path."""
+    f32, neg = jnp.float32, -1e30
+    b, t, n, h = q.shape
+    kvh = k.shape[2]
+    qg = q.reshape(b, t, kvh, n // kvh, h)
+
+    def scores(keys):
+        s = jnp.einsum("btkgh,bskh->bkgts", qg, keys, preferred_element_type=f32)
+        return (s * f32(h ** -0.5)).astype(f32)
+
+    def pv(p, values):
+        return jnp.einsum("bkgts,bskh->bkgth", p, values)
+
+    valid_new = ((q_positions[:, None, :] <= q_positions[:, :, None])
+                 & (q_segment_ids[:, None, :] != 0))[:, None, None]
+    s = jnp.where(valid_new, scores(k), neg)
+    m = jnp.max(s, axis=-1)
+    p = jnp.where(valid_new, jnp.exp(s - m[..., None]), 0.0)
+    l, acc = jnp.sum(p, axis=-1), pv(p, v)
+    block = cache.block_pages * cache.page_size
+
+    def body(i, carry):
+        m, l, acc = carry
+        pages = jax.lax.dynamic_slice_in_dim(cache.page_table, i * cache.block_pages,
+                                             cache.block_pages, axis=1)
+        kb = cache.k_pages[layer, pages].reshape(b, block, kvh, h)
+        vb = cache.v_pages[layer, pages].reshape(b, block, kvh, h)
+        valid = ((i * block + jnp.arange(block))[None, :]
+                 < cache.cache_lens[:, None])[:, None, None, None, :]
+        s = jnp.where(valid, scores(kb), neg)
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+        corr = jnp.exp(m - m_new)
+        p = jnp.where(valid, jnp.exp(s - m_new[..., None]), 0.0)
+        return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + pv(p, vb)
+
+    num_blocks = (jnp.max(cache.cache_lens) + block - 1) // block
+    m, l, acc = jax.lax.fori_loop(0, num_blocks, body, (m, l, acc))
+    out = acc / jnp.maximum(l, jnp.finfo(f32).tiny)[..., None]
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
+def _random_case(rng, *, num_layers, page_size, kvh, h, n, t, width, cache_lens, real):
+    rows = len(cache_lens)
+    num_pages = 1 + rows * width
+    k_pool = jnp.asarray(rng.normal(size=(num_layers, num_pages, page_size, kvh, h)), jnp.float32)
+    v_pool = jnp.asarray(rng.normal(size=(num_layers, num_pages, page_size, kvh, h)), jnp.float32)
+    table = np.stack([1 + r * width + rng.permutation(width) for r in range(rows)]).astype(np.int32)
+    q = jnp.asarray(rng.normal(size=(rows, t, n, h)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(rows, t, kvh, h)), jnp.float32)
+    v = jnp.asarray(rng.normal(size=(rows, t, kvh, h)), jnp.float32)
+    seg = (np.arange(t)[None] < np.asarray(real)[:, None]).astype(np.int32)
+    pos = (np.asarray(cache_lens)[:, None] + np.arange(t)[None]).astype(np.int32) * seg
+    return k_pool, v_pool, table, q, k, v, pos, seg
+
+
+def _both_layouts(k_pool, v_pool, table, cache_lens, block_pages, q, k, v, pos, seg):
+    cache = PagedKVCache(k_pool, v_pool, jnp.asarray(table), jnp.asarray(cache_lens, jnp.int32),
+                         block_pages=block_pages)
+    out, _ = jax.jit(cache.attend)(jnp.int32(1), q, k, v, pos, seg)
+    ref = jax.jit(_attend_one_layout)(cache, jnp.int32(1), q, k, v, pos, seg)
+    real_rows = seg.astype(bool)  # padding queries' outputs are never used
+    return np.asarray(out)[real_rows], np.asarray(ref)[real_rows]
+
+
+def test_prefill_layout_equals_the_decode_layout():
+    # Prefill (T > 1) runs its dots on [B, K, G*T, H] queries and [B, K, S', H] blocks (no
+    # transposes inside the loop over cached blocks); decode keeps [B, T, K, G, H]. Same
+    # products, summed in another order by XLA's CPU dot kernels for some shapes, so equal up
+    # to float32 rounding (the last bits of some outputs), not bit for bit; greedy tokens are
+    # checked end to end in test_engine_parity (a session's later turn against `generate`).
+    # Rows with partial blocks, padding, no cache, GQA groups of 1, 2 and 4; tiny blocks and
+    # the engine's default block (8 pages of 16 tokens) with a real head size.
+    rng = np.random.default_rng(3)
+    for n, t, cache_lens, real in ((4, 7, [0, 5, 19, 37], [7, 7, 3, 6]),
+                                   (8, 16, [29, 0, 8, 45], [16, 11, 16, 1]),
+                                   (2, 3, [0, 0, 0, 0], [3, 3, 3, 3])):
+        case = _random_case(rng, num_layers=2, page_size=4, kvh=2, h=8, n=n, t=t, width=12,
+                            cache_lens=cache_lens, real=real)
+        out, ref = _both_layouts(*case[:3], cache_lens, 2, *case[3:])
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=2e-6)
+    for n, t, cache_lens, real in ((8, 40, [0, 130, 300, 77], [40, 40, 9, 33]),
+                                   (4, 201, [456, 20], [201, 150])):
+        case = _random_case(rng, num_layers=2, page_size=16, kvh=2, h=64, n=n, t=t, width=32,
+                            cache_lens=cache_lens, real=real)
+        out, ref = _both_layouts(*case[:3], cache_lens, 8, *case[3:])
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=2e-6)
