@@ -132,28 +132,36 @@ def _stream(text: str, tools, chat_format: str = "llama3") -> tuple[str, list]:
     return early, content, calls, reason
 
 
+# (chat format, reply, the content streamed before the end); llama3_pythonic: Llama 3.2's lists
 PARAMS = [
-    '{"name": "view_file", "parameters": {"path": "ü/a.py", "start_line": 3}}<|eot_id|>',
-    'Let me look.<|python_tag|>{"name": "view_file", "parameters": {"path": "a.py"}}; '
-    '{"name": "finish", "parameters": {"answer": "ñ"}}<|eom_id|>',
-    "No call here: use {braces} freely, ünïcode too.<|eot_id|>",
-    '  {"name": "finish", "parameters": {"answer": "cut',
+    ("llama3", '{"name": "view_file", "parameters": {"path": "ü/a.py", "start_line": 3}}<|eot_id|>',
+     ""),
+    ("llama3", 'Let me look.<|python_tag|>{"name": "view_file", "parameters": {"path": "a.py"}}; '
+     '{"name": "finish", "parameters": {"answer": "ñ"}}<|eom_id|>', "Let me look."),
+    ("llama3", "No call here: use {braces} freely, ünïcode too.<|eot_id|>",
+     "No call here: use {braces} freely, ünïcode too."),
+    ("llama3", '  {"name": "finish", "parameters": {"answer": "cut', ""),
+    ("llama3_pythonic", '[view_file(path="ü/a.py", start_line=3)]<|eot_id|>', ""),
+    ("llama3_pythonic", 'Let me look.<|python_tag|>[view_file(path="a]b.py"), '
+     'finish(answer="ñ")]<|eom_id|>', "Let me look."),
+    ("llama3_pythonic", "No call here: [brackets] and (parens) freely, ünïcode too.<|eot_id|>",
+     "No call here: [brackets] and (parens) freely, ünïcode too."),
+    ("llama3_pythonic", "[1, 2] are the lines.<|eot_id|>", ""),
+    ("llama3_pythonic", '  [finish(answer="cut', ""),
 ]
 
 
-@pytest.mark.parametrize("reply", PARAMS)
-def test_a_stream_split_at_every_byte_gives_the_complete_replys_calls(reply):
-    whole = build_message(reply, TOOLS, parse_calls=True, chat_format="llama3")
-    early, content, calls, reason = _stream(reply, TOOLS)
+@pytest.mark.parametrize("fmt, reply, streamed", PARAMS)
+def test_a_stream_split_at_every_byte_gives_the_complete_replys_calls(fmt, reply, streamed):
+    whole = build_message(reply, TOOLS, parse_calls=True, chat_format=fmt)
+    early, content, calls, reason = _stream(reply, TOOLS, fmt)
     assert content == (whole.content or "")
-    # text is streamed as it comes, up to where the calls begin
-    assert early == {1: "Let me look.", 2: "No call here: use {braces} freely, ünïcode too."}.get(
-        PARAMS.index(reply), "")
+    assert early == streamed  # text is streamed as it comes, up to where the calls begin
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == \
         [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in whole.tool_calls]
     assert reason == whole.finish_reason("stop")
     # no part of a call was ever streamed as content
-    assert '"name"' not in content or not whole.tool_calls
+    assert not whole.tool_calls or ('"name"' not in content and "view_file(" not in content)
 
 
 def test_detected_from_the_vocabulary_or_the_released_template(tok):

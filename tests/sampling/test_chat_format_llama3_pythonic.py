@@ -1,6 +1,6 @@
 """Llama 3.2's pythonic tool calls (`llama3.PYTHONIC_FORMAT`, registry name `llama3_pythonic`):
 `[func(a="v", n=3), other(x=1)]` read with `ast`, never evaluated; rendering, parsing complete
-and streamed replies, detection.
+and streamed replies (the byte-split stream test is `test_chat_format_llama3.py`'s), detection.
 
 Checked against Meta's own description of the format (no jinja template of Meta's writes it: the
 released Llama 3.2 chat template writes JSON calls, see `test_chat_format_llama3.py`): the
@@ -11,13 +11,10 @@ instruction in the system turn is that of `models/llama3/prompt_templates/system
 
 import json
 
-import pytest
-
 from ppp_jax.sampling.chat_format import base, detect_format, get_format, llama3, seed_oss
 from ppp_jax.sampling.tool_calls import build_message
 from tests.sampling import chat_templates
 from tests.sampling.chat_templates import TOOLS
-from tests.sampling.test_chat_format_llama3 import _stream
 
 FMT = llama3.PYTHONIC_FORMAT
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -124,30 +121,6 @@ def test_malformed_calls_are_clear_errors_and_nothing_is_evaluated(monkeypatch):
                         chat_format="llama3_pythonic")
     assert [c["function"]["name"] for c in msg.tool_calls] == ["finish"]
     assert msg.content == "[view_f" and msg.finish_reason("stop") == "tool_calls"
-
-
-PARAMS = [
-    '[view_file(path="ü/a.py", start_line=3)]<|eot_id|>',
-    'Let me look.<|python_tag|>[view_file(path="a]b.py"), finish(answer="ñ")]<|eom_id|>',
-    "No call here: [brackets] and (parens) freely, ünïcode too.<|eot_id|>",
-    "[1, 2] are the lines.<|eot_id|>",
-    '  [finish(answer="cut',
-]
-
-
-@pytest.mark.parametrize("reply", PARAMS)
-def test_a_stream_split_at_every_byte_gives_the_complete_replys_calls(reply):
-    whole = build_message(reply, TOOLS, parse_calls=True, chat_format="llama3_pythonic")
-    early, content, calls, reason = _stream(reply, TOOLS, "llama3_pythonic")
-    assert content == (whole.content or "")
-    # text is streamed as it comes, up to where the calls begin
-    assert early == {1: "Let me look.",
-                     2: "No call here: [brackets] and (parens) freely, ünïcode too."}.get(
-        PARAMS.index(reply), "")
-    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == \
-        [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in whole.tool_calls]
-    assert reason == whole.finish_reason("stop")
-    assert "view_file(" not in content or not whole.tool_calls
 
 
 def test_chosen_by_a_template_that_asks_for_lists_or_by_config():
