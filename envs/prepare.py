@@ -96,6 +96,8 @@ class VaguenizerSpec:
     rewrite_tries: int = 2
 
     def __post_init__(self):
+        if self.backend not in ("rule", "llm"):  # anything else would silently be the LLM
+            raise ValueError(f"vaguenizer.backend must be 'rule' or 'llm', got {self.backend!r}")
         if not 0.0 <= self.max_failed_fraction <= 1.0:
             raise ValueError("vaguenizer.max_failed_fraction must be in [0, 1], got "
                              f"{self.max_failed_fraction}")

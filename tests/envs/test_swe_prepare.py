@@ -303,3 +303,11 @@ def test_a_run_config_naming_the_prepared_split_uses_its_vague_prompts(tmp_path,
         i: r["vague_prompt"] for i, r in prepared.items()}
     assert {t.task_id: list(t.gold) for t in tasks} == {
         i: r["gold_functions"] for i, r in prepared.items()}
+
+
+def test_an_unknown_vaguenizer_backend_is_refused_not_taken_for_the_llm():
+    from ppp_jax.envs.prepare import VaguenizerSpec
+
+    with pytest.raises(ValueError, match="vaguenizer.backend must be 'rule' or 'llm', got 'gpt'"):
+        VaguenizerSpec(backend="gpt")
+    assert VaguenizerSpec(backend="llm").backend == "llm"
