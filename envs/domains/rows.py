@@ -90,8 +90,14 @@ def read_located_rows(path: str | os.PathLike) -> list[Located]:
     if isinstance(data, dict) and isinstance(data.get("rows"), list):
         data = data["rows"]
     if not isinstance(data, list):
+        if isinstance(data, dict) and "rows" in data:
+            got = f"an object whose 'rows' is {type(data['rows']).__name__}"
+        elif isinstance(data, dict):
+            got = f"an object without 'rows' (keys: {sorted(data)[:8]})"
+        else:
+            got = type(data).__name__
         raise DataError(str(p), "", "a .json data file must hold a list of rows or an object "
-                        f"with a 'rows' list, not {type(data).__name__}")
+                        f"with a 'rows' list, not {got}")
     return [(f"{p}[{i}]", _object(f"{p}[{i}]", row)) for i, row in enumerate(data)]
 
 

@@ -123,6 +123,8 @@ def test_evidence_missing_from_the_corpus_is_counted_not_silent(tmp_path, caplog
     ("queries.jsonl", "", "queries.jsonl: no rows (domain.browsecomp_queries)"),
     ("queries.jsonl", "\n\n  \n", "queries.jsonl: no rows"),
     ("queries.json", '"just a string"', "must hold a list of rows or an object with a 'rows' list"),
+    ("queries.json", '{"rows": 3}', "a 'rows' list, not an object whose 'rows' is int"),
+    ("queries.json", '{"data": [{"query": "x"}]}', "not an object without 'rows' (keys: ['data'])"),
     ("queries.json", '[{"query": "x", "answer": "y"},\n  {oops}]', "queries.json:2: not valid JSON"),
     ("queries.json", '{"rows": [{"query": "x"}]}', "queries.json[0]: answer: missing"),
     ("queries.csv", "query_id,query\n", "unsupported data file (expected .jsonl, .json, .parquet)"),
