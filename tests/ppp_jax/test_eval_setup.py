@@ -26,15 +26,17 @@ QUERIES = [
 ]
 
 
-def _prepare(tmp_path) -> Path:
+def prepare_folder(tmp_path, dense_model: str | None = "hashing") -> Path:
+    """`ppp data browsecomp` on QUERIES and DOCS (rule vaguenizer, every query in test) into
+    `tmp_path/bcp`; `dense_model` None = the config's default (the packaged MiniLM)."""
     q, c = tmp_path / "q.jsonl", tmp_path / "c.jsonl"
     q.write_text("".join(json.dumps(r) + "\n" for r in QUERIES))
     c.write_text("".join(json.dumps({"docid": k, "text": v}) + "\n" for k, v in DOCS.items()))
     data = tmp_path / "data.yaml"
     data.write_text(yaml.safe_dump({
         "output": str(tmp_path / "bcp"), "browsecomp": {"queries": str(q), "corpus": str(c)},
-        "dense": {"model": "hashing"}, "vaguenizer": {"backend": "rule"},
-        "split": {"test_fraction": 1.0}}))
+        **({"dense": {"model": dense_model}} if dense_model else {}),
+        "vaguenizer": {"backend": "rule"}, "split": {"test_fraction": 1.0}}))
     assert cli.main(["data", "browsecomp", str(data), "--no-progress"]) == 0
     return tmp_path / "bcp"
 
@@ -69,7 +71,7 @@ def _overrides(run: Path, bcp: Path, server_url: str) -> list[str]:
 
 def test_eval_records_retriever_and_judge(tmp_path, server, capsys):
     server.reset()
-    bcp = _prepare(tmp_path)
+    bcp = prepare_folder(tmp_path)
     server.responder = _responder("extracted_final_answer: release 4.2\nreasoning: same\n"
                                   "correct: yes")
     run = tmp_path / "runs"
@@ -94,7 +96,7 @@ def test_eval_records_retriever_and_judge(tmp_path, server, capsys):
 
 def test_a_judge_without_verdicts_scores_nothing_and_says_so(tmp_path, server, capsys):
     server.reset()
-    bcp = _prepare(tmp_path)
+    bcp = prepare_folder(tmp_path)
     server.responder = _responder("I am not sure.")
     run = tmp_path / "runs"
     rc = cli.main(["eval", str(ROOT / "configs" / "eval_tiny_cpu.yaml"),

@@ -145,18 +145,10 @@ def test_ppp_train_two_steps_with_smollm2_as_the_user(smollm2, tmp_path):
 
 
 def test_ppp_eval_with_smollm2_as_judge_and_user(smollm2, tmp_path, server, capsys):
-    from tests.ppp_jax.test_eval_setup import DOCS, QUERIES
+    from tests.ppp_jax.test_eval_setup import prepare_folder
 
     server.reset()
-    q, c = tmp_path / "q.jsonl", tmp_path / "c.jsonl"
-    q.write_text("".join(json.dumps(r) + "\n" for r in QUERIES))
-    c.write_text("".join(json.dumps({"docid": k, "text": v}) + "\n" for k, v in DOCS.items()))
-    data = tmp_path / "data.yaml"
-    data.write_text(yaml.safe_dump({
-        "output": str(tmp_path / "bcp"), "browsecomp": {"queries": str(q), "corpus": str(c)},
-        "vaguenizer": {"backend": "rule"}, "split": {"test_fraction": 1.0}}))
-    assert cli.main(["data", "browsecomp", str(data), "--no-progress"]) == 0
-    bcp = tmp_path / "bcp"
+    bcp = prepare_folder(tmp_path, dense_model=None)
 
     def policy(body):  # ask the user on the vague prompt, search, then a near-miss answer
         msgs = body["messages"]
