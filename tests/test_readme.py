@@ -4,9 +4,9 @@
   directory. A block whose first line is a comment saying it needs a running server
   ("# with `ppp serve") or real weights ("# not run:") is left out. A block followed by
   "Prints:" and a ```text block must print exactly that text.
-- Every `ppp ...` command line in the README's, docs/training.md's and docs/scale.md's shell
-  blocks is parsed by the real CLI (`ppp_jax.cli.main`, with the chosen command's `run` replaced
-  so nothing executes), and its config and overrides are loaded with the command's own loader, so
+- Every `ppp ...` command line in the shell blocks of the README, docs/training.md,
+  docs/scale.md and docs/domains.md (the `ppp data` recipes) is parsed by the real CLI
+  (`ppp_jax.cli.main`, with the chosen command's `run` replaced so nothing executes), and its config and overrides are loaded with the command's own loader, so
   a wrong flag, a wrong override key or a missing config fails here.
 - The README's docs index lists every docs/*.md file, and every relative link resolves.
 - (slow) The README's command chain runs as written, on the tiny config.
@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOC_FILES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 # Files whose shell blocks hold `ppp` commands a user types as written.
-COMMAND_FILES = [README, ROOT / "docs" / "training.md", ROOT / "docs" / "scale.md"]
+COMMAND_FILES = [README, ROOT / "docs" / "training.md", ROOT / "docs" / "scale.md",
+                 ROOT / "docs" / "domains.md"]
 SKIP_MARKERS = ("# with `ppp serve", "# not run:")
 # Linked from the README but written on another branch of this round (the lead merges them).
 WRITTEN_ELSEWHERE: set[str] = set()
