@@ -6,8 +6,9 @@
   "Prints:" and a ```text block must print exactly that text.
 - Every `ppp ...` command line in the shell blocks of the README, docs/training.md,
   docs/scale.md and docs/domains.md (the `ppp data` recipes) is parsed by the real CLI
-  (`ppp_jax.cli.main`, with the chosen command's `run` replaced so nothing executes), and its config and overrides are loaded with the command's own loader, so
-  a wrong flag, a wrong override key or a missing config fails here.
+  (`ppp_jax.cli.main`, with the chosen command's `run` replaced so nothing executes), and its
+  config and overrides are loaded with the command's own loader, so a wrong flag, a wrong
+  override key or a missing config fails here.
 - The README's docs index lists every docs/*.md file, and every relative link resolves.
 - (slow) The README's command chain runs as written, on the tiny config.
 """
