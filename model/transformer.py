@@ -136,7 +136,8 @@ class SeedOssForCausalLM(nnx.Module):
 
     def hidden(self, tokens: jax.Array, positions: jax.Array,
                segment_ids: jax.Array | None = None, *, cache: KVCache | None = None,
-               collect_layers: bool = False, dropout_key: jax.Array | None = None):
+               collect_layers: bool = False, dropout_key: jax.Array | None = None,
+               frozen_layers: int = 0):
         """Runs embedding, the L layers and the final norm.
 
         Returns `(hidden [B, T, D], cache)`: hidden after the final norm, in the compute dtype;
@@ -147,16 +148,30 @@ class SeedOssForCausalLM(nnx.Module):
         dropout_key: a PRNG key; only when given are the config's dropout rates applied
         (attention probabilities, after o_proj, after down_proj). Sampling never passes one.
 
+        frozen_layers: K (static, 0 <= K < L): for training only the top L-K layers. The
+        embedding and the bottom K layers run as a scan of their own under `stop_gradient`, so
+        the backward pass stops at layer K: no gradient reaches the embedding through the
+        residual stream or any bottom-layer weight, and none of their backward work is done
+        (a tied lm_head still gives the embedding table a gradient through the logits). The
+        forward values are the same as with K = 0. Not with a cache.
+
         Under `sharding.using_mesh` the activations follow the rules table (see the module
         docstring); with a cache they are left to the weights' and the cache's shardings.
         """
         scope = shd.no_activation_constraints() if cache is not None else contextlib.nullcontext()
         with scope:
             return self._hidden(tokens, positions, segment_ids, cache=cache,
-                                collect_layers=collect_layers, dropout_key=dropout_key)
+                                collect_layers=collect_layers, dropout_key=dropout_key,
+                                frozen_layers=frozen_layers)
 
-    def _hidden(self, tokens, positions, segment_ids, *, cache, collect_layers, dropout_key):
+    def _hidden(self, tokens, positions, segment_ids, *, cache, collect_layers, dropout_key,
+                frozen_layers):
         c = self.config
+        if not 0 <= frozen_layers < c.num_layers:
+            raise ValueError(f"frozen_layers must be in [0, {c.num_layers}) for a {c.num_layers}-"
+                             f"layer model, got {frozen_layers}")
+        if frozen_layers and cache is not None:
+            raise ValueError("frozen_layers is for training; it cannot be used with a cache")
         if tokens.ndim != 2 or positions.shape != tokens.shape:
             raise ValueError(f"tokens and positions must both be [B, T]; got {tokens.shape} and "
                              f"{positions.shape}")
@@ -187,7 +202,18 @@ class SeedOssForCausalLM(nnx.Module):
 
         if c.remat != "none":
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
-        x, (new_states, per_layer) = jax.lax.scan(body, x, (params, states, keys))
+        if frozen_layers:
+            k = frozen_layers
+            bottom, top = (jax.tree.map(lambda a, s=s: a[s], (params, keys))
+                           for s in (slice(None, k), slice(k, None)))
+            # no tangent enters the bottom scan, so autodiff does no work for it at all
+            frozen = jax.lax.stop_gradient((x, bottom[0]))
+            x, (_, per_bottom) = jax.lax.scan(body, frozen[0], (frozen[1], None, bottom[1]))
+            x, (new_states, per_top) = jax.lax.scan(body, x, (top[0], None, top[1]))
+            per_layer = (None if per_top is None
+                         else jnp.concatenate([jax.lax.stop_gradient(per_bottom), per_top]))
+        else:
+            x, (new_states, per_layer) = jax.lax.scan(body, x, (params, states, keys))
         if cache is not None:
             cache = cache.replace_layer_states(new_states).advance(segment_ids)
         hidden = shd.constrain(self.final_norm(x), ax.ACT_BTD, name="hidden")

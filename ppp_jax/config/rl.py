@@ -130,6 +130,23 @@ class OptimConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FreezeConfig:
+    """Parameters the updates leave untouched: training only the top of a pretrained model.
+
+    With `bottom_layers` = K the embedding and decoder layers 0..K-1 run outside autodiff
+    (`model.hidden(frozen_layers=K)`), so a train step does the backward work of the top L-K
+    layers only; their optimizer moments stay zero and their values bit-identical.
+    """
+
+    bottom_layers: int = 0  # K: decoder layers 0..K-1 frozen (0 = train every layer)
+    embeddings: bool = False  # also freeze the embedding table (tied head) and an untied lm_head
+
+    @property
+    def active(self) -> bool:
+        return self.bottom_layers > 0 or self.embeddings
+
+
+@dataclasses.dataclass(frozen=True)
 class RLConfig:
     """The whole algorithm section of a run config."""
 
@@ -137,6 +154,7 @@ class RLConfig:
     loss: LossConfig = LossConfig()
     dapo: DapoConfig = DapoConfig()
     optim: OptimConfig = OptimConfig()
+    freeze: FreezeConfig = FreezeConfig()
     num_micro_batches: int = 1  # M: gradient accumulation steps per update (lax.scan)
     logprob_chunk_size: int = 1024  # tokens per chunk of the vocab projection in token_logprobs
     # PPO updates per rollout batch (verl: train_batch_size / ppo_mini_batch_size, ppo_epochs).
@@ -174,6 +192,7 @@ register_rules(LossConfig, {
     "clip_ratio_c": Range(1, low_open=True), "log_ratio_clamp": GT_ZERO,
     "loss_scale_factor": POSITIVE, "kl_coef": NON_NEGATIVE, "tis_cap": GT_ZERO,
     "temperature": GT_ZERO})
+register_rules(FreezeConfig, {"bottom_layers": NON_NEGATIVE})
 register_rules(DapoConfig, {"max_gen_batches": NON_NEGATIVE, "overlong_buffer_len": POSITIVE,
                             "overlong_penalty_factor": NON_NEGATIVE, "max_response_len": POSITIVE})
 register_rules(OptimConfig, {

@@ -15,6 +15,9 @@ What one call does, for a global batch of B rows split into M micro-batches:
   4. Non-finite guard: if ‖g‖ is not finite, params and optimizer state are returned unchanged
      and `skipped` is incremented; otherwise optax (global-norm clip → AdamW with schedule).
 
+With `cfg.freeze` (`FreezeConfig`), the bottom K layers and/or the embeddings get no gradient
+and no update (the model runs them outside autodiff; their updates are zeroed after AdamW).
+
 The model is split once into (graphdef, params); params travel as a jit argument and are merged
 inside, so new params never recompile. Remat is the model config's (`ModelConfig.remat`), applied
 per decoder layer inside `model.hidden`. The logits are never materialized whole.
@@ -31,7 +34,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ppp_jax.config.rl import RLConfig
+from ppp_jax.config.rl import FreezeConfig, RLConfig
 from ppp_jax.model.logprobs import token_logprobs
 from ppp_jax.rl.batch import TokenBatch
 from ppp_jax.rl.losses import agg_denominator, combine_stats, finalize_metrics, objective_sums
@@ -84,10 +87,13 @@ def policy_logprobs(
     *,
     temperature: float,
     chunk_size: int,
+    frozen_layers: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
-    """(logp, entropy), float32 [b, T], of batch.targets under the model (graphdef, params)."""
+    """(logp, entropy), float32 [b, T], of batch.targets under the model (graphdef, params);
+    `frozen_layers` as in `model.hidden` (same values, no gradient below the top layers)."""
     model = nnx.merge(graphdef, params)
-    hidden, _ = model.hidden(batch.tokens, batch.positions, batch.segment_ids)
+    hidden, _ = model.hidden(batch.tokens, batch.positions, batch.segment_ids,
+                             frozen_layers=frozen_layers)
     return token_logprobs(model, hidden, batch.targets, temperature=temperature, chunk_size=chunk_size)
 
 
@@ -148,6 +154,52 @@ def _constrain_rows(tree: Any, mesh: Mesh | None, row_axis: int) -> Any:
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
 
+_EMBEDDING_ROOTS = ("embed", "lm_head")
+
+
+def _root(path) -> str:
+    key = path[0]
+    return str(getattr(key, "key", getattr(key, "name", key)))
+
+
+def stop_frozen_gradients(params: nnx.State, freeze: FreezeConfig) -> nnx.State:
+    """`params` with `stop_gradient` on the embedding leaves when `freeze.embeddings` (the
+    frozen bottom layers are cut inside the model, `hidden(frozen_layers=K)`)."""
+    if not freeze.embeddings:
+        return params
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: jax.lax.stop_gradient(p) if _root(path) in _EMBEDDING_ROOTS else p, params)
+
+
+def zero_frozen_updates(updates: nnx.State, freeze: FreezeConfig) -> nnx.State:
+    """`updates` with the frozen entries set to 0: layer slices [:K] of the stacked layer leaves
+    ([L, ...]) and, with `freeze.embeddings`, the embedding leaves. Their gradients are already 0;
+    this also cancels AdamW's weight decay on them, so frozen values stay bit-identical."""
+    if not freeze.active:
+        return updates
+    k = freeze.bottom_layers
+
+    def mask(path, u):
+        root = _root(path)
+        if root in _EMBEDDING_ROOTS and freeze.embeddings:
+            return jnp.zeros_like(u)
+        if root == "layers" and k:
+            keep = (jnp.arange(u.shape[0]) >= k).reshape((-1,) + (1,) * (u.ndim - 1))
+            return jnp.where(keep, u, jnp.zeros_like(u))
+        return u
+
+    return jax.tree_util.tree_map_with_path(mask, updates)
+
+
+def check_freeze(freeze: FreezeConfig, params: nnx.State) -> None:
+    """Raises ValueError naming `rl.freeze.bottom_layers` unless it leaves a layer to train."""
+    stacked = [p for path, p in jax.tree_util.tree_leaves_with_path(params) if _root(path) == "layers"]
+    num_layers = stacked[0].shape[0] if stacked else 0
+    if freeze.bottom_layers and freeze.bottom_layers >= num_layers:
+        raise ValueError(f"rl.freeze.bottom_layers = {freeze.bottom_layers} leaves nothing to "
+                         f"train: the model has {num_layers} layers (use 0..{num_layers - 1})")
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     cfg: RLConfig,
@@ -179,8 +231,10 @@ def make_train_step(
     schedule = learning_rate_schedule(cfg.optim)
     lcfg = cfg.loss
     num_micro = cfg.num_micro_batches
-    logprobs = lambda params, mb: policy_logprobs(  # noqa: E731
-        graphdef, params, mb, temperature=lcfg.temperature, chunk_size=cfg.logprob_chunk_size
+    freeze = cfg.freeze
+    logprobs = lambda params, mb, frozen=0: policy_logprobs(  # noqa: E731
+        graphdef, params, mb, temperature=lcfg.temperature, chunk_size=cfg.logprob_chunk_size,
+        frozen_layers=frozen,
     )
 
     def step(state: TrainState, batch: TokenBatch, ref_params: nnx.State | None = None):
@@ -188,13 +242,15 @@ def make_train_step(
             raise ValueError(f"kl_coef={lcfg.kl_coef} > 0 needs ref_params")
         if not lcfg.use_reference and ref_params is not None:
             raise ValueError("kl_coef == 0: pass no ref_params (no reference model is run at β = 0)")
+        check_freeze(freeze, state.params)
         denom = agg_denominator(batch.loss_mask, batch.segment_ids, lcfg.agg_mode, lcfg.loss_scale_factor)
         micro = _constrain_rows(split_micro_batches(batch, num_micro), mesh, row_axis=1)
         m = batch.loss_mask.astype(jnp.float32)
         shift = jnp.sum(m * batch.sampler_logprobs) / jnp.maximum(jnp.sum(m), 1.0)
 
         def micro_objective(params, mb: TokenBatch, ref_logp):
-            logp, entropy = logprobs(params, mb)
+            logp, entropy = logprobs(stop_frozen_gradients(params, freeze), mb,
+                                     freeze.bottom_layers)
             return objective_sums(
                 logp,
                 entropy,
@@ -240,6 +296,7 @@ def make_train_step(
 
         def apply(_):
             updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+            updates = zero_frozen_updates(updates, freeze)
             return optax.apply_updates(state.params, updates), new_opt
 
         def skip(_):

@@ -374,18 +374,20 @@ def sft_batch(views: Sequence[TokenView], row_len: int, rows_multiple: int, pad_
 def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, num_steps: int,
               batch_size: int, learning_rate: float, warmup_steps: int = 0,
               weight_decay: float = 0.0, row_len: int, seed: int = 0, save_every: int = 50,
-              progress: bool = True, num_micro_batches: int = 1, rows_multiple: int = 8) -> Any:
+              progress: bool = True, num_micro_batches: int = 1, rows_multiple: int = 8,
+              freeze: Any = None) -> Any:
     """SFT of `model` on `views` through `make_train_step`; resumable from `<run_dir>/checkpoints`.
 
     Returns (final params (an `nnx.State`), steps done); fewer steps than `num_steps` means the
     run was stopped (SIGTERM or SIGINT) and can be resumed. Metrics go to
     `<run_dir>/metrics.jsonl`. Raises `loop.RunFolderError` when `run_dir` has metrics but no
-    checkpoint, `CheckpointError` when no checkpoint is intact (two are kept).
+    checkpoint, `CheckpointError` when no checkpoint is intact (two are kept). `freeze` (a
+    `FreezeConfig`, default none) leaves the bottom layers / embeddings untouched, as in RL.
     """
     import jax
     import jax.numpy as jnp
 
-    from ppp_jax.config.rl import OptimConfig, RLConfig
+    from ppp_jax.config.rl import FreezeConfig, OptimConfig, RLConfig
     from ppp_jax.rl.optim import make_optimizer
     from ppp_jax.rl.train_step import TrainState, make_train_step, split_model
     from ppp_jax.train import loop
@@ -399,7 +401,8 @@ def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, nu
     rl = RLConfig(optim=OptimConfig(learning_rate=learning_rate, weight_decay=weight_decay,
                                     warmup_steps=warmup_steps, total_steps=max(num_steps, 1),
                                     schedule="cosine", final_lr_ratio=0.1),
-                  num_micro_batches=num_micro_batches, logprob_chunk_size=min(row_len, 512))
+                  num_micro_batches=num_micro_batches, logprob_chunk_size=min(row_len, 512),
+                  freeze=freeze if freeze is not None else FreezeConfig())
     graphdef, params = split_model(model)
     optimizer = make_optimizer(rl.optim)
     step = make_train_step(graphdef, rl, optimizer)
