@@ -6,7 +6,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 CONFIG ?= configs/tiny_cpu.yaml
 
-.PHONY: run test test-slow install clean
+.PHONY: run run-smollm2 test test-slow install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ install: $(STAMP_RUN)
 
 run: $(STAMP_RUN)
 	$(BIN)/ppp demo $(CONFIG)
+
+# The demo from SmolLM2-135M-Instruct (needs the test extras: the GGUF wheel and its reader).
+run-smollm2: $(STAMP_TEST)
+	$(BIN)/python -m ppp_jax.model.smollm2 runs/smollm2-135m-instruct
+	$(BIN)/ppp demo configs/demo_smollm2.yaml
 
 test: $(STAMP_TEST)
 	$(BIN)/python -m pytest -q -n 2 --timeout=900

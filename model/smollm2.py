@@ -10,6 +10,7 @@ is `ppp convert gguf2hf`'s (`ppp_jax.model.gguf_io.gguf_to_hf`: transformers rea
 the `gguf` package; the directory is written whole or not at all); nothing is downloaded.
 
     python -m ppp_jax.model.smollm2          # converts if needed, prints the directory
+    python -m ppp_jax.model.smollm2 DIR      # the same, into DIR
     ppp serve configs/serve_tiny.yaml checkpoint=$(python -m ppp_jax.model.smollm2) \\
         model_name=smollm2 chat_format=hermes
 
@@ -85,4 +86,6 @@ def smollm2_checkpoint(directory: str | Path | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    print(smollm2_checkpoint())
+    import sys
+
+    print(smollm2_checkpoint(sys.argv[1] if len(sys.argv) > 1 else None))

@@ -85,7 +85,7 @@ def stage_inputs(cfg: RunConfig, tasks) -> dict[str, Any]:
         h.update(json.dumps([t.task_id, t.precise_prompt, t.vague_prompt, list(t.gold)]).encode())
     full = cfgmod.to_dict(cfg)
     return {"format": STAGE_FORMAT, "tasks": h.hexdigest()[:16],
-            **{k: full[k] for k in STAGE_SECTIONS}}
+            **{k: full[k] for k in STAGE_SECTIONS}, "rl.freeze": full["rl"]["freeze"]}
 
 
 def check_stage_inputs(cfg: RunConfig, tasks) -> None:
@@ -154,7 +154,7 @@ def build_stage(cfg: RunConfig) -> Built:
     from ppp_jax.envs.simulator_backends import make_simulator
     from ppp_jax.train import sft
     from ppp_jax.sampling.chat import load_tokenizer
-    from ppp_jax.train.builders import agent_domain, build_tasks
+    from ppp_jax.train.builders import agent_domain, build_tasks, chat_format_of, vocab_size_of
 
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -168,12 +168,17 @@ def build_stage(cfg: RunConfig) -> Built:
     s = cfg.sft
     behaviour = sft.BehaviourConfig(s.ask_vague, s.ask_precise, s.follow_preference,
                                     s.effort_mix, s.seed)
+    tok_path = tokenizer_path(cfg)
+    # A pretrained policy brings its tokenizer and chat format; the tiny one gets a tokenizer
+    # trained here, in the Seed-OSS format.
+    pretrained = bool(cfg.policy.path)
+    chat_format = chat_format_of(cfg, load_tokenizer(tok_path)) if pretrained else "seed_oss"
     records = sft.generate_scripted_episodes(
         train_tasks, domain, simulator, num_episodes=s.num_episodes, behaviour=behaviour,
-        include_heldout_styles=s.include_heldout_styles, episode=cfg.rollout.episode)
+        include_heldout_styles=s.include_heldout_styles, episode=cfg.rollout.episode,
+        chat_format=chat_format)
     _say(f"{len(records)} scripted warm-start episodes")
-    tok_path = tokenizer_path(cfg)
-    if not tok_path.exists():
+    if not pretrained and not tok_path.exists():
         texts = list(sft.episode_texts(records, domain, by_id,
                                        interface=cfg.rollout.episode.interface))
         texts += [t.precise_prompt for t in tasks] + [t.vague_prompt for t in tasks]
@@ -183,16 +188,19 @@ def build_stage(cfg: RunConfig) -> Built:
         tok.save(str(tmp))
         tmp.replace(tok_path)
     tokenizer = load_tokenizer(tok_path)
-    views = sft.token_views(records, domain, by_id, ChatTokenizer(tokenizer),
+    views = sft.token_views(records, domain, by_id, ChatTokenizer(tokenizer, chat_format),
                             interface=cfg.rollout.episode.interface)
-    _say(f"tokenizer {tok_path}: {tokenizer.get_vocab_size()} ids; warm-start sequences "
+    _say(f"tokenizer {tok_path}: {vocab_size_of(tokenizer)} ids; warm-start sequences "
          f"{sum(len(v.token_ids) for v in views) / max(len(views), 1):.0f} tokens on average")
     return Built(tasks, domain, simulator, records, tokenizer, views)
 
 
 def tokenizer_path(cfg: RunConfig) -> Path:
-    """`policy.tokenizer` if set, else `<run>/tokenizer.json`."""
-    return Path(cfg.policy.tokenizer) if cfg.policy.tokenizer else cfg.output_dir / "tokenizer.json"
+    """`policy.tokenizer` if set, else the pretrained `policy.path`'s, else `<run>/tokenizer.json`
+    (trained by the build stage)."""
+    if cfg.policy.tokenizer:
+        return Path(cfg.policy.tokenizer)
+    return Path(cfg.policy.path) if cfg.policy.path else cfg.output_dir / "tokenizer.json"
 
 
 def sft_stage(cfg: RunConfig, built: Built, model: Any, *, progress: bool = True) -> Any:
@@ -213,13 +221,16 @@ def sft_stage(cfg: RunConfig, built: Built, model: Any, *, progress: bool = True
         return model
     row_len = s.row_len
     keep = [v for v in built.views if len(v.token_ids) - 1 <= row_len]
+    if not keep:
+        raise ValueError(f"every warm-start episode is longer than sft.row_len = {row_len} tokens "
+                         f"(the shortest has {min(len(v.token_ids) for v in built.views) - 1})")
     if len(keep) < len(built.views):
         _say(f"{len(built.views) - len(keep)} warm-start episodes longer than {row_len} tokens left out")
     params, steps = sft.train_sft(model, keep, run_dir=cfg.output_dir / "sft", num_steps=s.num_steps,
                            batch_size=s.batch_size, learning_rate=s.learning_rate,
                            warmup_steps=s.warmup_steps, weight_decay=s.weight_decay,
                            row_len=row_len, seed=s.seed, progress=progress,
-                           rows_multiple=s.rows_multiple, save_every=20)
+                           rows_multiple=s.rows_multiple, save_every=20, freeze=cfg.rl.freeze)
     nnx.update(model, params)
     if steps < s.num_steps:
         raise Interrupted(f"warm start stopped at step {steps} of {s.num_steps}; run again to resume")

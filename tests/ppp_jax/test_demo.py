@@ -84,3 +84,52 @@ def test_run_folder_from_other_inputs_is_refused(tmp_path):
         check_stage_inputs(changed, tasks)
     with pytest.raises(StaleRunError, match="changed: tasks"):
         check_stage_inputs(cfg, tasks[1:])
+
+
+def test_demo_from_a_pretrained_qwen_checkpoint_trains_only_its_top(tmp_path):
+    """The demo pipeline started from a Hugging Face checkpoint (configs/demo_smollm2.yaml's
+    path, on a random tiny Qwen2 model with a Qwen2.5 tokenizer): no tokenizer is trained, the
+    warm-start episodes are in the checkpoint's Hermes format, and with `rl.freeze` the frozen
+    bottom layer and embedding leave the warm start bit-identical while the top layer moves; PPP
+    runs on top."""
+    import numpy as np
+
+    from ppp_jax.demo import run_demo
+    from ppp_jax.model.api import load_pretrained
+    from ppp_jax.model.testing import write_tiny_hf_checkpoint
+    from tests.sampling.chat_templates import qwen_tokenizer
+
+    ckpt = tmp_path / "qwen_tiny"
+    tok = qwen_tokenizer()
+    write_tiny_hf_checkpoint(ckpt, family="qwen2", vocab_size=-(-len(tok) // 8) * 8,
+                             hidden_size=32, intermediate_size=48, num_layers=2, num_heads=2,
+                             num_kv_heads=1, head_dim=16, max_position_embeddings=1024)
+    tok.save_pretrained(str(ckpt))
+    cfg = cfgmod.load_config("configs/demo_smollm2.yaml", RunConfig, SHORT + [
+        # the test tokenizer is nearly character-level: ~1,500 tokens an episode
+        f"run_dir={tmp_path}", "name=pre", f"policy.path={ckpt}", "sft.row_len=2560",
+        "rl.freeze.bottom_layers=1", "rl.num_micro_batches=1", "rollout.rows_multiple=2",
+        "rollout.row_len=2560", "rollout.episode.max_context_tokens=2200",
+        "engine.max_seq_len=2560", "engine.num_pages=1400", "engine.prefill_chunks=[256, 1024]",
+        "rl.optim.learning_rate=1e-3", "sft.learning_rate=1e-3"])
+    summary = run_demo(cfg, progress=False)
+    out = tmp_path / "pre"
+    assert not (out / "tokenizer.json").exists()  # the checkpoint's own tokenizer
+    assert summary["training"]["steps"] == 2 and summary["sft"]["steps"] == 3
+
+    start = load_pretrained(ckpt)
+    final = load_pretrained(out / "sft_policy")  # PPP's own freeze: tests/ppp_jax/test_freeze.py
+    for name in ("q_proj", "o_proj"):
+        a = np.asarray(getattr(start.layers.attn, name).kernel.value)
+        b = np.asarray(getattr(final.layers.attn, name).kernel.value)
+        np.testing.assert_array_equal(b[0], a[0])  # frozen bottom layer
+        assert not np.array_equal(b[1], a[1]), name  # trained top layer
+    np.testing.assert_array_equal(np.asarray(final.embed.embedding.value),
+                                  np.asarray(start.embed.embedding.value))
+    # the warm start was in the Hermes layout (ChatML turns, JSON calls)
+    from ppp_jax.demo import build_stage
+
+    built = build_stage(cfg)
+    text = built.tokenizer.decode(list(built.views[0].token_ids))
+    assert text.startswith("<|im_start|>system\n") and '<tool_call>\n{"name": ' in text
+    assert "<seed:" not in text
