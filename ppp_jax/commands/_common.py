@@ -15,11 +15,13 @@ class UsageError(ValueError):
     """A command-line argument is wrong; the message names it and says what to write instead."""
 
 
-def add_override_arguments(parser: argparse.ArgumentParser) -> None:
-    """The positional `KEY=VALUE` overrides every config-taking command accepts after CONFIG."""
+def add_override_arguments(parser: argparse.ArgumentParser,
+                           example: str = "trainer.num_steps=3 rl.optim.learning_rate=1e-5") -> None:
+    """The positional `KEY=VALUE` overrides every config-taking command accepts after CONFIG;
+    `example`: overrides of keys that command's config has."""
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides (dotted keys), e.g. trainer.num_steps=3 "
-                             "rl.optim.learning_rate=1e-5; options may come before or after")
+                        help=f"config overrides (dotted keys), e.g. {example}; options may come "
+                             "before or after")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -57,7 +57,7 @@ class DataPrepConfig:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=KINDS, help="which benchmark to prepare")
     parser.add_argument("config", help="data config YAML (configs/data_*.yaml)")
-    add_override_arguments(parser)
+    add_override_arguments(parser, example="output=data/mine vaguenizer.backend=rule")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--verbose", action="store_true", help="log ppp_jax's INFO messages")
 

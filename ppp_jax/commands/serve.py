@@ -88,7 +88,7 @@ class ServeConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="serve config YAML (see configs/serve_tiny.yaml)")
-    add_override_arguments(parser)
+    add_override_arguments(parser, example="port=8011 engine.num_slots=16")
 
 
 class StartupError(Exception):

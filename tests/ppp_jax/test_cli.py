@@ -417,3 +417,23 @@ def test_export_template_renders_the_system_turn_the_policy_was_trained_on(tmp_p
             "c": {"type": "boolean", "description": "z"}, "d": {"type": "object"}}}}}]
     for tools in (demo_tools, every_type, demo_tools + every_type, []):
         assert exported.render_system("Be brief.", tools) == trained.render_system("Be brief.", tools)
+
+
+@pytest.mark.parametrize("name", ["train", "eval", "sft", "demo", "compile", "serve", "data"])
+def test_help_override_examples_are_keys_of_that_commands_config(name):
+    """The `e.g. ...` overrides each command's help shows exist in the config it reads (serve's
+    once showed trainer.num_steps=3, a key serve configs do not have)."""
+    import re
+
+    from ppp_jax.commands.data import DataPrepConfig
+    from ppp_jax.commands.serve import ServeConfig
+    from ppp_jax.config.loader import check_override_key
+    from ppp_jax.config.run import RunConfig
+
+    parser = cli.command_parser(name)
+    overrides = next(a for a in parser._actions if a.dest == "overrides")
+    example = re.search(r"e\.g\. (.*?);", overrides.help).group(1).split()
+    assert example
+    schema = {"serve": ServeConfig, "data": DataPrepConfig}.get(name, RunConfig)
+    for text in example:
+        check_override_key(schema, text)
