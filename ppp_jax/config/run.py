@@ -130,8 +130,12 @@ class DomainSection(BrowseCompSection, SweFullSection, SweFuncLocSection, Stdlib
     show_preference: bool = True
 
     def __post_init__(self):
-        # an unknown name lists the registered domains; the domain's own section is checked too
-        spec = get_domain(self.name)
+        # an unknown name lists the registered domains (blamed on `domain.name`, so an override
+        # that set it is named); the domain's own section is checked too
+        try:
+            spec = get_domain(self.name)
+        except ValueError as e:
+            raise cfgmod.FieldError("name", str(e)) from None
         spec.section_from(self)
         # A key of another domain's section would be silently ignored: refuse it instead.
         own = {f.name for f in dataclasses.fields(spec.section)}

@@ -238,3 +238,10 @@ def test_cli_refuses_before_building_anything(tmp_path, capsys):
         key = override.split("=")[0]
         assert err[0].startswith("ppp train: ") and key in err[0]
     assert not (tmp_path / "runs").exists()  # nothing was built or written
+
+
+def test_unknown_domain_set_by_an_override_names_the_override_and_the_key():
+    with pytest.raises(ConfigError) as e:
+        load_run_config(CONFIGS / "tiny_cpu.yaml", ["domain.name=nope"])
+    assert str(e.value).startswith("override 'domain.name=nope': domain.name: unknown domain 'nope'")
+    assert "stdlib_loc" in str(e.value)
