@@ -49,13 +49,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _machine import cpu_model, ensure_checkpoint, load_averages
 
 CONFIG = dict(vocab_size=8192, hidden_size=512, intermediate_size=1536, num_layers=8,
               num_heads=8, num_kv_heads=2, head_dim=64, max_position_embeddings=4096)
@@ -223,31 +224,10 @@ def child(args) -> int:
 # ---- the driver ---------------------------------------------------------------------------------
 
 
-def _uptime() -> list[str]:
-    """The 1, 5 and 15 minute load averages."""
-    try:
-        return Path("/proc/loadavg").read_text().split()[:3]
-    except OSError:
-        return ["?"] * 3
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-    except Exception:  # noqa: BLE001
-        return platform.processor() or platform.machine()
-
-
 def driver(args) -> int:
     workdir = Path(args.dir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if not (workdir / "config.json").exists():
-        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-        subprocess.run([sys.executable, "-c",
-                        "import sys, json; from ppp_jax.model import testing as mt; "
-                        "mt.write_tiny_hf_checkpoint(sys.argv[1], seed=0, **json.loads(sys.argv[2]))",
-                        str(workdir), json.dumps(CONFIG)], check=True, env=env)
+    ensure_checkpoint(workdir, CONFIG)
     rng = np.random.default_rng(args.seed)
     S, T = args.sessions, args.turns
     inp = {"sessions": S, "turns": T, "new": args.new,
@@ -262,16 +242,16 @@ def driver(args) -> int:
         cmd = [sys.executable, __file__, "--system", system, "--dir", str(workdir), "--out",
                str(out), "--repeats", str(args.repeats)] + (["--single-thread"]
                                                             if args.single_thread else [])
-        load_before = _uptime()
+        load_before = load_averages()
         print(f"# {system}: load {load_before}", flush=True)
         subprocess.run(cmd, check=True)
-        loads[system] = (load_before, _uptime())
+        loads[system] = (load_before, load_averages())
         results[system] = json.loads(out.read_text())
 
     gen_tokens = S * T * args.new
     ctx = args.first + (T - 1) * args.obs + T * args.new
     print()
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} CPUs; "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; "
           f"{'each process pinned to one core' if args.single_thread else 'all cores'}")
     print(f"workload: {S} sessions x {T} turns, first prompt {args.first}, observation "
           f"{args.obs}, {args.new} new tokens per turn (greedy, EOS ignored), final context "

@@ -43,13 +43,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _machine import cpu_model, ensure_checkpoint, load_averages
 
 CONFIG = dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_layers=12,
               num_heads=12, num_kv_heads=4, head_dim=64, max_position_embeddings=4096)
@@ -298,31 +299,10 @@ def child(args) -> int:
 # ---- the driver ---------------------------------------------------------------------------------
 
 
-def _load() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().split()[0]
-    except OSError:
-        return "?"
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(l.split(":", 1)[1].strip() for l in out.splitlines()
-                    if l.startswith("Model name"))
-    except Exception:  # noqa: BLE001
-        return platform.processor() or platform.machine()
-
-
 def driver(args) -> int:
     workdir = Path(args.dir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if not (workdir / "config.json").exists():
-        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-        subprocess.run([sys.executable, "-c",
-                        "import sys, json; from ppp_jax.model import testing as mt; "
-                        "mt.write_tiny_hf_checkpoint(sys.argv[1], seed=0, **json.loads(sys.argv[2]))",
-                        str(workdir), json.dumps(CONFIG)], check=True, env=env)
+    ensure_checkpoint(workdir, CONFIG)
     rng = np.random.default_rng(args.seed)
     inp = {"new": args.new, "prompts": rng.integers(
         3, CONFIG["vocab_size"], size=(max(args.batches), args.prompt)).tolist()}
@@ -335,10 +315,10 @@ def driver(args) -> int:
         cmd = [sys.executable, __file__, "--system", system, "--dir", str(workdir), "--out",
                str(out), "--repeats", str(args.repeats), "--batches",
                *map(str, args.batches)] + (["--single-thread"] if args.single_thread else [])
-        before = _load()
+        before = load_averages()[0]
         print(f"# {system}: load {before}", flush=True)
         subprocess.run(cmd, check=True)
-        loads[system] = (before, _load())
+        loads[system] = (before, load_averages()[0])
         results[system] = json.loads(out.read_text())
 
     c = CONFIG
@@ -349,7 +329,7 @@ def driver(args) -> int:
     ctx = args.prompt + args.new / 2
     tok_flops = 2 * wmat + 4 * L * n * h * ctx
     print()
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} CPUs; "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; "
           f"{'each process pinned to one core' if args.single_thread else 'all cores'}")
     print(f"model {c}, float32, {wmat / 1e6:.1f}M matmul weights; batch rows of {args.prompt} "
           f"prompt tokens, {args.new} new tokens each (greedy, no stop); best of {args.repeats}")
