@@ -108,7 +108,7 @@ def test_unknown_name_lists_the_registered_domains(toy):
     registered = r"unknown domain 'nope'; registered domains: \[.*'toy_echo'"
     with pytest.raises(ValueError, match=registered):
         get_domain("nope")
-    with pytest.raises(ConfigError, match=r"domain: unknown domain 'nope'; registered domains: "
+    with pytest.raises(ConfigError, match=r"domain\.name: unknown domain 'nope'; registered domains: "
                                           r"\['browsecomp_plus', 'stdlib_loc', 'swe_full', "
                                           r"'swe_func_loc', 'toy_echo'\]"):
         from_dict(RunConfig, {"domain": {"name": "nope"}})

@@ -120,12 +120,12 @@ def test_demo_from_a_pretrained_qwen_checkpoint_trains_only_its_top(tmp_path):
     start = load_pretrained(ckpt)
     final = load_pretrained(out / "sft_policy")  # PPP's own freeze: tests/ppp_jax/test_freeze.py
     for name in ("q_proj", "o_proj"):
-        a = np.asarray(getattr(start.layers.attn, name).kernel.value)
-        b = np.asarray(getattr(final.layers.attn, name).kernel.value)
+        a = np.asarray(getattr(start.layers.attn, name).kernel[...])
+        b = np.asarray(getattr(final.layers.attn, name).kernel[...])
         np.testing.assert_array_equal(b[0], a[0])  # frozen bottom layer
         assert not np.array_equal(b[1], a[1]), name  # trained top layer
-    np.testing.assert_array_equal(np.asarray(final.embed.embedding.value),
-                                  np.asarray(start.embed.embedding.value))
+    np.testing.assert_array_equal(np.asarray(final.embed.embedding[...]),
+                                  np.asarray(start.embed.embedding[...]))
     # the warm start was in the Hermes layout (ChatML turns, JSON calls)
     from ppp_jax.demo import build_stage
 

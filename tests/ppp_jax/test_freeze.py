@@ -4,6 +4,7 @@ trained ones get exactly the gradient of full training, and no backward work is 
 import dataclasses
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -98,7 +99,7 @@ def test_backward_work_stops_at_the_frozen_layers():
             for eqn in jaxpr.eqns:
                 if eqn.primitive.name == "scan" and eqn.params["length"] >= 2:
                     lengths.append(eqn.params["length"])
-                for sub in jax.core.jaxprs_in_params(eqn.params):
+                for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                     walk(sub)
 
         walk(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)

@@ -176,6 +176,7 @@ SMALL_SLICE = ["--topology", "v5e:2x2", "--mesh", "data=1,fsdp=-1,tensor=1",
 
 def test_the_shipped_configs_are_the_ones_checked_here():
     assert CONFIGS == ["data_browsecomp_plus.yaml", "data_swe_gym.yaml", "data_swe_verified.yaml",
+                       "demo_smollm2.yaml",
                        "eval_released_ppp36b_browsecomp.yaml", "eval_released_ppp36b_funcloc.yaml",
                        "eval_seed_oss_36b_funcloc.yaml", "eval_seed_oss_36b_swefull.yaml",
                        "eval_tiny_cpu.yaml", "rehearsal_smollm2.yaml",
@@ -199,7 +200,8 @@ def test_shipped_run_config_passes_the_shape_check(name, tmp_path):
     """`ppp compile --dry-run`: the config loads as a run config, and every program `ppp train`
     runs with it (train step at the trainer's own batch and T, π_old pass when it runs, engine
     prefill and decode) traces and lays out on its slice."""
-    extra = SMALL_SLICE if "tiny" in name or "rehearsal" in name else []  # one-CPU configs
+    one_cpu = ("tiny" in name or "rehearsal" in name or name.startswith("demo_"))
+    extra = SMALL_SLICE if one_cpu else []  # one-CPU configs
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-m", "ppp_jax.cli", "compile", f"configs/{name}",
                            "--dry-run", "--steps", "train,prefill,decode", *extra], cwd=ROOT,
