@@ -172,7 +172,8 @@ def build_stage(cfg: RunConfig) -> Built:
     # A pretrained policy brings its tokenizer and chat format; the tiny one gets a tokenizer
     # trained here, in the Seed-OSS format.
     pretrained = bool(cfg.policy.path)
-    chat_format = chat_format_of(cfg, load_tokenizer(tok_path)) if pretrained else "seed_oss"
+    tokenizer = load_tokenizer(tok_path) if pretrained else None
+    chat_format = chat_format_of(cfg, tokenizer) if pretrained else "seed_oss"
     records = sft.generate_scripted_episodes(
         train_tasks, domain, simulator, num_episodes=s.num_episodes, behaviour=behaviour,
         include_heldout_styles=s.include_heldout_styles, episode=cfg.rollout.episode,
@@ -187,7 +188,8 @@ def build_stage(cfg: RunConfig) -> Built:
         tmp = tok_path.with_name(tok_path.name + ".tmp")
         tok.save(str(tmp))
         tmp.replace(tok_path)
-    tokenizer = load_tokenizer(tok_path)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(tok_path)
     views = sft.token_views(records, domain, by_id, ChatTokenizer(tokenizer, chat_format),
                             interface=cfg.rollout.episode.interface)
     _say(f"tokenizer {tok_path}: {vocab_size_of(tokenizer)} ids; warm-start sequences "
