@@ -133,3 +133,18 @@ def test_demo_from_a_pretrained_qwen_checkpoint_trains_only_its_top(tmp_path):
     text = built.tokenizer.decode(list(built.views[0].token_ids))
     assert text.startswith("<|im_start|>system\n") and '<tool_call>\n{"name": ' in text
     assert "<seed:" not in text
+
+
+def test_warm_start_refuses_when_every_episode_exceeds_row_len(tmp_path):
+    """No warm-start episode fits `sft.row_len`: a message naming the key and the shortest
+    episode, before any training (it was "no SFT examples")."""
+    from ppp_jax.demo import build_stage, sft_stage
+    from ppp_jax.train.builders import build_model
+
+    cfg = cfgmod.load_config("configs/tiny_cpu.yaml", RunConfig,
+                             SHORT + [f"run_dir={tmp_path}", "name=short", "sft.row_len=16"])
+    built = build_stage(cfg)
+    with pytest.raises(ValueError, match=r"every warm-start episode is longer than "
+                                         r"sft\.row_len = 16 tokens \(the shortest has \d+\)"):
+        sft_stage(cfg, built, build_model(cfg, built.tokenizer), progress=False)
+    assert not (tmp_path / "short" / "sft_policy").exists()
