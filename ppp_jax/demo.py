@@ -154,7 +154,8 @@ def build_stage(cfg: RunConfig) -> Built:
     from ppp_jax.envs.simulator_backends import make_simulator
     from ppp_jax.train import sft
     from ppp_jax.sampling.chat import load_tokenizer
-    from ppp_jax.train.builders import agent_domain, build_tasks, chat_format_of, vocab_size_of
+    from ppp_jax.train.builders import (agent_domain, build_tasks, chat_format_of,
+                                        generation_prefix_of, vocab_size_of)
 
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -191,7 +192,8 @@ def build_stage(cfg: RunConfig) -> Built:
     if tokenizer is None:
         tokenizer = load_tokenizer(tok_path)
     views = sft.token_views(records, domain, by_id, ChatTokenizer(tokenizer, chat_format),
-                            interface=cfg.rollout.episode.interface)
+                            interface=cfg.rollout.episode.interface,
+                            generation_prefix=generation_prefix_of(cfg, tokenizer))
     _say(f"tokenizer {tok_path}: {vocab_size_of(tokenizer)} ids; warm-start sequences "
          f"{sum(len(v.token_ids) for v in views) / max(len(views), 1):.0f} tokens on average")
     return Built(tasks, domain, simulator, records, tokenizer, views)

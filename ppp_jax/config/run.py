@@ -90,6 +90,12 @@ class PolicySection:
       "seed_oss", "hermes" (Qwen2.5 / Qwen3), "llama3" (Llama 3.1 / 3.2 / 3.3, JSON calls),
       "llama3_pythonic" (Llama 3.2 1B / 3B's `[f(a=1)]` call lists); "" = told by the
       tokenizer's special tokens (and, for a Llama 3 variant, its chat template).
+    generation_prefix: text written after the generation prompt of every policy turn, before
+      the policy samples (mask 0: not trained; part of the turn's text for parsing). "auto" =
+      what the checkpoint's chat template writes there beyond the format's generation prompt
+      (`<think>\n` for Qwen3 2507 thinking checkpoints; nothing for Seed-OSS, Qwen2.5, hybrid
+      Qwen3, Llama 3 and tokenizers without a template); "none" = nothing; any other text is
+      used as it is (e.g. Seed-OSS's thinking-budget-0 pre-fill).
     """
 
     path: str = ""
@@ -98,6 +104,7 @@ class PolicySection:
     vocab_from_tokenizer: bool = True
     dropout: float = 0.0
     chat_format: Literal["", "seed_oss", "hermes", "llama3", "llama3_pythonic"] = ""
+    generation_prefix: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,8 +23,8 @@ class SeededEnginePolicy(EnginePolicy):
     """
 
     def __init__(self, engine: Any, tokenizer: Any, sampling: EngineSampling = EngineSampling(),
-                 base_seed: int = 0):
-        super().__init__(engine, tokenizer, sampling)
+                 base_seed: int = 0, generation_prefix: str = ""):
+        super().__init__(engine, tokenizer, sampling, generation_prefix)
         self.base_seed = base_seed
 
     def start(self, episode_id: str) -> EngineSession:
@@ -78,17 +78,18 @@ class ReplicaEnginePolicy(SeededEnginePolicy):
 
     Args:
       engines: the replicas (each with `generate` and `end_session`, like `Engine`).
-      tokenizer / sampling / base_seed: as `SeededEnginePolicy`.
+      tokenizer / sampling / base_seed / generation_prefix: as `SeededEnginePolicy`.
 
     `sessions_per_replica[i]` counts the episodes (attempts included) started on replica i.
     `engine` is the first replica (for code that reads one engine's config).
     """
 
     def __init__(self, engines: Sequence[Any], tokenizer: Any,
-                 sampling: EngineSampling = EngineSampling(), base_seed: int = 0):
+                 sampling: EngineSampling = EngineSampling(), base_seed: int = 0,
+                 generation_prefix: str = ""):
         if not engines:
             raise ValueError("ReplicaEnginePolicy needs at least one engine")
-        super().__init__(engines[0], tokenizer, sampling, base_seed)
+        super().__init__(engines[0], tokenizer, sampling, base_seed, generation_prefix)
         self.engines = list(engines)
         self._views = [_OnReplica(self, e) for e in self.engines]
         self.sessions_per_replica = [0] * len(self.engines)

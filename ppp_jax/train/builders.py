@@ -149,16 +149,39 @@ def chat_format_of(cfg: RunConfig, tokenizer: Any) -> str:
         raise ConfigError(f"policy.chat_format: {e}", ["policy.chat_format"]) from None
 
 
+def generation_prefix_of(cfg: RunConfig, tokenizer: Any) -> str:
+    """`policy.generation_prefix` resolved: "auto" = what the tokenizer's chat template writes
+    after the format's generation prompt, "none" = "", else the configured text (a ConfigError
+    naming policy.generation_prefix when the template's generation prompt is not the format's)."""
+    from ppp_jax.config.loader import ConfigError
+    from ppp_jax.sampling.chat_format import GenerationPromptMismatch, template_generation_prefix
+
+    prefix = cfg.policy.generation_prefix
+    if prefix == "none":
+        return ""
+    if prefix != "auto":
+        return prefix
+    if not isinstance(getattr(tokenizer, "chat_template", None), str):
+        return ""  # a tokenizer without a template (trained here): nothing to inspect
+    try:
+        return template_generation_prefix(tokenizer, chat_format_of(cfg, tokenizer))
+    except GenerationPromptMismatch as e:
+        raise ConfigError(f"policy.generation_prefix: auto: {e}",
+                          ["policy.generation_prefix", "policy.chat_format"]) from None
+
+
 def make_policy(cfg: RunConfig, engine: Any, tokenizer: Any, temperature: float | None = None
                 ) -> SeededEnginePolicy:
     """The rollout policy over `engine`: a `SeededEnginePolicy`, or for `EngineReplicas` a
-    `ReplicaEnginePolicy` that sends each episode to one replica; chats in `chat_format_of`."""
+    `ReplicaEnginePolicy` that sends each episode to one replica; chats in `chat_format_of`,
+    each turn opened with `generation_prefix_of`."""
     from ppp_jax.sampling.chat import ChatTokenizer
 
     r = cfg.rollout
     t = r.temperature if temperature is None else temperature
     sampling = EngineSampling(t, r.top_p, r.top_k)
     chat = ChatTokenizer(tokenizer, chat_format_of(cfg, tokenizer))
+    prefix = generation_prefix_of(cfg, tokenizer)
     if isinstance(engine, EngineReplicas):
-        return ReplicaEnginePolicy(engine.engines, chat, sampling, cfg.seed)
-    return SeededEnginePolicy(engine, chat, sampling, cfg.seed)
+        return ReplicaEnginePolicy(engine.engines, chat, sampling, cfg.seed, prefix)
+    return SeededEnginePolicy(engine, chat, sampling, cfg.seed, prefix)

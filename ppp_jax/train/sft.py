@@ -44,19 +44,24 @@ from ppp_jax.sampling.chat_format import DEFAULT_FORMAT, ChatFormat, get_format
 
 
 def render_pieces(messages: Sequence[Mapping[str, Any]], system_block: str,
-                  chat_format: str | ChatFormat = DEFAULT_FORMAT) -> list[tuple[str, int]]:
+                  chat_format: str | ChatFormat = DEFAULT_FORMAT,
+                  generation_prefix: str = "") -> list[tuple[str, int]]:
     """(text, mask) pieces of a recorded conversation, split where `EngineSession` splits its
-    encode calls: all non-assistant turns up to and including the generation prompt form one
-    prompt piece (mask 0); each assistant text is one piece (mask 1), the closing eos
-    (`<seed:eos>`) excluded."""
+    encode calls: all non-assistant turns up to and including the generation prompt and
+    `generation_prefix` form one prompt piece (mask 0); each assistant text is one piece
+    (mask 1), the closing eos (`<seed:eos>`) excluded. An assistant text that starts with the
+    prefix (recorded by an engine policy, which writes it into the turn's text) has it removed:
+    the prefix is written once, in the prompt piece, as the engine session does."""
     fmt = get_format(chat_format)
     pieces: list[tuple[str, int]] = []
     pending = system_block
     run: list[Mapping[str, Any]] = []  # the non-assistant messages since the last assistant turn
     for msg in messages[1:]:
         if msg["role"] == "assistant":
-            pieces.append((pending + fmt.render_turns(run) + fmt.generation_prompt(), 0))
-            pieces.append((msg.get("raw", msg.get("content") or ""), 1))
+            text = msg.get("raw", msg.get("content") or "")
+            pieces.append((pending + fmt.render_turns(run) + fmt.generation_prompt()
+                           + generation_prefix, 0))
+            pieces.append((text.removeprefix(generation_prefix) if generation_prefix else text, 1))
             pending, run = fmt.turn_separator, []
         else:
             run.append(msg)
@@ -64,10 +69,10 @@ def render_pieces(messages: Sequence[Mapping[str, Any]], system_block: str,
 
 
 def render_token_view(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]],
-                      chat: ChatTokenizer) -> TokenView:
+                      chat: ChatTokenizer, generation_prefix: str = "") -> TokenView:
     """The token view an `EngineSession` would have recorded for this conversation, had it
     sampled exactly the assistant texts (`message["raw"]`) followed by the eos (`<seed:eos>`),
-    in `chat`'s format.
+    in `chat`'s format, each turn opened with `generation_prefix` (`EnginePolicy`'s).
 
     Mask 1 on each assistant text's tokens and its eos; 0 elsewhere.
     """
@@ -75,7 +80,7 @@ def render_token_view(messages: Sequence[Mapping[str, Any]], tools: Sequence[Map
     mask: list[int] = []
     starts: list[int] = []
     for text, m in render_pieces(messages, chat.render_system(messages[0]["content"], tools),
-                                 chat.format):
+                                 chat.format, generation_prefix):
         piece = chat.encode(text) + ([chat.eos_id] if m else [])
         if m:
             starts.append(len(ids))
@@ -305,9 +310,12 @@ def episode_tools(domain: Any, task: Task,
 
 
 def token_views(records: Sequence[EpisodeRecord], domain: Any, tasks: Mapping[str, Task],
-                chat: ChatTokenizer, interface: AgentInterface = AgentInterface()) -> list[TokenView]:
-    """Token views of recorded (text-policy) episodes run with `interface`."""
-    return [render_token_view(r.messages, episode_tools(domain, tasks[r.task_id], interface), chat)
+                chat: ChatTokenizer, interface: AgentInterface = AgentInterface(),
+                generation_prefix: str = "") -> list[TokenView]:
+    """Token views of recorded (text-policy) episodes run with `interface`, each assistant turn
+    opened with `generation_prefix` (the rollout policy's)."""
+    return [render_token_view(r.messages, episode_tools(domain, tasks[r.task_id], interface), chat,
+                              generation_prefix)
             for r in records]
 
 

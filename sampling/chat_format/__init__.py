@@ -77,6 +77,48 @@ def detect_format(tokenizer) -> str:
     return found[0]
 
 
+class GenerationPromptMismatch(ValueError):
+    """A chat template's generation prompt does not begin with the format's own."""
+
+
+def template_generation_prefix(tokenizer, chat_format: str | ChatFormat) -> str:
+    """What the tokenizer's chat template writes after `chat_format`'s generation prompt.
+
+    Qwen3 2507 thinking checkpoints open every assistant turn with `<think>\n` (their template's
+    generation prompt is ChatML's plus that), so a policy sampling after the bare ChatML prompt
+    would start its turns off the distribution it was trained on. The template is rendered on a
+    one-message probe chat with and without `add_generation_prompt`; the difference is the
+    template's generation prompt. Returns "" when the tokenizer has no chat template (a
+    `tokenizers.Tokenizer`, a tokenizer trained here) or its generation prompt is the format's.
+
+    Raises:
+      GenerationPromptMismatch when the template's generation prompt does not start with the
+        format's (the wrong `chat_format` for this checkpoint), naming both.
+    """
+    fmt = get_format(chat_format)
+    if not isinstance(getattr(tokenizer, "chat_template", None), str):
+        return ""
+    probe = [{"role": "user", "content": "Hello."}]
+    bare = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=False)
+    full = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    if not full.startswith(bare):
+        raise GenerationPromptMismatch(
+            "the chat template renders a chat differently with add_generation_prompt "
+            f"(without: ...{bare[-40:]!r}; with: ...{full[-60:]!r}); cannot tell its generation "
+            "prompt: set policy.generation_prefix explicitly")
+    prompt = full[len(bare):]
+    ours = fmt.generation_prompt()
+    # Templates end a turn with a newline that our formats write as `turn_separator` before the
+    # next turn; the template's generation prompt then starts without it.
+    for head in (ours, ours.removeprefix(fmt.turn_separator)):
+        if head and prompt.startswith(head):
+            return prompt[len(head):]
+    raise GenerationPromptMismatch(
+        f"the chat template's generation prompt {prompt!r} does not start with the "
+        f"{fmt.name!r} format's {ours!r}: is policy.chat_format right for this checkpoint? "
+        "(or set policy.generation_prefix explicitly)")
+
+
 def get_format(name: str | ChatFormat = DEFAULT_FORMAT) -> ChatFormat:
     """The registered format called `name` (a `ChatFormat` is returned as it is)."""
     if isinstance(name, ChatFormat):
@@ -87,4 +129,5 @@ def get_format(name: str | ChatFormat = DEFAULT_FORMAT) -> ChatFormat:
         raise ValueError(f"unknown chat format {name!r}; known: {', '.join(sorted(FORMATS))}") from None
 
 
-__all__ = [*base.__all__, "DEFAULT_FORMAT", "FORMATS", "detect_format", "get_format"]
+__all__ = [*base.__all__, "DEFAULT_FORMAT", "FORMATS", "GenerationPromptMismatch", "detect_format",
+           "get_format", "template_generation_prefix"]

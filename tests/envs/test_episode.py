@@ -521,3 +521,38 @@ def test_the_agent_side_domain_keeps_the_finish_rule(task, domain):
                           prompt_kind="precise"))
     assert inner.calls == 2 and rec.stats["finish_rejected"] == 1
     assert rec.answer == "" and rec.stats["finish_overridden"] == 1
+
+
+def test_qwen3_thinking_episode_opens_turns_with_the_templates_prefix_and_sft_renders_it_alike(
+        task, domain):
+    """A Qwen3 2507 thinking checkpoint's template writes `<think>\\n` after the ChatML generation
+    prompt; `template_generation_prefix` finds it, the engine session forces it before every
+    sampled turn (mask 0), the prompt before the sampled tokens is the template's rendering, and
+    SFT's rendering of the record (whose assistant texts hold the prefix) is the same tokens."""
+    from ppp_jax.sampling.chat_format import hermes, template_generation_prefix
+    from ppp_jax.train.sft import episode_tools, render_token_view
+    from tests.sampling.chat_templates import qwen3_tokenizer
+
+    hf = qwen3_tokenizer("qwen3_thinking")
+    prefix = template_generation_prefix(hf, "hermes")
+    assert prefix == "<think>\n"
+    script = ["Named in the report.\n</think>\n\n"
+              + hermes.render_tool_call("finish", {"answer": task.gold[0]})]
+    ct = chat.ChatTokenizer(hf, "hermes")
+    policy = EnginePolicy(ScriptedEngine(ct, script), ct, generation_prefix=prefix)
+    rec = run(run_episode(domain, task, policy, EmbeddedUserSimulator(),
+                          preference_id="no_ask", prompt_kind="precise"))
+    assert rec.finish_reason == "finish" and rec.task_score == 1.0
+    (a, b, m0), (c, d, m1) = masked_spans(rec)
+    assert m0 == 0 and ct.decode(rec.tokens.token_ids[a:b]).endswith(
+        "<|im_start|>assistant\n<think>\n")
+    assert m1 == 1 and ct.decode(rec.tokens.token_ids[c:d]) == script[0] + "<|im_end|>"
+    template = hf.apply_chat_template(rec.messages[:2], tools=episode_tools(domain, task),
+                                      tokenize=False, add_generation_prompt=True)
+    assert ct.decode(rec.tokens.token_ids[a:b]) == template
+    assert rec.messages[2]["raw"].startswith(prefix)
+    sft = render_token_view(rec.messages, episode_tools(domain, task), ct, prefix)
+    assert sft.token_ids == rec.tokens.token_ids and sft.loss_mask == rec.tokens.loss_mask
+    # Without the prefix SFT would train the model to write `<think>\n` itself.
+    assert render_token_view(rec.messages, episode_tools(domain, task), ct).loss_mask != \
+        rec.tokens.loss_mask

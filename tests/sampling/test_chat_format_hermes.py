@@ -274,3 +274,44 @@ def test_an_episode_renders_as_the_released_qwen3_templates():
         quiet = [*messages[:2], {**messages[2], "raw": None, "reasoning_content": None,
                                  "content": fmt.no_thinking_prefix + "Looking."}, *messages[3:]]
         assert "<|im_start|>assistant\nLooking.\n<tool_call>" in _template(tok, quiet)
+
+
+def test_generation_prefix_from_the_checkpoints_template_or_the_config():
+    """`policy.generation_prefix: auto` (the default) takes what the chat template writes after
+    the format's generation prompt: `<think>\\n` for Qwen3 2507 thinking, nothing for the hybrid
+    Qwen3, Qwen2.5, Llama 3.1 and a tokenizer without a template; "none" and literal text
+    override it; a template whose generation prompt is not the format's is a config error
+    naming both keys. The rollout policy opens its turns with the result."""
+    import pytest
+
+    from ppp_jax.config import loader as cfgmod
+    from ppp_jax.config.run import load_run_config
+    from ppp_jax.envs.testing import tiny_seed_tokenizer
+    from ppp_jax.sampling.chat_format import GenerationPromptMismatch, template_generation_prefix
+    from ppp_jax.train.builders import generation_prefix_of, make_policy
+    from tests.sampling.chat_templates import llama3_tokenizer, qwen3_tokenizer, qwen_tokenizer
+
+    thinking = qwen3_tokenizer("qwen3_thinking")
+    assert template_generation_prefix(thinking, "hermes") == "<think>\n"
+    assert template_generation_prefix(qwen3_tokenizer("qwen3_hybrid"), "hermes") == ""
+    assert template_generation_prefix(qwen_tokenizer(), "hermes") == ""
+    assert template_generation_prefix(llama3_tokenizer(), "llama3") == ""
+    assert template_generation_prefix(tiny_seed_tokenizer(), "seed_oss") == ""  # no template
+    with pytest.raises(GenerationPromptMismatch, match=r"'llama3' format's '<\|start_header_id\|>"):
+        template_generation_prefix(thinking, "llama3")
+
+    cfg = load_run_config("configs/tiny_cpu.yaml")
+    assert cfg.policy.generation_prefix == "auto"
+    assert generation_prefix_of(cfg, thinking) == "<think>\n"
+    assert make_policy(cfg, engine=object(), tokenizer=thinking).generation_prefix == "<think>\n"
+    assert generation_prefix_of(cfg, tiny_seed_tokenizer()) == ""
+    none = load_run_config("configs/tiny_cpu.yaml", ["policy.generation_prefix=none"])
+    assert generation_prefix_of(none, thinking) == ""
+    # a YAML value, as on the command line: double quotes for the escapes
+    literal = load_run_config("configs/tiny_cpu.yaml",
+                              ['policy.generation_prefix="<think>\\n\\n</think>\\n\\n"'])
+    assert make_policy(literal, engine=object(), tokenizer=thinking).generation_prefix == \
+        "<think>\n\n</think>\n\n"
+    wrong = load_run_config("configs/tiny_cpu.yaml", ["policy.chat_format=llama3"])
+    with pytest.raises(cfgmod.ConfigError, match="policy.generation_prefix: auto: .*policy.chat_format"):
+        generation_prefix_of(wrong, thinking)
