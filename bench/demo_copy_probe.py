@@ -41,6 +41,9 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=30, help="ids never seen in training")
     ap.add_argument("--broad", action="store_true",
                     help="train on copies of every id but the held-out ones (else 170 'location' ids)")
+    ap.add_argument("--heldout-in-inputs", action="store_true",
+                    help="held-out ids occur in the filler (as in the demo, where a held-out "
+                         "location's tokens occur in prompts) but are never copy targets")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
 
@@ -58,6 +61,9 @@ def main() -> None:
 
     def batch(targets: np.ndarray, n: int):
         x = rng.integers(3, filler_hi, size=(n, T))
+        if a.heldout_in_inputs:  # a few filler positions per row hold held-out ids
+            mask = rng.random((n, T)) < 0.1
+            x = np.where(mask, rng.choice(heldout, size=(n, T)), x)
         y = rng.choice(targets, size=n)
         x[:, T - 1 - off] = y
         x[:, T - off:] = np.arange(100, 100 + off)  # the constant template
