@@ -78,7 +78,7 @@ def _pin_one_core() -> None:
 # ---- the systems (each in its own process) -----------------------------------------------------
 
 
-def run_ours(ckpt: Path, inp: dict, repeats: int) -> dict:
+def run_ours(ckpt: Path, inp: dict, repeats: int, prefill_chunks: tuple[int, ...]) -> dict:
     import asyncio
 
     from ppp_jax.model import api
@@ -91,7 +91,7 @@ def run_ours(ckpt: Path, inp: dict, repeats: int) -> dict:
     max_len = -(-(total + 16) // page) * page
     cfg = EngineConfig(num_slots=S, page_size=page, max_seq_len=max_len,
                        num_pages=1 + S * -(-max_len // page), decode_steps=16,
-                       prefill_chunks=(64, 256), prefill_rows=(1, 8), block_pages=8)
+                       prefill_chunks=prefill_chunks, prefill_rows=(1, 8), block_pages=8)
     model = api.load_pretrained(ckpt)
     params = SamplingParams(temperature=0.0, max_new_tokens=new)  # no stop ids
     with Engine(model, cfg) as eng:
@@ -209,7 +209,7 @@ def child(args) -> int:
     ckpt = Path(args.dir)
     inp = json.loads((ckpt / "inputs.json").read_text())
     if args.system == "ours":
-        res = run_ours(ckpt, inp, args.repeats)
+        res = run_ours(ckpt, inp, args.repeats, tuple(args.prefill_chunks))
     else:
         import torch
         if args.single_thread:
@@ -240,8 +240,8 @@ def driver(args) -> int:
         out = workdir / f"result_{system}.json"
         out.unlink(missing_ok=True)
         cmd = [sys.executable, __file__, "--system", system, "--dir", str(workdir), "--out",
-               str(out), "--repeats", str(args.repeats)] + (["--single-thread"]
-                                                            if args.single_thread else [])
+               str(out), "--repeats", str(args.repeats), "--prefill-chunks",
+               *map(str, args.prefill_chunks)] + (["--single-thread"] if args.single_thread else [])
         load_before = load_averages()
         print(f"# {system}: load {load_before}", flush=True)
         subprocess.run(cmd, check=True)
@@ -308,6 +308,9 @@ def main(argv=None) -> int:
     ap.add_argument("--new", type=int, default=64, help="tokens generated per turn")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prefill-chunks", type=int, nargs="+", default=[16, 64, 128, 256],
+                    help="ours: EngineConfig.prefill_chunks (a 200-token turn runs as 128 + 64 + "
+                         "16; before 2026-12-03 13:00 the bench used 64 256: one padded 256)")
     ap.add_argument("--single-thread", action="store_true",
                     help="pin each process to one core (XLA single-threaded, torch 1 thread)")
     args = ap.parse_args(argv)

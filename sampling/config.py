@@ -27,7 +27,11 @@ class EngineConfig:
       max_seq_len: longest sequence (context + generation) one slot can hold.
       decode_steps: decode steps per host round-trip (one compiled while-loop).
       prefill_chunks: chunk-length buckets for prefill, ascending; a prompt is prefilled in chunks
-        of the largest bucket, its remainder padded to the smallest bucket that fits.
+        of the largest bucket, its remainder as a sum of buckets, only the last one padded, chosen
+        to compute the fewest tokens counting each extra call as the smallest bucket's worth
+        (`scheduler._chunk_split`): with (16, 64, 128, 256) a 200-token remainder runs as
+        128 + 64 + 16 rather than one 256 chunk. Each bucket is one more compiled program per
+        row bucket.
       prefill_rows: row-count buckets for batched prefill, ascending.
       block_pages: pages read per step of the paged-attention loop.
       max_stop_tokens: most stop ids per request.
