@@ -126,8 +126,10 @@ class Attention(nnx.Module):
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  qkv_bias: bool, out_bias: bool, impl: str, dropout_rate: float,
                  dtype: jnp.dtype, param_dtype: jnp.dtype, stack: int | None = None,
-                 rngs: nnx.Rngs, qk_norm: bool = False, norm_eps: float = 1e-6):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+                 rngs: nnx.Rngs, qk_norm: bool = False, norm_eps: float = 1e-6,
+                 dot_chunk: int = 0):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs,
+                  dot_chunk=dot_chunk)
         self.impl = impl
         self.q_proj = Linear((dim,), (num_heads, head_dim), (ax.EMBED,), (ax.HEADS, ax.HEAD_DIM),
                              use_bias=qkv_bias, **kw)

@@ -95,6 +95,13 @@ class ModelConfig:
     rope_beta_slow: float = 1.0
     rope_attention_factor: float = 1.0
     rope_truncate: bool = True
+    # The decoder layers' projections (q/k/v/o, gate/up/down) as sums of dots over slices of
+    # this many input features, added in float32 (`layers.chunked_dot`); 0 = one dot each
+    # (default). For float32 on CPU: XLA:CPU sums a dot's contraction in long running sums, 1.4-1.6
+    # times as far from float64 as torch's CPU matmul; 128 puts SmolLM2-135M's logits nearer to
+    # float64 than transformers' float32, for 0-15% more CPU time (docs/model_io.md). Not the
+    # lm_head / tied logits (wide outputs make the partial sums costly) nor attention's einsums.
+    dot_chunk: int = 0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -121,6 +128,10 @@ class ModelConfig:
             rate = getattr(self, name)
             if not 0.0 <= rate < 1.0:
                 raise ModelConfigError(f"ModelConfig.{name} must be in [0, 1), got {rate!r}")
+        if isinstance(self.dot_chunk, bool) or not isinstance(self.dot_chunk, int) \
+                or self.dot_chunk < 0:
+            raise ModelConfigError(
+                f"ModelConfig.dot_chunk must be a non-negative int, got {self.dot_chunk!r}")
         if not self.rope_theta > 0:
             raise ModelConfigError(f"ModelConfig.rope_theta must be positive, got {self.rope_theta!r}")
         if not self.rms_norm_eps > 0:

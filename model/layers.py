@@ -5,7 +5,8 @@ Numerics follow the Hugging Face eager implementation cast for cast (seed_oss.md
 `dtype` the compute (activation) dtype:
 
 - Linear: matmul with float32 accumulation, bias added in float32, one cast to `dtype`
-  (what torch's `F.linear` with bias does in bf16).
+  (what torch's `F.linear` with bias does in bf16). With `dot_chunk` > 0 the contraction is split
+  into slices of that many input features, one dot each, added in float32 (`chunked_dot`).
 - RMSNorm: statistics in float32, normalized value cast to `dtype` first, then multiplied by the
   weight in `dtype`.
 - RoPE: inverse frequencies and angles in float32 (`1 / theta ** (arange(0, H, 2) / H)` in jnp
@@ -73,12 +74,43 @@ def make_param(
     return nnx.Param(value, out_sharding=names, eager_sharding=False)
 
 
+def chunked_dot(x: jax.Array, kernel: jax.Array, x_axes: Sequence[int], k_axes: Sequence[int],
+                chunk: int) -> jax.Array:
+    """`dot_general` of x and kernel over the paired axes (x_axes[i] with k_axes[i]; no batch
+    axes), float32 accumulation: x's remaining axes first, then the kernel's.
+
+    chunk 0 (or one not smaller than the contraction): one dot. chunk c > 0: the first paired axis
+    is cut into slices covering about c input features each (max(1, c // the size of the other
+    paired axes) entries), one dot per slice, and the partial products are added in float32 in
+    order. Why: XLA:CPU's float32 dot sums a contraction in long running sums, which on
+    SmolLM2-135M's projections (K = 576, 1536) puts it 1.4-1.6 times as far from float64 as
+    torch's CPU matmul; sums of 128-wide slices are about 0.5-0.7 times as far
+    (docs/model_io.md). The result is the same sum in another order (float32 rounding apart).
+    """
+    x_axes, k_axes = tuple(x_axes), tuple(k_axes)
+    dims = ((x_axes, k_axes), ((), ()))
+    rest = math.prod(kernel.shape[a] for a in k_axes[1:])
+    size = kernel.shape[k_axes[0]]
+    step = max(1, chunk // rest)
+    if chunk <= 0 or step >= size:
+        return jax.lax.dot_general(x, kernel, dims, preferred_element_type=F32)
+    y = None
+    for start in range(0, size, step):
+        stop = min(start + step, size)
+        part = jax.lax.dot_general(jax.lax.slice_in_dim(x, start, stop, axis=x_axes[0]),
+                                   jax.lax.slice_in_dim(kernel, start, stop, axis=k_axes[0]),
+                                   dims, preferred_element_type=F32)
+        y = part if y is None else y + part
+    return y
+
+
 class Linear(nnx.Module):
     """y[..., *out] = sum over in of x[..., *in] * kernel[*in, *out] (+ bias[*out]).
 
     kernel: [*in_shape, *out_shape] (logical names `in_names + out_names`), bias: [*out_shape].
-    x is cast to `dtype`; the product accumulates in float32; the bias is added in float32; the
-    result is cast to `dtype` once.
+    x is cast to `dtype`; the product accumulates in float32 (in slices of `dot_chunk` input
+    features when > 0, see `chunked_dot`); the bias is added in float32; the result is cast to
+    `dtype` once.
     """
 
     def __init__(
@@ -93,9 +125,11 @@ class Linear(nnx.Module):
         param_dtype: jnp.dtype,
         stack: int | None = None,
         rngs: nnx.Rngs,
+        dot_chunk: int = 0,
     ):
         self.n_in = len(in_shape)
         self.dtype = dtype
+        self.dot_chunk = dot_chunk
         self.kernel = make_param(rngs, (*in_shape, *out_shape), (*in_names, *out_names),
                                  param_dtype, init="normal", stack=stack)
         self.bias = (make_param(rngs, out_shape, out_names, param_dtype, init="zeros", stack=stack)
@@ -104,9 +138,8 @@ class Linear(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...].astype(self.dtype)
         n_in = self.n_in
-        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        y = jax.lax.dot_general(x.astype(self.dtype), kernel, (contract, ((), ())),
-                                preferred_element_type=F32)
+        y = chunked_dot(x.astype(self.dtype), kernel, range(x.ndim - n_in, x.ndim), range(n_in),
+                        self.dot_chunk)
         if self.bias is not None:
             y = y + self.bias[...].astype(F32)
         return y.astype(self.dtype)
@@ -233,8 +266,10 @@ class MLP(nnx.Module):
     """SwiGLU: `down(silu(gate(x)) * up(x))`; gate/up [D, F], down [F, D]; SiLU in float32."""
 
     def __init__(self, dim: int, hidden: int, *, use_bias: bool, dtype: jnp.dtype,
-                 param_dtype: jnp.dtype, stack: int | None = None, rngs: nnx.Rngs):
-        kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+                 param_dtype: jnp.dtype, stack: int | None = None, rngs: nnx.Rngs,
+                 dot_chunk: int = 0):
+        kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs,
+                  dot_chunk=dot_chunk)
         self.dtype = dtype
         self.gate_proj = Linear((dim,), (hidden,), (ax.EMBED,), (ax.MLP,), **kw)
         self.up_proj = Linear((dim,), (hidden,), (ax.EMBED,), (ax.MLP,), **kw)

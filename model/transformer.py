@@ -79,9 +79,11 @@ class DecoderLayer(nnx.Module):
         self.attn = Attention(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
                               qkv_bias=c.attention_bias, out_bias=c.attention_out_bias,
                               impl=c.attention_impl, dropout_rate=c.attention_dropout, rngs=rngs,
-                              qk_norm=c.qk_norm, norm_eps=c.rms_norm_eps, **kw)
+                              qk_norm=c.qk_norm, norm_eps=c.rms_norm_eps, dot_chunk=c.dot_chunk,
+                              **kw)
         self.post_attn_norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, **kw)
-        self.mlp = MLP(c.hidden_size, c.intermediate_size, use_bias=c.mlp_bias, rngs=rngs, **kw)
+        self.mlp = MLP(c.hidden_size, c.intermediate_size, use_bias=c.mlp_bias, rngs=rngs,
+                       dot_chunk=c.dot_chunk, **kw)
         self.resid_dropout = nnx.Dropout(c.residual_dropout)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, positions: jax.Array,
