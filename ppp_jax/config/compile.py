@@ -65,11 +65,15 @@ class ModelSpec:
     remat: Literal["none", "full", "save_dots"] = "full"
     attention_impl: Literal["xla", "cudnn", "splash"] = "splash"  # splash: Pallas, TPU
     sizes: ModelSizes = ModelSizes()  # e.g. {num_layers: 4}
+    # Decoder projections summed over slices of this many input features (0 = one dot): float32
+    # CPU parity with transformers (docs/model_io.md); costs up to ~15% CPU time at 128.
+    dot_chunk: int = 0
 
     def build(self) -> ModelConfig:
         make = {"seed_oss_36b": seed_oss_36b, "tiny": tiny}[self.preset]
         return make(param_dtype=self.param_dtype, dtype=self.dtype, remat=self.remat,
-                    attention_impl=self.attention_impl, **self.sizes.given())
+                    attention_impl=self.attention_impl, dot_chunk=self.dot_chunk,
+                    **self.sizes.given())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +136,7 @@ def load_compile_config(path: str, overrides: Sequence[str] = ()) -> CompileConf
     return cfg.load_config(path, CompileConfig, list(overrides), only_sections=SECTIONS)
 
 
-register_rules(ModelSpec, {"param_dtype": DTYPE, "dtype": DTYPE})
+register_rules(ModelSpec, {"param_dtype": DTYPE, "dtype": DTYPE, "dot_chunk": NON_NEGATIVE})
 register_rules(ModelSizes, {
     "vocab_size": POSITIVE, "hidden_size": POSITIVE, "intermediate_size": POSITIVE,
     "num_layers": POSITIVE, "num_heads": POSITIVE, "num_kv_heads": POSITIVE, "head_dim": POSITIVE,

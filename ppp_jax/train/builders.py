@@ -52,7 +52,8 @@ def build_model(cfg: RunConfig, tokenizer: Any, path: str | Path | None = None,
         m = cfg.model
         return load_pretrained(path, mesh=mesh, rules=rules, param_dtype=m.param_dtype,
                                dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl,
-                               attention_dropout=drop, residual_dropout=drop)
+                               dot_chunk=m.dot_chunk, attention_dropout=drop,
+                               residual_dropout=drop)
     mc = cfg.model.build().replace(attention_dropout=drop, residual_dropout=drop)
     if cfg.policy.vocab_from_tokenizer:
         mc = mc.replace(vocab_size=-(-vocab_size_of(tokenizer) // 8) * 8)

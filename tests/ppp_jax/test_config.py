@@ -130,3 +130,20 @@ def test_one_engine_section_and_typed_model_sizes(tmp_path):
     (tmp_path / "typo.yaml").write_text("model: {preset: tiny, sizes: {num_layer: 3}}\n")
     with pytest.raises(ConfigError, match="num_layer.*num_layers"):
         load_run_config(tmp_path / "typo.yaml")
+
+
+def test_model_dot_chunk_reaches_random_init_and_pretrained_policies(tmp_path):
+    """`model.dot_chunk` (the float32 CPU parity option, docs/model_io.md) is a run-config key:
+    the random-init policy and a policy loaded from `policy.path` both get it."""
+    from ppp_jax.config.run import load_run_config
+    from ppp_jax.model.testing import write_tiny_hf_checkpoint
+    from ppp_jax.envs.testing import tiny_seed_tokenizer
+    from ppp_jax.train.builders import build_model
+
+    cfg = load_run_config("configs/tiny_cpu.yaml", ["model.dot_chunk=64"])
+    assert cfg.model.build().dot_chunk == 64
+    assert build_model(cfg, tiny_seed_tokenizer()).config.dot_chunk == 64
+    ckpt = write_tiny_hf_checkpoint(tmp_path / "hf")
+    loaded = build_model(load_run_config("configs/tiny_cpu.yaml", [
+        "model.dot_chunk=64", f"policy.path={ckpt}"]), tiny_seed_tokenizer())
+    assert loaded.config.dot_chunk == 64
