@@ -380,7 +380,10 @@ def test_ctrl_c_ends_in_one_line_not_a_traceback(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "ppp_jax.cli", "sft", str(TINY),
                              f"run_dir={tmp_path}", "sft.num_episodes=40", "--no-progress"],
                             cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=_subprocess_env(JAX_PLATFORMS="cpu"))
+                            env=_subprocess_env(JAX_PLATFORMS="cpu"),
+                            # As from a terminal: a test run started as a background job (`cmd &`
+                            # in a script) inherits SIGINT ignored, and the child would never see it.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:  # wait until it is working
             if "scripted warm-start episodes" in line:
