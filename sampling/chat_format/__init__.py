@@ -108,11 +108,8 @@ def template_generation_prefix(tokenizer, chat_format: str | ChatFormat) -> str:
             "prompt: set policy.generation_prefix explicitly")
     prompt = full[len(bare):]
     ours = fmt.generation_prompt()
-    # Templates end a turn with a newline that our formats write as `turn_separator` before the
-    # next turn; the template's generation prompt then starts without it.
-    for head in (ours, ours.removeprefix(fmt.turn_separator)):
-        if head and prompt.startswith(head):
-            return prompt[len(head):]
+    if prompt.startswith(ours):
+        return prompt[len(ours):]
     raise GenerationPromptMismatch(
         f"the chat template's generation prompt {prompt!r} does not start with the "
         f"{fmt.name!r} format's {ours!r}: is policy.chat_format right for this checkpoint? "
