@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ppp_jax.config import loader as cfgmod
 from ppp_jax.config.run import RunConfig
@@ -40,7 +40,7 @@ SPECIAL_TOKENS = ("<seed:bos>", "<seed:pad>", "<seed:eos>", "<seed:think>", "</s
 LOCATION_PATTERN = r"(?:[\w-]+/)*[\w-]+\.py(?::\w+(?:\.\w+)*)?"
 
 
-def train_tokenizer(texts: list[str], vocab_size: int):
+def train_tokenizer(texts: list[str], vocab_size: int, locations: Sequence[str] = ()):
     """A byte-level BPE (`tokenizers`) with the Seed-OSS special tokens, trained on `texts`.
 
     Merges may cross spaces, so the repeated chat and tool-documentation boilerplate becomes a
@@ -48,6 +48,8 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     locations (`LOCATION_PATTERN`) are pre-tokens of their own, so a location is the same token
     sequence in a prompt, in the user's reply and in the `finish` answer, whatever surrounds it;
     copying it is then a token-for-token copy. Any text round-trips (byte-level).
+    `locations` become one added token each (ids after the trained vocabulary, in the given
+    order), matched as whole words wherever they occur.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -60,7 +62,16 @@ def train_tokenizer(texts: list[str], vocab_size: int):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False, max_token_length=24)
     tok.train_from_iterator(texts, trainer)
+    if locations:
+        from tokenizers import AddedToken
+
+        tok.add_tokens([AddedToken(loc, single_word=True, normalized=False) for loc in locations])
     return tok
+
+
+def location_vocabulary(tasks: Sequence[Any]) -> list[str]:
+    """The gold locations of all `tasks` (every split), sorted: the demo's location tokens."""
+    return sorted({g for t in tasks for g in t.gold})
 
 
 # Bumped whenever a cached stage's output changes for the same config (task text, tokenizer
@@ -178,13 +189,16 @@ def build_stage(cfg: RunConfig) -> Built:
     records = sft.generate_scripted_episodes(
         train_tasks, domain, simulator, num_episodes=s.num_episodes, behaviour=behaviour,
         include_heldout_styles=s.include_heldout_styles, episode=cfg.rollout.episode,
-        chat_format=chat_format)
+        chat_format=chat_format,
+        guess=(location_vocabulary(train_tasks) if s.unknown_answer == "random_location"
+               else sft.GUESS))
     _say(f"{len(records)} scripted warm-start episodes")
     if not pretrained and not tok_path.exists():
         texts = list(sft.episode_texts(records, domain, by_id,
                                        interface=cfg.rollout.episode.interface))
         texts += [t.precise_prompt for t in tasks] + [t.vague_prompt for t in tasks]
-        tok = train_tokenizer(texts, cfg.demo.tokenizer_vocab)
+        tok = train_tokenizer(texts, cfg.demo.tokenizer_vocab,
+                              location_vocabulary(tasks) if cfg.demo.location_tokens else ())
         tok_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = tok_path.with_name(tok_path.name + ".tmp")
         tok.save(str(tmp))
@@ -205,6 +219,28 @@ def tokenizer_path(cfg: RunConfig) -> Path:
     if cfg.policy.tokenizer:
         return Path(cfg.policy.tokenizer)
     return Path(cfg.policy.path) if cfg.policy.path else cfg.output_dir / "tokenizer.json"
+
+
+def location_swap(cfg: RunConfig, built: Built):
+    """The warm start's augmentation (`sft.location_swap`), or None: with that probability a
+    drawn episode has its locations replaced by random location tokens (`sft.swap_locations`)."""
+    import numpy as np
+
+    from ppp_jax.train import sft
+
+    prob = cfg.sft.location_swap
+    if prob <= 0:
+        return None
+    vocab = built.tokenizer.get_vocab()
+    ids = np.array(sorted(vocab[loc] for loc in location_vocabulary(built.tasks) if loc in vocab))
+    if ids.size < 2:
+        raise ValueError("sft.location_swap needs location tokens in the tokenizer "
+                         "(demo.location_tokens: true, and a tokenizer trained with it)")
+
+    def augment(view, rng):
+        return sft.swap_locations(view, ids, rng) if rng.random() < prob else view
+
+    return augment
 
 
 def sft_stage(cfg: RunConfig, built: Built, model: Any, *, progress: bool = True) -> Any:
@@ -234,7 +270,8 @@ def sft_stage(cfg: RunConfig, built: Built, model: Any, *, progress: bool = True
                            batch_size=s.batch_size, learning_rate=s.learning_rate,
                            warmup_steps=s.warmup_steps, weight_decay=s.weight_decay,
                            row_len=row_len, seed=s.seed, progress=progress,
-                           rows_multiple=s.rows_multiple, save_every=20, freeze=cfg.rl.freeze)
+                           rows_multiple=s.rows_multiple, save_every=20, freeze=cfg.rl.freeze,
+                           augment=location_swap(cfg, built))
     nnx.update(model, params)
     if steps < s.num_steps:
         raise Interrupted(f"warm start stopped at step {steps} of {s.num_steps}; run again to resume")

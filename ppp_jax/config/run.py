@@ -275,6 +275,12 @@ class SFTSection:
     effort_mix: probabilities of a cheap (low), unanswerable (medium) and expensive (high) question.
     include_heldout_styles: the scripted agent also writes in the 8 held-out preferences' styles
       (an instruct model knows Italian or JSON; RL never sees those preferences).
+    unknown_answer: the scripted agent's answer when no location was named: `constant` (the
+      fixed `unknown.py:unknown`) or `random_location` (a location of the train tasks drawn per
+      episode: a plausible guess, as an instruct model makes).
+    location_swap: probability that a warm-start episode is drawn with every location it names
+      replaced, consistently, by a random one of the tokenizer's location tokens
+      (`demo.location_tokens`), so that the answer can only be copied from the conversation.
     seed: seed of the scripted behaviour and the batch order.
     """
 
@@ -291,14 +297,22 @@ class SFTSection:
     follow_preference: float = 0.5
     effort_mix: tuple[float, float, float] = (0.45, 0.2, 0.35)
     include_heldout_styles: bool = True
+    unknown_answer: Literal["constant", "random_location"] = "constant"
+    location_swap: float = 0.0
     seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoSection:
-    """Sizes of the `make run` pipeline (tokenizer and the tiny policy's data)."""
+    """Sizes of the `make run` pipeline (tokenizer and the tiny policy's data).
+
+    location_tokens: the trained tokenizer gets one token per location of the domain's tasks
+      (every split: the library's places a bug can be, as a code model's vocabulary knows the
+      library's names), so copying a location is copying one token.
+    """
 
     tokenizer_vocab: int = 1024
+    location_tokens: bool = False
     num_train_tasks: int = 0  # 0 = all train-split tasks
     skip_sft: bool = False
 
@@ -420,6 +434,7 @@ register_rules(SFTSection, {
     "num_episodes": POSITIVE, "num_steps": POSITIVE, "batch_size": POSITIVE, "row_len": POSITIVE,
     "rows_multiple": POSITIVE, "learning_rate": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE,
     "weight_decay": NON_NEGATIVE, "ask_vague": PROBABILITY, "ask_precise": PROBABILITY,
+    "location_swap": PROBABILITY,
     "follow_preference": PROBABILITY, "effort_mix": PROBABILITY, "seed": SEED})
 register_rules(DemoSection, {"tokenizer_vocab": Range(256), "num_train_tasks": NON_NEGATIVE})
 # the envs layer's schemas cannot import the config layer: their rules are given here

@@ -23,7 +23,7 @@ import math
 import random
 import re
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -212,9 +212,12 @@ class InstructBehaviour:
     Episodes are identified by the group key of `EpisodeRequest` (`<task_id>|<pref>|<kind>|<j>`),
     which `run_requests` puts in the episode id; decisions are drawn from a seed derived from the
     episode id, so the script is deterministic. Tool calls are written in `chat_format`.
+    `guess` is the answer when no location was named: one fixed text, or candidates of which each
+    episode draws one.
     """
 
-    def __init__(self, tasks: Mapping[str, Task], cfg: BehaviourConfig, guess: str = GUESS,
+    def __init__(self, tasks: Mapping[str, Task], cfg: BehaviourConfig,
+                 guess: str | Sequence[str] = GUESS,
                  chat_format: str | ChatFormat = DEFAULT_FORMAT,
                  interface: AgentInterface = AgentInterface()):
         self.tasks = tasks
@@ -247,7 +250,7 @@ class _Script(SessionDefaults):
             self.plan.append((owner.interface.ask_tool,
                               styled_question(intent, pref, self.follow, task.vague_prompt)))
         self.ask_argument = owner.interface.ask_argument
-        self.guess = owner.guess
+        self.guess = owner.guess if isinstance(owner.guess, str) else rng.choice(owner.guess)
         self.format = self.chat_format = owner.format
         self.seen = ""
         self.stats: dict[str, int] = {}
@@ -285,13 +288,15 @@ def generate_scripted_episodes(tasks: Sequence[Task], domain: Any, simulator: An
                                include_heldout_styles: bool = True,
                                episode: EpisodeConfig = EpisodeConfig(max_turns=6),
                                chat_format: str | ChatFormat = DEFAULT_FORMAT,
+                               guess: str | Sequence[str] = GUESS,
                                ) -> list[EpisodeRecord]:
-    """Runs the scripted agent on `tasks` through the real runner, domain and simulator."""
+    """Runs the scripted agent on `tasks` through the real runner, domain and simulator
+    (`guess`: its answer when no location was named, see `InstructBehaviour`)."""
     import asyncio
 
     prefs = list(TRAIN_IDS) + (list(HELDOUT_IDS) if include_heldout_styles else [])
-    policy = InstructBehaviour({t.task_id: t for t in tasks}, behaviour, chat_format=chat_format,
-                               interface=episode.interface)
+    policy = InstructBehaviour({t.task_id: t for t in tasks}, behaviour, guess=guess,
+                               chat_format=chat_format, interface=episode.interface)
     reqs = scripted_requests(tasks, num_episodes, behaviour.seed, prefs)
     groups = asyncio.run(run_requests(reqs, domain, policy, simulator, episode=episode,
                                       concurrency=32, max_retries=0, seed=behaviour.seed,
@@ -333,19 +338,42 @@ def episode_texts(records: Sequence[EpisodeRecord], domain: Any, tasks: Mapping[
 # ------------------------------------------------------------------------------------------------
 
 
+def swap_locations(view: TokenView, location_ids: np.ndarray, rng: np.random.Generator) -> TokenView:
+    """`view` with every location token it contains replaced, consistently, by a random one.
+
+    `location_ids` int [N]: the tokenizer's location tokens (one id per location). Each distinct
+    location id of the view maps to a distinct random location id (one draw without replacement),
+    everywhere it occurs (prompt, the user's replies, the `finish` answer), so the episode stays
+    coherent and its answer can only come from copying the conversation, not from memory. Other
+    tokens, the loss mask and log-probs are unchanged; a view without location tokens is returned
+    as it is.
+    """
+    ids = np.asarray(view.token_ids)
+    present = np.unique(ids[np.isin(ids, location_ids)])
+    if present.size == 0:
+        return view
+    new = rng.choice(location_ids, size=present.size, replace=False)
+    lookup = dict(zip(present.tolist(), new.tolist()))
+    swapped = tuple(lookup.get(t, t) for t in view.token_ids)
+    return dataclasses.replace(view, token_ids=swapped)
+
+
 class SFTBatches:
     """Deterministic, resumable batches of SFT token views (an iterator for `loop.run_loop`).
 
     Each epoch is a seeded permutation of the examples; `get_state`/`set_state` carry the number
-    of batches consumed.
+    of batches consumed. `augment(view, rng)`, if given, rewrites each drawn view with a generator
+    seeded by (seed, batch number), so a resumed run draws the same batches.
     """
 
-    def __init__(self, views: Sequence[TokenView], batch_size: int, seed: int):
+    def __init__(self, views: Sequence[TokenView], batch_size: int, seed: int,
+                 augment: Callable[[TokenView, np.random.Generator], TokenView] | None = None):
         if not views:
             raise ValueError("no SFT examples")
         self.views = list(views)
         self.batch_size = batch_size
         self.seed = seed
+        self.augment = augment
         self.count = 0
 
     def _order(self, epoch: int) -> np.ndarray:
@@ -358,8 +386,12 @@ class SFTBatches:
         per_epoch = max(1, len(self.views) // self.batch_size)
         epoch, k = divmod(self.count, per_epoch)
         idx = self._order(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
+        batch = [self.views[i] for i in idx]
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.count, 1])
+            batch = [self.augment(v, rng) for v in batch]
         self.count += 1
-        return [self.views[i] for i in idx]
+        return batch
 
     def get_state(self) -> dict[str, Any]:
         return {"count": self.count, "n": len(self.views), "batch_size": self.batch_size}
@@ -383,7 +415,8 @@ def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, nu
               batch_size: int, learning_rate: float, warmup_steps: int = 0,
               weight_decay: float = 0.0, row_len: int, seed: int = 0, save_every: int = 50,
               progress: bool = True, num_micro_batches: int = 1, rows_multiple: int = 8,
-              freeze: Any = None) -> Any:
+              freeze: Any = None,
+              augment: Callable[[TokenView, np.random.Generator], TokenView] | None = None) -> Any:
     """SFT of `model` on `views` through `make_train_step`; resumable from `<run_dir>/checkpoints`.
 
     Returns (final params (an `nnx.State`), steps done); fewer steps than `num_steps` means the
@@ -391,6 +424,7 @@ def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, nu
     `<run_dir>/metrics.jsonl`. Raises `loop.RunFolderError` when `run_dir` has metrics but no
     checkpoint, `CheckpointError` when no checkpoint is intact (two are kept). `freeze` (a
     `FreezeConfig`, default none) leaves the bottom layers / embeddings untouched, as in RL.
+    `augment` rewrites each drawn example (`SFTBatches`; e.g. `swap_locations`).
     """
     import jax
     import jax.numpy as jnp
@@ -438,7 +472,7 @@ def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, nu
     # keep=2: a damaged latest step falls back to the one before
     with CheckpointManager(run_dir / "checkpoints", save_every=save_every, keep=2) as ckpt:
         loop.check_run_folder(run_dir, ckpt, history=("metrics.jsonl",))
-        final = loop.run_loop(init, SFTBatches(views, batch_size, seed), step_fn,
+        final = loop.run_loop(init, SFTBatches(views, batch_size, seed, augment), step_fn,
                               num_steps=num_steps, ckpt=ckpt,
                               writer=make_writer(run_dir, tensorboard=False),
                               abstract_state=abstract, progress=progress)

@@ -1,0 +1,95 @@
+"""The demo's location tokens and the warm start's location swap (`sft.location_swap`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ppp_jax.envs.records import TokenView
+
+
+def _view(ids, mask=None):
+    mask = mask or (0,) * len(ids)
+    return TokenView(tuple(ids), tuple(mask), (0.0,) * len(ids))
+
+
+def test_swap_replaces_each_location_consistently_and_keeps_the_rest():
+    from ppp_jax.train.sft import swap_locations
+
+    locs = np.arange(100, 140)
+    # location 101 in the prompt and the answer, location 105 once, other tokens around them
+    view = _view([5, 101, 6, 105, 7, 101, 2], (0, 0, 0, 0, 1, 1, 1))
+    seen = set()
+    for seed in range(20):
+        out = swap_locations(view, locs, np.random.default_rng(seed))
+        ids = out.token_ids
+        assert [ids[i] for i in (0, 2, 4, 6)] == [5, 6, 7, 2]
+        assert ids[1] == ids[5] and ids[1] != ids[3]  # same location -> same token; distinct stay distinct
+        assert ids[1] in locs and ids[3] in locs
+        assert out.loss_mask == view.loss_mask and out.sampler_logprobs == view.sampler_logprobs
+        seen.add(ids[1])
+    assert len(seen) > 10  # drawn over the whole location vocabulary, not a fixed map
+    plain = _view([5, 6, 7])
+    assert swap_locations(plain, locs, np.random.default_rng(0)) is plain
+
+
+def test_sft_batches_augment_is_deterministic_and_resumable():
+    from ppp_jax.train.sft import SFTBatches, swap_locations
+
+    locs = np.arange(100, 140)
+    views = [_view([3, 100 + i, 4, 100 + i]) for i in range(8)]
+
+    def augment(v, rng):
+        return swap_locations(v, locs, rng)
+
+    a = SFTBatches(views, 4, 0, augment)
+    first = [next(a) for _ in range(3)]
+    b = SFTBatches(views, 4, 0, augment)
+    assert [next(b) for _ in range(3)] == first  # same seed, same draws
+    c = SFTBatches(views, 4, 0, augment)
+    c.set_state(a.get_state())
+    assert next(c) == next(a)  # resumed mid-run: the same batch as an unbroken run
+    # the epoch repeats the examples but not their locations
+    plain = SFTBatches(views, 4, 0)
+    assert [next(plain) for _ in range(3)] != first
+
+
+def test_location_tokens_are_one_token_wherever_the_location_occurs():
+    from ppp_jax.demo import train_tokenizer
+
+    locs = ["pdb.py:Pdb.do_longlist", "json/decoder.py:JSONDecoder.decode", "a.py:f"]
+    texts = ["The function `pdb.Pdb.do_longlist()`, defined in `pdb.py`, misbehaves."] * 20
+    tok = train_tokenizer(texts, 300, locs)
+    vocab = tok.get_vocab()
+    for loc in locs:
+        for text in (f"(location {loc})", f'{{"answer": "{loc}"}}', f"It is in {loc}.\n", loc):
+            enc = tok.encode(text)
+            assert vocab[loc] in enc.ids, (text, enc.tokens)
+            assert tok.decode(enc.ids) == text
+
+
+def test_scripted_agent_guesses_a_drawn_location_when_none_was_named():
+    from ppp_jax.envs.domains import stdlib_loc
+    from ppp_jax.envs.episode import EpisodeConfig
+    from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
+    from ppp_jax.train import sft
+
+    tasks = list(stdlib_loc.build_tasks(stdlib_loc.StdlibLocConfig(num_tasks=8, seed=3)))
+    domain = stdlib_loc.make_domain()
+    never_ask = sft.BehaviourConfig(ask_vague=0.0, ask_precise=0.0, seed=0)
+    candidates = ["x.py:a", "y.py:b", "z.py:c"]
+
+    def answers(guess):
+        recs = sft.generate_scripted_episodes(
+            tasks, domain, EmbeddedUserSimulator(), num_episodes=24, behaviour=never_ask,
+            include_heldout_styles=False, episode=EpisodeConfig(max_turns=3), guess=guess)
+        return {(r.task_id, r.preference_id, r.prompt_kind): r.answer for r in recs}, recs
+
+    drawn, recs = answers(candidates)
+    vague = [r.answer for r in recs if r.prompt_kind == "vague"]
+    precise = [r for r in recs if r.prompt_kind == "precise"]
+    assert vague and set(vague) <= set(candidates) and len(set(vague)) > 1
+    gold = {t.task_id: t.gold[0] for t in tasks}
+    assert precise and all(r.answer == gold[r.task_id] for r in precise)  # named: copied
+    assert answers(candidates)[0] == drawn  # drawn from the episode's seed: the same every run
+    constant, _ = answers(sft.GUESS)
+    assert {a for k, a in constant.items() if k[2] == "vague"} == {sft.GUESS}
