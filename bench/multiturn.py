@@ -78,7 +78,8 @@ def _pin_one_core() -> None:
 # ---- the systems (each in its own process) -----------------------------------------------------
 
 
-def run_ours(ckpt: Path, inp: dict, repeats: int, prefill_chunks: tuple[int, ...]) -> dict:
+def run_ours(ckpt: Path, inp: dict, repeats: int, prefill_chunks: tuple[int, ...],
+             decode_attention: str = "auto") -> dict:
     import asyncio
 
     from ppp_jax.model import api
@@ -91,7 +92,8 @@ def run_ours(ckpt: Path, inp: dict, repeats: int, prefill_chunks: tuple[int, ...
     max_len = -(-(total + 16) // page) * page
     cfg = EngineConfig(num_slots=S, page_size=page, max_seq_len=max_len,
                        num_pages=1 + S * -(-max_len // page), decode_steps=16,
-                       prefill_chunks=prefill_chunks, prefill_rows=(1, 8), block_pages=8)
+                       prefill_chunks=prefill_chunks, prefill_rows=(1, 8), block_pages=8,
+                       decode_attention=decode_attention)
     model = api.load_pretrained(ckpt)
     params = SamplingParams(temperature=0.0, max_new_tokens=new)  # no stop ids
     with Engine(model, cfg) as eng:
@@ -133,7 +135,8 @@ def run_ours(ckpt: Path, inp: dict, repeats: int, prefill_chunks: tuple[int, ...
     return {"runs": runs, "tokens": tokens, "warmup_s": warmup_s,
             "engine": {"num_slots": S, "max_seq_len": max_len, "num_pages": cfg.num_pages,
                        "prefill_chunks": list(cfg.prefill_chunks),
-                       "prefill_rows": list(cfg.prefill_rows), "decode_steps": cfg.decode_steps}}
+                       "prefill_rows": list(cfg.prefill_rows), "decode_steps": cfg.decode_steps,
+                       "decode_attention": eng.decode_attention}}
 
 
 def run_hf(ckpt: Path, inp: dict, repeats: int, keep_cache: bool) -> dict:
@@ -209,7 +212,8 @@ def child(args) -> int:
     ckpt = Path(args.dir)
     inp = json.loads((ckpt / "inputs.json").read_text())
     if args.system == "ours":
-        res = run_ours(ckpt, inp, args.repeats, tuple(args.prefill_chunks))
+        res = run_ours(ckpt, inp, args.repeats, tuple(args.prefill_chunks),
+                       args.decode_attention)
     else:
         import torch
         if args.single_thread:
@@ -241,7 +245,8 @@ def driver(args) -> int:
         out.unlink(missing_ok=True)
         cmd = [sys.executable, __file__, "--system", system, "--dir", str(workdir), "--out",
                str(out), "--repeats", str(args.repeats), "--prefill-chunks",
-               *map(str, args.prefill_chunks)] + (["--single-thread"] if args.single_thread else [])
+               *map(str, args.prefill_chunks), "--decode-attention", args.decode_attention] + (
+                   ["--single-thread"] if args.single_thread else [])
         load_before = load_averages()
         print(f"# {system}: load {load_before}", flush=True)
         subprocess.run(cmd, check=True)
@@ -311,6 +316,9 @@ def main(argv=None) -> int:
     ap.add_argument("--prefill-chunks", type=int, nargs="+", default=[16, 64, 128, 256],
                     help="ours: EngineConfig.prefill_chunks (a 200-token turn runs as 128 + 64 + "
                          "16; before 2026-12-03 13:00 the bench used 64 256: one padded 256)")
+    ap.add_argument("--decode-attention", default="auto", choices=["auto", "xla", "cpu_kernel"],
+                    help="ours: EngineConfig.decode_attention (auto: the C++ kernel on a CPU; "
+                         "runs before 2026-12-03 17:00 used the XLA loop)")
     ap.add_argument("--single-thread", action="store_true",
                     help="pin each process to one core (XLA single-threaded, torch 1 thread)")
     args = ap.parse_args(argv)

@@ -5,6 +5,7 @@ the replicas live."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,13 @@ class EngineConfig:
         from a one-row call's (XLA chooses dot kernels by size) in the last bits. It gives up
         the larger matmuls of batching (on accelerators, weights are read once per row), so it
         is off by default; `prefill_rows: [1]` is invariant without it.
+      decode_attention: how a decode step attends to the cached tokens. "xla": a loop over
+        blocks of pages in XLA (each block gathered, then two dots). "cpu_kernel": a C++ XLA FFI
+        custom call (`sampling/cpu_kernels/`, compiled with the system's g++ on first use and
+        cached) that reads the pages where they lie; CPU, an engine on one device, float32 or
+        bfloat16 only. "auto" (default): the kernel when the engine runs on one CPU device and
+        the kernel builds (else, with one warning, XLA); XLA on accelerators and sharded meshes.
+        Same results up to float32 summation order (docs/sampling.md).
     """
 
     num_slots: int = 8
@@ -57,6 +65,7 @@ class EngineConfig:
     max_stop_tokens: int = 8
     kv_dtype: str | None = None
     prefill_row_invariant: bool = False
+    decode_attention: Literal["auto", "xla", "cpu_kernel"] = "auto"
 
     def __post_init__(self):
         for name in ("num_slots", "page_size", "max_seq_len", "decode_steps", "block_pages",
@@ -67,6 +76,9 @@ class EngineConfig:
             v = getattr(self, name)
             if not v or list(v) != sorted(set(v)) or v[0] < 1:
                 raise ValueError(f"EngineConfig.{name} must be ascending positive ints, got {v}")
+        if self.decode_attention not in ("auto", "xla", "cpu_kernel"):
+            raise ValueError(f"EngineConfig.decode_attention must be auto, xla or cpu_kernel, "
+                             f"got {self.decode_attention!r}")
         rows = self.decode_rows
         if rows and (list(rows) != sorted(set(rows)) or rows[0] < 1 or rows[-1] > self.num_slots):
             raise ValueError(f"EngineConfig.decode_rows must be ascending positive ints of at most "

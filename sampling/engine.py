@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ppp_jax.sampling.cpu_kernels import resolve_decode_attention
 from ppp_jax.sampling.paged_cache import PagedKVCache
 from ppp_jax.sampling.params import GenerationResult, Request, TokenCallback, TopLogprobs
 from ppp_jax.sampling.runner import ModelRunner
@@ -109,9 +110,16 @@ class Engine:
         k_pool, v_pool = PagedKVCache.init_pool(
             mc.num_layers, config.num_pages, config.page_size, mc.num_kv_heads, mc.head_dim,
             kv_dtype, kv_pool_sharding(pool_mesh, mc.num_kv_heads))
+        # The engine's devices: the mesh's, else the weights' (the pool goes where they are).
+        devices = (pool_mesh.devices.flat if pool_mesh is not None
+                   else getattr(leaf_sharding, "device_set", None) or jax.devices()[:1])
+        devices = list(devices)
+        self.decode_attention = resolve_decode_attention(
+            config.decode_attention, platform=devices[0].platform, num_devices=len(devices))
         self.runner = ModelRunner(graphdef, block_pages=config.block_pages,
                                   decode_steps=config.decode_steps, max_seq_len=config.max_seq_len,
-                                  prefill_row_invariant=config.prefill_row_invariant)
+                                  prefill_row_invariant=config.prefill_row_invariant,
+                                  decode_attention=self.decode_attention)
         self._core = EngineCore(self.runner, state, k_pool, v_pool, config,
                                 vocab_size=mc.vocab_size)
         self._mailbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()

@@ -17,6 +17,8 @@ index [L]; inside the scan, `attend(layer, q, k, v, q_positions, q_segment_ids)`
   1. attends each query to the row's cached tokens (positions < cache_lens[b]) by walking the
      row's pages in blocks with an online softmax; the loop runs ceil(max(cache_lens) / block)
      times, so compute tracks the longest *live* row, not W, and nothing recompiles as rows grow;
+     (a decode call with `decode_attention="cpu_kernel"` reads the pages in place instead, with
+     the C++ custom call of `sampling/cpu_kernels/`, and merges its softmax state the same way);
   2. attends to the new tokens of this call, causally by position (chunked prefill: T = chunk;
      decode: T = 1);
   3. returns the new k/v and their flat pool slots as the "new layer state".
@@ -36,6 +38,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ppp_jax.sampling import cpu_kernels
 from ppp_jax.sampling.page_allocator import TRASH_PAGE
 
 F32 = jnp.float32
@@ -44,7 +47,7 @@ _NEG = -1e30
 
 @functools.partial(jax.tree_util.register_dataclass,
                    data_fields=["k_pages", "v_pages", "page_table", "cache_lens"],
-                   meta_fields=["block_pages"])
+                   meta_fields=["block_pages", "decode_attention"])
 @dataclasses.dataclass(frozen=True)
 class PagedKVCache:
     """The pool plus the page tables of the rows of one forward call (a pytree).
@@ -56,6 +59,10 @@ class PagedKVCache:
       cache_lens: int32 [B], tokens already cached per row.
       block_pages: static; pages read per step of the attention loop (block = block_pages * S
         keys per row).
+      decode_attention: static; how a decode call (T == 1) attends to the cached tokens: "xla"
+        (the loop over blocks of pages below) or "cpu_kernel" (`cpu_kernels`'s C++ custom call,
+        which reads the pages in place: CPU, one device; float32/bfloat16 only, other dtypes
+        keep the loop). Prefill always uses the loop. The engine resolves its config's "auto".
     """
 
     k_pages: jax.Array
@@ -63,6 +70,7 @@ class PagedKVCache:
     page_table: jax.Array
     cache_lens: jax.Array
     block_pages: int = 8
+    decode_attention: str = "xla"
 
     @property
     def page_size(self) -> int:
@@ -142,7 +150,36 @@ class PagedKVCache:
         l = jnp.sum(p, axis=-1)
         acc = pv(p, v)
 
-        # Cached tokens, one block of pages at a time (online softmax).
+        page_size = self.page_size
+        if t == 1 and self.decode_attention == "cpu_kernel" and cpu_kernels.supports(
+                dtype, self.k_pages.dtype):
+            # The kernel's softmax state over the cached tokens, merged with the new token's
+            # by the loop body's rule (a row with nothing cached gives m = -1e30, l = acc = 0).
+            m_c, l_c, acc_c = cpu_kernels.paged_decode_attention(
+                qg[:, 0], self.k_pages, self.v_pages, self.page_table, self.cache_lens, layer,
+                compute_dtype=dtype)
+            m_c, l_c, acc_c = m_c[..., None], l_c[..., None], acc_c[..., None, :]
+            m_new = jnp.maximum(m, m_c)
+            corr, corr_c = jnp.exp(m - m_new), jnp.exp(m_c - m_new)
+            l = l * corr + l_c * corr_c
+            acc = acc * corr[..., None] + acc_c * corr_c[..., None]
+        else:
+            m, l, acc = self._attend_cached_blocks(layer, m, l, acc, scores, pv)
+        out = acc / jnp.maximum(l, jnp.finfo(F32).tiny)[..., None]  # [B, K, G, T, H]
+        out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(dtype)
+
+        width = self.page_table.shape[1]
+        page_idx = jnp.clip(q_positions // page_size, 0, width - 1)
+        page = jnp.take_along_axis(self.page_table, page_idx, axis=1)
+        in_range = (q_segment_ids != 0) & (q_positions // page_size < width)
+        slot = jnp.where(in_range, page, TRASH_PAGE) * page_size + q_positions % page_size
+        return out, {"k": k, "v": v, "slot": slot.astype(jnp.int32)}
+
+    def _attend_cached_blocks(self, layer, m, l, acc, scores, pv):
+        """The XLA path over the cached tokens: one block of pages at a time, online softmax,
+        continuing the state (m, l [B, K, G, T], acc [B, K, G, T, H]) of the new tokens."""
+        b = self.page_table.shape[0]
+        kvh, h = self.k_pages.shape[3:]
         page_size = self.page_size
         block = self.block_pages * page_size
         num_blocks = (jnp.max(self.cache_lens) + block - 1) // block
@@ -161,16 +198,7 @@ class PagedKVCache:
             p = jnp.where(valid, jnp.exp(s - m_new[..., None]), 0.0)
             return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + pv(p, vb)
 
-        m, l, acc = jax.lax.fori_loop(0, num_blocks, body, (m, l, acc))
-        out = acc / jnp.maximum(l, jnp.finfo(F32).tiny)[..., None]  # [B, K, G, T, H]
-        out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(dtype)
-
-        width = self.page_table.shape[1]
-        page_idx = jnp.clip(q_positions // page_size, 0, width - 1)
-        page = jnp.take_along_axis(self.page_table, page_idx, axis=1)
-        in_range = (q_segment_ids != 0) & (q_positions // page_size < width)
-        slot = jnp.where(in_range, page, TRASH_PAGE) * page_size + q_positions % page_size
-        return out, {"k": k, "v": v, "slot": slot.astype(jnp.int32)}
+        return jax.lax.fori_loop(0, num_blocks, body, (m, l, acc))
 
     def replace_layer_states(self, stacked) -> PagedKVCache:
         """Writes the new k/v of every layer into the pool: stacked["k"/"v"] [L, B, T, K, H]."""

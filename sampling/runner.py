@@ -137,8 +137,11 @@ class ModelRunner:
     """Owns the jitted prefill/decode/copy programs for one model graph."""
 
     def __init__(self, graphdef: nnx.GraphDef, *, block_pages: int, decode_steps: int,
-                 max_seq_len: int, prefill_row_invariant: bool = False):
+                 max_seq_len: int, prefill_row_invariant: bool = False,
+                 decode_attention: str = "xla"):
         self.graphdef = graphdef
+        # "xla" or "cpu_kernel" (resolved by the engine), for PagedKVCache.decode_attention
+        self.decode_attention = decode_attention
         self.prefill_row_invariant = prefill_row_invariant
         self.block_pages = block_pages
         self.decode_steps = decode_steps
@@ -201,7 +204,8 @@ class ModelRunner:
         model = nnx.merge(self.graphdef, state)
 
         def rows(k_pool, v_pool, tokens, positions, segment_ids, page_table, cache_lens):
-            cache = PagedKVCache(k_pool, v_pool, page_table, cache_lens, self.block_pages)
+            cache = PagedKVCache(k_pool, v_pool, page_table, cache_lens, self.block_pages,
+                                 self.decode_attention)
             _, cache = model.hidden(tokens, positions, segment_ids, cache=cache)
             return cache.k_pages, cache.v_pages
 
@@ -261,7 +265,8 @@ class ModelRunner:
 
         def body(carry):
             i, k_pool, v_pool, active, lens, last, gen, out_tokens, out_logp, num_valid = carry[:10]
-            cache = PagedKVCache(k_pool, v_pool, batch.page_table, lens, self.block_pages)
+            cache = PagedKVCache(k_pool, v_pool, batch.page_table, lens, self.block_pages,
+                                 self.decode_attention)
             seg = active.astype(jnp.int32)[:, None]
             hidden, cache = model.hidden(last[:, None], lens[:, None], seg, cache=cache)
             logits = model.logits(hidden)[:, 0].astype(jnp.float32)  # [B, V]
