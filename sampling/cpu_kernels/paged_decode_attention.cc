@@ -195,29 +195,37 @@ inline void qk_page_avx2(const float* q, const float* keys, int64_t stride, int6
   qk_page_tiles<1>(q, keys, stride, slots, G, H, sc, len, pos0);
 }
 
-// NB groups' accumulators for 8 lanes of H stay in registers across the page's slots.
-template <int NB>
+// NB groups x NC vectors of 8 lanes of H: NB * NC accumulators stay in registers across the
+// page's slots, each an independent FMA chain (with 4, the chains' latency, not the FMA units,
+// set the pace: NB * NC = 8 keeps both FMA units busy).
+template <int NB, int NC>
 inline void pv_groups_avx2(const float* p, const float* vals, int64_t stride, int64_t slots,
-                           int64_t H, int64_t len, int64_t pos0, float* acc) {
-  for (int64_t i = 0; i < H; i += 8) {
-    __m256 a[NB];
-    for (int j = 0; j < NB; ++j) a[j] = _mm256_loadu_ps(acc + j * H + i);
+                           int64_t H, int64_t len, int64_t pos0, float* acc, int64_t i) {
+  for (; i + 8 * NC <= H; i += 8 * NC) {
+    __m256 a[NB][NC];
+    for (int j = 0; j < NB; ++j)
+      for (int c = 0; c < NC; ++c) a[j][c] = _mm256_loadu_ps(acc + j * H + i + 8 * c);
     for (int64_t s = 0; s < slots; ++s) {
-      const __m256 v = _mm256_loadu_ps(vals + s * stride + i);
-      for (int j = 0; j < NB; ++j)
-        a[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j * len + pos0 + s), v, a[j]);
+      __m256 v[NC];
+      for (int c = 0; c < NC; ++c) v[c] = _mm256_loadu_ps(vals + s * stride + i + 8 * c);
+      for (int j = 0; j < NB; ++j) {
+        const __m256 w = _mm256_broadcast_ss(p + j * len + pos0 + s);
+        for (int c = 0; c < NC; ++c) a[j][c] = _mm256_fmadd_ps(w, v[c], a[j][c]);
+      }
     }
-    for (int j = 0; j < NB; ++j) _mm256_storeu_ps(acc + j * H + i, a[j]);
+    for (int j = 0; j < NB; ++j)
+      for (int c = 0; c < NC; ++c) _mm256_storeu_ps(acc + j * H + i + 8 * c, a[j][c]);
   }
+  if (NC > 1 && i < H) pv_groups_avx2<NB, 1>(p, vals, stride, slots, H, len, pos0, acc, i);
 }
 
 inline void pv_page_avx2(const float* p, const float* vals, int64_t stride, int64_t slots,
                          int64_t G, int64_t H, int64_t len, int64_t pos0, float* acc) {
   int64_t g = 0;
   for (; g + 4 <= G; g += 4)
-    pv_groups_avx2<4>(p + g * len, vals, stride, slots, H, len, pos0, acc + g * H);
+    pv_groups_avx2<4, 2>(p + g * len, vals, stride, slots, H, len, pos0, acc + g * H, 0);
   for (; g < G; ++g)
-    pv_groups_avx2<1>(p + g * len, vals, stride, slots, H, len, pos0, acc + g * H);
+    pv_groups_avx2<1, 8>(p + g * len, vals, stride, slots, H, len, pos0, acc + g * H, 0);
 }
 #endif
 
