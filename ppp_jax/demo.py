@@ -205,9 +205,12 @@ def build_stage(cfg: RunConfig) -> Built:
         tmp.replace(tok_path)
     if tokenizer is None:
         tokenizer = load_tokenizer(tok_path)
-    views = sft.token_views(records, domain, by_id, ChatTokenizer(tokenizer, chat_format),
-                            interface=cfg.rollout.episode.interface,
-                            generation_prefix=generation_prefix_of(cfg, tokenizer))
+    chat = ChatTokenizer(tokenizer, chat_format)
+    prefix = generation_prefix_of(cfg, tokenizer)
+    views = sft.token_views(records, domain, by_id, chat, interface=cfg.rollout.episode.interface,
+                            generation_prefix=prefix)
+    if s.copy_drills:
+        views += sft.copy_drills(records, chat, s.copy_drills, s.seed, prefix)
     _say(f"tokenizer {tok_path}: {vocab_size_of(tokenizer)} ids; warm-start sequences "
          f"{sum(len(v.token_ids) for v in views) / max(len(views), 1):.0f} tokens on average")
     return Built(tasks, domain, simulator, records, tokenizer, views)

@@ -278,6 +278,8 @@ class SFTSection:
     unknown_answer: the scripted agent's answer when no location was named: `constant` (the
       fixed `unknown.py:unknown`) or `random_location` (a location of the train tasks drawn per
       episode: a plausible guess, as an instruct model makes).
+    copy_drills: short copy conversations added to the warm-start examples (`sft.copy_drills`):
+      a line naming a location as the user turn, `finish` with it as the answer.
     location_swap: probability that a warm-start episode is drawn with every location it names
       replaced, consistently, by a random one of the tokenizer's location tokens
       (`demo.location_tokens`), so that the answer can only be copied from the conversation.
@@ -298,6 +300,7 @@ class SFTSection:
     effort_mix: tuple[float, float, float] = (0.45, 0.2, 0.35)
     include_heldout_styles: bool = True
     unknown_answer: Literal["constant", "random_location"] = "constant"
+    copy_drills: int = 0
     location_swap: float = 0.0
     seed: int = 0
 
@@ -434,7 +437,7 @@ register_rules(SFTSection, {
     "num_episodes": POSITIVE, "num_steps": POSITIVE, "batch_size": POSITIVE, "row_len": POSITIVE,
     "rows_multiple": POSITIVE, "learning_rate": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE,
     "weight_decay": NON_NEGATIVE, "ask_vague": PROBABILITY, "ask_precise": PROBABILITY,
-    "location_swap": PROBABILITY,
+    "location_swap": PROBABILITY, "copy_drills": NON_NEGATIVE,
     "follow_preference": PROBABILITY, "effort_mix": PROBABILITY, "seed": SEED})
 register_rules(DemoSection, {"tokenizer_vocab": Range(256), "num_train_tasks": NON_NEGATIVE})
 # the envs layer's schemas cannot import the config layer: their rules are given here

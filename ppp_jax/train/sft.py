@@ -324,6 +324,32 @@ def token_views(records: Sequence[EpisodeRecord], domain: Any, tasks: Mapping[st
             for r in records]
 
 
+def copy_drills(records: Sequence[EpisodeRecord], chat: ChatTokenizer, num: int, seed: int,
+                generation_prefix: str = "") -> list[TokenView]:
+    """`num` short conversations that practise one skill: copying a named location.
+
+    Each is one line of the recorded episodes' prompts or user replies that names a location (a
+    precise prompt's "... (location X) ..." sentence, the user's "It is in X"), as the only user
+    turn, answered by `finish` with that location; no system prompt and no tools, so a drill is
+    a few dozen tokens. Drawn with `seed`; loss on the answer as in any warm-start episode.
+    Raises ValueError when no recorded line names a location.
+    """
+    lines = sorted({line.strip() for r in records for m in r.messages[1:]
+                    if m["role"] not in ("system", "assistant")
+                    for line in str(m.get("content") or "").splitlines() if find_location(line)})
+    if not lines:
+        raise ValueError("copy drills: no recorded prompt or reply names a location")
+    rng = random.Random(f"copy_drills|{seed}")
+    views = []
+    for _ in range(num):
+        line = rng.choice(lines)
+        call = chat.format.render_tool_call(FINISH, {"answer": find_location(line)})
+        messages = [{"role": "system", "content": ""}, {"role": "user", "content": line},
+                    {"role": "assistant", "content": call, "raw": call}]
+        views.append(render_token_view(messages, [], chat, generation_prefix))
+    return views
+
+
 def episode_texts(records: Sequence[EpisodeRecord], domain: Any, tasks: Mapping[str, Task],
                   chat_format: str | ChatFormat = DEFAULT_FORMAT,
                   interface: AgentInterface = AgentInterface()) -> Iterator[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ppp_jax.envs.records import TokenView
 
@@ -93,3 +94,32 @@ def test_scripted_agent_guesses_a_drawn_location_when_none_was_named():
     assert answers(candidates)[0] == drawn  # drawn from the episode's seed: the same every run
     constant, _ = answers(sft.GUESS)
     assert {a for k, a in constant.items() if k[2] == "vague"} == {sft.GUESS}
+
+
+def test_copy_drills_answer_the_location_their_line_names():
+    from ppp_jax.envs.domains import stdlib_loc
+    from ppp_jax.envs.episode import EpisodeConfig
+    from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
+    from ppp_jax.envs.testing import tiny_seed_tokenizer
+    from ppp_jax.sampling.chat import ChatTokenizer
+    from ppp_jax.train import sft
+
+    tasks = list(stdlib_loc.build_tasks(stdlib_loc.StdlibLocConfig(num_tasks=6, seed=3)))
+    recs = sft.generate_scripted_episodes(
+        tasks, stdlib_loc.make_domain(), EmbeddedUserSimulator(), num_episodes=12,
+        behaviour=sft.BehaviourConfig(ask_vague=1.0, ask_precise=0.0, effort_mix=(1.0, 0.0, 0.0)),
+        include_heldout_styles=False, episode=EpisodeConfig(max_turns=4))
+    tok = tiny_seed_tokenizer(extra_text=[t.precise_prompt for t in tasks])
+    chat = ChatTokenizer(tok)
+    drills = sft.copy_drills(recs, chat, 20, seed=0)
+    assert len(drills) == 20 and drills == sft.copy_drills(recs, chat, 20, seed=0)
+    golds = {t.gold[0] for t in tasks}
+    for v in drills:
+        prompt = tok.decode([t for t, m in zip(v.token_ids, v.loss_mask) if m == 0])
+        answer = tok.decode([t for t, m in zip(v.token_ids, v.loss_mask) if m == 1])
+        loc = sft.find_location(answer)
+        assert loc in golds and loc in prompt  # the answer is a location the user turn names
+        assert "<function=finish>" in answer and v.loss_mask[-1] == 1
+    assert len({tok.decode(list(v.token_ids)) for v in drills}) > 2
+    with pytest.raises(ValueError, match="no recorded prompt or reply names a location"):
+        sft.copy_drills([], chat, 3, seed=0)
