@@ -30,6 +30,17 @@ from ppp_jax.model.config import tiny
 from ppp_jax.model.transformer import SeedOssForCausalLM
 
 
+def probe_model(vocab: int, num_layers: int, seed: int, lr: float, steps: int):
+    """(model, optimizer): the demo's policy shape (hidden 128, tied embeddings) and AdamW with
+    10 warmup steps and a cosine decay to lr / 10 over `steps` (shared by the copy probes)."""
+    cfg = tiny(vocab_size=vocab, hidden_size=128, intermediate_size=384, num_layers=num_layers,
+               num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=2048,
+               tie_word_embeddings=True)
+    model = SeedOssForCausalLM(cfg, rngs=nnx.Rngs(seed))
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, 10, steps, lr * 0.1)
+    return model, nnx.Optimizer(model, optax.adamw(sched, weight_decay=0.0), wrt=nnx.Param)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=400)
@@ -48,11 +59,7 @@ def main() -> None:
     a = ap.parse_args()
 
     V, T, off = a.vocab, a.seq_len, a.offset
-    cfg = tiny(vocab_size=V, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
-               num_kv_heads=2, head_dim=32, max_position_embeddings=2048, tie_word_embeddings=True)
-    model = SeedOssForCausalLM(cfg, rngs=nnx.Rngs(a.seed))
-    sched = optax.warmup_cosine_decay_schedule(0.0, a.lr, 10, a.steps, a.lr * 0.1)
-    opt = nnx.Optimizer(model, optax.adamw(sched, weight_decay=0.0), wrt=nnx.Param)
+    model, opt = probe_model(V, 4, a.seed, a.lr, a.steps)
     rng = np.random.default_rng(a.seed)
     heldout = np.arange(V - a.heldout, V)
     train_ids = np.arange(3, V - a.heldout) if a.broad else np.arange(V - 200, V - a.heldout)

@@ -22,8 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ppp_jax.model.config import tiny
-from ppp_jax.model.transformer import SeedOssForCausalLM
+from demo_copy_probe import probe_model
 
 
 def main() -> None:
@@ -40,11 +39,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     V, T = 2248, a.seq_len
-    cfg = tiny(vocab_size=V, hidden_size=128, intermediate_size=384, num_layers=a.layers, num_heads=4,
-               num_kv_heads=2, head_dim=32, max_position_embeddings=2048, tie_word_embeddings=True)
-    model = SeedOssForCausalLM(cfg, rngs=nnx.Rngs(a.seed))
-    sched = optax.warmup_cosine_decay_schedule(0.0, a.lr, 10, a.steps, a.lr * 0.1)
-    opt = nnx.Optimizer(model, optax.adamw(sched, weight_decay=0.0), wrt=nnx.Param)
+    model, opt = probe_model(V, a.layers, a.seed, a.lr, a.steps)
     rng = np.random.default_rng(a.seed)
     pool = np.arange(V - a.pool, V)
     MARK, END = 5, 6
