@@ -195,7 +195,10 @@ class PagedKVCache:
             s = jnp.where(valid, scores(kb), _NEG)
             m_new = jnp.maximum(m, jnp.max(s, axis=-1))
             corr = jnp.exp(m - m_new)
-            p = jnp.where(valid, jnp.exp(s - m_new[..., None]), 0.0)
+            # exp(_NEG - m_new) is exactly 0 wherever a row already has a real score (every
+            # real query does: it attends to itself), so no second mask here; only queries of
+            # padding, whose outputs are never used, see 1s.
+            p = jnp.exp(s - m_new[..., None])
             return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + pv(p, vb)
 
         return jax.lax.fori_loop(0, num_blocks, body, (m, l, acc))

@@ -190,3 +190,34 @@ def test_prefill_layout_equals_the_decode_layout():
                             cache_lens=cache_lens, real=real)
         out, ref = _both_layouts(*case[:3], cache_lens, 8, *case[3:])
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=2e-6)
+
+
+def test_masked_cache_slots_contribute_exactly_nothing():
+    # The loop over cached blocks masks the scores of slots at or past a row's cache length
+    # once (to -1e30) and then takes p = exp(s - max) without masking p again: every real
+    # query attends to itself, so its max is a real score and exp(-1e30 - max) is exactly 0.
+    # So whatever a masked slot holds (stale K/V of a freed sequence, the trash page), a real
+    # query's output is bit for bit the one with those slots zeroed; padding rows and queries
+    # (segment 0) may differ, their outputs are never used. Prefill (T > 1) and the XLA
+    # decode path (T = 1), partial last blocks, a row with nothing cached.
+    rng = np.random.default_rng(7)
+    for t, cache_lens, real in ((5, [0, 6, 13, 21], [5, 5, 2, 0]), (1, [3, 16, 0, 9], [1, 1, 1, 0])):
+        k_pool, v_pool, table, q, k, v, pos, seg = _random_case(
+            rng, num_layers=2, page_size=4, kvh=2, h=8, n=4, t=t, width=8,
+            cache_lens=cache_lens, real=real)
+        slots = np.arange(k_pool.shape[1] * k_pool.shape[2]).reshape(k_pool.shape[1:3])
+        cached = np.zeros(slots.shape, bool)  # [P, S]: slots some row reads as cached
+        for row, n_cached in zip(table, cache_lens):
+            for p in range(n_cached):
+                cached[row[p // 4], p % 4] = True
+        keep = jnp.asarray(cached)[None, :, :, None, None]
+        outs = []
+        for k_fill, v_fill in ((0.0, 0.0), (1e3, 1e6)):  # masked slots: zeros, then garbage
+            kp = jnp.where(keep, k_pool, k_fill * jnp.sign(k_pool))
+            vp = jnp.where(keep, v_pool, v_fill * jnp.sign(v_pool))
+            cache = PagedKVCache(kp, vp, jnp.asarray(table), jnp.asarray(cache_lens, jnp.int32),
+                                 block_pages=2)
+            out, _ = jax.jit(cache.attend)(jnp.int32(1), q, k, v, pos, seg)
+            outs.append(np.asarray(out)[seg.astype(bool)])
+        assert np.isfinite(outs[1]).all()
+        np.testing.assert_array_equal(outs[1], outs[0])
