@@ -148,7 +148,8 @@ class Built:
     simulator: Any
     records: list
     tokenizer: Any
-    views: list
+    views: list  # the scripted episodes as token views
+    drills: list = dataclasses.field(default_factory=list)  # `sft.copy_drills` token views
 
     @property
     def by_id(self) -> dict[str, Any]:
@@ -209,11 +210,11 @@ def build_stage(cfg: RunConfig) -> Built:
     prefix = generation_prefix_of(cfg, tokenizer)
     views = sft.token_views(records, domain, by_id, chat, interface=cfg.rollout.episode.interface,
                             generation_prefix=prefix)
-    if s.copy_drills:
-        views += sft.copy_drills(records, chat, s.copy_drills, s.seed, prefix)
-    _say(f"tokenizer {tok_path}: {vocab_size_of(tokenizer)} ids; warm-start sequences "
-         f"{sum(len(v.token_ids) for v in views) / max(len(views), 1):.0f} tokens on average")
-    return Built(tasks, domain, simulator, records, tokenizer, views)
+    drills = sft.copy_drills(records, chat, s.copy_drills, s.seed, prefix) if s.copy_drills else []
+    _say(f"tokenizer {tok_path}: {vocab_size_of(tokenizer)} ids; warm-start episodes "
+         f"{sum(len(v.token_ids) for v in views) / max(len(views), 1):.0f} tokens on average"
+         + (f", {len(drills)} copy drills" if drills else ""))
+    return Built(tasks, domain, simulator, records, tokenizer, views, drills)
 
 
 def tokenizer_path(cfg: RunConfig) -> Path:
@@ -224,21 +225,28 @@ def tokenizer_path(cfg: RunConfig) -> Path:
     return Path(cfg.policy.path) if cfg.policy.path else cfg.output_dir / "tokenizer.json"
 
 
+def location_token_ids(built: Built, option: str):
+    """int [N]: the tokenizer's location tokens (`demo.location_tokens`), sorted; ValueError
+    naming `option` when the tokenizer has fewer than two."""
+    import numpy as np
+
+    vocab = built.tokenizer.get_vocab()
+    ids = np.array(sorted(vocab[loc] for loc in location_vocabulary(built.tasks) if loc in vocab))
+    if ids.size < 2:
+        raise ValueError(f"{option} needs location tokens in the tokenizer "
+                         "(demo.location_tokens: true, and a tokenizer trained with it)")
+    return ids
+
+
 def location_swap(cfg: RunConfig, built: Built):
     """The warm start's augmentation (`sft.location_swap`), or None: with that probability a
     drawn episode has its locations replaced by random location tokens (`sft.swap_locations`)."""
-    import numpy as np
-
     from ppp_jax.train import sft
 
     prob = cfg.sft.location_swap
     if prob <= 0:
         return None
-    vocab = built.tokenizer.get_vocab()
-    ids = np.array(sorted(vocab[loc] for loc in location_vocabulary(built.tasks) if loc in vocab))
-    if ids.size < 2:
-        raise ValueError("sft.location_swap needs location tokens in the tokenizer "
-                         "(demo.location_tokens: true, and a tokenizer trained with it)")
+    ids = location_token_ids(built, "sft.location_swap")
 
     def augment(view, rng):
         return sft.swap_locations(view, ids, rng) if rng.random() < prob else view
@@ -262,19 +270,29 @@ def sft_stage(cfg: RunConfig, built: Built, model: Any, *, progress: bool = True
         nnx.update(model, nnx.state(load_pretrained(done), nnx.Param))
         _say(f"warm start found at {done}; reusing it")
         return model
-    row_len = s.row_len
-    keep = [v for v in built.views if len(v.token_ids) - 1 <= row_len]
-    if not keep:
-        raise ValueError(f"every warm-start episode is longer than sft.row_len = {row_len} tokens "
-                         f"(the shortest has {min(len(v.token_ids) for v in built.views) - 1})")
-    if len(keep) < len(built.views):
-        _say(f"{len(built.views) - len(keep)} warm-start episodes longer than {row_len} tokens left out")
+    weighted = (location_token_ids(built, "sft.location_weight")
+                if s.location_weight != 1.0 else None)
+    common = dict(learning_rate=s.learning_rate, warmup_steps=s.warmup_steps,
+                  weight_decay=s.weight_decay, seed=s.seed, progress=progress,
+                  rows_multiple=s.rows_multiple, save_every=20, freeze=cfg.rl.freeze,
+                  augment=location_swap(cfg, built), weighted_ids=weighted,
+                  weight=s.location_weight)
+    if s.copy_steps:
+        # The copy stage: the drills alone, in short rows, before the episodes (docs/demo.md).
+        if not built.drills:
+            raise ValueError("sft.copy_steps needs copy drills (sft.copy_drills > 0)")
+        drills = _fitting(built.drills, s.copy_row_len, "copy drill", "sft.copy_row_len")
+        params, steps = sft.train_sft(model, drills, run_dir=cfg.output_dir / "sft_copy",
+                                      num_steps=s.copy_steps, batch_size=s.copy_batch_size,
+                                      row_len=s.copy_row_len, **common)
+        nnx.update(model, params)
+        if steps < s.copy_steps:
+            raise Interrupted(f"copy stage stopped at step {steps} of {s.copy_steps}; "
+                              "run again to resume")
+        _say(f"copy stage: {steps} steps on {len(drills)} drills")
+    keep = _fitting(built.views + built.drills, s.row_len, "warm-start example", "sft.row_len")
     params, steps = sft.train_sft(model, keep, run_dir=cfg.output_dir / "sft", num_steps=s.num_steps,
-                           batch_size=s.batch_size, learning_rate=s.learning_rate,
-                           warmup_steps=s.warmup_steps, weight_decay=s.weight_decay,
-                           row_len=row_len, seed=s.seed, progress=progress,
-                           rows_multiple=s.rows_multiple, save_every=20, freeze=cfg.rl.freeze,
-                           augment=location_swap(cfg, built))
+                                  batch_size=s.batch_size, row_len=s.row_len, **common)
     nnx.update(model, params)
     if steps < s.num_steps:
         raise Interrupted(f"warm start stopped at step {steps} of {s.num_steps}; run again to resume")
@@ -284,6 +302,18 @@ def sft_stage(cfg: RunConfig, built: Built, model: Any, *, progress: bool = True
         _say(f"warm start: {len(rows)} steps, NLL/token {rows[0]['train/nll']:.3f} -> "
              f"{rows[-1]['train/nll']:.3f}")
     return model
+
+
+def _fitting(views: list, row_len: int, what: str, option: str) -> list:
+    """The views of at most `row_len` positions; says how many were left out, and raises
+    ValueError naming `option` when none fits."""
+    keep = [v for v in views if len(v.token_ids) - 1 <= row_len]
+    if not keep:
+        raise ValueError(f"every {what} is longer than {option} = {row_len} tokens "
+                         f"(the shortest has {min(len(v.token_ids) for v in views) - 1})")
+    if len(keep) < len(views):
+        _say(f"{len(views) - len(keep)} {what}s longer than {row_len} tokens left out")
+    return keep
 
 
 def run_demo(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:

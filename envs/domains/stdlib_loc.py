@@ -63,6 +63,10 @@ class StdlibLocConfig:
     min_doc_words: int = 6  # the docstring's first paragraph must have at least this many words
     min_body_statements: int = 3
     max_doc_words: int = 120  # the quoted behaviour is cut to this many words
+    # The precise prompt's last sentence names the function and ends with its location, so a
+    # reply that quotes it ends with the location too: answering is then a copy from a fixed
+    # distance (the chat template's few tokens), which a tiny policy can learn (docs/demo.md).
+    location_last: bool = False
 
 
 def stdlib_root() -> str:
@@ -191,11 +195,20 @@ def _make_task(c: _Candidate, cfg: StdlibLocConfig, rng: random.Random) -> Task:
     gold = f"{c.rel}:{c.qualname}"
     task_id = f"stdlib:{gold}"
     what = "method" if c.kind == "method" else "function"
-    precise = (
-        f"Bug report for the Python {python_version()} standard library.\n\n"
-        f"The {what} `{module}.{c.qualname}{c.signature}`, defined in `{c.rel}` (location "
-        f"{gold}), does not behave as documented.\n\nDocumented behaviour: {doc}\n\nWhat goes wrong: {symptom}\n\n"
-        f"Please find the function(s) that must be edited to fix this.")
+    if cfg.location_last:
+        precise = (
+            f"Bug report for the Python {python_version()} standard library.\n\n"
+            f"Documented behaviour: {doc}\n\nWhat goes wrong: {symptom}\n\n"
+            f"Please find the function(s) that must be edited to fix this.\n\n"
+            f"The {what} `{module}.{c.qualname}{c.signature}`, defined in `{c.rel}`, does not "
+            f"behave as documented; its location: {gold}")
+    else:
+        precise = (
+            f"Bug report for the Python {python_version()} standard library.\n\n"
+            f"The {what} `{module}.{c.qualname}{c.signature}`, defined in `{c.rel}` (location "
+            f"{gold}), does not behave as documented.\n\nDocumented behaviour: {doc}\n\n"
+            f"What goes wrong: {symptom}\n\nPlease find the function(s) that must be edited to "
+            f"fix this.")
     names = [c.qualname, *c.qualname.split("."), module, *module.split(".")]
     vague = _vague(doc, symptom, names) + " Please find where it needs fixing."
     hidden = f"{c.rel}\n{gold}"

@@ -129,12 +129,15 @@ class DomainSection(BrowseCompSection, SweFullSection, SweFuncLocSection, Stdlib
     show_preference: tell the agent how this user wants to be asked (the preference's own
       description, in the first user message); the paper's agents must see it to adapt to
       unseen preferences (reference section 2).
+    preference_first: put that description before the task text instead of after it (the tiny
+      demo: a prompt that ends with the task's own last sentence; docs/demo.md).
     """
 
     name: str = "stdlib_loc"
     tools: tuple[str, ...] = ()
     system_prompt: str = ""
     show_preference: bool = True
+    preference_first: bool = False
 
     def __post_init__(self):
         # an unknown name lists the registered domains (blamed on `domain.name`, so an override
@@ -147,7 +150,8 @@ class DomainSection(BrowseCompSection, SweFullSection, SweFuncLocSection, Stdlib
         # A key of another domain's section would be silently ignored: refuse it instead.
         own = {f.name for f in dataclasses.fields(spec.section)}
         # shell_whitelist: set by `profile` for every domain; read by those with a read-only bash
-        shared = {"name", "tools", "system_prompt", "show_preference", "shell_whitelist"}
+        shared = {"name", "tools", "system_prompt", "show_preference", "preference_first",
+                  "shell_whitelist"}
         for f in dataclasses.fields(DomainSection):
             if f.name in own or f.name in shared or getattr(self, f.name) == f.default:
                 continue
@@ -283,6 +287,12 @@ class SFTSection:
     location_swap: probability that a warm-start episode is drawn with every location it names
       replaced, consistently, by a random one of the tokenizer's location tokens
       (`demo.location_tokens`), so that the answer can only be copied from the conversation.
+    copy_steps / copy_batch_size / copy_row_len: a copy stage before the warm start: this many
+      steps on the copy drills alone (`copy_batch_size` drills a step, packed into rows of
+      `copy_row_len` tokens); 0 = none. The drills also stay in the warm start's examples.
+    location_weight: weight of a location token's NLL in the warm start's token mean (needs
+      `demo.location_tokens`; 1 = unweighted). The one answer token that must be copied is
+      otherwise learned far more slowly than the call's template around it (docs/demo.md).
     seed: seed of the scripted behaviour and the batch order.
     """
 
@@ -302,6 +312,10 @@ class SFTSection:
     unknown_answer: Literal["constant", "random_location"] = "constant"
     copy_drills: int = 0
     location_swap: float = 0.0
+    copy_steps: int = 0
+    copy_batch_size: int = 64
+    copy_row_len: int = 128
+    location_weight: float = 1.0
     seed: int = 0
 
 
@@ -437,7 +451,8 @@ register_rules(SFTSection, {
     "num_episodes": POSITIVE, "num_steps": POSITIVE, "batch_size": POSITIVE, "row_len": POSITIVE,
     "rows_multiple": POSITIVE, "learning_rate": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE,
     "weight_decay": NON_NEGATIVE, "ask_vague": PROBABILITY, "ask_precise": PROBABILITY,
-    "location_swap": PROBABILITY, "copy_drills": NON_NEGATIVE,
+    "location_swap": PROBABILITY, "copy_drills": NON_NEGATIVE, "location_weight": GT_ZERO,
+    "copy_steps": NON_NEGATIVE, "copy_batch_size": POSITIVE, "copy_row_len": POSITIVE,
     "follow_preference": PROBABILITY, "effort_mix": PROBABILITY, "seed": SEED})
 register_rules(DemoSection, {"tokenizer_vocab": Range(256), "num_train_tasks": NON_NEGATIVE})
 # the envs layer's schemas cannot import the config layer: their rules are given here

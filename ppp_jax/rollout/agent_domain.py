@@ -23,10 +23,12 @@ class PreferenceDomain:
       tools: names of the domain tools to keep (finish always kept); empty = all.
       system_prompt: replacement system prompt; "" = the domain's.
       show_preference: append `PREFERENCE_NOTE` for the task's `metadata["preference_id"]`.
+      preference_first: put the note before the task text instead (the message then ends with
+        the task's own last sentence).
     """
 
     def __init__(self, domain: TaskDomain, *, tools: Sequence[str] = (), system_prompt: str = "",
-                 show_preference: bool = True):
+                 show_preference: bool = True, preference_first: bool = False):
         self.inner = domain
         self.name = domain.name
         self.task_family = domain.task_family
@@ -34,6 +36,7 @@ class PreferenceDomain:
         self.tools = tuple(tools)
         self._system_prompt = system_prompt
         self.show_preference = show_preference
+        self.preference_first = preference_first
 
     def system_prompt(self, task: Task) -> str:
         return self._system_prompt or self.inner.system_prompt(task)
@@ -42,7 +45,8 @@ class PreferenceDomain:
         text = self.inner.first_message(task, kind)
         pref = task.metadata.get("preference_id")
         if self.show_preference and pref:
-            text += "\n\n" + PREFERENCE_NOTE.format(instruction=get_preference(pref).instruction)
+            note = PREFERENCE_NOTE.format(instruction=get_preference(pref).instruction)
+            text = f"{note}\n\n{text}" if self.preference_first else f"{text}\n\n{note}"
         return text
 
     def tool_schemas(self, task: Task) -> list[dict[str, Any]]:

@@ -85,7 +85,8 @@ def agent_domain(cfg: RunConfig, inner: Any) -> PreferenceDomain:
     """The domain as the agent sees it (tools, system prompt, the user's preference)."""
     d = cfg.domain
     return PreferenceDomain(inner, tools=d.tools, system_prompt=d.system_prompt,
-                            show_preference=d.show_preference)
+                            show_preference=d.show_preference,
+                            preference_first=d.preference_first)
 
 
 def task_rows(tasks: Sequence[Task]) -> list[dict[str, Any]]:

@@ -332,13 +332,16 @@ def copy_drills(records: Sequence[EpisodeRecord], chat: ChatTokenizer, num: int,
     precise prompt's "... (location X) ..." sentence, the user's "It is in X"), as the only user
     turn, answered by `finish` with that location; no system prompt and no tools, so a drill is
     a few dozen tokens. Drawn with `seed`; loss on the answer as in any warm-start episode.
-    Raises ValueError when no recorded line names a location.
+    When some lines end with their location (stdlib `location_last` prompts, a bare location as
+    the reply), only those are drilled: the copy is then always from the same distance, the
+    form a tiny policy learns (docs/demo.md). Raises ValueError when no line names a location.
     """
     lines = sorted({line.strip() for r in records for m in r.messages[1:]
                     if m["role"] not in ("system", "assistant")
                     for line in str(m.get("content") or "").splitlines() if find_location(line)})
     if not lines:
         raise ValueError("copy drills: no recorded prompt or reply names a location")
+    lines = [ln for ln in lines if ln.endswith(find_location(ln))] or lines
     rng = random.Random(f"copy_drills|{seed}")
     views = []
     for _ in range(num):
@@ -429,12 +432,24 @@ class SFTBatches:
         self.count = int(state["count"])
 
 
-def sft_batch(views: Sequence[TokenView], row_len: int, rows_multiple: int, pad_token_id: int = 0):
-    """Packed token batch with advantage 1 and sampler log-probs 0 (see the module docstring)."""
+def sft_batch(views: Sequence[TokenView], row_len: int, rows_multiple: int, pad_token_id: int = 0,
+              weighted_ids: np.ndarray | None = None, weight: float = 1.0):
+    """Packed token batch with advantage 1 and sampler log-probs 0 (see the module docstring).
+
+    `weighted_ids` int [N], `weight`: a trained token whose id is one of these gets advantage
+    `weight` instead of 1, i.e. that weight in the token-mean NLL (the denominator still counts
+    it once). The demo weights its location tokens: with every answer token weighted 1, the
+    one token that must be copied is learned far more slowly than the template around it
+    (docs/demo.md, "A format the tiny policy can solve").
+    """
     from ppp_jax.rl.batch import assemble_batch
 
-    return assemble_batch(views, np.ones(len(views)), row_len=row_len, rows_multiple=rows_multiple,
-                          pack=True, pad_token_id=pad_token_id)
+    batch = assemble_batch(views, np.ones(len(views)), row_len=row_len,
+                           rows_multiple=rows_multiple, pack=True, pad_token_id=pad_token_id)
+    if weighted_ids is None or weight == 1.0:
+        return batch
+    hit = np.isin(batch.targets, weighted_ids) & (batch.loss_mask > 0)
+    return batch.replace(advantages=np.where(hit, np.float32(weight), batch.advantages))
 
 
 def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, num_steps: int,
@@ -442,7 +457,8 @@ def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, nu
               weight_decay: float = 0.0, row_len: int, seed: int = 0, save_every: int = 50,
               progress: bool = True, num_micro_batches: int = 1, rows_multiple: int = 8,
               freeze: Any = None,
-              augment: Callable[[TokenView, np.random.Generator], TokenView] | None = None) -> Any:
+              augment: Callable[[TokenView, np.random.Generator], TokenView] | None = None,
+              weighted_ids: np.ndarray | None = None, weight: float = 1.0) -> Any:
     """SFT of `model` on `views` through `make_train_step`; resumable from `<run_dir>/checkpoints`.
 
     Returns (final params (an `nnx.State`), steps done); fewer steps than `num_steps` means the
@@ -451,6 +467,7 @@ def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, nu
     checkpoint, `CheckpointError` when no checkpoint is intact (two are kept). `freeze` (a
     `FreezeConfig`, default none) leaves the bottom layers / embeddings untouched, as in RL.
     `augment` rewrites each drawn example (`SFTBatches`; e.g. `swap_locations`).
+    `weighted_ids` / `weight`: tokens whose NLL counts `weight` times (`sft_batch`).
     """
     import jax
     import jax.numpy as jnp
@@ -482,7 +499,8 @@ def train_sft(model: Any, views: Sequence[TokenView], *, run_dir: str | Path, nu
 
     def step_fn(state, batch_views):
         rows = math.lcm(rows_multiple, num_micro_batches)
-        batch = jax.tree.map(jnp.asarray, sft_batch(batch_views, row_len, rows, pad))
+        batch = jax.tree.map(jnp.asarray, sft_batch(batch_views, row_len, rows, pad,
+                                                     weighted_ids, weight))
         new, m = step(state.train, batch)
         m = jax.device_get(m)
         out = {"train/nll": float(m["logp_abs_diff"]), "train/grad_norm": float(m["grad_norm"]),

@@ -102,6 +102,16 @@ def test_replies_in_the_manner_of_the_preference():
     assert "," not in r.text
 
 
+def test_capital_reply_keeps_a_pasted_location_as_it_is():
+    # a user who writes in capitals still pastes the location; retyped, it would name nothing
+    r = ask(SIM, ctx("capital"), "Which file and function should I fix?")
+    assert r.text == "reports/export.py:write_csv_row"
+    c = SimulatorContext("The report writer in reports/export.py:write_csv_row drops the Z.",
+                         HIDDEN, "capital", task_family="func_loc")
+    r = ask(SIM, c, "What does the report writer drop?")
+    assert r.text == "THE REPORT WRITER IN reports/export.py:write_csv_row DROPS THE Z."
+
+
 def test_deterministic():
     qs = ["Should exported timestamps be in UTC?", "Which file?", "What is your favourite colour?"]
     a = [ask(EmbeddedUserSimulator(), ctx("length"), q) for q in qs]

@@ -61,6 +61,27 @@ def test_prompts_precise_vague_hidden(tasks):
         assert location_f1(t.gold[0], t.gold) == 1.0
 
 
+def test_location_last_prompt_and_the_replies_that_quote_it_end_with_the_location():
+    from ppp_jax.envs.simulator import SimulatorContext
+    from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
+
+    plain = stdlib_loc.build_tasks(stdlib_loc.StdlibLocConfig(num_tasks=8, seed=2))
+    last = stdlib_loc.build_tasks(stdlib_loc.StdlibLocConfig(num_tasks=8, seed=2,
+                                                             location_last=True))
+    sim = EmbeddedUserSimulator()
+    for p, t in zip(plain, last):
+        # same task, same facts; only the order of the report's sentences differs
+        assert (p.task_id, p.vague_prompt, p.hidden_info, p.gold) == (
+            t.task_id, t.vague_prompt, t.hidden_info, t.gold)
+        assert t.precise_prompt.endswith(f"its location: {t.gold[0]}")
+        assert not p.precise_prompt.endswith(t.gold[0])
+        assert sorted(t.precise_prompt.split()) != sorted(p.precise_prompt.split())
+        ctx = SimulatorContext(t.precise_prompt, t.hidden_info, "no_preference",
+                               task_family="func_loc")
+        reply = sim.answer_sync(ctx, "What exactly does not behave as documented?")
+        assert reply.effort == "low" and reply.text.endswith(t.gold[0])  # quotable as a copy
+
+
 def test_vague_removes_names_only_where_used_as_names():
     names = ["webbrowser.get", "webbrowser", "get", "Popen", "dataclasses"]
     text = ("Use webbrowser.get() or `get` to get a browser; get.x and Popen and popen. "

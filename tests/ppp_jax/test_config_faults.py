@@ -56,6 +56,7 @@ TINY = CONFIGS / "tiny_cpu.yaml"
     ("policy.dropout=1.0", "policy.dropout", "in [0, 1)"),
     ("sft.ask_vague=1.5", "sft.ask_vague", "in [0, 1]"),
     ("sft.location_swap=-0.5", "sft.location_swap", "in [0, 1]"),
+    ("sft.location_weight=0", "sft.location_weight", "> 0"),
     ("sft.effort_mix=[0.5, -0.1, 0.6]", "sft.effort_mix[1]", "in [0, 1]"),
     ("sft.num_steps=0", "sft.num_steps", ">= 1"),
     ("simulator.max_concurrency=0", "simulator.max_concurrency", ">= 1"),

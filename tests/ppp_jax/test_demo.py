@@ -13,6 +13,7 @@ SHORT = [
     "num_kv_heads: 1, head_dim: 16, max_position_embeddings: 1024}",
     "domain.stdlib.num_tasks=40",
     "sft.num_episodes=48", "sft.num_steps=3", "sft.batch_size=8",
+    "sft.copy_drills=24", "sft.copy_steps=2", "sft.copy_batch_size=8",
     "data.batch_size=2", "rl.advantage.group_size=2",
     "trainer.num_steps=2", "trainer.save_every=1", "trainer.tensorboard=false",
     "eval.num_tasks=1", "eval.preference_ids=[lang_ita, capital]",
@@ -47,6 +48,8 @@ def test_shortened_demo_writes_a_well_formed_report_and_resumes(tmp_path, capsys
                                               "personalization", "low_effort_share"}
             assert 0.0 <= data[when][kind]["ask_ratio"] <= 1.0
     assert data["training"]["steps"] == 2 and data["sft"]["steps"] == 3
+    copy_rows = (out / "sft_copy" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in copy_rows] == [1, 2]  # the copy stage ran first
     report = (out / "report.md").read_text()
     assert "## Before vs after PPP" in report and "![Ask ratio](ask_ratio.png)" in report
     assert "| vague | ask_ratio |" in report
@@ -141,10 +144,17 @@ def test_warm_start_refuses_when_every_episode_exceeds_row_len(tmp_path):
     from ppp_jax.demo import build_stage, sft_stage
     from ppp_jax.train.builders import build_model
 
-    cfg = cfgmod.load_config("configs/tiny_cpu.yaml", RunConfig,
-                             SHORT + [f"run_dir={tmp_path}", "name=short", "sft.row_len=16"])
-    built = build_stage(cfg)
-    with pytest.raises(ValueError, match=r"every warm-start episode is longer than "
-                                         r"sft\.row_len = 16 tokens \(the shortest has \d+\)"):
-        sft_stage(cfg, built, build_model(cfg, built.tokenizer), progress=False)
-    assert not (tmp_path / "short" / "sft_policy").exists()
+    def refused(overrides, message):
+        name = f"short{len(list(tmp_path.iterdir()))}"  # a fresh run folder per case
+        cfg = cfgmod.load_config("configs/tiny_cpu.yaml", RunConfig,
+                                 SHORT + [f"run_dir={tmp_path}", f"name={name}", *overrides])
+        built = build_stage(cfg)
+        with pytest.raises(ValueError, match=message):
+            sft_stage(cfg, built, build_model(cfg, built.tokenizer), progress=False)
+        assert not (tmp_path / name / "sft_policy").exists()
+
+    refused(["sft.row_len=16", "sft.copy_steps=0"], r"every warm-start example is longer than "
+            r"sft\.row_len = 16 tokens \(the shortest has \d+\)")
+    refused(["sft.copy_row_len=8"], r"every copy drill is longer than sft\.copy_row_len = 8 "
+            r"tokens \(the shortest has \d+\)")
+    refused(["sft.copy_drills=0"], r"sft\.copy_steps needs copy drills \(sft\.copy_drills > 0\)")

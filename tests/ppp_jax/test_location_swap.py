@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,61 @@ def test_copy_drills_answer_the_location_their_line_names():
     assert len({tok.decode(list(v.token_ids)) for v in drills}) > 2
     with pytest.raises(ValueError, match="no recorded prompt or reply names a location"):
         sft.copy_drills([], chat, 3, seed=0)
+
+
+def test_fixed_distance_format_prompt_ends_with_the_location_and_drills_keep_that_form():
+    from ppp_jax.envs.domains import stdlib_loc
+    from ppp_jax.envs.episode import EpisodeConfig
+    from ppp_jax.envs.simulator_embedded import EmbeddedUserSimulator
+    from ppp_jax.envs.testing import tiny_seed_tokenizer
+    from ppp_jax.rollout.agent_domain import PreferenceDomain
+    from ppp_jax.sampling.chat import ChatTokenizer
+    from ppp_jax.train import sft
+
+    cfg = stdlib_loc.StdlibLocConfig(num_tasks=6, seed=3, location_last=True)
+    tasks = [dataclasses.replace(t, metadata={**t.metadata, "preference_id": "commas"})
+             for t in stdlib_loc.build_tasks(cfg)]
+    first = PreferenceDomain(stdlib_loc.make_domain(), preference_first=True)
+    after = PreferenceDomain(stdlib_loc.make_domain())
+    for t in tasks:
+        msg = first.first_message(t, "precise")
+        assert msg.startswith("About the user:") and msg.endswith(t.gold[0])
+        assert after.first_message(t, "precise").startswith("Bug report")
+        assert sorted(msg.split()) == sorted(after.first_message(t, "precise").split())
+    # drills: of the lines that name a location (here the old prompt's "(location X), does not
+    # behave ..." and the user's bare "X"), only those ending with it
+    plain = [dataclasses.replace(t, metadata={**t.metadata, "preference_id": "commas"})
+             for t in stdlib_loc.build_tasks(dataclasses.replace(cfg, location_last=False))]
+    recs = sft.generate_scripted_episodes(
+        plain, after, EmbeddedUserSimulator(), num_episodes=12,
+        behaviour=sft.BehaviourConfig(ask_vague=1.0, ask_precise=0.0, effort_mix=(0.5, 0.0, 0.5)),
+        include_heldout_styles=False, episode=EpisodeConfig(max_turns=4))
+    tok = tiny_seed_tokenizer(extra_text=[t.precise_prompt for t in plain])
+    chat = ChatTokenizer(tok)
+    drills = sft.copy_drills(recs, chat, 20, seed=0)
+    for v in drills:
+        prompt = tok.decode([t for t, m in zip(v.token_ids, v.loss_mask) if m == 0],
+                            skip_special_tokens=False)
+        answer = tok.decode([t for t, m in zip(v.token_ids, v.loss_mask) if m == 1])
+        line = prompt.split("user\n", 1)[1].split("<seed:eos>", 1)[0]
+        loc = sft.find_location(answer)
+        assert loc in {t.gold[0] for t in plain}
+        assert line.endswith(loc)  # always copied from the same distance
+
+
+def test_sft_batch_weights_the_trained_location_tokens_only():
+    from ppp_jax.train.sft import sft_batch
+
+    # 101 is a location in the prompt (mask 0) and in the answer (mask 1); 7 is a trained non-location
+    views = [_view([5, 101, 6, 7, 101, 2], (0, 0, 0, 1, 1, 1)), _view([3, 102, 4, 102], (0, 0, 1, 1))]
+    plain = sft_batch(views, 16, 1)
+    weighted = sft_batch(views, 16, 1, weighted_ids=np.arange(100, 140), weight=10.0)
+    for f in ("tokens", "targets", "loss_mask", "positions", "segment_ids"):
+        assert np.array_equal(getattr(plain, f), getattr(weighted, f))
+    trained = plain.loss_mask > 0
+    is_loc = np.isin(plain.targets, np.arange(100, 140))
+    assert np.all(weighted.advantages[trained & is_loc] == 10.0) and (trained & is_loc).sum() == 2
+    assert np.all(weighted.advantages[trained & ~is_loc] == 1.0)
+    assert np.array_equal(weighted.advantages[~trained], plain.advantages[~trained])
+    unweighted = sft_batch(views, 16, 1, weighted_ids=np.arange(100, 140), weight=1.0)
+    assert np.array_equal(unweighted.advantages, plain.advantages)
