@@ -55,6 +55,15 @@ def main() -> None:
     ap.add_argument("--heldout-in-inputs", action="store_true",
                     help="held-out ids occur in the filler (as in the demo, where a held-out "
                          "location's tokens occur in prompts) but are never copy targets")
+    ap.add_argument("--shift", type=int, default=0,
+                    help="each row's positions start at a random offset in [0, shift] (the copy "
+                         "keeps its relative distance; its absolute position varies)")
+    ap.add_argument("--template-loss", action="store_true",
+                    help="loss also on the template tokens after X, as a warm start trains every "
+                         "token of the `finish` call (token mean over offset + 1 positions)")
+    ap.add_argument("--copy-weight", type=float, default=1.0,
+                    help="with --template-loss: weight of the copied token in that mean "
+                         "(`sft.location_weight`)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
 
@@ -64,7 +73,8 @@ def main() -> None:
     heldout = np.arange(V - a.heldout, V)
     train_ids = np.arange(3, V - a.heldout) if a.broad else np.arange(V - 200, V - a.heldout)
     filler_hi = min(2000, V - 200)  # filler never uses the location-like ids
-    positions = jnp.arange(T)[None]
+    # the weight of each trained position: the template after X, then the copy (--template-loss)
+    weights = jnp.ones(off + 1).at[-1].set(a.copy_weight)
 
     def batch(targets: np.ndarray, n: int):
         x = rng.integers(3, filler_hi, size=(n, T))
@@ -74,24 +84,31 @@ def main() -> None:
         y = rng.choice(targets, size=n)
         x[:, T - 1 - off] = y
         x[:, T - off:] = np.arange(100, 100 + off)  # the constant template
-        return jnp.asarray(x, jnp.int32), jnp.asarray(y, jnp.int32)
+        pos = np.arange(T)[None] + (rng.integers(0, a.shift + 1, size=(n, 1)) if a.shift else 0)
+        return jnp.asarray(x, jnp.int32), jnp.asarray(y, jnp.int32), jnp.asarray(pos, jnp.int32)
 
     @nnx.jit
-    def step(model, opt, x, y):
+    def step(model, opt, x, y, pos):
         def loss_fn(model):
-            logits = model(x, jnp.broadcast_to(positions, x.shape))[:, -1]
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            logits = model(x, pos)
+            if not a.template_loss:
+                return optax.softmax_cross_entropy_with_integer_labels(logits[:, -1], y).mean()
+            # positions T-off-1 .. T-1 predict the template after X, then the copy
+            targets = jnp.concatenate([x[:, T - off:], y[:, None]], axis=1)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, T - off - 1:], targets)
+            return (ce * weights).mean()
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         opt.update(model, grads)
         return loss
 
     @nnx.jit
-    def accuracy(model, x, y):
-        logits = model(x, jnp.broadcast_to(positions, x.shape))[:, -1]
-        return (logits.argmax(-1) == y).mean()
+    def accuracy(model, x, y, pos):
+        return (model(x, pos)[:, -1].argmax(-1) == y).mean()
 
     print(f"copy probe: {'every id' if a.broad else f'{len(train_ids)} location ids'} in training, "
-          f"{a.heldout} held-out ids; T={T}, offset {off}, batch {a.batch}, lr {a.lr}")
+          f"{a.heldout} held-out ids; T={T}, offset {off}, batch {a.batch}, lr {a.lr}, "
+          f"shift {a.shift}, " + (f"loss on the template too, copy weight {a.copy_weight}"
+                                  if a.template_loss else "loss on the copy only"))
     t0 = time.perf_counter()
     for s in range(1, a.steps + 1):
         loss = step(model, opt, *batch(train_ids, a.batch))

@@ -218,7 +218,9 @@ def to_markdown(result: dict[str, Any], title: str = "Evaluation") -> str:
         lines += ["", "Vague prompts, per preference:", "",
                   "| preference | split | episodes | Personalization | Proactivity | Productivity | Ask ratio |",
                   "|---|---|---|---|---|---|---|"]
-        for pid, r in result["per_preference"].items():
+        # in the preferences' order: a result read back from JSON has its keys sorted by name
+        rows = sorted(result["per_preference"].items(), key=lambda kv: get_preference(kv[0]).index)
+        for pid, r in rows:
             lines.append(f"| {r['name']} | {r['split']} | {r['n']} | {_pct(r['personalization'])} | "
                          f"{_pct(r['proactivity'])} | {_pct(r['productivity'])} | {_pct(r['ask_ratio'])} |")
         for label in ("seen", "heldout"):

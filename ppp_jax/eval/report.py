@@ -157,10 +157,14 @@ def write_report(out: str | Path, cfg: Any, before: Mapping[str, Any], after: Ma
     }
     md = [f"# PPP in miniature: run `{getattr(cfg, 'name', '')}`", ""]
     if model_info:
+        copy_steps = getattr(getattr(cfg, "sft", None), "copy_steps", 0)
         md += [f"Policy: Seed-OSS architecture, {model_info.get('parameters', 0):,} parameters "
                f"(hidden {model_info.get('hidden_size')}, {model_info.get('num_layers')} layers, "
                f"vocabulary {model_info.get('vocab_size')}), warm-started by SFT on scripted "
-               f"episodes ({summary['sft']['steps']} steps), then {len(rows)} PPP steps.", ""]
+               f"episodes ({summary['sft']['steps']} steps"
+               + (f", after a copy stage of {copy_steps} steps on copy drills"
+                  if copy_steps else "")
+               + f"), then {len(rows)} PPP steps.", ""]
     es = after.get("settings", {})
     md += [f"Evaluation: {es.get('tasks', '?')} held-out tasks × preferences "
            f"{', '.join(es.get('preferences', []))}; prompt kinds {', '.join(es.get('prompt_kinds', []))}; "

@@ -45,6 +45,13 @@ def test_result_by_kind_and_preference():
     md = evaluate.to_markdown(r, "T")
     assert "| vague | 3 | 50.0 | 33.3 | 50.0 | 66.7 | 50.0 |" in md
     assert "Speak_Italian" in md and "mean, heldout" in md
+    # a result read back from its JSON file (keys sorted there: a resumed demo) renders the same,
+    # rows in the preferences' order (capital after lang_ita, though "capital" < "lang_ita")
+    import json
+    r2 = evaluate.result_of(records + [rec("capital", "vague", 1.0, ("low",), True)])
+    md2 = evaluate.to_markdown(r2, "T")
+    assert evaluate.to_markdown(json.loads(json.dumps(r2, sort_keys=True)), "T") == md2
+    assert md2.index("Speak_Italian") < md2.index("Capital_Letter")
 
 
 def test_requests_cover_tasks_preferences_and_kinds():
