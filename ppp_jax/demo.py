@@ -255,8 +255,10 @@ def location_swap(cfg: RunConfig, built: Built):
 
 
 def sft_stage(cfg: RunConfig, built: Built, model: Any, *, progress: bool = True) -> Any:
-    """Warm-starts `model` in place on the scripted episodes and writes `<run>/sft_policy`
-    (a model checkpoint); a finished warm start is loaded instead of redone."""
+    """Warm-starts `model` in place and writes `<run>/sft_policy` (a model checkpoint): first the
+    copy stage on the drills alone when `sft.copy_steps` > 0 (`<run>/sft_copy`), then the
+    scripted episodes with the drills (`<run>/sft`); each stage resumes from its checkpoints,
+    and a finished warm start is loaded instead of redone."""
     from flax import nnx
 
     from ppp_jax.model.checkpoint import save_checkpoint
