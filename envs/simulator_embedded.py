@@ -75,7 +75,7 @@ _ASKS_FUNCTION_RE = re.compile(
 _FUNCTION_LINE_RE = re.compile(r"^[^\s:]+:[A-Za-z_][\w.]*$")
 # A code location as the user would paste it (`path/file.py:Qual.name`): kept as it is in a reply
 # written in capitals, since a retyped location would no longer name the code.
-_LOCATION_RE = re.compile(r"[\w./-]+\.py(?::[\w.]+)?")
+_LOCATION_RE = re.compile(r"([\w./-]+\.py(?::[\w.]+)?)")  # a group: split() keeps the matches
 _OPTION_SPLIT_RE = re.compile(r"(?:^|[\s(\[])([A-Ha-h])(?:\)|\]|\.(?=\s)|:(?=\s))", re.MULTILINE)
 
 
@@ -246,13 +246,8 @@ def _hidden_level(family: str, item: str, hint: str) -> int:
 
 def _in_manner(preference_id: str, text: str) -> str:
     """Shapes a reply the way a user with this preference would write it, where observable."""
-    if preference_id == "capital":
-        kept = [(m.start(), m.end()) for m in _LOCATION_RE.finditer(text)]
-        out, at = [], 0
-        for start, end in kept:
-            out += [text[at:start].upper(), text[start:end]]
-            at = end
-        return "".join(out) + text[at:].upper()
+    if preference_id == "capital":  # locations sit at the odd indices of the split
+        return "".join(p if i % 2 else p.upper() for i, p in enumerate(_LOCATION_RE.split(text)))
     if preference_id == "commas":
         return "".join(" " if judges._is_comma(ch) else ch for ch in text).replace("  ", " ")
     if preference_id == "lang_ita" and text == IDK_REPLY:

@@ -195,20 +195,14 @@ def _make_task(c: _Candidate, cfg: StdlibLocConfig, rng: random.Random) -> Task:
     gold = f"{c.rel}:{c.qualname}"
     task_id = f"stdlib:{gold}"
     what = "method" if c.kind == "method" else "function"
+    head = f"Bug report for the Python {python_version()} standard library.\n\n"
+    named = f"The {what} `{module}.{c.qualname}{c.signature}`, defined in `{c.rel}`"
+    report = (f"Documented behaviour: {doc}\n\nWhat goes wrong: {symptom}\n\n"
+              f"Please find the function(s) that must be edited to fix this.")
     if cfg.location_last:
-        precise = (
-            f"Bug report for the Python {python_version()} standard library.\n\n"
-            f"Documented behaviour: {doc}\n\nWhat goes wrong: {symptom}\n\n"
-            f"Please find the function(s) that must be edited to fix this.\n\n"
-            f"The {what} `{module}.{c.qualname}{c.signature}`, defined in `{c.rel}`, does not "
-            f"behave as documented; its location: {gold}")
+        precise = f"{head}{report}\n\n{named}, does not behave as documented; its location: {gold}"
     else:
-        precise = (
-            f"Bug report for the Python {python_version()} standard library.\n\n"
-            f"The {what} `{module}.{c.qualname}{c.signature}`, defined in `{c.rel}` (location "
-            f"{gold}), does not behave as documented.\n\nDocumented behaviour: {doc}\n\n"
-            f"What goes wrong: {symptom}\n\nPlease find the function(s) that must be edited to "
-            f"fix this.")
+        precise = f"{head}{named} (location {gold}), does not behave as documented.\n\n{report}"
     names = [c.qualname, *c.qualname.split("."), module, *module.split(".")]
     vague = _vague(doc, symptom, names) + " Please find where it needs fixing."
     hidden = f"{c.rel}\n{gold}"
