@@ -13,7 +13,7 @@ those ids and on `--heldout` ids that never occur in training.
   python bench/demo_copy_probe.py --broad          # targets: every id but the held-out ones
 
 Both runs go through the same model code as the demo (`model/`), AdamW with warmup + cosine.
-Results are written into README ("The demo").
+Results are written into docs/demo.md.
 """
 
 from __future__ import annotations

@@ -227,15 +227,19 @@ def tokenizer_path(cfg: RunConfig) -> Path:
 
 def location_token_ids(built: Built, option: str):
     """int [N]: the tokenizer's location tokens (`demo.location_tokens`), sorted; ValueError
-    naming `option` when the tokenizer has fewer than two."""
+    naming `option` unless every task location is one token (a BPE vocabulary holds a few of
+    them by chance: weighting or swapping only those would quietly be another experiment)."""
     import numpy as np
 
     vocab = built.tokenizer.get_vocab()
-    ids = np.array(sorted(vocab[loc] for loc in location_vocabulary(built.tasks) if loc in vocab))
-    if ids.size < 2:
+    locations = location_vocabulary(built.tasks)
+    missing = [loc for loc in locations if loc not in vocab]
+    if missing or len(locations) < 2:
         raise ValueError(f"{option} needs location tokens in the tokenizer "
-                         "(demo.location_tokens: true, and a tokenizer trained with it)")
-    return ids
+                         f"(demo.location_tokens: true, and a tokenizer trained with it); "
+                         f"{len(missing)} of the {len(locations)} task locations are not one "
+                         f"token{f', e.g. {missing[0]!r}' if missing else ''}")
+    return np.array(sorted(vocab[loc] for loc in locations))
 
 
 def location_swap(cfg: RunConfig, built: Built):

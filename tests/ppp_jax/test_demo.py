@@ -158,3 +158,5 @@ def test_warm_start_refuses_when_every_episode_exceeds_row_len(tmp_path):
     refused(["sft.copy_row_len=8"], r"every copy drill is longer than sft\.copy_row_len = 8 "
             r"tokens \(the shortest has \d+\)")
     refused(["sft.copy_drills=0"], r"sft\.copy_steps needs copy drills \(sft\.copy_drills > 0\)")
+    refused(["demo.location_tokens=false"], r"sft\.location_weight needs location tokens in the "
+            r"tokenizer \(demo\.location_tokens: true")
