@@ -25,8 +25,9 @@
 // loads on XLA:CPU) before its two dots. Here each page is read where it lies, once for the
 // scores and once for the weighted sum, every (slot, kv head) vector of H values contiguous.
 // Per row: pass 1 computes all scores into a scratch row [K * G, len], then the softmax state
-// of each row of scores, then pass 2 accumulates p * value. The next page is prefetched while
-// one is computed (the pages of a row are scattered over the pool). With AVX2 + FMA (x86, and
+// of each row of scores, then pass 2 accumulates p * value. The pages of a row are scattered
+// over the pool, so each pass first reads a group of pages into the cache line by line,
+// interleaved (see `touch_pages`), and then computes on them. With AVX2 + FMA (x86, and
 // H % 8 == 0) the dots run 8 at a time and the softmax's exp is vectorized by hand; elsewhere
 // portable loops that g++ vectorizes over H.
 //
@@ -338,6 +339,26 @@ inline const float* page_f32(const uint16_t* src, int64_t n, float* scratch) {
   return scratch;
 }
 
+// ---- reading scattered pages --------------------------------------------------------------
+//
+// One core reads one scattered 8 KB page at a time at about 8.6 GB/s here (Intel Xeon, KVM),
+// but 4 such pages read line by line in turn at 12.9 GB/s: the hardware prefetchers then
+// follow 4 streams at once (bench/decode_attention_harness.cc, docs/benchmarks.md). Software
+// prefetches of whole pages did not help (they hurt in the read-only test: 9.4 GB/s). So each
+// pass reads `kTouchPages` pages (32 KB in float32 at the multi-turn bench's shapes: they stay
+// in the 48 KB L1) this way before computing on them; the arithmetic is unchanged.
+
+constexpr int64_t kTouchPages = 4;
+
+template <typename T>
+inline void touch_pages(const T* const* pages, int64_t num, int64_t bytes) {
+  float sink = 0.0f;
+  for (int64_t off = 0; off < bytes; off += 64)
+    for (int64_t j = 0; j < num; ++j)
+      sink += *reinterpret_cast<const float*>(reinterpret_cast<const char*>(pages[j]) + off);
+  asm volatile("" : : "x"(sink));  // keeps the loads: nothing else uses the sum
+}
+
 struct Dims {
   int64_t B, K, G, H, L, P, S, W;
 };
@@ -373,23 +394,20 @@ void attend_row(const Dims& d, int64_t b, const float* q, const T* k_layer, cons
     return std::min<int64_t>(std::max<int32_t>(pt[pi], 0), d.P - 1);
   };
   const int64_t page_bytes = page_elems * static_cast<int64_t>(sizeof(T));
-  // The pages are scattered over the pool, so the hardware prefetcher, which follows one
-  // stream inside a 4 KB region, stalls at the start of every page: without this, half of
-  // the kernel's time went to waiting on the first lines of each page (perf annotate). The
-  // next page is requested while this one is computed.
-  auto prefetch_page = [&](const T* base, int64_t pi) {
-    if (pi >= num_pages) return;
-    const char* p = reinterpret_cast<const char*>(base + page_of(pi) * page_elems);
-    for (int64_t off = 0; off < page_bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
+  // At the first page of each group of kTouchPages: read the group into the cache (above).
+  const T* group[kTouchPages];
+  auto touch_group = [&](const T* base, int64_t pi) {
+    if (pi % kTouchPages) return;
+    const int64_t num = std::min(kTouchPages, num_pages - pi);
+    for (int64_t j = 0; j < num; ++j) group[j] = base + page_of(pi + j) * page_elems;
+    touch_pages<T>(group, num, page_bytes);
   };
 
   // Pass 1: scores, page by page (one page is S * K * H contiguous values).
-  prefetch_page(k_layer, 0);
   for (int64_t pi = 0; pi < num_pages; ++pi) {
     const int64_t page = page_of(pi);
     const int64_t slots = std::min(S, len - pi * S);
-    prefetch_page(k_layer, pi + 1);
-    if (pi + 1 == num_pages) prefetch_page(v_layer, 0);  // pass 2's first page
+    touch_group(k_layer, pi);
     const float* kp = page_f32(k_layer + page * page_elems, slots * K * H, tmp);
     for (int64_t kh = 0; kh < K; ++kh)
       qk_page(qb + kh * G * H, kp + kh * H, K * H, slots, G, H, sc + kh * G * len, len, pi * S);
@@ -404,7 +422,7 @@ void attend_row(const Dims& d, int64_t b, const float* q, const T* k_layer, cons
   for (int64_t pi = 0; pi < num_pages; ++pi) {
     const int64_t page = page_of(pi);
     const int64_t slots = std::min(S, len - pi * S);
-    prefetch_page(v_layer, pi + 1);
+    touch_group(v_layer, pi);
     const float* vp = page_f32(v_layer + page * page_elems, slots * K * H, tmp);
     for (int64_t kh = 0; kh < K; ++kh)
       pv_page(sc + kh * G * len, vp + kh * H, K * H, slots, G, H, len, pi * S, acc + kh * G * H);
