@@ -16,6 +16,10 @@
 //   taskset -c 0 /tmp/decode_attention_harness 1000 16 random   # cached tokens, page size, layout
 //
 // Variants of the kernel can be timed by building with -DKERNEL_SRC='"path/to/variant.cc"'.
+//
+// The memory alone: `/tmp/decode_attention_harness read BYTES STREAMS` reads a 512 MiB buffer
+// in chunks of BYTES in random order, STREAMS chunks at a time line by line in turn (what the
+// kernel's `touch_pages` does), and prints GB/s; e.g. `read 8192 1` against `read 8192 4`.
 
 #ifndef KERNEL_SRC
 #define KERNEL_SRC "../sampling/cpu_kernels/paged_decode_attention.cc"
@@ -60,7 +64,36 @@ bool operator!=(const PoolAlloc<A>&, const PoolAlloc<B>&) { return false; }
 
 }  // namespace
 
+// Read-only bandwidth of `chunk`-byte pieces of a 512 MiB buffer in random order, `streams`
+// pieces at a time, one cache line of each in turn. Best of 3 passes, wall time.
+int read_test(int64_t chunk, int64_t streams) {
+  const int64_t n = int64_t(512) << 20, pieces = n / chunk;
+  std::vector<float, PoolAlloc<float>> buf(n / sizeof(float), 1.0f);
+  std::vector<int64_t> order(pieces);
+  for (int64_t i = 0; i < pieces; ++i) order[i] = i;
+  std::mt19937 rng(1);
+  std::shuffle(order.begin(), order.end(), rng);
+  const char* base = reinterpret_cast<const char*>(buf.data());
+  double best = 1e9;
+  float sink = 0.0f;
+  for (int rep = 0; rep < 3; ++rep) {
+    timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int64_t c = 0; c + streams <= pieces; c += streams)
+      for (int64_t off = 0; off < chunk; off += 64)
+        for (int64_t j = 0; j < streams; ++j)
+          sink += *reinterpret_cast<const float*>(base + order[c + j] * chunk + off);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    best = std::min(best, (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec));
+  }
+  printf("read %ld-byte chunks in random order, %ld at a time: %.2f GB/s (check %g)\n",
+         static_cast<long>(chunk), static_cast<long>(streams), n / best / 1e9, sink);
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc > 1 && !strcmp(argv[1], "read"))
+    return read_test(argc > 2 ? atoi(argv[2]) : 8192, argc > 3 ? atoi(argv[3]) : 1);
   const int64_t L = 8, B = 32, K = 2, G = 4, H = 64;
   const int64_t len = argc > 1 ? atoi(argv[1]) : 1000;
   const int64_t S = argc > 2 ? atoi(argv[2]) : 16;
