@@ -11,6 +11,14 @@ import sys
 from pathlib import Path
 
 
+def pin_one_core() -> None:
+    """`--single-thread`: this process on one core, XLA single-threaded (torch callers also set
+    one thread). Must run before jax or torch start their thread pools."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                               "false intra_op_parallelism_threads=1").strip()
+
+
 def load_averages() -> list[str]:
     """The 1, 5 and 15 minute load averages ("?" where /proc/loadavg cannot be read)."""
     try:

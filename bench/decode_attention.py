@@ -25,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _machine import pin_one_core  # noqa: E402 (bench/ is on the path: the script's folder)
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,9 +50,7 @@ def main(argv=None) -> int:
                     help="pin to one core, XLA single-threaded (as bench/multiturn.py)")
     args = ap.parse_args(argv)
     if args.single_thread:
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_"
-                                   "eigen=false intra_op_parallelism_threads=1").strip()
+        pin_one_core()
     import jax
     import jax.numpy as jnp
     import numpy as np

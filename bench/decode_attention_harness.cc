@@ -67,7 +67,14 @@ bool operator!=(const PoolAlloc<A>&, const PoolAlloc<B>&) { return false; }
 // Read-only bandwidth of `chunk`-byte pieces of a 512 MiB buffer in random order, `streams`
 // pieces at a time, one cache line of each in turn. Best of 3 passes, wall time.
 int read_test(int64_t chunk, int64_t streams) {
-  const int64_t n = int64_t(512) << 20, pieces = n / chunk;
+  const int64_t n = int64_t(512) << 20;
+  if (chunk < 64 || chunk % 64 || chunk > n || streams < 1 || streams > n / chunk) {
+    fprintf(stderr, "read BYTES STREAMS: BYTES a multiple of 64 up to %ld, STREAMS from 1 to "
+            "512 MiB / BYTES; got %ld %ld\n", static_cast<long>(n), static_cast<long>(chunk),
+            static_cast<long>(streams));
+    return 2;
+  }
+  const int64_t pieces = n / chunk;
   std::vector<float, PoolAlloc<float>> buf(n / sizeof(float), 1.0f);
   std::vector<int64_t> order(pieces);
   for (int64_t i = 0; i < pieces; ++i) order[i] = i;

@@ -69,6 +69,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _machine import pin_one_core
+
 CONFIG = dict(vocab_size=32000, hidden_size=768, intermediate_size=2304, num_layers=8,
               num_heads=8, num_kv_heads=2, head_dim=128, max_position_embeddings=4096)
 
@@ -203,9 +205,7 @@ def main(argv=None) -> int:
     if args.single_thread:  # must happen before jax/torch start their thread pools
         # Pinning is what makes XLA single-core: its CPU runtime sizes its own thread pool,
         # whatever the Eigen flags below say.
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-                                   " intra_op_parallelism_threads=1").strip()
+        pin_one_core()
 
     import jax
     import torch

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import numpy as np
 
-from _machine import cpu_model, load_averages
+from _machine import cpu_model, load_averages, pin_one_core
 
 V, D, F, L, N, K, H = 32000, 768, 2048, 12, 12, 4, 64
 BATCH, PROMPT, NEW, PREFILL_ROWS = 32, 128, 64, 8
@@ -68,9 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args(argv)
     if args.single_thread:
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_"
-                                   "eigen=false intra_op_parallelism_threads=1").strip()
+        pin_one_core()
     import jax
     import jax.numpy as jnp
     import torch

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import cpu_model, ensure_checkpoint, load_averages
+from _machine import cpu_model, ensure_checkpoint, load_averages, pin_one_core
 
 CONFIG = dict(vocab_size=8192, hidden_size=512, intermediate_size=1536, num_layers=8,
               num_heads=8, num_kv_heads=2, head_dim=64, max_position_embeddings=4096)
@@ -66,13 +66,6 @@ LABELS = {
     "hf": "transformers `generate`, whole conversation re-prefilled each turn",
     "hf-cache": "transformers `generate`, one `DynamicCache` kept across turns",
 }
-
-
-def _pin_one_core() -> None:
-    """One core for XLA and torch: must run before jax/torch start their thread pools."""
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-                               "false intra_op_parallelism_threads=1").strip()
 
 
 # ---- the systems (each in its own process) -----------------------------------------------------
@@ -207,7 +200,7 @@ def run_hf(ckpt: Path, inp: dict, repeats: int, keep_cache: bool) -> dict:
 
 def child(args) -> int:
     if args.single_thread:
-        _pin_one_core()
+        pin_one_core()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     ckpt = Path(args.dir)
     inp = json.loads((ckpt / "inputs.json").read_text())

@@ -30,6 +30,8 @@ import time
 
 import numpy as np
 
+from _machine import pin_one_core
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -43,9 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if args.single_thread:  # before jax starts its thread pools (as bench/engine_decode.py)
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_"
-                                   "eigen=false intra_op_parallelism_threads=1").strip()
+        pin_one_core()
     import jax
 
     from ppp_jax.model.config import tiny

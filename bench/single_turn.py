@@ -50,19 +50,13 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import cpu_model, ensure_checkpoint, load_averages
+from _machine import cpu_model, ensure_checkpoint, load_averages, pin_one_core
 
 CONFIG = dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_layers=12,
               num_heads=12, num_kv_heads=4, head_dim=64, max_position_embeddings=4096)
 SYSTEMS = ("ours", "hf", "tunix")
 LABELS = {"ours": "ours (`Engine`)", "hf": "transformers `generate`",
           "tunix": "tunix `Sampler` (vanilla)"}
-
-
-def _pin_one_core() -> None:
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-                               "false intra_op_parallelism_threads=1").strip()
 
 
 def _best(f, n: int) -> float:
@@ -280,7 +274,7 @@ def run_tunix(ckpt: Path, inp: dict, batches, repeats: int) -> dict:
 
 def child(args) -> int:
     if args.single_thread:
-        _pin_one_core()
+        pin_one_core()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     ckpt = Path(args.dir)
     inp = json.loads((ckpt / "inputs.json").read_text())
